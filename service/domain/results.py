@@ -1,0 +1,194 @@
+"""Measurement and diagnosis value types, and the screening result that result.json and the SR carry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from service.domain.levels import VertebraLevel
+
+
+class Category(str, Enum):
+    NORMAL = "normal"
+    OSTEOPENIA = "osteopenia"
+    OSTEOPOROSIS = "osteoporosis"
+    INDETERMINATE = "indeterminate"
+
+
+class ExclusionReason(str, Enum):
+    """Why a level is not evaluable. Values are the strings written to result.json and the SR."""
+
+    FRACTURE = "fracture"
+    SCLEROSIS = "sclerosis"
+    METAL = "metal"
+    ROI_TOO_SMALL = "roi_too_small"
+    LEVEL_UNCERTAIN = "level_uncertain"
+    CUT_BY_FOV = "cut_by_fov"
+
+
+class RoiMethod(str, Enum):
+    EROSION_3MM = "erosion"  # Xiong 2025 / Peng 2023 / Wang 2024: body eroded by 3 mm in x, y, z
+    ELLIPTICAL_CYLINDER = "elliptical_cylinder"  # Pan 2020: middle 9 mm, ellipse 30 % of the body area
+
+
+class CalibrationKind(str, Enum):
+    PHANTOM = "phantom"  # asynchronous phantom scan stored per scanner
+    SYNCHRONOUS_PHANTOM = "synchronous_phantom"  # rods in the patient scan itself
+    INTERNAL = "internal"  # phantomless: air, fat, muscle, blood of the patient
+    DEFAULT = "default"  # documented 120 kVp default, flagged uncalibrated
+    SITE_MODEL = "site_model"  # an activated site-trained model produced the value
+
+
+@dataclass(frozen=True)
+class LinearCalibration:
+    """``bmd_mg_cm3 = slope * hu + intercept`` and where it came from."""
+
+    kind: CalibrationKind
+    slope: float
+    intercept: float
+    scanner: str = ""
+    """Manufacturer / model / station / kVp the calibration applies to (free text)."""
+    source: str = ""
+    """Reference for the values (paper, phantom definition, date of the phantom scan)."""
+    valid_until: str | None = None
+    """ISO date, for stored phantom calibrations."""
+    flags: tuple[str, ...] = ()
+    """e.g. 'uncalibrated', 'contrast_enhanced', 'kvp_corrected_from_100'."""
+
+    def __post_init__(self) -> None:
+        if not (self.slope > 0):
+            raise ValueError(f"slope must be positive, got {self.slope}")
+
+    def bmd_mg_cm3(self, hu: float) -> float:
+        return self.slope * hu + self.intercept
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    """Xiong 2025 thoracolumbar curve for one patient: ``hu = k * level_index + intercept`` (T5 = 1 ... L2 = 10)."""
+
+    k: float
+    intercept: float
+    r2: float
+    levels_used: tuple[VertebraLevel, ...]
+    source: str = "per_patient"  # or "site_model"
+
+    def hu_at(self, level: VertebraLevel) -> float:
+        index = level.xiong_index
+        if index is None:
+            raise ValueError(f"level {level.name} is outside T5..L2")
+        return self.k * index + self.intercept
+
+
+@dataclass(frozen=True)
+class VertebraMeasurement:
+    level: VertebraLevel
+    centroid_lps_mm: tuple[float, float, float]
+    roi_method: RoiMethod
+    trabecular_hu_mean: float | None
+    trabecular_hu_median: float | None
+    trabecular_hu_sd: float | None
+    voxel_count: int
+    roi_volume_mm3: float
+    bmd_mg_cm3: float | None
+    evaluable: bool
+    exclusion_reason: ExclusionReason | None = None
+    exclusion_detail: str | None = None
+    """Human-readable detail, e.g. 'anterior height 62 % of neighbours'."""
+    level_uncertain: bool = False
+
+    def __post_init__(self) -> None:
+        if self.evaluable and self.exclusion_reason is not None:
+            raise ValueError("an evaluable level cannot have an exclusion_reason")
+        if not self.evaluable and self.exclusion_reason is None:
+            raise ValueError(f"level {self.level.name} is not evaluable but has no exclusion_reason")
+        if self.voxel_count < 0 or self.roi_volume_mm3 < 0:
+            raise ValueError("voxel_count and roi_volume_mm3 must be >= 0")
+
+
+@dataclass(frozen=True)
+class PatientSummary:
+    bmd_mg_cm3: float | None
+    levels_used: tuple[VertebraLevel, ...]
+    category: Category
+    method: str
+    """e.g. 'L1-L2 mean, 3 mm erosion ROI, internal calibration' or 'T5-T10 via thoracolumbar curve'."""
+    threshold_set: str
+    """Identifier of the versioned thresholds, e.g. 'ACR2018-ISCD-v1'."""
+    lumbar_equivalent: bool = False
+    """True when the value comes from the thoracolumbar curve (chest CT without L1-L2)."""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScreeningResult:
+    study_instance_uid: str
+    series_instance_uid: str
+    vertebrae: tuple[VertebraMeasurement, ...]
+    summary: PatientSummary
+    calibration: LinearCalibration
+    curve_fit: CurveFit | None = None
+    algorithm_name: str = "bmd-node"
+    algorithm_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The result.json document (field names are relied on by tools outside the project)."""
+
+        def level_name(level: VertebraLevel) -> str:
+            return level.name
+
+        vertebrae = []
+        for m in self.vertebrae:
+            vertebrae.append(
+                {
+                    "level": m.level.name,
+                    "centroid_lps_mm": [round(float(c), 2) for c in m.centroid_lps_mm],
+                    "trabecular_hu_mean": _round(m.trabecular_hu_mean),
+                    "trabecular_hu_median": _round(m.trabecular_hu_median),
+                    "trabecular_hu_sd": _round(m.trabecular_hu_sd),
+                    "voxel_count": m.voxel_count,
+                    "roi_volume_mm3": round(m.roi_volume_mm3, 1),
+                    "roi_method": m.roi_method.value,
+                    "bmd_mg_cm3": _round(m.bmd_mg_cm3),
+                    "evaluable": m.evaluable,
+                    "exclusion_reason": m.exclusion_reason.value if m.exclusion_reason else None,
+                    "exclusion_detail": m.exclusion_detail,
+                    "level_uncertain": m.level_uncertain,
+                }
+            )
+        calibration = asdict(self.calibration)
+        calibration["kind"] = self.calibration.kind.value
+        calibration["flags"] = list(self.calibration.flags)
+        curve = None
+        if self.curve_fit is not None:
+            curve = {
+                "k": self.curve_fit.k,
+                "intercept": self.curve_fit.intercept,
+                "r2": self.curve_fit.r2,
+                "levels_used": [level_name(lv) for lv in self.curve_fit.levels_used],
+                "source": self.curve_fit.source,
+            }
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "vertebrae": vertebrae,
+            "summary": {
+                "bmd_mg_cm3": _round(self.summary.bmd_mg_cm3),
+                "levels_used": [level_name(lv) for lv in self.summary.levels_used],
+                "category": self.summary.category.value,
+                "method": self.summary.method,
+                "threshold_set": self.summary.threshold_set,
+                "lumbar_equivalent": self.summary.lumbar_equivalent,
+                "notes": list(self.summary.notes),
+            },
+            "calibration": calibration,
+            "curve_fit": curve,
+            "algorithm": {"name": self.algorithm_name, "version": self.algorithm_version},
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(float(value), digits)
