@@ -192,3 +192,13 @@ class ScreeningResult:
 
 def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(float(value), digits)
+
+
+@dataclass(frozen=True)
+class SitePrediction:
+    """What an activated site-trained model says for one patient (issue: site models)."""
+
+    model_name: str
+    """Registry name and version, recorded in the SR as the method."""
+    bmd_mg_cm3: float | None
+    category: Category | None
