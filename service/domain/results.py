@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from service.domain.levels import VertebraLevel
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     NORMAL = "normal"
     OSTEOPENIA = "osteopenia"
     OSTEOPOROSIS = "osteoporosis"
     INDETERMINATE = "indeterminate"
 
 
-class ExclusionReason(str, Enum):
+class ExclusionReason(StrEnum):
     """Why a level is not evaluable. Values are the strings written to result.json and the SR."""
 
     FRACTURE = "fracture"
@@ -27,12 +27,12 @@ class ExclusionReason(str, Enum):
     CUT_BY_FOV = "cut_by_fov"
 
 
-class RoiMethod(str, Enum):
+class RoiMethod(StrEnum):
     EROSION_3MM = "erosion"  # Xiong 2025 / Peng 2023 / Wang 2024: body eroded by 3 mm in x, y, z
     ELLIPTICAL_CYLINDER = "elliptical_cylinder"  # Pan 2020: middle 9 mm, ellipse 30 % of the body area
 
 
-class CalibrationKind(str, Enum):
+class CalibrationKind(StrEnum):
     PHANTOM = "phantom"  # asynchronous phantom scan stored per scanner
     SYNCHRONOUS_PHANTOM = "synchronous_phantom"  # rods in the patient scan itself
     INTERNAL = "internal"  # phantomless: air, fat, muscle, blood of the patient

@@ -100,4 +100,4 @@ def mm_to_voxels(distance_mm: float, spacing_mm: tuple[float, float, float]) -> 
     """
     if distance_mm < 0:
         raise ValueError(f"distance_mm must be >= 0, got {distance_mm}")
-    return tuple(int(round(distance_mm / s)) for s in spacing_mm)  # type: ignore[return-value]
+    return tuple(round(distance_mm / s) for s in spacing_mm)  # type: ignore[return-value]
