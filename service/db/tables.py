@@ -1,0 +1,239 @@
+"""SQLAlchemy 2.0 ORM tables. The schema is created by the Alembic migrations (alembic/versions), never by
+``create_all`` in production; a test checks that the migrations and these classes agree.
+
+Status columns hold plain strings; their values and who may change them live in queue/states.py
+(jobs: only queue/jobs.py; exports: only queue/exports.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)  # DICOM UIDs are at most 64 characters
+AE = String(16)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to a UTC column; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Series(Base):
+    """A series as received, across associations; the scheduler's unit of work."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    """Stored (not ignored/rejected) instances."""
+    status: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    """receiving | rejected | not_selected | queued | ignored (see queue/states.SeriesStatus)."""
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why the series was rejected or not selected (human readable, no patient data)."""
+    checked_instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    """instance_count when the scheduler last decided about this series (0 = never)."""
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True,
+                                                  nullable=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID, default="")
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    calling_ae_title: Mapped[str] = mapped_column(AE, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    """stored | ignored | rejected."""
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    series: Mapped[Series | None] = relationship(back_populates="instances")
+
+
+ACTIVE_JOB_STATUSES_SQL = "status IN ('queued', 'running')"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # At most one active (queued or running) job per series.
+        Index("uq_jobs_active_series", "series_instance_uid", unique=True,
+              sqlite_where=text(ACTIVE_JOB_STATUSES_SQL), postgresql_where=text(ACTIVE_JOB_STATUSES_SQL)),
+        Index("ix_jobs_status_run_after", "status", "run_after"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Runs started (claims)."""
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    """Stored instances of the series when the job was queued."""
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    """The earlier succeeded job of the same series whose results this job's results replace."""
+    # study summary (set on success)
+    summary_bmd_mg_cm3: Mapped[float | None] = mapped_column(Float, nullable=True)
+    summary_category: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    summary_levels: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    summary_method: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The result.json document of the run."""
+    result_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
+
+
+class JobEvent(Base):
+    """One row per job status transition (an audit trail)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class VertebraResult(Base):
+    __tablename__ = "vertebra_results"
+    __table_args__ = (UniqueConstraint("job_id", "level", name="uq_vertebra_results_job_level"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(4))
+    level_value: Mapped[int] = mapped_column(Integer)
+    centroid_x_mm: Mapped[float] = mapped_column(Float)
+    centroid_y_mm: Mapped[float] = mapped_column(Float)
+    centroid_z_mm: Mapped[float] = mapped_column(Float)
+    roi_method: Mapped[str] = mapped_column(String(32))
+    trabecular_hu_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trabecular_hu_median: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trabecular_hu_sd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    voxel_count: Mapped[int] = mapped_column(Integer)
+    roi_volume_mm3: Mapped[float] = mapped_column(Float)
+    bmd_mg_cm3: Mapped[float | None] = mapped_column(Float, nullable=True)
+    evaluable: Mapped[bool] = mapped_column(Boolean)
+    exclusion_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    exclusion_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    level_uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ResultObject(Base):
+    """A DICOM object the node produced (SR, SEG, key image), stored once under storage_dir."""
+
+    __tablename__ = "result_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """sr | seg | key_image."""
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    superseded_by_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+
+
+class Export(Base):
+    """Outbox: one row per (result object, destination peer)."""
+
+    __tablename__ = "exports"
+    __table_args__ = (
+        UniqueConstraint("result_object_id", "peer_name", name="uq_exports_object_peer"),
+        Index("ix_exports_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_object_id: Mapped[int] = mapped_column(ForeignKey("result_objects.id", ondelete="CASCADE"), index=True)
+    peer_name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    """pending | sending | sent | dead (see queue/states.ExportStatus)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    warning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    result_object: Mapped[ResultObject] = relationship()
