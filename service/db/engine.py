@@ -39,7 +39,9 @@ def make_engine(database_url: str) -> sqlalchemy.Engine:
     if url.get_backend_name() == "sqlite":
         return _make_sqlite_engine(url)
     if url.get_backend_name() == "postgresql":
-        return sqlalchemy.create_engine(url, pool_pre_ping=True, future=True)
+        if url.drivername == "postgresql":  # SQLAlchemy 2.1 defaults to psycopg 3; the project ships psycopg2
+            url = url.set(drivername="postgresql+psycopg2")
+        return sqlalchemy.create_engine(url, pool_pre_ping=True)
     raise ValueError(f"database_url: unsupported backend {url.get_backend_name()!r} (sqlite or postgresql)")
 
 

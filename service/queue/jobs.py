@@ -1,0 +1,406 @@
+"""The job queue: the ONLY writer of job status.
+
+Every transition is a guarded UPDATE (``WHERE id = :id AND status = :expected [AND lease_owner = :me]``) and
+writes one JobEvent row in the same transaction. A unique partial index (``uq_jobs_active_series``) allows at
+most one queued-or-running job per series.
+
+Claims: SQLite takes the write lock first (BEGIN IMMEDIATE, see db/engine.py); PostgreSQL uses
+``SELECT ... FOR UPDATE SKIP LOCKED`` so several workers never wait on each other's rows.
+
+A claimed job holds a lease (``lease_expires_at``) renewed by ``heartbeat``. ``reap_expired`` re-queues a
+running job whose lease ran out (its worker died) or, after ``max_attempts`` runs, moves it to dead.
+
+A job's results (result objects, per-vertebra rows, exports) are written by ``finish`` in the same transaction
+as its success, so a crash before that commit leaves nothing to send, and one after it loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.config import WorkerSettings
+from service.db.engine import is_sqlite, read_session, write_session
+from service.db.tables import Job, JobEvent, ResultObject, Series, VertebraResult, utcnow
+from service.domain.results import ScreeningResult
+from service.queue import exports
+from service.queue.states import ACTIVE_JOB_STATUSES, JobStatus, SeriesStatus, can_transition
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 4000
+
+
+class JobStateError(RuntimeError):
+    """A transition that the job's current state does not allow (e.g. retry of a running job)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before the next run after a failed one: ``min(max, initial * multiplier ** (attempts - 1))``."""
+
+    initial_seconds: float = WorkerSettings.backoff_initial_seconds
+    multiplier: float = WorkerSettings.backoff_multiplier
+    max_seconds: float = WorkerSettings.backoff_max_seconds
+
+    def __post_init__(self) -> None:
+        if self.initial_seconds < 0 or self.max_seconds < 0:
+            raise ValueError("backoff seconds must be >= 0")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> Backoff:
+        return cls(settings.backoff_initial_seconds, settings.backoff_multiplier, settings.backoff_max_seconds)
+
+    def delay_seconds(self, attempts: int) -> float:
+        return float(min(self.max_seconds, self.initial_seconds * self.multiplier ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: int
+    series_instance_uid: str
+    study_instance_uid: str
+    attempts: int
+    """This run's number (1 for the first run)."""
+    max_attempts: int
+    instance_count: int
+    supersedes_job_id: int | None
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A result object already written to storage, to be recorded with the job's success."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class JobSuccess:
+    result: ScreeningResult
+    objects: tuple[StoredObject, ...]
+    result_dir: str
+    result_json: dict[str, Any]
+
+
+def enqueue(engine: sqlalchemy.Engine, series_instance_uid: str, *, max_attempts: int,
+            now: datetime | None = None) -> int | None:
+    """Queue a job for the series. Returns the job id, or None when the series already has an active job."""
+    with write_session(engine) as session:
+        return enqueue_in_session(session, series_instance_uid, max_attempts=max_attempts, now=now)
+
+
+def enqueue_in_session(session: Session, series_instance_uid: str, *, max_attempts: int,
+                       now: datetime | None = None, actor: str = "scheduler") -> int | None:
+    """``enqueue`` inside the caller's transaction (the scheduler marks the series in the same one)."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    now = now or utcnow()
+    series = session.scalar(select(Series).where(Series.series_instance_uid == series_instance_uid))
+    if series is None:
+        raise KeyError(f"series {series_instance_uid} is not known")
+    active = session.scalar(select(Job.id).where(Job.series_instance_uid == series_instance_uid,
+                                                 Job.status.in_(list(ACTIVE_JOB_STATUSES))))
+    if active is not None:
+        return None
+    previous = session.scalar(
+        select(Job.id).where(Job.series_instance_uid == series_instance_uid, Job.status == JobStatus.SUCCEEDED)
+        .order_by(Job.id.desc()).limit(1))
+    job = Job(series_id=series.id, series_instance_uid=series_instance_uid,
+              study_instance_uid=series.study_instance_uid, status=JobStatus.QUEUED, attempts=0,
+              max_attempts=max_attempts, instance_count=series.instance_count, run_after=now, created_at=now,
+              supersedes_job_id=previous)
+    try:
+        with session.begin_nested():  # PostgreSQL: a concurrent enqueue hits the unique index; keep the tx usable
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        return None
+    _event(session, job.id, None, JobStatus.QUEUED, actor, f"{series.instance_count} instances"
+           + (f"; replaces results of job {previous}" if previous else ""), now)
+    series.status = SeriesStatus.QUEUED
+    series.checked_instance_count = series.instance_count
+    series.checked_at = now
+    series.reason = None
+    return job.id
+
+
+def claim_next(engine: sqlalchemy.Engine, *, worker_id: str, lease_seconds: float,
+               now: datetime | None = None) -> ClaimedJob | None:
+    """Claim the oldest due queued job: it becomes running with a lease owned by ``worker_id``."""
+    now = now or utcnow()
+    query = (select(Job).where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
+             .order_by(Job.run_after, Job.id).limit(1))
+    if not is_sqlite(engine):
+        query = query.with_for_update(skip_locked=True)
+    with write_session(engine) as session:
+        job = session.scalars(query).first()
+        if job is None:
+            return None
+        lease = now + timedelta(seconds=lease_seconds)
+        done = session.execute(
+            update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=worker_id,
+                    lease_expires_at=lease, heartbeat_at=now, started_at=now)
+            .execution_options(synchronize_session=False))
+        if not done.rowcount:  # cannot happen under the lock; stay safe
+            return None
+        session.refresh(job)
+        _event(session, job.id, JobStatus.QUEUED, JobStatus.RUNNING, worker_id, f"attempt {job.attempts}", now)
+        return ClaimedJob(job.id, job.series_instance_uid, job.study_instance_uid, job.attempts, job.max_attempts,
+                          job.instance_count, job.supersedes_job_id, lease)
+
+
+def heartbeat(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, lease_seconds: float,
+              now: datetime | None = None) -> bool:
+    """Renew the lease. False when the job is no longer running under this worker (lease lost)."""
+    now = now or utcnow()
+    with write_session(engine) as session:
+        done = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker_id)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
+            .execution_options(synchronize_session=False))
+        return bool(done.rowcount)
+
+
+def finish(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, success: JobSuccess,
+           peer_names: Sequence[str], now: datetime | None = None) -> bool:
+    """Success: in ONE transaction mark the job succeeded, store the summary, per-vertebra rows, result objects
+    and one export per (object, peer); supersede the series' earlier results. False when the lease was lost
+    (nothing is written then)."""
+    now = now or utcnow()
+    try:
+        with write_session(engine) as session:
+            job = _running_job(session, job_id, worker_id)
+            summary = success.result.summary
+            _transition(session, job, JobStatus.SUCCEEDED, worker_id, f"{len(success.objects)} result objects", now)
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.last_error = None
+            job.summary_bmd_mg_cm3 = summary.bmd_mg_cm3
+            job.summary_category = summary.category.value
+            job.summary_levels = ",".join(level.name for level in summary.levels_used)
+            job.summary_method = summary.method
+            job.result_json = json.dumps(success.result_json, sort_keys=True)
+            job.result_dir = success.result_dir
+            for m in success.result.vertebrae:
+                session.add(VertebraResult(
+                    job_id=job.id, level=m.level.name, level_value=int(m.level),
+                    centroid_x_mm=float(m.centroid_lps_mm[0]), centroid_y_mm=float(m.centroid_lps_mm[1]),
+                    centroid_z_mm=float(m.centroid_lps_mm[2]), roi_method=m.roi_method.value,
+                    trabecular_hu_mean=m.trabecular_hu_mean, trabecular_hu_median=m.trabecular_hu_median,
+                    trabecular_hu_sd=m.trabecular_hu_sd, voxel_count=m.voxel_count,
+                    roi_volume_mm3=m.roi_volume_mm3, bmd_mg_cm3=m.bmd_mg_cm3, evaluable=m.evaluable,
+                    exclusion_reason=m.exclusion_reason.value if m.exclusion_reason else None,
+                    exclusion_detail=m.exclusion_detail, level_uncertain=m.level_uncertain))
+            _supersede_earlier(session, job, now)
+            for obj in success.objects:
+                row = ResultObject(job_id=job.id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,
+                                   sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_instance_uid,
+                                   series_instance_uid=obj.series_instance_uid, path=obj.path,
+                                   size_bytes=obj.size_bytes, sha256=obj.sha256, created_at=now)
+                session.add(row)
+                session.flush()
+                exports.create_exports(session, row.id, peer_names, now=now)
+    except _LeaseLostError as lost:
+        log.warning("job %s: not recorded as succeeded: %s", job_id, lost)
+        return False
+    return True
+
+
+def fail(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, error: str, retryable: bool,
+         backoff: Backoff | None = None, now: datetime | None = None) -> JobStatus | None:
+    """A run ended with an error. Retryable: queued again after the backoff, or dead after max_attempts.
+    Not retryable (the input is unusable): failed. Returns the new status, None when the lease was lost."""
+    backoff = backoff or Backoff()
+    now = now or utcnow()
+    error = error[:MAX_ERROR_CHARS]
+    try:
+        with write_session(engine) as session:
+            job = _running_job(session, job_id, worker_id)
+            if not retryable:
+                target = JobStatus.FAILED
+            elif job.attempts >= job.max_attempts:
+                target = JobStatus.DEAD
+            else:
+                target = JobStatus.QUEUED
+            _transition(session, job, target, worker_id, error, now)
+            job.last_error = error
+            job.lease_owner = None
+            job.lease_expires_at = None
+            if target == JobStatus.QUEUED:
+                job.run_after = now + timedelta(seconds=backoff.delay_seconds(job.attempts))
+            else:
+                job.finished_at = now
+            return target
+    except _LeaseLostError as lost:
+        log.warning("job %s: failure not recorded: %s", job_id, lost)
+        return None
+
+
+def reap_expired(engine: sqlalchemy.Engine, *, now: datetime | None = None, actor: str = "reaper") -> list[int]:
+    """Running jobs whose lease expired (worker died or hung): re-queued now, or dead after max_attempts."""
+    now = now or utcnow()
+    query = select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now).order_by(Job.id)
+    if not is_sqlite(engine):
+        query = query.with_for_update(skip_locked=True)
+    reaped: list[int] = []
+    with write_session(engine) as session:
+        for job in session.scalars(query).all():
+            owner = job.lease_owner
+            target = JobStatus.DEAD if job.attempts >= job.max_attempts else JobStatus.QUEUED
+            detail = f"lease of {owner} expired at {job.lease_expires_at:%Y-%m-%dT%H:%M:%SZ} (attempt {job.attempts})"
+            _transition(session, job, target, actor, detail, now)
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.last_error = detail
+            if target == JobStatus.QUEUED:
+                job.run_after = now
+            else:
+                job.finished_at = now
+            reaped.append(job.id)
+    if reaped:
+        log.warning("reaped %d job(s) with expired leases: %s", len(reaped), reaped)
+    return reaped
+
+
+def retry(engine: sqlalchemy.Engine, job_id: int, *, now: datetime | None = None, actor: str = "cli") -> None:
+    """Manual retry of a failed or dead job: queued again with a fresh attempt budget."""
+    now = now or utcnow()
+    with write_session(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} does not exist")
+        if not can_transition(JobStatus(job.status), JobStatus.QUEUED) or job.status == JobStatus.RUNNING:
+            raise JobStateError(f"job {job_id} is {job.status}; only failed or dead jobs can be retried")
+        active = session.scalar(select(Job.id).where(Job.series_instance_uid == job.series_instance_uid,
+                                                     Job.status.in_(list(ACTIVE_JOB_STATUSES)), Job.id != job.id))
+        if active is not None:
+            raise JobStateError(f"series of job {job_id} already has active job {active}")
+        _transition(session, job, JobStatus.QUEUED, actor, "manual retry", now)
+        job.attempts = 0
+        job.run_after = now
+        job.finished_at = None
+
+
+# --- read side (CLI, HTTP) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: int
+    series_instance_uid: str
+    study_instance_uid: str
+    status: str
+    attempts: int
+    max_attempts: int
+    instance_count: int
+    created_at: datetime
+    finished_at: datetime | None
+    last_error: str | None
+    summary_bmd_mg_cm3: float | None
+    summary_category: str | None
+    summary_levels: str | None
+    result_dir: str | None
+    supersedes_job_id: int | None
+
+
+def _view(job: Job) -> JobView:
+    return JobView(job.id, job.series_instance_uid, job.study_instance_uid, job.status, job.attempts,
+                   job.max_attempts, job.instance_count, job.created_at, job.finished_at, job.last_error,
+                   job.summary_bmd_mg_cm3, job.summary_category, job.summary_levels, job.result_dir,
+                   job.supersedes_job_id)
+
+
+def list_jobs(engine: sqlalchemy.Engine, *, status: str | None = None, limit: int = 50) -> list[JobView]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    with read_session(engine) as session:
+        return [_view(j) for j in session.scalars(query).all()]
+
+
+def get_job(engine: sqlalchemy.Engine, job_id: int) -> JobView | None:
+    with read_session(engine) as session:
+        job = session.get(Job, job_id)
+        return None if job is None else _view(job)
+
+
+EventRow = tuple[datetime, str | None, str, str | None, str | None]
+"""(at, from_status, to_status, actor, detail)."""
+
+
+def job_events(engine: sqlalchemy.Engine, job_id: int) -> list[EventRow]:
+    with read_session(engine) as session:
+        rows = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+        return [(e.at, e.from_status, e.to_status, e.actor, e.detail) for e in rows]
+
+
+# --- internals -------------------------------------------------------------------------------------------
+
+
+class _LeaseLostError(Exception):
+    pass
+
+
+def _running_job(session: Session, job_id: int, worker_id: str) -> Job:
+    job = session.get(Job, job_id, with_for_update=True)  # row lock on PostgreSQL; SQLite holds the db lock
+    if job is None:
+        raise KeyError(f"job {job_id} does not exist")
+    if job.status != JobStatus.RUNNING or job.lease_owner != worker_id:
+        raise _LeaseLostError(f"job is {job.status} owned by {job.lease_owner}, not running under {worker_id}")
+    return job
+
+
+def _transition(session: Session, job: Job, target: JobStatus, actor: str | None, detail: str | None,
+                now: datetime) -> None:
+    current = JobStatus(job.status)
+    if not can_transition(current, target):
+        raise JobStateError(f"job {job.id}: transition {current} -> {target} is not allowed")
+    done = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == current).values(status=target)
+        .execution_options(synchronize_session=False))
+    if not done.rowcount:
+        raise _LeaseLostError(f"job {job.id} changed status concurrently")
+    job.status = target
+    _event(session, job.id, current, target, actor, detail, now)
+
+
+def _event(session: Session, job_id: int, from_status: JobStatus | None, to_status: JobStatus, actor: str | None,
+           detail: str | None, now: datetime) -> None:
+    session.add(JobEvent(job_id=job_id, from_status=from_status, to_status=to_status, at=now, actor=actor,
+                         detail=(detail or "")[:MAX_ERROR_CHARS] or None))
+
+
+def _supersede_earlier(session: Session, job: Job, now: datetime) -> None:
+    """Earlier results of the same series are replaced by this job's: mark them, cancel their unsent exports."""
+    earlier = session.scalars(
+        select(ResultObject).join(Job, Job.id == ResultObject.job_id)
+        .where(Job.series_instance_uid == job.series_instance_uid, Job.id != job.id,
+               ResultObject.superseded_by_job_id.is_(None))).all()
+    for obj in earlier:
+        obj.superseded_by_job_id = job.id
+    cancelled = exports.cancel_pending_for_objects(session, [o.id for o in earlier],
+                                                   reason=f"replaced by results of job {job.id}")
+    if earlier:
+        log.info("job %s replaces %d earlier result object(s) of its series (%d unsent export(s) cancelled)",
+                 job.id, len(earlier), cancelled)

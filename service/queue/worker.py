@@ -1,0 +1,190 @@
+"""The worker: claim a job, run the screening pipeline under a heartbeat, store the results, report.
+
+Result files are written (atomically) before the job's success is committed; the success transaction
+(queue/jobs.finish) records them with their exports. A crash before that commit leaves only orphan files in the
+job's result folder, which the next attempt clears; nothing of that attempt is ever exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy import select
+
+from service.config import Config
+from service.db.engine import read_session
+from service.db.queries import stored_instance_paths
+from service.db.tables import ResultObject
+from service.pipeline import storage
+from service.pipeline.types import JobInput, PipelineRejectedError, PreviousResult, ScreeningPipeline
+from service.queue import jobs
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL_SECONDS = 5.0
+
+PipelineFactory = Callable[[Config], ScreeningPipeline]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    def __init__(self, config: Config, engine: sqlalchemy.Engine, pipeline: ScreeningPipeline, *,
+                 worker_id: str | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.pipeline = pipeline
+        self.worker_id = worker_id or default_worker_id()
+        self.backoff = jobs.Backoff.from_settings(config.worker)
+        self._next_reap = 0.0
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Process jobs until ``stop_event`` is set (the job in hand is finished first)."""
+        stop_event = stop_event or threading.Event()
+        log.info("worker %s started", self.worker_id)
+        while not stop_event.is_set():
+            try:
+                worked = self.run_once()
+            except sqlalchemy.exc.OperationalError as exc:  # database briefly unavailable: wait, then go on
+                log.warning("worker %s: database error: %s", self.worker_id, exc.orig)
+                worked = False
+            if not worked:
+                stop_event.wait(self.config.worker.poll_seconds)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        """Reap expired leases (at most every few seconds), then claim and process one job. True if it did."""
+        import time
+
+        if time.monotonic() >= self._next_reap:
+            jobs.reap_expired(self.engine)
+            self._next_reap = time.monotonic() + REAP_INTERVAL_SECONDS
+        claimed = jobs.claim_next(self.engine, worker_id=self.worker_id,
+                                  lease_seconds=self.config.worker.lease_seconds)
+        if claimed is None:
+            return False
+        self.process(claimed)
+        return True
+
+    def process(self, claimed: jobs.ClaimedJob) -> None:
+        job_id = claimed.job_id
+        log.info("job %s: attempt %d/%d started by %s", job_id, claimed.attempts, claimed.max_attempts,
+                 self.worker_id)
+        folder = storage.result_dir(self.config.node.storage_dir, job_id)
+        storage.clear_dir(folder)  # leftovers of an attempt that never committed
+        stop_heartbeat = threading.Event()
+        lease_lost = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, stop_heartbeat, lease_lost),
+                                name=f"heartbeat-{job_id}", daemon=True)
+        beat.start()
+        written: list[Path] = []
+        try:
+            job_input = self._job_input(claimed)
+            output = self.pipeline.run(job_input)
+            stored = []
+            for obj in output.objects:
+                path, digest = storage.write_object(folder, obj)
+                written.append(path)
+                stored.append(jobs.StoredObject(obj.kind, obj.sop_class_uid, obj.sop_instance_uid,
+                                                obj.study_instance_uid, obj.series_instance_uid, str(path),
+                                                len(obj.data), digest))
+            document = output.result.to_json_dict()
+            written.append(storage.write_result_json(folder, document))
+            peers = [p.name for p in self.config.result_destinations]
+            ok = jobs.finish(self.engine, job_id, worker_id=self.worker_id,
+                             success=jobs.JobSuccess(output.result, tuple(stored), str(folder), document),
+                             peer_names=peers)
+            if ok:
+                log.info("job %s: succeeded, %d object(s) queued for %d peer(s)", job_id, len(stored), len(peers))
+            else:
+                self._discard(written)
+        except PipelineRejectedError as exc:
+            log.warning("job %s: input rejected: %s", job_id, exc.reason)
+            self._discard(written)
+            jobs.fail(self.engine, job_id, worker_id=self.worker_id, error=exc.reason, retryable=False)
+        except Exception as exc:
+            log.exception("job %s: attempt %d failed", job_id, claimed.attempts)
+            self._discard(written)
+            status = jobs.fail(self.engine, job_id, worker_id=self.worker_id,
+                               error=f"{type(exc).__name__}: {exc}", retryable=True, backoff=self.backoff)
+            log.info("job %s: now %s", job_id, status)
+        finally:
+            stop_heartbeat.set()
+            beat.join(timeout=10)
+
+    def _job_input(self, claimed: jobs.ClaimedJob) -> JobInput:
+        paths = tuple(Path(p) for p in stored_instance_paths(self.engine, claimed.series_instance_uid))
+        if not paths:
+            raise PipelineRejectedError("the series has no stored instances")
+        return JobInput(job_id=claimed.job_id, study_instance_uid=claimed.study_instance_uid,
+                        series_instance_uid=claimed.series_instance_uid, paths=paths,
+                        previous=self._previous_result(claimed.supersedes_job_id))
+
+    def _previous_result(self, job_id: int | None) -> PreviousResult | None:
+        if job_id is None:
+            return None
+        with read_session(self.engine) as session:
+            sr = session.scalars(select(ResultObject).where(ResultObject.job_id == job_id,
+                                                            ResultObject.kind == "sr")).first()
+            if sr is None or not Path(sr.path).is_file():
+                return None
+            return PreviousResult(job_id, Path(sr.path), sr.sop_instance_uid, sr.sop_class_uid,
+                                  sr.study_instance_uid, sr.series_instance_uid)
+
+    def _heartbeat(self, job_id: int, stop: threading.Event, lost: threading.Event) -> None:
+        settings = self.config.worker
+        while not stop.wait(settings.heartbeat_seconds):
+            try:
+                if not jobs.heartbeat(self.engine, job_id, worker_id=self.worker_id,
+                                      lease_seconds=settings.lease_seconds):
+                    log.warning("job %s: lease lost (reaped or taken over); its results will be discarded", job_id)
+                    lost.set()
+                    return
+            except sqlalchemy.exc.OperationalError as exc:
+                log.warning("job %s: heartbeat failed: %s", job_id, exc.orig)
+
+    @staticmethod
+    def _discard(paths: list[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def load_pipeline_factory(spec: str | None) -> PipelineFactory:
+    """``"package.module:callable"`` -> a factory taking the Config; None -> the screening recipe."""
+    if not spec:
+        from service.pipeline.screening import build_screening_pipeline
+
+        return build_screening_pipeline
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"pipeline must be 'module:callable', got {spec!r}")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    if not callable(factory):
+        raise ValueError(f"pipeline {spec!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def run_worker_process(config: Config, stop_event: threading.Event | None = None,
+                       pipeline_spec: str | None = None, worker_id: str | None = None) -> None:
+    """Entry point of one worker process (``bmd-node worker`` / ``serve``): own engine, pipeline loaded once."""
+    from service.db.engine import make_engine
+    from service.logging import setup_logging
+
+    setup_logging(config.logging)
+    engine = make_engine(config.node.database_url)
+    try:
+        pipeline = load_pipeline_factory(pipeline_spec)(config)
+        Worker(config, engine, pipeline, worker_id=worker_id).run(stop_event)
+    finally:
+        engine.dispose()
