@@ -72,6 +72,10 @@ class UndecodableDatasetError(ValueError):
     """The received bytes are not a DICOM dataset we can identify."""
 
 
+class DatasetMismatchError(ValueError):
+    """The dataset's SOP Class/Instance UID contradicts the C-STORE request."""
+
+
 @dataclass(frozen=True)
 class HeaderSummary:
     sop_class_uid: str
@@ -85,8 +89,14 @@ def _valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and UID(value).is_valid
 
 
-def parse_header(encoded: bytes) -> HeaderSummary:
-    """Read the identifying attributes from a DICOM file stream (preamble + meta + dataset), pixels untouched."""
+def parse_header(
+    encoded: bytes, *, request_sop_class_uid: str = "", request_sop_instance_uid: str = ""
+) -> HeaderSummary:
+    """Read the identifying attributes from a DICOM file stream (preamble + meta + dataset), pixels untouched.
+
+    Tolerant where it is safe: an empty SOP Class / Instance UID in the dataset (seen in real exports) is taken from
+    the C-STORE request (``request_*``); a non-empty one that differs from the request raises ``DatasetMismatchError``.
+    """
     try:
         ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
         values = {kw: str(ds.get(kw, "") or "").strip() for kw in _HEADER_KEYWORDS}
@@ -94,6 +104,11 @@ def parse_header(encoded: bytes) -> HeaderSummary:
         raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
     except Exception as exc:  # pydicom raises many things on garbage; none may escape to the association
         raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
+    for kw, from_request in (("SOPClassUID", request_sop_class_uid), ("SOPInstanceUID", request_sop_instance_uid)):
+        if not values[kw]:
+            values[kw] = from_request
+        elif from_request and values[kw] != from_request:
+            raise DatasetMismatchError(f"{kw} in the dataset differs from the C-STORE request")
     missing = [kw for kw in _HEADER_KEYWORDS[:4] if not values[kw]]
     if missing:
         raise UndecodableDatasetError(f"dataset lacks {', '.join(missing)}")
@@ -138,14 +153,14 @@ class StoreHandler:
             return self.recorder(row)
 
         try:
-            header = parse_header(encoded)
+            header = parse_header(
+                encoded, request_sop_class_uid=request_sop_class, request_sop_instance_uid=request_sop_instance
+            )
+        except DatasetMismatchError as exc:
+            self._reject(record, request_sop_instance, request_sop_class, encoded, str(exc))
+            return STATUS_DATASET_MISMATCH
         except UndecodableDatasetError as exc:
             return self._reject(record, request_sop_instance, request_sop_class, encoded, str(exc))
-
-        if header.sop_instance_uid != request_sop_instance or header.sop_class_uid != request_sop_class:
-            reason = "SOP Instance/Class UID in the dataset differs from the C-STORE request"
-            self._reject(record, request_sop_instance, request_sop_class, encoded, reason)
-            return STATUS_DATASET_MISMATCH
 
         common = {
             "sop_instance_uid": header.sop_instance_uid,
