@@ -154,6 +154,13 @@ def association_failure(assoc: Association) -> StoreOutcome:
         if result == REJECTED_PERMANENT:
             return StoreOutcome(OutcomeKind.PERMANENT, None, detail)
         return StoreOutcome(OutcomeKind.TRANSIENT, None, detail)
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        # The peer accepted the association but none of the presentation contexts (pynetdicom then aborts).
+        # PS3.8 9.3.3.2 result: 0x03 abstract syntax (SOP class) not supported, 0x04 transfer syntaxes not supported.
+        why = {0x03: "SOP class not accepted", 0x04: "transfer syntax not accepted"}
+        refused = sorted({f"{UID(cx.abstract_syntax).name}: {why.get(cx.result or 0, 'refused')}"
+                          for cx in assoc.rejected_contexts})
+        return StoreOutcome(OutcomeKind.PERMANENT, None, f"no presentation context accepted ({'; '.join(refused)})")
     if assoc.is_aborted:
         return StoreOutcome(OutcomeKind.TRANSIENT, None, "association aborted or connection failed")
     return StoreOutcome(OutcomeKind.TRANSIENT, None, "association not established (timeout or connection failed)")
