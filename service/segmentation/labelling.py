@@ -1,0 +1,259 @@
+"""Conventional anatomical labelling of detected vertebral bodies, with quality checks (after Pan 2020).
+
+Input: bodies ordered cranial -> caudal with per-body features measured on a canonical grid (+L, +P, +S).
+Anchors (each implies the level of every body):
+  * T12 anchor: the last rib-bearing body, provided a body without ribs is seen below it (counting up from T12
+    and down from L1, as in Pan 2020);
+  * L5 anchor: the lowest body sits directly on the sacrum (and is not cut by the field of view);
+  * T1 anchor: the first rib-bearing body, provided a body without ribs is seen above it (C7);
+  * group anchor: the transition between bodies the network calls thoracic and lumbar (weaker, used only when
+    no rib/sacrum anchor exists, and then reported as uncertain).
+Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral vertebra: all levels uncertain);
+the spacing between neighbouring bodies must be regular (a gap means a missed body: the count across it is
+uncertain); no anchor at all (short field of view) -> best guess from body heights, reported uncertain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from service.domain.levels import VertebraLevel
+
+logger = logging.getLogger(__name__)
+
+RIB_ATTACH_DISTANCE_MM = 38.0
+"""A rib component belongs to the spine when its most medial voxel lies within this horizontal distance of a body
+centroid (rib head / costotransverse joint lie ~20-35 mm from the body centre; a floating 12th rib passing beside
+L1 stays > 45 mm away)."""
+MIN_RIB_VOLUME_MM3 = 400.0
+"""Smallest rib component counted (a short 12th rib at 3 mm is still > ~1 cm3)."""
+SACRUM_SEARCH_MM = 30.0
+"""The sacrum must start within this distance below the lowest body's centroid-to-bottom edge."""
+MIN_SACRUM_VOLUME_MM3 = 3000.0
+GAP_FACTOR = 1.6
+"""Centroid distance above this times the local median spacing means a body was missed."""
+
+# Typical vertebral body heights (mm), used only for a best guess when no anchor is in the field of view.
+# Approximate mean anterior heights from morphometric series (e.g. Busscher 2010 / Zhou 2000): T1 ~15 ... L5 ~27.
+TYPICAL_HEIGHT_MM: dict[int, float] = {
+    8: 15.0, 9: 16.0, 10: 16.5, 11: 17.0, 12: 17.5, 13: 18.0, 14: 18.5, 15: 19.0, 16: 20.0, 17: 21.0,
+    18: 22.0, 19: 23.0, 20: 24.5, 21: 25.5, 22: 26.5, 23: 27.0, 24: 27.0,
+}
+
+
+@dataclass(frozen=True)
+class BodyFeatures:
+    centroid_mm: tuple[float, float, float]
+    """Canonical millimetres (+L, +P, +S)."""
+    height_mm: float
+    rib_left: bool
+    rib_right: bool
+    thoracic_vote: float
+    """Mean thoracic-group probability share of the body (0 lumbar .. 1 thoracic); 0.5 when unknown."""
+    cut_by_fov: bool = False
+
+    @property
+    def rib_bearing(self) -> bool:
+        return self.rib_left or self.rib_right
+
+
+@dataclass(frozen=True)
+class LevelDecision:
+    level: VertebraLevel | None
+    uncertain: bool
+    reason: str | None
+
+
+@dataclass
+class LabellingResult:
+    decisions: list[LevelDecision]
+    notes: list[str] = field(default_factory=list)
+
+
+def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
+    """Number of bodies presumably missed between body i and i+1 (len n-1)."""
+    z = np.array([b.centroid_mm[2] for b in bodies])
+    if len(z) < 3:
+        return [0] * max(0, len(z) - 1)
+    d = -np.diff(z)
+    out = []
+    for i, di in enumerate(d):
+        neighbours = np.delete(d, i)
+        local = float(np.median(neighbours)) if len(neighbours) else di
+        missing = round(di / local) - 1 if di > GAP_FACTOR * local else 0
+        out.append(max(0, missing))
+    return out
+
+
+def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingResult:
+    """Name each body (cranial -> caudal order)."""
+    n = len(bodies)
+    notes: list[str] = []
+    if n == 0:
+        return LabellingResult([], ["no vertebral body found"])
+    missing = _gap_missing(bodies)
+    # position index of each body counting missed bodies in gaps
+    pos = [0]
+    for m in missing:
+        pos.append(pos[-1] + 1 + m)
+    if any(missing):
+        notes.append(f"gap in the detected bodies: {sum(missing)} body(ies) presumably missed")
+    ribs = [b.rib_bearing for b in bodies]
+    anchors: dict[str, int] = {}
+    """anchor name -> implied level value of position 0."""
+    # T12: last rib-bearing body with a rib-free body below it
+    rib_idx = [i for i, r in enumerate(ribs) if r]
+    if rib_idx:
+        last = rib_idx[-1]
+        if last < n - 1 and not any(ribs[last + 1:]):
+            anchors["T12 (last rib-bearing body)"] = int(VertebraLevel.T12) - pos[last]
+        first = rib_idx[0]
+        if first > 0 and not bodies[first - 1].cut_by_fov and not ribs[first - 1]:
+            anchors["T1 (first rib-bearing body)"] = int(VertebraLevel.T1) - pos[first]
+    if sacrum_below and not bodies[-1].cut_by_fov:
+        anchors["L5 (body on the sacrum)"] = int(VertebraLevel.L5) - pos[-1]
+    values = set(anchors.values())
+    if len(values) == 1:
+        first_level = values.pop()
+        notes.append("anchors: " + ", ".join(anchors))
+        decisions = [_decide(first_level + pos[i], False, None) for i in range(n)]
+        if any(missing):
+            decisions = _gap_uncertain(decisions, missing, anchors, pos, first_level, ribs)
+        return LabellingResult(decisions, notes)
+    if len(values) > 1:
+        # Disagreeing anchors: 11 or 13 rib pairs, or a transitional lumbosacral vertebra. Name by the rib anchor
+        # (Pan 2020 counts from T12), but report every level uncertain.
+        key = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
+        first_level = anchors[key]
+        detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
+        n_lumbar_like = None
+        if "L5 (body on the sacrum)" in anchors and "T12 (last rib-bearing body)" in anchors:
+            n_lumbar_like = anchors["T12 (last rib-bearing body)"] - anchors["L5 (body on the sacrum)"] + 5
+        reason = "anchors disagree (" + detail + ")"
+        if n_lumbar_like is not None:
+            reason += (f": {n_lumbar_like} rib-free vertebrae above the sacrum; transitional lumbosacral vertebra "
+                       "or 11/13 rib pairs")
+        else:
+            reason += ": 11 or 13 rib pairs"
+        notes.append(reason)
+        return LabellingResult([_decide(first_level + pos[i], True, reason) for i in range(n)], notes)
+    # No rib/sacrum anchor: the network's thoracic/lumbar groups, else body heights. Always uncertain.
+    votes = [b.thoracic_vote for b in bodies]
+    trans = [i for i in range(n - 1) if votes[i] > 0.5 >= votes[i + 1]]
+    if len(trans) == 1 and all(v > 0.5 for v in votes[: trans[0] + 1]) and all(v <= 0.5 for v in votes[trans[0] + 1:]):
+        first_level = int(VertebraLevel.T12) - pos[trans[0]]
+        reason = "no rib or sacrum anchor in the field of view; named from the thoracic/lumbar appearance"
+    else:
+        first_level = _best_height_fit(bodies, pos, votes)
+        reason = "no anchor in the field of view (too short to see the last rib or the sacrum); best guess"
+    notes.append(reason)
+    return LabellingResult([_decide(first_level + pos[i], True, reason) for i in range(n)], notes)
+
+
+def _name(v: int) -> str:
+    return VertebraLevel(v).name if 1 <= v <= 25 else f"level {v}"
+
+
+def _decide(v: int, uncertain: bool, reason: str | None) -> LevelDecision:
+    if not 1 <= v <= 25:
+        return LevelDecision(None, True, reason or "count runs outside C1-S1")
+    return LevelDecision(VertebraLevel(v), uncertain, reason if uncertain else None)
+
+
+def _gap_uncertain(decisions: list[LevelDecision], missing: list[int], anchors: dict[str, int], pos: list[int],
+                   first_level: int, ribs: list[bool]) -> list[LevelDecision]:
+    """Bodies separated from every anchor by a gap are uncertain (the number of missed bodies is a guess)."""
+    anchor_positions = []
+    for k, v in anchors.items():
+        target = {"T12": 19, "T1": 8, "L5": 24}[k.split()[0]]
+        anchor_positions.append(target - v)
+    out = []
+    for i, d in enumerate(decisions):
+        p = pos[i]
+        crosses_all = all(
+            any(missing[j] for j in range(len(missing)) if min(p, a) <= pos[j] < max(p, a)) for a in anchor_positions)
+        if crosses_all and d.level is not None:
+            out.append(LevelDecision(d.level, True, "a body between this one and the anchor was not detected"))
+        else:
+            out.append(d)
+    return out
+
+
+def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[float]) -> int:
+    heights = [b.height_mm for b in bodies]
+    best, best_cost = int(VertebraLevel.T12) - pos[-1], float("inf")
+    for first in range(1, 26 - pos[-1]):
+        cost = 0.0
+        for i, h in enumerate(heights):
+            v = first + pos[i]
+            if bodies[i].cut_by_fov:
+                continue
+            cost += (h - TYPICAL_HEIGHT_MM.get(v, 25.0)) ** 2 / 9.0
+            # group vote agreement
+            is_thoracic = v <= int(VertebraLevel.T12)
+            cost += 4.0 * abs(votes[i] - (1.0 if is_thoracic else 0.0))
+            if bodies[i].rib_bearing and not is_thoracic:
+                cost += 10.0
+            if not bodies[i].rib_bearing and 9 <= v <= 18 and not bodies[i].cut_by_fov:
+                cost += 10.0
+        if cost < best_cost:
+            best, best_cost = first, cost
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feature extraction on a canonical grid (shared by inference on predictions and tests on phantom truth).
+
+def rib_attachment(body_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
+                   spacing_mm: tuple[float, float, float]) -> list[tuple[bool, bool]]:
+    """(left, right) rib attachment per body: each rib component is assigned to the body nearest its medial end."""
+    sp = np.asarray(spacing_mm, dtype=np.float64)
+    cents = np.array([np.argwhere(m).mean(axis=0) * sp for m in body_masks]) if body_masks else np.zeros((0, 3))
+    out = [[False, False] for _ in body_masks]
+    if not body_masks or not rib_mask.any():
+        return [tuple(o) for o in out]  # type: ignore[misc]
+    lab, n = ndimage.label(rib_mask, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return [tuple(o) for o in out]  # type: ignore[misc]
+    objects = ndimage.find_objects(lab)
+    voxel_mm3 = float(np.prod(sp))
+    for idx, sl in enumerate(objects, start=1):
+        if sl is None:
+            continue
+        local = lab[sl] == idx
+        count = int(local.sum())
+        if count * voxel_mm3 < MIN_RIB_VOLUME_MM3:
+            continue
+        pts = (np.argwhere(local) + np.array([s.start for s in sl])) * sp
+        # horizontal distance of every rib voxel to every body centroid
+        dx = pts[:, None, 0] - cents[None, :, 0]
+        dy = pts[:, None, 1] - cents[None, :, 1]
+        horiz = np.hypot(dx, dy)
+        k = int(np.argmin(horiz.min(axis=1)))
+        medial = pts[k]
+        if horiz[k].min() > RIB_ATTACH_DISTANCE_MM:
+            continue
+        d3 = np.linalg.norm(cents - medial, axis=1)
+        b = int(np.argmin(d3))
+        side = 0 if medial[0] > cents[b, 0] else 1  # +L axis: left
+        out[b][side] = True
+    return [tuple(o) for o in out]  # type: ignore[misc]
+
+
+def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np.bool_],
+                 spacing_mm: tuple[float, float, float]) -> bool:
+    if not sacrum_mask.any() or not lowest_body.any():
+        return False
+    sp = np.asarray(spacing_mm)
+    body_pts = np.argwhere(lowest_body) * sp
+    cx, cy = body_pts[:, 0].mean(), body_pts[:, 1].mean()
+    z_bottom = body_pts[:, 2].min()
+    pts = np.argwhere(sacrum_mask) * sp
+    near = (np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) < 50.0) & (pts[:, 2] < z_bottom + 5.0) & (
+        pts[:, 2] > z_bottom - SACRUM_SEARCH_MM)
+    return bool(near.sum() * float(np.prod(sp)) >= MIN_SACRUM_VOLUME_MM3 / 3)

@@ -1,0 +1,120 @@
+"""Domain randomisation for the coarse segmentation model (numpy, on 3 mm canonical patches).
+
+Everything keeps intensities in HU (within a few per cent): the density measurement downstream depends on HU,
+and the model input is a fixed HU transform.  Randomised: crop position and size of the field of view (slab
+scans, small reconstruction circles), isotropic/anisotropic rescaling (patient size, voxel size), rotations,
+left-right flips, slice-thickness blur, noise (low dose), low-frequency bias, HU scale/offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from service.segmentation.classes import IGNORE
+
+AIR_HU = -1000.0
+
+
+def random_patch(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], size: tuple[int, int, int],
+                 rng: np.random.Generator, spine_bias: float = 0.85) -> tuple[npt.NDArray[np.float32],
+                                                                               npt.NDArray[np.uint8]]:
+    """A patch of ``size`` (padded with air / background), centred near the spine with probability spine_bias."""
+    shape = np.array(hu.shape)
+    size_a = np.array(size)
+    spine = np.argwhere((target >= 1) & (target <= 4)) if rng.random() < spine_bias else np.zeros((0, 3))
+    if len(spine):
+        centre = spine[rng.integers(len(spine))] + rng.normal(0, [6, 4, 10])
+    else:
+        centre = rng.uniform(0, shape)
+    start = np.round(centre - size_a / 2).astype(int)
+    out_hu = np.full(size, AIR_HU, dtype=np.float32)
+    out_t = np.zeros(size, dtype=np.uint8)
+    src = [slice(max(0, s), min(n, s + k)) for s, n, k in zip(start, shape, size_a, strict=True)]
+    dst = [slice(max(0, s), min(n, s + k)) for s, n, k in zip(start, shape, size_a, strict=True)]
+    dst = [slice(d.start - s, d.stop - s) for d, s in zip(dst, start, strict=True)]
+    if all(s.stop > s.start for s in src):
+        out_hu[tuple(dst)] = hu[tuple(src)]
+        out_t[tuple(dst)] = target[tuple(src)]
+    return out_hu, out_t
+
+
+def spatial(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], rng: np.random.Generator,
+            out_size: tuple[int, int, int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Random rotation (z: +-12 deg, x/y: +-8 deg), scale 0.85-1.15 per axis, flip L-R; output of out_size."""
+    angles = np.deg2rad([rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(-12, 12)])
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    scale = np.diag(rng.uniform(0.85, 1.15, 3) * rng.uniform(0.95, 1.05))
+    m = rz @ ry @ rx @ scale
+    if rng.random() < 0.5:
+        m = m @ np.diag([-1.0, 1.0, 1.0])
+    centre_in = (np.array(hu.shape) - 1) / 2
+    centre_out = (np.array(out_size) - 1) / 2
+    offset = centre_in - m @ centre_out
+    o_hu = ndimage.affine_transform(hu, m, offset, output_shape=out_size, order=1, mode="constant", cval=AIR_HU)
+    o_t = ndimage.affine_transform(target, m, offset, output_shape=out_size, order=0, mode="constant", cval=0)
+    return o_hu.astype(np.float32), o_t.astype(np.uint8)
+
+
+def truncate_fov(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8],
+                 rng: np.random.Generator) -> None:
+    """In place: slab scans (short z range) and small in-plane reconstruction fields."""
+    nz = hu.shape[2]
+    if rng.random() < 0.3:
+        length = int(rng.integers(8, max(9, nz)))
+        z0 = int(rng.integers(0, max(1, nz - length)))
+        hu[:, :, :z0] = AIR_HU
+        hu[:, :, z0 + length:] = AIR_HU
+        target[:, :, :z0] = 0
+        target[:, :, z0 + length:] = 0
+    if rng.random() < 0.15:
+        nx, ny = hu.shape[:2]
+        r = rng.uniform(0.3, 0.6) * min(nx, ny)
+        cx, cy = nx / 2 + rng.normal(0, 5), ny / 2 + rng.normal(0, 5)
+        xx, yy = np.mgrid[:nx, :ny]
+        outside = (xx - cx) ** 2 + (yy - cy) ** 2 > r**2
+        hu[outside] = AIR_HU if rng.random() < 0.5 else -1024.0
+        target[outside] = 0
+
+
+def intensity(hu: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
+    """Blur (slice thickness / kernel), noise (dose), bias, HU scale/offset within a few per cent."""
+    out = hu
+    if rng.random() < 0.5:
+        sig = (rng.uniform(0, 0.8), rng.uniform(0, 0.8), rng.uniform(0, 1.5))
+        out = ndimage.gaussian_filter(out, sig)
+    if rng.random() < 0.3:
+        # sharp kernels: unsharp masking
+        blurred = ndimage.gaussian_filter(out, 1.0)
+        out = out + rng.uniform(0.2, 0.8) * (out - blurred)
+    out = out * rng.uniform(0.96, 1.04) + rng.uniform(-20, 20)
+    if rng.random() < 0.5:
+        coarse = rng.normal(0, 1, (3, 3, 3)).astype(np.float32)
+        bias = ndimage.zoom(coarse, np.array(out.shape) / 3, order=1)[: out.shape[0], : out.shape[1], : out.shape[2]]
+        out = out + rng.uniform(0, 25) * bias
+    if rng.random() < 0.7:
+        out = out + rng.normal(0, rng.uniform(2, 45), out.shape).astype(np.float32)
+    return out.astype(np.float32)
+
+
+def augment(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], size: tuple[int, int, int],
+            rng: np.random.Generator) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    big = tuple(int(s * 1.3) for s in size)
+    p_hu, p_t = random_patch(hu, target, big, rng)  # type: ignore[arg-type]
+    if rng.random() < 0.8:
+        p_hu, p_t = spatial(p_hu, p_t, rng, size)
+    else:
+        off = [(b - s) // 2 for b, s in zip(big, size, strict=True)]
+        sl = tuple(slice(o, o + s) for o, s in zip(off, size, strict=True))
+        p_hu, p_t = p_hu[sl].copy(), p_t[sl].copy()
+        if rng.random() < 0.5:
+            p_hu, p_t = p_hu[::-1].copy(), p_t[::-1].copy()
+    truncate_fov(p_hu, p_t, rng)
+    p_hu = intensity(p_hu, rng)
+    p_t[(p_t != IGNORE) & (p_t > 6)] = 0
+    return p_hu, p_t

@@ -1,0 +1,75 @@
+"""Labelling rules on hand-made body features (anchors, conflicts, gaps, no anchor)."""
+
+from __future__ import annotations
+
+from service.domain.levels import VertebraLevel as V
+from service.segmentation.labelling import BodyFeatures, label_bodies
+
+
+def _spine(levels: list[V], rib_levels: set[V], spacing_mm: float = 27.0, cut: set[V] | None = None,
+           skip: set[V] | None = None) -> list[BodyFeatures]:
+    out = []
+    for i, lv in enumerate(levels):
+        if skip and lv in skip:
+            continue
+        ribs = lv in rib_levels
+        out.append(BodyFeatures(centroid_mm=(0.0, 0.0, -i * spacing_mm), height_mm=22.0, rib_left=ribs,
+                                rib_right=ribs, thoracic_vote=1.0 if lv <= V.T12 else 0.0,
+                                cut_by_fov=bool(cut and lv in cut)))
+    return out
+
+
+THORACIC = {V(v) for v in range(V.T1, V.T12 + 1)}
+
+
+def test_t12_anchor_names_abdomen() -> None:
+    levels = [V.T10, V.T11, V.T12, V.L1, V.L2]
+    res = label_bodies(_spine(levels, THORACIC), sacrum_below=False)
+    assert [d.level for d in res.decisions] == levels
+    assert not any(d.uncertain for d in res.decisions)
+
+
+def test_l5_anchor_and_t12_agree() -> None:
+    levels = [V(v) for v in range(V.T11, V.L5 + 1)]
+    res = label_bodies(_spine(levels, THORACIC), sacrum_below=True)
+    assert [d.level for d in res.decisions] == levels
+    assert not any(d.uncertain for d in res.decisions)
+
+
+def test_thirteen_rib_pairs_with_sacrum_is_uncertain() -> None:
+    levels = [V(v) for v in range(V.T10, V.L5 + 1)]
+    res = label_bodies(_spine(levels, THORACIC | {V.L1}), sacrum_below=True)
+    assert all(d.uncertain for d in res.decisions)
+    assert "disagree" in (res.decisions[0].reason or "")
+
+
+def test_eleven_rib_pairs_with_t1_visible_is_uncertain() -> None:
+    levels = [V(v) for v in range(V.C6, V.L1 + 1)]
+    ribs = {V(v) for v in range(V.T1, V.T11 + 1)}
+    res = label_bodies(_spine(levels, ribs), sacrum_below=False)
+    assert all(d.uncertain for d in res.decisions)
+
+
+def test_lumbarised_s1_is_uncertain() -> None:
+    # six rib-free mobile vertebrae above the sacrum (S1 lumbarised)
+    levels = [V(v) for v in range(V.T11, V.S1 + 1)]
+    res = label_bodies(_spine(levels, THORACIC), sacrum_below=True)
+    assert all(d.uncertain for d in res.decisions)
+    # named by the rib anchor: T12 stays T12
+    assert res.decisions[1].level == V.T12
+
+
+def test_short_slab_without_anchor_is_uncertain() -> None:
+    levels = [V.T11, V.T12]
+    res = label_bodies(_spine(levels, THORACIC, cut={V.T11, V.T12}), sacrum_below=False)
+    assert all(d.uncertain for d in res.decisions)
+    assert "anchor" in (res.decisions[0].reason or "")
+
+
+def test_missed_body_is_counted_in_the_gap() -> None:
+    levels = [V(v) for v in range(V.T9, V.L3 + 1)]
+    res = label_bodies(_spine(levels, THORACIC, skip={V.T10}), sacrum_below=False)
+    names = [d.level for d in res.decisions]
+    assert names == [lv for lv in levels if lv != V.T10]
+    assert res.decisions[0].uncertain  # T9 is across the gap from the T12 anchor
+    assert not res.decisions[-1].uncertain
