@@ -172,6 +172,7 @@ class SeriesSettings:
 
 
 SEGMENTATION_BACKENDS = ("bmd-node", "totalsegmentator")
+SEGMENTATION_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,8 @@ class SegmentationSettings:
     def __post_init__(self) -> None:
         if self.backend not in SEGMENTATION_BACKENDS:
             raise ConfigError(f"segmentation.backend: must be one of {SEGMENTATION_BACKENDS}, got {self.backend!r}")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or re.match(r"^cuda:\d+$", self.device)):
-            raise ConfigError(f"segmentation.device: must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.device not in SEGMENTATION_DEVICES:
+            raise ConfigError(f"segmentation.device: must be one of {SEGMENTATION_DEVICES}, got {self.device!r}")
 
 
 @dataclass(frozen=True)

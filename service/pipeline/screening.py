@@ -1,0 +1,67 @@
+"""The screening recipe: load -> segment + label -> measure + calibrate + classify -> result objects.
+
+    volume       = load_volume(job.paths)
+    segmentation = segment(volume)
+    assessment   = assess(volume, segmentation, bmd settings, active site model)
+    objects      = build_objects(volume, segmentation, assessment, previous SR)
+
+The segmentation model and the site model are loaded once per process (first job), not per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from service import __version__
+from service.config import Config
+from service.pipeline import steps
+from service.pipeline.types import JobInput, PipelineOutput
+
+log = logging.getLogger(__name__)
+
+_UNSET: Any = object()
+
+
+class ScreeningRecipe:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.segment = steps.SegmentStep(config.segmentation)
+        self._site_model: Any = _UNSET
+        self._bmd_settings: Any = None
+
+    @property
+    def site_model(self) -> Any:
+        if self._site_model is _UNSET:
+            self._site_model = steps.load_site_model(self.config.site_models)
+        return self._site_model
+
+    @property
+    def bmd_settings(self) -> Any:
+        if self._bmd_settings is None:
+            self._bmd_settings = steps.calibration_settings(self.config.bmd, __version__)
+        return self._bmd_settings
+
+    def run(self, job: JobInput) -> PipelineOutput:
+        timings: dict[str, float] = {}
+        t = time.monotonic()
+        volume = steps.load_volume(job.paths, self.config.series)
+        timings["load_s"] = time.monotonic() - t
+        t = time.monotonic()
+        segmentation = self.segment(volume)
+        timings["segment_s"] = time.monotonic() - t
+        t = time.monotonic()
+        assessment = steps.assess(volume, segmentation, self.bmd_settings, self.site_model)
+        timings["assess_s"] = time.monotonic() - t
+        t = time.monotonic()
+        objects = steps.build_objects(volume, segmentation, assessment, job.previous)
+        timings["objects_s"] = time.monotonic() - t
+        log.info("job %s: screening done (%s)", job.job_id,
+                 ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+        return PipelineOutput(assessment.result, objects)
+
+
+def build_screening_pipeline(config: Config) -> ScreeningRecipe:
+    """The production pipeline (what ``bmd-node worker`` / ``serve`` / ``analyze`` run)."""
+    return ScreeningRecipe(config)

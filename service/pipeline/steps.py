@@ -1,0 +1,133 @@
+"""The screening steps, each with typed inputs and outputs. Heavy modules (torch, highdicom) are imported
+lazily so that importing the pipeline stays cheap and the CLI starts fast.
+
+    load_volume(paths, series settings)                      -> CTVolume
+    SegmentStep(segmentation settings)(volume)               -> SpineSegmentation   (model loaded once)
+    assess(volume, segmentation, bmd settings, site model)   -> BmdAssessment (ScreeningResult + ROI labels)
+    build_objects(volume, segmentation, assessment, ...)     -> tuple[EncodedObject, ...]  (SEG, SR, key image)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.config import BmdSettings as BmdConfig
+from service.config import SegmentationSettings, SeriesSettings, SiteModelsSettings
+from service.domain.segmentation import SpineSegmentation
+from service.domain.site_model import SiteModelPredictor
+from service.domain.volume import CTVolume
+from service.pipeline.encode import encode_dataset
+from service.pipeline.types import EncodedObject, PipelineRejectedError, PreviousResult
+
+if TYPE_CHECKING:
+    from service.calibration.assess import BmdAssessment
+
+log = logging.getLogger(__name__)
+
+
+def load_volume(paths: Sequence[Path], settings: SeriesSettings) -> CTVolume:
+    """Read and check the series; an unusable series is a permanent PipelineRejectedError."""
+    from service.dicom.volume_loader import SeriesRejectedError, load_series
+
+    try:
+        return load_series(list(paths), min_slices=settings.min_slices,
+                           max_slice_thickness_mm=settings.max_slice_thickness_mm)
+    except SeriesRejectedError as exc:
+        raise PipelineRejectedError(f"series rejected: {exc.reason}") from exc
+
+
+class SegmentStep:
+    """Vertebra segmentation + labelling; the model is loaded on first use and kept for the process."""
+
+    def __init__(self, settings: SegmentationSettings) -> None:
+        self.settings = settings
+        self._segmenter: Any = None
+
+    @property
+    def segmenter(self) -> Any:
+        if self._segmenter is None:
+            from service.segmentation.inference import load_segmenter
+
+            started = time.monotonic()
+            self._segmenter = load_segmenter(self.settings)  # type: ignore[arg-type]  # same fields, duck-typed
+            log.info("segmenter %s %s loaded in %.1f s", getattr(self._segmenter, "name", "?"),
+                     getattr(self._segmenter, "version", "?"), time.monotonic() - started)
+        return self._segmenter
+
+    def __call__(self, volume: CTVolume) -> SpineSegmentation:
+        segmentation: SpineSegmentation = self.segmenter.segment(volume)
+        if not segmentation.vertebrae:
+            raise PipelineRejectedError("no vertebra found in the series")
+        return segmentation
+
+
+def calibration_settings(config: BmdConfig, algorithm_version: str) -> Any:
+    """The TOML [bmd] section mapped onto service.calibration.assess.BmdSettings."""
+    from service.calibration.assess import BmdSettings
+
+    return BmdSettings(roi_method=config.roi_method, summary_levels=config.summary_levels,
+                       threshold_set=config.threshold_set, calibration_store_dir=config.calibration_store_dir,
+                       algorithm_version=algorithm_version)
+
+
+def load_site_model(settings: SiteModelsSettings) -> SiteModelPredictor | None:
+    if not settings.enabled:
+        return None
+    from service.site_models.registry import load_active_predictor
+
+    predictor = load_active_predictor(settings.registry_dir)
+    if predictor is not None:
+        log.info("site model active: %s", predictor.name)
+    return predictor
+
+
+def assess(volume: CTVolume, segmentation: SpineSegmentation, settings: Any,
+           site_model: SiteModelPredictor | None) -> BmdAssessment:
+    from service.calibration.assess import assess_bmd
+
+    return assess_bmd(volume, segmentation, settings, site_model=site_model)
+
+
+def predecessor_ref(previous: PreviousResult | None) -> Any:
+    """The earlier SR as service.dicom.results.PredecessorRef (None for a first run)."""
+    if previous is None:
+        return None
+    from service.dicom import results
+
+    ref_type = results.PredecessorRef
+    for constructor in ("from_file", "from_path"):
+        if hasattr(ref_type, constructor):
+            return getattr(ref_type, constructor)(previous.sr_path)
+    values = {"sop_instance_uid": previous.sr_sop_instance_uid, "sop_class_uid": previous.sr_sop_class_uid,
+              "study_instance_uid": previous.study_instance_uid, "series_instance_uid": previous.series_instance_uid,
+              "path": previous.sr_path}
+    if dataclasses.is_dataclass(ref_type):
+        names = {f.name for f in dataclasses.fields(ref_type)}
+        return ref_type(**{k: v for k, v in values.items() if k in names})
+    return ref_type(**values)
+
+
+def algorithm_info(segmentation: SpineSegmentation) -> Any:
+    from service import __version__
+    from service.dicom.result_common import AlgorithmInfo
+
+    return AlgorithmInfo(version=__version__, model_name=segmentation.model_name or "unknown",
+                         model_version=segmentation.model_version or "unknown")
+
+
+def build_objects(volume: CTVolume, segmentation: SpineSegmentation, assessment: BmdAssessment,
+                  previous: PreviousResult | None) -> tuple[EncodedObject, ...]:
+    from service.dicom.results import build_result_objects
+
+    built = build_result_objects(volume, segmentation, assessment.roi_labels, assessment.result,
+                                 algorithm_info(segmentation), predecessor_ref(previous))
+    objects = []
+    for kind, dataset in (("seg", built.seg), ("sr", built.sr), ("key_image", built.key_image)):
+        if dataset is not None:
+            objects.append(encode_dataset(kind, dataset))
+    return tuple(objects)

@@ -1,0 +1,176 @@
+"""The scheduler: decides when a series is complete and which series of a study to screen.
+
+Every ``series.scheduler_poll_seconds`` it looks at series with stored instances not yet decided about
+(``instance_count != checked_instance_count``). A study is considered once every one of its series has been quiet
+for ``node.series_stable_seconds``. Then each changed series is checked (service.dicom.series.check_series on the
+headers: one orientation and Frame of Reference, regular spacing, no duplicates, rescale, not a localizer, enough
+slices, thickness limit); failures are recorded as 'rejected' with their reasons. Among the eligible series of the
+study (the changed ones that passed and the ones that passed before) the preferred one (dicom/selection.py) gets a
+job; the others are recorded as 'not_selected' with the reason.
+
+More instances arriving for a series after its job finished make it 'changed' again: once quiet it gets a new job,
+whose results replace the earlier ones (queue/jobs.finish supersedes them). While the series still has an active
+job, the decision waits until that job ends (at most one active job per series).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy import select
+
+from service.config import Config
+from service.db.engine import read_session, write_session
+from service.db.queries import stored_instance_paths
+from service.db.tables import Series, utcnow
+from service.dicom.selection import SeriesCandidate, candidate_from_header, select_series
+from service.queue import jobs
+from service.queue.states import SeriesStatus
+
+log = logging.getLogger(__name__)
+
+PASSED_BEFORE = (SeriesStatus.QUEUED, SeriesStatus.NOT_SELECTED)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    ok: bool
+    reason: str | None
+    candidate: SeriesCandidate | None
+
+
+@dataclass(frozen=True)
+class SchedulerTick:
+    enqueued: tuple[int, ...]
+    rejected: tuple[str, ...]
+    not_selected: tuple[str, ...]
+    waiting: tuple[str, ...]
+    """Series whose decision waits for an active job of the same series to end."""
+
+
+class Scheduler:
+    def __init__(self, config: Config, engine: sqlalchemy.Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self._cache: dict[tuple[str, int], _Checked] = {}
+
+    def run(self, stop_event: threading.Event) -> None:
+        log.info("scheduler started (series stable after %ss)", self.config.node.series_stable_seconds)
+        while not stop_event.is_set():
+            try:
+                self.tick()
+            except sqlalchemy.exc.OperationalError as exc:
+                log.warning("scheduler: database error: %s", exc.orig)
+            except Exception:
+                log.exception("scheduler tick failed")
+            stop_event.wait(self.config.series.scheduler_poll_seconds)
+        log.info("scheduler stopped")
+
+    def tick(self, now: datetime | None = None) -> SchedulerTick:
+        now = now or utcnow()
+        jobs.reap_expired(self.engine, now=now)
+        quiet_before = now - timedelta(seconds=self.config.node.series_stable_seconds)
+        with read_session(self.engine) as session:
+            changed = session.scalars(select(Series).where(
+                Series.instance_count > 0, Series.instance_count != Series.checked_instance_count)).all()
+            studies = sorted({s.study_instance_uid for s in changed})
+            by_study: dict[str, list[Series]] = defaultdict(list)
+            if studies:
+                for s in session.scalars(select(Series).where(Series.study_instance_uid.in_(studies),
+                                                              Series.instance_count > 0)).all():
+                    by_study[s.study_instance_uid].append(s)
+        enqueued: list[int] = []
+        rejected: list[str] = []
+        not_selected: list[str] = []
+        waiting: list[str] = []
+        for study_uid in studies:
+            series_rows = by_study[study_uid]
+            if any(s.last_received_at > quiet_before for s in series_rows):
+                continue  # the study is still arriving
+            result = self._decide_study(series_rows, now)
+            enqueued += result.enqueued
+            rejected += result.rejected
+            not_selected += result.not_selected
+            waiting += result.waiting
+        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting))
+
+    def _decide_study(self, series_rows: list[Series], now: datetime) -> SchedulerTick:
+        checked: dict[str, _Checked] = {}
+        counts: dict[str, int] = {}
+        for s in series_rows:
+            changed = s.instance_count != s.checked_instance_count
+            if changed:
+                checked[s.series_instance_uid] = self._check(s.series_instance_uid, s.instance_count)
+                counts[s.series_instance_uid] = s.instance_count
+            elif s.status in PASSED_BEFORE:
+                checked[s.series_instance_uid] = self._check(s.series_instance_uid, s.instance_count)
+        eligible = [c.candidate for c in checked.values() if c.ok and c.candidate is not None]
+        selection = select_series(eligible)
+        enqueued: list[int] = []
+        rejected: list[str] = []
+        not_selected: list[str] = []
+        waiting: list[str] = []
+        with write_session(self.engine) as session:
+            for uid, count in counts.items():
+                row = session.scalar(select(Series).where(Series.series_instance_uid == uid))
+                if row is None or row.instance_count != count:
+                    continue  # more arrived meanwhile: decide on the next tick
+                result = checked[uid]
+                if not result.ok:
+                    row.status = SeriesStatus.REJECTED
+                    row.reason = result.reason
+                    row.checked_instance_count = count
+                    row.checked_at = now
+                    rejected.append(uid)
+                    log.info("series %s rejected: %s", uid, result.reason)
+                elif selection.selected is not None and selection.selected.series_instance_uid == uid:
+                    job_id = jobs.enqueue_in_session(session, uid, max_attempts=self.config.worker.max_attempts,
+                                                     now=now)
+                    if job_id is None:
+                        waiting.append(uid)
+                    else:
+                        enqueued.append(job_id)
+                        log.info("series %s: job %s queued (%d instances)", uid, job_id, count)
+                else:
+                    reason = next((why for c, why in selection.not_selected if c.series_instance_uid == uid),
+                                  "another series of the study was preferred")
+                    row.status = SeriesStatus.NOT_SELECTED
+                    row.reason = reason
+                    row.checked_instance_count = count
+                    row.checked_at = now
+                    not_selected.append(uid)
+                    log.info("series %s not selected: %s", uid, reason)
+        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting))
+
+    def _check(self, series_uid: str, instance_count: int) -> _Checked:
+        key = (series_uid, instance_count)
+        if key not in self._cache:
+            self._cache[key] = self._check_uncached(series_uid)
+            if len(self._cache) > 1000:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[key]
+
+    def _check_uncached(self, series_uid: str) -> _Checked:
+        from service.dicom.series import check_series
+        from service.dicom.volume_loader import SeriesRejectedError, read_headers
+
+        paths = [Path(p) for p in stored_instance_paths(self.engine, series_uid)]
+        try:
+            headers = read_headers(paths)
+        except SeriesRejectedError as exc:
+            return _Checked(False, exc.reason, None)
+        check = check_series(headers, min_slices=self.config.series.min_slices,
+                             max_slice_thickness_mm=self.config.series.max_slice_thickness_mm)
+        if not check.ok:
+            return _Checked(False, check.reason or "series check failed", None)
+        return _Checked(True, None, candidate_from_header(headers[0], check.slice_count, check.slice_thickness_mm))
+
+
+def run_scheduler(config: Config, engine: sqlalchemy.Engine, stop_event: threading.Event) -> None:
+    Scheduler(config, engine).run(stop_event)
