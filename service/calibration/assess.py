@@ -1,0 +1,369 @@
+"""The BMD assessment entry point: labelled vertebrae + CT -> per-level measurements, calibration, summary.
+
+Order of work:
+1. per level (every vertebra of the segmentation): trabecular ROI (configured method), HU stats, exclusion checks
+   (level uncertain, cut by the field of view, metal, fracture by heights, ROI too small, sclerosis);
+2. calibration, first available of: synchronous phantom rods in this scan > stored phantom calibration for this
+   scanner (manufacturer, model, station, kVp; valid on the scan date) > internal (air, fat, muscle, blood) >
+   default reference line ('uncalibrated'); then IV contrast (header or iodine-bright aorta): corrected and flagged;
+3. BMD per evaluable level; the Xiong thoracolumbar curve over evaluable T5..L2; the patient summary (configured
+   levels with adjacent substitution, else the curve's lumbar-equivalent value, else a single level, else
+   indeterminate); an activated site model, when it answers, gives the summary value and category.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from service.calibration import diagnosis, summary
+from service.calibration.contrast import CONTRAST_AORTA_HU, ContrastFinding, detect_contrast
+from service.calibration.internal import internal_calibration
+from service.calibration.level_curve import fit_level_curve, lumbar_equivalent_hu
+from service.calibration.linear import default_calibration, with_contrast_correction, with_flags
+from service.calibration.store import CalibrationStore, ScannerKey
+from service.calibration.tissues import TissueSurvey, survey_tissues
+from service.domain.levels import VertebraLevel
+from service.domain.results import (
+    CalibrationKind,
+    Category,
+    CurveFit,
+    ExclusionReason,
+    LinearCalibration,
+    PatientSummary,
+    RoiMethod,
+    ScreeningResult,
+    VertebraMeasurement,
+)
+from service.domain.segmentation import SpineSegmentation
+from service.domain.site_model import SiteModelPredictor
+from service.domain.volume import CTVolume
+from service.measurement.exclusions import (
+    DEFAULT_MIN_ROI_VOLUME_MM3,
+    METAL_HU,
+    SCLEROSIS_HU,
+    SCLEROSIS_MAX_FRACTION,
+    hu_exclusion,
+)
+from service.measurement.fracture import GENANT_HEIGHT_LOSS, VertebralHeights, assess_fractures, vertebral_heights
+from service.measurement.geometry import CroppedMask, crop_labels, vertebra_frame
+from service.measurement.hu_stats import hu_stats
+from service.measurement.roi import trabecular_roi
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BmdSettings:
+    """Everything the assessment can be told; node-core maps the TOML [bmd] section onto it."""
+
+    roi_method: RoiMethod = RoiMethod.EROSION_3MM
+    erosion_mm: float = 3.0
+    """Xiong 2025 / Peng 2023 / Wang 2024: 3 mm in x, y and z."""
+    summary_levels: tuple[VertebraLevel, ...] = (VertebraLevel.L1, VertebraLevel.L2)
+    """ISCD / ACR standard L1-L2 mean; L1-L3 or T12-L2 are accepted alternatives."""
+    threshold_set: str = diagnosis.DEFAULT_THRESHOLD_SET
+    threshold_version: str = diagnosis.DEFAULT_THRESHOLD_VERSION
+    osteoporosis_below_mg_cm3: float = diagnosis.OSTEOPOROSIS_BELOW_MG_CM3
+    normal_above_mg_cm3: float = diagnosis.NORMAL_ABOVE_MG_CM3
+    calibration_store_dir: Path | None = None
+    """Stored asynchronous phantom calibrations (one JSON file each); None: no store."""
+    synchronous_phantom_definition: Path | None = None
+    """Phantom definition to look for in patient scans; None: the default definition file."""
+    detect_synchronous_phantom: bool = True
+    use_internal_calibration: bool = True
+    correct_contrast: bool = True
+    """True: subtract the documented contrast rise of trabecular HU; False: only flag the result."""
+    contrast_aorta_hu: float = CONTRAST_AORTA_HU
+    fracture_height_loss: float = GENANT_HEIGHT_LOSS
+    min_roi_volume_mm3: float = DEFAULT_MIN_ROI_VOLUME_MM3
+    sclerosis_hu: float = SCLEROSIS_HU
+    sclerosis_max_fraction: float = SCLEROSIS_MAX_FRACTION
+    metal_hu: float = METAL_HU
+    curve_site_k: float | None = None
+    """Site-trained thoracolumbar slope k (HU per level); None: per-patient fit."""
+    algorithm_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.erosion_mm < 0:
+            raise ValueError(f"erosion_mm must be >= 0, got {self.erosion_mm}")
+        if not self.summary_levels:
+            raise ValueError("summary_levels must name at least one level")
+        if not 0 < self.fracture_height_loss < 1:
+            raise ValueError(f"fracture_height_loss must be in (0, 1), got {self.fracture_height_loss}")
+        if self.min_roi_volume_mm3 < 0:
+            raise ValueError(f"min_roi_volume_mm3 must be >= 0, got {self.min_roi_volume_mm3}")
+        diagnosis.Thresholds(self.threshold_set, self.threshold_version, self.osteoporosis_below_mg_cm3,
+                             self.normal_above_mg_cm3)  # validates
+
+    @property
+    def thresholds(self) -> diagnosis.Thresholds:
+        return diagnosis.Thresholds(self.threshold_set, self.threshold_version, self.osteoporosis_below_mg_cm3,
+                                    self.normal_above_mg_cm3)
+
+
+@dataclass(frozen=True, eq=False)
+class BmdAssessment:
+    result: ScreeningResult
+    roi_labels: npt.NDArray[np.int16]
+    """On the CT grid: value = VertebraLevel value where that level's trabecular ROI was measured."""
+    tissue_survey: TissueSurvey | None = None
+    contrast: ContrastFinding | None = None
+    heights: dict[VertebraLevel, VertebralHeights] = field(default_factory=dict)
+
+
+@dataclass
+class _LevelWork:
+    level: VertebraLevel
+    centroid: tuple[float, float, float]
+    body: CroppedMask | None
+    roi: CroppedMask | None = None
+    exclusion: tuple[ExclusionReason, str] | None = None
+    level_uncertain: bool = False
+
+
+def _scan_date(volume: CTVolume) -> date:
+    for key in ("acquisition_date", "study_date", "AcquisitionDate", "StudyDate"):
+        value = volume.extra.get(key, "")
+        if len(value) == 8 and value.isdigit():
+            return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    if volume.source_paths:
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(volume.source_paths[0], stop_before_pixels=True,
+                                 specific_tags=["AcquisitionDate", "StudyDate"])
+            value = str(getattr(ds, "AcquisitionDate", "") or getattr(ds, "StudyDate", ""))
+            if len(value) == 8 and value.isdigit():
+                return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except (OSError, ValueError, AttributeError):  # header unreadable: fall back to today
+            pass
+    return date.today()
+
+
+def scanner_label(volume: CTVolume) -> str:
+    kvp = f"{volume.kvp:g} kVp" if volume.kvp else "kVp unknown"
+    parts = (volume.manufacturer, volume.manufacturer_model_name, volume.station_name)
+    return " / ".join([*(p or "-" for p in parts), kvp])
+
+
+def choose_calibration(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings,
+                       survey: TissueSurvey | None) -> LinearCalibration:
+    """Synchronous phantom > stored phantom > internal > default (before the contrast correction)."""
+    scanner = scanner_label(volume)
+    if settings.detect_synchronous_phantom:
+        from service.calibration.phantom import synchronous_calibration
+
+        sync = synchronous_calibration(volume, segmentation, settings.synchronous_phantom_definition)
+        if sync is not None:
+            return sync
+    if settings.calibration_store_dir is not None and volume.kvp:
+        key = ScannerKey(volume.manufacturer, volume.manufacturer_model_name, volume.station_name, float(volume.kvp))
+        stored = CalibrationStore(settings.calibration_store_dir).find(key, _scan_date(volume))
+        if stored is not None:
+            return stored.to_linear()
+    if settings.use_internal_calibration and survey is not None:
+        contrast = detect_contrast(volume, survey, settings.contrast_aorta_hu).enhanced
+        internal = internal_calibration(survey, volume.kvp, contrast, scanner=scanner)
+        if internal is not None:
+            return internal
+        default = default_calibration(volume.kvp, scanner=scanner)
+        return with_flags(default, "internal_calibration_failed")
+    return default_calibration(volume.kvp, scanner=scanner)
+
+
+def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings
+                    ) -> tuple[list[_LevelWork], dict[VertebraLevel, VertebralHeights]]:
+    crops = crop_labels(segmentation.body_labels)
+    centroids = {v.level: v.centroid_lps_mm for v in segmentation.vertebrae}
+    works: list[_LevelWork] = []
+    heights: dict[VertebraLevel, VertebralHeights] = {}
+    for v in sorted(segmentation.vertebrae, key=lambda x: x.level):
+        body = crops.get(int(v.level))
+        work = _LevelWork(level=v.level, centroid=v.centroid_lps_mm, body=body, level_uncertain=v.level_uncertain)
+        works.append(work)
+        if body is None:
+            work.exclusion = (ExclusionReason.ROI_TOO_SMALL, "no body voxels")
+            continue
+        frame = vertebra_frame(v.level, v.centroid_lps_mm, centroids)
+        work.roi = trabecular_roi(settings.roi_method, volume, body, frame, settings.erosion_mm)
+        if not v.cut_by_fov:
+            h = vertebral_heights(volume, body, frame)
+            if h is not None:
+                heights[v.level] = h
+        if v.level_uncertain:
+            work.exclusion = (ExclusionReason.LEVEL_UNCERTAIN, v.uncertainty_reason or "level uncertain")
+        elif v.cut_by_fov:
+            work.exclusion = (ExclusionReason.CUT_BY_FOV, "body touches the first or last slice")
+    fractures = assess_fractures(heights, settings.fracture_height_loss)
+    for work in works:
+        if work.exclusion is not None or work.body is None or work.roi is None:
+            continue
+        hu_ex = hu_exclusion(volume, work.body, work.roi, min_roi_volume_mm3=settings.min_roi_volume_mm3,
+                             metal_hu=settings.metal_hu, sclerosis_hu=settings.sclerosis_hu,
+                             sclerosis_max_fraction=settings.sclerosis_max_fraction)
+        finding = fractures.get(work.level)
+        if hu_ex is not None and hu_ex.reason is ExclusionReason.METAL:
+            work.exclusion = (hu_ex.reason, hu_ex.detail)
+        elif finding is not None and finding.fractured:
+            work.exclusion = (ExclusionReason.FRACTURE, finding.detail)
+        elif hu_ex is not None:
+            work.exclusion = (hu_ex.reason, hu_ex.detail)
+    return works, heights
+
+
+def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings,
+               site_model: SiteModelPredictor | None = None) -> BmdAssessment:
+    """See the module doc."""
+    if segmentation.body_labels.shape != volume.shape:
+        raise ValueError(f"segmentation shape {segmentation.body_labels.shape} differs from the CT {volume.shape}")
+    works, heights = _measure_levels(volume, segmentation, settings)
+
+    survey: TissueSurvey | None = None
+    try:
+        survey = survey_tissues(volume, segmentation)
+    except (ValueError, MemoryError) as exc:  # sampling is best effort; the default calibration remains
+        logger.warning("tissue survey failed: %s", exc)
+    contrast = detect_contrast(volume, survey, settings.contrast_aorta_hu)
+    calibration = choose_calibration(volume, segmentation, settings, survey)
+    if contrast.enhanced:
+        if settings.correct_contrast:
+            calibration = with_contrast_correction(calibration, volume.kvp)
+        else:
+            calibration = with_flags(calibration, "contrast_enhanced", "contrast_not_corrected")
+
+    roi_labels = np.zeros(volume.shape, dtype=np.int16)
+    measurements: list[VertebraMeasurement] = []
+    hu_by_level: dict[VertebraLevel, float] = {}
+    bmd_by_level: dict[VertebraLevel, float] = {}
+    for work in works:
+        stats = hu_stats(work.roi.values(volume.hu) if work.roi is not None else [], volume.voxel_volume_mm3)
+        if work.roi is not None and work.roi.voxel_count:
+            work.roi.paint(roi_labels, int(work.level))
+        evaluable = work.exclusion is None and stats.hu_mean is not None
+        if work.exclusion is None and stats.hu_mean is None:
+            work.exclusion = (ExclusionReason.ROI_TOO_SMALL, "empty trabecular ROI")
+        bmd = calibration.bmd_mg_cm3(stats.hu_mean) if evaluable and stats.hu_mean is not None else None
+        if evaluable and stats.hu_mean is not None and bmd is not None:
+            hu_by_level[work.level] = stats.hu_mean
+            bmd_by_level[work.level] = bmd
+        measurements.append(VertebraMeasurement(
+            level=work.level,
+            centroid_lps_mm=work.centroid,
+            roi_method=settings.roi_method,
+            trabecular_hu_mean=stats.hu_mean,
+            trabecular_hu_median=stats.hu_median,
+            trabecular_hu_sd=stats.hu_sd,
+            voxel_count=stats.voxel_count,
+            roi_volume_mm3=stats.roi_volume_mm3,
+            bmd_mg_cm3=bmd,
+            evaluable=evaluable,
+            exclusion_reason=None if evaluable else work.exclusion[0] if work.exclusion else None,
+            exclusion_detail=None if evaluable else work.exclusion[1] if work.exclusion else None,
+            level_uncertain=work.level_uncertain,
+        ))
+
+    curve = fit_level_curve(hu_by_level, site_k=settings.curve_site_k)
+    patient = _summarise(bmd_by_level, hu_by_level, curve, calibration, settings, contrast)
+    if site_model is not None:
+        patient = _apply_site_model(patient, site_model, hu_by_level, volume, settings)
+    result = ScreeningResult(
+        study_instance_uid=volume.study_instance_uid,
+        series_instance_uid=volume.series_instance_uid,
+        vertebrae=tuple(measurements),
+        summary=patient,
+        calibration=calibration,
+        curve_fit=curve,
+        algorithm_version=settings.algorithm_version,
+        extra={"tissue_hu": {k: (None if v is None else round(v, 1)) for k, v in survey.as_dict().items()}
+               if survey is not None else {},
+               "contrast": {"enhanced": contrast.enhanced, "evidence": contrast.evidence}},
+    )
+    return BmdAssessment(result=result, roi_labels=roi_labels, tissue_survey=survey, contrast=contrast,
+                         heights=heights)
+
+
+def _method_text(settings: BmdSettings, calibration: LinearCalibration) -> str:
+    roi = ("3 mm erosion ROI" if settings.roi_method is RoiMethod.EROSION_3MM and settings.erosion_mm == 3.0
+           else f"{settings.erosion_mm:g} mm erosion ROI" if settings.roi_method is RoiMethod.EROSION_3MM
+           else "Pan 2020 elliptical cylinder VOI")
+    return f"{roi}, {calibration.kind.value.replace('_', ' ')} calibration"
+
+
+def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[VertebraLevel, float],
+               curve: CurveFit | None, calibration: LinearCalibration, settings: BmdSettings,
+               contrast: ContrastFinding) -> PatientSummary:
+    thresholds = settings.thresholds
+    levels, notes = summary.summary_levels(settings.summary_levels, bmd_by_level.keys())
+    extra_notes: list[str] = []
+    if "uncalibrated" in calibration.flags:
+        extra_notes.append("uncalibrated: documented 120 kVp reference line, no phantom or internal calibration")
+    if contrast.enhanced:
+        extra_notes.append(f"IV contrast ({contrast.evidence}); BMD "
+                           + ("corrected by the documented average rise" if settings.correct_contrast
+                              else "not corrected, overestimated"))
+    target_names = "-".join([settings.summary_levels[0].name, settings.summary_levels[-1].name]) \
+        if len(settings.summary_levels) > 1 else settings.summary_levels[0].name
+    method = _method_text(settings, calibration)
+    if len(levels) >= summary.MIN_SUMMARY_LEVELS:
+        value = float(np.mean([bmd_by_level[lv] for lv in levels]))
+        return PatientSummary(
+            bmd_mg_cm3=value, levels_used=levels, category=diagnosis.categorize(value, thresholds),
+            method=f"{'+'.join(lv.name for lv in levels)} mean (standard {target_names}), {method}",
+            threshold_set=thresholds.identifier, notes=(*notes, *extra_notes),
+        )
+    if curve is not None:
+        hu_eq = lumbar_equivalent_hu(curve)
+        value = calibration.bmd_mg_cm3(hu_eq)
+        first, last = curve.levels_used[0].name, curve.levels_used[-1].name
+        return PatientSummary(
+            bmd_mg_cm3=value, levels_used=curve.levels_used, category=diagnosis.categorize(value, thresholds),
+            method=(f"lumbar-equivalent L1-L2 via thoracolumbar curve (Xiong 2025) over {first}-{last} "
+                    f"(k {curve.k:.2f} HU/level, R2 {curve.r2:.2f}, {curve.source}), {method}"),
+            threshold_set=thresholds.identifier, lumbar_equivalent=True,
+            notes=(*notes, f"lumbar-equivalent HU {hu_eq:.1f}", *extra_notes),
+        )
+    if len(levels) == 1:
+        value = bmd_by_level[levels[0]]
+        return PatientSummary(
+            bmd_mg_cm3=value, levels_used=levels, category=diagnosis.categorize(value, thresholds),
+            method=f"{levels[0].name} only (single evaluable level), {method}",
+            threshold_set=thresholds.identifier, notes=(*notes, "single level: less reliable", *extra_notes),
+        )
+    return PatientSummary(
+        bmd_mg_cm3=None, levels_used=(), category=Category.INDETERMINATE,
+        method=f"no evaluable level for {target_names} and no thoracolumbar curve, {method}",
+        threshold_set=thresholds.identifier, notes=(*notes, *extra_notes),
+    )
+
+
+def _apply_site_model(patient: PatientSummary, site_model: SiteModelPredictor,
+                      hu_by_level: dict[VertebraLevel, float], volume: CTVolume, settings: BmdSettings
+                      ) -> PatientSummary:
+    try:
+        prediction = site_model.predict(dict(hu_by_level), volume.patient_sex, volume.patient_age_years)
+    except (ValueError, KeyError) as exc:
+        logger.warning("site model %s failed: %s", getattr(site_model, "name", "?"), exc)
+        return patient
+    if prediction is None or (prediction.bmd_mg_cm3 is None and prediction.category is None):
+        return patient
+    category = prediction.category or diagnosis.categorize(prediction.bmd_mg_cm3, settings.thresholds)
+    return PatientSummary(
+        bmd_mg_cm3=prediction.bmd_mg_cm3,
+        levels_used=tuple(sorted(hu_by_level)),
+        category=category,
+        method=f"site model {prediction.model_name} (per-level trabecular HU, sex, age)",
+        threshold_set=patient.threshold_set,
+        lumbar_equivalent=patient.lumbar_equivalent,
+        notes=(*patient.notes, f"calibrated value without the site model: "
+                               f"{'n/a' if patient.bmd_mg_cm3 is None else f'{patient.bmd_mg_cm3:.1f}'} mg/cm3 "
+                               f"({patient.category.value}, {patient.method})"),
+    )
+
+
+__all__ = ["BmdAssessment", "BmdSettings", "CalibrationKind", "assess_bmd", "choose_calibration"]

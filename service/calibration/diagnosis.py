@@ -1,0 +1,56 @@
+"""Category from a volumetric trabecular BMD (mg/cm3, QCT scale), with versioned, cited thresholds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.domain.results import Category
+
+# ACR Practice Parameter for QCT (2018), ISCD official positions, and the Chinese 2018 QCT guideline
+# ("Chinese expert consensus on the diagnosis of osteoporosis by QCT", 2018): mean trabecular vBMD of L1-L2
+# (or two evaluable lumbar levels) < 80 mg/cm3 osteoporosis, 80-120 mg/cm3 osteopenia (low bone mass),
+# > 120 mg/cm3 normal.
+OSTEOPOROSIS_BELOW_MG_CM3 = 80.0  # ACR 2018 / ISCD; Chinese 2018 QCT guideline
+NORMAL_ABOVE_MG_CM3 = 120.0  # ACR 2018 / ISCD; Chinese 2018 QCT guideline
+DEFAULT_THRESHOLD_SET = "ACR2018-ISCD"
+DEFAULT_THRESHOLD_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A named, versioned pair of cut-offs. ``value < osteoporosis_below`` -> osteoporosis;
+    ``value > normal_above`` -> normal; otherwise osteopenia (both cut-offs belong to osteopenia)."""
+
+    name: str = DEFAULT_THRESHOLD_SET
+    version: str = DEFAULT_THRESHOLD_VERSION
+    osteoporosis_below_mg_cm3: float = OSTEOPOROSIS_BELOW_MG_CM3
+    normal_above_mg_cm3: float = NORMAL_ABOVE_MG_CM3
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name must not be empty")
+        if not (self.osteoporosis_below_mg_cm3 < self.normal_above_mg_cm3):
+            raise ValueError(
+                f"osteoporosis_below_mg_cm3 ({self.osteoporosis_below_mg_cm3}) must be below "
+                f"normal_above_mg_cm3 ({self.normal_above_mg_cm3})"
+            )
+
+    @property
+    def identifier(self) -> str:
+        """The string recorded in results, e.g. 'ACR2018-ISCD-v1 (<80 / 80-120 / >120 mg/cm3)'."""
+        return (
+            f"{self.name}-{self.version} (<{self.osteoporosis_below_mg_cm3:g} / "
+            f"{self.osteoporosis_below_mg_cm3:g}-{self.normal_above_mg_cm3:g} / >{self.normal_above_mg_cm3:g} mg/cm3)"
+        )
+
+
+def categorize(bmd_mg_cm3: float | None, thresholds: Thresholds | None = None) -> Category:
+    """Category for a BMD; INDETERMINATE when no value could be computed (None or not finite)."""
+    t = thresholds or Thresholds()
+    if bmd_mg_cm3 is None or bmd_mg_cm3 != bmd_mg_cm3 or bmd_mg_cm3 in (float("inf"), float("-inf")):
+        return Category.INDETERMINATE
+    if bmd_mg_cm3 < t.osteoporosis_below_mg_cm3:
+        return Category.OSTEOPOROSIS
+    if bmd_mg_cm3 > t.normal_above_mg_cm3:
+        return Category.NORMAL
+    return Category.OSTEOPENIA

@@ -1,0 +1,190 @@
+"""Automatic sampling of the patient's reference tissues on a few axial slices through the labelled vertebrae.
+
+On each sampled slice (the slice through a vertebral centroid, up to ``MAX_SLICES``):
+- the body outline: Gaussian-smoothed HU (sigma 1.5 mm) > -500, holes (lungs, bowel gas) filled, largest part;
+- air: smoothed HU of voxels 5-30 mm outside the skin, within -1100..-500 (reconstruction padding and most of the
+  table excluded); the estimate is the mode (stored values are often clipped at -1024, which biases a mean);
+- subcutaneous fat: smoothed HU of voxels 2-25 mm inside the skin, within -250..-30; the estimate is the mode;
+- paraspinal muscle: smoothed HU in a box 30-80 mm posterior and 8-50 mm lateral of the vertebral centroid, away
+  from bone labels, within -10..110; the mode;
+- aorta / blood: the most homogeneous 6 mm-radius disc (lowest local SD of raw HU) in the region anterior and left
+  of the vertebral body, away from bone: with a local mean in 0..100 HU it is the unenhanced blood sample
+  (in non-contrast CT aorta, heart and crura all measure 35-55 HU and cannot be told apart by HU; the sample is
+  the homogeneous soft tissue where the aorta lies), with a mean in 130..700 HU an iodine-enhanced vessel.
+Per-slice values are combined by the median over slices.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from service.domain.segmentation import SpineSegmentation
+from service.domain.volume import CTVolume
+
+logger = logging.getLogger(__name__)
+
+MAX_SLICES = 12
+SMOOTHING_MM = 1.5
+BODY_THRESHOLD_HU = -500.0
+AIR_DISTANCE_MM = (5.0, 30.0)
+AIR_RANGE_HU = (-1100.0, -500.0)
+FAT_DEPTH_MM = (2.0, 25.0)
+FAT_RANGE_HU = (-250.0, -30.0)
+MUSCLE_POSTERIOR_MM = (30.0, 80.0)
+MUSCLE_LATERAL_MM = (8.0, 50.0)
+MUSCLE_RANGE_HU = (-10.0, 110.0)
+AORTA_ANTERIOR_MM = (-15.0, 80.0)
+AORTA_LEFT_MM = (-30.0, 60.0)
+AORTA_DISC_RADIUS_MM = 6.0
+BONE_CLEARANCE_MM = 4.0
+BLOOD_RANGE_HU = (0.0, 100.0)
+ENHANCED_RANGE_HU = (130.0, 700.0)
+BONE_SMOOTHED_HU = 350.0
+MIN_SAMPLES = 30
+
+
+@dataclass(frozen=True)
+class TissueSurvey:
+    """Estimated HU of the reference tissues (None when not found) and what was seen of the aorta."""
+
+    air_hu: float | None
+    fat_hu: float | None
+    muscle_hu: float | None
+    blood_hu: float | None
+    """Unenhanced blood / homogeneous soft tissue at the aorta's position."""
+    enhanced_vessel_hu: float | None
+    """Median local mean of an iodine-bright homogeneous disc, on the slices where one was found."""
+    enhanced_fraction: float
+    """Fraction of sampled slices with an iodine-bright homogeneous disc near the aorta's position."""
+    n_slices: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"air": self.air_hu, "fat": self.fat_hu, "muscle": self.muscle_hu, "blood": self.blood_hu}
+
+
+def _mode(values: npt.NDArray[np.float64], lo: float, hi: float) -> float | None:
+    if values.size < MIN_SAMPLES:
+        return None
+    bins = np.arange(lo, hi + 1.0, 1.0)
+    hist, edges = np.histogram(values, bins=bins)
+    smooth = ndimage.gaussian_filter1d(hist.astype(np.float64), sigma=3.0)
+    k = int(np.argmax(smooth))
+    # refine: mean of the values within +-10 HU of the peak (sub-bin precision, less sensitive to binning)
+    centre = 0.5 * (edges[k] + edges[k + 1])
+    near = values[np.abs(values - centre) <= 10.0]
+    return float(near.mean()) if near.size else float(centre)
+
+
+def _slice_indices(volume: CTVolume, segmentation: SpineSegmentation, axis: int) -> list[tuple[int, np.ndarray]]:
+    """(slice index along ``axis``, vertebral centroid LPS) for up to MAX_SLICES vertebrae, spread evenly."""
+    items = []
+    for v in segmentation.vertebrae:
+        idx = volume.lps_to_index(np.asarray(v.centroid_lps_mm))
+        k = round(float(idx[axis]))
+        if 0 <= k < volume.shape[axis]:
+            items.append((k, np.asarray(v.centroid_lps_mm, dtype=np.float64)))
+    if len(items) > MAX_SLICES:
+        pick = np.linspace(0, len(items) - 1, MAX_SLICES).round().astype(int)
+        items = [items[i] for i in sorted(set(pick.tolist()))]
+    return items
+
+
+def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
+    return lab == (int(np.argmax(sizes)) + 1)
+
+
+def survey_tissues(volume: CTVolume, segmentation: SpineSegmentation) -> TissueSurvey:
+    """Sample air, fat, muscle and aorta (see module doc)."""
+    axis, _ = volume.superior_axis()
+    in_plane = [a for a in range(3) if a != axis]
+    spacing = volume.spacing_mm
+    sp2 = (spacing[in_plane[0]], spacing[in_plane[1]])
+    sigma = (SMOOTHING_MM / sp2[0], SMOOTHING_MM / sp2[1])
+    # LPS of the in-plane grid at slice 0; other slices differ by a constant offset along the slice direction.
+    n0, n1 = volume.shape[in_plane[0]], volume.shape[in_plane[1]]
+    g0, g1 = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+    grid = np.zeros((n0, n1, 3))
+    grid[..., in_plane[0]] = g0
+    grid[..., in_plane[1]] = g1
+    lps0 = volume.index_to_lps(grid)
+    slice_step = volume.affine_lps[:3, axis]
+    disc_px = (max(1, round(2 * AORTA_DISC_RADIUS_MM / sp2[0])), max(1, round(2 * AORTA_DISC_RADIUS_MM / sp2[1])))
+    clearance_px = (max(1, round((AORTA_DISC_RADIUS_MM + BONE_CLEARANCE_MM) / sp2[0])),
+                    max(1, round((AORTA_DISC_RADIUS_MM + BONE_CLEARANCE_MM) / sp2[1])))
+    air_vals: list[np.ndarray] = []
+    fat_vals: list[np.ndarray] = []
+    muscle_vals: list[np.ndarray] = []
+    blood_vals: list[float] = []
+    bright_vals: list[float] = []
+    slices = _slice_indices(volume, segmentation, axis)
+    for k, centroid in slices:
+        raw = np.take(volume.hu, k, axis=axis).astype(np.float32)
+        smooth = ndimage.gaussian_filter(raw, sigma=sigma, mode="nearest")
+        body = _largest_component(ndimage.binary_fill_holes(smooth > BODY_THRESHOLD_HU))
+        if body.sum() < 100:
+            continue
+        d_in = ndimage.distance_transform_edt(body, sampling=sp2)
+        d_out = ndimage.distance_transform_edt(~body, sampling=sp2)
+        ring_out = (d_out >= AIR_DISTANCE_MM[0]) & (d_out <= AIR_DISTANCE_MM[1])
+        air = smooth[ring_out & (smooth >= AIR_RANGE_HU[0]) & (smooth <= AIR_RANGE_HU[1])]
+        air_vals.append(air.astype(np.float64))
+        ring_in = (d_in >= FAT_DEPTH_MM[0]) & (d_in <= FAT_DEPTH_MM[1])
+        fat_vals.append(smooth[ring_in & (smooth >= FAT_RANGE_HU[0]) & (smooth <= FAT_RANGE_HU[1])].astype(np.float64))
+
+        lps = lps0 + k * slice_step
+        posterior_mm = lps[..., 1] - centroid[1]  # +P
+        left_mm = lps[..., 0] - centroid[0]  # +L
+        labels2d = np.take(segmentation.body_labels, k, axis=axis) > 0
+        if segmentation.posterior_mask is not None:
+            labels2d |= np.take(segmentation.posterior_mask, k, axis=axis)
+        bone = labels2d | (smooth > BONE_SMOOTHED_HU)
+        near_bone = ndimage.binary_dilation(bone, structure=np.ones((2 * clearance_px[0] + 1, 2 * clearance_px[1] + 1),
+                                                                     dtype=bool))
+        muscle_box = ((posterior_mm >= MUSCLE_POSTERIOR_MM[0]) & (posterior_mm <= MUSCLE_POSTERIOR_MM[1])
+                      & (np.abs(left_mm) >= MUSCLE_LATERAL_MM[0]) & (np.abs(left_mm) <= MUSCLE_LATERAL_MM[1]))
+        sel = muscle_box & body & (d_in > 5.0) & ~near_bone
+        sel &= (smooth >= MUSCLE_RANGE_HU[0]) & (smooth <= MUSCLE_RANGE_HU[1])
+        muscle_vals.append(smooth[sel].astype(np.float64))
+
+        mean = ndimage.uniform_filter(raw.astype(np.float64), size=disc_px, mode="nearest")
+        sq = ndimage.uniform_filter(raw.astype(np.float64) ** 2, size=disc_px, mode="nearest")
+        sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
+        aorta_box = ((-posterior_mm >= AORTA_ANTERIOR_MM[0]) & (-posterior_mm <= AORTA_ANTERIOR_MM[1])
+                     & (left_mm >= AORTA_LEFT_MM[0]) & (left_mm <= AORTA_LEFT_MM[1]))
+        cand = aorta_box & body & (d_in > AORTA_DISC_RADIUS_MM + 5.0) & ~near_bone
+        soft = cand & (mean >= BLOOD_RANGE_HU[0]) & (mean <= BLOOD_RANGE_HU[1])
+        soft_sd = None
+        if np.any(soft):
+            i = np.argmin(np.where(soft, sd, np.inf))
+            blood_vals.append(float(mean.flat[i]))
+            soft_sd = float(sd.flat[i])
+        bright = cand & (mean >= ENHANCED_RANGE_HU[0]) & (mean <= ENHANCED_RANGE_HU[1])
+        if np.any(bright):
+            i = np.argmin(np.where(bright, sd, np.inf))
+            limit = max(40.0, 1.5 * soft_sd) if soft_sd is not None else 40.0
+            if sd.flat[i] <= limit:
+                bright_vals.append(float(mean.flat[i]))
+    n = len(slices)
+    fat_all = np.concatenate(fat_vals) if fat_vals else np.zeros(0)
+    muscle_all = np.concatenate(muscle_vals) if muscle_vals else np.zeros(0)
+    survey = TissueSurvey(
+        air_hu=_mode(np.concatenate(air_vals) if air_vals else np.zeros(0), *AIR_RANGE_HU),
+        fat_hu=_mode(fat_all, *FAT_RANGE_HU),
+        muscle_hu=_mode(muscle_all, *MUSCLE_RANGE_HU),
+        blood_hu=float(np.median(blood_vals)) if blood_vals else None,
+        enhanced_vessel_hu=float(np.median(bright_vals)) if bright_vals else None,
+        enhanced_fraction=(len(bright_vals) / n) if n else 0.0,
+        n_slices=n,
+    )
+    logger.debug("tissue survey: %s", survey)
+    return survey

@@ -1,0 +1,1 @@
+"""Trabecular ROI per vertebral body, HU statistics and the checks that make a level non-evaluable."""

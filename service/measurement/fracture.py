@@ -1,0 +1,146 @@
+"""Vertebral body heights (Genant-style anterior / middle / posterior) and height-loss fracture detection.
+
+Heights are measured in mm along the local vertebral axis (``VertebraFrame.axis``) from the body mask: the body is
+cut into columns parallel to the axis (one per in-plane pixel); a column's height is the distance between its
+highest and lowest voxel plus one voxel step. Only columns in the mid-sagittal band (central half of the body's
+left-right width) count, as on a lateral radiograph. The anterior height is the median column height over the band
+2-14 % of the antero-posterior depth behind the anterior wall, the posterior height over 2-14 % in front of the
+posterior wall, the middle height over the central 12 %.
+
+A level is fractured (Genant semi-quantitative grade >= 1: height reduction >= 20 %) when one of its three heights
+is >= ``height_loss`` below the median of the same height in its neighbours (up to two levels above and below with
+a measurable, not cut, body), or when its anterior/posterior or middle/posterior ratio is >= ``height_loss`` below
+the neighbours' ratio (wedge and biconcave shapes; against 1.0 when there are no neighbours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.domain.levels import VertebraLevel
+from service.domain.volume import CTVolume
+from service.measurement.geometry import CroppedMask, VertebraFrame
+
+GENANT_HEIGHT_LOSS = 0.20  # Genant 1993 semi-quantitative method: grade 1 (mild) = 20-25 % height reduction
+NEIGHBOUR_RANGE = 2
+"""Levels above and below used as the reference (median, robust to one fractured neighbour)."""
+MIDSAGITTAL_BAND_FRACTION = 0.5
+"""Central fraction of the left-right width whose columns are measured."""
+# Bands as fractions of the AP depth from the posterior wall (0) to the anterior wall (1): heights are read close
+# to the walls as in Genant's method, leaving out the outermost 2 % (rounded cortical rim, partial volume).
+ANTERIOR_BAND = (0.86, 0.98)
+MIDDLE_BAND = (0.44, 0.56)
+POSTERIOR_BAND = (0.02, 0.14)
+
+
+@dataclass(frozen=True)
+class VertebralHeights:
+    anterior_mm: float
+    middle_mm: float
+    posterior_mm: float
+
+    def __post_init__(self) -> None:
+        for name in ("anterior_mm", "middle_mm", "posterior_mm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.anterior_mm, self.middle_mm, self.posterior_mm)
+
+
+def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame) -> VertebralHeights | None:
+    """Anterior, middle and posterior heights of a body mask (None when the mask is too small to measure)."""
+    idx = body.indices()
+    if idx.shape[0] < 8:
+        return None
+    uvw = frame.project(volume.index_to_lps(idx))
+    u, v, w = uvw[:, 0], uvw[:, 1], uvw[:, 2]
+    step_u, step_v, step_w = frame.voxel_extent_mm(volume)
+    pixel = float(min(step_v, step_w))
+    iv = np.floor((v - v.min()) / pixel + 0.5).astype(np.int64)
+    iw = np.floor((w - w.min()) / pixel + 0.5).astype(np.int64)
+    n_w = int(iw.max()) + 1
+    col = iv * n_w + iw
+    order = np.argsort(col, kind="stable")
+    col_s = col[order]
+    u_s = u[order]
+    starts = np.flatnonzero(np.r_[True, col_s[1:] != col_s[:-1]])
+    u_max = np.maximum.reduceat(u_s, starts)
+    u_min = np.minimum.reduceat(u_s, starts)
+    heights = u_max - u_min + step_u
+    col_ids = col_s[starts]
+    col_v = v.min() + (col_ids // n_w) * pixel
+    col_w = w.min() + (col_ids % n_w) * pixel
+    w_lo, w_hi = float(w.min()), float(w.max())
+    w_c = 0.5 * (w_lo + w_hi)
+    half_band = 0.5 * MIDSAGITTAL_BAND_FRACTION * (w_hi - w_lo) + 0.5 * pixel
+    central = np.abs(col_w - w_c) <= half_band
+    if not np.any(central):
+        return None
+    v_post = float(v.min()) - 0.5 * step_v
+    v_ant = float(v.max()) + 0.5 * step_v
+    depth = v_ant - v_post
+    rel = (col_v - v_post) / depth  # 0 posterior wall ... 1 anterior wall
+
+    def band(lo: float, hi: float) -> float | None:
+        sel = central & (rel >= lo) & (rel <= hi)
+        if not np.any(sel):  # thin bodies: widen to the nearest columns
+            sel = central & (np.abs(rel - 0.5 * (lo + hi)) <= np.min(np.abs(rel[central] - 0.5 * (lo + hi))) + 1e-9)
+        return float(np.median(heights[sel])) if np.any(sel) else None
+
+    ha = band(*ANTERIOR_BAND)
+    hm = band(*MIDDLE_BAND)
+    hp = band(*POSTERIOR_BAND)
+    if ha is None or hm is None or hp is None or min(ha, hm, hp) <= 0:
+        return None
+    return VertebralHeights(anterior_mm=ha, middle_mm=hm, posterior_mm=hp)
+
+
+@dataclass(frozen=True)
+class FractureFinding:
+    level: VertebraLevel
+    fractured: bool
+    max_height_loss: float
+    """Largest relative loss found (0.25 = 25 %)."""
+    detail: str
+
+
+def assess_fractures(
+    heights: Mapping[VertebraLevel, VertebralHeights], height_loss: float = GENANT_HEIGHT_LOSS
+) -> dict[VertebraLevel, FractureFinding]:
+    """Genant-style height-loss check of every level in ``heights`` against its neighbours (see module doc)."""
+    if not 0 < height_loss < 1:
+        raise ValueError(f"height_loss must be in (0, 1), got {height_loss}")
+    names = ("anterior", "middle", "posterior")
+    out: dict[VertebraLevel, FractureFinding] = {}
+    for level, h in heights.items():
+        neighbours = [
+            heights[lv]
+            for off in range(-NEIGHBOUR_RANGE, NEIGHBOUR_RANGE + 1)
+            if off != 0 and (lv := level.shifted(off)) is not None and lv in heights
+        ]
+        losses: list[tuple[float, str]] = []
+        if neighbours:
+            ref = np.median(np.array([n.as_tuple() for n in neighbours]), axis=0)
+            for name, value, r in zip(names, h.as_tuple(), ref, strict=True):
+                losses.append((1.0 - value / r, f"{name} height {value:.1f} mm = {100 * value / r:.0f} % of "
+                                                f"neighbours ({r:.1f} mm)"))
+            ref_ratio_a = float(np.median([n.anterior_mm / n.posterior_mm for n in neighbours]))
+            ref_ratio_m = float(np.median([n.middle_mm / n.posterior_mm for n in neighbours]))
+        else:
+            ref_ratio_a = ref_ratio_m = 1.0
+        ratio_a = h.anterior_mm / h.posterior_mm
+        ratio_m = h.middle_mm / h.posterior_mm
+        losses.append((1.0 - ratio_a / ref_ratio_a, f"anterior/posterior height ratio {ratio_a:.2f} "
+                                                    f"(reference {ref_ratio_a:.2f}): wedge"))
+        losses.append((1.0 - ratio_m / ref_ratio_m, f"middle/posterior height ratio {ratio_m:.2f} "
+                                                    f"(reference {ref_ratio_m:.2f}): biconcave"))
+        worst_loss, worst_detail = max(losses, key=lambda t: t[0])
+        fractured = worst_loss >= height_loss
+        detail = f"{worst_detail}; height loss {100 * worst_loss:.0f} %"
+        out[level] = FractureFinding(level=level, fractured=fractured, max_height_loss=float(worst_loss),
+                                     detail=detail)
+    return out
