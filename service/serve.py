@@ -1,0 +1,98 @@
+"""``bmd-node serve``: the whole node as one process tree.
+
+Main process threads: the SCP (network side), the scheduler, the exporter and the HTTP health endpoint.
+Child processes (spawned, not forked: torch and the SCP's threads do not survive fork): N workers, each loading
+the segmentation model once. A worker that dies (e.g. killed by the OOM killer) is restarted; its job's lease
+expires and the reaper re-queues it. SIGTERM / SIGINT stop everything: workers finish the job in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from service.config import Config
+
+log = logging.getLogger(__name__)
+
+WORKER_RESTART_DELAY_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def _thread(name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+    def runner() -> None:
+        try:
+            target(*args)
+        except Exception:
+            log.exception("%s stopped with an error", name)
+
+    thread = threading.Thread(target=runner, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | None = None,
+          stop_event: threading.Event | None = None) -> int:
+    from service.db.engine import make_engine
+    from service.dicom.scp import run_scp
+    from service.http import run_http
+    from service.queue.exporter import run_exporter
+    from service.queue.scheduler import run_scheduler
+    from service.queue.worker import run_worker_process
+
+    n_workers = config.worker.processes if workers is None else workers
+    stop = stop_event or threading.Event()
+    context = multiprocessing.get_context("spawn")
+    worker_stop = context.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    log.info("bmd-node %s serving: AE %s on %s:%s, HTTP :%s, %d worker(s), %d result destination(s)",
+             __import__("service").__version__, config.node.ae_title, config.node.host, config.node.port,
+             config.node.http_port, n_workers, len(config.result_destinations))
+    engine = make_engine(config.node.database_url)
+    threads = [
+        _thread("scp", run_scp, config, engine, stop),
+        _thread("scheduler", run_scheduler, config, engine, stop),
+        _thread("exporter", run_exporter, config, engine, stop),
+        _thread("http", run_http, config, engine, stop),
+    ]
+
+    def start_worker(index: int) -> Any:
+        process = context.Process(target=run_worker_process, args=(config, worker_stop, pipeline_spec),
+                                  name=f"worker-{index}", daemon=False)
+        process.start()
+        return process
+
+    processes = {i: start_worker(i) for i in range(n_workers)}
+    try:
+        while not stop.wait(1.0):
+            for index, process in list(processes.items()):
+                if not process.is_alive():
+                    log.error("worker-%d exited with code %s; restarting in %.0f s", index, process.exitcode,
+                              WORKER_RESTART_DELAY_SECONDS)
+                    if stop.wait(WORKER_RESTART_DELAY_SECONDS):
+                        break
+                    processes[index] = start_worker(index)
+    finally:
+        log.info("stopping")
+        stop.set()
+        worker_stop.set()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for process in processes.values():
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("%s did not stop in time; terminating (its job will be re-queued)", process.name)
+                process.terminate()
+                process.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=10)
+        engine.dispose()
+        log.info("stopped")
+    return 0
