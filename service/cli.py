@@ -468,8 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = dataclasses.replace(settings, level=args.log_level)
     setup_logging(settings)
-    log.info("configuration from %s", config.source)
-    log.debug("configuration: %s", json.dumps(config.redacted()))
+    if args.func in (cmd_serve, cmd_scp, cmd_scheduler, cmd_worker, cmd_exporter):
+        log.info("configuration from %s: %s", config.source, json.dumps(config.redacted()))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

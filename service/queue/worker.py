@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -169,6 +170,8 @@ def load_pipeline_factory(spec: str | None) -> PipelineFactory:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"pipeline must be 'module:callable', got {spec!r}")
+    if os.getcwd() not in sys.path:  # like `python -m`: a factory module may live in the working directory
+        sys.path.insert(0, os.getcwd())
     factory = getattr(importlib.import_module(module_name), attribute)
     if not callable(factory):
         raise ValueError(f"pipeline {spec!r} is not callable")
