@@ -4,7 +4,8 @@ Reference HU of the tissues (unenhanced, by tube voltage):
     air   -1000 at every kVp (definition of the HU scale)
     fat   -108 / -100 / -95 at 100 / 120 / 140 kVp (adipose tissue -90..-120 HU, more negative at lower kVp;
           e.g. Lamba et al., AJR 2014, soft-tissue HU on unenhanced abdominal CT)
-    muscle +50, blood +40 (skeletal muscle 40-60 HU, unenhanced blood 35-45 HU; Lamba 2014)
+    muscle +50, blood +40 (skeletal muscle 40-60 HU, unenhanced blood 35-45 HU; Lamba 2014); with IV contrast
+          muscle +58 (portal-venous enhancement ~ +8 HU at 120 kVp, scaled by the iodine kVp factor), blood unused
 Each tissue's "equivalent density" is the value of the reference line at the scan's kVp (linear.reference_line)
 at its reference HU (e.g. fat at 120 kVp: 0.75 * -100 + 5 = -70 mg/cm3 HA-equivalent, muscle 42.5).
 
@@ -28,7 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.calibration.linear import REFERENCE_KVP, kvp_flags, reference_line
+from service.calibration.linear import (
+    CONTRAST_TRABECULAR_HU_RISE_120KVP,
+    REFERENCE_KVP,
+    contrast_trabecular_rise_hu,
+    kvp_flags,
+    reference_line,
+)
 from service.calibration.tissues import TissueSurvey
 from service.domain.results import CalibrationKind, LinearCalibration
 
@@ -37,6 +44,8 @@ logger = logging.getLogger(__name__)
 AIR_HU = -1000.0
 FAT_HU_BY_KVP: dict[float, float] = {100.0: -108.0, 120.0: -100.0, 140.0: -95.0}
 MUSCLE_HU = 50.0
+MUSCLE_CONTRAST_RISE_HU_120KVP = 8.0
+"""Portal-venous enhancement of skeletal muscle (~ +5-15 HU), scaled by the iodine kVp factor."""
 BLOOD_HU = 40.0
 TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 10.0, "muscle": 8.0, "blood": 8.0}
 TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 50.0, "muscle": 40.0, "blood": 40.0}
@@ -48,11 +57,14 @@ SOURCE = ("internal calibration: air -1000, fat -108/-100/-95 (100/120/140 kVp),
           "(Lamba 2014); reference line at scan kVp")
 
 
-def reference_tissue_hu(kvp: float | None) -> dict[str, float]:
+def reference_tissue_hu(kvp: float | None, contrast: bool = False) -> dict[str, float]:
     k = REFERENCE_KVP if kvp is None else float(kvp)
     keys = sorted(FAT_HU_BY_KVP)
     fat = float(np.interp(k, keys, [FAT_HU_BY_KVP[x] for x in keys]))
-    return {"air": AIR_HU, "fat": fat, "muscle": MUSCLE_HU, "blood": BLOOD_HU}
+    muscle = MUSCLE_HU
+    if contrast:
+        muscle += MUSCLE_CONTRAST_RISE_HU_120KVP * contrast_trabecular_rise_hu(k) / CONTRAST_TRABECULAR_HU_RISE_120KVP
+    return {"air": AIR_HU, "fat": fat, "muscle": muscle, "blood": BLOOD_HU}
 
 
 def equivalent_density_mg_cm3(tissue: str, kvp: float | None) -> float:
@@ -72,8 +84,12 @@ class InternalFit:
 
 def fit_hu_normalisation(measured: dict[str, float | None], kvp: float | None, use_blood: bool = True
                          ) -> InternalFit | None:
-    """Gain and offset mapping measured tissue HU to reference HU (see module doc); None if not enough tissues."""
-    ref = reference_tissue_hu(kvp)
+    """Gain and offset mapping measured tissue HU to reference HU (see module doc); None if not enough tissues.
+
+    ``use_blood=False`` means a contrast-enhanced scan: blood is left out and muscle's reference includes its
+    enhancement.
+    """
+    ref = reference_tissue_hu(kvp, contrast=not use_blood)
     m, r, w, used, rejected = [], [], [], [], []
     for tissue in ("air", "fat", "muscle", "blood"):
         value = measured.get(tissue)

@@ -1,0 +1,241 @@
+"""QCT calibration phantoms: definition files, rod finding in a CT volume, and the fitted HU -> BMD line.
+
+Definition (models/calibration/*.json): ``name``, ``material`` ('k2hpo4' or 'hydroxyapatite'), ``rod_diameter_mm``
+and ``rods`` (``density_mg_cm3`` each). Densities are on the BMD scale the result reports.
+
+Rod finding (rods are cylinders parallel to the table, uniform along their length):
+on up to ``MAX_SLICES`` axial slices spread over the scan, a matched filter compares the mean HU of an inner disc
+(0.6 x rod radius) with that of a ring just outside the rod (1.2-1.5 x radius): rod centres are local maxima of
+``|inner - ring|`` where the inner disc and the ring are both homogeneous (SD no more than ``HOMOGENEITY_FACTOR`` x
+the most homogeneous regions of the slice) and the disc is not air. In a patient scan only the region posterior to
+the patient's vertebral bodies by ``SYNC_MIN_POSTERIOR_MM`` is searched (the phantom lies under the patient).
+Detections are clustered across slices by position; a rod must be seen on ``MIN_SLICES_PER_ROD`` slices; its HU
+is the median inner mean.
+Matching to the definition: rods and densities are both ordered; every monotone pairing of found rods with declared
+densities (at least 3) is fitted and the best line with a plausible slope and R2 >= ``MIN_R2`` wins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage, signal
+
+from service.calibration.linear import LineFit, fit_line
+from service.domain.results import CalibrationKind, LinearCalibration
+from service.domain.segmentation import SpineSegmentation
+from service.domain.volume import CTVolume
+
+logger = logging.getLogger(__name__)
+
+DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "models" / "calibration"
+DEFAULT_DEFINITION = DEFINITIONS_DIR / "k2hpo4_0_50_100_200.json"
+MATERIALS = ("k2hpo4", "hydroxyapatite")
+MAX_SLICES = 15
+MIN_SLICES_PER_ROD = 3
+MIN_CONTRAST_HU = 8.0
+HOMOGENEITY_FACTOR = 2.0
+RING_INNER = 1.2
+RING_OUTER = 1.5
+MIN_R2 = 0.995
+SLOPE_RANGE = (0.3, 2.5)
+"""Plausible mg/cm3 per HU (0.75 at 120 kVp; lower kVp gives smaller slopes)."""
+SYNC_MIN_POSTERIOR_MM = 60.0
+
+
+@dataclass(frozen=True)
+class PhantomDefinition:
+    name: str
+    material: str
+    rod_diameter_mm: float
+    densities_mg_cm3: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.material not in MATERIALS:
+            raise ValueError(f"material must be one of {MATERIALS}, got {self.material!r}")
+        if len(self.densities_mg_cm3) < 3:
+            raise ValueError(f"a phantom needs at least 3 rods, got {len(self.densities_mg_cm3)}")
+        if len(set(self.densities_mg_cm3)) != len(self.densities_mg_cm3):
+            raise ValueError("rod densities must be distinct")
+        if not self.rod_diameter_mm > 0:
+            raise ValueError(f"rod_diameter_mm must be positive, got {self.rod_diameter_mm}")
+
+
+def load_definition(path: Path | None = None) -> PhantomDefinition:
+    p = Path(path) if path is not None else DEFAULT_DEFINITION
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        return PhantomDefinition(
+            name=str(data.get("name", p.stem)),
+            material=str(data["material"]),
+            rod_diameter_mm=float(data.get("rod_diameter_mm", 20.0)),
+            densities_mg_cm3=tuple(float(r["density_mg_cm3"]) for r in data["rods"]),
+        )
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"phantom definition {p}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class FoundRod:
+    centre_lps_mm: tuple[float, float]
+    """(L, P) of the rod axis."""
+    hu: float
+    n_slices: int
+
+
+@dataclass(frozen=True)
+class RodCalibration:
+    definition: PhantomDefinition
+    rods: tuple[tuple[float, float], ...]
+    """(declared density, measured HU) per matched rod."""
+    fit: LineFit
+
+    def to_linear(self, kind: CalibrationKind, scanner: str = "", valid_until: str | None = None,
+                  note: str = "") -> LinearCalibration:
+        return LinearCalibration(
+            kind=kind, slope=self.fit.slope, intercept=self.fit.intercept, scanner=scanner,
+            source=(f"phantom {self.definition.name} ({self.definition.material}), {len(self.rods)} rods, "
+                    f"R2 {self.fit.r2:.4f}{'; ' + note if note else ''}"),
+            valid_until=valid_until,
+        )
+
+
+def _disc(radius_px: tuple[float, float], inner: float = 0.0) -> npt.NDArray[np.float64]:
+    ri, rj = radius_px
+    ni, nj = int(np.ceil(ri)), int(np.ceil(rj))
+    y, x = np.meshgrid(np.arange(-ni, ni + 1), np.arange(-nj, nj + 1), indexing="ij")
+    d = (y / max(ri, 1e-6)) ** 2 + (x / max(rj, 1e-6)) ** 2
+    k = (d <= 1.0) & (d >= inner**2)
+    return k.astype(np.float64) / max(1, int(k.sum()))
+
+
+def _slice_detections(raw: npt.NDArray[np.float32], sp2: tuple[float, float], radius_mm: float,
+                      allowed: npt.NDArray[np.bool_] | None) -> list[tuple[float, float, float]]:
+    """(i, j, inner mean HU) of rod centres on one slice."""
+    img = raw.astype(np.float64)
+    inner_k = _disc((0.6 * radius_mm / sp2[0], 0.6 * radius_mm / sp2[1]))
+    ring_k = _disc((RING_OUTER * radius_mm / sp2[0], RING_OUTER * radius_mm / sp2[1]), inner=RING_INNER / RING_OUTER)
+    inner = signal.fftconvolve(img, inner_k, mode="same")
+    inner_sq = signal.fftconvolve(img**2, inner_k, mode="same")
+    ring = signal.fftconvolve(img, ring_k, mode="same")
+    ring_sq = signal.fftconvolve(img**2, ring_k, mode="same")
+    sd = np.sqrt(np.maximum(inner_sq - inner**2, 0.0))
+    ring_sd = np.sqrt(np.maximum(ring_sq - ring**2, 0.0))
+    not_air = inner > -300.0
+    if not np.any(not_air):
+        return []
+    sd_ref = float(np.percentile(sd[not_air], 2))
+    contrast = np.abs(inner - ring)
+    limit = HOMOGENEITY_FACTOR * max(sd_ref, 1.0)
+    ok = not_air & (sd <= limit) & (ring_sd <= limit) & (contrast >= MIN_CONTRAST_HU)
+    if allowed is not None:
+        ok &= allowed
+    if not np.any(ok):
+        return []
+    score = np.where(ok, contrast, 0.0)
+    size = (max(3, int(2 * radius_mm / sp2[0]) | 1), max(3, int(2 * radius_mm / sp2[1]) | 1))
+    peaks = ok & (score == ndimage.maximum_filter(score, size=size))
+    return [(float(i), float(j), float(inner[i, j])) for i, j in np.argwhere(peaks)]
+
+
+def find_rods(volume: CTVolume, definition: PhantomDefinition, min_posterior_of_lps_y: float | None = None
+              ) -> list[FoundRod]:
+    """Rods seen on several slices (see module doc); ``min_posterior_of_lps_y`` restricts to P >= that value."""
+    axis, _ = volume.superior_axis()
+    in_plane = [a for a in range(3) if a != axis]
+    sp = volume.spacing_mm
+    sp2 = (sp[in_plane[0]], sp[in_plane[1]])
+    radius = definition.rod_diameter_mm / 2
+    n = volume.shape[axis]
+    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
+    g0, g1 = np.meshgrid(np.arange(volume.shape[in_plane[0]]), np.arange(volume.shape[in_plane[1]]), indexing="ij")
+    grid = np.zeros((*g0.shape, 3))
+    grid[..., in_plane[0]] = g0
+    grid[..., in_plane[1]] = g1
+    lps0 = volume.index_to_lps(grid)
+    step = volume.affine_lps[:3, axis]
+    detections: list[tuple[float, float, float]] = []  # (L, P, hu)
+    for k in ks:
+        lps = lps0 + k * step
+        allowed = None if min_posterior_of_lps_y is None else lps[..., 1] >= min_posterior_of_lps_y
+        if allowed is not None and not np.any(allowed):
+            continue
+        raw = np.take(volume.hu, int(k), axis=axis)
+        for i, j, hu in _slice_detections(raw, sp2, radius, allowed):
+            p = lps[int(i), int(j)]
+            detections.append((float(p[0]), float(p[1]), hu))
+    clusters: list[list[tuple[float, float, float]]] = []
+    for d in detections:
+        for c in clusters:
+            cx, cy = np.mean([e[0] for e in c]), np.mean([e[1] for e in c])
+            if np.hypot(d[0] - cx, d[1] - cy) <= 0.5 * radius:
+                c.append(d)
+                break
+        else:
+            clusters.append([d])
+    rods = [FoundRod((float(np.mean([e[0] for e in c])), float(np.mean([e[1] for e in c]))),
+                     float(np.median([e[2] for e in c])), len(c))
+            for c in clusters if len(c) >= min(MIN_SLICES_PER_ROD, len(ks))]
+    return sorted(rods, key=lambda r: r.hu)
+
+
+def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all: bool = False
+               ) -> RodCalibration | None:
+    """Best monotone pairing of found rods (by HU) with declared densities (see module doc)."""
+    dens = sorted(definition.densities_mg_cm3)
+    rods = sorted(rods, key=lambda r: r.hu)[:12]
+    best: tuple[float, RodCalibration] | None = None
+    m = min(len(rods), len(dens))
+    smallest = len(dens) if require_all else 3
+    for size in range(m, smallest - 1, -1):
+        for rsub in itertools.combinations(range(len(rods)), size):
+            for dsub in itertools.combinations(range(len(dens)), size):
+                hu = [rods[i].hu for i in rsub]
+                dd = [dens[i] for i in dsub]
+                try:
+                    fit = fit_line(hu, dd)
+                except ValueError:
+                    continue
+                if not (SLOPE_RANGE[0] <= fit.slope <= SLOPE_RANGE[1]) or fit.r2 < MIN_R2:
+                    continue
+                score = fit.r2 - 0.001 * (len(dens) - size)
+                if best is None or score > best[0]:
+                    best = (score, RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit))
+        if best is not None:
+            break  # prefer the largest set of rods that fits
+    return None if best is None else best[1]
+
+
+def calibrate_from_volume(volume: CTVolume, definition: PhantomDefinition,
+                          min_posterior_of_lps_y: float | None = None, require_all: bool = False
+                          ) -> RodCalibration | None:
+    rods = find_rods(volume, definition, min_posterior_of_lps_y)
+    logger.info("phantom %s: %d rod candidates", definition.name, len(rods))
+    return match_rods(rods, definition, require_all) if len(rods) >= 3 else None
+
+
+def synchronous_calibration(volume: CTVolume, segmentation: SpineSegmentation, definition_path: Path | None
+                            ) -> LinearCalibration | None:
+    """Calibration from rods under the patient in this scan, or None when no phantom is found."""
+    if not segmentation.vertebrae:
+        return None
+    try:
+        definition = load_definition(definition_path)
+    except ValueError as exc:
+        logger.warning("synchronous phantom search skipped: %s", exc)
+        return None
+    posterior = max(v.centroid_lps_mm[1] for v in segmentation.vertebrae) + SYNC_MIN_POSTERIOR_MM
+    # every declared rod must be found: a patient scan without a phantom must never yield a phantom calibration
+    cal = calibrate_from_volume(volume, definition, min_posterior_of_lps_y=posterior, require_all=True)
+    if cal is None:
+        return None
+    from service.calibration.assess import scanner_label
+
+    return cal.to_linear(CalibrationKind.SYNCHRONOUS_PHANTOM, scanner=scanner_label(volume),
+                         note="rods in the patient scan")

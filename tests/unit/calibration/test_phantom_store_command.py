@@ -1,0 +1,134 @@
+"""Rod finding on a synthetic phantom slab, the per-scanner store, and `calibrate phantom` on DICOM files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from service.calibration.commands import register_calibrate
+from service.calibration.phantom import FoundRod, find_rods, load_definition, match_rods
+from service.calibration.store import CalibrationStore, ScannerKey, StoredCalibration
+from service.domain.volume import CTVolume
+from service.phantom import density
+
+DEFINITION = Path(__file__).resolve().parents[3] / "models" / "calibration" / "k2hpo4_0_50_100_200.json"
+RODS_X_MM = (-60.0, -20.0, 20.0, 60.0)
+
+
+def _phantom_hu(kvp: int, noise_sd: float, seed: int = 0, shape: tuple[int, int, int] = (200, 200, 12),
+                pixel_mm: float = 0.8) -> np.ndarray:
+    """A resin block (5 HU) with four 20 mm rods on the declared relation, in air, with noise."""
+    rng = np.random.default_rng(seed)
+    n0, n1, _ = shape
+    x = (np.arange(n0) - n0 / 2) * pixel_mm
+    y = (np.arange(n1) - n1 / 2) * pixel_mm
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    img = np.full((n0, n1), -1000.0)
+    img[(np.abs(xx) <= 75) & (np.abs(yy) <= 20)] = 5.0
+    for cx, d in zip(RODS_X_MM, (0.0, 50.0, 100.0, 200.0), strict=True):
+        img[(xx - cx) ** 2 + yy**2 <= 10.0**2] = density.rod_hu(d, "k2hpo4", kvp)
+    hu = np.repeat(img[:, :, None], shape[2], axis=2)
+    return (hu + rng.normal(0.0, noise_sd, hu.shape)).astype(np.float32)
+
+
+def test_definition_files_load() -> None:
+    d = load_definition(DEFINITION)
+    assert d.material == "k2hpo4" and d.densities_mg_cm3 == (0.0, 50.0, 100.0, 200.0)
+    ha = load_definition(DEFINITION.parent / "hydroxyapatite_0_50_100_200.json")
+    assert ha.material == "hydroxyapatite"
+
+
+@pytest.mark.parametrize("kvp", [100, 120, 140])
+def test_rods_recover_the_declared_line(kvp: int) -> None:
+    hu = _phantom_hu(kvp, noise_sd=20.0, seed=kvp)
+    vol = CTVolume(hu=hu, affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=float(kvp))
+    definition = load_definition(DEFINITION)
+    rods = find_rods(vol, definition)
+    assert len(rods) == 4
+    cal = match_rods(rods, definition, require_all=True)
+    assert cal is not None
+    slope, intercept = density.hu_to_bmd_line(kvp)
+    assert cal.fit.slope == pytest.approx(slope, rel=0.02)
+    assert cal.fit.intercept == pytest.approx(intercept, abs=2.0)
+
+
+def test_match_rods_tolerates_a_missing_rod_but_not_nonsense() -> None:
+    definition = load_definition(DEFINITION)
+    rods = [FoundRod((0.0, 0.0), density.bmd_to_hu(d), 5) for d in (50.0, 100.0, 200.0)]  # 0 rod unseen
+    cal = match_rods(rods, definition)
+    assert cal is not None and [d for d, _ in cal.rods] == [50.0, 100.0, 200.0]
+    assert match_rods(rods, definition, require_all=True) is None
+    junk = [FoundRod((0.0, 0.0), h, 5) for h in (-100.0, 40.0, 45.0, 900.0)]
+    assert match_rods(junk, definition) is None
+
+
+def test_store_finds_newest_valid_calibration(tmp_path: Path) -> None:
+    store = CalibrationStore(tmp_path / "cal")
+    key = ScannerKey("SIEMENS", "Sensation 16", "CT1", 120.0)
+    old = StoredCalibration(key, 0.74, 4.0, 0.999, "2026-01-01", "2026-02-01", "k2hpo4")
+    new = StoredCalibration(key, 0.76, 6.0, 0.999, "2026-01-20", "2026-02-20", "k2hpo4")
+    store.save(old)
+    store.save(new)
+    (tmp_path / "cal" / "broken.json").write_text("{not json")
+    assert store.find(key, date(2026, 1, 25)).slope == 0.76
+    assert store.find(key, date(2026, 1, 10)).slope == 0.74
+    assert store.find(key, date(2026, 3, 1)) is None  # expired
+    other_kvp = ScannerKey("siemens", "sensation  16", "ct1", 100.0)
+    assert store.find(other_kvp, date(2026, 1, 25)) is None
+    same_normalised = ScannerKey("siemens", "sensation  16", "ct1", 120.0)
+    found = store.find(same_normalised, date(2026, 1, 25))
+    assert found is not None and found.to_linear().valid_until == "2026-02-20"
+    with pytest.raises(ValueError, match="before scan_date"):
+        StoredCalibration(key, 0.7, 0.0, 1.0, "2026-02-01", "2026-01-01", "x")
+
+
+def _write_series(folder: Path, hu: np.ndarray, kvp: int, spacing: tuple[float, float, float]) -> None:
+    folder.mkdir(parents=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for k in range(hu.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality = "CT"
+        ds.Manufacturer, ds.ManufacturerModelName, ds.StationName = "ACME", "Phantom CT", "QA1"
+        ds.KVP = kvp
+        ds.StudyDate = ds.AcquisitionDate = "20260115"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, k * spacing[2]]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.InstanceNumber = k + 1
+        ds.PixelData = np.round(hu[:, :, k].T).astype(np.int16).tobytes()
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+
+
+def test_calibrate_phantom_command_stores_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_series(tmp_path / "scan", _phantom_hu(120, noise_sd=15.0, shape=(200, 200, 10)), 120, (0.8, 0.8, 2.0))
+    parser = argparse.ArgumentParser()
+    register_calibrate(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["phantom", str(tmp_path / "scan"), "--definition", str(DEFINITION),
+                              "--store", str(tmp_path / "store")])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["slope"] == pytest.approx(0.75, rel=0.02) and out["intercept"] == pytest.approx(5.0, abs=2.0)
+    assert out["valid_until"] == "2026-02-15"
+    found = CalibrationStore(tmp_path / "store").find(ScannerKey("ACME", "Phantom CT", "QA1", 120.0),
+                                                      date(2026, 1, 20))
+    assert found is not None and found.slope == pytest.approx(out["slope"], abs=1e-4)
