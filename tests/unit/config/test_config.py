@@ -110,14 +110,14 @@ def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key
 
 
 def test_duplicate_peer_names_are_refused() -> None:
-    with pytest.raises(ConfigError, match="peers.name"):
+    with pytest.raises(ConfigError, match=r"peers\.name"):
         Config(peers=(PeerSettings("a", "A", "h", 1), PeerSettings("a", "B", "h", 2)))
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[node\n")
-    with pytest.raises(ConfigError, match="broken.toml"):
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_config(path, env={})
 
 

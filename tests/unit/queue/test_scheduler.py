@@ -1,0 +1,109 @@
+"""Scheduler: stable series -> checks -> selection -> job; rejection reasons; re-runs after more instances."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import sqlalchemy
+from pydicom.uid import generate_uid
+
+from service.config import Config, SeriesSettings
+from service.db.queries import list_series, record_instance
+from service.db.tables import utcnow
+from service.dicom.selection import KernelClass, SeriesCandidate, classify_kernel, select_series
+from service.queue import jobs
+from service.queue.scheduler import Scheduler
+from tests.node_support import record, write_ct_series
+
+
+def _receive(engine: sqlalchemy.Engine, paths: list[Path], when) -> str:  # type: ignore[no-untyped-def]
+    uid = ""
+    for p in paths:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        uid = str(ds.SeriesInstanceUID)
+        record_instance(engine, record(uid, str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
+                                       path=str(p)), now=when)
+    return uid
+
+
+def _scheduler(engine: sqlalchemy.Engine, url: str, tmp_path: Path) -> Scheduler:
+    config = Config(series=SeriesSettings(min_slices=10)).with_node(
+        series_stable_seconds=10, database_url=url, storage_dir=tmp_path / "storage")
+    return Scheduler(config, engine)
+
+
+def test_waits_for_quiet_then_selects_best_series_and_records_reasons(
+        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
+    study = generate_uid()
+    t0 = utcnow()
+    thick_sharp = _receive(sqlite_engine, write_ct_series(tmp_path / "a", n_slices=12, size=8, thickness_mm=3.0,
+                                                          kernel="B70f", study_uid=study), t0)
+    thin_soft = _receive(sqlite_engine, write_ct_series(tmp_path / "b", n_slices=20, size=8, thickness_mm=1.0,
+                                                        kernel="B30f", study_uid=study), t0)
+    too_thick = _receive(sqlite_engine, write_ct_series(tmp_path / "c", n_slices=12, size=8, thickness_mm=8.0,
+                                                        study_uid=study), t0)
+    too_few = _receive(sqlite_engine, write_ct_series(tmp_path / "d", n_slices=4, size=8, study_uid=study), t0)
+    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    early = scheduler.tick(now=t0 + timedelta(seconds=5))
+    assert early.enqueued == () and early.rejected == ()  # still arriving
+    tick = scheduler.tick(now=t0 + timedelta(seconds=11))
+    assert len(tick.enqueued) == 1
+    assert sorted(tick.rejected) == sorted([too_thick, too_few])
+    assert tick.not_selected == (thick_sharp,)
+    rows = {s.series_instance_uid: s for s in list_series(sqlite_engine)}
+    assert rows[thin_soft].status == "queued"
+    assert rows[thick_sharp].status == "not_selected" and thin_soft in (rows[thick_sharp].reason or "")
+    assert "thick" in (rows[too_thick].reason or "").lower()
+    assert rows[too_few].reason
+    # nothing changes on the next tick
+    again = scheduler.tick(now=t0 + timedelta(seconds=30))
+    assert again.enqueued == () and again.rejected == () and again.not_selected == ()
+
+
+def test_more_instances_after_job_finished_queue_a_new_job(tmp_path: Path, sqlite_engine: sqlalchemy.Engine,
+                                                           sqlite_url: str) -> None:
+    t0 = utcnow()
+    paths = write_ct_series(tmp_path / "a", n_slices=14, size=8)
+    uid = _receive(sqlite_engine, paths[:12], t0)
+    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    (first,) = scheduler.tick(now=t0 + timedelta(seconds=11)).enqueued
+    # more instances while the job is active: wait for it to end
+    _receive(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
+    assert scheduler.tick(now=t0 + timedelta(seconds=23)).waiting == (uid,)
+    claimed = jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60, now=t0 + timedelta(seconds=23))
+    assert claimed is not None and claimed.instance_count == 12
+    from tests.node_support import _success_for_tests
+
+    assert jobs.finish(sqlite_engine, first, worker_id="w", success=_success_for_tests(first), peer_names=[],
+                       now=t0 + timedelta(seconds=23))
+    (second,) = scheduler.tick(now=t0 + timedelta(seconds=24)).enqueued
+    view = jobs.get_job(sqlite_engine, second)
+    assert view is not None and view.instance_count == 14 and view.supersedes_job_id == first
+
+
+def test_kernel_classes() -> None:
+    assert classify_kernel("B30f") is KernelClass.SOFT
+    assert classify_kernel("Br40d") is KernelClass.SOFT
+    assert classify_kernel("B70f") is KernelClass.SHARP
+    assert classify_kernel("STANDARD") is KernelClass.SOFT
+    assert classify_kernel("BONEPLUS") is KernelClass.SHARP
+    assert classify_kernel("FC18") is KernelClass.SOFT
+    assert classify_kernel("FC51") is KernelClass.SHARP
+    assert classify_kernel("XYZ") is KernelClass.UNKNOWN
+
+
+def test_selection_prefers_non_contrast_then_soft_then_thin() -> None:
+    enhanced_thin_soft = SeriesCandidate("1", 300, 1.0, "B30f", contrast=True)
+    native_thick_soft = SeriesCandidate("2", 60, 5.0, "B30f")
+    native_thin_sharp = SeriesCandidate("3", 300, 1.0, "B70f")
+    native_thin_soft = SeriesCandidate("4", 300, 1.0, "B31f")
+    native_thinner_soft = SeriesCandidate("5", 400, 0.75, "B31f")
+    assert select_series([enhanced_thin_soft, native_thick_soft]).selected == native_thick_soft
+    assert select_series([native_thin_sharp, native_thick_soft]).selected == native_thick_soft
+    choice = select_series([native_thin_soft, native_thinner_soft, enhanced_thin_soft])
+    assert choice.selected == native_thinner_soft
+    assert {c.series_instance_uid for c, _ in choice.not_selected} == {"1", "4"}
+    assert all("series 5 preferred" in why for _, why in choice.not_selected)
+    assert select_series([]).selected is None
