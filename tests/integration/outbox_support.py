@@ -66,7 +66,7 @@ class ScriptedPacs:
 
     ``statuses``: answers in order, ints or the string "abort" (abort the association instead of answering).
     ``require_calling_aet``: when set, associations from other AE titles are rejected (rejected-permanent).
-    ``sop_classes``: when set, only these Storage SOP classes are supported.
+    ``sop_classes``: when set, only these Storage SOP classes are supported; ``transfer_syntaxes`` likewise.
     """
 
     port: int
@@ -74,6 +74,7 @@ class ScriptedPacs:
     statuses: list[int | str] = field(default_factory=list)
     require_calling_aet: Sequence[str] = ()
     sop_classes: Sequence[str] | None = None
+    transfer_syntaxes: Sequence[str] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
     requests: list[str] = field(default_factory=list)
     """SOP Instance UID of every C-STORE request seen (including refused ones)."""
     stored: dict[str, bytes] = field(default_factory=dict)
@@ -101,7 +102,7 @@ class ScriptedPacs:
             ae.require_calling_aet = list(self.require_calling_aet)
         for cx in AllStoragePresentationContexts:
             if self.sop_classes is None or cx.abstract_syntax in self.sop_classes:
-                ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+                ae.add_supported_context(cx.abstract_syntax, list(self.transfer_syntaxes))
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._handle_store)])
         return self
