@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,12 @@ def _received_by_storescp(directory: Path) -> dict[str, list[Path]]:
 
 def test_pacs_down_then_back_gets_every_object_once(outbox: Outbox, tmp_path: Path) -> None:
     # PACS down (connection refused): every export goes back to pending with a backoff, nothing is lost.
-    assert export_once(outbox.config, outbox.engine) == {"pending": 3}
+    t0 = datetime.now(UTC)
+    assert export_once(outbox.config, outbox.engine, now=t0) == {"pending": 3}
     rows = export_rows(outbox.engine)
     assert all(r.attempts == 1 and r.last_error for r in rows)
-    assert export_once(outbox.config, outbox.engine) == {}  # not due yet: backoff, no hot loop
+    # not due before the backoff has passed: no hot loop
+    assert export_once(outbox.config, outbox.engine, now=t0 + timedelta(seconds=BACKOFF_S / 2)) == {}
 
     # The exporter loop keeps trying while the PACS is down, and delivers once it is back.
     stop = threading.Event()
