@@ -4,7 +4,9 @@ Who may talk to us: an association is accepted only when the calling AE title AN
 same ``[[peers]]`` entry. The IP is checked in the accept loop (``verify_request`` of the socketserver, right after
 ``accept()``), so a socket from an unknown address is closed before a single byte of it is read. The AE title is
 known only once the A-ASSOCIATE-RQ has been read; an AE title / IP pair that matches no peer is rejected with
-A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised). Rejections are logged with
+A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised), except an association that
+proposes only the Verification SOP class (C-ECHO) from an allowed address: it is accepted, so that `echoscu` with
+any AE title can check the node from a peer's host; nothing can be stored on it. Rejections are logged with
 the address and AE title only (no patient data is available or logged at that point).
 """
 
@@ -139,6 +141,12 @@ def _check_calling_peer(event: Any, allow_list: PeerAllowList) -> None:
     ae_title = str(assoc.requestor.primitive.calling_ae_title).strip()
     address = str(assoc.requestor.address)
     if allow_list.allowed(ae_title, address):
+        return
+    proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.primitive.presentation_context_definition_list}
+    if proposed == {Verification}:
+        # C-ECHO only, from an allowed address (checked at accept): answer it whatever the AE title, so that a
+        # plain `echoscu HOST PORT` can check the node; nothing can be stored on such an association.
+        logger.info("echo-only association from AE %r at %s accepted", ae_title, address)
         return
     logger.warning("association from AE %r at %s rejected: not a configured peer", ae_title, address)
     assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AET_NOT_RECOGNISED)
