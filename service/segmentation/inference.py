@@ -30,7 +30,7 @@ from service.segmentation.geometry import (
     resample_to_coarse,
 )
 from service.segmentation.instances import find_bodies
-from service.segmentation.labelling import BodyFeatures, label_bodies, rib_attachment, sacrum_below
+from service.segmentation.labelling import BodyFeatures, features_from_masks, label_bodies
 from service.segmentation.refine import native_body_mask, ownership
 
 logger = logging.getLogger(__name__)
@@ -147,22 +147,12 @@ class BmdNodeSegmenter:
 
 def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArray[np.float32],
                   grid: CoarseGrid) -> tuple[list[BodyFeatures], bool]:
-    sp = grid.spacing_mm
     argmax = probs.argmax(axis=0)
-    ribs = rib_attachment(instance_masks, argmax == cls.RIB, sp)
-    feats = []
-    for m, (left, right) in zip(instance_masks, ribs, strict=True):
-        coords = np.argwhere(m)
+    votes = []
+    for m in instance_masks:
         pt, pl = probs[cls.BODY_THORACIC][m], probs[cls.BODY_LUMBAR][m]
-        vote = float(np.mean(pt / np.maximum(pt + pl, 1e-6)))
-        zs = coords[:, 2]
-        cut = bool(zs.min() == 0 or zs.max() == m.shape[2] - 1)
-        feats.append(BodyFeatures(
-            centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * np.asarray(sp)),  # type: ignore[arg-type]
-            height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left, rib_right=right,
-            thoracic_vote=vote, cut_by_fov=cut))
-    sac = sacrum_below(instance_masks[-1], argmax == cls.SACRUM, sp) if instance_masks else False
-    return feats, sac
+        votes.append(float(np.mean(pt / np.maximum(pt + pl, 1e-6))))
+    return features_from_masks(instance_masks, argmax == cls.RIB, argmax == cls.SACRUM, grid.spacing_mm, votes)
 
 
 def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str) -> SpineSegmentation:

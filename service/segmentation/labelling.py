@@ -257,3 +257,22 @@ def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np
     near = (np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) < 50.0) & (pts[:, 2] < z_bottom + 5.0) & (
         pts[:, 2] > z_bottom - SACRUM_SEARCH_MM)
     return bool(near.sum() * float(np.prod(sp)) >= MIN_SACRUM_VOLUME_MM3 / 3)
+
+
+def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
+                        sacrum_mask: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
+                        thoracic_votes: list[float] | None = None) -> tuple[list[BodyFeatures], bool]:
+    """Body features from masks on a canonical grid (instances ordered cranial -> caudal)."""
+    sp = np.asarray(spacing_mm, dtype=np.float64)
+    ribs = rib_attachment(instance_masks, rib_mask, spacing_mm)
+    feats = []
+    for i, (m, (left, right)) in enumerate(zip(instance_masks, ribs, strict=True)):
+        coords = np.argwhere(m)
+        zs = coords[:, 2]
+        cut = bool(zs.min() == 0 or zs.max() == m.shape[2] - 1)
+        feats.append(BodyFeatures(
+            centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
+            height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left, rib_right=right,
+            thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut))
+    sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False
+    return feats, sac

@@ -19,10 +19,10 @@ NETWORK_KWARGS: dict[str, Any] = {
     "spatial_dims": 3,
     "in_channels": 1,
     "out_channels": NUM_CLASSES,
-    "channels": [16, 32, 48, 64, 96],
+    "channels": [12, 24, 48, 64, 96],
     "strides": [2, 2, 2, 2],
     "num_res_units": 1,
-    "norm": "instance",
+    "norm": "batch",
 }
 
 

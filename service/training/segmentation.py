@@ -4,7 +4,7 @@
    ``--seed``), rendered at 3 mm, put on the canonical grid and cached under ``--cache`` (gitignored var/).
    Optionally real labelled CT from ``--real-data DIR`` (TotalSegmentator-style or VerSe-style folders, see
    ``real_data.py``), mixed in with weight ``--real-weight``.
-2. Training: MONAI UNet (model.py), patches of 80^3 voxels (240 mm), heavy domain randomisation (augment.py),
+2. Training: MONAI UNet (model.py), patches of 64^3 voxels (192 mm), heavy domain randomisation (augment.py),
    loss = cross-entropy + soft Dice (voxels marked IGNORE excluded), Adam with cosine decay.  CUDA + AMP when a
    GPU is present (then larger batches); on CPU ``torch.set_num_threads(--threads)``.
 3. Output: a MONAI bundle (configs/metadata.json, configs/inference.json, models/model.pt, training_log.json).
@@ -32,7 +32,7 @@ from service.training.augment import augment
 
 logger = logging.getLogger(__name__)
 
-PATCH = (80, 80, 80)
+PATCH = (64, 64, 64)
 ROI_SIZE = (96, 96, 96)
 MODEL_VERSION = "0.1.0"
 
@@ -71,14 +71,11 @@ def _phantom_case(seed: int, index: int) -> tuple[npt.NDArray[np.int16], npt.NDA
     grid = coarse_grid(frame)
     hu = resample_to_coarse(frame.to_canonical(ph.volume.hu.astype(np.float32)), grid)
     labels = resample_to_coarse(frame.to_canonical(ph.labels.astype(np.int16)), grid, order=0)
-    target = cls.phantom_targets(labels, lumbarised_s1=_is_lumbarised(ph.truth))
-    info = {"variants": str(ph.truth.get("variants", ph.truth.get("variant", ""))), "shape": list(hu.shape)}
+    lumbarised = spec.lumbar_variant == "lumbarised_s1"
+    target = cls.phantom_targets(labels, lumbarised_s1=lumbarised)
+    info = {"region": spec.region, "rib_pairs": spec.rib_pairs, "lumbar_variant": spec.lumbar_variant,
+            "shape": list(hu.shape)}
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16), target, info
-
-
-def _is_lumbarised(truth: dict[str, Any]) -> bool:
-    text = json.dumps(truth.get("variants", truth.get("variant", ""))).lower()
-    return "lumbarised" in text or "lumbarized" in text or "lumbarisation" in text
 
 
 def build_cache(cache: Path, seed: int, cases: int) -> list[Path]:
@@ -100,9 +97,9 @@ def build_cache(cache: Path, seed: int, cases: int) -> list[Path]:
     return files
 
 
-def _load(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+def _load(path: Path) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]:
     with np.load(path) as z:
-        return z["hu"].astype(np.float32), z["target"].astype(np.uint8)
+        return z["hu"].astype(np.int16), z["target"].astype(np.uint8)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -195,7 +192,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batch = cfg.batch_size * (4 if cuda else 1)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.learning_rate, total_steps=cfg.iterations,
-                                                pct_start=0.05)
+                                                pct_start=min(0.3, max(0.05, 5.0 / cfg.iterations)))
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     t0 = time.perf_counter()
     losses: list[float] = []
@@ -225,7 +222,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if it % 50 == 0:
             logger.info("it %d/%d loss %.4f (%.0f s)", it, cfg.iterations, np.mean(losses[-50:]),
                         time.perf_counter() - t0)
-        if it % 500 == 499:
+        if it % 250 == 249:
             write_bundle(cfg.out, {k: v.detach().cpu() for k, v in net.state_dict().items()},
                          _log(cfg, it + 1, losses, t0, device, len(real)))
         if cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60:
