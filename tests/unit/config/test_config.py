@@ -133,3 +133,13 @@ def test_config_is_frozen() -> None:
     config = load_config(env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.node.port = 1  # type: ignore[misc]
+
+
+def test_deploy_example_lists_every_key_with_its_default() -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "bmd-node.example.toml"
+    raw = tomllib.loads(example.read_text())
+    from_example = load_config(example, env={})
+    assert dataclasses.replace(from_example, source="") == dataclasses.replace(load_config(env={}), source="")
+    for section in ("node", "worker", "exporter", "series", "segmentation", "bmd", "site_models", "logging"):
+        expected = {f.name for f in dataclasses.fields(getattr(from_example, section))}
+        assert set(raw[section]) == expected, section
