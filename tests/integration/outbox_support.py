@@ -75,6 +75,8 @@ class ScriptedPacs:
     require_calling_aet: Sequence[str] = ()
     sop_classes: Sequence[str] | None = None
     transfer_syntaxes: Sequence[str] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    reject_transient: bool = False
+    """Reject every association with rejected-transient (e.g. a PACS at its association limit)."""
     requests: list[str] = field(default_factory=list)
     """SOP Instance UID of every C-STORE request seen (including refused ones)."""
     stored: dict[str, bytes] = field(default_factory=dict)
@@ -95,6 +97,12 @@ class ScriptedPacs:
                 self.stored[sop] = event.encoded_dataset(include_meta=False)
         return int(answer)
 
+    def _handle_requested(self, event: Any) -> None:
+        if self.reject_transient:
+            # 0x02 rejected-transient, 0x03 service-provider (presentation), 0x02 local limit exceeded
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+            event.assoc.kill()
+
     def start(self) -> ScriptedPacs:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = 0
@@ -104,7 +112,8 @@ class ScriptedPacs:
             if self.sop_classes is None or cx.abstract_syntax in self.sop_classes:
                 ae.add_supported_context(cx.abstract_syntax, list(self.transfer_syntaxes))
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._handle_store)])
+                                       evt_handlers=[(evt.EVT_C_STORE, self._handle_store),
+                                                     (evt.EVT_REQUESTED, self._handle_requested)])
         return self
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -201,3 +201,27 @@ def test_missing_file_and_unknown_peer_are_dead(outbox: Outbox, tmp_path: Path) 
     assert len(pacs.stored) == 2
     errors = sorted(r.last_error or "" for r in export_rows(outbox.engine) if r.status == "dead")
     assert any("file missing" in e for e in errors) and any("not configured" in e for e in errors)
+
+
+def test_association_rejected_transiently_is_retried(outbox: Outbox) -> None:
+    with ScriptedPacs(outbox.pacs_port, reject_transient=True) as busy:
+        assert export_once(outbox.config, outbox.engine) == {"pending": 3}
+    assert busy.requests == []
+    assert all("rejected" in (r.last_error or "") for r in export_rows(outbox.engine))
+    time.sleep(BACKOFF_S + 0.1)
+    with ScriptedPacs(outbox.pacs_port) as pacs:
+        assert export_once(outbox.config, outbox.engine) == {"sent": 3}
+    assert sorted(pacs.stored) == sorted(outbox.sop_uids())
+
+
+def test_response_timeout_is_retried(outbox: Outbox, tmp_path: Path) -> None:
+    # storescp sleeps 3 s before answering; the exporter waits 1 s for a DIMSE response: outcome unknown -> retry.
+    impatient = replace(outbox.config, exporter=replace(outbox.config.exporter, dimse_timeout_seconds=1.0))
+    with storescp_process(tmp_path / "slow", port=outbox.pacs_port, options=["--sleep-during", "3"]):
+        counts = export_once(impatient, outbox.engine)
+    assert counts == {"pending": 3}
+    time.sleep(BACKOFF_S + 0.1)
+    received_dir = tmp_path / "pacs"
+    with storescp_process(received_dir, port=outbox.pacs_port):
+        assert export_once(impatient, outbox.engine) == {"sent": 3}
+    assert sorted(_received_by_storescp(received_dir)) == sorted(outbox.sop_uids())
