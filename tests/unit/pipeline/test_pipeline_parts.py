@@ -1,0 +1,100 @@
+"""The screening recipe's own parts: the load step (real loader), settings mapping, encoding, storage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from service.config import BmdSettings, Config, SeriesSettings, SiteModelsSettings
+from service.domain.levels import VertebraLevel
+from service.domain.results import RoiMethod
+from service.pipeline import steps, storage
+from service.pipeline.encode import encode_dataset
+from service.pipeline.screening import ScreeningRecipe, build_screening_pipeline
+from service.pipeline.types import EncodedObject, JobInput, PipelineRejectedError
+from tests.node_support import BASIC_TEXT_SR, write_ct_series
+
+
+def test_load_volume_reads_a_real_series(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct", n_slices=12, size=16, thickness_mm=2.0)
+    volume = steps.load_volume(list(reversed(paths)), SeriesSettings(min_slices=10))
+    assert volume.shape == (16, 16, 12)
+    assert volume.spacing_mm == pytest.approx((1.0, 1.0, 2.0))
+    assert -100 < float(volume.hu.mean()) < 100  # stored 1064 +- 20 with intercept -1024
+
+
+def test_load_volume_rejects_with_reason(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct", n_slices=12, size=16, thickness_mm=8.0)
+    with pytest.raises(PipelineRejectedError, match="series rejected"):
+        steps.load_volume(paths, SeriesSettings(min_slices=10, max_slice_thickness_mm=5.0))
+
+
+def test_bmd_section_maps_onto_calibration_settings() -> None:
+    config = BmdSettings(roi_method=RoiMethod.ELLIPTICAL_CYLINDER, summary_levels=(VertebraLevel.L1,),
+                         threshold_set="ACR2018-ISCD-v1", calibration_store_dir=Path("/x"))
+    mapped = steps.calibration_settings(config, "9.9")
+    assert mapped.roi_method is RoiMethod.ELLIPTICAL_CYLINDER
+    assert mapped.summary_levels == (VertebraLevel.L1,)
+    assert mapped.calibration_store_dir == Path("/x")
+    assert mapped.algorithm_version == "9.9"
+
+
+def test_no_site_model_without_registry(tmp_path: Path) -> None:
+    assert steps.load_site_model(SiteModelsSettings(registry_dir=tmp_path / "empty")) is None
+    assert steps.load_site_model(SiteModelsSettings(registry_dir=tmp_path, enabled=False)) is None
+
+
+def test_production_recipe_is_the_screening_recipe() -> None:
+    recipe = build_screening_pipeline(Config())
+    assert isinstance(recipe, ScreeningRecipe)
+    assert recipe.segment._segmenter is None  # the model is loaded on the first job, not at construction
+
+
+def test_recipe_rejects_before_loading_a_model(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct", n_slices=4, size=16)
+    recipe = build_screening_pipeline(Config())
+    with pytest.raises(PipelineRejectedError):
+        recipe.run(JobInput(1, "1.2", "1.2.3", tuple(paths)))
+    assert recipe.segment._segmenter is None
+
+
+def _sr_dataset() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    return ds
+
+
+def test_encode_and_atomic_store(tmp_path: Path) -> None:
+    ds = _sr_dataset()
+    obj = encode_dataset("sr", ds)
+    assert obj.sop_instance_uid == ds.SOPInstanceUID and obj.data[128:132] == b"DICM"
+    path, digest = storage.write_object(tmp_path / "job-1", obj)
+    assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    assert len(digest) == 64
+    assert [p.name for p in (tmp_path / "job-1").iterdir()] == [path.name]  # no temp files left behind
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)  # a full disk cannot be produced here on demand
+    with pytest.raises(OSError, match="No space"):
+        storage.atomic_write_bytes(tmp_path / "x.dcm", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoded_object_validates() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        EncodedObject("pdf", "1", "2", "3", "4", b"x" * 200)
+    with pytest.raises(ValueError, match="Part 10"):
+        EncodedObject("sr", "1", "2", "3", "4", b"x" * 200)
