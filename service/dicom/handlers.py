@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -85,8 +86,14 @@ class HeaderSummary:
     modality: str
 
 
+# Tolerant UID check: digits and dots, at most 64 characters. Real archives contain UIDs with leading zeros in a
+# component (not conformant to PS3.5 9.1, which pydicom's UID.is_valid enforces); they identify an object just as
+# well, so they are accepted.
+_LOOSE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
 def _valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and UID(value).is_valid
+    return bool(_LOOSE_UID.match(value))
 
 
 def parse_header(

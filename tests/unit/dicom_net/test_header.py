@@ -61,3 +61,15 @@ def test_non_ct_reason(sop_class: str, modality: str, is_ct: bool) -> None:
     assert (reason is None) is is_ct
     if reason is not None:
         assert reason
+
+
+def test_uid_with_leading_zero_component_is_tolerated_but_letters_are_not() -> None:
+    ds = make_image_dataset(study_instance_uid="1.2.826.0.1.3680043.8.498.012", series_instance_uid=generate_uid())
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert parse_header(buffer.getvalue()).study_instance_uid == "1.2.826.0.1.3680043.8.498.012"
+    ds.StudyInstanceUID = "1.2.abc"
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(UndecodableDatasetError, match="invalid UID in StudyInstanceUID"):
+        parse_header(buffer.getvalue())
