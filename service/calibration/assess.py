@@ -180,7 +180,8 @@ def choose_calibration(volume: CTVolume, segmentation: SpineSegmentation, settin
 def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings
                     ) -> tuple[list[_LevelWork], dict[VertebraLevel, VertebralHeights]]:
     crops = crop_labels(segmentation.body_labels)
-    centroids = {v.level: v.centroid_lps_mm for v in segmentation.vertebrae}
+    # cut levels have centroids of a partial body: they would tilt their neighbours' axes
+    centroids = {v.level: v.centroid_lps_mm for v in segmentation.vertebrae if not v.cut_by_fov}
     works: list[_LevelWork] = []
     heights: dict[VertebraLevel, VertebralHeights] = {}
     for v in sorted(segmentation.vertebrae, key=lambda x: x.level):
@@ -192,7 +193,7 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
             continue
         frame = vertebra_frame(v.level, v.centroid_lps_mm, centroids)
         work.roi = trabecular_roi(settings.roi_method, volume, body, frame, settings.erosion_mm)
-        if not v.cut_by_fov:
+        if not v.cut_by_fov and VertebraLevel.T1 <= v.level <= VertebraLevel.L5:  # S1/cervical shapes differ
             h = vertebral_heights(volume, body, frame)
             if h is not None:
                 heights[v.level] = h

@@ -4,7 +4,8 @@ Reference HU of the tissues (unenhanced, by tube voltage):
     air   -1000 at every kVp (definition of the HU scale)
     fat   -108 / -100 / -95 at 100 / 120 / 140 kVp (adipose tissue -90..-120 HU, more negative at lower kVp;
           e.g. Lamba et al., AJR 2014, soft-tissue HU on unenhanced abdominal CT)
-    muscle +50, blood +40 (skeletal muscle 40-60 HU, unenhanced blood 35-45 HU; Lamba 2014); with IV contrast
+    muscle +50, blood +42 (skeletal muscle 40-60 HU, unenhanced blood 35-50 HU by haematocrit; Lamba 2014; 42 is
+          also the phantom's blood); with IV contrast
           muscle +58 (portal-venous enhancement ~ +8 HU at 120 kVp, scaled by the iodine kVp factor), blood unused
 Each tissue's "equivalent density" is the value of the reference line at the scan's kVp (linear.reference_line)
 at its reference HU (e.g. fat at 120 kVp: 0.75 * -100 + 5 = -70 mg/cm3 HA-equivalent, muscle 42.5).
@@ -46,14 +47,17 @@ FAT_HU_BY_KVP: dict[float, float] = {100.0: -108.0, 120.0: -100.0, 140.0: -95.0}
 MUSCLE_HU = 50.0
 MUSCLE_CONTRAST_RISE_HU_120KVP = 8.0
 """Portal-venous enhancement of skeletal muscle (~ +5-15 HU), scaled by the iodine kVp factor."""
-BLOOD_HU = 40.0
-TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 10.0, "muscle": 8.0, "blood": 8.0}
+BLOOD_HU = 42.0
+TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 15.0, "muscle": 8.0, "blood": 20.0}
+"""Weights of the fit (1/SD^2). Muscle, sampled in a large homogeneous region, is the most reliable; fat reads
+high in thin layers (partial volume with skin and muscle: -93 instead of -100 in slim patients); the blood sample
+cannot be told from other soft tissue without contrast; air suffers clipping, blankets and streaks."""
 TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 50.0, "muscle": 40.0, "blood": 40.0}
 """A measured value further than this from its reference is taken as mis-sampled and left out."""
 GAIN_PRIOR_SD = 0.05
 GAIN_LIMITS = (0.90, 1.10)
 OFFSET_LIMIT_HU = 40.0
-SOURCE = ("internal calibration: air -1000, fat -108/-100/-95 (100/120/140 kVp), muscle +50, blood +40 HU "
+SOURCE = ("internal calibration: air -1000, fat -108/-100/-95 (100/120/140 kVp), muscle +50, blood +42 HU "
           "(Lamba 2014); reference line at scan kVp")
 
 

@@ -2,9 +2,10 @@
 
 On each sampled slice (the slice through a vertebral centroid, up to ``MAX_SLICES``):
 - the body outline: Gaussian-smoothed HU (sigma 1.5 mm) > -500, holes (lungs, bowel gas) filled, largest part;
-- air: smoothed HU of voxels 5-30 mm outside the skin, within -1100..-500 (reconstruction padding and most of the
-  table excluded); the estimate is the mode (stored values are often clipped at -1024, which biases a mean);
-- subcutaneous fat: smoothed HU of voxels 2-25 mm inside the skin, within -250..-30; the estimate is the mode;
+- air: raw HU of voxels 5-30 mm outside the skin, above -1024 and up to -500 (reconstruction padding, clipped
+  values and most of the table excluded); the estimate is the histogram mode (clipping at -1024 biases a mean);
+- subcutaneous fat: smoothed HU of voxels 2-25 mm inside the skin, within -250..-30, keeping the flattest 30 %
+  (lowest gradient: away from the partial-volume edges of thin layers); the estimate is the mode;
 - paraspinal muscle: smoothed HU in a box 30-80 mm posterior and 8-50 mm lateral of the vertebral centroid, away
   from bone labels, within -10..110; the mode;
 - aorta / blood: the most homogeneous 6 mm-radius disc (lowest local SD of raw HU) in the region anterior and left
@@ -32,9 +33,12 @@ MAX_SLICES = 12
 SMOOTHING_MM = 1.5
 BODY_THRESHOLD_HU = -500.0
 AIR_DISTANCE_MM = (5.0, 30.0)
-AIR_RANGE_HU = (-1100.0, -500.0)
+AIR_RANGE_HU = (-1023.5, -500.0)
+"""Exclusive lower end: -1024 is the padding outside the reconstruction circle and the clipping value of the
+common 12-bit storage (RescaleIntercept -1024), not a measurement."""
 FAT_DEPTH_MM = (2.0, 25.0)
 FAT_RANGE_HU = (-250.0, -30.0)
+PLATEAU_FRACTION = 0.3
 MUSCLE_POSTERIOR_MM = (30.0, 80.0)
 MUSCLE_LATERAL_MM = (8.0, 50.0)
 MUSCLE_RANGE_HU = (-10.0, 110.0)
@@ -136,10 +140,17 @@ def survey_tissues(volume: CTVolume, segmentation: SpineSegmentation) -> TissueS
         d_in = ndimage.distance_transform_edt(body, sampling=sp2)
         d_out = ndimage.distance_transform_edt(~body, sampling=sp2)
         ring_out = (d_out >= AIR_DISTANCE_MM[0]) & (d_out <= AIR_DISTANCE_MM[1])
-        air = smooth[ring_out & (smooth >= AIR_RANGE_HU[0]) & (smooth <= AIR_RANGE_HU[1])]
+        air = raw[ring_out & (raw > AIR_RANGE_HU[0]) & (raw <= AIR_RANGE_HU[1])]
         air_vals.append(air.astype(np.float64))
         ring_in = (d_in >= FAT_DEPTH_MM[0]) & (d_in <= FAT_DEPTH_MM[1])
-        fat_vals.append(smooth[ring_in & (smooth >= FAT_RANGE_HU[0]) & (smooth <= FAT_RANGE_HU[1])].astype(np.float64))
+        fat_sel = ring_in & (smooth >= FAT_RANGE_HU[0]) & (smooth <= FAT_RANGE_HU[1])
+        if np.count_nonzero(fat_sel) >= MIN_SAMPLES:
+            # plateau only: the flattest PLATEAU_FRACTION of the candidates (thin layers are blurred with skin and
+            # muscle at their edges, which would pull the estimate towards soft tissue)
+            grad = np.hypot(*np.gradient(smooth, *sp2))
+            g = grad[fat_sel]
+            fat_sel &= grad <= np.quantile(g, PLATEAU_FRACTION)
+        fat_vals.append(smooth[fat_sel].astype(np.float64))
 
         lps = lps0 + k * slice_step
         posterior_mm = lps[..., 1] - centroid[1]  # +P
@@ -178,7 +189,7 @@ def survey_tissues(volume: CTVolume, segmentation: SpineSegmentation) -> TissueS
     fat_all = np.concatenate(fat_vals) if fat_vals else np.zeros(0)
     muscle_all = np.concatenate(muscle_vals) if muscle_vals else np.zeros(0)
     survey = TissueSurvey(
-        air_hu=_mode(np.concatenate(air_vals) if air_vals else np.zeros(0), *AIR_RANGE_HU),
+        air_hu=_mode(np.concatenate(air_vals) if air_vals else np.zeros(0), -1024.0, AIR_RANGE_HU[1]),
         fat_hu=_mode(fat_all, *FAT_RANGE_HU),
         muscle_hu=_mode(muscle_all, *MUSCLE_RANGE_HU),
         blood_hu=float(np.median(blood_vals)) if blood_vals else None,

@@ -3,14 +3,16 @@
 Heights are measured in mm along the local vertebral axis (``VertebraFrame.axis``) from the body mask: the body is
 cut into columns parallel to the axis (one per in-plane pixel); a column's height is the distance between its
 highest and lowest voxel plus one voxel step. Only columns in the mid-sagittal band (central half of the body's
-left-right width) count, as on a lateral radiograph. The anterior height is the median column height over the band
-2-14 % of the antero-posterior depth behind the anterior wall, the posterior height over 2-14 % in front of the
-posterior wall, the middle height over the central 12 %.
+left-right width) and between the anterior and posterior walls of the middle third of the height (so osteophytes
+at the endplates do not count) are used, as on a lateral radiograph. The anterior height is the median column
+height over the band 6-16 % of the antero-posterior depth behind the anterior wall, the posterior height over
+6-16 % in front of the posterior wall, the middle height over the central 12 %.
 
 A level is fractured (Genant semi-quantitative grade >= 1: height reduction >= 20 %) when one of its three heights
-is >= ``height_loss`` below the median of the same height in its neighbours (up to two levels above and below with
-a measurable, not cut, body), or when its anterior/posterior or middle/posterior ratio is >= ``height_loss`` below
-the neighbours' ratio (wedge and biconcave shapes; against 1.0 when there are no neighbours).
+is >= ``height_loss`` below the median of the same height in its neighbours (up to two levels above and below
+with a measurable, not cut, body; scaled by HEIGHT_GROWTH_PER_LEVEL per level of distance), or when its
+anterior/posterior or middle/posterior ratio is >= ``height_loss`` below the neighbours' ratio (wedge and
+biconcave shapes; against 1.0 when there are no neighbours).
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ from service.measurement.geometry import CroppedMask, VertebraFrame
 
 GENANT_HEIGHT_LOSS = 0.20  # Genant 1993 semi-quantitative method: grade 1 (mild) = 20-25 % height reduction
 NEIGHBOUR_RANGE = 2
+HEIGHT_GROWTH_PER_LEVEL = 1.035
+"""Vertebral body height grows ~3-4 % per level from the mid-thoracic to the lower lumbar spine (e.g. T12 ~23 mm,
+L1 ~25 mm, L3 ~27 mm in adults); without it a level with neighbours on one side only is judged against too tall
+or too short references."""
 """Levels above and below used as the reference (median, robust to one fractured neighbour)."""
 MIDSAGITTAL_BAND_FRACTION = 0.5
 """Central fraction of the left-right width whose columns are measured."""
 # Bands as fractions of the AP depth from the posterior wall (0) to the anterior wall (1): heights are read close
-# to the walls as in Genant's method, leaving out the outermost 2 % (rounded cortical rim, partial volume).
-ANTERIOR_BAND = (0.86, 0.98)
+# to the walls as in Genant's method (~10 % inside), leaving out the rounded rim of the endplates at the walls.
+ANTERIOR_BAND = (0.84, 0.94)
 MIDDLE_BAND = (0.44, 0.56)
-POSTERIOR_BAND = (0.02, 0.14)
+POSTERIOR_BAND = (0.06, 0.16)
 
 
 @dataclass(frozen=True)
@@ -78,12 +84,18 @@ def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame)
     w_c = 0.5 * (w_lo + w_hi)
     half_band = 0.5 * MIDSAGITTAL_BAND_FRACTION * (w_hi - w_lo) + 0.5 * pixel
     central = np.abs(col_w - w_c) <= half_band
-    if not np.any(central):
-        return None
-    v_post = float(v.min()) - 0.5 * step_v
-    v_ant = float(v.max()) + 0.5 * step_v
+    # Walls from the middle third of the height only: osteophytes and endplate rims at the top and bottom would
+    # otherwise move the 'anterior wall' onto a spur a few mm high.
+    u_lo, u_hi = float(u.min()), float(u.max())
+    mid_third = np.abs(u - 0.5 * (u_lo + u_hi)) <= max((u_hi - u_lo) / 6.0, 0.5 * step_u)
+    v_mid = v[mid_third] if np.any(mid_third) else v
+    v_post = float(v_mid.min()) - 0.5 * step_v
+    v_ant = float(v_mid.max()) + 0.5 * step_v
     depth = v_ant - v_post
     rel = (col_v - v_post) / depth  # 0 posterior wall ... 1 anterior wall
+    central &= (rel >= 0.0) & (rel <= 1.0)
+    if not np.any(central):
+        return None
 
     def band(lo: float, hi: float) -> float | None:
         sel = central & (rel >= lo) & (rel <= hi)
@@ -117,8 +129,9 @@ def assess_fractures(
     names = ("anterior", "middle", "posterior")
     out: dict[VertebraLevel, FractureFinding] = {}
     for level, h in heights.items():
+        # neighbours' heights scaled to this level by the normal craniocaudal growth of body height
         neighbours = [
-            heights[lv]
+            VertebralHeights(*(x * HEIGHT_GROWTH_PER_LEVEL ** (-off) for x in heights[lv].as_tuple()))
             for off in range(-NEIGHBOUR_RANGE, NEIGHBOUR_RANGE + 1)
             if off != 0 and (lv := level.shifted(off)) is not None and lv in heights
         ]

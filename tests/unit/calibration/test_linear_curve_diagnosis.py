@@ -59,7 +59,7 @@ def test_contrast_correction_removes_the_declared_rise() -> None:
 def test_internal_calibration_recovers_declared_line_from_reference_tissues(kvp: int, contrast: bool) -> None:
     ref = reference_tissue_hu(kvp, contrast=contrast)
     survey = TissueSurvey(air_hu=-1000.0, fat_hu=ref["fat"], muscle_hu=ref["muscle"],
-                          blood_hu=None if contrast else 40.0, enhanced_vessel_hu=None, enhanced_fraction=0.0,
+                          blood_hu=None if contrast else ref["blood"], enhanced_vessel_hu=None, enhanced_fraction=0.0,
                           n_slices=5)
     cal = internal_calibration(survey, float(kvp), contrast)
     assert cal is not None and cal.kind is CalibrationKind.INTERNAL

@@ -24,7 +24,7 @@ RODS_X_MM = (-60.0, -20.0, 20.0, 60.0)
 
 def _phantom_hu(kvp: int, noise_sd: float, seed: int = 0, shape: tuple[int, int, int] = (200, 200, 12),
                 pixel_mm: float = 0.8) -> np.ndarray:
-    """A resin block (5 HU) with four 20 mm rods on the declared relation, in air, with noise."""
+    """A resin block (5 HU) with four 18 mm rods on the declared relation, in air, with noise."""
     rng = np.random.default_rng(seed)
     n0, n1, _ = shape
     x = (np.arange(n0) - n0 / 2) * pixel_mm
@@ -33,7 +33,7 @@ def _phantom_hu(kvp: int, noise_sd: float, seed: int = 0, shape: tuple[int, int,
     img = np.full((n0, n1), -1000.0)
     img[(np.abs(xx) <= 75) & (np.abs(yy) <= 20)] = 5.0
     for cx, d in zip(RODS_X_MM, (0.0, 50.0, 100.0, 200.0), strict=True):
-        img[(xx - cx) ** 2 + yy**2 <= 10.0**2] = density.rod_hu(d, "k2hpo4", kvp)
+        img[(xx - cx) ** 2 + yy**2 <= 9.0**2] = density.rod_hu(d, "k2hpo4", kvp)
     hu = np.repeat(img[:, :, None], shape[2], axis=2)
     return (hu + rng.normal(0.0, noise_sd, hu.shape)).astype(np.float32)
 
@@ -51,9 +51,9 @@ def test_rods_recover_the_declared_line(kvp: int) -> None:
     vol = CTVolume(hu=hu, affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=float(kvp))
     definition = load_definition(DEFINITION)
     rods = find_rods(vol, definition)
-    assert len(rods) == 4
+    assert len(rods) >= 4  # block regions between rods may also pass the filter; matching must ignore them
     cal = match_rods(rods, definition, require_all=True)
-    assert cal is not None
+    assert cal is not None and [d for d, _ in cal.rods] == [0.0, 50.0, 100.0, 200.0]
     slope, intercept = density.hu_to_bmd_line(kvp)
     assert cal.fit.slope == pytest.approx(slope, rel=0.02)
     assert cal.fit.intercept == pytest.approx(intercept, abs=2.0)

@@ -9,7 +9,12 @@ from service.domain.levels import VertebraLevel
 from service.domain.results import ExclusionReason
 from service.domain.volume import CTVolume
 from service.measurement.exclusions import hu_exclusion, metal_volume_mm3, sclerosis_fraction
-from service.measurement.fracture import VertebralHeights, assess_fractures, vertebral_heights
+from service.measurement.fracture import (
+    HEIGHT_GROWTH_PER_LEVEL,
+    VertebralHeights,
+    assess_fractures,
+    vertebral_heights,
+)
 from service.measurement.geometry import CroppedMask, vertebra_frame
 from service.measurement.hu_stats import hu_stats
 
@@ -62,14 +67,20 @@ def test_heights_of_a_box_and_a_wedge() -> None:
     assert hw.middle_mm == pytest.approx(20.0, abs=1.0)
 
 
+def _grown(h: VertebralHeights, levels_below_l1: int) -> VertebralHeights:
+    """Heights of a normal spine: each level HEIGHT_GROWTH_PER_LEVEL taller than the one above."""
+    f = HEIGHT_GROWTH_PER_LEVEL ** levels_below_l1
+    return VertebralHeights(h.anterior_mm * f, h.middle_mm * f, h.posterior_mm * f)
+
+
 def test_fracture_against_neighbours() -> None:
     normal = VertebralHeights(25.0, 24.0, 26.0)
     heights = {
-        VertebraLevel.T11: normal,
-        VertebraLevel.T12: normal,
+        VertebraLevel.T11: _grown(normal, -2),
+        VertebraLevel.T12: _grown(normal, -1),
         VertebraLevel.L1: VertebralHeights(17.0, 22.0, 25.5),  # anterior 17/25 = 68 % -> 32 % loss
-        VertebraLevel.L2: normal,
-        VertebraLevel.L3: normal,
+        VertebraLevel.L2: _grown(normal, 1),
+        VertebraLevel.L3: _grown(normal, 2),
     }
     found = assess_fractures(heights, 0.20)
     assert found[VertebraLevel.L1].fractured
@@ -81,9 +92,10 @@ def test_fracture_against_neighbours() -> None:
 def test_fracture_crush_and_below_threshold() -> None:
     normal = VertebralHeights(25.0, 24.0, 26.0)
     crush = VertebralHeights(0.75 * 25, 0.75 * 24, 0.75 * 26)  # 25 % uniform loss, ratios unchanged
-    mild = VertebralHeights(0.85 * 25, 24.0, 26.0)  # 15 %: not a fracture
-    found = assess_fractures({VertebraLevel.T8: normal, VertebraLevel.T9: crush, VertebraLevel.T10: normal,
-                              VertebraLevel.T11: mild, VertebraLevel.T12: normal}, 0.20)
+    mild = VertebralHeights(0.85 * 25, 24.0, 26.0)  # 15 % anterior loss at T11: not a fracture
+    found = assess_fractures({VertebraLevel.T8: _grown(normal, -1), VertebraLevel.T9: crush,
+                              VertebraLevel.T10: _grown(normal, 1), VertebraLevel.T11: _grown(mild, 2),
+                              VertebraLevel.T12: _grown(normal, 3)}, 0.20)
     assert found[VertebraLevel.T9].fractured
     assert found[VertebraLevel.T9].max_height_loss == pytest.approx(0.25, abs=1e-9)
     assert not found[VertebraLevel.T11].fractured
