@@ -65,8 +65,9 @@ class DeepOptions:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not (8 <= self.crop_voxels <= 96) or self.crop_voxels % 4:
-            raise ValueError(f"crop_voxels must be a multiple of 4 within 8..96, got {self.crop_voxels}")
+        if not (16 <= self.crop_voxels <= 96) or self.crop_voxels % 8:
+            raise ValueError(f"crop_voxels must be a multiple of 8 within 16..96 (the DenseNet halves it four "
+                             f"times), got {self.crop_voxels}")
         for target, arch in self.models:
             if target not in ("3class", "bmd") or arch not in ARCHITECTURES:
                 raise ValueError(
