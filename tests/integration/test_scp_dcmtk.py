@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from service.config import Config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Instance
-from service.dicom.scp import start_scp
+from service.dicom.scp import run_scp, start_scp
 from service.dicom.scu import OutcomeKind, StoreSession
 from service.dicom.spool import Spool
 from tests.integration.dicom_net_support import (
@@ -50,6 +51,7 @@ from tests.integration.dicom_net_support import (
     real_j2k_with_uids,
     storescu,
     transcode,
+    wait_for_port,
     write_series,
 )
 
@@ -297,3 +299,23 @@ def test_real_anonymised_file_without_study_and_series_uid_is_rejected(node: Nod
     row = node.instance(str(dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID))
     assert row.status == "rejected"
     assert row.reason == "dataset lacks StudyInstanceUID, SeriesInstanceUID"
+
+
+def test_run_scp_serves_until_stopped(tmp_path: Path) -> None:
+    port = free_port()
+    config = node_config(tmp_path, port=port, peers=[SENDER])
+    upgrade(config.node.database_url)
+    engine = make_engine(config.node.database_url)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_scp, args=(config, engine, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for_port(port)
+        assert echoscu(port=port, calling_ae="PACS").returncode == 0
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        engine.dispose()
+    assert not thread.is_alive()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
