@@ -82,14 +82,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _run_threaded(name: str, target: Callable[..., None], config: Config) -> int:
-    import signal
     import threading
+
+    from service.serve import install_stop_signals
 
     _require_schema(config)
     engine = _engine(config)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    install_stop_signals(stop)
     log.info("%s starting", name)
     try:
         target(config, engine, stop)
@@ -117,16 +117,15 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import signal
     import threading
 
     from service.queue.worker import run_worker_process
+    from service.serve import install_stop_signals
 
     config = _config(args)
     _require_schema(config)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    install_stop_signals(stop)
     run_worker_process(config, stop, pipeline_spec=args.pipeline, worker_id=args.worker_id)
     return 0
 

@@ -24,6 +24,31 @@ WORKER_RESTART_DELAY_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
+def install_stop_signals(*events: Any) -> None:
+    """SIGINT / SIGTERM set ``events``. The handler hands the set() to a new thread: calling Event.set() in the
+    handler itself can deadlock when the signal interrupts the main thread inside Event.wait() on the same event
+    (both take the event's non-reentrant lock)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        for event in events:
+            threading.Thread(target=event.set, name="stop-signal", daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _worker_child(config: Config, stop_event: Any, pipeline_spec: str | None) -> None:
+    """A worker process of ``serve``: Ctrl-C reaches the whole process group, but only the parent decides when
+    workers stop (through ``stop_event``), so that a job in hand is finished rather than interrupted."""
+    from service.queue.worker import run_worker_process
+
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop_event.set, daemon=True).start())
+    run_worker_process(config, stop_event, pipeline_spec)
+
+
 def _thread(name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
     def runner() -> None:
         try:
@@ -43,15 +68,13 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
     from service.http import run_http
     from service.queue.exporter import run_exporter
     from service.queue.scheduler import run_scheduler
-    from service.queue.worker import run_worker_process
 
     n_workers = config.worker.processes if workers is None else workers
     stop = stop_event or threading.Event()
     context = multiprocessing.get_context("spawn")
     worker_stop = context.Event()
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        install_stop_signals(stop, worker_stop)
 
     log.info("bmd-node %s serving: AE %s on %s:%s, HTTP :%s, %d worker(s), %d result destination(s)",
              __import__("service").__version__, config.node.ae_title, config.node.host, config.node.port,
@@ -65,7 +88,7 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
     ]
 
     def start_worker(index: int) -> Any:
-        process = context.Process(target=run_worker_process, args=(config, worker_stop, pipeline_spec),
+        process = context.Process(target=_worker_child, args=(config, worker_stop, pipeline_spec),
                                   name=f"worker-{index}", daemon=False)
         process.start()
         return process
