@@ -13,14 +13,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from service.db.engine import make_engine, read_session
 from service.db.tables import Export, Job, ResultObject
-from tests.integration.dicom_net_support import free_port, wait_for_port
+from tests.integration.dicom_net_support import free_port, wait_for_port, write_series
 from tests.integration.orthanc import OrthancServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,8 +70,9 @@ backoff_initial_seconds = 1.0
     return path
 
 
-@pytest.fixture
-def running_site(tmp_path: Path) -> Iterator[tuple[OrthancServer, Path, subprocess.Popen[bytes]]]:
+@contextmanager
+def running_site(tmp_path: Path, pipeline: str | None = None) -> Iterator[tuple[OrthancServer, Path,
+                                                                              subprocess.Popen[bytes]]]:
     node_port, http_port = free_port(), free_port()
     orthanc = OrthancServer(tmp_path / "orthanc", node_ae_title="BMDNODE", node_port=node_port, stable_age_s=2)
     work = tmp_path / "node"
@@ -81,8 +85,9 @@ def running_site(tmp_path: Path) -> Iterator[tuple[OrthancServer, Path, subproce
     subprocess.run([*_bmd_node_command(), "--config", str(config), "db", "upgrade"], check=True, env=env,
                    cwd=REPO_ROOT, capture_output=True, timeout=120)
     log = (tmp_path / "serve.log").open("wb")
-    node = subprocess.Popen([*_bmd_node_command(), "--config", str(config), "serve"], env=env, cwd=REPO_ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    extra = ["--pipeline", pipeline] if pipeline else []
+    node = subprocess.Popen([*_bmd_node_command(), "--config", str(config), "serve", *extra], env=env,
+                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(node_port, timeout_s=60)
         with orthanc:
@@ -110,47 +115,66 @@ def _phantom_series(out_dir: Path) -> tuple[str, list[Path]]:
     return study, dicom
 
 
-def test_ct_into_orthanc_comes_back_with_sr_seg_and_key_image(
-    running_site: tuple[OrthancServer, Path, subprocess.Popen[bytes]], tmp_path: Path
-) -> None:
-    orthanc, work, node = running_site
+def _wait_for_results(engine: Any, node: subprocess.Popen[bytes], study: str, kinds: set[str],
+                      log_path: Path) -> list[ResultObject]:
+    deadline = time.monotonic() + END_TO_END_TIMEOUT_S
+    sent: list[ResultObject] = []
+    while time.monotonic() < deadline:
+        assert node.poll() is None, f"bmd-node serve exited with {node.returncode}"
+        with read_session(engine) as session:
+            jobs = list(session.scalars(select(Job)))
+            failed = [j for j in jobs if j.status in ("failed", "dead")]
+            assert not failed, f"job ended {failed[0].status}: {failed[0].last_error}"
+            sent = list(session.scalars(
+                select(ResultObject).join(Export, Export.result_object_id == ResultObject.id)
+                .where(Export.status == "sent", ResultObject.study_instance_uid == study)))
+        if {o.kind for o in sent} >= kinds:
+            return sent
+        time.sleep(1.0)
+    raise AssertionError(f"results not all sent within {END_TO_END_TIMEOUT_S} s: {sorted(o.kind for o in sent)}; "
+                         f"log: {log_path.read_text(errors='replace')[-3000:]}")
+
+
+def _assert_in_orthanc_once(orthanc: OrthancServer, study: str, sent: list[ResultObject], n_ct: int) -> set[str]:
+    in_orthanc = orthanc.instances_in_study(study)
+    by_uid: dict[str, int] = {}
+    for item in in_orthanc:
+        by_uid[str(item["SOPInstanceUID"])] = by_uid.get(str(item["SOPInstanceUID"]), 0) + 1
+    for obj in sent:
+        assert by_uid.get(obj.sop_instance_uid) == 1, f"{obj.kind} {obj.sop_instance_uid} not once in Orthanc"
+    assert len(in_orthanc) == n_ct + len(sent)
+    return {str(i["SOPClassUID"]) for i in in_orthanc}
+
+
+def test_ct_into_orthanc_comes_back_with_sr_seg_and_key_image(tmp_path: Path) -> None:
     bundle = REPO_ROOT / "models" / "vertebra_seg" / "configs" / "metadata.json"
     if not bundle.is_file():
         pytest.fail(f"segmentation model bundle missing ({bundle}); build it with `make train-segmentation`")
-    study, ct_files = _phantom_series(tmp_path / "phantom")
-    for path in ct_files:
-        orthanc.upload(path)
+    with running_site(tmp_path) as (orthanc, work, node):
+        study, ct_files = _phantom_series(tmp_path / "phantom")
+        for path in ct_files:
+            orthanc.upload(path)
+        engine = make_engine(f"sqlite:///{work / 'node.db'}")
+        try:
+            sent = _wait_for_results(engine, node, study, RESULT_KINDS, tmp_path / "serve.log")
+            classes = _assert_in_orthanc_once(orthanc, study, sent, len(ct_files))
+        finally:
+            engine.dispose()
+    assert SEGMENTATION_STORAGE in classes
+    assert classes & SR_STORAGE_CLASSES
 
-    engine = make_engine(f"sqlite:///{work / 'node.db'}")
-    try:
-        deadline = time.monotonic() + END_TO_END_TIMEOUT_S
-        sent: list[ResultObject] = []
-        while time.monotonic() < deadline:
-            assert node.poll() is None, f"bmd-node serve exited with {node.returncode}"
-            with read_session(engine) as session:
-                jobs = list(session.scalars(select(Job)))
-                failed = [j for j in jobs if j.status in ("failed", "dead")]
-                assert not failed, f"job ended {failed[0].status}: {failed[0].last_error}"
-                sent = list(session.scalars(
-                    select(ResultObject).join(Export, Export.result_object_id == ResultObject.id)
-                    .where(Export.status == "sent", ResultObject.study_instance_uid == study)))
-            if {o.kind for o in sent} >= RESULT_KINDS:
-                break
-            time.sleep(1.0)
-        assert {o.kind for o in sent} >= RESULT_KINDS, (
-            f"results not all sent within {END_TO_END_TIMEOUT_S} s: {sorted(o.kind for o in sent)}; "
-            f"log: {(tmp_path / 'serve.log').read_text(errors='replace')[-3000:]}")
 
-        in_orthanc = orthanc.instances_in_study(study)
-        by_uid: dict[str, list[dict[str, str]]] = {}
-        for item in in_orthanc:
-            by_uid.setdefault(str(item["SOPInstanceUID"]), []).append(item)
-        for obj in sent:
-            assert obj.sop_instance_uid in by_uid, f"{obj.kind} {obj.sop_instance_uid} not in the study in Orthanc"
-            assert len(by_uid[obj.sop_instance_uid]) == 1
-        classes = {str(i["SOPClassUID"]) for i in in_orthanc}
-        assert SEGMENTATION_STORAGE in classes
-        assert classes & SR_STORAGE_CLASSES
-        assert len(in_orthanc) == len(ct_files) + len(sent)
-    finally:
-        engine.dispose()
+def test_full_loop_with_the_test_pipeline(tmp_path: Path) -> None:
+    """The same loop with the node-core test pipeline (SR-class + SC object, no model needed): every real part
+    except segmentation/measurement (Orthanc routing, SCP, scheduler, worker process, outbox, exporter)."""
+    with running_site(tmp_path, pipeline="tests.node_support:make_mean_hu_pipeline") as (orthanc, work, node):
+        study = generate_uid()
+        ct_files = write_series(tmp_path / "ct", 24, study_instance_uid=study)
+        for path in ct_files:
+            orthanc.upload(path)
+        engine = make_engine(f"sqlite:///{work / 'node.db'}")
+        try:
+            sent = _wait_for_results(engine, node, study, {"sr", "key_image"}, tmp_path / "serve.log")
+            _assert_in_orthanc_once(orthanc, study, sent, len(ct_files))
+        finally:
+            engine.dispose()
