@@ -23,7 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.config import ExporterSettings
-from service.db.engine import is_sqlite, write_session
+from service.db.engine import is_sqlite, read_session, write_session
 from service.db.tables import Export, ResultObject, utcnow
 from service.queue.states import ExportStatus
 
@@ -108,8 +108,13 @@ def claim_due_exports(engine: sqlalchemy.Engine, *, exporter_id: str, limit: int
         and_(Export.status == ExportStatus.SENDING, Export.lease_expires_at < now),
     )
     query = select(Export).where(due).order_by(Export.next_attempt_at, Export.id).limit(limit)
+    peek = select(Export.id).where(due).limit(1)
     if peer_names is not None:
         query = query.where(Export.peer_name.in_(list(peer_names)))
+        peek = peek.where(Export.peer_name.in_(list(peer_names)))
+    with read_session(engine) as session:  # the common idle case costs a read, not a write lock
+        if session.execute(peek).first() is None:
+            return []
     if not is_sqlite(engine):
         query = query.with_for_update(skip_locked=True, of=Export)
     tasks: list[ExportTask] = []

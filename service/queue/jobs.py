@@ -147,8 +147,10 @@ def claim_next(engine: sqlalchemy.Engine, *, worker_id: str, lease_seconds: floa
                now: datetime | None = None) -> ClaimedJob | None:
     """Claim the oldest due queued job: it becomes running with a lease owned by ``worker_id``."""
     now = now or utcnow()
-    query = (select(Job).where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
-             .order_by(Job.run_after, Job.id).limit(1))
+    due = (Job.status == JobStatus.QUEUED, Job.run_after <= now)
+    if not _exists(engine, select(Job.id).where(*due).limit(1)):
+        return None  # the common idle case costs a read, not a write lock
+    query = select(Job).where(*due).order_by(Job.run_after, Job.id).limit(1)
     if not is_sqlite(engine):
         query = query.with_for_update(skip_locked=True)
     with write_session(engine) as session:
@@ -260,7 +262,10 @@ def fail(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, error: str, 
 def reap_expired(engine: sqlalchemy.Engine, *, now: datetime | None = None, actor: str = "reaper") -> list[int]:
     """Running jobs whose lease expired (worker died or hung): re-queued now, or dead after max_attempts."""
     now = now or utcnow()
-    query = select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now).order_by(Job.id)
+    expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    if not _exists(engine, select(Job.id).where(*expired).limit(1)):
+        return []
+    query = select(Job).where(*expired).order_by(Job.id)
     if not is_sqlite(engine):
         query = query.with_for_update(skip_locked=True)
     reaped: list[int] = []
@@ -356,6 +361,11 @@ def job_events(engine: sqlalchemy.Engine, job_id: int) -> list[EventRow]:
 
 
 # --- internals -------------------------------------------------------------------------------------------
+
+
+def _exists(engine: sqlalchemy.Engine, query: sqlalchemy.Select[Any]) -> bool:
+    with read_session(engine) as session:
+        return session.execute(query).first() is not None
 
 
 class _LeaseLostError(Exception):
