@@ -1,0 +1,120 @@
+"""Acquisition model: texture, partial-volume blur, quantum noise, reconstruction circle, orientation.
+
+Noise model: standard-dose noise SD at 120 kVp for a 1 mm slice of an average adult ~ 25 HU with a soft
+kernel, scaling with 1/sqrt(slice thickness); low dose x2.5 (low-dose lung screening, Pan 2020 ~ 35-60 HU);
+100 kVp x1.2, 140 kVp x0.85; larger patients noisier. The noise is spatially correlated (reconstruction
+kernel texture). Partial volume: in-plane blur of about half a pixel, through-plane Gaussian slice-sensitivity
+profile with FWHM = slice thickness.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from service.phantom.grid import F32, Grid
+from service.phantom.render import Canvas
+
+logger = logging.getLogger(__name__)
+
+HU_MIN = -1024.0
+HU_MAX = 3071.0
+"""12-bit stored range with RescaleIntercept -1024."""
+BASE_NOISE_SD_HU = 25.0
+"""Noise SD at 120 kVp, 1 mm slice, standard dose, average adult, soft kernel."""
+KVP_NOISE_FACTOR: dict[int, float] = {100: 1.2, 120: 1.0, 140: 0.85}
+LOW_DOSE_NOISE_FACTOR = 2.5
+
+
+def noise_sd_hu(kvp: int, slice_thickness_mm: float, low_dose: bool, size_factor: float, scale: float) -> float:
+    sd = BASE_NOISE_SD_HU / np.sqrt(max(slice_thickness_mm, 0.3)) * KVP_NOISE_FACTOR[kvp]
+    if low_dose:
+        sd *= LOW_DOSE_NOISE_FACTOR
+    return float(sd * size_factor**1.5 * scale)
+
+
+@dataclass(frozen=True)
+class Acquired:
+    hu: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int16]
+    noise_sd_hu: float
+
+
+def finish(
+    cv: Canvas,
+    rng: np.random.Generator,
+    *,
+    slice_thickness_mm: float,
+    noise_sd: float,
+    in_plane_blur_px: float = 0.45,
+    reconstruction_circle: bool = True,
+) -> Acquired:
+    """Texture + blur + noise on the canonical grid; the trabecular cores keep their declared mean exactly."""
+    g = cv.grid
+    tex = _fine_texture(rng, g)
+    hu = cv.hu
+    hu += cv.texture_amp * tex
+    _restore_cores(cv, hu, tex)
+    sz = max(slice_thickness_mm, g.spacing_mm[2]) / 2.355 / g.spacing_mm[2]
+    ndimage.gaussian_filter(hu, sigma=(in_plane_blur_px, in_plane_blur_px, sz), output=hu, truncate=3.0)
+    _restore_cores(cv, hu, tex)
+    if noise_sd > 0:
+        noise = rng.standard_normal(g.shape[::-1], dtype=F32).T
+        corr = 0.7 if g.spacing_mm[0] < 1.2 else 0.3
+        ndimage.gaussian_filter(noise, sigma=(corr, corr, 0.0), output=noise, truncate=2.5)
+        noise *= F32(noise_sd / max(float(noise[:: 7, :: 7, :: 3].std()), 1e-6))
+        hu += noise
+        del noise
+    labels = cv.labels
+    if reconstruction_circle:
+        nx, ny = g.shape[0], g.shape[1]
+        cx, cy = (nx - 1) / 2, (ny - 1) / 2
+        r2 = (min(nx, ny) / 2) ** 2
+        outside = ((np.arange(nx)[:, None] - cx) ** 2 + (np.arange(ny)[None, :] - cy) ** 2) > r2
+        hu[outside, :] = HU_MIN
+        labels[outside, :] = 0
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    np.rint(hu, out=hu)
+    return Acquired(hu=hu, labels=labels, noise_sd_hu=noise_sd)
+
+
+def _fine_texture(rng: np.random.Generator, g: Grid) -> npt.NDArray[np.float32]:
+    """White unit-variance texture; the partial-volume blur that follows gives it a fine correlation."""
+    return rng.standard_normal(g.shape[::-1], dtype=F32).T
+
+
+def _restore_cores(cv: Canvas, hu: npt.NDArray[np.float32], tex: npt.NDArray[np.float32]) -> None:
+    """Set every trabecular core to its declared HU plus zero-mean texture (exact declared mean)."""
+    for label, sl in cv.core_blocks.items():
+        mask = cv.labels[sl] == label
+        if not mask.any():
+            continue
+        t = (cv.texture_amp[sl] * tex[sl])[mask]
+        sub = hu[sl]
+        sub[mask] = F32(cv.core_hu[label]) + (t - t.mean())
+
+
+def to_dicom_order(
+    canonical: npt.NDArray[np.generic], grid: Grid, feet_first: bool
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float64]]:
+    """Re-order a canonical (x, y, z ascending) array for the DICOM orientation; returns (array, affine_lps).
+
+    Head-first supine: ImageOrientationPatient (1,0,0, 0,1,0), slice normal +S, the canonical order as is.
+    Feet-first supine: ImageOrientationPatient (-1,0,0, 0,1,0) as scanners reconstruct FFS images (the patient's
+    left on the image left), so the row direction is -x and the slice normal is -S: axes 0 and 2 are flipped.
+    """
+    aff = grid.affine()
+    if not feet_first:
+        return canonical, aff
+    arr = canonical[::-1, :, ::-1]
+    nx, _, nz = grid.shape
+    origin = aff[:3, 3] + aff[:3, 0] * (nx - 1) + aff[:3, 2] * (nz - 1)
+    new = aff.copy()
+    new[:3, 0] = -aff[:3, 0]
+    new[:3, 2] = -aff[:3, 2]
+    new[:3, 3] = origin
+    return np.ascontiguousarray(arr), new
