@@ -295,10 +295,11 @@ def wait_for_port(port: int, timeout_s: float = 20.0, host: str = "127.0.0.1") -
 def storescp_process(
     out_dir: Path, *, port: int, ae_title: str = "PACS", options: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """DCMTK storescp writing received objects (named by SOP Instance UID) into out_dir."""
+    """DCMTK storescp writing every received object into out_dir under a unique file name (+uf), so that an
+    object received twice leaves two files (tests count copies per SOP Instance UID)."""
     require_tool("storescp")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["storescp", "-aet", ae_title, "-od", str(out_dir), "-uf", *options, str(port)]
+    cmd = ["storescp", "-aet", ae_title, "-od", str(out_dir), "+uf", *options, str(port)]
     proc = subprocess.Popen(cmd, env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)

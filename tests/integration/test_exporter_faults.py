@@ -152,6 +152,7 @@ def test_abort_without_response_is_retried(outbox: Outbox, tmp_path: Path) -> No
         assert export_once(outbox.config, outbox.engine) == {"sent": 3}
     received = _received_by_storescp(received_dir)
     assert sorted(received) == sorted(outbox.sop_uids())
+    assert all(len(copies) == 1 for copies in received.values())
 
 
 def test_script_abort_in_the_middle_of_a_batch(outbox: Outbox) -> None:
@@ -224,4 +225,6 @@ def test_response_timeout_is_retried(outbox: Outbox, tmp_path: Path) -> None:
     received_dir = tmp_path / "pacs"
     with storescp_process(received_dir, port=outbox.pacs_port):
         assert export_once(impatient, outbox.engine) == {"sent": 3}
-    assert sorted(_received_by_storescp(received_dir)) == sorted(outbox.sop_uids())
+    received = _received_by_storescp(received_dir)
+    assert sorted(received) == sorted(outbox.sop_uids())
+    assert all(len(copies) == 1 for copies in received.values())
