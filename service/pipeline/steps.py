@@ -9,7 +9,6 @@ lazily so that importing the pipeline stays cheap and the CLI starts fast.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -97,19 +96,11 @@ def predecessor_ref(previous: PreviousResult | None) -> Any:
     """The earlier SR as service.dicom.results.PredecessorRef (None for a first run)."""
     if previous is None:
         return None
-    from service.dicom import results
+    from service.dicom.results import PredecessorRef
 
-    ref_type = results.PredecessorRef
-    for constructor in ("from_file", "from_path"):
-        if hasattr(ref_type, constructor):
-            return getattr(ref_type, constructor)(previous.sr_path)
-    values = {"sop_instance_uid": previous.sr_sop_instance_uid, "sop_class_uid": previous.sr_sop_class_uid,
-              "study_instance_uid": previous.study_instance_uid, "series_instance_uid": previous.series_instance_uid,
-              "path": previous.sr_path}
-    if dataclasses.is_dataclass(ref_type):
-        names = {f.name for f in dataclasses.fields(ref_type)}
-        return ref_type(**{k: v for k, v in values.items() if k in names})
-    return ref_type(**values)
+    return PredecessorRef(study_instance_uid=previous.study_instance_uid,
+                          series_instance_uid=previous.series_instance_uid,
+                          sop_class_uid=previous.sr_sop_class_uid, sop_instance_uid=previous.sr_sop_instance_uid)
 
 
 def algorithm_info(segmentation: SpineSegmentation) -> Any:
@@ -126,8 +117,6 @@ def build_objects(volume: CTVolume, segmentation: SpineSegmentation, assessment:
 
     built = build_result_objects(volume, segmentation, assessment.roi_labels, assessment.result,
                                  algorithm_info(segmentation), predecessor_ref(previous))
-    objects = []
-    for kind, dataset in (("seg", built.seg), ("sr", built.sr), ("key_image", built.key_image)):
-        if dataset is not None:
-            objects.append(encode_dataset(kind, dataset))
-    return tuple(objects)
+    # in sending order: SEG first (the SR references it), then SR, then key image; exports keep this order
+    return tuple(encode_dataset(kind, dataset)
+                 for kind, dataset in (("seg", built.seg), ("sr", built.sr), ("key_image", built.key_image)))

@@ -98,3 +98,15 @@ def test_encoded_object_validates() -> None:
         EncodedObject("pdf", "1", "2", "3", "4", b"x" * 200)
     with pytest.raises(ValueError, match="Part 10"):
         EncodedObject("sr", "1", "2", "3", "4", b"x" * 200)
+
+
+def test_previous_sr_becomes_predecessor_ref(tmp_path: Path) -> None:
+    from service.pipeline.types import PreviousResult
+
+    previous = PreviousResult(3, tmp_path / "sr.dcm", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2", "1.2.9")
+    ref = steps.predecessor_ref(previous)
+    item = ref.to_item()
+    assert item.StudyInstanceUID == "1.2"
+    assert item.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.9"
+    assert item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
+    assert steps.predecessor_ref(None) is None
