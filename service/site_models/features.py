@@ -57,7 +57,10 @@ def hu_from_result_json(path: Path) -> dict[VertebraLevel, float]:
 
 
 def hu_from_screening_result(result: Any) -> dict[VertebraLevel, float]:
-    """From the object ``assess_bmd`` returns (a ScreeningResult, or anything with ``vertebrae`` / to_json_dict)."""
+    """From what ``assess_bmd`` returns (a BmdAssessment with ``.result``, a ScreeningResult, or measurements)."""
+    inner = getattr(result, "result", None)
+    if inner is not None and hasattr(inner, "to_json_dict"):
+        result = inner
     if hasattr(result, "to_json_dict"):
         return hu_from_result_dict(result.to_json_dict())
     vertebrae = getattr(result, "vertebrae", None)
@@ -99,16 +102,10 @@ def default_ct_pipeline() -> Callable[[Path], dict[VertebraLevel, float]]:
     """The node's own pipeline as a callable folder -> HU by level (segmenter loaded once)."""
     load_series = _first_attr([("service.dicom.volume_loader", "load_series")])
     load_segmenter = _first_attr([("service.segmentation.inference", "load_segmenter")])
-    segmentation_settings = _first_attr(
-        [("service.segmentation.inference", "SegmentationSettings"), ("service.segmentation.settings",
-                                                                      "SegmentationSettings"),
-         ("service.config", "SegmentationSettings")]
-    )
+    segmentation_settings = _first_attr([("service.segmentation.inference", "SegmentationSettings"),
+                                         ("service.config", "SegmentationSettings")])
     assess_bmd = _first_attr([("service.calibration.assess", "assess_bmd")])
-    bmd_settings = _first_attr(
-        [("service.calibration.assess", "BmdSettings"), ("service.calibration.settings", "BmdSettings"),
-         ("service.config", "BmdSettings")]
-    )
+    bmd_settings = _first_attr([("service.calibration.assess", "BmdSettings"), ("service.config", "BmdSettings")])
     segmenter = load_segmenter(segmentation_settings())
     settings = bmd_settings()
 

@@ -21,7 +21,7 @@ from service.site_models.evaluate import ModelEvaluation, metrics_document
 
 logger = logging.getLogger(__name__)
 
-FIGURE_DPI = 80
+FIGURE_DPI = 72
 PLOT_SPLITS: tuple[str, ...] = ("validation", "test")
 REGION_TITLES = {"chest": "Chest (T5-T10)", "abdomen": "Abdomen (T12-L2)",
                  "chest_calibrated": "Chest calibrated (T5-T10-Cal)"}
@@ -42,6 +42,18 @@ def _p(value: float | None) -> str:
     if value is None:
         return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _panels(n: int, height: float) -> tuple[Any, list[Any]]:
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axs = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, height * nrows), squeeze=False)
+    flat = list(axs.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def _figure_title(text: str, synthetic: bool) -> str:
@@ -73,8 +85,8 @@ def _plot_roc(evals: Sequence[ModelEvaluation], target: str, split: str, out: Pa
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(_figure_title(f"ROC osteoporosis vs not, {split}", synthetic), fontsize=9)
     else:
-        fig, axs = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 4.2), squeeze=False)
-        for ax, e in zip(axs[0], chosen, strict=True):
+        fig, axes_list = _panels(len(chosen), 4.2)
+        for ax, e in zip(axes_list, chosen, strict=True):
             for c, label in enumerate(e.labels):
                 y = (e.y_true == c).astype(int)
                 if 0 < y.sum() < len(y):
@@ -110,8 +122,8 @@ def _plot_scatter(evals: Sequence[ModelEvaluation], split: str, out: Path, synth
     chosen = _regression_choice(evals, split)
     if not chosen:
         return None
-    fig, axs = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 4.2), squeeze=False)
-    for ax, e in zip(axs[0], chosen, strict=True):
+    fig, axes_list = _panels(len(chosen), 4.2)
+    for ax, e in zip(axes_list, chosen, strict=True):
         r = e.regression
         ax.scatter(e.y_true, e.prediction, s=8, alpha=0.6)
         lo = float(min(e.y_true.min(), e.prediction.min()))
@@ -142,8 +154,8 @@ def _plot_bland_altman(evals: Sequence[ModelEvaluation], split: str, out: Path, 
     chosen = _regression_choice(evals, split)
     if not chosen:
         return None
-    fig, axs = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 4.0), squeeze=False)
-    for ax, e in zip(axs[0], chosen, strict=True):
+    fig, axes_list = _panels(len(chosen), 4.0)
+    for ax, e in zip(axes_list, chosen, strict=True):
         ba = e.regression.bland_altman  # type: ignore[union-attr]
         mean = (e.y_true + e.prediction) / 2.0
         diff = e.prediction - e.y_true

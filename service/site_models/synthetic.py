@@ -145,59 +145,37 @@ def write_synthetic_cohort(
     return path
 
 
-def _attach_phantom_ct(rows: list[CohortRow], out_dir: Path, k: int, seed: int) -> list[CohortRow]:
-    """Render a phantom CT for the first ``k`` rows (service.phantom.api); their QCT comes from the phantom truth.
+PHANTOM_CT_SPEC: dict[str, object] = {"region": "chest-abdomen", "rows": 256, "columns": 256,
+                                      "pixel_spacing_mm": 1.5, "slice_thickness_mm": 2.0}
+"""Phantom CTs for the cohort: chest-abdomen coverage (T5-L2) at a modest size (a handful of rows, tests / demo)."""
 
-    The phantom draws its own patient for the row's sex and age; the row's HU columns are cleared so features come
-    from the CT through the node's pipeline (``features.extract_features``), and ``qct_bmd_mg_cm3`` is the
-    phantom's L1-L2 truth with the same QCT noise as the table rows.
+
+def _attach_phantom_ct(rows: list[CohortRow], out_dir: Path, k: int, seed: int) -> list[CohortRow]:
+    """Render a phantom CT (service.phantom.api) for the first ``k`` rows; their QCT comes from the phantom truth.
+
+    The phantom draws its own per-level BMD for the row's sex and age; the row's HU columns are cleared so the
+    features come from the CT through the node's pipeline (``features.extract_features``), and ``qct_bmd_mg_cm3``
+    is the phantom's L1-L2 truth with the same QCT noise as the table rows.
     """
-    try:
-        from service.phantom import api as phantom_api
-    except ImportError as exc:  # the phantom generator lands from another work package
-        raise RuntimeError(f"--with-ct needs service.phantom.api (generate / write_phantom): {exc}") from exc
     from dataclasses import replace
+
+    from service.phantom.api import PhantomSpec, generate, write_phantom
 
     rng = np.random.default_rng(seed + 7)
     out = list(rows)
     for i in range(min(k, len(rows))):
         r = rows[i]
         ct_dir = out_dir / "ct" / r.patient_ref
-        phantom = _generate_phantom(phantom_api, seed * 1000 + i, r)
-        truth_l12 = _phantom_l1_l2_bmd(phantom)
-        phantom_api.write_phantom(phantom, ct_dir)
+        spec = PhantomSpec(seed=seed * 1000 + i, sex=r.sex, age_years=r.age_years, **PHANTOM_CT_SPEC)  # type: ignore[arg-type]
+        phantom = generate(spec)
+        truth_l12 = float(phantom.truth["patient"]["l1_l2_bmd_mg_cm3"])
+        write_phantom(phantom, ct_dir)
         qct = round(float(truth_l12 * (1.0 + rng.normal(0.0, QCT_RELATIVE_SD))), 2)
-        series_dir = _series_folder(ct_dir)
-        out[i] = replace(r, hu_by_level={}, ct_series_dir=series_dir, source=SYNTHETIC_CT_SOURCE,
+        out[i] = replace(r, hu_by_level={}, ct_series_dir=_series_folder(ct_dir), source=SYNTHETIC_CT_SOURCE,
+                         scanner="bmd-node phantom 120kVp",
                          qct_bmd_mg_cm3=qct, qct_category=category_from_bmd(qct))
+        logger.info("phantom CT %d/%d written for %s", i + 1, k, r.patient_ref)
     return out
-
-
-def _generate_phantom(phantom_api: object, seed: int, row: CohortRow) -> object:
-    import inspect
-
-    generate = phantom_api.generate  # type: ignore[attr-defined]
-    params = inspect.signature(generate).parameters
-    kwargs: dict[str, object] = {}
-    if "sex" in params:
-        kwargs["sex"] = row.sex
-    if "age_years" in params:
-        kwargs["age_years"] = row.age_years
-    if "seed" in params:
-        kwargs["seed"] = seed
-        return generate(**kwargs)
-    return generate(np.random.default_rng(seed), **kwargs)
-
-
-def _phantom_l1_l2_bmd(phantom: object) -> float:
-    for attr in ("density", "patient", "patient_density"):
-        density = getattr(phantom, attr, None)
-        if density is not None and hasattr(density, "l1_l2_bmd_mg_cm3"):
-            return float(density.l1_l2_bmd_mg_cm3)
-    truth = getattr(phantom, "truth", None)
-    if isinstance(truth, dict) and "l1_l2_bmd_mg_cm3" in truth:
-        return float(truth["l1_l2_bmd_mg_cm3"])
-    raise RuntimeError("cannot find the L1-L2 truth BMD on the phantom object (density.l1_l2_bmd_mg_cm3)")
 
 
 def _series_folder(ct_dir: Path) -> Path:

@@ -1,0 +1,65 @@
+"""Full phantom CT rows: cohort --with-ct -> features through the node's loader and BMD step -> truth.
+
+The trained segmentation model is not part of the unit tests (its bundle is trained separately), so the
+segmentation step here is the phantom's own truth label map; the DICOM loader, the ROI / HU measurement
+(``assess_bmd``) and this package's extraction are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.domain.levels import VertebraLevel
+from service.domain.segmentation import LabelledVertebra, SpineSegmentation
+from service.site_models.cohort import load_cohort
+from service.site_models.features import extract_features, hu_from_screening_result, series_files
+from service.site_models.synthetic import SYNTHETIC_CT_SOURCE, write_synthetic_cohort
+
+
+def _truth_pipeline(folder: Path) -> dict[VertebraLevel, float]:
+    import nibabel as nib
+
+    from service.calibration.assess import BmdSettings, assess_bmd
+    from service.dicom.volume_loader import load_series
+    from service.phantom import labels as phantom_labels
+
+    volume = load_series(series_files(folder))
+    labels_img = nib.load(str(folder.parent / "labels.nii.gz"))
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ labels_img.affine
+    if not np.allclose(lps, volume.affine_lps, atol=1e-3):
+        raise AssertionError("phantom labels and the loaded CT are on different grids")
+    body = phantom_labels.body_labels_of(np.asarray(labels_img.dataobj).astype(np.int16))
+    present = {int(v) for v in np.unique(body) if v}
+    truth = json.loads((folder.parent / "truth.json").read_text())
+    vertebrae = tuple(
+        LabelledVertebra(level=VertebraLevel.from_name(t["level"]), centroid_lps_mm=tuple(t["centroid_lps_mm"]),
+                         cut_by_fov=bool(t["cut_by_fov"]))
+        for t in truth["vertebrae"] if int(VertebraLevel.from_name(t["level"])) in present)
+    seg = SpineSegmentation(body_labels=body, posterior_mask=None, vertebrae=vertebrae, model_name="phantom-truth",
+                            model_version="1")
+    return hu_from_screening_result(assess_bmd(volume, seg, BmdSettings()))
+
+
+@pytest.mark.slow
+def test_phantom_ct_row_features_match_the_phantom_truth(tmp_path: Path) -> None:
+    from service.phantom.density import bmd_to_hu
+
+    path = write_synthetic_cohort(tmp_path / "cohort", 6, seed=2, with_ct=1)
+    cohort = load_cohort(path)
+    ct_row = cohort.rows[0]
+    assert ct_row.source == SYNTHETIC_CT_SOURCE and ct_row.ct_series_dir is not None and not ct_row.hu_by_level
+    assert all(r.hu_by_level for r in cohort.rows[1:])
+    extracted = extract_features(cohort, ct_pipeline=_truth_pipeline)
+    hu = extracted.rows[0].hu_by_level
+    truth = json.loads((ct_row.ct_series_dir.parent / "truth.json").read_text())["patient"]
+    assert {VertebraLevel.T5, VertebraLevel.L1, VertebraLevel.L2} <= set(hu)
+    for level, value in hu.items():
+        assert value == pytest.approx(bmd_to_hu(truth["bmd_by_level_mg_cm3"][level.name]), abs=15.0), level.name
+    # the QCT reference of the CT row is the phantom's L1-L2 truth plus QCT noise
+    assert ct_row.qct_bmd_mg_cm3 == pytest.approx(truth["l1_l2_bmd_mg_cm3"], rel=0.2)
+    # rows that already carry HU columns are untouched
+    assert extracted.rows[1].hu_by_level == cohort.rows[1].hu_by_level
