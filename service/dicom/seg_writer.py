@@ -1,0 +1,179 @@
+"""DICOM SEG (highdicom): one segment per vertebral body and one per trabecular ROI, on the source CT frames.
+
+Masks use the project's array convention ``mask[i=column, j=row, k=slice]`` on the CT grid; a SEG frame is
+(row, column) of one source image, so frame k is ``mask[:, :, k].T``. Every frame references the source image of
+its slice and carries that image's position, which makes the SEG correct in any patient orientation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from service.dicom import codes
+from service.dicom.result_common import (
+    SEG_SERIES_NUMBER,
+    AlgorithmInfo,
+    add_private_scheme,
+    contributing_equipment,
+    copy_patient_study,
+)
+from service.domain.levels import VertebraLevel
+
+logger = logging.getLogger(__name__)
+
+# 12 bright, distinct hues, readable on a dark background; consecutive levels never share a colour.
+_PALETTE_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 90, 90), (255, 165, 40), (250, 230, 60), (150, 230, 60), (60, 210, 120), (60, 220, 235),
+    (90, 160, 255), (175, 125, 255), (245, 95, 225), (255, 150, 190), (0, 200, 170), (225, 190, 110),
+)
+TRABECULAR_ROI_RGB: tuple[int, int, int] = (255, 255, 255)
+
+
+def level_color_rgb(level: VertebraLevel) -> tuple[int, int, int]:
+    """Display colour of a level, shared by the SEG and the key image (neighbouring levels differ)."""
+    return _PALETTE_RGB[(int(level) - 1) % len(_PALETTE_RGB)]
+
+
+@dataclass(frozen=True)
+class SegmentNumbers:
+    """Where each level's masks are in the SEG."""
+
+    body: dict[VertebraLevel, int]
+    trabecular_roi: dict[VertebraLevel, int]
+    summary: int | None = None
+    """The union of the trabecular ROIs of the levels behind the patient-level BMD (None when there are none)."""
+
+
+def build_seg(
+    source_headers: Sequence[Dataset],
+    body_labels: npt.NDArray[np.integer],
+    roi_labels: npt.NDArray[np.integer],
+    algorithm: AlgorithmInfo,
+    when: dt.datetime,
+    summary_levels: Sequence[VertebraLevel] = (),
+) -> tuple[hd.seg.Segmentation, SegmentNumbers]:
+    """A BINARY SEG over the source CT images (given in slice order k); only non-empty frames are stored.
+
+    After the per-level segments comes one "summary" segment: the union of the trabecular ROIs of
+    ``summary_levels`` (all ROIs when none of those has one). The SR's patient-level group references it, so every
+    measurement group of the SR is a TID 1411 volumetric group (PixelMed's validator rejects a report that mixes
+    TID 1411 and TID 1501 groups).
+    """
+    n_slices = len(source_headers)
+    if body_labels.shape != roi_labels.shape:
+        raise ValueError(f"roi_labels shape {roi_labels.shape} differs from body_labels shape {body_labels.shape}")
+    if body_labels.ndim != 3 or body_labels.shape[2] != n_slices:
+        raise ValueError(f"body_labels must be (columns, rows, {n_slices}) for {n_slices} source images, "
+                         f"got {body_labels.shape}")
+    rows, cols = int(source_headers[0].Rows), int(source_headers[0].Columns)
+    if body_labels.shape[:2] != (cols, rows):
+        raise ValueError(f"mask in-plane shape {body_labels.shape[:2]} must be (Columns, Rows) = {(cols, rows)}")
+
+    body_levels = sorted(VertebraLevel(int(v)) for v in np.unique(body_labels) if v != 0)
+    roi_levels = sorted(VertebraLevel(int(v)) for v in np.unique(roi_labels) if v != 0)
+    if not body_levels and not roi_levels:
+        raise ValueError("body_labels and roi_labels are both empty: nothing to write into a SEG")
+
+    # Only the slab of slices that holds any label is passed to highdicom (memory: frames x rows x cols x segments).
+    any_label = np.any(body_labels != 0, axis=(0, 1)) | np.any(roi_labels != 0, axis=(0, 1))
+    k_indices = np.flatnonzero(any_label)
+    k0, k1 = int(k_indices[0]), int(k_indices[-1]) + 1
+
+    body_algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm.model_name, family=codes.ALGORITHM_FAMILY_AI, version=algorithm.model_version,
+        source=algorithm.manufacturer,
+    )
+    roi_algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, family=codes.ALGORITHM_FAMILY_AI, version=algorithm.version,
+        source=algorithm.manufacturer,
+    )
+
+    descriptions: list[hd.seg.SegmentDescription] = []
+    planes: list[npt.NDArray[np.bool_]] = []
+    body_numbers: dict[VertebraLevel, int] = {}
+    roi_numbers: dict[VertebraLevel, int] = {}
+    for level in sorted(set(body_levels) | set(roi_levels)):
+        parts = []
+        if level in body_levels:
+            parts.append(("body", body_labels))
+        if level in roi_levels:
+            parts.append(("roi", roi_labels))
+        for kind, labels in parts:
+            number = len(descriptions) + 1
+            color = level_color_rgb(level) if kind == "body" else TRABECULAR_ROI_RGB
+            descriptions.append(
+                hd.seg.SegmentDescription(
+                    segment_number=number,
+                    segment_label=f"{level.name} vertebral body" if kind == "body" else f"{level.name} trabecular ROI",
+                    segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+                    segmented_property_type=codes.VERTEBRAL_BODY if kind == "body" else codes.TRABECULAR_ROI,
+                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                    algorithm_identification=body_algorithm if kind == "body" else roi_algorithm,
+                    tracking_uid=generate_uid(),
+                    tracking_id=f"{level.name} {'vertebral body' if kind == 'body' else 'trabecular ROI'}",
+                    anatomic_regions=[codes.vertebra_code(level)],
+                    display_color=hd.color.CIELabColor.from_rgb(*color),
+                )
+            )
+            # (i, j, k) -> (k, j, i) = (frame, row, column)
+            planes.append(np.transpose(labels[:, :, k0:k1] == int(level), (2, 1, 0)))
+            (body_numbers if kind == "body" else roi_numbers)[level] = number
+
+    summary_number: int | None = None
+    used = [level for level in summary_levels if level in roi_numbers] or list(roi_numbers)
+    if used:
+        summary_number = len(descriptions) + 1
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=summary_number,
+                segment_label="Trabecular ROIs for patient BMD",
+                segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+                segmented_property_type=codes.TRABECULAR_ROI,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=roi_algorithm,
+                tracking_uid=generate_uid(),
+                tracking_id="Patient BMD trabecular ROIs",
+                anatomic_regions=[codes.SPINE],
+                display_color=hd.color.CIELabColor.from_rgb(*TRABECULAR_ROI_RGB),
+            )
+        )
+        union = np.isin(roi_labels[:, :, k0:k1], [int(level) for level in used])
+        planes.append(np.transpose(union, (2, 1, 0)))
+
+    pixel_array = np.stack(planes, axis=-1)
+    seg = hd.seg.Segmentation(
+        source_images=list(source_headers[k0:k1]),
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.software_versions,
+        device_serial_number=algorithm.device_serial_number,
+        content_description="Vertebral bodies and trabecular ROIs",
+        content_label="VERTEBRAE",
+        content_creator_name=None,
+        omit_empty_frames=True,
+        series_description="AI vertebral segmentation (to be reviewed)",
+        contributing_equipment=[contributing_equipment(algorithm, when)],
+    )
+    copy_patient_study(seg, source_headers[0])
+    add_private_scheme(seg)
+    seg.ContentDate = when.strftime("%Y%m%d")
+    seg.ContentTime = when.strftime("%H%M%S")
+    logger.info("SEG built: %d segments over slices %d..%d, %d frames", len(descriptions), k0, k1 - 1,
+                int(seg.NumberOfFrames))
+    return seg, SegmentNumbers(body=body_numbers, trabecular_roi=roi_numbers, summary=summary_number)
