@@ -255,3 +255,32 @@ def _success_for_tests(job_id: int, n_objects: int = 2, tag: str = "t") -> objec
                                       "1.2", f"9.{tag}.{job_id}", f"/r/{tag}{job_id}-{i}.dcm", 10, "0" * 64)
                     for i in range(n_objects))
     return jobs.JobSuccess(result, objects, "/r", result.to_json_dict())
+
+
+class TruthSegmenter:
+    """A Segmenter that returns the phantom's true vertebral bodies (labels from service.phantom), so that the
+    screening recipe's other real steps (loader, BMD assessment, result objects) run without the trained model."""
+
+    name = "phantom-truth"
+    version = "1"
+
+    def __init__(self, labels: Any) -> None:
+        self.labels = labels
+
+    def segment(self, volume: Any) -> Any:
+        from service.domain.segmentation import LabelledVertebra, SpineSegmentation
+        from service.phantom import labels as phantom_labels
+
+        if self.labels.shape != volume.shape:
+            raise ValueError(f"truth labels {self.labels.shape} do not match the volume {volume.shape}")
+        body = np.zeros(volume.shape, dtype=np.int16)
+        vertebrae = []
+        for level in VertebraLevel:
+            mask = phantom_labels.body_mask(self.labels, level)
+            if not mask.any():
+                continue
+            body[mask] = int(level)
+            centroid = volume.index_to_lps(np.argwhere(mask).mean(axis=0))
+            touches = bool(mask[:, :, 0].any() or mask[:, :, -1].any())
+            vertebrae.append(LabelledVertebra(level, tuple(float(c) for c in centroid), cut_by_fov=touches))
+        return SpineSegmentation(body, None, tuple(vertebrae), self.name, self.version)

@@ -25,9 +25,10 @@ _UNSET: Any = object()
 
 
 class ScreeningRecipe:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, segmenter: Any = None) -> None:
+        """``segmenter``: an already loaded Segmenter (default: load the configured one on the first job)."""
         self.config = config
-        self.segment = steps.SegmentStep(config.segmentation)
+        self.segment = steps.SegmentStep(config.segmentation, segmenter)
         self._site_model: Any = _UNSET
         self._bmd_settings: Any = None
 

@@ -43,9 +43,10 @@ def load_volume(paths: Sequence[Path], settings: SeriesSettings) -> CTVolume:
 class SegmentStep:
     """Vertebra segmentation + labelling; the model is loaded on first use and kept for the process."""
 
-    def __init__(self, settings: SegmentationSettings) -> None:
+    def __init__(self, settings: SegmentationSettings, segmenter: Any = None) -> None:
         self.settings = settings
-        self._segmenter: Any = None
+        self._segmenter: Any = segmenter
+        """None: load_segmenter(settings) on first use; or an already loaded Segmenter."""
 
     @property
     def segmenter(self) -> Any:
