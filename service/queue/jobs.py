@@ -143,6 +143,23 @@ def enqueue_in_session(session: Session, series_instance_uid: str, *, max_attemp
     return job.id
 
 
+def absorb_into_queued_job(session: Session, series_instance_uid: str, *, now: datetime | None = None) -> int | None:
+    """Instances arrived for a series whose job is still queued (not started): that job will read every stored
+    instance when it runs, so it takes them over instead of a second job later. Returns the job id, or None when
+    the series' active job is already running (then a new job follows once it ends)."""
+    now = now or utcnow()
+    job = session.scalars(select(Job).where(Job.series_instance_uid == series_instance_uid,
+                                            Job.status == JobStatus.QUEUED).with_for_update()).first()
+    series = session.scalar(select(Series).where(Series.series_instance_uid == series_instance_uid))
+    if job is None or series is None:
+        return None
+    job.instance_count = series.instance_count
+    series.checked_instance_count = series.instance_count
+    series.checked_at = now
+    series.status = SeriesStatus.QUEUED
+    return job.id
+
+
 def claim_next(engine: sqlalchemy.Engine, *, worker_id: str, lease_seconds: float,
                now: datetime | None = None) -> ClaimedJob | None:
     """Claim the oldest due queued job: it becomes running with a lease owned by ``worker_id``."""

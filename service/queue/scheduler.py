@@ -133,7 +133,11 @@ class Scheduler:
                     job_id = jobs.enqueue_in_session(session, uid, max_attempts=self.config.worker.max_attempts,
                                                      now=now)
                     if job_id is None:
-                        waiting.append(uid)
+                        absorbed = jobs.absorb_into_queued_job(session, uid, now=now)
+                        if absorbed is None:
+                            waiting.append(uid)  # its job is running: a new one follows when it ends
+                        else:
+                            log.info("series %s: %d instances, taken over by queued job %s", uid, count, absorbed)
                     else:
                         enqueued.append(job_id)
                         log.info("series %s: job %s queued (%d instances)", uid, job_id, count)

@@ -69,11 +69,11 @@ def test_more_instances_after_job_finished_queue_a_new_job(tmp_path: Path, sqlit
     uid = _receive(sqlite_engine, paths[:12], t0)
     scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
     (first,) = scheduler.tick(now=t0 + timedelta(seconds=11)).enqueued
-    # more instances while the job is active: wait for it to end
+    claimed = jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60, now=t0 + timedelta(seconds=11))
+    assert claimed is not None and claimed.instance_count == 12
+    # more instances while the job runs: wait for it to end
     _receive(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
     assert scheduler.tick(now=t0 + timedelta(seconds=23)).waiting == (uid,)
-    claimed = jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60, now=t0 + timedelta(seconds=23))
-    assert claimed is not None and claimed.instance_count == 12
     from tests.node_support import _success_for_tests
 
     assert jobs.finish(sqlite_engine, first, worker_id="w", success=_success_for_tests(first), peer_names=[],
@@ -107,3 +107,17 @@ def test_selection_prefers_non_contrast_then_soft_then_thin() -> None:
     assert {c.series_instance_uid for c, _ in choice.not_selected} == {"1", "4"}
     assert all("series 5 preferred" in why for _, why in choice.not_selected)
     assert select_series([]).selected is None
+
+
+def test_instances_for_a_still_queued_job_join_it(tmp_path: Path, sqlite_engine: sqlalchemy.Engine,
+                                                  sqlite_url: str) -> None:
+    t0 = utcnow()
+    paths = write_ct_series(tmp_path / "a", n_slices=14, size=8)
+    _receive(sqlite_engine, paths[:12], t0)
+    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    (job_id,) = scheduler.tick(now=t0 + timedelta(seconds=11)).enqueued
+    _receive(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
+    tick = scheduler.tick(now=t0 + timedelta(seconds=23))
+    assert tick.enqueued == () and tick.waiting == ()
+    assert jobs.get_job(sqlite_engine, job_id).instance_count == 14  # type: ignore[union-attr]
+    assert scheduler.tick(now=t0 + timedelta(seconds=40)).enqueued == ()
