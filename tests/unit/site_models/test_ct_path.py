@@ -8,7 +8,9 @@ segmentation step here is the phantom's own truth label map; the DICOM loader, t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,10 +22,9 @@ from service.site_models.features import extract_features, hu_from_screening_res
 from service.site_models.synthetic import SYNTHETIC_CT_SOURCE, write_synthetic_cohort
 
 
-def _truth_pipeline(folder: Path) -> dict[VertebraLevel, float]:
+def _load_with_truth_segmentation(folder: Path) -> tuple[Any, SpineSegmentation]:
     import nibabel as nib
 
-    from service.calibration.assess import BmdSettings, assess_bmd
     from service.dicom.volume_loader import load_series
     from service.phantom import labels as phantom_labels
 
@@ -41,15 +42,26 @@ def _truth_pipeline(folder: Path) -> dict[VertebraLevel, float]:
         for t in truth["vertebrae"] if int(VertebraLevel.from_name(t["level"])) in present)
     seg = SpineSegmentation(body_labels=body, posterior_mask=None, vertebrae=vertebrae, model_name="phantom-truth",
                             model_version="1")
+    return volume, seg
+
+
+def _truth_pipeline(folder: Path) -> dict[VertebraLevel, float]:
+    from service.calibration.assess import BmdSettings, assess_bmd
+
+    volume, seg = _load_with_truth_segmentation(folder)
     return hu_from_screening_result(assess_bmd(volume, seg, BmdSettings()))
 
 
+@pytest.fixture(scope="module")
+def cohort_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cohort(tmp_path_factory.mktemp("ct") / "cohort", 6, seed=2, with_ct=1)
+
+
 @pytest.mark.slow
-def test_phantom_ct_row_features_match_the_phantom_truth(tmp_path: Path) -> None:
+def test_phantom_ct_row_features_match_the_phantom_truth(cohort_csv: Path) -> None:
     from service.phantom.density import bmd_to_hu
 
-    path = write_synthetic_cohort(tmp_path / "cohort", 6, seed=2, with_ct=1)
-    cohort = load_cohort(path)
+    cohort = load_cohort(cohort_csv)
     ct_row = cohort.rows[0]
     assert ct_row.source == SYNTHETIC_CT_SOURCE and ct_row.ct_series_dir is not None and not ct_row.hu_by_level
     assert all(r.hu_by_level for r in cohort.rows[1:])
@@ -63,3 +75,32 @@ def test_phantom_ct_row_features_match_the_phantom_truth(tmp_path: Path) -> None
     assert ct_row.qct_bmd_mg_cm3 == pytest.approx(truth["l1_l2_bmd_mg_cm3"], rel=0.2)
     # rows that already carry HU columns are untouched
     assert extracted.rows[1].hu_by_level == cohort.rows[1].hu_by_level
+
+
+@pytest.mark.slow
+def test_activated_site_model_changes_the_nodes_result(cohort_csv: Path, tmp_path: Path) -> None:
+    """assess_bmd with the registry's active predictor: another BMD, and the method names the model."""
+    from service.calibration.assess import BmdSettings, assess_bmd
+    from service.site_models.feature_models import train_feature_model
+    from service.site_models.registry import activate, load_active_predictor, model_folder, register_saved_model
+    from service.site_models.synthetic import synthetic_rows
+
+    # a site whose scanner reads 25 HU high: its model maps the same HU to a lower BMD than the linear default
+    rows = [replace(r, hu_by_level={lv: hu + 25.0 for lv, hu in r.hu_by_level.items()})
+            for r in synthetic_rows(200, seed=8) if r.split == "train"]
+    model = train_feature_model("abdomen", "bmd", "sgd", rows, seed=0, version="v1")
+    registry = tmp_path / "registry"
+    register_saved_model(registry, model.save(model_folder(registry, model.name, "v1")))
+    activate(registry, model.name)
+    predictor = load_active_predictor(registry)
+    assert predictor is not None
+
+    ct_dir = load_cohort(cohort_csv).rows[0].ct_series_dir
+    assert ct_dir is not None
+    volume, seg = _load_with_truth_segmentation(ct_dir)
+    baseline = assess_bmd(volume, seg, BmdSettings()).result.summary
+    with_model = assess_bmd(volume, seg, BmdSettings(), site_model=predictor).result.summary
+    assert baseline.bmd_mg_cm3 is not None and with_model.bmd_mg_cm3 is not None
+    assert with_model.bmd_mg_cm3 < baseline.bmd_mg_cm3 - 5.0
+    assert predictor.name in with_model.method and "abdomen-bmd-sgd@v1" in with_model.method
+    assert predictor.name not in baseline.method
