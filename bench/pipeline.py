@@ -1,0 +1,165 @@
+"""The screening recipe with per-stage timings, for the benchmarks (``--pipeline bench.pipeline:make_timed_pipeline``).
+
+It calls the same steps as service.pipeline.screening.ScreeningRecipe, in the same order, and only adds clocks:
+
+    load_s       read + decode + check the DICOM series (steps.load_volume)
+    resample_s   canonical orientation + resampling to the model's coarse grid
+    network_s    the 3-D U-Net (sliding window)
+    labelling_s  body instances, labelling, native-resolution refinement
+    assess_s     ROI + HU statistics + calibration + classification (steps.assess)
+    objects_s    SEG / SR / key image built and encoded (steps.build_objects)
+
+The timings of each job go to ``$BMD_BENCH_TIMINGS_DIR/<series uid>.json`` (the node's worker logs them but does
+not record them in the database).
+
+Truth fallback: when the segmentation finds no vertebra (no trained model: the benchmark then runs an untrained
+network of the same architecture for the timing) and ``$BMD_BENCH_TRUTH_MAP`` names the phantom's true body
+labels for the series, the later stages run on the true labels, so that they are timed on a realistic spine.
+The result says so (``truth_fallback``) and the benchmark report repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import __version__
+from service.config import Config
+from service.domain.segmentation import LabelledVertebra, SpineSegmentation
+from service.domain.volume import CTVolume
+from service.pipeline import steps
+from service.pipeline.types import JobInput, PipelineOutput, PipelineRejectedError
+
+log = logging.getLogger(__name__)
+
+TIMINGS_DIR_ENV = "BMD_BENCH_TIMINGS_DIR"
+TRUTH_MAP_ENV = "BMD_BENCH_TRUTH_MAP"
+STAGES = ("load_s", "resample_s", "network_s", "labelling_s", "assess_s", "objects_s")
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed_segmentation(segmenter: Any, volume: CTVolume) -> tuple[SpineSegmentation, dict[str, float]]:
+    """segmenter.segment(volume), split into resample / network / labelling when it is the bmd-node U-Net."""
+    from service.segmentation import inference
+
+    if not isinstance(segmenter, inference.BmdNodeSegmenter):
+        t = time.perf_counter()
+        seg = segmenter.segment(volume)
+        return seg, {"resample_s": 0.0, "network_s": time.perf_counter() - t, "labelling_s": 0.0}
+    t0 = time.perf_counter()
+    frame = inference.canonical_frame(volume.affine_lps, volume.shape)
+    grid = inference.coarse_grid(frame, segmenter.bundle.coarse_spacing_mm)
+    coarse_hu = inference.resample_to_coarse(frame.to_canonical(volume.hu.astype(np.float32, copy=False)), grid)
+    t1 = time.perf_counter()
+    probs = segmenter.predict_probs(coarse_hu)
+    t2 = time.perf_counter()
+    pred = inference.CoarsePrediction(frame, grid, probs, coarse_hu)
+    seg = inference.assemble_segmentation(volume, pred, segmenter.name, segmenter.version)
+    t3 = time.perf_counter()
+    return seg, {"resample_s": t1 - t0, "network_s": t2 - t1, "labelling_s": t3 - t2}
+
+
+def truth_segmentation(volume: CTVolume, labels_path: Path, affine_path: Path) -> SpineSegmentation:
+    """The phantom's true vertebral bodies as a SpineSegmentation on the loaded CT's grid."""
+    labels = np.load(labels_path)
+    affine = np.load(affine_path)
+    if labels.shape != volume.shape:
+        raise ValueError(f"truth labels {labels.shape} do not match the CT {volume.shape}")
+    if not np.allclose(affine, volume.affine_lps, atol=1e-3):
+        flip = np.eye(4)
+        flip[2, 2], flip[2, 3] = -1.0, volume.shape[2] - 1
+        if not np.allclose(affine @ flip, volume.affine_lps, atol=1e-3):
+            raise ValueError("truth labels are on another grid than the loaded CT")
+        labels = labels[:, :, ::-1]
+    labels = np.ascontiguousarray(labels, dtype=np.int16)
+    from service.domain.levels import VertebraLevel
+
+    vertebrae = []
+    last_k = volume.shape[2] - 1
+    for value in sorted(int(v) for v in np.unique(labels) if v != 0):
+        coords = np.argwhere(labels == value)
+        centroid = volume.index_to_lps(coords.mean(axis=0))
+        cut = bool(coords[:, 2].min() == 0 or coords[:, 2].max() == last_k)
+        vertebrae.append(LabelledVertebra(VertebraLevel(value), tuple(float(c) for c in centroid),  # type: ignore[arg-type]
+                                          cut_by_fov=cut))
+    return SpineSegmentation(body_labels=labels, posterior_mask=None, vertebrae=tuple(vertebrae),
+                             model_name="phantom truth (benchmark fallback)", model_version="0")
+
+
+class TimedScreening:
+    """ScreeningRecipe's steps with clocks (see the module doc). The segmentation model is loaded at start."""
+
+    def __init__(self, config: Config, *, preload: bool = True) -> None:
+        self.config = config
+        self.segment = steps.SegmentStep(config.segmentation)
+        self.bmd_settings = steps.calibration_settings(config.bmd, __version__)
+        self.site_model = steps.load_site_model(config.site_models)
+        self.model_load_s = 0.0
+        if preload:
+            started = time.perf_counter()
+            _ = self.segment.segmenter
+            self.model_load_s = time.perf_counter() - started
+        self.timings_dir = Path(os.environ[TIMINGS_DIR_ENV]) if os.environ.get(TIMINGS_DIR_ENV) else None
+        truth_map = os.environ.get(TRUTH_MAP_ENV)
+        self.truth: dict[str, dict[str, str]] = json.loads(Path(truth_map).read_text()) if truth_map else {}
+        if self.timings_dir is not None:
+            self.timings_dir.mkdir(parents=True, exist_ok=True)
+            (self.timings_dir / f"ready-{os.getpid()}.json").write_text(json.dumps(
+                {"pid": os.getpid(), "model_load_s": self.model_load_s, "max_rss_mib": max_rss_mib()}))
+
+    def run_timed(self, job: JobInput) -> tuple[PipelineOutput, dict[str, Any]]:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        volume = steps.load_volume(job.paths, self.config.series)
+        timings["load_s"] = time.perf_counter() - t
+        segmentation, seg_times = timed_segmentation(self.segment.segmenter, volume)
+        timings.update(seg_times)
+        fallback = False
+        if not segmentation.vertebrae:
+            entry = self.truth.get(job.series_instance_uid)
+            if entry is None:
+                raise PipelineRejectedError("no vertebra found in the series")
+            segmentation = truth_segmentation(volume, Path(entry["body_labels"]), Path(entry["affine_lps"]))
+            fallback = True
+        t = time.perf_counter()
+        assessment = steps.assess(volume, segmentation, self.bmd_settings, self.site_model)
+        timings["assess_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        missing = None
+        try:
+            objects = steps.build_objects(volume, segmentation, assessment, job.previous)
+        except ModuleNotFoundError as exc:  # the result writers are not in this checkout yet
+            if exc.name != "service.dicom.results":
+                raise
+            objects, missing = (), f"result objects not built: {exc.name} is missing"
+            log.warning("job %s: %s", job.job_id, missing)
+        timings["objects_s"] = time.perf_counter() - t
+        record = {"job_id": job.job_id, "series_instance_uid": job.series_instance_uid, "slices": volume.shape[2],
+                  "timings": timings, "pipeline_s": sum(timings.values()), "truth_fallback": fallback,
+                  "vertebrae": len(segmentation.vertebrae), "objects": [o.kind for o in objects],
+                  "object_bytes": sum(len(o.data) for o in objects), "objects_missing": missing,
+                  "pid": os.getpid(),
+                  "max_rss_mib": max_rss_mib(), "finished_unix": time.time()}
+        return PipelineOutput(assessment.result, objects), record
+
+    def run(self, job: JobInput) -> PipelineOutput:
+        output, record = self.run_timed(job)
+        log.info("job %s: bench timings %s", job.job_id, record["timings"])
+        if self.timings_dir is not None:
+            (self.timings_dir / f"{job.series_instance_uid}.json").write_text(json.dumps(record, indent=1))
+        return output
+
+
+def make_timed_pipeline(config: Config) -> TimedScreening:
+    """Pipeline factory for ``bmd-node worker/serve --pipeline bench.pipeline:make_timed_pipeline``."""
+    return TimedScreening(config)

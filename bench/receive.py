@@ -1,0 +1,110 @@
+"""Ingest: images/s received over C-STORE from DCMTK storescu by the node's SCP (with its SQLite bookkeeping and
+fsync per instance), by DCMTK storescp (no database, no fsync: the C++ ceiling) and by Orthanc 1.10 (Debian
+package, default SQLite index), on the same files in the same run; one association, then N concurrent ones
+(one study each). The receivers run as their own processes, fresh for every run; targets are interleaved in each
+repeat so that a slow phase of the machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import procs
+from bench.data import SeriesSet
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("bmd-node", "storescp", "orthanc")
+
+
+@dataclass(frozen=True)
+class ReceiveRun:
+    target: str
+    associations: int
+    images: int
+    seconds: float
+    stored: int
+    peak_rss_mib: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+
+def _send(studies: Sequence[SeriesSet], port: int, called_ae: str) -> float:
+    if len(studies) == 1:
+        return procs.send_series(studies[0].files, port, called_ae)
+    return procs.send_parallel([s.files for s in studies], port, called_ae)
+
+
+def node_scp_config(folder: Path, port: int) -> Path:
+    return procs.write_toml(folder / "bmd-node.toml", {
+        "node": {"ae_title": procs.NODE_AE, "host": "127.0.0.1", "port": port, "http_port": 0,
+                 "storage_dir": str(folder / "storage"), "database_url": f"sqlite:///{folder / 'node.db'}",
+                 "series_stable_seconds": 3600},
+    }, [{"name": "sender", "ae_title": procs.SENDER_AE, "host": "127.0.0.1", "port": 104, "send_results": False}])
+
+
+def run_node(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
+    port = procs.free_port()
+    config = node_scp_config(folder, port)
+    procs.run_node_cli(config, "db", "upgrade")
+    with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port) as proc, \
+            procs.RssSampler(proc.pid) as sampler:
+        seconds = _send(studies, port, procs.NODE_AE)
+        peak = procs.peak_rss_mib(proc.pid) or sampler.peak_mib
+    with sqlite3.connect(folder / "node.db") as conn:
+        stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
+    return ReceiveRun("bmd-node", len(studies), sum(s.slices for s in studies), seconds, stored, peak)
+
+
+def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
+    port = procs.free_port()
+    out = folder / "received"
+    with procs.storescp(out, port, ae_title="STORESCP", fork=len(studies) > 1) as proc, \
+            procs.RssSampler(proc.pid) as sampler:
+        seconds = _send(studies, port, "STORESCP")
+    stored = sum(1 for p in out.iterdir() if p.is_file())
+    return ReceiveRun("storescp", len(studies), sum(s.slices for s in studies), seconds, stored, sampler.peak_mib)
+
+
+def run_orthanc(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
+    with procs.orthanc(folder) as server, procs.RssSampler(procs.orthanc_pid(server)) as sampler:
+        seconds = _send(studies, server.dicom_port, server.ae_title)
+        stored = int(server.get("/statistics")["CountInstances"])
+        peak = procs.peak_rss_mib(procs.orthanc_pid(server)) or sampler.peak_mib
+    return ReceiveRun("orthanc", len(studies), sum(s.slices for s in studies), seconds, stored, peak)
+
+
+RUNNERS = {"bmd-node": run_node, "storescp": run_storescp, "orthanc": run_orthanc}
+
+
+def warm_page_cache(studies: Sequence[SeriesSet]) -> None:
+    for s in studies:
+        for p in s.files:
+            p.read_bytes()
+
+
+def receive_round(studies: Sequence[SeriesSet], work: Path, targets: Sequence[str] = TARGETS) -> list[ReceiveRun]:
+    """Every target once on ``studies`` (one association per study, all at once)."""
+    runs = []
+    for target in targets:
+        folder = work / f"{target}-{len(studies)}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
+            run = RUNNERS[target](studies, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        expected = sum(s.slices for s in studies)
+        if run.stored != expected:
+            raise RuntimeError(f"{target} stored {run.stored} of {expected} instances")
+        log.info("ingest %s x%d: %.1f images/s (%.2f s), peak RSS %.0f MiB", target, len(studies),
+                 run.images_per_s, run.seconds, run.peak_rss_mib)
+        runs.append(run)
+    return runs

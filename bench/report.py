@@ -1,0 +1,201 @@
+"""bench/results.json and the tables of docs/PERFORMANCE.md, from the figures of one benchmark run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Figure, fmt
+
+# Targets of issue 8.
+INGEST_VS_ORTHANC_MIN = 1.0
+"""At least as fast as Orthanc 1.10 (Debian, default SQLite index) on the same data in the same run."""
+INGEST_VS_ORTHANC_AIM = 1.5
+CPU_E2E_CHEST_MAX_S = 60.0
+"""300-slice chest, CPU."""
+GPU_E2E_CHEST_MAX_S = 10.0
+WORKER_PEAK_600_MAX_BYTES = 4e9
+"""Worker peak memory for a 600-slice study: 4 GB (decimal, strict)."""
+MIB = 1024 * 1024
+
+SECTION_TITLES = {
+    "ingest": "Ingest (C-STORE receive rate, storescu sender)",
+    "stages": "Pipeline stages in one worker process (in-process clocks)",
+    "e2e": "End-to-end latency through the running node",
+    "throughput": "Throughput on PostgreSQL",
+    "memory": "Memory",
+}
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    name: str
+    target: str
+    measured: str
+    met: bool | None
+    """None: not measured in this run."""
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "measured": self.measured, "met": self.met,
+                "note": self.note}
+
+
+def all_figures(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Figure]:
+    out: dict[str, Figure] = {}
+    for section in sections.values():
+        for raw in section.get("figures", []):
+            figure = Figure.from_dict(raw)
+            out[figure.key] = figure
+    return out
+
+
+def _spread(figure: Figure, unit: str | None = None) -> str:
+    u = figure.unit if unit is None else unit
+    if figure.repeats == 1:
+        return f"{fmt(figure.median)} {u} (1 run)"
+    return f"{fmt(figure.median)} {u} (min {fmt(figure.min)}, max {fmt(figure.max)}, n={figure.repeats})"
+
+
+def check_targets(figures: Mapping[str, Figure], gpu_available: bool) -> list[TargetCheck]:
+    checks = []
+    ratio = figures.get("ingest.single.ratio_node_orthanc")
+    if ratio is None:
+        checks.append(TargetCheck("Ingest vs Orthanc 1.10, 1 association", f">= {INGEST_VS_ORTHANC_MIN}x", "-", None,
+                                  "not measured in this run"))
+    else:
+        met = ratio.median >= INGEST_VS_ORTHANC_MIN
+        aim = "aim 1.5x reached" if ratio.median >= INGEST_VS_ORTHANC_AIM else "aim 1.5x not reached"
+        checks.append(TargetCheck("Ingest vs Orthanc 1.10, 1 association",
+                                  f">= {INGEST_VS_ORTHANC_MIN}x (aim {INGEST_VS_ORTHANC_AIM}x)", _spread(ratio), met,
+                                  aim))
+    for key, figure in sorted(figures.items()):
+        if key.startswith("ingest.concurrent") and key.endswith("ratio_node_orthanc"):
+            n = key.split(".")[1].removeprefix("concurrent")
+            checks.append(TargetCheck(f"Ingest vs Orthanc 1.10, {n} associations", f">= {INGEST_VS_ORTHANC_MIN}x",
+                                      _spread(figure), figure.median >= INGEST_VS_ORTHANC_MIN))
+    storescp = figures.get("ingest.single.ratio_node_storescp")
+    if storescp is not None:
+        checks.append(TargetCheck("Ingest vs DCMTK storescp, 1 association", "reported (pure-Python PDU ceiling "
+                                  "~0.4x)", _spread(storescp), None, "informative, no target"))
+    e2e = figures.get("e2e.chest300.latency")
+    if e2e is None:
+        checks.append(TargetCheck("CPU end-to-end, 300-slice chest", f"<= {CPU_E2E_CHEST_MAX_S:.0f} s", "-", None,
+                                  "not measured in this run"))
+    else:
+        checks.append(TargetCheck("CPU end-to-end, 300-slice chest", f"<= {CPU_E2E_CHEST_MAX_S:.0f} s",
+                                  _spread(e2e), e2e.max <= CPU_E2E_CHEST_MAX_S,
+                                  "met only when every repeat is within the target"))
+    gpu = figures.get("e2e.chest300.gpu_latency")
+    projection = figures.get("projection.gpu_e2e_chest300_lower_bound")
+    if gpu is not None:
+        checks.append(TargetCheck("GPU end-to-end, 300-slice chest", f"<= {GPU_E2E_CHEST_MAX_S:.0f} s", _spread(gpu),
+                                  gpu.max <= GPU_E2E_CHEST_MAX_S))
+    else:
+        note = "no GPU on this machine" if not gpu_available else "not measured in this run"
+        measured = "-"
+        if projection is not None:
+            measured = f"projection >= {fmt(projection.median)} s (CPU stages without the network)"
+        checks.append(TargetCheck("GPU end-to-end, 300-slice chest", f"<= {GPU_E2E_CHEST_MAX_S:.0f} s", measured, None,
+                                  note))
+    mem = figures.get("memory.worker_peak.chestabd600")
+    if mem is None:
+        checks.append(TargetCheck("Worker peak memory, 600-slice study", "<= 4 GB", "-", None,
+                                  "not measured in this run"))
+    else:
+        checks.append(TargetCheck("Worker peak memory, 600-slice study", "<= 4 GB",
+                                  f"{mem.max * MIB / 1e9:.2f} GB peak ({fmt(mem.max)} MiB)",
+                                  mem.max * MIB <= WORKER_PEAK_600_MAX_BYTES))
+    return checks
+
+
+def write_results(path: Path, document: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _met(value: bool | None) -> str:
+    return {True: "**met**", False: "**not met**", None: "n/a"}[value]
+
+
+METHOD = """\
+## How it is measured
+
+* **Ingest**: DCMTK `storescu` (TCP_NODELAY=1) sends the same synthetic CT series (300 x 512 x 512, 16-bit,
+  Explicit VR Little Endian, ~0.5 MB per image) over one association, then N studies over N concurrent associations,
+  to three receivers started fresh for every run, in turn within each repeat: the node's SCP (`bmd-node scp`,
+  pynetdicom, atomic write + fsync per instance + SQLite bookkeeping), DCMTK `storescp` (writes files, no fsync, no
+  database; `--fork` for concurrent associations) and Orthanc 1.10 (Debian package, default SQLite index, storage in a
+  temp dir, loopback). The time is storescu's wall time; every instance is checked stored afterwards.
+* **Stages**: a child process that is what a worker is (loads the model once, then screens the study) with clocks
+  around each step of the screening recipe (`bench/pipeline.py` calls the same steps as
+  `service/pipeline/screening.py`), plus writing the result files (fsync) and sending them to a DCMTK storescp. Its
+  peak RSS is the worker's peak memory for that study.
+* **End-to-end**: `bmd-node serve` (SCP, scheduler, 1 worker, exporter; SQLite; polls 0.2 s) with a DCMTK storescp
+  as the PACS. Clock: storescu's last instance acknowledged -> `sent_at` of the last result object's export; the
+  configured stable-series wait is subtracted; the model is loaded before the first study.
+* **Throughput**: K studies queued in a fresh PostgreSQL database (real server, fsync on), drained by N
+  `bmd-node worker` processes; studies/hour = K / (first claim -> last finish).
+* **GPU projection**: no GPU measurement unless one is present; the projection is the CPU end-to-end time without the
+  network stage (a lower bound: the other stages run on the CPU either way).
+"""
+
+
+def render_markdown(document: Mapping[str, Any]) -> str:
+    sections: Mapping[str, Mapping[str, Any]] = document["sections"]
+    machine = document["machine"]
+    versions = document["versions"]
+    lines = ["# Performance", "",
+             f"Generated by `make bench` (`python -m bench.run{' --quick' if document.get('quick') else ''}`) on "
+             f"{document['date']}; the raw figures are in `bench/results.json`. Do not edit by hand: the next run "
+             "rewrites this file.", ""]
+    if document.get("quick"):
+        lines += ["**Quick smoke run: tiny data, single repeats. These numbers say nothing about performance.**", ""]
+    lines += ["## Machine", ""]
+    gpu = machine.get("gpu", {})
+    lines += _table(("", ""), [
+        ("CPU", str(machine.get("cpu_model"))), ("cores", str(machine.get("cpu_cores"))),
+        ("RAM", f"{machine.get('ram_gib')} GiB"), ("GPU", str(gpu.get("name")) if gpu.get("available") else "none"),
+        ("platform", str(machine.get("platform"))),
+        ("load average (1/5/15 min) at start", str(machine.get("load_average_1_5_15"))),
+        ("load average at end", str(document.get("load_average_at_end"))),
+        ("duration", f"{document.get('duration_s', 0):.0f} s"),
+    ])
+    lines += ["", "## Versions", ""]
+    lines += _table(("component", "version"), [(k, str(v)) for k, v in versions.items()])
+    lines += ["", "## Targets", ""]
+    lines += _table(("target", "required", "measured (median, min-max over repeats)", "result", "note"),
+                    [(t["name"], t["target"], t["measured"], _met(t["met"]), t.get("note", ""))
+                     for t in document["targets"]])
+    for name, section in sections.items():
+        lines += ["", f"## {SECTION_TITLES.get(name, name)}", ""]
+        if section.get("error"):
+            lines += [f"**Not measured: {section['error']}**", ""]
+        figures = [Figure.from_dict(f) for f in section.get("figures", [])]
+        if figures:
+            lines += _table(("figure", "unit", "min", "median", "max", "n", "note"),
+                            [(f.label, f.unit, fmt(f.min), fmt(f.median), fmt(f.max), str(f.repeats), f.note)
+                             for f in figures])
+        for note in section.get("notes", []):
+            lines += ["", f"* {note}"]
+    lines += ["", METHOD]
+    notes = document.get("notes", [])
+    if notes:
+        lines += ["## Caveats of this run", ""] + [f"* {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, document: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(document))
+    return path

@@ -1,0 +1,342 @@
+"""``make bench``: measure ingest, pipeline stages, end-to-end latency, throughput and memory in one run, then write
+bench/results.json and docs/PERFORMANCE.md.
+
+    .venv/bin/python -m bench.run                       # the full run (~15 min on 2 cores once the data exists)
+    .venv/bin/python -m bench.run --quick               # tiny smoke run (seconds of work; report in bench/work/quick)
+    .venv/bin/python -m bench.run --only ingest,e2e     # some sections only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import data, machine, report
+from bench.machine import REPO_ROOT
+from bench.model import ModelChoice, choose_model
+from bench.stats import Figure, ratio_values
+
+log = logging.getLogger("bench")
+
+SECTIONS = ("ingest", "stages", "e2e", "throughput", "memory")
+STAGE_LABELS = {
+    "load_s": "load + decode + series checks",
+    "resample_s": "resample to the 3 mm model grid",
+    "network_s": "segmentation network (U-Net, sliding window)",
+    "labelling_s": "instances + labelling + refinement",
+    "assess_s": "ROI + HU statistics + calibration + classification",
+    "objects_s": "SEG / SR / key image built and encoded",
+    "write_s": "result files written (fsync)",
+    "export_s": "C-STORE of the results to a storescp",
+    "detect_s": "stable series detected -> job queued (minus the stable wait)",
+    "queue_s": "job queued -> claimed",
+    "store_commit_s": "result files + success commit",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    repeats: int
+    ingest_slices: int
+    ingest_size: int
+    concurrent: int
+    stage_studies: tuple[data.PhantomRecipe, ...]
+    e2e_runs: tuple[tuple[data.PhantomRecipe, int], ...]
+    throughput_recipe: data.PhantomRecipe
+    throughput_studies: int
+    workers: tuple[int, ...]
+    big_study: data.PhantomRecipe
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        q = data.QUICK_ABDOMEN
+        return Plan(True, args.repeats or 1, 16, 128, 2, (q,), ((q, 1),), q, args.throughput_studies or 2,
+                    tuple(args.workers or (1,)), q)
+    repeats = args.repeats or 3
+    return Plan(False, repeats, 300, 512, 4, (data.CHEST_300, data.ABDOMEN_5MM),
+                ((data.CHEST_300, repeats), (data.ABDOMEN_5MM, max(1, repeats - 1))), data.ABDOMEN_5MM,
+                args.throughput_studies or 4, tuple(args.workers or (1, 2, 4)), data.CHEST_ABDOMEN_600)
+
+
+@dataclass
+class Context:
+    plan: Plan
+    work: Path
+    data_dir: Path
+    truth_map: Path
+    _model: ModelChoice | None = None
+
+    @property
+    def model(self) -> ModelChoice:
+        if self._model is None:
+            self._model = choose_model(self.work)
+        return self._model
+
+    def phantom(self, recipe: data.PhantomRecipe) -> data.SeriesSet:
+        s = data.phantom_series(self.data_dir, recipe)
+        data.write_truth_map(self.truth_map, [s])
+        return s
+
+    def clones(self, recipe: data.PhantomRecipe, n: int, purpose: str) -> list[data.SeriesSet]:
+        source = self.phantom(recipe)
+        out = [data.clone_series(source, self.data_dir / "clones" / f"{recipe.name}-{purpose}{i}", f"{purpose}{i}")
+               for i in range(n)]
+        data.write_truth_map(self.truth_map, out)
+        return out
+
+
+def _figure(key: str, label: str, unit: str, values: Sequence[float], note: str = "") -> dict[str, Any]:
+    return Figure(key, label, unit, tuple(values), note).to_dict()
+
+
+# --- sections ------------------------------------------------------------------------------------------------
+
+
+def section_ingest(ctx: Context) -> dict[str, Any]:
+    from bench import receive
+
+    plan = ctx.plan
+    studies = data.ingest_studies(ctx.data_dir, plan.concurrent, plan.ingest_slices, plan.ingest_size)
+    receive.warm_page_cache(studies)
+    work = ctx.work / "ingest"
+    rounds: dict[int, list[list[receive.ReceiveRun]]] = {1: [], plan.concurrent: []}
+    for repeat in range(plan.repeats):
+        for n in rounds:
+            log.info("ingest repeat %d/%d, %d association(s)", repeat + 1, plan.repeats, n)
+            rounds[n].append(receive.receive_round(studies[:n], work))
+    figures: list[dict[str, Any]] = []
+    size = f"{plan.ingest_slices} x {plan.ingest_size}x{plan.ingest_size}"
+    for n, runs in rounds.items():
+        tag = "single" if n == 1 else f"concurrent{n}"
+        rates = {t: [next(r for r in rr if r.target == t).images_per_s for rr in runs] for t in receive.TARGETS}
+        for target in receive.TARGETS:
+            figures.append(_figure(f"ingest.{tag}.{target}", f"{target}, {n} association(s) ({n} x {size})",
+                                   "images/s", rates[target]))
+        figures.append(_figure(f"ingest.{tag}.ratio_node_orthanc", f"bmd-node / Orthanc, {n} association(s)", "x",
+                               ratio_values(rates["bmd-node"], rates["orthanc"]), "per repeat, same round"))
+        figures.append(_figure(f"ingest.{tag}.ratio_node_storescp", f"bmd-node / storescp, {n} association(s)", "x",
+                               ratio_values(rates["bmd-node"], rates["storescp"]), "per repeat, same round"))
+        for target in receive.TARGETS:
+            figures.append(_figure(f"memory.scp_peak.{tag}.{target}",
+                                   f"peak RSS of the {target} receiver, {n} association(s)", "MiB",
+                                   [next(r for r in rr if r.target == target).peak_rss_mib for rr in runs],
+                                   "storescp: sum over its forked children" if target == "storescp" and n > 1
+                                   else ""))
+    return {"figures": figures, "notes": [
+        "bmd-node fsyncs every instance and records it in SQLite before the C-STORE response; storescp does "
+        "neither; Orthanc 1.10 writes the file and its SQLite index (no fsync by default)."]}
+
+
+def section_stages(ctx: Context) -> dict[str, Any]:
+    from bench.stages import run_stages
+
+    figures: list[dict[str, Any]] = []
+    notes: list[str] = []
+    loads: list[float] = []
+    for recipe in ctx.plan.stage_studies:
+        series = ctx.phantom(recipe)
+        log.info("stages: %s (%d slices), %d repeat(s)", recipe.name, series.slices, ctx.plan.repeats)
+        result = run_stages(series, ctx.work / "stages" / recipe.name, bundle_dir=ctx.model.bundle_dir,
+                            repeats=ctx.plan.repeats, truth_map=ctx.truth_map, threads=None, pacs=True)
+        records = result["records"]
+        loads.append(result["startup"]["model_load_s"])
+        label = f"{recipe.name} ({series.slices} slices)"
+        keys = [k for k in STAGE_LABELS if k in records[0]["timings"]]
+        for key in keys:
+            figures.append(_figure(f"stages.{recipe.name}.{key}", f"{label}: {STAGE_LABELS[key]}", "s",
+                                   [r["timings"][key] for r in records]))
+        figures.append(_figure(f"stages.{recipe.name}.total", f"{label}: total (all stages)", "s",
+                               [r["total_s"] for r in records]))
+        figures.append(_figure(f"memory.worker_peak.{recipe.name}", f"worker peak RSS, {label}", "MiB",
+                               [result["max_rss_mib"]], "one worker process: model + this study"))
+        if any(r["truth_fallback"] for r in records):
+            notes.append(f"{recipe.name}: the model found no vertebra; ROI/calibration/objects ran on the phantom's "
+                         "true labels")
+        missing = {r.get("objects_missing") for r in records} - {None}
+        notes += sorted(str(m) for m in missing)
+    figures.append(_figure("stages.model_load_s", "model load at worker start (once per process)", "s", loads))
+    return {"figures": figures, "notes": notes}
+
+
+def section_e2e(ctx: Context) -> dict[str, Any]:
+    from bench.e2e import STABLE_SECONDS, run_e2e
+
+    figures: list[dict[str, Any]] = []
+    notes: list[str] = [f"stable-series wait {STABLE_SECONDS} s subtracted; scheduler/worker/exporter polls 0.2 s"]
+    studies = []
+    for recipe, n in ctx.plan.e2e_runs:
+        studies += [(recipe, s) for s in ctx.clones(recipe, n, "e2e")]
+    runs = run_e2e([s for _, s in studies], ctx.work / "e2e", bundle_dir=ctx.model.bundle_dir,
+                   truth_map=ctx.truth_map)
+    for recipe, _ in ctx.plan.e2e_runs:
+        mine = [run for (r, _), run in zip(studies, runs, strict=True) if r.name == recipe.name]
+        label = f"{recipe.name} ({mine[0].slices} slices)"
+        figures.append(_figure(f"e2e.{recipe.name}.latency", f"{label}: last image acked -> last result acked",
+                               "s", [r.latency_s for r in mine]))
+        for part in mine[0].parts:
+            figures.append(_figure(f"e2e.{recipe.name}.{part}", f"{label}: {STAGE_LABELS.get(part, part)}", "s",
+                                   [r.parts[part] for r in mine]))
+        figures.append(_figure(f"projection.gpu_e2e_{recipe.name}_lower_bound",
+                               f"{label}: GPU projection, lower bound (CPU e2e minus the network stage)", "s",
+                               [r.latency_s - r.parts.get("network_s", 0.0) for r in mine], "projection, not measured"))
+        if any(r.truth_fallback for r in mine):
+            notes.append(f"{recipe.name}: later stages on the phantom's true labels (no trained model)")
+        for run in mine:
+            notes += [f"{recipe.name}: {n}" for n in run.notes]
+    return {"figures": figures, "notes": sorted(set(notes), key=notes.index)}
+
+
+def section_throughput(ctx: Context) -> dict[str, Any]:
+    from bench import procs
+    from bench.throughput import run_workers
+
+    plan = ctx.plan
+    studies = ctx.clones(plan.throughput_recipe, plan.throughput_studies, "tp")
+    figures: list[dict[str, Any]] = []
+    notes: list[str] = []
+    per_study_cpu: list[float] = []
+    with procs.postgres_server() as pg:
+        for n in plan.workers:
+            log.info("throughput: %d worker(s), %d studies", n, len(studies))
+            run = run_workers(pg, studies, ctx.work / "throughput" / f"workers{n}", workers=n,
+                              bundle_dir=ctx.model.bundle_dir, truth_map=ctx.truth_map)
+            label = f"{n} worker(s) x {run.threads_per_worker} thread(s), {run.studies} x {plan.throughput_recipe.name}"
+            figures.append(_figure(f"throughput.workers{n}", label, "studies/h", [run.studies_per_hour],
+                                   f"span {run.span_s:.0f} s; wall with start-up {run.wall_s:.0f} s"))
+            figures.append(_figure(f"throughput.workers{n}.job_s", f"{label}: time per job", "s", run.job_s))
+            if n == 1:
+                per_study_cpu = [sum(v for k, v in run.stage_s.items() if k != "network_s")]
+            if run.truth_fallback:
+                notes.append("later stages on the phantom's true labels (no trained model)")
+    if per_study_cpu:
+        cores = os.cpu_count() or 1
+        figures.append(_figure("projection.gpu_studies_per_hour", f"GPU projection: {cores} CPU workers, network "
+                               "stage on the GPU taken as free", "studies/h",
+                               [cores * 3600.0 / max(per_study_cpu[0], 1e-6)], "projection, not measured"))
+    return {"figures": figures, "notes": sorted(set(notes))}
+
+
+def section_memory(ctx: Context) -> dict[str, Any]:
+    from bench.stages import run_stages
+
+    recipe = ctx.plan.big_study
+    series = ctx.phantom(recipe)
+    log.info("memory: worker on %s (%d slices)", recipe.name, series.slices)
+    result = run_stages(series, ctx.work / "memory" / recipe.name, bundle_dir=ctx.model.bundle_dir, repeats=1,
+                        truth_map=ctx.truth_map, threads=None, pacs=False)
+    record = result["records"][0]
+    label = f"{recipe.name} ({series.slices} slices)"
+    figures = [_figure(f"memory.worker_peak.{recipe.name}", f"worker peak RSS, {label}", "MiB",
+                       [result["max_rss_mib"]], "whole worker process incl. torch + model"),
+               _figure(f"stages.{recipe.name}.pipeline", f"{label}: pipeline time", "s", [record["pipeline_s"]])]
+    notes = []
+    if record["truth_fallback"]:
+        notes.append("later stages on the phantom's true labels (no trained model)")
+    return {"figures": figures, "notes": notes}
+
+
+RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "ingest": section_ingest, "stages": section_stages, "e2e": section_e2e, "throughput": section_throughput,
+    "memory": section_memory,
+}
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (checks the harness, not the speed)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3, quick 1)")
+    parser.add_argument("--throughput-studies", type=int, default=None, help="studies per throughput run (4)")
+    parser.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                        help="worker counts for the throughput runs (default 1,2,4)")
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / "work")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="default bench/results.json (quick: WORK/quick/results.json)")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="default docs/PERFORMANCE.md (quick: WORK/quick/PERFORMANCE.md)")
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--only: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in only]
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    plan = make_plan(args)
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Context(plan, work, work / "data", work / "truth_map.json")
+    started = time.monotonic()
+    document: dict[str, Any] = {
+        "date": machine.utc_now_iso(), "quick": plan.quick, "machine": machine.describe_machine(),
+        "versions": machine.describe_versions(), "options": {"sections": args.sections, "repeats": plan.repeats,
+                                                             "workers": list(plan.workers),
+                                                             "throughput_studies": plan.throughput_studies},
+        "sections": {}, "notes": [],
+    }
+    for name in args.sections:
+        t = time.monotonic()
+        log.info("== %s", name)
+        try:
+            section = RUNNERS[name](ctx)
+        except Exception as exc:  # one broken section must not lose the others' figures
+            log.error("section %s failed: %s\n%s", name, exc, traceback.format_exc())
+            section = {"figures": [], "error": f"{type(exc).__name__}: {exc}"[:2000]}
+        section["seconds"] = round(time.monotonic() - t, 1)
+        document["sections"][name] = section
+        log.info("== %s done in %.0f s", name, section["seconds"])
+    document["duration_s"] = round(time.monotonic() - started, 1)
+    document["load_average_at_end"] = machine.load_average()
+    if ctx._model is not None:
+        document["model"] = {"bundle_dir": str(ctx._model.bundle_dir), "trained": ctx._model.trained}
+        document["notes"].append(f"segmentation model: {ctx._model.description}")
+    if not document["machine"]["gpu"]["available"]:
+        document["notes"].append("no GPU on this machine: GPU figures are projections from the CPU stage times")
+    load = document["machine"].get("load_average_1_5_15")
+    cores = document["machine"].get("cpu_cores") or 1
+    if load and load[0] > 0.5 * cores:
+        document["notes"].append(f"the machine was busy at the start (load {load[0]} on {cores} cores): figures "
+                                 "are pessimistic")
+    figures = report.all_figures(document["sections"])
+    document["targets"] = [t.to_dict() for t in report.check_targets(figures, document["machine"]["gpu"]["available"])]
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quick_dir = args.work_dir.resolve() / "quick"
+    results = args.results or (quick_dir / "results.json" if args.quick else REPO_ROOT / "bench" / "results.json")
+    doc = args.doc or (quick_dir / "PERFORMANCE.md" if args.quick else REPO_ROOT / "docs" / "PERFORMANCE.md")
+    document = run(args)
+    report.write_results(results, document)
+    report.write_markdown(doc, document)
+    print(f"wrote {results} and {doc} in {document['duration_s']:.0f} s")
+    for target in document["targets"]:
+        state = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
+        print(f"  {target['name']}: {target['measured']} -> {state}")
+    failed = [name for name, s in document["sections"].items() if s.get("error")]
+    if failed:
+        print(f"sections that failed: {', '.join(failed)} (see {results})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
