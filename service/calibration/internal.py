@@ -52,7 +52,7 @@ TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 15.0, "muscle": 8.0, "bloo
 """Weights of the fit (1/SD^2). Muscle, sampled in a large homogeneous region, is the most reliable; fat reads
 high in thin layers (partial volume with skin and muscle: -93 instead of -100 in slim patients); the blood sample
 cannot be told from other soft tissue without contrast; air suffers clipping, blankets and streaks."""
-TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 50.0, "muscle": 40.0, "blood": 40.0}
+TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 50.0, "muscle": 40.0, "blood": 20.0}
 """A measured value further than this from its reference is taken as mis-sampled and left out."""
 GAIN_PRIOR_SD = 0.05
 GAIN_LIMITS = (0.90, 1.10)

@@ -5,14 +5,16 @@ and ``rods`` (``density_mg_cm3`` each). Densities are on the BMD scale the resul
 
 Rod finding (rods are cylinders parallel to the table, uniform along their length):
 on up to ``MAX_SLICES`` axial slices spread over the scan, a matched filter compares the mean HU of an inner disc
-(0.6 x rod radius) with that of a ring just outside the rod (1.2-1.5 x radius): rod centres are local maxima of
+(0.6 x rod radius) with that of a ring just outside the rod (1.2-1.4 x radius): rod centres are local maxima of
 ``|inner - ring|`` where the inner disc and the ring are both homogeneous (SD no more than ``HOMOGENEITY_FACTOR`` x
 the most homogeneous regions of the slice) and the disc is not air. In a patient scan only the region posterior to
 the patient's vertebral bodies by ``SYNC_MIN_POSTERIOR_MM`` is searched (the phantom lies under the patient).
 Detections are clustered across slices by position; a rod must be seen on ``MIN_SLICES_PER_ROD`` slices; its HU
 is the median inner mean.
 Matching to the definition: rods and densities are both ordered; every monotone pairing of found rods with declared
-densities (at least 3) is fitted and the best line with a plausible slope and R2 >= ``MIN_R2`` wins.
+densities (at least 3) is fitted; a pairing counts only when the rods lie in one row at least 1.3 diameters apart,
+the slope is plausible, the line crosses 0 mg/cm3 within +-60 HU (water-equivalent base) and R2 >= ``MIN_R2``; the
+largest such set, then the best R2, wins.
 """
 
 from __future__ import annotations
@@ -39,14 +41,23 @@ DEFAULT_DEFINITION = DEFINITIONS_DIR / "k2hpo4_0_50_100_200.json"
 MATERIALS = ("k2hpo4", "hydroxyapatite")
 MAX_SLICES = 15
 MIN_SLICES_PER_ROD = 3
-MIN_CONTRAST_HU = 8.0
+MIN_CONTRAST_HU = 6.0
 HOMOGENEITY_FACTOR = 2.0
 RING_INNER = 1.2
-RING_OUTER = 1.5
+RING_OUTER = 1.4
 MIN_R2 = 0.995
 SLOPE_RANGE = (0.3, 2.5)
 """Plausible mg/cm3 per HU (0.75 at 120 kVp; lower kVp gives smaller slopes)."""
 SYNC_MIN_POSTERIOR_MM = 60.0
+PERSISTENCE_FRACTION = 0.6
+MAX_CANDIDATES = 12
+ZERO_DENSITY_HU_RANGE = (-60.0, 60.0)
+"""A rod of 0 mg/cm3 is water-equivalent resin or solution: the fitted line must cross 0 mg/cm3 near 0 HU."""
+COLLINEAR_TOLERANCE = 0.35
+MIN_PITCH_RADII = 2.6
+"""Rods of QCT phantoms are spaced well apart (centre distance > 1.3 diameters); a detection half-way between two
+rods (block material whose ring touches both) is closer than that."""
+"""RMS distance of the matched rod centres from their best straight line, as a fraction of the rod radius."""
 
 
 @dataclass(frozen=True)
@@ -185,14 +196,33 @@ def find_rods(volume: CTVolume, definition: PhantomDefinition, min_posterior_of_
     return sorted(rods, key=lambda r: r.hu)
 
 
+def _collinear(rods: list[FoundRod], radius_mm: float) -> bool:
+    """Rod centres on one straight row (QCT phantoms), at least MIN_PITCH_RADII radii apart."""
+    pts = np.array([r.centre_lps_mm for r in rods])
+    d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+    if np.min(d + np.eye(len(pts)) * 1e9) < MIN_PITCH_RADII * radius_mm:
+        return False
+    centred = pts - pts.mean(axis=0)
+    _, sv, _ = np.linalg.svd(centred, full_matrices=False)
+    off_line = sv[-1] / np.sqrt(len(pts)) if len(sv) > 1 else 0.0
+    return bool(off_line <= COLLINEAR_TOLERANCE * radius_mm)
+
+
 def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all: bool = False
                ) -> RodCalibration | None:
-    """Best monotone pairing of found rods (by HU) with declared densities (see module doc)."""
+    """Best monotone pairing of found rods (by HU) with declared densities (see module doc).
+
+    ``require_all``: at most one declared rod may be missing (synchronous search in a patient scan).
+    """
     dens = sorted(definition.densities_mg_cm3)
-    rods = sorted(rods, key=lambda r: r.hu)[:12]
+    if rods:  # rods run the length of the phantom: keep the most persistent candidates
+        most = max(r.n_slices for r in rods)
+        rods = [r for r in rods if r.n_slices >= PERSISTENCE_FRACTION * most]
+        rods = sorted(sorted(rods, key=lambda r: -r.n_slices)[:MAX_CANDIDATES], key=lambda r: r.hu)
+    radius = definition.rod_diameter_mm / 2
     best: tuple[float, RodCalibration] | None = None
     m = min(len(rods), len(dens))
-    smallest = len(dens) if require_all else 3
+    smallest = max(3, len(dens) - 1) if require_all else 3
     for size in range(m, smallest - 1, -1):
         for rsub in itertools.combinations(range(len(rods)), size):
             for dsub in itertools.combinations(range(len(dens)), size):
@@ -204,6 +234,11 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
                     continue
                 if not (SLOPE_RANGE[0] <= fit.slope <= SLOPE_RANGE[1]) or fit.r2 < MIN_R2:
                     continue
+                zero_hu = -fit.intercept / fit.slope
+                if not (ZERO_DENSITY_HU_RANGE[0] <= zero_hu <= ZERO_DENSITY_HU_RANGE[1]):
+                    continue
+                if not _collinear([rods[i] for i in rsub], radius):
+                    continue
                 score = fit.r2 - 0.001 * (len(dens) - size)
                 if best is None or score > best[0]:
                     best = (score, RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit))
@@ -212,12 +247,75 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
     return None if best is None else best[1]
 
 
+def _rod_hu_at(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float) -> float | None:
+    """Median over the sampled slices of the mean HU within 0.6 x radius of a rod axis at (L, P)."""
+    axis, _ = volume.superior_axis()
+    n = volume.shape[axis]
+    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
+    values = []
+    sp = volume.spacing_mm
+    for k in ks:
+        origin = volume.affine_lps[:3, axis] * k + volume.affine_lps[:3, 3]
+        idx = volume.lps_to_index(np.array([centre_lp[0], centre_lp[1], origin[2]]))
+        idx[axis] = k
+        lo = [max(0, int(np.floor(idx[a] - 0.6 * radius_mm / sp[a]))) for a in range(3)]
+        hi = [min(volume.shape[a], int(np.ceil(idx[a] + 0.6 * radius_mm / sp[a])) + 1) for a in range(3)]
+        lo[axis], hi[axis] = int(k), int(k) + 1
+        if any(h <= low for low, h in zip(lo, hi, strict=True)):
+            continue
+        sub = volume.hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        grid = np.stack(np.meshgrid(*[np.arange(low, h) for low, h in zip(lo, hi, strict=True)], indexing="ij"), -1)
+        d = np.linalg.norm((volume.index_to_lps(grid) - volume.index_to_lps(idx))[..., :2], axis=-1)
+        inside = d <= 0.6 * radius_mm
+        if np.any(inside):
+            values.append(float(sub[inside].mean()))
+    return float(np.median(values)) if values else None
+
+
+def _complete_row(cal: RodCalibration, rods: list[FoundRod], volume: CTVolume) -> list[FoundRod]:
+    """Rods of a matched row plus positions predicted at the row's pitch (a low-contrast rod, e.g. the 0 mg/cm3
+    one in a water-equivalent block, may be missed by the filter), measured directly."""
+    radius = cal.definition.rod_diameter_mm / 2
+    by_hu = {round(h, 6): r for r in rods for _, h in cal.rods if abs(r.hu - h) < 1e-9}
+    row = list(by_hu.values())
+    pts = np.array([r.centre_lps_mm for r in row])
+    centre = pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(pts - centre)
+    direction = vt[0]
+    t = np.sort((pts - centre) @ direction)
+    pitch = float(np.min(np.diff(t)))
+    if pitch < MIN_PITCH_RADII * radius:
+        return row
+    wanted = len(cal.definition.densities_mg_cm3) - len(row)
+    positions = [t[0] - j * pitch for j in range(1, wanted + 1)] + [t[-1] + j * pitch for j in range(1, wanted + 1)]
+    positions += [a + pitch for a, b in itertools.pairwise(t) if b - a > 1.5 * pitch]
+    out = list(row)
+    for pos in positions:
+        lp = centre + pos * direction
+        hu = _rod_hu_at(volume, (float(lp[0]), float(lp[1])), radius)
+        if hu is not None and hu > -300.0:
+            out.append(FoundRod((float(lp[0]), float(lp[1])), hu, min(r.n_slices for r in row)))
+    return out
+
+
 def calibrate_from_volume(volume: CTVolume, definition: PhantomDefinition,
                           min_posterior_of_lps_y: float | None = None, require_all: bool = False
                           ) -> RodCalibration | None:
+    """Find, match and fit; a partial row (>= 3 rods) is completed at its pitch and matched again."""
     rods = find_rods(volume, definition, min_posterior_of_lps_y)
     logger.info("phantom %s: %d rod candidates", definition.name, len(rods))
-    return match_rods(rods, definition, require_all) if len(rods) >= 3 else None
+    if len(rods) < 3:
+        return None
+    cal = match_rods(rods, definition)
+    if cal is None:
+        return None
+    if len(cal.rods) < len(definition.densities_mg_cm3):
+        completed = match_rods(_complete_row(cal, rods, volume), definition, require_all)
+        if completed is not None and len(completed.rods) >= len(cal.rods):
+            cal = completed
+    if require_all and len(cal.rods) < max(3, len(definition.densities_mg_cm3) - 1):
+        return None
+    return cal
 
 
 def synchronous_calibration(volume: CTVolume, segmentation: SpineSegmentation, definition_path: Path | None
@@ -231,7 +329,7 @@ def synchronous_calibration(volume: CTVolume, segmentation: SpineSegmentation, d
         logger.warning("synchronous phantom search skipped: %s", exc)
         return None
     posterior = max(v.centroid_lps_mm[1] for v in segmentation.vertebrae) + SYNC_MIN_POSTERIOR_MM
-    # every declared rod must be found: a patient scan without a phantom must never yield a phantom calibration
+    # all declared rods but at most one must be found: a patient scan without a phantom must never yield one
     cal = calibrate_from_volume(volume, definition, min_posterior_of_lps_y=posterior, require_all=True)
     if cal is None:
         return None

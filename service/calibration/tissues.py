@@ -7,7 +7,7 @@ On each sampled slice (the slice through a vertebral centroid, up to ``MAX_SLICE
 - subcutaneous fat: smoothed HU of voxels 2-25 mm inside the skin, within -250..-30, keeping the flattest 30 %
   (lowest gradient: away from the partial-volume edges of thin layers); the estimate is the mode;
 - paraspinal muscle: smoothed HU in a box 30-80 mm posterior and 8-50 mm lateral of the vertebral centroid, away
-  from bone labels, within -10..110; the mode;
+  from bone labels, within -10..110, the flattest 30 %; the mode;
 - aorta / blood: the most homogeneous 6 mm-radius disc (lowest local SD of raw HU) in the region anterior and left
   of the vertebral body, away from bone: with a local mean in 0..100 HU it is the unenhanced blood sample
   (in non-contrast CT aorta, heart and crura all measure 35-55 HU and cannot be told apart by HU; the sample is
@@ -165,6 +165,9 @@ def survey_tissues(volume: CTVolume, segmentation: SpineSegmentation) -> TissueS
                       & (np.abs(left_mm) >= MUSCLE_LATERAL_MM[0]) & (np.abs(left_mm) <= MUSCLE_LATERAL_MM[1]))
         sel = muscle_box & body & (d_in > 5.0) & ~near_bone
         sel &= (smooth >= MUSCLE_RANGE_HU[0]) & (smooth <= MUSCLE_RANGE_HU[1])
+        if np.count_nonzero(sel) >= MIN_SAMPLES:
+            grad = np.hypot(*np.gradient(smooth, *sp2))
+            sel &= grad <= np.quantile(grad[sel], PLATEAU_FRACTION)
         muscle_vals.append(smooth[sel].astype(np.float64))
 
         mean = ndimage.uniform_filter(raw.astype(np.float64), size=disc_px, mode="nearest")

@@ -5,14 +5,17 @@ cut into columns parallel to the axis (one per in-plane pixel); a column's heigh
 highest and lowest voxel plus one voxel step. Only columns in the mid-sagittal band (central half of the body's
 left-right width) and between the anterior and posterior walls of the middle third of the height (so osteophytes
 at the endplates do not count) are used, as on a lateral radiograph. The anterior height is the median column
-height over the band 6-16 % of the antero-posterior depth behind the anterior wall, the posterior height over
+height (mean, for sub-voxel resolution on a tilted spine) over the band 6-16 % of the antero-posterior depth
+behind the anterior wall, the posterior height over
 6-16 % in front of the posterior wall, the middle height over the central 12 %.
 
 A level is fractured (Genant semi-quantitative grade >= 1: height reduction >= 20 %) when one of its three heights
 is >= ``height_loss`` below the median of the same height in its neighbours (up to two levels above and below
 with a measurable, not cut, body; scaled by HEIGHT_GROWTH_PER_LEVEL per level of distance), or when its
 anterior/posterior or middle/posterior ratio is >= ``height_loss`` below the neighbours' ratio (wedge and
-biconcave shapes; against 1.0 when there are no neighbours).
+biconcave shapes; against 1.0 when there are no neighbours). The threshold is raised by one voxel step along
+the axis relative to the height (QUANTISATION_MARGIN): at 5 mm slices a 25 mm body is measured in 5 mm steps, and
+only clear fractures can be called.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from service.measurement.geometry import CroppedMask, VertebraFrame
 
 GENANT_HEIGHT_LOSS = 0.20  # Genant 1993 semi-quantitative method: grade 1 (mild) = 20-25 % height reduction
 NEIGHBOUR_RANGE = 2
+QUANTISATION_MARGIN = 1.0
 HEIGHT_GROWTH_PER_LEVEL = 1.035
 """Vertebral body height grows ~3-4 % per level from the mid-thoracic to the lower lumbar spine (e.g. T12 ~23 mm,
 L1 ~25 mm, L3 ~27 mm in adults); without it a level with neighbours on one side only is judged against too tall
@@ -47,8 +51,12 @@ class VertebralHeights:
     anterior_mm: float
     middle_mm: float
     posterior_mm: float
+    resolution_mm: float = 0.0
+    """Voxel step along the axis: heights from a mask are quantised by about this much."""
 
     def __post_init__(self) -> None:
+        if self.resolution_mm < 0:
+            raise ValueError(f"resolution_mm must be >= 0, got {self.resolution_mm}")
         for name in ("anterior_mm", "middle_mm", "posterior_mm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -101,14 +109,14 @@ def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame)
         sel = central & (rel >= lo) & (rel <= hi)
         if not np.any(sel):  # thin bodies: widen to the nearest columns
             sel = central & (np.abs(rel - 0.5 * (lo + hi)) <= np.min(np.abs(rel[central] - 0.5 * (lo + hi))) + 1e-9)
-        return float(np.median(heights[sel])) if np.any(sel) else None
+        return float(np.mean(heights[sel])) if np.any(sel) else None
 
     ha = band(*ANTERIOR_BAND)
     hm = band(*MIDDLE_BAND)
     hp = band(*POSTERIOR_BAND)
     if ha is None or hm is None or hp is None or min(ha, hm, hp) <= 0:
         return None
-    return VertebralHeights(anterior_mm=ha, middle_mm=hm, posterior_mm=hp)
+    return VertebralHeights(anterior_mm=ha, middle_mm=hm, posterior_mm=hp, resolution_mm=float(step_u))
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,13 @@ def assess_fractures(
         losses.append((1.0 - ratio_m / ref_ratio_m, f"middle/posterior height ratio {ratio_m:.2f} "
                                                     f"(reference {ref_ratio_m:.2f}): biconcave"))
         worst_loss, worst_detail = max(losses, key=lambda t: t[0])
-        fractured = worst_loss >= height_loss
+        # thick slices quantise heights (this level and its references): the loss must exceed the threshold by one
+        # voxel step as a share of the height
+        margin = QUANTISATION_MARGIN * h.resolution_mm / max(h.posterior_mm, h.anterior_mm, h.middle_mm)
+        fractured = worst_loss >= height_loss + margin
         detail = f"{worst_detail}; height loss {100 * worst_loss:.0f} %"
+        if margin > 0.01:
+            detail += f" (threshold {100 * (height_loss + margin):.0f} % at {h.resolution_mm:.1f} mm resolution)"
         out[level] = FractureFinding(level=level, fractured=fractured, max_height_loss=float(worst_loss),
                                      detail=detail)
     return out

@@ -61,12 +61,17 @@ def test_rods_recover_the_declared_line(kvp: int) -> None:
 
 def test_match_rods_tolerates_a_missing_rod_but_not_nonsense() -> None:
     definition = load_definition(DEFINITION)
-    rods = [FoundRod((0.0, 0.0), density.bmd_to_hu(d), 5) for d in (50.0, 100.0, 200.0)]  # 0 rod unseen
+    rods = [FoundRod((40.0 * n, 100.0), density.bmd_to_hu(d), 5)
+            for n, d in enumerate((50.0, 100.0, 200.0))]  # 0 rod unseen
     cal = match_rods(rods, definition)
     assert cal is not None and [d for d, _ in cal.rods] == [50.0, 100.0, 200.0]
     assert match_rods(rods, definition, require_all=True) is None
-    junk = [FoundRod((0.0, 0.0), h, 5) for h in (-100.0, 40.0, 45.0, 900.0)]
+    junk = [FoundRod((40.0 * n, 100.0), h, 5) for n, h in enumerate((-100.0, 40.0, 45.0, 900.0))]
     assert match_rods(junk, definition) is None
+    # right HU but not in a row (scattered soft-tissue blobs): rejected
+    scattered = [FoundRod(xy, density.bmd_to_hu(d), 5)
+                 for xy, d in zip([(0.0, 0.0), (40.0, 60.0), (-50.0, 90.0)], (50.0, 100.0, 200.0), strict=True)]
+    assert match_rods(scattered, definition) is None
 
 
 def test_store_finds_newest_valid_calibration(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""Accuracy on synthetic phantoms with known truth (service/phantom), using the truth labels as segmentation.
+
+Grids are coarse crops (a few vertebrae, 1-3 mm) so each phantom renders in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from service.calibration.assess import BmdSettings, assess_bmd
+from service.calibration.phantom import calibrate_from_volume, load_definition
+from service.domain.levels import VertebraLevel as V
+from service.domain.results import CalibrationKind, Category, ExclusionReason, RoiMethod
+from service.phantom.api import PhantomSpec, generate
+from tests.unit.calibration.phantom_cases import truth_segmentation
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+NO_SYNC = BmdSettings(detect_synchronous_phantom=False)
+KVPS = (100, 120, 140)
+
+
+def _l1_l2_error(spec: PhantomSpec, spacing: tuple[float, float, float], settings: BmdSettings = NO_SYNC
+                 ) -> tuple[float, Category, str]:
+    phantom = generate(spec, spacing_mm=spacing)
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), settings).result
+    assert result.summary.bmd_mg_cm3 is not None, result.summary
+    return (result.summary.bmd_mg_cm3 - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"], result.summary.category,
+            phantom.truth["patient"]["category"])
+
+
+@pytest.mark.parametrize("method", [RoiMethod.EROSION_3MM, RoiMethod.ELLIPTICAL_CYLINDER])
+def test_noise_free_l1_l2_mae_within_2(method: RoiMethod) -> None:
+    settings = BmdSettings(detect_synchronous_phantom=False, roi_method=method)
+    errors = []
+    for n, spacing in enumerate([(1.0, 1.0, 1.0), (1.0, 1.0, 2.0), (1.0, 1.0, 3.0)] * 2):
+        spec = PhantomSpec(seed=500 + n, region="abdomen", kvp=KVPS[n % 3], noise_free=True,
+                           fov_top_level=V.T12, fov_bottom_level=V.L3)
+        errors.append(_l1_l2_error(spec, spacing, settings)[0])
+    mae = float(np.mean(np.abs(errors)))
+    assert mae <= 2.0, f"MAE {mae:.2f} mg/cm3, errors {np.round(errors, 2)}"
+
+
+@pytest.mark.slow
+def test_low_dose_5mm_l1_l2_mae_within_5() -> None:
+    errors = []
+    for n in range(6):
+        spec = PhantomSpec(seed=600 + n, region="abdomen", kvp=KVPS[n % 3], low_dose=True, slice_thickness_mm=5.0,
+                           fov_top_level=V.T12, fov_bottom_level=V.L3)
+        errors.append(_l1_l2_error(spec, (0.7, 0.7, 5.0))[0])
+    mae = float(np.mean(np.abs(errors)))
+    assert mae <= 5.0, f"MAE {mae:.2f} mg/cm3, errors {np.round(errors, 2)}"
+
+
+@pytest.mark.slow
+def test_category_agreement_on_200_phantoms() -> None:
+    agree = 0
+    misses = []
+    for n in range(200):
+        spec = PhantomSpec(seed=10_000 + n, region="abdomen", kvp=KVPS[n % 3], contrast=n % 5 == 0,
+                           low_dose=n % 4 == 0, fov_top_level=V.T12, fov_bottom_level=V.L3)
+        err, got, want = _l1_l2_error(spec, (2.0, 2.0, 3.0))
+        if got.value == want:
+            agree += 1
+        else:
+            misses.append((spec.seed, round(err, 2), got.value, want))
+    assert agree >= 196, f"category agreement {agree}/200; misses {misses}"
+
+
+def test_synchronous_rods_recover_the_declared_line() -> None:
+    phantom = generate(PhantomSpec(seed=21, region="abdomen", kvp=100, calibration_phantom="hydroxyapatite",
+                                   fov_top_level=V.T12, fov_bottom_level=V.L2), spacing_mm=(1.0, 1.0, 2.0))
+    slope, intercept = phantom.truth["hu_to_bmd"]["slope"], phantom.truth["hu_to_bmd"]["intercept"]
+    definition = load_definition()
+    cal = calibrate_from_volume(phantom.volume, definition)
+    assert cal is not None and len(cal.rods) == 4
+    assert cal.fit.slope == pytest.approx(slope, rel=0.02)
+    assert cal.fit.intercept == pytest.approx(intercept, abs=2.0)
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), BmdSettings()).result
+    assert result.calibration.kind is CalibrationKind.SYNCHRONOUS_PHANTOM
+    assert result.calibration.slope == pytest.approx(slope, rel=0.02)
+    assert result.calibration.intercept == pytest.approx(intercept, abs=2.0)
+
+
+def test_no_phantom_means_no_synchronous_calibration() -> None:
+    phantom = generate(PhantomSpec(seed=22, region="abdomen", fov_top_level=V.T12, fov_bottom_level=V.L2),
+                       spacing_mm=(1.0, 1.0, 2.0))
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), BmdSettings()).result
+    assert result.calibration.kind is CalibrationKind.INTERNAL
+
+
+def test_fractured_level_is_excluded_and_neighbours_used() -> None:
+    phantom = generate(PhantomSpec(seed=31, region="abdomen", fracture_levels=(V.L1,), fracture_kind="wedge",
+                                   fracture_height_loss=0.4, fov_top_level=V.T11, fov_bottom_level=V.L3),
+                       spacing_mm=(1.0, 1.0, 1.0))
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
+    by_level = {m.level: m for m in result.vertebrae}
+    assert by_level[V.L1].exclusion_reason is ExclusionReason.FRACTURE, by_level[V.L1]
+    assert not by_level[V.L1].evaluable and by_level[V.L1].bmd_mg_cm3 is None
+    assert result.summary.levels_used == (V.T12, V.L2)
+    assert [m.level for m in result.vertebrae if m.exclusion_reason is ExclusionReason.FRACTURE] == [V.L1]
+    expected = np.mean([phantom.truth["patient"]["bmd_by_level_mg_cm3"][lv] for lv in ("T12", "L2")])
+    assert result.summary.bmd_mg_cm3 == pytest.approx(expected, abs=3.0)
+
+
+def test_contrast_is_detected_corrected_and_flagged() -> None:
+    spec = PhantomSpec(seed=41, region="abdomen", contrast=True, fov_top_level=V.T12, fov_bottom_level=V.L3)
+    phantom = generate(spec, spacing_mm=(1.0, 1.0, 2.0))
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
+    assert "contrast_enhanced" in result.calibration.flags
+    error = result.summary.bmd_mg_cm3 - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"]
+    assert abs(error) <= 3.0
+
+
+def test_chest_ct_gives_lumbar_equivalent_from_the_curve() -> None:
+    spec = PhantomSpec(seed=51, region="chest", fov_top_level=V.T5, fov_bottom_level=V.T11)
+    phantom = generate(spec, spacing_mm=(1.5, 1.5, 3.0))
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
+    assert result.summary.lumbar_equivalent
+    assert result.curve_fit is not None and len(result.curve_fit.levels_used) >= 5
+    assert result.curve_fit.k < 0  # thoracic BMD higher than lumbar (Xiong 2025)
+    assert "thoracolumbar curve" in result.summary.method
+    truth = phantom.truth["patient"]["l1_l2_bmd_mg_cm3"]
+    assert abs(result.summary.bmd_mg_cm3 - truth) <= 0.2 * truth
