@@ -6,14 +6,15 @@ import numpy as np
 
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
-from service.phantom import labels as L
+from service.phantom import labels as phantom_labels
 from service.phantom.api import Phantom
 
 
 def truth_segmentation(phantom: Phantom) -> SpineSegmentation:
     """Body = shell | core of each level (labels == v | labels == 200 + v); posterior elements 41..65."""
-    body = L.body_labels_of(phantom.labels)
-    posterior = (phantom.labels > L.POSTERIOR_OFFSET) & (phantom.labels <= L.POSTERIOR_OFFSET + 25)
+    body = phantom_labels.body_labels_of(phantom.labels)
+    offset = phantom_labels.POSTERIOR_OFFSET
+    posterior = (phantom.labels > offset) & (phantom.labels <= offset + 25)
     present = {int(v) for v in np.unique(body) if v}
     vertebrae = []
     for t in phantom.truth["vertebrae"]:

@@ -65,7 +65,8 @@ def test_match_rods_tolerates_a_missing_rod_but_not_nonsense() -> None:
             for n, d in enumerate((50.0, 100.0, 200.0))]  # 0 rod unseen
     cal = match_rods(rods, definition)
     assert cal is not None and [d for d, _ in cal.rods] == [50.0, 100.0, 200.0]
-    assert match_rods(rods, definition, require_all=True) is None
+    assert match_rods(rods, definition, require_all=True) is not None  # one missing rod is allowed
+    assert match_rods(rods[1:], definition) is None  # two rods never make a calibration
     junk = [FoundRod((40.0 * n, 100.0), h, 5) for n, h in enumerate((-100.0, 40.0, 45.0, 900.0))]
     assert match_rods(junk, definition) is None
     # right HU but not in a row (scattered soft-tissue blobs): rejected
