@@ -278,9 +278,16 @@ def _acquisition_grid(spec: PhantomSpec, anat: Anatomy, rng: np.random.Generator
     offset = spec.fov_offset_mm if spec.fov_offset_mm is not None else (float(rng.normal(0, 5)),
                                                                          float(rng.normal(0, 8)))
     xc = float(t.at(zmid, "spine_x")) * 0.5 + offset[0]
-    yc = float((t.at(zmid, "front_y") + t.at(zmid, "back_y")) / 2) + 10.0 + offset[1]
+    back = float(t.at(zmid, "back_y")) + (CALIBRATION_HEIGHT_MM + 10.0 if spec.calibration_phantom else 0.0)
+    yc = float((t.at(zmid, "front_y") + back) / 2) + 10.0 + offset[1]
     fov_x = spec.columns * spec.pixel_spacing_mm
     fov_y = spec.rows * spec.pixel_spacing_mm
+    if spec.calibration_phantom:
+        # keep the rods inside the reconstruction circle: shift the centre down when needed
+        cal_bottom = float(np.max(t.at(np.linspace(bottom, top, 50), "back_y"))) + CALIBRATION_HEIGHT_MM + 5.0
+        half = 0.95 * min(fov_x, fov_y) / 2
+        reach = math.sqrt(max(half**2 - 90.0**2, 1.0))
+        yc = max(yc, cal_bottom - reach)
     if spacing_mm is None and shape is None:
         dz = spec.slice_thickness_mm
         nz = math.floor((top - bottom) / dz) + 1
@@ -537,8 +544,8 @@ def _vertebra_truth(anat: Anatomy, grid: Grid, labels: npt.NDArray[np.int16], pa
             "axis_posterior": [round(float(c), 5) for c in vg.frame[1]],
             "fractured": f is not None,
             "fracture": None if f is None else {"kind": f.kind, "height_loss": round(f.height_loss, 4)},
-            "heights_mm": {"anterior": height(-0.8, 0.8, conc * (1 - 0.64)), "middle": height(0.0, 0.0, conc),
-                           "posterior": height(0.8, 0.8, conc * (1 - 0.64))},
+            "heights_mm": {"anterior": height(-0.6, 0.6, conc * (1 - 0.36)), "middle": height(0.0, 0.0, conc),
+                           "posterior": height(0.6, 0.6, conc * (1 - 0.36))},
             "body_size_mm": {"width": round(vg.width_mm, 2), "depth": round(vg.depth_mm, 2),
                              "height": round(vg.height_mm, 2)},
             "voxel_count": n,

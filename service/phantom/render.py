@@ -467,9 +467,9 @@ def _paint_abdomen(cv: Canvas, anat: Anatomy, tissue: TissueHU, rng: np.random.G
         f2 = n2[:, :, kk:kk + 1]
         if z < z_t12:
             retro = (spine_y - F32(30.0) < blk.Y) | ((np.abs(blk.X - spine_x) < 35.0) & (spine_y - 45.0 < blk.Y))
-            loops = abdomen & ~retro & (f1 > -0.35)
+            loops = abdomen & ~retro & (f1 > -0.05)
             cv.paint(blk, loops, L.BOWEL, tissue.bowel_wall, texture=10.0)
-            content = loops & (f1 > 0.15)
+            content = loops & (f1 > 0.35)
             cv.paint(blk, content, L.BOWEL, tissue.bowel_content + 20.0 * f2, texture=12.0)
             gas = content & (f2 > 1.3) & (cy + by * 0.3 > blk.Y)
             cv.paint(blk, gas, L.BOWEL, tissue.air + 30.0, texture=20.0)
@@ -827,30 +827,49 @@ def _paint_shoulder_girdle(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: Re
 
 
 def _paint_pelvis(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: RenderOptions) -> None:
+    """Iliac wings: curved plates from the sacro-iliac joints running antero-laterally, flaring to the crest.
+
+    Each wing is a band of an elliptic cone around a vertical axis beside the sacrum: the ellipse grows from the
+    acetabular roof (about 90 mm below S1) to the iliac crest (about the L4-L5 disc), and only its postero-
+    lateral to antero-lateral arc is bone (from the sacro-iliac joint to the anterior superior iliac spine).
+    """
     g = cv.grid
-    s1 = anat.vertebrae[V.S1]
+    vt = anat.vertebrae
+    s1 = vt[V.S1]
     size = anat.extras.get("size_factor", 1.0)
     c = s1.centre
-    axes = np.array([100.0, 82.0, 95.0]) * size
+    z_crest = float(vt[V.L5].centre[2] + 0.5 * vt[V.L5].height_mm)
+    z_bot = float(c[2] - 95.0 * size)
+    hw = float(anat.torso.at(z_crest - 20.0, "half_width")) - anat.torso.subcut_fat_mm
+    a_top = min(95.0 * size, hw - 28.0 - 20.0)
+    b_top = 70.0 * size
+    cort = tissue.cortical * 0.85
+    marrow = opts.trabecular_hu[V.L5] + 40.0
     for sgn in (1.0, -1.0):
-        centre = np.array([c[0] + sgn * 22.0 * size, c[1] - 28.0 * size, c[2] - 52.0 * size])
-        lo = centre - axes * 1.4
-        hi = centre + axes * 1.4
+        cx = float(c[0] + sgn * 20.0 * size)
+        cy = float(c[1] - 30.0 * size)
+        lo = (cx - a_top - 15.0, cy - b_top - 15.0, z_bot)
+        hi = (cx + a_top + 15.0, cy + b_top + 15.0, z_crest + 5.0)
         blk = g.block(lo, hi)
         if blk is None:
             continue
-        rho = _ellipsoid(blk, centre, tuple(axes))
-        lateral = (sgn * (blk.X - F32(c[0])) > F32(s1.width_mm / 2 + 12.0)) & (F32(centre[2] - 45.0) < blk.Z)
-        mean_r = F32(axes.mean())
-        dist = (rho - 1.0) * mean_r
-        thick = F32(5.0) + F32(6.0) * np.clip((blk.Y - F32(centre[1])) / F32(axes[1]), 0, 1)
-        # iliacus inside the wing, gluteal muscles outside
+        t = np.clip((blk.Z - F32(z_bot)) / F32(z_crest - z_bot), 0.0, 1.0)
+        flare = F32(0.45) + F32(0.55) * np.sqrt(t)
+        a = F32(a_top) * flare
+        b = F32(b_top) * (F32(0.6) + F32(0.4) * np.sqrt(t))
+        ex = (blk.X - F32(cx)) / a
+        ey = (blk.Y - F32(cy)) / b
+        rho = np.sqrt(ex * ex + ey * ey)
+        dist = (rho - 1.0) * (a + b) / 2
+        # arc from the sacro-iliac joint (postero-medial) to the ASIS (antero-lateral)
+        arc = (sgn * ex > 0.15) & (ey > -0.8) & (F32(z_crest) >= blk.Z)
+        thick = F32(3.5) + F32(5.0) * np.clip(ey, 0, 1) + F32(3.0) * (1 - t)
         in_body = cv.labels[blk.slices] != 0
-        cv.paint(blk, lateral & (dist > -25.0) & (dist < 0) & in_body, L.MUSCLE, tissue.muscle, texture=8.0)
-        cv.paint(blk, lateral & (dist >= 0) & (dist < 30.0) & in_body, L.MUSCLE, tissue.muscle, texture=8.0)
-        bone = lateral & (np.abs(dist) < thick)
-        cv.paint(blk, bone, L.PELVIS, tissue.cortical * 0.85, texture=50.0)
-        cv.paint(blk, bone & (np.abs(dist) < thick - 1.5), L.PELVIS, opts.trabecular_hu[V.L5] + 40.0, texture=35.0)
+        cv.paint(blk, arc & (dist > -22.0) & (dist < 0) & in_body, L.MUSCLE, tissue.muscle, texture=8.0)  # iliacus
+        cv.paint(blk, arc & (dist >= 0) & (dist < 25.0) & in_body, L.MUSCLE, tissue.muscle, texture=8.0)  # gluteal
+        bone = arc & (np.abs(dist) < thick) & in_body
+        cv.paint(blk, bone, L.PELVIS, cort, texture=50.0)
+        cv.paint(blk, bone & (np.abs(dist) < thick - 1.5), L.PELVIS, marrow, texture=35.0)
 
 
 def _paint_bone_island(cv: Canvas, opts: RenderOptions, tissue: TissueHU) -> None:
