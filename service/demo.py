@@ -63,8 +63,11 @@ class DemoPacs:
         folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=PACS_AE_TITLE)
         ae.supported_contexts = AllStoragePresentationContexts
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        server = ae.start_server(("127.0.0.1", port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        if server is None:
+            raise RuntimeError("the demo PACS could not start its server")
+        self.server = server
 
     def _on_store(self, event: Any) -> int:
         ds = event.dataset
@@ -77,8 +80,8 @@ class DemoPacs:
     def send(self, paths: list[Path], node_ae: str, node_port: int) -> float:
         """C-STORE the files to the node (as the PACS's auto-routing would); returns images/s."""
         import pydicom
+        from pydicom.uid import CTImageStorage
         from pynetdicom import AE
-        from pynetdicom.sop_class import CTImageStorage
 
         ae = AE(ae_title=PACS_AE_TITLE)
         ae.add_requested_context(CTImageStorage)

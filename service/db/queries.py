@@ -138,11 +138,12 @@ def list_series(engine: sqlalchemy.Engine, *, limit: int = 100) -> list[SeriesRo
 def stored_instance_paths(engine: sqlalchemy.Engine, series_instance_uid: str) -> list[str]:
     """Paths of the stored instances of a series (ordered by SOP Instance UID; the loader sorts by position)."""
     with read_session(engine) as session:
-        return list(session.scalars(
+        paths = session.scalars(
             select(Instance.path)
             .where(Instance.series_instance_uid == series_instance_uid, Instance.status == InstanceStatus.STORED)
             .order_by(Instance.sop_instance_uid)
-        ).all())
+        ).all()
+        return [p for p in paths if p]
 
 
 def count_by_status(engine: sqlalchemy.Engine) -> dict[str, dict[str, int]]:

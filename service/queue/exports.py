@@ -90,7 +90,7 @@ def cancel_pending_for_objects(session: Session, result_object_ids: Iterable[int
         .values(status=ExportStatus.CANCELLED, last_error=reason[:MAX_ERROR_CHARS])
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return _rowcount(result)
 
 
 def claim_due_exports(engine: sqlalchemy.Engine, *, exporter_id: str, limit: int, lease_seconds: float,
@@ -143,7 +143,7 @@ def mark_export_sent(engine: sqlalchemy.Engine, export_id: int, *, status_code: 
                     lease_owner=None, lease_expires_at=None, last_error=None)
             .execution_options(synchronize_session=False)
         )
-        if not done.rowcount:
+        if not _rowcount(done):
             log.warning("export %s: marked sent but was not in 'sending' (%s)", export_id,
                         _status_of(session, export_id))
 
@@ -185,7 +185,7 @@ def mark_export_dead(engine: sqlalchemy.Engine, export_id: int, *, error: str) -
                     lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
-        if not done.rowcount:
+        if not _rowcount(done):
             log.warning("export %s: marked dead but status was %s", export_id, _status_of(session, export_id))
 
 
@@ -199,8 +199,13 @@ def requeue_dead_exports(engine: sqlalchemy.Engine, *, export_ids: Iterable[int]
     with write_session(engine) as session:
         result = session.execute(query.values(status=ExportStatus.PENDING, attempts=0, next_attempt_at=now,
                                               created_at=now).execution_options(synchronize_session=False))
-        return int(result.rowcount or 0)
+        return _rowcount(result)
 
 
 def _status_of(session: Session, export_id: int) -> str | None:
     return session.scalar(select(Export.status).where(Export.id == export_id))
+
+
+def _rowcount(result: object) -> int:
+    """Rows matched by an UPDATE (the CursorResult of session.execute(update(...)))."""
+    return int(getattr(result, "rowcount", 0) or 0)

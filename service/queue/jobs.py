@@ -180,7 +180,7 @@ def claim_next(engine: sqlalchemy.Engine, *, worker_id: str, lease_seconds: floa
             .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=worker_id,
                     lease_expires_at=lease, heartbeat_at=now, started_at=now)
             .execution_options(synchronize_session=False))
-        if not done.rowcount:  # cannot happen under the lock; stay safe
+        if not _rowcount(done):  # cannot happen under the lock; stay safe
             return None
         session.refresh(job)
         _event(session, job.id, JobStatus.QUEUED, JobStatus.RUNNING, worker_id, f"attempt {job.attempts}", now)
@@ -197,7 +197,7 @@ def heartbeat(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, lease_s
             update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker_id)
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
             .execution_options(synchronize_session=False))
-        return bool(done.rowcount)
+        return bool(_rowcount(done))
 
 
 def finish(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, success: JobSuccess,
@@ -406,7 +406,7 @@ def _transition(session: Session, job: Job, target: JobStatus, actor: str | None
     done = session.execute(
         update(Job).where(Job.id == job.id, Job.status == current).values(status=target)
         .execution_options(synchronize_session=False))
-    if not done.rowcount:
+    if not _rowcount(done):
         raise _LeaseLostError(f"job {job.id} changed status concurrently")
     job.status = target
     _event(session, job.id, current, target, actor, detail, now)
@@ -431,3 +431,8 @@ def _supersede_earlier(session: Session, job: Job, now: datetime) -> None:
     if earlier:
         log.info("job %s replaces %d earlier result object(s) of its series (%d unsent export(s) cancelled)",
                  job.id, len(earlier), cancelled)
+
+
+def _rowcount(result: object) -> int:
+    """Rows matched by an UPDATE (the CursorResult of session.execute(update(...)))."""
+    return int(getattr(result, "rowcount", 0) or 0)
