@@ -49,12 +49,20 @@ def _worker_child(config: Config, stop_event: Any, pipeline_spec: str | None) ->
     run_worker_process(config, stop_event, pipeline_spec)
 
 
-def _thread(name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+def _thread(name: str, target: Callable[..., None], config: Config, engine: Any, stop: threading.Event,
+            failed: list[str]) -> threading.Thread:
+    """A part of the node in a thread. A part that ends on its own (e.g. the SCP cannot bind its port) stops the
+    whole node with an error, so that a supervisor (systemd) restarts it instead of a half-working node running."""
+
     def runner() -> None:
         try:
-            target(*args)
+            target(config, engine, stop)
         except Exception:
             log.exception("%s stopped with an error", name)
+        if not stop.is_set():
+            log.error("%s ended unexpectedly: stopping the node", name)
+            failed.append(name)
+            stop.set()
 
     thread = threading.Thread(target=runner, name=name, daemon=True)
     thread.start()
@@ -80,12 +88,10 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
              __import__("service").__version__, config.node.ae_title, config.node.host, config.node.port,
              config.node.http_port, n_workers, len(config.result_destinations))
     engine = make_engine(config.node.database_url)
-    threads = [
-        _thread("scp", run_scp, config, engine, stop),
-        _thread("scheduler", run_scheduler, config, engine, stop),
-        _thread("exporter", run_exporter, config, engine, stop),
-        _thread("http", run_http, config, engine, stop),
-    ]
+    failed: list[str] = []
+    threads = [_thread(name, target, config, engine, stop, failed)
+               for name, target in (("scp", run_scp), ("scheduler", run_scheduler), ("exporter", run_exporter),
+                                    ("http", run_http))]
 
     def start_worker(index: int) -> Any:
         process = context.Process(target=_worker_child, args=(config, worker_stop, pipeline_spec),
@@ -117,5 +123,5 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
         for thread in threads:
             thread.join(timeout=10)
         engine.dispose()
-        log.info("stopped")
-    return 0
+        log.info("stopped%s", f" after a failure of: {', '.join(failed)}" if failed else "")
+    return 1 if failed else 0

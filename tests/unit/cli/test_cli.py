@@ -138,3 +138,25 @@ def test_serve_health_and_sigterm(node_env: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_serve_exits_with_error_when_a_part_fails(node_env: Path) -> None:
+    """The SCP port is taken: the node must not keep running without its SCP."""
+    import socket
+    import threading
+
+    from service.config import load_config
+    from service.serve import serve
+
+    assert main(["db", "upgrade"]) == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        config = load_config(env={**os.environ, "BMD_NODE_NODE__HOST": "127.0.0.1",
+                                  "BMD_NODE_NODE__PORT": str(taken.getsockname()[1]),
+                                  "BMD_NODE_NODE__HTTP_PORT": "0"})
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(serve(config, workers=0)), daemon=True)
+        runner.start()
+        runner.join(timeout=60)
+    assert result == [1]
