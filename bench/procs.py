@@ -205,11 +205,13 @@ def run_node_cli(config: Path, *args: str, env: Mapping[str, str] | None = None,
 
 @contextlib.contextmanager
 def node_process(config: Path, args: Sequence[str], log_path: Path, *, env: Mapping[str, str] | None = None,
-                 wait_port: int | None = None, stop_timeout_s: float = 60.0) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m service --config CONFIG ARGS...`` as a subprocess, stopped with SIGTERM at the end."""
+                 wait_port: int | None = None, stop_timeout_s: float = 60.0,
+                 command: Sequence[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m service --config CONFIG ARGS...`` (or ``command`` instead of ``python -m service``) as a
+    subprocess, stopped with SIGTERM at the end."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([*node_command(), "--config", str(config), *args], cwd=REPO_ROOT,
+        proc = subprocess.Popen([*(command or node_command()), "--config", str(config), *args], cwd=REPO_ROOT,
                                 env=dict(env or node_env()), stdout=log, stderr=subprocess.STDOUT)
         try:
             if wait_port is not None:

@@ -8,8 +8,11 @@ repeat so that a slow phase of the machine hits all of them alike.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,9 @@ from bench.data import SeriesSet
 log = logging.getLogger(__name__)
 
 TARGETS = ("bmd-node", "storescp", "orthanc")
+NO_FSYNC = "bmd-node-no-fsync"
+"""Diagnostic only: the node's SCP with os.fsync made a no-op (shows what durability costs; never a target)."""
+NO_FSYNC_BOOT = "import os, sys; os.fsync = lambda fd: None; from service.cli import main; sys.exit(main())"
 
 
 @dataclass(frozen=True)
@@ -50,17 +56,23 @@ def node_scp_config(folder: Path, port: int) -> Path:
     }, [{"name": "sender", "ae_title": procs.SENDER_AE, "host": "127.0.0.1", "port": 104, "send_results": False}])
 
 
-def run_node(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
+def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True) -> ReceiveRun:
     port = procs.free_port()
     config = node_scp_config(folder, port)
     procs.run_node_cli(config, "db", "upgrade")
-    with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port) as proc, \
+    boot = None if fsync else [sys.executable, "-c", NO_FSYNC_BOOT]
+    with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, command=boot) as proc, \
             procs.RssSampler(proc.pid) as sampler:
         seconds = _send(studies, port, procs.NODE_AE)
         peak = procs.peak_rss_mib(proc.pid) or sampler.peak_mib
     with sqlite3.connect(folder / "node.db") as conn:
         stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
-    return ReceiveRun("bmd-node", len(studies), sum(s.slices for s in studies), seconds, stored, peak)
+    return ReceiveRun("bmd-node" if fsync else NO_FSYNC, len(studies), sum(s.slices for s in studies), seconds,
+                      stored, peak)
+
+
+def run_node_no_fsync(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
+    return run_node(studies, folder, fsync=False)
 
 
 def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
@@ -81,7 +93,29 @@ def run_orthanc(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     return ReceiveRun("orthanc", len(studies), sum(s.slices for s in studies), seconds, stored, peak)
 
 
-RUNNERS = {"bmd-node": run_node, "storescp": run_storescp, "orthanc": run_orthanc}
+RUNNERS = {"bmd-node": run_node, "storescp": run_storescp, "orthanc": run_orthanc, NO_FSYNC: run_node_no_fsync}
+
+
+def durable_write_ms(folder: Path, size_bytes: int, n: int = 40) -> float:
+    """Mean ms to write one file the way the node's spool does: temp file, fsync, rename, directory fsync."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = os.urandom(size_bytes)
+    started = time.perf_counter()
+    for i in range(n):
+        tmp, final = folder / f"{i}.tmp", folder / f"{i}.dcm"
+        with tmp.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    return seconds / n * 1000
 
 
 def warm_page_cache(studies: Sequence[SeriesSet]) -> None:

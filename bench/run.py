@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -108,16 +109,17 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
     studies = data.ingest_studies(ctx.data_dir, plan.concurrent, plan.ingest_slices, plan.ingest_size)
     receive.warm_page_cache(studies)
     work = ctx.work / "ingest"
+    targets = {1: (*receive.TARGETS, receive.NO_FSYNC), plan.concurrent: receive.TARGETS}
     rounds: dict[int, list[list[receive.ReceiveRun]]] = {1: [], plan.concurrent: []}
     for repeat in range(plan.repeats):
         for n in rounds:
             log.info("ingest repeat %d/%d, %d association(s)", repeat + 1, plan.repeats, n)
-            rounds[n].append(receive.receive_round(studies[:n], work))
+            rounds[n].append(receive.receive_round(studies[:n], work, targets[n]))
     figures: list[dict[str, Any]] = []
     size = f"{plan.ingest_slices} x {plan.ingest_size}x{plan.ingest_size}"
     for n, runs in rounds.items():
         tag = "single" if n == 1 else f"concurrent{n}"
-        rates = {t: [next(r for r in rr if r.target == t).images_per_s for rr in runs] for t in receive.TARGETS}
+        rates = {t: [next(r for r in rr if r.target == t).images_per_s for rr in runs] for t in targets[n]}
         for target in receive.TARGETS:
             figures.append(_figure(f"ingest.{tag}.{target}", f"{target}, {n} association(s) ({n} x {size})",
                                    "images/s", rates[target]))
@@ -125,15 +127,24 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
                                ratio_values(rates["bmd-node"], rates["orthanc"]), "per repeat, same round"))
         figures.append(_figure(f"ingest.{tag}.ratio_node_storescp", f"bmd-node / storescp, {n} association(s)", "x",
                                ratio_values(rates["bmd-node"], rates["storescp"]), "per repeat, same round"))
+        if receive.NO_FSYNC in rates:
+            figures.append(_figure(f"ingest.{tag}.{receive.NO_FSYNC}", f"diagnostic: bmd-node with fsync disabled, "
+                                   f"{n} association(s)", "images/s", rates[receive.NO_FSYNC],
+                                   "not a deployable setting: shows the cost of durability"))
         for target in receive.TARGETS:
             figures.append(_figure(f"memory.scp_peak.{tag}.{target}",
                                    f"peak RSS of the {target} receiver, {n} association(s)", "MiB",
                                    [next(r for r in rr if r.target == target).peak_rss_mib for rr in runs],
                                    "storescp: sum over its forked children" if target == "storescp" and n > 1
                                    else ""))
+    size_bytes = int(studies[0].size_mb * 1e6 / studies[0].slices)
+    probe = [receive.durable_write_ms(work / "fsync-probe", size_bytes) for _ in range(plan.repeats)]
+    figures.append(_figure("ingest.durable_write_ms", f"disk: one {size_bytes / 1e6:.2f} MB file written durably "
+                           "(write, fsync, rename, dir fsync)", "ms", probe,
+                           f"alone caps one association at ~{1000 / statistics.median(probe):.0f} images/s"))
     return {"figures": figures, "notes": [
-        "bmd-node fsyncs every instance and records it in SQLite before the C-STORE response; storescp does "
-        "neither; Orthanc 1.10 writes the file and its SQLite index (no fsync by default)."]}
+        "bmd-node fsyncs every instance (file + directory) and records it in SQLite (WAL) before the C-STORE "
+        "response; storescp does neither; Orthanc 1.10 writes the file and its SQLite index without fsync."]}
 
 
 def section_stages(ctx: Context) -> dict[str, Any]:
