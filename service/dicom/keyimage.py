@@ -54,6 +54,8 @@ FIELD_MARGIN_MM = 25.0  # shown above/below the outermost labelled vertebrae
 HALF_WIDTH_MIN_MM = 70.0  # at least +/- 70 mm around the spine in the in-plane direction
 LABEL_SLAB_OFFSETS_MM = (0.0, -3.0, 3.0, -6.0, 6.0, -9.0, 9.0)  # labels off the central plane (scoliosis)
 FILL_ALPHA = 0.32
+SPINE_LINE_BIN_MM = 5.0  # height bins of the spine centre line the curved reformats follow
+SAGITTAL_POSTERIOR_SHIFT_MM = 20.0  # bodies are the anterior part of the vertebra: show the posterior elements too
 
 BACKGROUND = (12, 12, 16)
 TEXT = (235, 235, 235)
@@ -83,38 +85,61 @@ class _Reformat:
 
 
 def _plane_indices(volume: CTVolume, top_centre: npt.NDArray[np.float64], down: npt.NDArray[np.float64],
-                   right: npt.NDArray[np.float64], rows: int, cols: int, mm_per_px: float) -> npt.NDArray[np.float64]:
-    """Fractional voxel indices (3, rows, cols) of a regular plane in LPS (computed per axis: no big matmul)."""
+                   right: npt.NDArray[np.float64], depth: npt.NDArray[np.float64],
+                   depth_by_row_mm: npt.NDArray[np.float64], cols: int, mm_per_px: float) -> npt.NDArray[np.float64]:
+    """Fractional voxel indices (3, rows, cols) of a surface in LPS: a plane bent along ``depth`` row by row.
+
+    Computed per axis (no large matrix product). ``depth_by_row_mm`` follows the spine (curved planar reformat).
+    """
     inv = np.linalg.inv(volume.affine_lps)
     origin = inv[:3, :3] @ top_centre + inv[:3, 3]
     step_r = inv[:3, :3] @ (down * mm_per_px)
     step_c = inv[:3, :3] @ (right * mm_per_px)
+    step_d = inv[:3, :3] @ depth
+    rows = depth_by_row_mm.shape[0]
     r = np.arange(rows, dtype=np.float64)[:, None]
     c = (np.arange(cols, dtype=np.float64) - cols / 2)[None, :]
-    return np.stack([origin[a] + r * step_r[a] + c * step_c[a] for a in range(3)])
+    d = depth_by_row_mm[:, None]
+    return np.stack([origin[a] + r * step_r[a] + c * step_c[a] + d * step_d[a] for a in range(3)])
 
 
 def _sample(array: npt.NDArray, ijk: npt.NDArray[np.float64], order: int, cval: float) -> npt.NDArray:
     return ndimage.map_coordinates(array, ijk, order=order, mode="constant", cval=cval, prefilter=False)
 
 
-def _reformat(volume: CTVolume, body: npt.NDArray, roi: npt.NDArray, centre: npt.NDArray[np.float64],
+def _spine_line(points_lps: npt.NDArray[np.float64], s_values: npt.NDArray[np.float64], axis: int
+                ) -> npt.NDArray[np.float64]:
+    """Median coordinate ``axis`` of the body voxels at each height ``s_values`` (5 mm bins, smoothed, held at
+    the ends): where the spine is, row by row."""
+    bins = np.floor(points_lps[:, 2] / SPINE_LINE_BIN_MM).astype(np.int64)
+    keys = np.unique(bins)
+    centres = np.array([(k + 0.5) * SPINE_LINE_BIN_MM for k in keys])
+    values = np.array([np.median(points_lps[bins == k, axis]) for k in keys])
+    if len(values) >= 3:
+        values = np.convolve(np.pad(values, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return np.interp(s_values, centres, values)
+
+
+def _reformat(volume: CTVolume, body: npt.NDArray, roi: npt.NDArray, points_lps: npt.NDArray[np.float64],
               horizontal: npt.NDArray[np.float64], depth: npt.NDArray[np.float64], s_range: tuple[float, float],
-              half_width_mm: float) -> _Reformat:
-    """Plane through ``centre`` spanned by ``horizontal`` (screen right) and -S (screen down), fitted to a panel."""
+              half_width_mm: float, horizontal_shift_mm: float = 0.0) -> _Reformat:
+    """Curved reformat: screen right = ``horizontal``, screen down = -S, following the spine along ``depth``."""
     s_top, s_bottom = s_range
     mm_per_px = max((s_top - s_bottom) / PANEL_HEIGHT, 2 * half_width_mm / PANEL_WIDTH)
     rows = int(round((s_top - s_bottom) / mm_per_px))
     cols = int(round(2 * half_width_mm / mm_per_px))
     down = np.array([0.0, 0.0, -1.0])
-    top_centre = np.array([centre[0], centre[1], s_top])
-    hu = _sample(volume.hu, _plane_indices(volume, top_centre, down, horizontal, rows, cols, mm_per_px), 1, -1024.0)
+    h_axis, d_axis = int(np.argmax(np.abs(horizontal))), int(np.argmax(np.abs(depth)))
+    top_centre = np.zeros(3)
+    top_centre[h_axis] = float(np.median(points_lps[:, h_axis])) + horizontal_shift_mm
+    top_centre[2] = s_top
+    depth_by_row = _spine_line(points_lps, s_top - np.arange(rows) * mm_per_px, d_axis)
+    hu = _sample(volume.hu, _plane_indices(volume, top_centre, down, horizontal, depth, depth_by_row, cols,
+                                           mm_per_px), 1, -1024.0)
     body_img = np.zeros((rows, cols), dtype=np.int16)
     roi_img = np.zeros((rows, cols), dtype=np.int16)
     for offset in LABEL_SLAB_OFFSETS_MM:
-        if offset != 0.0 and not np.any(body_img == 0):
-            break
-        ijk = _plane_indices(volume, top_centre + offset * depth, down, horizontal, rows, cols, mm_per_px)
+        ijk = _plane_indices(volume, top_centre, down, horizontal, depth, depth_by_row + offset, cols, mm_per_px)
         b = _sample(body, ijk, 0, 0).astype(np.int16)
         body_img = np.where(body_img == 0, b, body_img)
         q = _sample(roi, ijk, 0, 0).astype(np.int16)
@@ -191,8 +216,10 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     if summary.lumbar_equivalent:
         draw.text((x, y), "lumbar equivalent from thoracolumbar curve", font=_font(24), fill=MUTED)
         y += 32
-    draw.text((x, y), "ACR QCT: >120 normal · 80–120 osteopenia · <80 osteoporosis", font=_font(21), fill=MUTED)
-    y += 40
+    draw.text((x, y), "ACR QCT (mg/cm³): <80 osteoporosis · 80–120 osteopenia", font=_font(21), fill=MUTED)
+    y += 27
+    draw.text((x, y), ">120 normal", font=_font(21), fill=MUTED)
+    y += 36
 
     columns = (("Level", 0), ("HU", 130), ("BMD", 250), ("Status", 380))
     header_font, row_font = _font(28, bold=True), _font(28)
@@ -227,11 +254,14 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
         lines.append(f"Thoracolumbar curve: k {result.curve_fit.k:.2f} HU/level, R² {result.curve_fit.r2:.2f}")
     lines.append(f"Thresholds: {summary.threshold_set}")
     lines += [f"Note: {note}" for note in summary.notes]
-    lines.append(f"{algorithm.name} {algorithm.version} · model {algorithm.model_name} {algorithm.model_version}")
     font = _font(22)
+    footer_y = CANVAS_HEIGHT - 40
+    draw.text((x, footer_y), f"{algorithm.name} {algorithm.version} · model {algorithm.model_name} "
+              f"{algorithm.model_version}", font=font, fill=TEXT)
     for line in lines:
         for wrapped in textwrap.wrap(line, width=52):
-            if y > CANVAS_HEIGHT - 40:
+            if y > footer_y - 36:
+                draw.text((x, y), "… (full details in the SR)", font=font, fill=MUTED)
                 return
             draw.text((x, y), wrapped, font=font, fill=MUTED)
             y += 28
@@ -251,16 +281,16 @@ def render_key_image(volume: CTVolume, segmentation: SpineSegmentation, roi_labe
     body = segmentation.body_labels
     top = BANNER_HEIGHT + 16
     if np.any(body):
-        ijk = np.argwhere(body != 0)
+        ijk = np.argwhere(body != 0)[:: max(1, int(np.count_nonzero(body)) // 200_000)]
         lps = volume.index_to_lps(ijk)
-        centre = np.median(lps, axis=0)
         s_range = (float(lps[:, 2].max()) + FIELD_MARGIN_MM, float(lps[:, 2].min()) - FIELD_MARGIN_MM)
         span_s = s_range[0] - s_range[1]
         half_width = max(HALF_WIDTH_MIN_MM, span_s * PANEL_WIDTH / PANEL_HEIGHT / 2)
         right = np.array([1.0, 0.0, 0.0])  # +L: patient left goes to screen right (radiological convention)
         posterior = np.array([0.0, 1.0, 0.0])  # +P: anterior on screen left
-        sagittal = _reformat(volume, body, roi_labels, centre, posterior, right, s_range, half_width)
-        coronal = _reformat(volume, body, roi_labels, centre, right, posterior, s_range, half_width)
+        sagittal = _reformat(volume, body, roi_labels, lps, posterior, right, s_range, half_width,
+                             SAGITTAL_POSTERIOR_SHIFT_MM)
+        coronal = _reformat(volume, body, roi_labels, lps, right, posterior, s_range, half_width)
         _draw_panel(canvas, sagittal, (MARGIN, top), "Sagittal", "A", "P", name_side="left")
         _draw_panel(canvas, coronal, (MARGIN * 2 + PANEL_WIDTH, top), "Coronal", "R", "L", name_side="right")
     else:

@@ -5,8 +5,10 @@ identifier + UID, finding site = the vertebra (SNOMED CT), method = ROI method, 
 mean/median/SD attenuation [hnsf'U], QCT volumetric BMD mg/cm3 (private code), ROI volume mm3, voxel count,
 evaluable yes/no, exclusion reason, level-uncertain flag.
 
-Patient (TID 1501): finding = category (SNOMED CT), summary BMD, levels used, calibration kind/slope/intercept, curve fit,
-with method text, threshold set and calibration scanner as algorithm parameters (TID 4019).
+Patient (TID 1411 on the SEG's "summary" segment = union of the ROIs used): finding = category (SNOMED CT), summary
+BMD, levels used, calibration kind/slope/intercept, curve fit, with method text, threshold set and calibration
+scanner as algorithm parameters (TID 4019). All groups are TID 1411 because PixelMed's validator rejects a report
+that mixes TID 1411 and TID 1501 groups; TID 1501 is used only when the SEG has no segment to reference.
 
 Flags: Completion COMPLETE (all the algorithm's content is present; a re-run makes a new SR that names this one as
 predecessor), Preliminary PRELIMINARY and Verification UNVERIFIED (no person has reviewed it).
