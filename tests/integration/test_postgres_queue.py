@@ -99,3 +99,29 @@ def test_concurrent_duplicate_instances_are_idempotent(pg_engine: sqlalchemy.Eng
     with read_session(pg_engine) as s:
         assert s.scalar(select(func.count()).select_from(Instance)) == 20
         assert s.scalar(select(Series.instance_count)) == 20
+
+
+def test_scheduler_and_worker_on_postgres(pg_engine: sqlalchemy.Engine, postgres_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Stable series -> scheduler -> job -> worker (small real pipeline) -> results + exports, on PostgreSQL."""
+    import pydicom
+
+    from service.config import Config, PeerSettings, SeriesSettings
+    from service.queue.scheduler import Scheduler
+    from service.queue.worker import Worker
+    from tests.node_support import MeanHuPipeline, write_ct_series
+
+    config = Config(peers=(PeerSettings("pacs", "PACS", "127.0.0.1", 104),),
+                    series=SeriesSettings(min_slices=10)).with_node(
+        database_url=postgres_url, storage_dir=tmp_path / "storage", series_stable_seconds=5)
+    t0 = utcnow() - timedelta(seconds=10)
+    paths = write_ct_series(tmp_path / "ct", n_slices=12, size=8)
+    for p in paths:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        record_instance(pg_engine, record(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                                          study_uid=str(ds.StudyInstanceUID), path=str(p)), now=t0)
+    (job_id,) = Scheduler(config, pg_engine).tick(now=t0 + timedelta(seconds=6)).enqueued
+    worker = Worker(config, pg_engine, MeanHuPipeline(), worker_id="pg-worker")
+    assert worker.run_once()
+    assert jobs.get_job(pg_engine, job_id).status == "succeeded"  # type: ignore[union-attr]
+    with read_session(pg_engine) as s:
+        assert sorted(s.scalars(select(Export.peer_name)).all()) == ["pacs", "pacs"]
