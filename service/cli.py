@@ -323,6 +323,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except PipelineRejectedError as exc:
         print(f"rejected: {exc.reason}", file=sys.stderr)
         return 3
+    except Exception as exc:
+        log.debug("analyze failed", exc_info=True)
+        print(f"analyze failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     document = output.result.to_json_dict()

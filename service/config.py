@@ -31,6 +31,20 @@ ENV_CONFIG_FILE = "BMD_NODE_CONFIG"
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash, no control chars
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout / install root that holds models/ (bundles and calibration files shipped with the code)."""
+
+
+def resolve_model_path(path: Path) -> Path:
+    """A model path from the configuration: absolute as given; relative to the working directory when it exists
+    there, else relative to the project root (so that ``models/...`` works whatever the working directory,
+    e.g. under systemd with WorkingDirectory=/var/lib/bmd-node)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
+
+
 class ConfigError(ValueError):
     """A configuration problem; the message starts with the dotted key that is wrong."""
 

@@ -9,6 +9,7 @@ lazily so that importing the pipeline stays cheap and the CLI starts fast.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.config import BmdSettings as BmdConfig
-from service.config import SegmentationSettings, SeriesSettings, SiteModelsSettings
+from service.config import SegmentationSettings, SeriesSettings, SiteModelsSettings, resolve_model_path
 from service.domain.segmentation import SpineSegmentation
 from service.domain.site_model import SiteModelPredictor
 from service.domain.volume import CTVolume
@@ -54,7 +55,8 @@ class SegmentStep:
             from service.segmentation.inference import load_segmenter
 
             started = time.monotonic()
-            self._segmenter = load_segmenter(self.settings)  # type: ignore[arg-type]  # same fields, duck-typed
+            settings = dataclasses.replace(self.settings, bundle_dir=resolve_model_path(self.settings.bundle_dir))
+            self._segmenter = load_segmenter(settings)  # type: ignore[arg-type]  # same fields, duck-typed
             log.info("segmenter %s %s loaded in %.1f s", getattr(self._segmenter, "name", "?"),
                      getattr(self._segmenter, "version", "?"), time.monotonic() - started)
         return self._segmenter
@@ -80,7 +82,7 @@ def load_site_model(settings: SiteModelsSettings) -> SiteModelPredictor | None:
         return None
     from service.site_models.registry import load_active_predictor
 
-    predictor = load_active_predictor(settings.registry_dir)
+    predictor = load_active_predictor(resolve_model_path(settings.registry_dir))
     if predictor is not None:
         log.info("site model active: %s", predictor.name)
     return predictor

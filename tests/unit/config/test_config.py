@@ -143,3 +143,13 @@ def test_deploy_example_lists_every_key_with_its_default() -> None:
     for section in ("node", "worker", "exporter", "series", "segmentation", "bmd", "site_models", "logging"):
         expected = {f.name for f in dataclasses.fields(getattr(from_example, section))}
         assert set(raw[section]) == expected, section
+
+
+def test_model_paths_resolve_against_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.config import PROJECT_ROOT, resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path(Path("models/vertebra_seg")) == PROJECT_ROOT / "models" / "vertebra_seg"
+    (tmp_path / "models" / "vertebra_seg").mkdir(parents=True)
+    assert resolve_model_path(Path("models/vertebra_seg")) == Path("models/vertebra_seg")  # the local one wins
+    assert resolve_model_path(tmp_path / "x") == tmp_path / "x"
