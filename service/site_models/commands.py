@@ -83,22 +83,20 @@ def _registry_from_args(args: argparse.Namespace) -> Path:
 
     registry = resolve_registry_dir(getattr(args, "registry", None))
     if registry is None:
-        registry = _registry_from_config()
+        registry = _registry_from_config(getattr(args, "config", None))
     if registry is None:
         raise SystemExit(f"no registry folder: pass --registry, set {REGISTRY_ENV} or [site_models] registry_dir")
     return registry
 
 
-def _registry_from_config() -> Path | None:
+def _registry_from_config(config_path: str | Path | None) -> Path | None:
+    """``[site_models] registry_dir`` of the node configuration (``--config`` of the root parser, else default)."""
     try:
-        from service import config as node_config
+        from service.config import load_config
     except ImportError:
         return None
-    loader = getattr(node_config, "load_settings", None) or getattr(node_config, "load_config", None)
-    if loader is None:
-        return None
     try:
-        settings = loader()
+        settings = load_config(config_path)
     except Exception as exc:  # a broken config file is reported by the node itself; here we just cannot use it
         logger.warning("could not read the node configuration for [site_models] registry_dir: %s", exc)
         return None

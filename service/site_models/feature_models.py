@@ -65,6 +65,7 @@ N_ESTIMATORS = 200
 CLASSIFIER_MIN_SAMPLES_LEAF = 20
 """Leaf size of the classification trees: class probabilities (what the ROC ranks) from populated leaves."""
 REGRESSOR_MIN_SAMPLES_LEAF = 5
+RF_REGRESSOR_MAX_FEATURES = 0.34
 MODEL_FILE = "model.joblib"
 META_FILE = "model.json"
 SCHEMA_VERSION = 1
@@ -298,8 +299,10 @@ def build_pipeline(target: str, algorithm: str, seed: int) -> Any:
                 estimator=DecisionTreeRegressor(min_samples_leaf=REGRESSOR_MIN_SAMPLES_LEAF, random_state=seed),
                 n_estimators=N_ESTIMATORS, random_state=seed, n_jobs=1)
         elif algorithm == "rf":
+            # a third of the features per split (Breiman's regression default); with all of them a random forest
+            # regressor would be the bagged trees again
             estimator = RandomForestRegressor(n_estimators=N_ESTIMATORS, min_samples_leaf=REGRESSOR_MIN_SAMPLES_LEAF,
-                                              random_state=seed, n_jobs=1)
+                                              max_features=RF_REGRESSOR_MAX_FEATURES, random_state=seed, n_jobs=1)
         else:
             raise ValueError(f"regressor algorithm must be one of {REGRESSOR_ALGORITHMS}, got {algorithm!r}")
     return Pipeline([("zscore", StandardScaler()), ("model", estimator)])

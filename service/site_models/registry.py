@@ -10,8 +10,10 @@ Layout of a registry folder (``[site_models] registry_dir`` in the node's config
 ``bmd-node train models --out REGISTRY`` adds a version of every model it trains; nothing is active until
 ``bmd-node models activate NAME [--version V]``. At most one model per region is active; the node asks
 ``load_active_predictor(registry_dir)`` for a ``SiteModelPredictor`` and falls back to its linear calibration
-when it gets None. Only feature models with a BMD (regression) or three-class target can be activated: the
-screening pipeline hands a site model per-level HU, sex and age, which is what those models take.
+when it gets None. A regression model's prediction carries the BMD and no category (the node categorises it
+with its configured thresholds); a three-class model's carries the category and no BMD. Only feature models
+with a BMD (regression) or three-class target can be activated: the screening pipeline hands a site model
+per-level HU, sex and age, which is what those models take.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.calibration.diagnosis import categorize
 from service.domain.levels import VertebraLevel
 from service.domain.results import Category, SitePrediction
 from service.domain.site_model import SiteModelPredictor
@@ -223,8 +224,8 @@ class FeatureModelPredictor:
             return None
         out = self.model.predict_matrix(x[None, :])
         if self.model.task == "regression":
-            bmd = float(out[0])
-            return SitePrediction(model_name=self.name, bmd_mg_cm3=bmd, category=categorize(bmd))
+            # the category of a predicted BMD is left to the node, which applies its configured threshold set
+            return SitePrediction(model_name=self.name, bmd_mg_cm3=float(out[0]), category=None)
         label = self.model.labels[int(out[0].argmax())]
         return SitePrediction(model_name=self.name, bmd_mg_cm3=None, category=Category(label))
 
