@@ -44,6 +44,11 @@ class ScreeningRecipe:
             self._bmd_settings = steps.calibration_settings(self.config.bmd, __version__)
         return self._bmd_settings
 
+    def warm_up(self) -> None:
+        """Load the segmentation model and the site model now (worker start) rather than on the first job."""
+        _ = self.segment.segmenter
+        _ = self.site_model
+
     def run(self, job: JobInput) -> PipelineOutput:
         timings: dict[str, float] = {}
         t = time.monotonic()

@@ -188,6 +188,12 @@ def run_worker_process(config: Config, stop_event: threading.Event | None = None
     engine = make_engine(config.node.database_url)
     try:
         pipeline = load_pipeline_factory(pipeline_spec)(config)
+        warm_up = getattr(pipeline, "warm_up", None)
+        if callable(warm_up):
+            try:
+                warm_up()
+            except Exception as exc:  # jobs will fail (and retry) with the same error; the worker keeps polling
+                log.error("pipeline warm-up failed: %s: %s", type(exc).__name__, exc)
         Worker(config, engine, pipeline, worker_id=worker_id).run(stop_event)
     finally:
         engine.dispose()
