@@ -82,3 +82,21 @@ def test_concurrent_threads_store_duplicates_once(sqlite_engine: sqlalchemy.Engi
     assert results.count(True) == 15 and len(results) == 60
     with read_session(sqlite_engine) as s:
         assert s.scalar(select(func.count()).select_from(Instance)) == 15
+
+
+def test_write_session_takes_the_write_lock_at_begin(sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
+    """BEGIN IMMEDIATE: the lock is held from the start of the transaction, before any statement."""
+    import sqlite3
+
+    from service.db.engine import write_session
+
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+    try:
+        with write_session(sqlite_engine) as session:
+            session.execute(sqlalchemy.text("SELECT 1"))  # a read only: a deferred transaction would not lock
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released at commit
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
