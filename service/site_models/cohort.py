@@ -313,9 +313,9 @@ def load_cohort(path: Path | str, *, split_seed: int = 0) -> Cohort:
         raise CohortError(csv_path, problems)
     categories: list[str] = []
     mismatched = 0
-    for p in parsed:
-        from_bmd = category_from_bmd(float(p["bmd"]))  # type: ignore[arg-type]
-        given = str(p["category"])
+    for entry in parsed:
+        from_bmd = category_from_bmd(float(entry["bmd"]))  # type: ignore[arg-type]
+        given = str(entry["category"])
         if given and given != from_bmd:
             mismatched += 1
         categories.append(given or from_bmd)

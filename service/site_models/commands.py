@@ -75,7 +75,7 @@ def register(root_subparsers: Any) -> None:
 
 def _registry_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=Path, default=None,
-                   help="registry folder (default: [site_models] registry_dir or $BMD_NODE_SITE_MODELS_DIR)")
+                   help="registry folder (default: [site_models] registry_dir or $BMD_NODE_SITE_MODELS__REGISTRY_DIR)")
 
 
 def _registry_from_args(args: argparse.Namespace) -> Path:

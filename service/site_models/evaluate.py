@@ -14,7 +14,7 @@ macro averages (as Xiong 2025 Tables 2 and 4 and Peng 2023 Table 1 report them);
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ def _truth(target: str, rows: Sequence[CohortRow]) -> np.ndarray:
 
 
 def evaluate_model(
-    model: Any, rows_by_split: dict[str, Sequence[CohortRow]], *, version: str, kind: str,
+    model: Any, rows_by_split: Mapping[str, Sequence[CohortRow]], *, version: str, kind: str,
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> list[ModelEvaluation]:
     """``model`` offers name, region, target, task, algorithm, labels and predict_rows(rows) -> (pred, kept)."""
@@ -128,7 +128,7 @@ def load_registry_models(registry_dir: Path) -> list[tuple[dict[str, Any], Any]]
     from service.site_models.feature_models import load_feature_model
     from service.site_models.registry import latest_models
 
-    loaded = []
+    loaded: list[tuple[dict[str, Any], Any]] = []
     for entry in latest_models(registry_dir):
         folder = Path(registry_dir) / entry["path"]
         if entry["kind"] == "feature":

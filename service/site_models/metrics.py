@@ -182,7 +182,7 @@ def macro_ovr_auc(
     per_class_f: list[float | None] = [None if not np.isfinite(a) else float(a) for a in per_class]
     if any(a is None for a in per_class_f):
         return AucResult(None, None, None, "undefined"), per_class_f
-    auc = float(np.mean(per_class_f))
+    auc = float(np.mean([a for a in per_class_f if a is not None]))
     rng = np.random.default_rng(seed)
     # stratified resampling keeps every class present in every resample
     idx_parts = []

@@ -1,7 +1,7 @@
 """Model registry: trained site models in a folder outside the repository, with a manifest and activation.
 
-Layout of a registry folder (``[site_models] registry_dir`` in the node's configuration, or the
-``BMD_NODE_SITE_MODELS_DIR`` environment variable, or ``--registry`` on the command line)::
+Layout of a registry folder (``[site_models] registry_dir`` in the node's configuration, its environment override
+``BMD_NODE_SITE_MODELS__REGISTRY_DIR``, or ``--registry`` on the command line)::
 
     REGISTRY/manifest.json            {"schema_version", "models": [...], "active": [...]}
     REGISTRY/activation.log           one JSON line per activate / deactivate (UTC time, who, what)
@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 ACTIVATION_LOG = "activation.log"
-REGISTRY_ENV = "BMD_NODE_SITE_MODELS_DIR"
+REGISTRY_ENV = "BMD_NODE_SITE_MODELS__REGISTRY_DIR"
+"""The node configuration's own environment override of ``[site_models] registry_dir``."""
 MANIFEST_SCHEMA_VERSION = 1
 ACTIVATABLE_TARGETS: tuple[str, ...] = ("bmd", "3class")
 REGION_PREFERENCE: tuple[str, ...] = ("abdomen", "chest_calibrated", "chest")

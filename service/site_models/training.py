@@ -39,8 +39,8 @@ def train_models(
         from service.site_models.deep_models import DeepOptions, train_deep_models
 
         options = DeepOptions(**(deep_options or {}))
-        for model in train_deep_models(cohort, options=options, seed=seed, version=version):
-            folder = model.save(model_folder(registry_dir, model.name, version))
+        for deep_model in train_deep_models(cohort, options=options, seed=seed, version=version):
+            folder = deep_model.save(model_folder(registry_dir, deep_model.name, version))
             entries.append(register_saved_model(registry_dir, folder))
     logger.info("registered %d models, version %s, in %s", len(entries), version, registry_dir)
     return entries
