@@ -42,8 +42,10 @@ PLATEAU_FRACTION = 0.3
 MUSCLE_POSTERIOR_MM = (30.0, 80.0)
 MUSCLE_LATERAL_MM = (8.0, 50.0)
 MUSCLE_RANGE_HU = (-10.0, 110.0)
-AORTA_ANTERIOR_MM = (-15.0, 80.0)
-AORTA_LEFT_MM = (-30.0, 60.0)
+AORTA_ANTERIOR_MM = (0.0, 60.0)
+AORTA_LEFT_MM = (-5.0, 50.0)
+"""Relative to the vertebral centroid: the descending and abdominal aorta run anterior and to the left of the
+vertebral bodies; the box leaves out the liver, IVC and right crus on the right."""
 AORTA_DISC_RADIUS_MM = 6.0
 BONE_CLEARANCE_MM = 4.0
 BLOOD_RANGE_HU = (0.0, 100.0)
