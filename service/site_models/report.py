@@ -251,7 +251,7 @@ def _acceptance_section(acc: dict[str, Any]) -> str:
         if "difference" in c:
             value = (f"{_fmt(c['value'])} vs chest {_fmt(c['reference'])}; difference {c['difference']:+.3f} "
                      f"(95 % CI {c['difference_ci_low']:+.3f} to {c['difference_ci_high']:+.3f}); "
-                     f"point estimate {'at least as good' if c['strict'] else 'lower'}; patients predicted: "
+                     f"point estimate {'at least as good' if c['strict'] else 'worse'}; patients predicted: "
                      f"calibrated {c['coverage']['chest_calibrated']}, chest {c['coverage']['chest']} of "
                      f"{c['coverage']['split_rows']}")
         else:
