@@ -27,6 +27,13 @@ def register_cohort(cohort_subparsers: Any) -> None:
     p.add_argument("--missing-level-probability", type=float, default=None,
                    help="probability that a level is not evaluable (default 0.02)")
     p.set_defaults(func=_cmd_cohort_synthetic)
+    p = cohort_subparsers.add_parser(
+        "features", help="extract per-level HU once (result.json / CT through the node pipeline) into a new CSV")
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output CSV with hu_T5..hu_L2 filled")
+    p.add_argument("--skip-failed", action="store_true",
+                   help="leave rows whose extraction fails without features instead of stopping")
+    p.set_defaults(func=_cmd_cohort_features)
 
 
 def register_train(train_subparsers: Any) -> None:
@@ -112,6 +119,17 @@ def _cmd_cohort_synthetic(args: argparse.Namespace) -> int:
     path = write_synthetic_cohort(args.out, args.patients, args.seed, with_ct=args.with_ct,
                                   missing_level_probability=missing)
     print(f"SYNTHETIC cohort written: {path} ({args.patients} patients, seed {args.seed})")
+    return 0
+
+
+def _cmd_cohort_features(args: argparse.Namespace) -> int:
+    from service.site_models.cohort import load_cohort, write_cohort
+    from service.site_models.features import extract_features
+
+    cohort = extract_features(load_cohort(args.cohort), on_error="skip" if args.skip_failed else "raise")
+    path = write_cohort(args.out, cohort.rows)
+    missing = sum(1 for r in cohort.rows if not r.hu_by_level)
+    print(f"features written: {path} ({len(cohort.rows)} rows, {missing} without any evaluable level)")
     return 0
 
 

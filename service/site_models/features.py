@@ -118,12 +118,20 @@ def default_ct_pipeline() -> Callable[[Path], dict[VertebraLevel, float]]:
 
 
 def extract_features(
-    cohort: Cohort, *, ct_pipeline: Callable[[Path], dict[VertebraLevel, float]] | None = None
+    cohort: Cohort, *, ct_pipeline: Callable[[Path], dict[VertebraLevel, float]] | None = None,
+    on_error: str = "raise",
 ) -> Cohort:
-    """A cohort whose rows all carry ``hu_by_level`` (rows that already have HU columns are kept as they are)."""
+    """A cohort whose rows carry ``hu_by_level`` (rows that already have HU columns are kept as they are).
+
+    ``on_error="skip"``: a row whose source fails (unreadable series, segmentation error) keeps no HU, is logged
+    by row number and is left out by every model (its features are missing); ``"raise"`` stops at the first one.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     rows: list[CohortRow] = []
     pipeline = ct_pipeline
     n_json = n_ct = 0
+    failed: list[int] = []
     for r in cohort.rows:
         if r.hu_by_level:
             rows.append(r)
@@ -139,12 +147,15 @@ def extract_features(
                 n_ct += 1
             else:
                 raise FeatureExtractionError("no feature source")
-        except FeatureExtractionError:
-            raise
         except Exception as exc:  # any failure of one row's source is reported with the row
-            raise FeatureExtractionError(f"row {r.row} ({r.patient_ref}): feature extraction failed: {exc}") from exc
+            if on_error == "raise":
+                raise FeatureExtractionError(
+                    f"row {r.row} ({r.patient_ref}): feature extraction failed: {exc}") from exc
+            logger.warning("row %d: feature extraction failed, row left without features: %s", r.row, exc)
+            failed.append(r.row)
+            hu = {}
         rows.append(replace(r, hu_by_level=hu))
-    if n_json or n_ct:
-        logger.info("features extracted: %d rows from result.json, %d rows from CT through the node pipeline",
-                    n_json, n_ct)
+    if n_json or n_ct or failed:
+        logger.info("features extracted: %d rows from result.json, %d rows from CT through the node pipeline, "
+                    "%d rows failed", n_json, n_ct, len(failed))
     return Cohort(cohort.path, tuple(rows))

@@ -21,7 +21,7 @@ from service.domain.results import (
     VertebraMeasurement,
 )
 from service.site_models.cohort import CohortError, assign_splits, load_cohort, write_cohort
-from service.site_models.features import extract_features, hu_from_result_json
+from service.site_models.features import FeatureExtractionError, extract_features, hu_from_result_json
 from service.site_models.synthetic import synthetic_rows, write_synthetic_cohort
 
 HEADER = "patient_ref,sex,age,qct_bmd_mg_cm3,qct_category,split,hu_T12,hu_L1,hu_L2\n"
@@ -149,3 +149,15 @@ def test_features_from_the_nodes_result_json(tmp_path: Path) -> None:
                header="patient_ref,sex,age,qct_bmd_mg_cm3,qct_category,split,result_json\n")
     c = extract_features(load_cohort(p))
     assert c.rows[0].hu_by_level == hu
+
+
+def test_a_failing_feature_source_names_the_row_or_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    p = _write(tmp_path, "a,F,61,95,,train,120,118,110,\nb,M,70,70,,test,,,,broken.json\n",
+               header=HEADER.rstrip("\n") + ",result_json\n")
+    cohort = load_cohort(p)
+    with pytest.raises(FeatureExtractionError, match=r"row 2 \(b\)"):
+        extract_features(cohort)
+    skipped = extract_features(cohort, on_error="skip")
+    assert skipped.rows[0].hu_by_level == cohort.rows[0].hu_by_level
+    assert skipped.rows[1].hu_by_level == {}
