@@ -1,6 +1,7 @@
 """HTTP health endpoint (stdlib http.server) on ``node.http_port``.
 
-GET /health  -> 200 {"status": "ok", ...} when the database answers, 503 otherwise.
+GET /health  -> 200 {"status": "ok", ...} when the database answers and every part of the node is alive
+               ("components": {"scp": true, "worker-0": true, ...} under ``serve``), 503 otherwise.
 GET /metrics -> 200 {"jobs": {status: count}, "exports": {...}, "series": {...}, "instances": {...}} (JSON).
 """
 
@@ -10,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,10 +27,12 @@ log = logging.getLogger(__name__)
 class HealthServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], config: Config, engine: sqlalchemy.Engine) -> None:
+    def __init__(self, address: tuple[str, int], config: Config, engine: sqlalchemy.Engine,
+                 components: Callable[[], dict[str, bool]] | None = None) -> None:
         super().__init__(address, _Handler)
         self.config = config
         self.engine = engine
+        self.components = components
         self.started = time.monotonic()
 
 
@@ -47,13 +51,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _health(self) -> None:
         body: dict[str, Any] = {"status": "ok", "version": __version__, "ae_title": self.server.config.node.ae_title,
                                 "uptime_s": round(time.monotonic() - self.server.started, 1)}
+        healthy = True
         try:
             ping(self.server.engine)
             body["database"] = "ok"
-            self._send(200, body)
         except Exception as exc:
-            body.update(status="unavailable", database=type(exc).__name__)
-            self._send(503, body)
+            body["database"] = type(exc).__name__
+            healthy = False
+        if self.server.components is not None:
+            components = self.server.components()
+            body["components"] = components
+            healthy = healthy and all(components.values())
+        if not healthy:
+            body["status"] = "unavailable"
+        self._send(200 if healthy else 503, body)
 
     def _metrics(self) -> None:
         try:
@@ -73,16 +84,19 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http: " + format, *args)
 
 
-def start_http(config: Config, engine: sqlalchemy.Engine, host: str | None = None) -> HealthServer:
-    """Start serving in a daemon thread; ``server.shutdown()`` stops it. ``server.server_address`` has the port."""
-    server = HealthServer((host or config.node.host, config.node.http_port), config, engine)
+def start_http(config: Config, engine: sqlalchemy.Engine, host: str | None = None,
+               components: Callable[[], dict[str, bool]] | None = None) -> HealthServer:
+    """Start serving in a daemon thread; ``server.shutdown()`` stops it. ``server.server_address`` has the port.
+    ``components`` reports which parts of the node are alive (part of /health)."""
+    server = HealthServer((host or config.node.host, config.node.http_port), config, engine, components)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("HTTP health on %s:%s", *server.server_address[:2])
     return server
 
 
-def run_http(config: Config, engine: sqlalchemy.Engine, stop_event: threading.Event) -> None:
-    server = start_http(config, engine)
+def run_http(config: Config, engine: sqlalchemy.Engine, stop_event: threading.Event,
+             components: Callable[[], dict[str, bool]] | None = None) -> None:
+    server = start_http(config, engine, components=components)
     try:
         stop_event.wait()
     finally:

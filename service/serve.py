@@ -89,9 +89,20 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
              config.node.http_port, n_workers, len(config.result_destinations))
     engine = make_engine(config.node.database_url)
     failed: list[str] = []
-    threads = [_thread(name, target, config, engine, stop, failed)
-               for name, target in (("scp", run_scp), ("scheduler", run_scheduler), ("exporter", run_exporter),
-                                    ("http", run_http))]
+    threads: list[threading.Thread] = []
+    processes: dict[int, Any] = {}
+
+    def components() -> dict[str, bool]:
+        alive = {t.name: t.is_alive() for t in threads}
+        alive.update({f"worker-{i}": p.is_alive() for i, p in processes.items()})
+        return alive
+
+    def run_http_with_components(c: Config, e: Any, s: threading.Event) -> None:
+        run_http(c, e, s, components=components)
+
+    threads += [_thread(name, target, config, engine, stop, failed)
+                for name, target in (("scp", run_scp), ("scheduler", run_scheduler), ("exporter", run_exporter),
+                                     ("http", run_http_with_components))]
 
     def start_worker(index: int) -> Any:
         process = context.Process(target=_worker_child, args=(config, worker_stop, pipeline_spec),
@@ -99,7 +110,7 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
         process.start()
         return process
 
-    processes = {i: start_worker(i) for i in range(n_workers)}
+    processes.update({i: start_worker(i) for i in range(n_workers)})
     try:
         while not stop.wait(1.0):
             for index, process in list(processes.items()):

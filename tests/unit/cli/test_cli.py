@@ -127,6 +127,8 @@ def test_serve_health_and_sigterm(node_env: Path) -> None:
             except OSError:
                 time.sleep(0.3)
         assert body is not None and body["status"] == "ok" and body["database"] == "ok"
+        assert {"scp", "scheduler", "exporter", "http", "worker-0"} <= set(body["components"])  # type: ignore[arg-type]
+        assert all(body["components"].values())  # type: ignore[union-attr]
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as response:
             assert set(json.loads(response.read())) == {"jobs", "exports", "series", "instances"}
         time.sleep(2)  # let the worker process start
