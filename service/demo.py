@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pipeline", default=None, help=argparse.SUPPRESS)  # tests: a faster pipeline
+    parser.add_argument("--matrix", type=int, default=512, choices=[256, 512],
+                        help="image matrix of the phantom CT (256: 1.5 mm pixels, faster)")
     args = parser.parse_args(argv)
 
     from service.db.engine import make_engine
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node.start()
         print("generating a synthetic abdominal CT (phantom) ...", flush=True)
-        spec = PhantomSpec(seed=args.seed, region="abdomen", slice_thickness_mm=2.0)
+        spec = PhantomSpec(seed=args.seed, region="abdomen", slice_thickness_mm=2.0, rows=args.matrix,
+                           columns=args.matrix, pixel_spacing_mm=0.7 * 512 / args.matrix)
         phantom = generate(spec)
         files = [p for p in write_phantom(phantom, workdir / "phantom") if p.suffix == ".dcm"]
         print(f"sending {len(files)} CT images to the node ...", flush=True)
