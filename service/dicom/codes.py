@@ -26,6 +26,9 @@ PRIVATE_SCHEME_RESPONSIBLE = "bmd-node project"
 
 
 def _private(value: str, meaning: str) -> Code:
+    # Code Value is SH (16 characters); longer values would need Long Code Value, which readers handle poorly.
+    if len(value) > 16:
+        raise ValueError(f"private code value {value!r} is longer than 16 characters")
     return Code(value, PRIVATE_SCHEME, meaning)
 
 
@@ -114,7 +117,7 @@ NO = codes.SCT.No  # (373067005, SCT), CID 230 Yes-No
 EXCLUSION_REASON = _private("EXCLUSION-REASON", "Reason level excluded from BMD")
 LEVEL_UNCERTAIN = _private("LEVEL-UNCERTAIN", "Vertebral level label uncertain")
 LEVEL_USED = _private("LEVEL-USED", "Level used for patient BMD")
-LUMBAR_EQUIVALENT = _private("LUMBAR-EQUIVALENT", "Value is lumbar equivalent from thoracolumbar curve")
+LUMBAR_EQUIVALENT = _private("LUMBAR-EQUIV", "Value is lumbar equivalent from thoracolumbar curve")
 CALIBRATION_KIND = codes.DCM.CalibrationMethod  # (122422, DCM, "Calibration Method")
 VERTEBRA_FINDING = _private("VERTEBRA-BMD", "Vertebral trabecular bone mineral density")
 
@@ -123,7 +126,7 @@ EXCLUSION_REASON_CODES: dict[ExclusionReason, Code] = {
     ExclusionReason.SCLEROSIS: _private("EXCL-SCLEROSIS", "Sclerotic lesion or dense bone island"),
     ExclusionReason.METAL: _private("EXCL-METAL", "Metal or implant in region of interest"),
     ExclusionReason.ROI_TOO_SMALL: _private("EXCL-ROI-SMALL", "Trabecular region of interest too small"),
-    ExclusionReason.LEVEL_UNCERTAIN: _private("EXCL-LEVEL-UNCERTAIN", "Vertebral level uncertain"),
+    ExclusionReason.LEVEL_UNCERTAIN: _private("EXCL-LEVEL", "Vertebral level uncertain"),
     ExclusionReason.CUT_BY_FOV: _private("EXCL-CUT-BY-FOV", "Vertebra not fully in field of view"),
 }
 
@@ -136,7 +139,7 @@ CATEGORY_CODES: dict[Category, Code] = {
 
 ROI_METHOD_CODES: dict[RoiMethod, Code] = {
     RoiMethod.EROSION_3MM: _private("ROI-EROSION-3MM", "Vertebral body eroded by 3 mm"),
-    RoiMethod.ELLIPTICAL_CYLINDER: _private("ROI-ELLIPTICAL-CYLINDER", "Elliptical cylinder in mid vertebral body"),
+    RoiMethod.ELLIPTICAL_CYLINDER: _private("ROI-ELL-CYLINDER", "Elliptical cylinder in mid vertebral body"),
 }
 
 CALIBRATION_KIND_CODES: dict[CalibrationKind, Code] = {

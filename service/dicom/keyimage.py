@@ -126,8 +126,8 @@ def _reformat(volume: CTVolume, body: npt.NDArray, roi: npt.NDArray, points_lps:
     """Curved reformat: screen right = ``horizontal``, screen down = -S, following the spine along ``depth``."""
     s_top, s_bottom = s_range
     mm_per_px = max((s_top - s_bottom) / PANEL_HEIGHT, 2 * half_width_mm / PANEL_WIDTH)
-    rows = int(round((s_top - s_bottom) / mm_per_px))
-    cols = int(round(2 * half_width_mm / mm_per_px))
+    rows = round((s_top - s_bottom) / mm_per_px)
+    cols = round(2 * half_width_mm / mm_per_px)
     down = np.array([0.0, 0.0, -1.0])
     h_axis, d_axis = int(np.argmax(np.abs(horizontal))), int(np.argmax(np.abs(depth)))
     top_centre = np.zeros(3)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -47,6 +48,16 @@ def _measurement(name: Code, value: float, unit: Code, derivation: Code | None =
     # The ROI method goes on each measurement (TID 300 "Measurement Method", HAS CONCEPT MOD): at group level
     # highdicom writes it with CONTAINS, which PixelMed's validator reports as an error against TID 1419.
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation, method=method)
+
+
+def _finite(value: float | None) -> float | None:
+    """None for a missing or non-finite value (DICOM decimal strings cannot carry NaN or infinity)."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        logger.warning("non-finite value %r left out of the SR", value)
+        return None
+    return float(value)
 
 
 def _qualitative(name: Code, value: Code) -> hd.sr.QualitativeEvaluation:
@@ -85,19 +96,17 @@ def _vertebra_group(
 ) -> _Group:
     method = codes.ROI_METHOD_CODES[m.roi_method]
     measurements: list[hd.sr.Measurement] = []
-    if m.trabecular_hu_mean is not None:
-        measurements.append(_measurement(codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_mean, codes.UNIT_HU,
-                                         codes.MEAN, method))
-    if m.trabecular_hu_median is not None:
-        measurements.append(_measurement(codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_median, codes.UNIT_HU,
-                                         codes.MEDIAN, method))
-    if m.trabecular_hu_sd is not None:
-        measurements.append(_measurement(codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_sd, codes.UNIT_HU,
-                                         codes.STANDARD_DEVIATION, method))
-    if m.bmd_mg_cm3 is not None:
-        measurements.append(_measurement(codes.QCT_VOLUMETRIC_BMD, m.bmd_mg_cm3, codes.UNIT_MG_CM3, None, method))
-    measurements.append(_measurement(codes.VOLUME, m.roi_volume_mm3, codes.UNIT_MM3, None, method))
-    measurements.append(_measurement(codes.VOXEL_COUNT, m.voxel_count, codes.UNIT_VOXELS, None, method))
+    for name, value, unit, derivation in (
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_mean, codes.UNIT_HU, codes.MEAN),
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_median, codes.UNIT_HU, codes.MEDIAN),
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_sd, codes.UNIT_HU, codes.STANDARD_DEVIATION),
+        (codes.QCT_VOLUMETRIC_BMD, m.bmd_mg_cm3, codes.UNIT_MG_CM3, None),
+        (codes.VOLUME, m.roi_volume_mm3, codes.UNIT_MM3, None),
+        (codes.VOXEL_COUNT, float(m.voxel_count), codes.UNIT_VOXELS, None),
+    ):
+        finite = _finite(value)
+        if finite is not None:
+            measurements.append(_measurement(name, finite, unit, derivation, method))
 
     evaluations = [_qualitative(codes.EVALUABLE_FOR_BMD, codes.YES if m.evaluable else codes.NO)]
     if m.exclusion_reason is not None:
@@ -123,15 +132,19 @@ def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Datas
     methods = {m.roi_method for m in result.vertebrae if m.level in summary.levels_used}
     method = codes.ROI_METHOD_CODES[methods.pop()] if len(methods) == 1 else None
     measurements: list[hd.sr.Measurement] = []
-    if summary.bmd_mg_cm3 is not None:
-        measurements.append(_measurement(codes.QCT_VOLUMETRIC_BMD, summary.bmd_mg_cm3, codes.UNIT_MG_CM3,
-                                         codes.MEAN, method))
+    summary_bmd = _finite(summary.bmd_mg_cm3)
+    if summary_bmd is not None:
+        measurements.append(_measurement(codes.QCT_VOLUMETRIC_BMD, summary_bmd, codes.UNIT_MG_CM3, codes.MEAN,
+                                         method))
     measurements.append(_measurement(codes.CALIBRATION_SLOPE, calibration.slope, codes.UNIT_MG_CM3_PER_HU))
     measurements.append(_measurement(codes.CALIBRATION_INTERCEPT, calibration.intercept, codes.UNIT_MG_CM3))
     if result.curve_fit is not None:
-        measurements.append(_measurement(codes.CURVE_SLOPE, result.curve_fit.k, codes.UNIT_HU))
-        measurements.append(_measurement(codes.CURVE_INTERCEPT, result.curve_fit.intercept, codes.UNIT_HU))
-        measurements.append(_measurement(codes.CURVE_R2, result.curve_fit.r2, codes.UNIT_ONE))
+        for name, value, unit in ((codes.CURVE_SLOPE, result.curve_fit.k, codes.UNIT_HU),
+                                  (codes.CURVE_INTERCEPT, result.curve_fit.intercept, codes.UNIT_HU),
+                                  (codes.CURVE_R2, result.curve_fit.r2, codes.UNIT_ONE)):
+            finite = _finite(value)
+            if finite is not None:
+                measurements.append(_measurement(name, finite, unit))
 
     evaluations = [
         _qualitative(codes.CALIBRATION_KIND, codes.CALIBRATION_KIND_CODES[calibration.kind]),

@@ -186,6 +186,12 @@ def hand_result(volume: CTVolume, segmentation: SpineSegmentation, roi: np.ndarr
         mask = roi == int(v.level)
         values = volume.hu[mask]
         count = int(mask.sum())
+        if count == 0:
+            measurements.append(VertebraMeasurement(
+                level=v.level, centroid_lps_mm=v.centroid_lps_mm, roi_method=RoiMethod.EROSION_3MM,
+                trabecular_hu_mean=None, trabecular_hu_median=None, trabecular_hu_sd=None, voxel_count=0,
+                roi_volume_mm3=0.0, bmd_mg_cm3=None, evaluable=False, exclusion_reason=ExclusionReason.ROI_TOO_SMALL))
+            continue
         excluded = n == 0
         hu_mean = float(values.mean()) + 100.0 + 7.3 * n  # offset: distinct per level, deterministic
         measurements.append(
@@ -206,9 +212,12 @@ def hand_result(volume: CTVolume, segmentation: SpineSegmentation, roi: np.ndarr
         )
     used = tuple(m.level for m in measurements if m.evaluable)
     bmd_values = [m.bmd_mg_cm3 for m in measurements if m.bmd_mg_cm3 is not None]
-    summary_bmd = float(np.mean(bmd_values))
-    category = Category.NORMAL if summary_bmd > 120 else Category.OSTEOPENIA if summary_bmd >= 80 else \
-        Category.OSTEOPOROSIS
+    summary_bmd = float(np.mean(bmd_values)) if bmd_values else None
+    if summary_bmd is None:
+        category = Category.INDETERMINATE
+    else:
+        category = Category.NORMAL if summary_bmd > 120 else Category.OSTEOPENIA if summary_bmd >= 80 else \
+            Category.OSTEOPOROSIS
     curve = None
     if with_curve:
         curve = CurveFit(k=-3.2, intercept=140.0, r2=0.81, levels_used=used)
