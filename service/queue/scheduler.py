@@ -169,8 +169,12 @@ class Scheduler:
             headers = read_headers(paths)
         except SeriesRejectedError as exc:
             return _Checked(False, exc.reason, None)
-        check = check_series(headers, min_slices=self.config.series.min_slices,
-                             max_slice_thickness_mm=self.config.series.max_slice_thickness_mm)
+        try:
+            check = check_series(headers, min_slices=self.config.series.min_slices,
+                                 max_slice_thickness_mm=self.config.series.max_slice_thickness_mm)
+        except Exception as exc:  # a header the checks did not foresee: record it, do not fail every tick
+            log.exception("series %s: the series check raised", series_uid)
+            return _Checked(False, f"series check failed: {type(exc).__name__}: {exc}", None)
         if not check.ok:
             return _Checked(False, check.reason or "series check failed", None)
         return _Checked(True, None, candidate_from_header(headers[0], check.slice_count, check.slice_thickness_mm))
