@@ -219,7 +219,7 @@ class BmdSettings:
 
 @dataclass(frozen=True)
 class SiteModelsSettings:
-    registry_dir: Path = Path("models/site_models")
+    registry_dir: Path = Path("var/site_models")
     enabled: bool = True
     """When false the active site model is ignored even if one is activated in the registry."""
 

@@ -67,8 +67,10 @@ def record_instance(engine: sqlalchemy.Engine, record: InstanceRecord, *, now: d
 
 def _record_instance(session: Session, record: InstanceRecord, now: datetime) -> bool:
     stored = record.status == InstanceStatus.STORED
-    series = session.scalar(select(Series).where(Series.series_instance_uid == record.series_instance_uid))
-    if series is None:
+    series: Series | None = None
+    if record.series_instance_uid:
+        series = session.scalar(select(Series).where(Series.series_instance_uid == record.series_instance_uid))
+    if series is None and record.series_instance_uid:
         series = Series(
             series_instance_uid=record.series_instance_uid,
             study_instance_uid=record.study_instance_uid,
@@ -81,7 +83,9 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
         )
         session.add(series)
         session.flush()
-    series.last_received_at = now
+    if series is not None:
+        # a rejected instance without a Series Instance UID belongs to no series
+        series.last_received_at = now
 
     existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid))
     if existing is not None:
@@ -100,7 +104,7 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
             sop_class_uid=record.sop_class_uid,
             study_instance_uid=record.study_instance_uid,
             series_instance_uid=record.series_instance_uid,
-            series_id=series.id,
+            series_id=series.id if series is not None else None,
             modality=record.modality,
             transfer_syntax_uid=record.transfer_syntax_uid,
             path=record.path,
@@ -110,7 +114,7 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
             reason=record.reason,
             received_at=now,
         ))
-    if stored:
+    if stored and series is not None:
         series.instance_count += 1
         series.status = SeriesStatus.RECEIVING
     session.flush()

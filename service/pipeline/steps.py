@@ -82,7 +82,13 @@ def load_site_model(settings: SiteModelsSettings) -> SiteModelPredictor | None:
         return None
     from service.site_models.registry import load_active_predictor
 
-    predictor = load_active_predictor(resolve_model_path(settings.registry_dir))
+    try:
+        predictor = load_active_predictor(resolve_model_path(settings.registry_dir))
+    except (ValueError, OSError) as exc:
+        # An activated model that fails its integrity check must not stop screening: the node falls back to the
+        # linear calibration (the result's method says so) and the error is logged loudly for the site.
+        log.error("activated site model could not be loaded, using the linear calibration: %s", exc)
+        return None
     if predictor is not None:
         log.info("site model active: %s", predictor.name)
     return predictor

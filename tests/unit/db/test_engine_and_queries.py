@@ -55,6 +55,14 @@ def test_ignored_and_rejected_instances_are_recorded_not_counted(sqlite_engine: 
     assert count_by_status(sqlite_engine)["instances"] == {"ignored": 1, "stored": 1}
 
 
+def test_rejected_instance_without_series_uid_makes_no_series(sqlite_engine: sqlalchemy.Engine) -> None:
+    assert record_instance(sqlite_engine, record("", "1.2.3.99", study_uid="", status="rejected"))
+    assert list_series(sqlite_engine) == []
+    with read_session(sqlite_engine) as s:
+        instance = s.scalars(select(Instance)).one()
+        assert instance.series_id is None and instance.status == "rejected"
+
+
 def test_instance_record_validates() -> None:
     with pytest.raises(ValueError, match="status"):
         InstanceRecord("1", "2", "3", "4", "CT", "5", "/p", 1, "AE", "weird")
