@@ -86,12 +86,16 @@ class StoreOutcome:
 
 
 class PeerLike(Protocol):
-    """What the SCU needs of a ``[[peers]]`` entry."""
+    """What the SCU needs of a ``[[peers]]`` entry (read-only, so frozen settings objects match)."""
 
-    name: str
-    ae_title: str
-    host: str
-    port: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def ae_title(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
 
 
 def classify_status(status: int) -> OutcomeKind:
