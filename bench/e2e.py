@@ -172,6 +172,7 @@ def _run_from(series: SeriesSet, state: _JobState, ack: dt.datetime, send_s: flo
     parts: dict[str, float] = {"detect_s": _seconds(ack, state.created) - stable_s,
                                "queue_s": _seconds(state.created, state.started)}
     parts.update({k: float(pipeline.get(k, 0.0)) for k in STAGES})
+    parts.update({k: float(v) for k, v in sorted(record.get("object_parts", {}).items())})
     parts["store_commit_s"] = _seconds(state.started, state.finished) - float(record["pipeline_s"])
     parts["export_s"] = _seconds(state.finished, end)
     latency = _seconds(ack, end) - stable_s

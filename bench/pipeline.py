@@ -48,6 +48,49 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+OBJECT_PARTS = ("read_source_headers", "build_seg", "build_sr", "build_key_image")
+"""Functions of service.dicom.results timed one by one (objects_s split), plus the Part 10 encoding."""
+
+
+class PartClock:
+    """Wraps a few module functions with clocks (the benchmark process only; the code itself is unchanged)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, module: Any, name: str, key: str) -> None:
+        original = getattr(module, name)
+        if getattr(original, "_bench_wrapped", False):
+            return
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
+
+        timed._bench_wrapped = True  # type: ignore[attr-defined]
+        setattr(module, name, timed)
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
+def instrument_result_writers(clock: PartClock) -> bool:
+    """Time SEG / SR / key image / header reading / encoding separately; False when the writers are missing."""
+    try:
+        from service.dicom import results
+    except ModuleNotFoundError:
+        return False
+    for name in OBJECT_PARTS:
+        if hasattr(results, name):
+            clock.wrap(results, name, f"objects.{name.removeprefix('build_')}_s")
+    clock.wrap(steps, "encode_dataset", "objects.encode_s")
+    return True
+
+
 def timed_segmentation(segmenter: Any, volume: CTVolume) -> tuple[SpineSegmentation, dict[str, float]]:
     """segmenter.segment(volume), split into resample / network / labelling when it is the bmd-node U-Net."""
     from service.segmentation import inference
@@ -105,6 +148,8 @@ class TimedScreening:
         self.bmd_settings = steps.calibration_settings(config.bmd, __version__)
         self.site_model = steps.load_site_model(config.site_models)
         self.model_load_s = 0.0
+        self.parts = PartClock()
+        instrument_result_writers(self.parts)
         if preload:
             started = time.perf_counter()
             _ = self.segment.segmenter
@@ -119,11 +164,15 @@ class TimedScreening:
 
     def run_timed(self, job: JobInput) -> tuple[PipelineOutput, dict[str, Any]]:
         timings: dict[str, float] = {}
+        rss: dict[str, float] = {"start": max_rss_mib()}
+        self.parts.take()
         t = time.perf_counter()
         volume = steps.load_volume(job.paths, self.config.series)
         timings["load_s"] = time.perf_counter() - t
+        rss["load_s"] = max_rss_mib()
         segmentation, seg_times = timed_segmentation(self.segment.segmenter, volume)
         timings.update(seg_times)
+        rss["labelling_s"] = max_rss_mib()
         fallback = False
         if not segmentation.vertebrae:
             entry = self.truth.get(job.series_instance_uid)
@@ -134,6 +183,7 @@ class TimedScreening:
         t = time.perf_counter()
         assessment = steps.assess(volume, segmentation, self.bmd_settings, self.site_model)
         timings["assess_s"] = time.perf_counter() - t
+        rss["assess_s"] = max_rss_mib()
         t = time.perf_counter()
         missing = None
         try:
@@ -144,11 +194,12 @@ class TimedScreening:
             objects, missing = (), f"result objects not built: {exc.name} is missing"
             log.warning("job %s: %s", job.job_id, missing)
         timings["objects_s"] = time.perf_counter() - t
+        rss["objects_s"] = max_rss_mib()
         record = {"job_id": job.job_id, "series_instance_uid": job.series_instance_uid, "slices": volume.shape[2],
                   "timings": timings, "pipeline_s": sum(timings.values()), "truth_fallback": fallback,
                   "vertebrae": len(segmentation.vertebrae), "objects": [o.kind for o in objects],
                   "object_bytes": sum(len(o.data) for o in objects), "objects_missing": missing,
-                  "pid": os.getpid(),
+                  "object_parts": self.parts.take(), "max_rss_after_mib": rss, "pid": os.getpid(),
                   "max_rss_mib": max_rss_mib(), "finished_unix": time.time()}
         return PipelineOutput(assessment.result, objects), record
 

@@ -39,6 +39,11 @@ STAGE_LABELS = {
     "detect_s": "stable series detected -> job queued (minus the stable wait)",
     "queue_s": "job queued -> claimed",
     "store_commit_s": "result files + success commit",
+    "objects.read_source_headers_s": "  of which: source headers read again",
+    "objects.seg_s": "  of which: SEG built",
+    "objects.sr_s": "  of which: SR built",
+    "objects.key_image_s": "  of which: key image built",
+    "objects.encode_s": "  of which: Part 10 encoding",
 }
 
 
@@ -46,6 +51,7 @@ STAGE_LABELS = {
 class Plan:
     quick: bool
     repeats: int
+    stage_repeats: int
     ingest_slices: int
     ingest_size: int
     concurrent: int
@@ -60,11 +66,13 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
         q = data.QUICK_ABDOMEN
-        return Plan(True, args.repeats or 1, 16, 128, 2, (q,), ((q, 1),), q, args.throughput_studies or 2,
+        return Plan(True, args.repeats or 1, 1, 16, 128, 2, (q,), ((q, 1),), q, args.throughput_studies or 2,
                     tuple(args.workers or (1,)), q)
     repeats = args.repeats or 3
-    return Plan(False, repeats, 300, 512, 4, (data.CHEST_300, data.ABDOMEN_5MM),
-                ((data.CHEST_300, repeats), (data.ABDOMEN_5MM, max(1, repeats - 1))), data.ABDOMEN_5MM,
+    # the stages section runs each study once (worker memory, object-writer split); the repeated per-stage times
+    # come from the end-to-end runs, which time the same stages inside the node's worker
+    return Plan(False, repeats, 1, 300, 512, 4, (data.CHEST_300, data.ABDOMEN_5MM),
+                ((data.CHEST_300, repeats), (data.ABDOMEN_5MM, repeats)), data.ABDOMEN_5MM,
                 args.throughput_studies or 4, tuple(args.workers or (1, 2, 4)), data.CHEST_ABDOMEN_600)
 
 
@@ -155,9 +163,9 @@ def section_stages(ctx: Context) -> dict[str, Any]:
     loads: list[float] = []
     for recipe in ctx.plan.stage_studies:
         series = ctx.phantom(recipe)
-        log.info("stages: %s (%d slices), %d repeat(s)", recipe.name, series.slices, ctx.plan.repeats)
+        log.info("stages: %s (%d slices), %d repeat(s)", recipe.name, series.slices, ctx.plan.stage_repeats)
         result = run_stages(series, ctx.work / "stages" / recipe.name, bundle_dir=ctx.model.bundle_dir,
-                            repeats=ctx.plan.repeats, truth_map=ctx.truth_map, threads=None, pacs=True)
+                            repeats=ctx.plan.stage_repeats, truth_map=ctx.truth_map, threads=None, pacs=True)
         records = result["records"]
         loads.append(result["startup"]["model_load_s"])
         label = f"{recipe.name} ({series.slices} slices)"
@@ -165,6 +173,14 @@ def section_stages(ctx: Context) -> dict[str, Any]:
         for key in keys:
             figures.append(_figure(f"stages.{recipe.name}.{key}", f"{label}: {STAGE_LABELS[key]}", "s",
                                    [r["timings"][key] for r in records]))
+            if key == "objects_s":
+                for part in records[0].get("object_parts", {}):
+                    figures.append(_figure(f"stages.{recipe.name}.{part}", f"{label}: {STAGE_LABELS.get(part, part)}",
+                                           "s", [r["object_parts"].get(part, 0.0) for r in records]))
+        steps_rss = records[0].get("max_rss_after_mib", {})
+        if steps_rss:
+            notes.append(f"{recipe.name}: worker peak RSS after each stage (first run): " + ", ".join(
+                f"{k.removesuffix('_s')} {v:.0f} MiB" for k, v in steps_rss.items()))
         figures.append(_figure(f"stages.{recipe.name}.total", f"{label}: total (all stages)", "s",
                                [r["total_s"] for r in records]))
         figures.append(_figure(f"memory.worker_peak.{recipe.name}", f"worker peak RSS, {label}", "MiB",
@@ -297,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     document: dict[str, Any] = {
         "date": machine.utc_now_iso(), "quick": plan.quick, "machine": machine.describe_machine(),
         "versions": machine.describe_versions(), "options": {"sections": args.sections, "repeats": plan.repeats,
+                                                             "stage_repeats": plan.stage_repeats,
                                                              "workers": list(plan.workers),
                                                              "throughput_studies": plan.throughput_studies},
         "sections": {}, "notes": [],
