@@ -72,7 +72,9 @@ def test_validators_report_no_errors(head_first: Built, feet_first: Built) -> No
             assert "Error" not in report.output.replace("Errors", ""), kind
         entity = dcentvfy([*built.case.paths, *built.files.values()])
         assert entity.ok, entity.errors
-    sr_reports = pixelmed_sr([head_first.files["sr"], feet_first.files["sr"]])
+    # PixelMed on the head-first SR only (about 6 s of JVM per file); the feet-first SR has the same structure
+    # minus the curve fit, and the single-level and real-CT tests validate two more.
+    sr_reports = pixelmed_sr([head_first.files["sr"]])
     for path, report in sr_reports.items():
         assert "Found Root Template TID_1500" in report.output, report.output[-2000:]
         assert report.ok, (path, report.errors)
@@ -336,7 +338,7 @@ def test_reprocessing_makes_new_uids_and_names_the_predecessor(head_first: Built
     ref = item.ReferencedSeriesSequence[0]
     assert ref.SeriesInstanceUID == first.sr.SeriesInstanceUID
     assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.sr.SOPInstanceUID
-    with pytest.raises(ValueError, match="predecessor.study_instance_uid"):
+    with pytest.raises(ValueError, match=r"predecessor\.study_instance_uid"):
         build_result_objects(case.volume, case.segmentation, case.roi_labels, case.result, ALGORITHM,
                              PredecessorRef("1.2.3", "1.2.3.4", COMPREHENSIVE_3D_SR, "1.2.3.4.5"))
 
