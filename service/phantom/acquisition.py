@@ -50,7 +50,7 @@ def finish(
     *,
     slice_thickness_mm: float,
     noise_sd: float,
-    in_plane_blur_px: float = 0.45,
+    in_plane_blur_mm: float = 0.6,
     reconstruction_circle: bool = True,
 ) -> Acquired:
     """Texture + blur + noise on the canonical grid; the trabecular cores keep their declared mean exactly."""
@@ -60,7 +60,8 @@ def finish(
     hu += cv.texture_amp * tex
     _restore_cores(cv, hu, tex)
     sz = max(slice_thickness_mm, g.spacing_mm[2]) / 2.355 / g.spacing_mm[2]
-    ndimage.gaussian_filter(hu, sigma=(in_plane_blur_px, in_plane_blur_px, sz), output=hu, truncate=3.0)
+    sxy = [max(in_plane_blur_mm / g.spacing_mm[n], 0.35) for n in (0, 1)]
+    ndimage.gaussian_filter(hu, sigma=(sxy[0], sxy[1], sz), output=hu, truncate=3.0)
     _restore_cores(cv, hu, tex)
     if noise_sd > 0:
         noise = rng.standard_normal(g.shape[::-1], dtype=F32).T

@@ -286,7 +286,7 @@ def build_anatomy(rng: np.random.Generator, opts: AnatomyOptions) -> Anatomy:
 
     rot_amp = float(opts.scoliosis_deg) * 0.4 * np.sign(amp) if amp else 0.0
     vertebrae: dict[VertebraLevel, VertebraGeom] = {}
-    cortical = float(rng.uniform(0.9, 1.5))
+    cortical = float(rng.uniform(0.6, 1.0))
     for lv, s in zip(levels, s_arr, strict=True):
         w, d, h, disc = dims[lv]
         u = np.clip((s - s_t1) / span, 0.0, 1.0)
@@ -341,7 +341,7 @@ def build_anatomy(rng: np.random.Generator, opts: AnatomyOptions) -> Anatomy:
     heart_centre = np.array([
         float(rng.uniform(10.0, 35.0)),
         cav_ant + float(rng.uniform(55.0, 70.0)),
-        dome_l + float(rng.uniform(30.0, 45.0)),
+        dome_l + float(rng.uniform(45.0, 62.0)),
     ])
     heart_axes = (float(rng.uniform(55.0, 70.0)) * size, float(rng.uniform(42.0, 52.0)) * size,
                   float(rng.uniform(45.0, 58.0)) * size)
@@ -361,7 +361,7 @@ def build_anatomy(rng: np.random.Generator, opts: AnatomyOptions) -> Anatomy:
         kidney_shift_mm=float(rng.normal(0, 10)),
         arms_in_fov=opts.arms_in_fov,
         osteophytes=opts.osteophytes,
-        cortical_hu_120=float(rng.uniform(650.0, 1100.0)),
+        cortical_hu_120=float(rng.uniform(700.0, 1100.0)),
         lumbar_variant=opts.lumbar_variant,
         extras={"size_factor": size, "kyphosis_scale": kyph, "lordosis_scale": lord, "scoliosis_amp_mm": amp},
     )
@@ -369,8 +369,8 @@ def build_anatomy(rng: np.random.Generator, opts: AnatomyOptions) -> Anatomy:
 
 HABITUS = {
     # half-width chest (mm), AP depth factor, subcutaneous fat (mm), abdomen width factor
-    "slim": ((125.0, 150.0), (0.62, 0.72), (3.0, 10.0), (0.92, 1.0)),
-    "average": ((145.0, 170.0), (0.64, 0.76), (8.0, 22.0), (0.98, 1.08)),
+    "slim": ((120.0, 150.0), (0.68, 0.85), (3.0, 10.0), (0.92, 1.0)),
+    "average": ((140.0, 170.0), (0.66, 0.80), (8.0, 22.0), (0.98, 1.08)),
     "obese": ((165.0, 200.0), (0.70, 0.85), (22.0, 45.0), (1.05, 1.2)),
 }
 
@@ -405,7 +405,7 @@ def _build_torso(
     z_t12 = vertebrae[V.T12].centre[2]
     z_l4 = vertebrae[V.L4].centre[2]
     # posterior skin: behind the vertebral body by half depth + posterior elements + back muscles + fat
-    back_y = spine_y + depth / 2 + 38.0 * size + back + fat
+    back_y = spine_y + depth / 2 + 45.0 * size + back + fat
     # smooth the back (the skin does not follow the whole spinal curvature)
     k = np.ones(25) / 25
     back_y = np.convolve(np.pad(back_y, 12, mode="edge"), k, mode="valid")
@@ -439,7 +439,7 @@ def cavity(torso: Torso, z: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], ...
     inset = torso.subcut_fat_mm + torso.wall_muscle_mm
     hw = torso.at(z, "half_width") - inset
     front = torso.at(z, "front_y") + inset
-    post = torso.at(z, "spine_y") + 28.0
+    post = torso.at(z, "spine_y") + 38.0
     cx = torso.at(z, "spine_x") * 0.5
     return cx, (front + post) / 2, np.maximum(hw, 20.0), np.maximum((post - front) / 2, 20.0)
 

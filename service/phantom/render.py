@@ -295,9 +295,16 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
     k0 = tblk.slices[2].start
     vt = anat.vertebrae
     z_t4 = float(vt[V.T4].centre[2])
-    width = F32(0.10)
+    width = F32(0.12)
+    z_carina = float(vt[V.T5].centre[2])
+    heart_top = float(anat.heart_centre[2] + 0.8 * anat.heart_axes_mm[2])
+    lv_z = [vt[lv].centre[2] for lv in reversed(list(vt))]
+    lv_w = [vt[lv].width_mm / 2 for lv in reversed(list(vt))]
+    lv_d = [vt[lv].depth_mm / 2 for lv in reversed(list(vt))]
     for k, blk in _slices(cv, z_lo, anat.lung_apex_z + 5.0):
         z = float(blk.Z[0, 0, 0])
+        half_w = float(np.interp(z, lv_z, lv_w))
+        half_d = float(np.interp(z, lv_z, lv_d))
         rc, cx, cy, ax, by = _cavity_fields(blk, anat)
         zd = _diaphragm_z(anat, blk.X, blk.Y, cy, ax, by, cx)
         taper = F32(np.sqrt(np.clip((anat.lung_apex_z - z) / 45.0, 0.0, 1.0)))
@@ -307,9 +314,12 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
         above = z > zd
         diaphragm = (z <= zd) & (z > zd - 5.0) & (rc < 1.0)
         cv.paint(blk, diaphragm, L.MUSCLE, tissue.muscle, texture=8.0)
-        med_w = F32(22.0 if z > z_t4 else 28.0)
-        medi = (np.abs(blk.X - cx - F32(5.0)) < med_w) & (spine_y > blk.Y)
-        para = (np.abs(blk.X - spine_x) < F32(26.0)) & (spine_y - F32(22.0) < blk.Y)
+        # upper mediastinum (great vessels, trachea, oesophagus in fat); below, the heart and its fat take over
+        med_w = F32(18.0 if z > z_t4 else 22.0) if z > heart_top else F32(10.0)
+        front = cy - by
+        taper = F32(0.55) + F32(0.45) * np.clip((blk.Y - front) / np.maximum(spine_y - front, 1.0), 0, 1)
+        medi = (np.abs(blk.X - cx - F32(5.0)) < med_w * taper) & (spine_y > blk.Y)
+        para = (np.abs(blk.X - spine_x) < F32(half_w + 6.0)) & (spine_y - F32(half_d + 8.0) < blk.Y)
         lung = in_cav & above & ~medi & ~para
         if not lung.any():
             continue
@@ -322,7 +332,10 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
         kk = k - k0
         a1 = np.abs(n1[:, :, kk:kk + 1])
         a2 = np.abs(n2[:, :, kk:kk + 1])
-        vessels = lung & (a1 < width) & (a2 < width * 1.6)
+        # denser and thicker towards the hila
+        hilum = np.exp(-(((blk.X - cx) / F32(70.0)) ** 2) - ((z - z_carina) / 70.0) ** 2).astype(F32)
+        w = width * (F32(1.0) + F32(1.2) * hilum)
+        vessels = lung & (a1 < w) & (a2 < w * 1.6)
         cv.paint(blk, vessels & left, L.LUNG_LEFT, tissue.blood - 10.0, texture=15.0)
         cv.paint(blk, vessels & ~left, L.LUNG_RIGHT, tissue.blood - 10.0, texture=15.0)
     del n1, n2
@@ -693,8 +706,8 @@ def _paint_posterior(cv: Canvas, vg: VertebraGeom, trab: float, cort: float, ana
         return
     sd = union_sd(blk, caps)
     label = L.posterior(vg.level)
-    cv.paint(blk, sd < 0, label, cort * 0.85, texture=50.0)
-    cv.paint(blk, sd < -1.3, label, trab + 70.0, texture=35.0)
+    cv.paint(blk, sd < 0, label, cort * 0.8, texture=50.0)
+    cv.paint(blk, sd < -1.0, label, trab + 50.0, texture=35.0)
 
 
 def _sacral_posterior(vg: VertebraGeom) -> list[Capsule]:
@@ -773,8 +786,8 @@ def _paint_ribs_and_sternum(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: R
             continue
         sd = union_sd(blk, caps)
         label = L.rib(rib.side, rib.number)
-        cv.paint(blk, sd < 0, label, cort, texture=50.0)
-        cv.paint(blk, sd < -1.2, label, trab, texture=35.0)
+        cv.paint(blk, sd < 0, label, cort * 0.9, texture=50.0)
+        cv.paint(blk, sd < -0.8, label, trab, texture=35.0)
     # sternum: a flat plate of three parallel chains
     st = anat.sternum_path
     w = anat.sternum_width_mm
