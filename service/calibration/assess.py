@@ -159,7 +159,11 @@ def choose_calibration(volume: CTVolume, segmentation: SpineSegmentation, settin
     if settings.detect_synchronous_phantom:
         from service.calibration.phantom import synchronous_calibration
 
-        sync = synchronous_calibration(volume, segmentation, settings.synchronous_phantom_definition)
+        try:
+            sync = synchronous_calibration(volume, segmentation, settings.synchronous_phantom_definition)
+        except (ValueError, IndexError, MemoryError) as exc:  # best effort: fall through to the next source
+            logger.warning("synchronous phantom search failed: %s", exc)
+            sync = None
         if sync is not None:
             return sync
     if settings.calibration_store_dir is not None and volume.kvp:
@@ -228,7 +232,7 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
     survey: TissueSurvey | None = None
     try:
         survey = survey_tissues(volume, segmentation)
-    except (ValueError, MemoryError) as exc:  # sampling is best effort; the default calibration remains
+    except (ValueError, IndexError, MemoryError) as exc:  # best effort; the default calibration remains
         logger.warning("tissue survey failed: %s", exc)
     contrast = detect_contrast(volume, survey, settings.contrast_aorta_hu)
     calibration = choose_calibration(volume, segmentation, settings, survey)

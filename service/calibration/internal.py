@@ -48,11 +48,13 @@ MUSCLE_HU = 50.0
 MUSCLE_CONTRAST_RISE_HU_120KVP = 8.0
 """Portal-venous enhancement of skeletal muscle (~ +5-15 HU), scaled by the iodine kVp factor."""
 BLOOD_HU = 42.0
-TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 15.0, "muscle": 8.0, "blood": 20.0}
+TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 25.0, "muscle": 8.0, "blood": 20.0}
 """Weights of the fit (1/SD^2). Muscle, sampled in a large homogeneous region, is the most reliable; fat reads
 high in thin layers (partial volume with skin and muscle: -93 instead of -100 in slim patients); the blood sample
 cannot be told from other soft tissue without contrast; air suffers clipping, blankets and streaks."""
-TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 50.0, "muscle": 40.0, "blood": 20.0}
+MUSCLE_SD_CONTRAST_HU = 15.0
+"""With IV contrast muscle enhancement depends on phase and timing (~0-15 HU): muscle weighs less."""
+TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 30.0, "muscle": 40.0, "blood": 20.0}
 """A measured value further than this from its reference is taken as mis-sampled and left out."""
 GAIN_PRIOR_SD = 0.05
 GAIN_LIMITS = (0.90, 1.10)
@@ -104,7 +106,8 @@ def fit_hu_normalisation(measured: dict[str, float | None], kvp: float | None, u
             continue
         m.append(value)
         r.append(ref[tissue])
-        w.append(1.0 / TISSUE_SD_HU[tissue] ** 2)
+        sd = MUSCLE_SD_CONTRAST_HU if (tissue == "muscle" and not use_blood) else TISSUE_SD_HU[tissue]
+        w.append(1.0 / sd**2)
         used.append(tissue)
     if not any(t in used for t in ("fat", "muscle", "blood")):
         return None

@@ -1,5 +1,8 @@
 """Checks that make a level non-evaluable from its HU: metal / cement, sclerosis / bone island, ROI too small.
 
+Sclerosis / bone island: after 1 mm Gaussian smoothing, ROI voxels above 500 HU form a dense focus; the level is
+excluded when they are more than 5 % of the ROI, or when they measure >= 20 mm3 and raise the ROI mean by > 4 HU.
+
 Fracture (heights) lives in fracture.py; level uncertainty and field-of-view cuts come from the segmentation.
 """
 
@@ -30,6 +33,11 @@ SCLEROSIS_SMOOTHING_MM = 1.0
 """Gaussian sigma applied before the tail count, so voxel noise of low-dose sharp-kernel scans is not counted."""
 SCLEROSIS_MAX_FRACTION = 0.05
 """More than 5 % of the ROI above SCLEROSIS_HU (smoothed) makes the mean unrepresentative of trabecular bone."""
+SCLEROSIS_MAX_MEAN_SHIFT_HU = 4.0
+"""A smaller dense focus (a bone island of a few mm) still excludes the level when it moves the ROI mean by more than
+this (4 HU ~ 3 mg/cm3): mean of the ROI minus the mean without the dense voxels."""
+SCLEROSIS_MIN_FOCUS_MM3 = 20.0
+"""...and the dense voxels make up at least this volume (a focus of ~3.4 mm diameter), not scattered noise."""
 DEFAULT_MIN_ROI_VOLUME_MM3 = 500.0
 """A QCT trabecular VOI is typically 1-3 cm3 (Pan 2020's 9 mm cylinder is ~3 cm3); below 0.5 cm3 the mean is
 dominated by partial volume and noise."""
@@ -57,15 +65,27 @@ def metal_volume_mm3(volume: CTVolume, body: CroppedMask, margin_mm: float = MET
 def sclerosis_fraction(volume: CTVolume, roi: CroppedMask, threshold_hu: float = SCLEROSIS_HU,
                        smoothing_mm: float = SCLEROSIS_SMOOTHING_MM) -> float:
     """Fraction of ROI voxels whose Gaussian-smoothed HU exceeds ``threshold_hu`` (0 for an empty ROI)."""
+    return dense_focus(volume, roi, threshold_hu, smoothing_mm)[0]
+
+
+def dense_focus(volume: CTVolume, roi: CroppedMask, threshold_hu: float = SCLEROSIS_HU,
+                smoothing_mm: float = SCLEROSIS_SMOOTHING_MM) -> tuple[float, float, float]:
+    """(fraction of ROI voxels above ``threshold_hu`` after smoothing, their volume mm3, the shift of the ROI mean
+    HU they cause)."""
     n = roi.voxel_count
     if n == 0:
-        return 0.0
+        return 0.0, 0.0, 0.0
     # sigma in voxels per axis (a float filter width, not a voxel count, so mm_to_voxels' rounding is not wanted).
     sigma = tuple(smoothing_mm / s for s in volume.spacing_mm)
     margin = tuple(int(np.ceil(3 * s)) for s in sigma)
     grown = roi.padded(margin, volume.shape)  # type: ignore[arg-type]
-    smoothed = ndimage.gaussian_filter(volume.hu[grown.slices].astype(np.float32), sigma=sigma, mode="nearest")
-    return float(np.count_nonzero(smoothed[grown.mask] > threshold_hu)) / n
+    raw = volume.hu[grown.slices].astype(np.float32)
+    smoothed = ndimage.gaussian_filter(raw, sigma=sigma, mode="nearest")
+    dense = smoothed[grown.mask] > threshold_hu
+    k = int(np.count_nonzero(dense))
+    values = raw[grown.mask]
+    shift = float(values.mean() - values[~dense].mean()) if 0 < k < n else 0.0
+    return k / n, k * volume.voxel_volume_mm3, shift
 
 
 def hu_exclusion(
@@ -86,8 +106,9 @@ def hu_exclusion(
     if roi_volume < min_roi_volume_mm3 or roi.voxel_count < MIN_ROI_VOXELS:
         return Exclusion(ExclusionReason.ROI_TOO_SMALL, f"trabecular ROI {roi_volume:.0f} mm3 ({roi.voxel_count} "
                                                         f"voxels) < {min_roi_volume_mm3:.0f} mm3")
-    frac = sclerosis_fraction(volume, roi, threshold_hu=sclerosis_hu)
-    if frac > sclerosis_max_fraction:
-        return Exclusion(ExclusionReason.SCLEROSIS, f"{100 * frac:.1f} % of the ROI above {sclerosis_hu:.0f} HU "
+    frac, focus_mm3, shift = dense_focus(volume, roi, threshold_hu=sclerosis_hu)
+    if frac > sclerosis_max_fraction or (focus_mm3 >= SCLEROSIS_MIN_FOCUS_MM3 and shift > SCLEROSIS_MAX_MEAN_SHIFT_HU):
+        return Exclusion(ExclusionReason.SCLEROSIS, f"{100 * frac:.1f} % of the ROI ({focus_mm3:.0f} mm3) above "
+                                                    f"{sclerosis_hu:.0f} HU, raising the mean by {shift:.1f} HU "
                                                     f"(sclerosis or bone island)")
     return None

@@ -124,3 +124,15 @@ def test_chest_ct_gives_lumbar_equivalent_from_the_curve() -> None:
     assert "thoracolumbar curve" in result.summary.method
     truth = phantom.truth["patient"]["l1_l2_bmd_mg_cm3"]
     assert abs(result.summary.bmd_mg_cm3 - truth) <= 0.2 * truth
+
+
+def test_bone_island_and_pedicle_screws_are_excluded() -> None:
+    spec = PhantomSpec(seed=61, region="abdomen", bone_island_level=V.L2, pedicle_screw_levels=(V.L4,),
+                       fov_top_level=V.T12, fov_bottom_level=V.L5)
+    phantom = generate(spec, spacing_mm=(1.0, 1.0, 2.0))
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
+    by_level = {m.level: m for m in result.vertebrae}
+    assert by_level[V.L2].exclusion_reason is ExclusionReason.SCLEROSIS, by_level[V.L2]
+    assert by_level[V.L4].exclusion_reason is ExclusionReason.METAL, by_level[V.L4]
+    assert by_level[V.L1].evaluable and by_level[V.L3].evaluable
+    assert result.summary.levels_used == (V.L1, V.L3)

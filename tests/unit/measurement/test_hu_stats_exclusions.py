@@ -135,3 +135,19 @@ def test_metal_sclerosis_and_small_roi() -> None:
     small[10:17, 10:17, 10:17] = True
     ex = hu_exclusion(vol, b, CroppedMask((0, 0, 0), small))
     assert ex is not None and ex.reason is ExclusionReason.ROI_TOO_SMALL
+
+
+def test_small_bone_island_excluded_by_its_effect_on_the_mean() -> None:
+    hu = np.full((40, 40, 40), 150.0)
+    body = np.zeros(hu.shape, dtype=bool)
+    body[2:38, 2:38, 2:38] = True
+    roi = np.zeros_like(body)
+    roi[5:35, 5:35, 5:35] = True  # 27000 mm3
+    hu[18:22, 18:22, 18:22] = 1200.0  # 64 mm3 at 1200 HU: 0.24 % of the ROI, mean +2.5 HU
+    vol = _box_volume(hu, (1.0, 1.0, 1.0))
+    assert hu_exclusion(vol, CroppedMask((0, 0, 0), body), CroppedMask((0, 0, 0), roi)) is None
+    hu[16:24, 16:24, 16:24] = 1200.0  # 512 mm3: 1.9 % of the ROI, mean +19.9 HU -> excluded
+    vol = _box_volume(hu, (1.0, 1.0, 1.0))
+    ex = hu_exclusion(vol, CroppedMask((0, 0, 0), body), CroppedMask((0, 0, 0), roi))
+    assert ex is not None and ex.reason is ExclusionReason.SCLEROSIS
+    assert "raising the mean by" in ex.detail
