@@ -8,14 +8,15 @@ its slice and carries that image's position, which makes the SEG correct in any 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
 from service.dicom import codes
@@ -60,7 +61,7 @@ def build_seg(
     algorithm: AlgorithmInfo,
     when: dt.datetime,
     summary_levels: Sequence[VertebraLevel] = (),
-) -> tuple[hd.seg.Segmentation, SegmentNumbers]:
+) -> tuple[Dataset, SegmentNumbers]:
     """A BINARY SEG over the source CT images (given in slice order k); only non-empty frames are stored.
 
     After the per-level segments comes one "summary" segment: the union of the trabecular ROIs of
@@ -83,7 +84,7 @@ def build_seg(
     if not body_levels and not roi_levels:
         raise ValueError("body_labels and roi_labels are both empty: nothing to write into a SEG")
 
-    # Only the slab of slices that holds any label is passed to highdicom (memory: frames x rows x cols x segments).
+    # Only the slab of slices that holds any label is referenced.
     any_label = np.any(body_labels != 0, axis=(0, 1)) | np.any(roi_labels != 0, axis=(0, 1))
     k_indices = np.flatnonzero(any_label)
     k0, k1 = int(k_indices[0]), int(k_indices[-1]) + 1
@@ -98,7 +99,7 @@ def build_seg(
     )
 
     descriptions: list[hd.seg.SegmentDescription] = []
-    planes: list[npt.NDArray[np.bool_]] = []
+    masks: list[Callable[[int], npt.NDArray[np.bool_]]] = []  # segment i -> slice k -> (columns, rows) mask
     body_numbers: dict[VertebraLevel, int] = {}
     roi_numbers: dict[VertebraLevel, int] = {}
     for level in sorted(set(body_levels) | set(roi_levels)):
@@ -124,8 +125,7 @@ def build_seg(
                     display_color=hd.color.CIELabColor.from_rgb(*color),
                 )
             )
-            # (i, j, k) -> (k, j, i) = (frame, row, column)
-            planes.append(np.transpose(labels[:, :, k0:k1] == int(level), (2, 1, 0)))
+            masks.append(functools.partial(_level_slice, labels, int(level)))
             (body_numbers if kind == "body" else roi_numbers)[level] = number
 
     summary_number: int | None = None
@@ -146,13 +146,15 @@ def build_seg(
                 display_color=hd.color.CIELabColor.from_rgb(*TRABECULAR_ROI_RGB),
             )
         )
-        union = np.isin(roi_labels[:, :, k0:k1], [int(level) for level in used])
-        planes.append(np.transpose(union, (2, 1, 0)))
+        masks.append(functools.partial(_union_slice, roi_labels, tuple(int(level) for level in used)))
 
-    pixel_array = np.stack(planes, axis=-1)
-    seg = hd.seg.Segmentation(
-        source_images=list(source_headers[k0:k1]),
-        pixel_array=pixel_array,
+    # highdicom writes every module from a template over (at most) two source slices with all-ones segments (a few
+    # MB, where the stacked (frames x rows x columns x segments) array of the whole slab would take GB on a thin-slice
+    # CT); the frames are then written here, one (segment, slice) frame at a time, with highdicom's frame layout.
+    template_ks = [k0, k0 + 1] if k1 - k0 >= 2 else [k0]
+    template = hd.seg.Segmentation(
+        source_images=[source_headers[k] for k in template_ks],
+        pixel_array=np.ones((len(template_ks), rows, cols, len(descriptions)), dtype=bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
@@ -170,6 +172,7 @@ def build_seg(
         series_description="AI vertebral segmentation (to be reviewed)",
         contributing_equipment=[contributing_equipment(algorithm, when)],
     )
+    seg = _fill_frames(template, source_headers, masks, range(k0, k1), rows, cols)
     copy_patient_study(seg, source_headers[0])
     add_private_scheme(seg)
     seg.ContentDate = when.strftime("%Y%m%d")
@@ -177,3 +180,96 @@ def build_seg(
     logger.info("SEG built: %d segments over slices %d..%d, %d frames", len(descriptions), k0, k1 - 1,
                 int(seg.NumberOfFrames))
     return seg, SegmentNumbers(body=body_numbers, trabecular_roi=roi_numbers, summary=summary_number)
+
+
+def _level_slice(labels: npt.NDArray[np.integer], value: int, k: int) -> npt.NDArray[np.bool_]:
+    return labels[:, :, k] == value
+
+
+def _union_slice(labels: npt.NDArray[np.integer], values: tuple[int, ...], k: int) -> npt.NDArray[np.bool_]:
+    return np.isin(labels[:, :, k], values)
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _fill_frames(
+    template: hd.seg.Segmentation,
+    source_headers: Sequence[Dataset],
+    masks: Sequence[Callable[[int], npt.NDArray[np.bool_]]],
+    slices: range,
+    rows: int,
+    cols: int,
+) -> Dataset:
+    """A plain Dataset copy of ``template`` with one frame per non-empty (segment, slice), segment-major.
+
+    Per-frame items follow highdicom's layout: Derivation Image (source slice, "Source image for image processing
+    operation", derivation "Segmentation"), Frame Content (Dimension Index Values = segment number, position index),
+    Plane Position (the source slice's Image Position (Patient)), Segment Identification.
+    """
+    frames: list[npt.NDArray[np.bool_]] = []
+    frame_items: list[Dataset] = []
+    used_ks: set[int] = set()
+    per_segment: list[list[tuple[int, npt.NDArray[np.bool_]]]] = []
+    for mask_of in masks:
+        present = []
+        for k in slices:
+            plane = mask_of(k)
+            if plane.any():
+                present.append((k, plane))
+                used_ks.add(k)
+        per_segment.append(present)
+    position_index = {k: i + 1 for i, k in enumerate(sorted(used_ks))}  # ascending k = along the slice normal
+    for number, present in enumerate(per_segment, start=1):
+        for k, plane in present:
+            header = source_headers[k]
+            source = Dataset()
+            source.ReferencedSOPClassUID = header.SOPClassUID
+            source.ReferencedSOPInstanceUID = header.SOPInstanceUID
+            source.SpatialLocationsPreserved = "YES"
+            source.PurposeOfReferenceCodeSequence = [
+                _code_item("121322", "DCM", "Source image for image processing operation")]
+            derivation = Dataset()
+            derivation.SourceImageSequence = [source]
+            derivation.DerivationCodeSequence = [_code_item("113076", "DCM", "Segmentation")]
+            content = Dataset()
+            content.DimensionIndexValues = [number, position_index[k]]
+            position = Dataset()
+            position.ImagePositionPatient = header.ImagePositionPatient
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = number
+            item = Dataset()
+            item.DerivationImageSequence = [derivation]
+            item.FrameContentSequence = [content]
+            item.PlanePositionSequence = [position]
+            item.SegmentIdentificationSequence = [identification]
+            frame_items.append(item)
+            frames.append(plane.T)  # (columns, rows) -> frame (rows, columns)
+    if not frames:
+        raise ValueError("every segment is empty: nothing to write into a SEG")
+
+    seg = Dataset()
+    seg.update(template)
+    seg.preamble = template.preamble
+    seg.file_meta = FileMetaDataset(template.file_meta)
+    seg.PerFrameFunctionalGroupsSequence = frame_items
+    seg.NumberOfFrames = len(frames)
+    # BINARY: 1 bit per pixel, frames packed back to back, least significant bit first (PS3.5 8.1.1)
+    bits = np.packbits(np.stack(frames).reshape(-1), bitorder="little")
+    if len(bits) % 2:
+        bits = np.append(bits, np.uint8(0))
+    seg.PixelData = bits.tobytes()
+    seg["PixelData"].VR = "OB"
+    referenced = []
+    for k in sorted(used_ks):
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = source_headers[k].SOPClassUID
+        instance.ReferencedSOPInstanceUID = source_headers[k].SOPInstanceUID
+        referenced.append(instance)
+    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence = referenced
+    return seg

@@ -146,6 +146,12 @@ def test_seg_masks_lie_over_the_ct_where_measured(tmp_path: Path, orientation: t
         np.testing.assert_array_equal(masks.get(number, np.zeros_like(expected)), expected, err_msg=label)
         checked += 1
     assert checked == 2 * len(case.segmentation.vertebrae)
+    # highdicom's reader gives the same masks per source instance
+    by_instance = hd.seg.segread(path).get_pixels_by_source_instance(
+        source_sop_instance_uids=list(case.volume.sop_instance_uids), assert_missing_frames_are_empty=True)
+    for index, number in enumerate(sorted(labels)):
+        np.testing.assert_array_equal(np.transpose(by_instance[..., index], (2, 1, 0)) > 0,
+                                      masks.get(number, np.zeros(case.volume.shape, dtype=bool)))
     # the vertebra nearest the head is the first listed (cranial) level, whatever the slice order
     top = case.segmentation.vertebrae[0]
     others = case.segmentation.vertebrae[1:]
