@@ -71,9 +71,10 @@ def phantom_montage(p: Phantom, title: str, path: Path) -> Path:
             ax.set_axis_off()
             ax.set_title(f"{name} not in the field of view", color="w")
             continue
-        win = SOFT_WINDOW if name == "L1" else LUNG_WINDOW
+        has_lung = bool(((lab[:, :, k] == L.LUNG_LEFT) | (lab[:, :, k] == L.LUNG_RIGHT)).sum() > 2000)
+        win = LUNG_WINDOW if (name != "L1" and has_lung) else SOFT_WINDOW
         ax.imshow(hu[:, :, k].T, cmap="gray", vmin=win[0], vmax=win[1], interpolation="bilinear")
-        what = "soft-tissue window" if name == "L1" else "lung window"
+        what = "lung window" if win == LUNG_WINDOW else "soft-tissue window"
         ax.set_title(f"axial at {name} ({what})", color="w")
     for ax in axes:
         ax.set_xticks([])

@@ -224,6 +224,11 @@ def _torso_fields(blk: Block, anat: Anatomy) -> tuple[npt.NDArray[np.float32], .
 
 def _paint_torso(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
     t = anat.torso
+    vt = anat.vertebrae
+    lv_z = [vt[lv].centre[2] for lv in reversed(list(vt))]
+    lv_w = [vt[lv].width_mm / 2 for lv in reversed(list(vt))]
+    lv_d = [vt[lv].depth_mm / 2 for lv in reversed(list(vt))]
+    z_t12 = float(vt[V.T12].centre[2])
     for _k, blk in _slices(cv):
         r, depth, u, v = _torso_fields(blk, anat)
         body = r <= 1.0
@@ -238,6 +243,20 @@ def _paint_torso(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
         cv.paint(blk, body & (depth > inner) & (depth < inner + 1.5), L.SUBCUTANEOUS_FAT, tissue.fat + 20.0,
                  texture=10.0)
         cv.paint(blk, body & (depth < 1.8), L.SKIN, tissue.skin, texture=8.0)
+        # erector spinae / multifidus on each side of the spinous processes, outlined by thin fat planes
+        z = float(blk.Z[0, 0, 0])
+        half_w = float(np.interp(z, lv_z, lv_w))
+        half_d = float(np.interp(z, lv_z, lv_d))
+        lumbar = float(np.clip((z_t12 - z) / 60.0, 0.0, 1.0))
+        pa = F32(17.0 + 9.0 * lumbar)
+        pb = F32(16.0 + 8.0 * lumbar)
+        sy = F32(t.at(z, "spine_y") + half_d + 26.0 + 4.0 * lumbar)
+        sx = F32(t.at(z, "spine_x"))
+        for sgn in (1.0, -1.0):
+            cxp = sx + F32(sgn * (half_w * 0.35 + float(pa) + 3.0))
+            rho = np.sqrt(((blk.X - cxp) / pa) ** 2 + ((blk.Y - sy) / pb) ** 2)
+            ring = body & (np.abs(rho - 1.0) < F32(1.3) / pa) & (depth > F32(t.subcut_fat_mm) + 3.0)
+            cv.paint(blk, ring, L.SUBCUTANEOUS_FAT, tissue.fat + 15.0, texture=10.0)
 
 
 def _paint_arms(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
@@ -270,7 +289,7 @@ def _diaphragm_z(anat: Anatomy, x: npt.NDArray[np.float32], y: npt.NDArray[np.fl
                  cx: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """z of the diaphragm surface over (x, y): two domes, lower laterally and posteriorly."""
     dome = np.where(x < cx, F32(anat.diaphragm_right_z), F32(anat.diaphragm_left_z))
-    lat = (np.abs(x - cx) / ax - 0.45) / 0.55
+    lat = np.maximum((np.abs(x - cx) / ax - 0.45) / 0.55, F32(-0.35))
     post = np.clip((y - cy) / by, -1.0, 1.0)
     return dome - F32(40.0) * lat**2 - F32(30.0) * np.clip(post, 0, 1) ** 2 - F32(8.0) * np.clip(-post, 0, 1) ** 2
 
@@ -298,6 +317,7 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
     width = F32(0.12)
     z_carina = float(vt[V.T5].centre[2])
     heart_top = float(anat.heart_centre[2] + 0.8 * anat.heart_axes_mm[2])
+    heart_bottom = float(anat.heart_centre[2] - 0.9 * anat.heart_axes_mm[2])
     lv_z = [vt[lv].centre[2] for lv in reversed(list(vt))]
     lv_w = [vt[lv].width_mm / 2 for lv in reversed(list(vt))]
     lv_d = [vt[lv].depth_mm / 2 for lv in reversed(list(vt))]
@@ -327,7 +347,8 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
         left = cx <= blk.X
         cv.paint(blk, lung & left, L.LUNG_LEFT, lung_hu, texture=28.0)
         cv.paint(blk, lung & ~left, L.LUNG_RIGHT, lung_hu, texture=28.0)
-        cv.paint(blk, in_cav & above & (medi | para), L.VISCERAL_FAT, tissue.fat, texture=12.0)
+        if z > heart_bottom:
+            cv.paint(blk, in_cav & above & (medi | para), L.VISCERAL_FAT, tissue.fat, texture=12.0)
         # vessels: where two smooth random fields both cross zero (worm-like tubes)
         kk = k - k0
         a1 = np.abs(n1[:, :, kk:kk + 1])
@@ -536,6 +557,9 @@ def _paint_abdomen(cv: Canvas, anat: Anatomy, tissue: TissueHU, rng: np.random.G
         if blk is None:
             continue
         kid = _ellipsoid(blk, kc, (27.0, 24.0, 55.0))
+        perirenal = _ellipsoid(blk, kc, (38.0, 33.0, 66.0))
+        cv.paint(blk, (perirenal < 1.0) & (cv.labels[blk.slices] != L.MUSCLE), L.VISCERAL_FAT, tissue.fat,
+                 texture=12.0)
         cv.paint(blk, kid < 1.0, label, tissue.kidney_cortex, texture=6.0)
         cv.paint(blk, kid < 0.72, label, tissue.kidney_medulla, texture=6.0)
         sinus = _ellipsoid(blk, (kc[0] - sgn * 14.0, kc[1] - 4.0, kc[2]), (12.0, 10.0, 25.0))
