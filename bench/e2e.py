@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ def run_e2e(studies: Sequence[SeriesSet], folder: Path, *, bundle_dir: Path, tru
     """Each study once through a running node (one serve process for all of them)."""
     from service.db.engine import make_engine
 
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # no stale ready/timing files of an earlier run
+    folder.mkdir(parents=True)
     node_port, pacs_port = procs.free_port(), procs.free_port()
     config = e2e_config(folder, node_port=node_port, pacs_port=pacs_port, bundle_dir=bundle_dir, stable_s=stable_s)
     timings_dir = folder / "timings"

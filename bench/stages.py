@@ -40,7 +40,8 @@ def run_stages(series: SeriesSet, folder: Path, *, bundle_dir: Path, repeats: in
     """Run the child for one study; returns its JSON (records per repeat, model load, peak RSS)."""
     import subprocess
 
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     out = folder / "stages.json"
     env = procs.node_env(threads, {"BMD_BENCH_TRUTH_MAP": str(truth_map)})
 

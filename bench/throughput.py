@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def _job_rows(database_url: str) -> list[tuple[str, Any, Any, str | None]]:
 
 def run_workers(pg: procs.Postgres, studies: Sequence[SeriesSet], folder: Path, *, workers: int, bundle_dir: Path,
                 truth_map: Path, timeout_s: float = 1800) -> ThroughputRun:
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # no stale timing files of an earlier run
+    folder.mkdir(parents=True)
     url = pg.create_database(f"bench_throughput_{workers}")
     config = procs.write_toml(folder / "bmd-node.toml", {
         "node": {"ae_title": procs.NODE_AE, "host": "127.0.0.1", "port": 0, "http_port": 0,
