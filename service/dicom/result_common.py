@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -82,7 +81,11 @@ def read_source_headers(paths: Sequence[Path]) -> list[Dataset]:
     """The source CT headers in slice order (pixel data not read)."""
     if not paths:
         raise ValueError("source_paths is empty: result objects need the source CT files")
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    # The loader's reader: it also takes SOP Class/Instance UIDs from the file meta when a de-identified file left
+    # them empty in the dataset (e.g. ../shared/data/ts_abdomen_slab_j2k), as the volume did.
+    from service.dicom.volume_loader import read_headers
+
+    return read_headers(paths)
 
 
 def contributing_equipment(algorithm: AlgorithmInfo, when: dt.datetime) -> hd.ContributingEquipment:

@@ -88,7 +88,9 @@ def build_result_objects(
             and volume.series_instance_uid != result.series_instance_uid:
         raise ValueError("result.series_instance_uid differs from volume.series_instance_uid")
     headers = read_source_headers(volume.source_paths)
-    study_uids = {str(h.StudyInstanceUID) for h in headers}
+    study_uids = {str(h.get("StudyInstanceUID", "") or "") for h in headers}
+    if "" in study_uids:
+        raise ValueError("a source image has no StudyInstanceUID: result objects cannot join its study")
     if len(study_uids) != 1:
         raise ValueError(f"source images belong to {len(study_uids)} studies; expected one")
     if predecessor is not None and predecessor.study_instance_uid not in study_uids:

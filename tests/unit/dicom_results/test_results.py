@@ -411,3 +411,61 @@ def test_real_chest_ct_objects_are_valid_and_in_place(tmp_path: Path) -> None:
             np.testing.assert_array_equal(masks[int(segment.SegmentNumber)], expected)
     sr = pydicom.dcmread(files["sr"])
     assert sr.PatientID == "C3N-00247" and sr.StudyInstanceUID == volume.study_instance_uid
+
+
+def test_key_image_is_the_same_for_the_same_anatomy_in_any_slice_and_pixel_order(head_first: Built) -> None:
+    """The reformats are sampled in LPS: flipping the array axes (and the affine with them) changes nothing."""
+    from service.dicom.keyimage import render_key_image
+
+    case = head_first.case
+    volume = case.volume
+    flip = np.diag([-1.0, -1.0, -1.0, 1.0])
+    shape = np.array(volume.shape) - 1
+    affine = volume.affine_lps @ np.array([[-1, 0, 0, shape[0]], [0, -1, 0, shape[1]], [0, 0, -1, shape[2]],
+                                           [0, 0, 0, 1]], dtype=float)
+    assert not np.allclose(affine, volume.affine_lps) and flip[3, 3] == 1
+    flipped_volume = CTVolume(hu=volume.hu[::-1, ::-1, ::-1].copy(), affine_lps=affine)
+    body = case.segmentation.body_labels[::-1, ::-1, ::-1].copy()
+    flipped_segmentation = SpineSegmentation(body, None, case.segmentation.vertebrae, "box-model", "0.0.1")
+    original = render_key_image(volume, case.segmentation, case.roi_labels, case.result, ALGORITHM)
+    flipped = render_key_image(flipped_volume, flipped_segmentation, case.roi_labels[::-1, ::-1, ::-1].copy(),
+                               case.result, ALGORITHM)
+    differing = np.any(original != flipped, axis=-1)
+    assert differing.mean() < 0.002, differing.mean()
+
+
+def test_jpeg2000_source_series(tmp_path: Path) -> None:
+    """A JPEG 2000 lossless source: the SEG only needs the headers; objects stay valid.
+
+    The shared files were de-identified down to empty Study/Series UIDs (which a PACS would never send): a copy
+    gets UIDs, the compressed pixel data is kept as it is.
+    """
+    from pydicom.uid import JPEG2000Lossless, generate_uid
+
+    from service.dicom.volume_loader import load_series_folder
+
+    study, series = generate_uid(), generate_uid()
+    (tmp_path / "ct").mkdir()
+    for source in sorted((shared_case("ts_abdomen_slab_j2k") / "dicom").glob("*.dcm")):
+        ds = pydicom.dcmread(source)
+        assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.PatientID = "J2K"
+        ds.save_as(tmp_path / "ct" / source.name)
+    volume = load_series_folder(tmp_path / "ct")
+    body = np.zeros(volume.shape, dtype=np.int16)
+    ci, cj = volume.shape[0] // 2, int(volume.shape[1] * 0.62)
+    body[ci - 25 : ci + 25, cj - 20 : cj + 20, 2:-2] = int(VertebraLevel.T12)
+    roi = np.zeros_like(body)
+    roi[ndimage.binary_erosion(body > 0, iterations=4)] = int(VertebraLevel.T12)
+    centroid = tuple(float(c) for c in volume.index_to_lps(np.argwhere(body > 0).mean(0)))
+    segmentation = SpineSegmentation(body, None, (LabelledVertebra(VertebraLevel.T12, centroid),), "box", "1")
+    result = hand_result(volume, segmentation, roi)
+    files = save_objects(build_result_objects(volume, segmentation, roi, result, ALGORITHM), tmp_path / "out")
+    for kind, path in files.items():
+        assert dciodvfy(path).ok, (kind, dciodvfy(path).errors)
+    assert dcentvfy([*volume.source_paths, *files.values()]).ok
+    masks = _seg_masks_on_ct_grid(pydicom.dcmread(files["seg"]), volume)
+    np.testing.assert_array_equal(masks[1], body > 0)
