@@ -52,24 +52,34 @@ def finish(
     noise_sd: float,
     in_plane_blur_mm: float = 0.6,
     reconstruction_circle: bool = True,
+    chunk_slices: int = 24,
 ) -> Acquired:
-    """Texture + blur + noise on the canonical grid; the trabecular cores keep their declared mean exactly."""
+    """Texture + blur + noise on the canonical grid; the trabecular cores keep their declared mean exactly.
+
+    Texture and noise are drawn in chunks of slices (bounded memory); the noise is filtered in-plane only, so
+    chunking does not change it.
+    """
     g = cv.grid
-    tex = _fine_texture(rng, g)
     hu = cv.hu
-    hu += cv.texture_amp * tex
-    _restore_cores(cv, hu, tex)
+    nz = g.shape[2]
+    for k0 in range(0, nz, chunk_slices):
+        k1 = min(nz, k0 + chunk_slices)
+        tex = rng.standard_normal((k1 - k0, g.shape[1], g.shape[0]), dtype=F32).T
+        tex *= cv.texture_amp[:, :, k0:k1]
+        hu[:, :, k0:k1] += tex
     sz = max(slice_thickness_mm, g.spacing_mm[2]) / 2.355 / g.spacing_mm[2]
     sxy = [max(in_plane_blur_mm / g.spacing_mm[n], 0.35) for n in (0, 1)]
     ndimage.gaussian_filter(hu, sigma=(sxy[0], sxy[1], sz), output=hu, truncate=3.0)
-    _restore_cores(cv, hu, tex)
+    _restore_cores(cv, hu, rng, attenuation=_white_attenuation(sxy[0], sxy[1], sz))
     if noise_sd > 0:
-        noise = rng.standard_normal(g.shape[::-1], dtype=F32).T
         corr = 0.7 if g.spacing_mm[0] < 1.2 else 0.3
-        ndimage.gaussian_filter(noise, sigma=(corr, corr, 0.0), output=noise, truncate=2.5)
-        noise *= F32(noise_sd / max(float(noise[:: 7, :: 7, :: 3].std()), 1e-6))
-        hu += noise
-        del noise
+        scale = F32(noise_sd / _white_attenuation(corr, corr, 0.0))
+        for k0 in range(0, nz, chunk_slices):
+            k1 = min(nz, k0 + chunk_slices)
+            noise = rng.standard_normal((k1 - k0, g.shape[1], g.shape[0]), dtype=F32).T
+            ndimage.gaussian_filter(noise, sigma=(corr, corr, 0.0), output=noise, truncate=2.5)
+            noise *= scale
+            hu[:, :, k0:k1] += noise
     labels = cv.labels
     if reconstruction_circle:
         nx, ny = g.shape[0], g.shape[1]
@@ -83,18 +93,27 @@ def finish(
     return Acquired(hu=hu, labels=labels, noise_sd_hu=noise_sd)
 
 
-def _fine_texture(rng: np.random.Generator, g: Grid) -> npt.NDArray[np.float32]:
-    """White unit-variance texture; the partial-volume blur that follows gives it a fine correlation."""
-    return rng.standard_normal(g.shape[::-1], dtype=F32).T
-
-
-def _restore_cores(cv: Canvas, hu: npt.NDArray[np.float32], tex: npt.NDArray[np.float32]) -> None:
-    """Set every trabecular core to its declared HU plus zero-mean texture (exact declared mean)."""
-    for label, sl in cv.core_blocks.items():
-        mask = cv.labels[sl] == label
-        if not mask.any():
+def _white_attenuation(sx: float, sy: float, sz: float) -> float:
+    """SD of unit white noise after a separable Gaussian filter with these sigmas (voxels)."""
+    out = 1.0
+    for s in (sx, sy, sz):
+        if s <= 0:
             continue
-        t = (cv.texture_amp[sl] * tex[sl])[mask]
+        r = int(3.0 * s + 0.5)
+        w = np.exp(-0.5 * (np.arange(-r, r + 1) / s) ** 2)
+        w /= w.sum()
+        out *= float(np.sqrt((w**2).sum()))
+    return out
+
+
+def _restore_cores(cv: Canvas, hu: npt.NDArray[np.float32], rng: np.random.Generator, attenuation: float) -> None:
+    """Set every trabecular core to its declared HU plus zero-mean texture (exact declared mean)."""
+    for label, sl in sorted(cv.core_blocks.items()):
+        mask = cv.labels[sl] == label
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        t = rng.standard_normal(n).astype(F32) * F32(attenuation) * cv.texture_amp[sl][mask].astype(F32)
         sub = hu[sl]
         sub[mask] = F32(cv.core_hu[label]) + (t - t.mean())
 

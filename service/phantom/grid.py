@@ -186,3 +186,45 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigma_vo
     if factor > 1:
         field = upsample_linear(field, rev)  # type: ignore[arg-type]
     return field.T
+
+
+class SmoothField:
+    """A unit-variance Gaussian random field on a grid block, stored coarse and upsampled one axial plane at a
+    time (bounded memory for large grids)."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], sigma_vox: float) -> None:
+        from scipy import ndimage
+
+        self.shape = shape
+        factor = max(1, int(sigma_vox // 1.5))
+        small = shape if factor == 1 else tuple(max(2, int(np.ceil(s / factor)) + 1) for s in shape)
+        field = rng.standard_normal(small[::-1], dtype=F32).T  # Fortran order, x fastest
+        field = ndimage.gaussian_filter(field, sigma=max(sigma_vox / factor, 0.5), mode="wrap", truncate=3.0)
+        field -= field.mean()
+        field *= F32(1.0 / max(float(field.std()), 1e-6))
+        self.small = field
+        self.factor = factor
+        nx, ny = shape[0], shape[1]
+        sx, sy = field.shape[0], field.shape[1]
+        px = np.linspace(0.0, sx - 1.0, nx)
+        py = np.linspace(0.0, sy - 1.0, ny)
+        self._ix0 = np.floor(px).astype(np.intp)
+        self._ix1 = np.minimum(self._ix0 + 1, sx - 1)
+        self._wx = (px - self._ix0).astype(F32)[:, None]
+        self._iy0 = np.floor(py).astype(np.intp)
+        self._iy1 = np.minimum(self._iy0 + 1, sy - 1)
+        self._wy = (py - self._iy0).astype(F32)[None, :]
+
+    def plane(self, k: int) -> Array:
+        """Axial plane k as an (nx, ny, 1) array."""
+        if self.factor == 1:
+            return self.small[:, :, k:k + 1]
+        nz, sz = self.shape[2], self.small.shape[2]
+        pz = k * (sz - 1.0) / max(nz - 1, 1)
+        z0 = int(np.floor(pz))
+        z1 = min(z0 + 1, sz - 1)
+        wz = F32(pz - z0)
+        p = self.small[:, :, z0] * (F32(1.0) - wz) + self.small[:, :, z1] * wz
+        p = p[self._ix0] * (F32(1.0) - self._wx) + p[self._ix1] * self._wx
+        p = p[:, self._iy0] * (F32(1.0) - self._wy) + p[:, self._iy1] * self._wy
+        return p[:, :, None]

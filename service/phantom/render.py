@@ -18,7 +18,7 @@ from service.domain.levels import VertebraLevel
 from service.phantom import labels as L  # noqa: N812
 from service.phantom.anatomy import Anatomy, VertebraGeom, cavity
 from service.phantom.density import FAT_HU_BY_KVP, IODINE_KVP_FACTOR, MINERAL_KVP_FACTOR
-from service.phantom.grid import F32, Block, Capsule, Grid, capsules_bbox, local_coords, smooth_noise, union_sd
+from service.phantom.grid import F32, Block, Capsule, Grid, SmoothField, capsules_bbox, local_coords, union_sd
 
 logger = logging.getLogger(__name__)
 V = VertebraLevel
@@ -84,8 +84,8 @@ class Canvas:
     grid: Grid
     labels: npt.NDArray[np.int16]
     hu: npt.NDArray[np.float32]
-    texture_amp: npt.NDArray[np.float32]
-    """Per-voxel amplitude (HU) of the tissue texture added later."""
+    texture_amp: npt.NDArray[np.uint8]
+    """Per-voxel amplitude (HU, 0-255) of the tissue texture added later."""
     core_hu: dict[int, float] = field(default_factory=dict)
     core_blocks: dict[int, tuple[slice, slice, slice]] = field(default_factory=dict)
 
@@ -95,7 +95,7 @@ class Canvas:
             grid=grid,
             labels=np.zeros(grid.shape, dtype=np.int16, order="F"),
             hu=np.full(grid.shape, F32(-1000.0), dtype=F32, order="F"),
-            texture_amp=np.zeros(grid.shape, dtype=F32, order="F"),
+            texture_amp=np.zeros(grid.shape, dtype=np.uint8, order="F"),
         )
 
     def paint(
@@ -113,7 +113,7 @@ class Canvas:
             np.copyto(self.hu[sl], F32(hu), where=where)
         else:
             np.copyto(self.hu[sl], np.broadcast_to(np.asarray(hu, dtype=F32), block.shape), where=where)
-        np.copyto(self.texture_amp[sl], F32(texture), where=where)
+        np.copyto(self.texture_amp[sl], np.uint8(min(max(texture, 0.0), 255.0)), where=where)
 
 
 @dataclass(frozen=True)
@@ -309,8 +309,8 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
         return
     vrng = np.random.default_rng(abs(hash((round(anat.lung_apex_z, 3), g.shape))) % (2**32))
     sp = min(g.spacing_mm[:2])
-    n1 = smooth_noise(vrng, tblk.shape, sigma_vox=3.5 / sp)
-    n2 = smooth_noise(vrng, tblk.shape, sigma_vox=3.5 / sp)
+    n1 = SmoothField(vrng, tblk.shape, sigma_vox=3.5 / sp)
+    n2 = SmoothField(vrng, tblk.shape, sigma_vox=3.5 / sp)
     k0 = tblk.slices[2].start
     vt = anat.vertebrae
     z_t4 = float(vt[V.T4].centre[2])
@@ -351,8 +351,8 @@ def _paint_thorax(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
             cv.paint(blk, in_cav & above & (medi | para), L.VISCERAL_FAT, tissue.fat, texture=12.0)
         # vessels: where two smooth random fields both cross zero (worm-like tubes)
         kk = k - k0
-        a1 = np.abs(n1[:, :, kk:kk + 1])
-        a2 = np.abs(n2[:, :, kk:kk + 1])
+        a1 = np.abs(n1.plane(kk))
+        a2 = np.abs(n2.plane(kk))
         # denser and thicker towards the hila
         hilum = np.exp(-(((blk.X - cx) / F32(70.0)) ** 2) - ((z - z_carina) / 70.0) ** 2).astype(F32)
         w = width * (F32(1.0) + F32(1.2) * hilum)
@@ -479,8 +479,8 @@ def _paint_abdomen(cv: Canvas, anat: Anatomy, tissue: TissueHU, rng: np.random.G
     if ablk is None:
         return
     sp = min(g.spacing_mm[:2])
-    n1 = smooth_noise(rng, ablk.shape, 5.0 / sp)
-    n2 = smooth_noise(rng, ablk.shape, 7.0 / sp)
+    n1 = SmoothField(rng, ablk.shape, 5.0 / sp)
+    n2 = SmoothField(rng, ablk.shape, 7.0 / sp)
     k0 = ablk.slices[2].start
     z_t12 = float(vt[V.T12].centre[2])
     z_s1 = float(vt[V.S1].centre[2])
@@ -497,8 +497,8 @@ def _paint_abdomen(cv: Canvas, anat: Anatomy, tissue: TissueHU, rng: np.random.G
             continue
         cv.paint(blk, abdomen, L.VISCERAL_FAT, tissue.fat + 8.0, texture=12.0)
         kk = k - k0
-        f1 = n1[:, :, kk:kk + 1]
-        f2 = n2[:, :, kk:kk + 1]
+        f1 = n1.plane(kk)
+        f2 = n2.plane(kk)
         if z < z_t12:
             retro = (spine_y - F32(30.0) < blk.Y) | ((np.abs(blk.X - spine_x) < 35.0) & (spine_y - 45.0 < blk.Y))
             loops = abdomen & ~retro & (f1 > -0.05)
