@@ -64,6 +64,7 @@ def feet_first(tmp_path_factory: pytest.TempPathFactory) -> Built:
 # --------------------------------------------------------------------------------------------- validators
 
 
+@pytest.mark.slow  # PixelMed's JVM (several seconds per SR)
 def test_validators_report_no_errors(head_first: Built, feet_first: Built) -> None:
     for built in (head_first, feet_first):
         for kind, path in built.files.items():
@@ -359,6 +360,7 @@ def test_inputs_are_checked(head_first: Built) -> None:
         PredecessorRef("1.2", "1.2.3", COMPREHENSIVE_3D_SR, "")
 
 
+@pytest.mark.slow  # PixelMed's JVM (several seconds per SR)
 def test_single_level_and_empty_roi(tmp_path: Path) -> None:
     """One level (single-segment corner of highdicom) and a level whose ROI is empty (references its body)."""
     case = synthetic_case(tmp_path / "ct", HEAD_FIRST_SUPINE, levels=(VertebraLevel.L1, VertebraLevel.L2))
@@ -380,6 +382,7 @@ def test_single_level_and_empty_roi(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ real CT (cptac chest)
 
 
+@pytest.mark.slow  # PixelMed's JVM (several seconds per SR)
 def test_real_chest_ct_objects_are_valid_and_in_place(tmp_path: Path) -> None:
     from service.dicom.volume_loader import load_series_folder
 
