@@ -135,6 +135,10 @@ class Torso:
     back_muscle_mm: float
     exponent: float
     """Superellipse exponent of the skin outline (2 = ellipse, larger = boxier)."""
+    cage_half_width: npt.NDArray[np.float64]
+    """Lateral semi-axis limit of the thoracic cage (cone-shaped towards the apex; large below mid-thorax)."""
+    cage_half_depth: npt.NDArray[np.float64]
+    """AP semi-axis limit of the thoracic cage."""
 
     def at(self, z: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
         return np.interp(np.asarray(z, dtype=np.float64), self.z_mm, getattr(self, name))
@@ -419,6 +423,18 @@ def _build_torso(
     ap = np.interp(z_grid, [z_l4 - 100, z_l4, z_t12, z_t1 - 60, z_t1, z_t1 + 60],
                    [0.9, 0.95 * abd, 1.0, 1.0, 0.85, 0.55]) * ap_total
     front_y = back_y - ap
+    # thoracic cage: a cone narrowing towards the first rib (T1 about 45 % of the mid-thoracic width)
+    inset = fat + wall
+    z_t8 = vertebrae[V.T8].centre[2]
+    lv = [V.C7, V.T1, V.T2, V.T3, V.T4, V.T5, V.T6, V.T7, V.T8]
+    lz = [vertebrae[x].centre[2] for x in reversed(lv)]
+    w_factor = np.interp(z_grid, lz, [1.0, 0.97, 0.92, 0.85, 0.76, 0.66, 0.55, 0.45, 0.38])
+    d_factor = np.interp(z_grid, lz, [1.0, 0.99, 0.96, 0.92, 0.86, 0.78, 0.68, 0.58, 0.5])
+    hw_t8 = float(np.interp(z_t8, z_grid, hw)) - inset
+    post_t8 = float(np.interp(z_t8, z_grid, spine_y)) + 38.0
+    front_t8 = float(np.interp(z_t8, z_grid, front_y)) + inset
+    cage_hw = np.where(z_grid > z_t8, hw_t8 * w_factor, 1e4)
+    cage_hd = np.where(z_grid > z_t8, (post_t8 - front_t8) / 2 * d_factor, 1e4)
     return Torso(
         z_mm=z_grid,
         spine_y=spine_y,
@@ -430,6 +446,8 @@ def _build_torso(
         wall_muscle_mm=wall,
         back_muscle_mm=back,
         exponent=float(rng.uniform(2.0, 2.8)),
+        cage_half_width=cage_hw,
+        cage_half_depth=cage_hd,
     )
 
 
@@ -437,9 +455,9 @@ def cavity(torso: Torso, z: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], ...
     """Inner (thoracic/abdominal) cavity ellipse at z: centre x, centre y, lateral and AP semi-axes."""
     z = np.asarray(z, dtype=np.float64)
     inset = torso.subcut_fat_mm + torso.wall_muscle_mm
-    hw = torso.at(z, "half_width") - inset
-    front = torso.at(z, "front_y") + inset
+    hw = np.minimum(torso.at(z, "half_width") - inset, torso.at(z, "cage_half_width"))
     post = torso.at(z, "spine_y") + 38.0
+    front = np.maximum(torso.at(z, "front_y") + inset, post - 2.0 * torso.at(z, "cage_half_depth"))
     cx = torso.at(z, "spine_x") * 0.5
     return cx, (front + post) / 2, np.maximum(hw, 20.0), np.maximum((post - front) / 2, 20.0)
 
@@ -457,8 +475,7 @@ def _build_ribs(
     z_top = float(vertebrae[V.T2].centre[2] - rng.uniform(5.0, 25.0))
     length = float(rng.uniform(140.0, 180.0)) * size
     zs = np.linspace(z_top, z_top - length, 12)
-    inset = torso.subcut_fat_mm + torso.wall_muscle_mm * 0.6
-    ys = torso.at(zs, "front_y") + inset + 6.0
+    ys = cavity(torso, zs)[1] - cavity(torso, zs)[3] - 7.0
     xs = torso.at(zs, "spine_x") * 0.3
     sternum = np.stack([xs, ys, zs], axis=1)
     sternum_w = float(rng.uniform(26.0, 36.0)) * size

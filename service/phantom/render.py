@@ -849,7 +849,7 @@ def _paint_shoulder_girdle(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: Re
         glen = (sgn * (hw - inset - 25.0), (front + back) / 2 + 10.0, z2 + 5.0)
         medial = [(sgn * 55.0, back - inset - 28.0, z2 + 20.0), (sgn * 62.0, back - inset - 26.0, (z2 + z7) / 2),
                   (sgn * 75.0, back - inset - 24.0, z7 - 5.0)]
-        scap = [Capsule(glen, m, 3.2) for m in medial]
+        scap = [Capsule(glen, m, 4.2) for m in medial]
         scap += [Capsule(medial[0], medial[1], 4.0), Capsule(medial[1], medial[2], 4.0)]
         scap.append(Capsule((glen[0], glen[1] + 4.0, glen[2] + 8.0), medial[0], 4.5))  # spine of scapula
         scap.append(Capsule(glen, (glen[0], glen[1] - 3.0, glen[2] - 12.0), 9.0))  # glenoid neck
