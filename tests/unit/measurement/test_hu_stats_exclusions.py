@@ -137,17 +137,17 @@ def test_metal_sclerosis_and_small_roi() -> None:
     assert ex is not None and ex.reason is ExclusionReason.ROI_TOO_SMALL
 
 
-def test_small_bone_island_excluded_by_its_effect_on_the_mean() -> None:
+def test_small_bone_island_excluded_as_a_compact_focus() -> None:
     hu = np.full((40, 40, 40), 150.0)
     body = np.zeros(hu.shape, dtype=bool)
     body[2:38, 2:38, 2:38] = True
     roi = np.zeros_like(body)
     roi[5:35, 5:35, 5:35] = True  # 27000 mm3
-    hu[18:22, 18:22, 18:22] = 1200.0  # 64 mm3 at 1200 HU: 0.24 % of the ROI, mean +2.5 HU
+    hu[19:21, 19:21, 19:21] = 1200.0  # 8 mm3: below 30 mm3 even after smoothing -> usable
     vol = _box_volume(hu, (1.0, 1.0, 1.0))
     assert hu_exclusion(vol, CroppedMask((0, 0, 0), body), CroppedMask((0, 0, 0), roi)) is None
-    hu[16:24, 16:24, 16:24] = 1200.0  # 512 mm3: 1.9 % of the ROI, mean +19.9 HU -> excluded
+    hu[17:23, 17:23, 17:23] = 1200.0  # 216 mm3: 0.8 % of the ROI, one compact focus -> excluded
     vol = _box_volume(hu, (1.0, 1.0, 1.0))
     ex = hu_exclusion(vol, CroppedMask((0, 0, 0), body), CroppedMask((0, 0, 0), roi))
     assert ex is not None and ex.reason is ExclusionReason.SCLEROSIS
-    assert "raising the mean by" in ex.detail
+    assert "largest dense focus" in ex.detail
