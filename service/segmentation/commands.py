@@ -12,11 +12,12 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # typ
     p = train_subparsers.add_parser("segmentation", help="train the coarse vertebra model (MONAI bundle)")
     p.add_argument("--out", type=Path, default=Path("models/vertebra_seg"), help="bundle folder to write")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--cases", type=int, default=240, help="synthetic phantoms in the training set")
-    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--cases", type=int, default=160, help="synthetic phantoms in the training set")
+    p.add_argument("--iterations", type=int, default=1100)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads while training (on a shared, oversubscribed CPU more are slower)")
     p.add_argument("--cache", type=Path, default=Path("var/train_cache/segmentation"))
     p.add_argument("--real-data", type=Path, default=None,
                    help="folder of real labelled CT (TotalSegmentator-style or VerSe-style case folders)")

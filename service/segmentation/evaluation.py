@@ -231,17 +231,34 @@ def overlay_png(volume: CTVolume, seg: SpineSegmentation, ref: Reference | None,
         x_mid, y_mid = int(np.median(np.nonzero(refb)[0])), int(np.median(np.nonzero(refb)[1]))
     else:
         x_mid, y_mid = hu.shape[0] // 2, hu.shape[1] // 2
-    fig, axes = plt.subplots(1, 2, figsize=(12, 8))
+    mask_any = body > 0
+    if refb is not None:
+        mask_any = mask_any | (refb > 0)
+    if mask_any.any():
+        pts = np.argwhere(mask_any)
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+    else:
+        lo, hi = np.zeros(3, dtype=int), np.array(hu.shape) - 1
+    # crop around the spine: 80 mm either side laterally, 60 mm anterior / 90 mm posterior of the bodies
+    x0 = max(0, int(lo[0] - 80 / sp[0]))
+    x1 = min(hu.shape[0], int(hi[0] + 80 / sp[0]) + 1)
+    y0 = max(0, int(lo[1] - 60 / sp[1]))
+    y1 = min(hu.shape[1], int(hi[1] + 90 / sp[1]) + 1)
+    height_mm = hu.shape[2] * sp[2]
+    fig_h = float(np.clip(height_mm / 40.0, 4.0, 14.0))
+    fig, axes = plt.subplots(1, 2, figsize=(11, fig_h + 1.5))
     cmap = plt.get_cmap("tab20")
     for ax, view in zip(axes, ("sagittal", "coronal"), strict=True):
         if view == "sagittal":
-            img, lab = hu[x_mid, :, :].T, body[x_mid, :, :].T
-            rlab = refb[x_mid, :, :].T if refb is not None else None
+            img, lab = hu[x_mid, y0:y1, :].T, body[x_mid, y0:y1, :].T
+            rlab = refb[x_mid, y0:y1, :].T if refb is not None else None
             aspect = sp[2] / sp[1]
+            offset = y0
         else:
-            img, lab = hu[:, y_mid, :].T, body[:, y_mid, :].T
-            rlab = refb[:, y_mid, :].T if refb is not None else None
+            img, lab = hu[x0:x1, y_mid, :].T, body[x0:x1, y_mid, :].T
+            rlab = refb[x0:x1, y_mid, :].T if refb is not None else None
             aspect = sp[2] / sp[0]
+            offset = x0
         ax.imshow(np.clip(img, -250, 1250), cmap="gray", origin="lower", aspect=aspect)
         rgba = np.zeros((*lab.shape, 4))
         for v in np.unique(lab):
@@ -255,7 +272,7 @@ def overlay_png(volume: CTVolume, seg: SpineSegmentation, ref: Reference | None,
             ax.scatter(xs, ys, s=0.3, c="yellow")
         for vert in seg.vertebrae:
             ijk = frame_index(frame, np.asarray(vert.centroid_lps_mm))
-            col = ijk[1] if view == "sagittal" else ijk[0]
+            col = (ijk[1] if view == "sagittal" else ijk[0]) - offset
             label = vert.level.name + ("?" if vert.level_uncertain else "") + ("(cut)" if vert.cut_by_fov else "")
             ax.text(col, ijk[2], label, color="red" if vert.level_uncertain else "lime", fontsize=9,
                     ha="center", va="center", weight="bold")

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as tfn
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
 COARSE_SPACING_MM = 3.0
@@ -128,23 +127,57 @@ def coarse_grid(frame: CanonicalFrame, spacing_mm: float = COARSE_SPACING_MM) ->
     return CoarseGrid(shape, m, frame.affine_lps @ t)  # type: ignore[arg-type]
 
 
-def resample_to_coarse(canonical: npt.NDArray[np.float32], grid: CoarseGrid, order: int = 1) -> npt.NDArray:
-    """Canonical native array -> coarse grid (trilinear with antialiasing-by-area for images, nearest for labels)."""
-    t = torch.from_numpy(np.ascontiguousarray(canonical))[None, None]
-    if order == 0:
-        out = tfn.interpolate(t.float(), size=grid.shape, mode="nearest")
-        return out[0, 0].numpy().astype(canonical.dtype)
-    t = t.float()
-    # area averaging where downsampling (acts as the slice-thickness blur a coarse scanner would give)
-    factors = [n / m for n, m in zip(grid.canonical_shape, grid.shape, strict=True)]
-    if all(f >= 1.0 for f in factors):
-        out = tfn.adaptive_avg_pool3d(t, grid.shape) if any(f > 1.0 for f in factors) else t
+def axis_weights(n: int, m: int) -> sparse.csr_matrix:
+    """(m x n) resampling matrix along one axis: exact area averaging when m <= n (each coarse voxel averages the
+    native voxels it covers, with fractional overlaps), linear interpolation when m > n; coarse voxel c is centred
+    at native coordinate (c + 0.5) * n / m - 0.5 in both cases."""
+    rows, cols, vals = [], [], []
+    f = n / m
+    if m <= n:
+        for c in range(m):
+            lo, hi = c * f, (c + 1) * f
+            for i in range(int(np.floor(lo)), min(n, int(np.ceil(hi)))):
+                w = min(hi, i + 1) - max(lo, i)
+                if w > 1e-9:
+                    rows.append(c)
+                    cols.append(i)
+                    vals.append(w / f)
     else:
-        out = tfn.interpolate(t, size=grid.shape, mode="trilinear", align_corners=False)
-        if any(f > 1.0 for f in factors):
-            out = tfn.adaptive_avg_pool3d(tfn.interpolate(t, size=tuple(max(a, b) for a, b in zip(
-                grid.shape, grid.canonical_shape, strict=True)), mode="trilinear", align_corners=False), grid.shape)
-    return out[0, 0].numpy().astype(np.float32)
+        for c in range(m):
+            x = min(max((c + 0.5) * f - 0.5, 0.0), n - 1.0)
+            i0 = int(np.floor(x))
+            i1 = min(i0 + 1, n - 1)
+            t = x - i0
+            rows.extend([c, c])
+            cols.extend([i0, i1])
+            vals.extend([1.0 - t, t])
+    return sparse.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(m, n))
+
+
+def resample_to_coarse(canonical: npt.NDArray, grid: CoarseGrid, order: int = 1) -> npt.NDArray:
+    """Canonical native array -> coarse grid: separable exact area averaging (acts as the partial-volume blur of a
+    coarse scanner) or linear interpolation for images (order=1), nearest voxel for labels (order=0)."""
+    if order == 0:
+        idx = [nearest_native_indices_inverse(grid, a) for a in range(3)]
+        return np.ascontiguousarray(canonical[np.ix_(*idx)])
+    out = np.asarray(canonical, dtype=np.float32)
+    for axis in range(3):
+        n, m = out.shape[axis], grid.shape[axis]
+        if n == m:
+            continue
+        w = axis_weights(n, m)
+        moved = np.moveaxis(out, axis, 0)
+        flat = np.ascontiguousarray(moved).reshape(n, -1)
+        res = np.asarray(w @ flat, dtype=np.float32).reshape((m, *moved.shape[1:]))
+        out = np.moveaxis(res, 0, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def nearest_native_indices_inverse(grid: CoarseGrid, axis: int) -> npt.NDArray[np.intp]:
+    """For each coarse voxel along ``axis``, the nearest canonical-native index."""
+    n, m = grid.canonical_shape[axis], grid.shape[axis]
+    x = (np.arange(m) + 0.5) * n / m - 0.5
+    return np.clip(np.rint(x), 0, n - 1).astype(np.intp)
 
 
 def upsample_region(coarse: npt.NDArray[np.float32], grid: CoarseGrid,

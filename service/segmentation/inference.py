@@ -146,7 +146,7 @@ class BmdNodeSegmenter:
 
 
 def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArray[np.float32],
-                  grid: CoarseGrid) -> tuple[list[BodyFeatures], bool]:
+                  grid: CoarseGrid) -> tuple[list[BodyFeatures], bool, float]:
     argmax = probs.argmax(axis=0)
     votes = []
     for m in instance_masks:
@@ -158,18 +158,20 @@ def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArra
 def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str) -> SpineSegmentation:
     probs, grid, frame = pred.probs, pred.grid, pred.frame
     body_prob = probs[cls.BODY_THORACIC] + probs[cls.BODY_LUMBAR]
-    instances = find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0])
+    share = probs[cls.BODY_THORACIC] / np.maximum(body_prob, 1e-6)
+    instances = find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0], share)
     masks = [b.mask for b in instances]
     canon_shape = frame.shape
     body_can = np.zeros(canon_shape, dtype=np.int16)
     notes: list[str] = []
     vertebrae: list[LabelledVertebra] = []
+    used: set[int] = set()
     if masks:
-        feats, sac = body_features(masks, probs, grid)
-        result = label_bodies(feats, sac)
+        feats, sac, fov_top = body_features(masks, probs, grid)
+        result = label_bodies(feats, sac, fov_top)
         notes.extend(result.notes)
         owner = ownership(masks)
-        used: set[int] = set()
+        boxes: dict[int, tuple[slice, slice, slice]] = {}
         for i, (m, d) in enumerate(zip(masks, result.decisions, strict=True), start=1):
             if d.level is None or int(d.level) in used:
                 notes.append(f"body {i} left unlabelled ({d.reason})")
@@ -182,15 +184,18 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             region = body_can[bbox]
             region[mask & (region == 0)] = int(d.level)
             used.add(int(d.level))
-        # centroids and cut flags from the native masks
+            boxes[int(d.level)] = bbox
+        # centroids and cut flags from the native masks (within each body's box: no full-volume scans)
         for f, d in zip(feats, result.decisions, strict=True):
             if d.level is None or int(d.level) not in used:
                 continue
             level = int(d.level)
-            coords = np.argwhere(body_can == level)
+            bbox = boxes[level]
+            coords = np.argwhere(body_can[bbox] == level)
             if len(coords) == 0:
                 used.discard(level)
                 continue
+            coords = coords + np.array([sl.start for sl in bbox])
             centroid = frame.affine_lps[:3, :3] @ coords.mean(axis=0) + frame.affine_lps[:3, 3]
             cut = f.cut_by_fov or bool(coords[:, 2].min() == 0 or coords[:, 2].max() == canon_shape[2] - 1)
             vertebrae.append(LabelledVertebra(
@@ -199,7 +204,8 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
                 cut_by_fov=cut))
     vertebrae.sort(key=lambda v: int(v.level))
     present = {int(v.level) for v in vertebrae}
-    body_can[~np.isin(body_can, list(present))] = 0
+    if used - present:
+        body_can[np.isin(body_can, list(used - present))] = 0
     posterior_can = _posterior_native(probs[cls.POSTERIOR] > 0.5, grid, canon_shape)
     body_labels = frame.to_native(body_can).astype(np.int16)
     posterior = frame.to_native(posterior_can).astype(bool)

@@ -20,18 +20,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from service.domain.levels import VertebraLevel
 
 logger = logging.getLogger(__name__)
 
-RIB_ATTACH_DISTANCE_MM = 38.0
-"""A rib component belongs to the spine when its most medial voxel lies within this horizontal distance of a body
-centroid (rib head / costotransverse joint lie ~20-35 mm from the body centre; a floating 12th rib passing beside
-L1 stays > 45 mm away)."""
-MIN_RIB_VOLUME_MM3 = 400.0
-"""Smallest rib component counted (a short 12th rib at 3 mm is still > ~1 cm3)."""
+RIB_RING_MM = (12.0, 45.0)
+"""Horizontal distance from the body centre where rib heads / necks / costotransverse joints lie (bodies are
+~15-25 mm in radius; a floating 12th rib passing beside L1 is further out)."""
+RIB_ANTERIOR_TOLERANCE_MM = 5.0
+"""Rib heads and necks are posterolateral: rib voxels more than this anterior to the body centre do not count."""
+RIB_Z_MARGIN_MM = 0.0
+MIN_RIB_ATTACH_MM3 = 300.0
+"""Rib volume in the ring on one side for that side to count as rib-bearing (~11 voxels at 3 mm; the tail of
+the rib above, passing the ring of a rib-free body, gives ~5 voxels in the phantoms)."""
 SACRUM_SEARCH_MM = 30.0
 """The sacrum must start within this distance below the lowest body's centroid-to-bottom edge."""
 MIN_SACRUM_VOLUME_MM3 = 3000.0
@@ -56,6 +58,8 @@ class BodyFeatures:
     thoracic_vote: float
     """Mean thoracic-group probability share of the body (0 lumbar .. 1 thoracic); 0.5 when unknown."""
     cut_by_fov: bool = False
+    rib_left_mm3: float = 0.0
+    rib_right_mm3: float = 0.0
 
     @property
     def rib_bearing(self) -> bool:
@@ -76,22 +80,31 @@ class LabellingResult:
 
 
 def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
-    """Number of bodies presumably missed between body i and i+1 (len n-1)."""
+    """Number of bodies presumably missed between body i and i+1 (len n-1).
+
+    Each spacing is compared with its neighbours' (up to two on each side): the spacing grows from ~22 mm
+    (mid-thoracic) to ~40 mm (lumbar), so a global median would flag the lumbar spine as gaps.
+    """
     z = np.array([b.centroid_mm[2] for b in bodies])
     if len(z) < 3:
         return [0] * max(0, len(z) - 1)
     d = -np.diff(z)
     out = []
     for i, di in enumerate(d):
-        neighbours = np.delete(d, i)
-        local = float(np.median(neighbours)) if len(neighbours) else di
+        neighbours = [d[j] for j in range(max(0, i - 2), min(len(d), i + 3)) if j != i]
+        local = float(np.median(neighbours)) if neighbours else float(di)
         missing = round(di / local) - 1 if di > GAP_FACTOR * local else 0
         out.append(max(0, missing))
     return out
 
 
-def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingResult:
-    """Name each body (cranial -> caudal order)."""
+T1_ANCHOR_FOV_MARGIN_MM = 40.0
+"""The T1 anchor needs the field of view to extend this far above the rib-free body over the first rib-bearing
+one (otherwise that body's rib may simply leave the field of view)."""
+
+
+def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: float | None = None) -> LabellingResult:
+    """Name each body (cranial -> caudal order). ``fov_top_mm``: top of the field of view (canonical z, mm)."""
     n = len(bodies)
     notes: list[str] = []
     if n == 0:
@@ -113,7 +126,9 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
         if last < n - 1 and not any(ribs[last + 1:]):
             anchors["T12 (last rib-bearing body)"] = int(VertebraLevel.T12) - pos[last]
         first = rib_idx[0]
-        if first > 0 and not bodies[first - 1].cut_by_fov and not ribs[first - 1]:
+        above = bodies[first - 1] if first > 0 else None
+        if (above is not None and not above.cut_by_fov and not ribs[first - 1] and fov_top_mm is not None
+                and fov_top_mm - above.centroid_mm[2] >= T1_ANCHOR_FOV_MARGIN_MM):
             anchors["T1 (first rib-bearing body)"] = int(VertebraLevel.T1) - pos[first]
     if sacrum_below and not bodies[-1].cut_by_fov:
         anchors["L5 (body on the sacrum)"] = int(VertebraLevel.L5) - pos[-1]
@@ -187,7 +202,8 @@ def _gap_uncertain(decisions: list[LevelDecision], missing: list[int], anchors: 
 def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[float]) -> int:
     heights = [b.height_mm for b in bodies]
     best, best_cost = int(VertebraLevel.T12) - pos[-1], float("inf")
-    for first in range(1, 26 - pos[-1]):
+    # the model knows T1-L5 context (phantoms cover C7-S1): guess within T1..L5
+    for first in range(int(VertebraLevel.T1), int(VertebraLevel.L5) + 1 - pos[-1]):
         cost = 0.0
         for i, h in enumerate(heights):
             v = first + pos[i]
@@ -210,39 +226,28 @@ def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[flo
 # Feature extraction on a canonical grid (shared by inference on predictions and tests on phantom truth).
 
 def rib_attachment(body_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
-                   spacing_mm: tuple[float, float, float]) -> list[tuple[bool, bool]]:
-    """(left, right) rib attachment per body: each rib component is assigned to the body nearest its medial end."""
+                   spacing_mm: tuple[float, float, float]) -> list[tuple[float, float]]:
+    """(left, right) rib volume (mm3) attached to each body: rib voxels in the posterolateral ring where rib
+    heads and necks meet the vertebra (RIB_RING_MM from the body centre, not anterior of it, within its height)."""
     sp = np.asarray(spacing_mm, dtype=np.float64)
-    cents = np.array([np.argwhere(m).mean(axis=0) * sp for m in body_masks]) if body_masks else np.zeros((0, 3))
-    out = [[False, False] for _ in body_masks]
-    if not body_masks or not rib_mask.any():
-        return [tuple(o) for o in out]  # type: ignore[misc]
-    lab, n = ndimage.label(rib_mask, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return [tuple(o) for o in out]  # type: ignore[misc]
-    objects = ndimage.find_objects(lab)
+    out: list[tuple[float, float]] = []
+    if not rib_mask.any():
+        return [(0.0, 0.0) for _ in body_masks]
+    rib_pts = np.argwhere(rib_mask) * sp
     voxel_mm3 = float(np.prod(sp))
-    for idx, sl in enumerate(objects, start=1):
-        if sl is None:
-            continue
-        local = lab[sl] == idx
-        count = int(local.sum())
-        if count * voxel_mm3 < MIN_RIB_VOLUME_MM3:
-            continue
-        pts = (np.argwhere(local) + np.array([s.start for s in sl])) * sp
-        # horizontal distance of every rib voxel to every body centroid
-        dx = pts[:, None, 0] - cents[None, :, 0]
-        dy = pts[:, None, 1] - cents[None, :, 1]
+    for m in body_masks:
+        coords = np.argwhere(m) * sp
+        c = coords.mean(axis=0)
+        z0, z1 = coords[:, 2].min() - RIB_Z_MARGIN_MM, coords[:, 2].max() + RIB_Z_MARGIN_MM
+        dx = rib_pts[:, 0] - c[0]
+        dy = rib_pts[:, 1] - c[1]
         horiz = np.hypot(dx, dy)
-        k = int(np.argmin(horiz.min(axis=1)))
-        medial = pts[k]
-        if horiz[k].min() > RIB_ATTACH_DISTANCE_MM:
-            continue
-        d3 = np.linalg.norm(cents - medial, axis=1)
-        b = int(np.argmin(d3))
-        side = 0 if medial[0] > cents[b, 0] else 1  # +L axis: left
-        out[b][side] = True
-    return [tuple(o) for o in out]  # type: ignore[misc]
+        near = ((horiz >= RIB_RING_MM[0]) & (horiz <= RIB_RING_MM[1]) & (dy >= -RIB_ANTERIOR_TOLERANCE_MM)
+                & (rib_pts[:, 2] >= z0) & (rib_pts[:, 2] <= z1))
+        left = float(np.count_nonzero(near & (dx > 0))) * voxel_mm3
+        right = float(np.count_nonzero(near & (dx < 0))) * voxel_mm3
+        out.append((left, right))
+    return out
 
 
 def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np.bool_],
@@ -261,8 +266,9 @@ def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np
 
 def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
                         sacrum_mask: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
-                        thoracic_votes: list[float] | None = None) -> tuple[list[BodyFeatures], bool]:
-    """Body features from masks on a canonical grid (instances ordered cranial -> caudal)."""
+                        thoracic_votes: list[float] | None = None) -> tuple[list[BodyFeatures], bool, float]:
+    """(features, sacrum below the lowest body, top of the field of view in mm) from masks on a canonical grid
+    (instances ordered cranial -> caudal)."""
     sp = np.asarray(spacing_mm, dtype=np.float64)
     ribs = rib_attachment(instance_masks, rib_mask, spacing_mm)
     feats = []
@@ -272,7 +278,9 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
         cut = bool(zs.min() == 0 or zs.max() == m.shape[2] - 1)
         feats.append(BodyFeatures(
             centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
-            height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left, rib_right=right,
+            height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= MIN_RIB_ATTACH_MM3,
+            rib_right=right >= MIN_RIB_ATTACH_MM3, rib_left_mm3=left, rib_right_mm3=right,
             thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut))
     sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False
-    return feats, sac
+    fov_top_mm = float((rib_mask.shape[2] - 0.5) * sp[2])
+    return feats, sac, fov_top_mm

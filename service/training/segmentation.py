@@ -41,11 +41,11 @@ MODEL_VERSION = "0.1.0"
 class TrainConfig:
     out: Path
     seed: int = 7
-    cases: int = 240
-    iterations: int = 3000
+    cases: int = 160
+    iterations: int = 1100
     batch_size: int = 2
     learning_rate: float = 2e-3
-    threads: int = 2
+    threads: int = 1
     cache: Path = Path("var/train_cache/segmentation")
     real_data: Path | None = None
     real_weight: float = 0.5

@@ -46,7 +46,7 @@ def test_thirteen_rib_pairs_with_sacrum_is_uncertain() -> None:
 def test_eleven_rib_pairs_with_t1_visible_is_uncertain() -> None:
     levels = [V(v) for v in range(V.C6, V.L1 + 1)]
     ribs = {V(v) for v in range(V.T1, V.T11 + 1)}
-    res = label_bodies(_spine(levels, ribs), sacrum_below=False)
+    res = label_bodies(_spine(levels, ribs), sacrum_below=False, fov_top_mm=60.0)
     assert all(d.uncertain for d in res.decisions)
 
 
