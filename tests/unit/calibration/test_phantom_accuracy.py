@@ -5,16 +5,23 @@ Grids are coarse crops (a few vertebrae, 1-3 mm) so each phantom renders in abou
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.calibration.assess import BmdSettings, assess_bmd
+from service.calibration.commands import register_calibrate
 from service.calibration.phantom import calibrate_from_volume, load_definition
+from service.calibration.store import CalibrationStore
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import CalibrationKind, Category, ExclusionReason, RoiMethod
 from service.phantom.api import Phantom, PhantomSpec, generate
+from service.phantom.dicom_writer import write_series
 from tests.unit.calibration.phantom_cases import truth_segmentation
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -147,3 +154,28 @@ def test_bone_island_and_pedicle_screws_are_excluded() -> None:
     assert by_level[V.L4].exclusion_reason is ExclusionReason.METAL, by_level[V.L4]
     assert by_level[V.L1].evaluable and by_level[V.L3].evaluable
     assert result.summary.levels_used == (V.L1, V.L3)
+
+
+def test_calibrate_phantom_command_on_a_written_phantom_series(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    phantom = generate(PhantomSpec(seed=23, region="abdomen", kvp=140, calibration_phantom="k2hpo4",
+                                   fov_top_level=V.L1, fov_bottom_level=V.L2), spacing_mm=(1.0, 1.0, 3.0))
+    write_series(phantom, tmp_path / "dicom")
+    parser = argparse.ArgumentParser()
+    register_calibrate(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["phantom", str(tmp_path / "dicom"), "--store", str(tmp_path / "store")])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["slope"] == pytest.approx(phantom.truth["hu_to_bmd"]["slope"], rel=0.02)
+    assert out["intercept"] == pytest.approx(phantom.truth["hu_to_bmd"]["intercept"], abs=2.0)
+    assert len(out["rods"]) == 4
+    stored = CalibrationStore(tmp_path / "store").all()
+    assert len(stored) == 1 and stored[0].scanner.kvp == 140.0
+    # the stored calibration is then used for a scan of the same scanner (no rods in it)
+    patient = generate(PhantomSpec(seed=24, region="abdomen", kvp=140, fov_top_level=V.T12, fov_bottom_level=V.L2),
+                       spacing_mm=(2.0, 2.0, 3.0))
+    volume = dataclasses.replace(patient.volume, extra={"study_date": "20260120"})
+    settings = BmdSettings(calibration_store_dir=tmp_path / "store")
+    result = assess_bmd(volume, truth_segmentation(patient), settings).result
+    assert result.calibration.kind is CalibrationKind.PHANTOM
+    assert result.calibration.valid_until == stored[0].valid_until
