@@ -38,8 +38,9 @@ class Thresholds:
     @property
     def identifier(self) -> str:
         """The string recorded in results, e.g. 'ACR2018-ISCD-v1 (<80 / 80-120 / >120 mg/cm3)'."""
+        versioned = self.name if self.name.endswith(f"-{self.version}") else f"{self.name}-{self.version}"
         return (
-            f"{self.name}-{self.version} (<{self.osteoporosis_below_mg_cm3:g} / "
+            f"{versioned} (<{self.osteoporosis_below_mg_cm3:g} / "
             f"{self.osteoporosis_below_mg_cm3:g}-{self.normal_above_mg_cm3:g} / >{self.normal_above_mg_cm3:g} mg/cm3)"
         )
 

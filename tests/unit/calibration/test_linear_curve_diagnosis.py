@@ -117,6 +117,7 @@ def test_categories(bmd: float | None, category: Category) -> None:
 def test_thresholds_agree_with_phantom_and_validate() -> None:
     assert diagnosis.OSTEOPOROSIS_BELOW_MG_CM3 == density.OSTEOPOROSIS_BELOW_MG_CM3
     assert diagnosis.NORMAL_ABOVE_MG_CM3 == density.NORMAL_ABOVE_MG_CM3
-    assert "ACR2018-ISCD-v1" in diagnosis.Thresholds().identifier
+    assert diagnosis.Thresholds().identifier == "ACR2018-ISCD-v1 (<80 / 80-120 / >120 mg/cm3)"
+    assert diagnosis.Thresholds(name="ACR2018-ISCD-v1").identifier.startswith("ACR2018-ISCD-v1 (")
     with pytest.raises(ValueError, match="must be below"):
         diagnosis.Thresholds(osteoporosis_below_mg_cm3=130.0)
