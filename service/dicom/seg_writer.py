@@ -79,13 +79,15 @@ def build_seg(
     if body_labels.shape[:2] != (cols, rows):
         raise ValueError(f"mask in-plane shape {body_labels.shape[:2]} must be (Columns, Rows) = {(cols, rows)}")
 
-    body_levels = sorted(VertebraLevel(int(v)) for v in np.unique(body_labels) if v != 0)
-    roi_levels = sorted(VertebraLevel(int(v)) for v in np.unique(roi_labels) if v != 0)
+    body_present = _presence(body_labels)  # (slice, label value) -> any voxel
+    roi_present = _presence(roi_labels)
+    body_levels = sorted(VertebraLevel(int(v)) for v in np.flatnonzero(body_present.any(axis=0)) if v != 0)
+    roi_levels = sorted(VertebraLevel(int(v)) for v in np.flatnonzero(roi_present.any(axis=0)) if v != 0)
     if not body_levels and not roi_levels:
         raise ValueError("body_labels and roi_labels are both empty: nothing to write into a SEG")
 
     # Only the slab of slices that holds any label is referenced.
-    any_label = np.any(body_labels != 0, axis=(0, 1)) | np.any(roi_labels != 0, axis=(0, 1))
+    any_label = body_present[:, 1:].any(axis=1) | roi_present[:, 1:].any(axis=1)
     k_indices = np.flatnonzero(any_label)
     k0, k1 = int(k_indices[0]), int(k_indices[-1]) + 1
 
@@ -99,7 +101,8 @@ def build_seg(
     )
 
     descriptions: list[hd.seg.SegmentDescription] = []
-    masks: list[Callable[[int], npt.NDArray[np.bool_]]] = []  # segment i -> slice k -> (columns, rows) mask
+    # per segment: slice k -> (columns, rows) mask, and the slices where it is not empty
+    masks: list[tuple[Callable[[int], npt.NDArray[np.bool_]], npt.NDArray[np.intp]]] = []
     body_numbers: dict[VertebraLevel, int] = {}
     roi_numbers: dict[VertebraLevel, int] = {}
     for level in sorted(set(body_levels) | set(roi_levels)):
@@ -125,7 +128,8 @@ def build_seg(
                     display_color=hd.color.CIELabColor.from_rgb(*color),
                 )
             )
-            masks.append(functools.partial(_level_slice, labels, int(level)))
+            present = body_present if kind == "body" else roi_present
+            masks.append((functools.partial(_level_slice, labels, int(level)), np.flatnonzero(present[:, int(level)])))
             (body_numbers if kind == "body" else roi_numbers)[level] = number
 
     summary_number: int | None = None
@@ -146,7 +150,9 @@ def build_seg(
                 display_color=hd.color.CIELabColor.from_rgb(*TRABECULAR_ROI_RGB),
             )
         )
-        masks.append(functools.partial(_union_slice, roi_labels, tuple(int(level) for level in used)))
+        values = tuple(int(level) for level in used)
+        masks.append((functools.partial(_union_slice, roi_labels, values),
+                      np.flatnonzero(roi_present[:, list(values)].any(axis=1))))
 
     # highdicom writes every module from a template over (at most) two source slices with all-ones segments (a few
     # MB, where the stacked (frames x rows x columns x segments) array of the whole slab would take GB on a thin-slice
@@ -172,7 +178,7 @@ def build_seg(
         series_description="AI vertebral segmentation (to be reviewed)",
         contributing_equipment=[contributing_equipment(algorithm, when)],
     )
-    seg = _fill_frames(template, source_headers, masks, range(k0, k1), rows, cols)
+    seg = _fill_frames(template, source_headers, masks)
     copy_patient_study(seg, source_headers[0])
     add_private_scheme(seg)
     seg.ContentDate = when.strftime("%Y%m%d")
@@ -180,6 +186,17 @@ def build_seg(
     logger.info("SEG built: %d segments over slices %d..%d, %d frames", len(descriptions), k0, k1 - 1,
                 int(seg.NumberOfFrames))
     return seg, SegmentNumbers(body=body_numbers, trabecular_roi=roi_numbers, summary=summary_number)
+
+
+def _presence(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
+    """(slices, 26) table: does slice k hold label value v (0..25)? One bincount per slice, no full-volume sort."""
+    n_values = int(max(VertebraLevel)) + 1
+    if labels.size and (labels.min() < 0 or labels.max() >= n_values):
+        raise ValueError(f"label values must be within 0..{n_values - 1}, got {labels.min()}..{labels.max()}")
+    table = np.zeros((labels.shape[2], n_values), dtype=bool)
+    for k in range(labels.shape[2]):
+        table[k] = np.bincount(labels[:, :, k].ravel().astype(np.intp), minlength=n_values) > 0
+    return table
 
 
 def _level_slice(labels: npt.NDArray[np.integer], value: int, k: int) -> npt.NDArray[np.bool_]:
@@ -201,10 +218,7 @@ def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
 def _fill_frames(
     template: hd.seg.Segmentation,
     source_headers: Sequence[Dataset],
-    masks: Sequence[Callable[[int], npt.NDArray[np.bool_]]],
-    slices: range,
-    rows: int,
-    cols: int,
+    masks: Sequence[tuple[Callable[[int], npt.NDArray[np.bool_]], npt.NDArray[np.intp]]],
 ) -> Dataset:
     """A plain Dataset copy of ``template`` with one frame per non-empty (segment, slice), segment-major.
 
@@ -212,21 +226,18 @@ def _fill_frames(
     operation", derivation "Segmentation"), Frame Content (Dimension Index Values = segment number, position index),
     Plane Position (the source slice's Image Position (Patient)), Segment Identification.
     """
-    frames: list[npt.NDArray[np.bool_]] = []
     frame_items: list[Dataset] = []
-    used_ks: set[int] = set()
-    per_segment: list[list[tuple[int, npt.NDArray[np.bool_]]]] = []
-    for mask_of in masks:
-        present = []
-        for k in slices:
-            plane = mask_of(k)
-            if plane.any():
-                present.append((k, plane))
-                used_ks.add(k)
-        per_segment.append(present)
-    position_index = {k: i + 1 for i, k in enumerate(sorted(used_ks))}  # ascending k = along the slice normal
-    for number, present in enumerate(per_segment, start=1):
-        for k, plane in present:
+    packed: list[bytes] = []  # frames packed one by one when a frame is a whole number of bytes
+    unpacked: list[npt.NDArray[np.bool_]] = []  # otherwise kept and packed as one bit stream at the end
+    used_ks = sorted({int(k) for _, slices in masks for k in slices})
+    position_index = {k: i + 1 for i, k in enumerate(used_ks)}  # ascending k = along the slice normal
+    for number, (mask_of, slices) in enumerate(masks, start=1):
+        for k in (int(k) for k in slices):
+            frame = mask_of(k).T  # (columns, rows) -> frame (rows, columns)
+            if frame.size % 8 == 0:
+                packed.append(np.packbits(frame.ravel(), bitorder="little").tobytes())
+            else:
+                unpacked.append(frame)
             header = source_headers[k]
             source = Dataset()
             source.ReferencedSOPClassUID = header.SOPClassUID
@@ -249,8 +260,7 @@ def _fill_frames(
             item.PlanePositionSequence = [position]
             item.SegmentIdentificationSequence = [identification]
             frame_items.append(item)
-            frames.append(plane.T)  # (columns, rows) -> frame (rows, columns)
-    if not frames:
+    if not frame_items:
         raise ValueError("every segment is empty: nothing to write into a SEG")
 
     seg = Dataset()
@@ -258,15 +268,13 @@ def _fill_frames(
     seg.preamble = template.preamble
     seg.file_meta = FileMetaDataset(template.file_meta)
     seg.PerFrameFunctionalGroupsSequence = frame_items
-    seg.NumberOfFrames = len(frames)
+    seg.NumberOfFrames = len(frame_items)
     # BINARY: 1 bit per pixel, frames packed back to back, least significant bit first (PS3.5 8.1.1)
-    bits = np.packbits(np.stack(frames).reshape(-1), bitorder="little")
-    if len(bits) % 2:
-        bits = np.append(bits, np.uint8(0))
-    seg.PixelData = bits.tobytes()
+    data = b"".join(packed) if packed else np.packbits(np.stack(unpacked).reshape(-1), bitorder="little").tobytes()
+    seg.PixelData = data + (b"\0" if len(data) % 2 else b"")
     seg["PixelData"].VR = "OB"
     referenced = []
-    for k in sorted(used_ks):
+    for k in used_ks:
         instance = Dataset()
         instance.ReferencedSOPClassUID = source_headers[k].SOPClassUID
         instance.ReferencedSOPInstanceUID = source_headers[k].SOPInstanceUID

@@ -236,14 +236,14 @@ def hand_result(volume: CTVolume, segmentation: SpineSegmentation, roi: np.ndarr
 
 def synthetic_case(out_dir: Path, orientation: tuple[str, tuple[float, ...]] = HEAD_FIRST_SUPINE,
                    levels: tuple[VertebraLevel, ...] = (VertebraLevel.T12, VertebraLevel.L1, VertebraLevel.L2),
-                   with_curve: bool = False) -> SyntheticCase:
-    volume = write_ct_series(out_dir, orientation)
+                   with_curve: bool = False, shape: tuple[int, int, int] = (64, 64, 20)) -> SyntheticCase:
+    volume = write_ct_series(out_dir, orientation, shape=shape)
     segmentation, roi = box_spine(volume, levels)
     hu = volume.hu.copy()
     hu[segmentation.body_labels > 0] += 250.0  # cortical-ish bodies, visible on the key image
     hu[roi > 0] -= 100.0
     # Same CT with bone: rewrite the series so the files carry the bone too.
-    volume = write_ct_series(out_dir, orientation, hu=hu)
+    volume = write_ct_series(out_dir, orientation, shape=shape, hu=hu)
     result = hand_result(volume, segmentation, roi, with_curve=with_curve)
     return SyntheticCase(volume, segmentation, roi, result, volume.source_paths)
 

@@ -125,11 +125,13 @@ def _seg_masks_on_ct_grid(seg: pydicom.Dataset, volume: CTVolume) -> dict[int, n
     return masks
 
 
-@pytest.mark.parametrize("orientation", [HEAD_FIRST_SUPINE, FEET_FIRST_SUPINE, HEAD_FIRST_PRONE],
-                         ids=["HFS", "FFS", "HFP"])
-def test_seg_masks_lie_over_the_ct_where_measured(tmp_path: Path, orientation: tuple[str, tuple[float, ...]]
-                                                  ) -> None:
-    case = synthetic_case(tmp_path / "ct", orientation)
+@pytest.mark.parametrize(("orientation", "shape"), [
+    (HEAD_FIRST_SUPINE, (64, 64, 20)), (FEET_FIRST_SUPINE, (64, 64, 20)), (HEAD_FIRST_PRONE, (64, 64, 20)),
+    (FEET_FIRST_SUPINE, (61, 63, 17)),  # frames not a whole number of bytes: one continuous bit stream
+], ids=["HFS", "FFS", "HFP", "FFS-odd-size"])
+def test_seg_masks_lie_over_the_ct_where_measured(tmp_path: Path, orientation: tuple[str, tuple[float, ...]],
+                                                  shape: tuple[int, int, int]) -> None:
+    case = synthetic_case(tmp_path / "ct", orientation, shape=shape)
     objects = build_result_objects(case.volume, case.segmentation, case.roi_labels, case.result, ALGORITHM)
     path = tmp_path / "seg.dcm"
     objects.seg.save_as(path, enforce_file_format=True)
