@@ -51,7 +51,8 @@ class SegmentNumbers:
     body: dict[VertebraLevel, int]
     trabecular_roi: dict[VertebraLevel, int]
     summary: int | None = None
-    """The union of the trabecular ROIs of the levels behind the patient-level BMD (None when there are none)."""
+    """The union of the trabecular ROIs behind the patient-level BMD (all ROIs when none is used; all bodies when
+    there is no ROI at all); None only for an empty SEG."""
 
 
 def build_seg(
@@ -132,27 +133,31 @@ def build_seg(
             masks.append((functools.partial(_level_slice, labels, int(level)), np.flatnonzero(present[:, int(level)])))
             (body_numbers if kind == "body" else roi_numbers)[level] = number
 
+    # The patient-level group of the SR references this one: the ROIs behind the summary, else all ROIs, else (no
+    # ROI at all) all vertebral bodies, so that the patient group is a TID 1411 group like the others.
     summary_number: int | None = None
     used = [level for level in summary_levels if level in roi_numbers] or list(roi_numbers)
-    if used:
+    from_bodies = not used
+    summary_labels, summary_present = (body_labels, body_present) if from_bodies else (roi_labels, roi_present)
+    values = tuple(int(level) for level in (body_levels if from_bodies else used))
+    if values:
         summary_number = len(descriptions) + 1
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=summary_number,
-                segment_label="Trabecular ROIs for patient BMD",
+                segment_label="Vertebral bodies assessed" if from_bodies else "Trabecular ROIs for patient BMD",
                 segmented_property_category=codes.ANATOMICAL_STRUCTURE,
-                segmented_property_type=codes.TRABECULAR_ROI,
+                segmented_property_type=codes.VERTEBRAL_BODY if from_bodies else codes.TRABECULAR_ROI,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=roi_algorithm,
                 tracking_uid=generate_uid(),
-                tracking_id="Patient BMD trabecular ROIs",
+                tracking_id="Patient BMD vertebral bodies" if from_bodies else "Patient BMD trabecular ROIs",
                 anatomic_regions=[codes.SPINE],
                 display_color=hd.color.CIELabColor.from_rgb(*TRABECULAR_ROI_RGB),
             )
         )
-        values = tuple(int(level) for level in used)
-        masks.append((functools.partial(_union_slice, roi_labels, values),
-                      np.flatnonzero(roi_present[:, list(values)].any(axis=1))))
+        masks.append((functools.partial(_union_slice, summary_labels, values),
+                      np.flatnonzero(summary_present[:, list(values)].any(axis=1))))
 
     # highdicom writes every module from a template over (at most) two source slices with all-ones segments (a few
     # MB, where the stacked (frames x rows x columns x segments) array of the whole slab would take GB on a thin-slice

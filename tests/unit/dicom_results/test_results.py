@@ -381,6 +381,25 @@ def test_single_level_and_empty_roi(tmp_path: Path) -> None:
     assert labels[l1.referenced_segment.referenced_segment_numbers[0]] == "L1 vertebral body"
 
 
+def test_no_roi_at_all_still_gives_volumetric_groups(tmp_path: Path) -> None:
+    """Every level excluded before an ROI was made: the groups reference bodies, the patient group all bodies."""
+    case = synthetic_case(tmp_path / "ct", FEET_FIRST_SUPINE, levels=(VertebraLevel.L1, VertebraLevel.L2))
+    roi = np.zeros_like(case.roi_labels)
+    result = hand_result(case.volume, case.segmentation, roi)
+    assert result.summary.category.value == "indeterminate" and result.summary.bmd_mg_cm3 is None
+    objects = build_result_objects(case.volume, case.segmentation, roi, result, ALGORITHM)
+    files = save_objects(objects, tmp_path / "out")
+    assert dciodvfy(files["sr"]).ok and dciodvfy(files["seg"]).ok
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in objects.seg.SegmentSequence}
+    groups = hd.sr.srread(files["sr"]).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 3
+    patient = next(g for g in groups if g.tracking_identifier == "Patient BMD summary")
+    assert labels[patient.referenced_segment.referenced_segment_numbers[0]] == "Vertebral bodies assessed"
+    assert patient.finding_type.value == "82334004"  # indeterminate
+    masks = _seg_masks_on_ct_grid(objects.seg, case.volume)
+    np.testing.assert_array_equal(masks[max(labels)], case.segmentation.body_labels > 0)
+
+
 # ------------------------------------------------------------------------------------ real CT (cptac chest)
 
 
