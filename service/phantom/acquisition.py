@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from service.phantom.grid import F32, Grid
+from service.phantom.grid import F32, Grid, SmoothField
 from service.phantom.render import Canvas
 
 logger = logging.getLogger(__name__)
@@ -62,15 +62,19 @@ def finish(
     g = cv.grid
     hu = cv.hu
     nz = g.shape[2]
+    # two-scale tissue texture: fine (white, then blurred) and coarse (~1.2 mm correlation, trabecular-like)
+    coarse = SmoothField(rng, g.shape, sigma_vox=1.2 / min(g.spacing_mm), min_factor=2)
     for k0 in range(0, nz, chunk_slices):
         k1 = min(nz, k0 + chunk_slices)
         tex = rng.standard_normal((k1 - k0, g.shape[1], g.shape[0]), dtype=F32).T
+        for k in range(k0, k1):
+            tex[:, :, k - k0] += F32(0.8) * coarse.plane(k)[:, :, 0]
         tex *= cv.texture_amp[:, :, k0:k1]
         hu[:, :, k0:k1] += tex
     sz = max(slice_thickness_mm, g.spacing_mm[2]) / 2.355 / g.spacing_mm[2]
     sxy = [max(in_plane_blur_mm / g.spacing_mm[n], 0.35) for n in (0, 1)]
     ndimage.gaussian_filter(hu, sigma=(sxy[0], sxy[1], sz), output=hu, truncate=3.0)
-    _restore_cores(cv, hu, rng, attenuation=_white_attenuation(sxy[0], sxy[1], sz))
+    _restore_cores(cv, hu)
     if noise_sd > 0:
         corr = 0.7 if g.spacing_mm[0] < 1.2 else 0.3
         scale = F32(noise_sd / _white_attenuation(corr, corr, 0.0))
@@ -106,16 +110,15 @@ def _white_attenuation(sx: float, sy: float, sz: float) -> float:
     return out
 
 
-def _restore_cores(cv: Canvas, hu: npt.NDArray[np.float32], rng: np.random.Generator, attenuation: float) -> None:
-    """Set every trabecular core to its declared HU plus zero-mean texture (exact declared mean)."""
+def _restore_cores(cv: Canvas, hu: npt.NDArray[np.float32]) -> None:
+    """Shift every trabecular core so that its mean is exactly the declared HU (texture kept)."""
     for label, sl in sorted(cv.core_blocks.items()):
         mask = cv.labels[sl] == label
-        n = int(mask.sum())
-        if n == 0:
+        if not mask.any():
             continue
-        t = rng.standard_normal(n).astype(F32) * F32(attenuation) * cv.texture_amp[sl][mask].astype(F32)
         sub = hu[sl]
-        sub[mask] = F32(cv.core_hu[label]) + (t - t.mean())
+        values = sub[mask].astype(np.float64)
+        sub[mask] = (values - values.mean() + cv.core_hu[label]).astype(F32)
 
 
 def to_dicom_order(

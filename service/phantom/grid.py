@@ -192,11 +192,12 @@ class SmoothField:
     """A unit-variance Gaussian random field on a grid block, stored coarse and upsampled one axial plane at a
     time (bounded memory for large grids)."""
 
-    def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], sigma_vox: float) -> None:
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], sigma_vox: float,
+                 min_factor: int = 1) -> None:
         from scipy import ndimage
 
         self.shape = shape
-        factor = max(1, int(sigma_vox // 1.5))
+        factor = max(min_factor, int(sigma_vox // 1.5))
         small = shape if factor == 1 else tuple(max(2, int(np.ceil(s / factor)) + 1) for s in shape)
         field = rng.standard_normal(small[::-1], dtype=F32).T  # Fortran order, x fastest
         field = ndimage.gaussian_filter(field, sigma=max(sigma_vox / factor, 0.5), mode="wrap", truncate=3.0)
