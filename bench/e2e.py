@@ -91,12 +91,15 @@ def job_state(engine: Any, series_instance_uid: str) -> _JobState | None:
     from sqlalchemy import select
 
     from service.db.engine import read_session
-    from service.db.tables import Export, Job, ResultObject
+    from service.db.tables import Export, Job, ResultObject, Series
 
     with read_session(engine) as session:
         job = session.scalars(select(Job).where(Job.series_instance_uid == series_instance_uid)
                               .order_by(Job.id.desc())).first()
         if job is None:
+            series = session.scalars(select(Series).where(Series.series_instance_uid == series_instance_uid)).first()
+            if series is not None and series.status in ("rejected", "not_selected"):
+                raise RuntimeError(f"the node did not queue the series: {series.status} ({series.reason})")
             return None
         rows = session.execute(select(Export.status, Export.sent_at).join(ResultObject)
                                .where(ResultObject.job_id == job.id)).tuples().all()
