@@ -7,6 +7,7 @@ whole volume. HU values are those of the acquisition (kVp, contrast) before blur
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -638,10 +639,12 @@ def _paint_spine(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: RenderOption
         cv.paint(blk, sd < 0, L.SPINAL_CANAL, tissue.csf, texture=5.0)
         cv.paint(blk, sd < -4.5, L.SPINAL_CANAL, tissue.csf + 20.0, texture=5.0)  # cord
     # discs
-    for lv_u, lv_l in itertools.pairwise(levels):
-        vu, vl = vt[lv_u], vt[lv_l]
-        if vl.kind == "sacral" and lv_l == V.S1 and vu.kind == "sacralised":
-            pass
+    pairs = [(vt[a], vt[b]) for a, b in itertools.pairwise(levels)]
+    if vt[V.S1].kind == "lumbar" and anat.sacral_segments:  # lumbarised S1: a disc between S1 and S2
+        c2, f2, w2_, d2_, h2_ = anat.sacral_segments[0]
+        pairs.append((vt[V.S1], dataclasses.replace(vt[V.S1], centre=c2, frame=f2, width_mm=w2_, depth_mm=d2_,
+                                                    height_mm=h2_, fracture=None)))
+    for vu, vl in pairs:
         centre = (vu.centre + vl.centre) / 2
         r = max(vu.width_mm, vu.depth_mm) / 2 + 8.0
         blk = g.block(centre - r, centre + r)

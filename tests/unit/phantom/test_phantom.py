@@ -252,6 +252,12 @@ def test_rib_pairs_and_lumbar_variants() -> None:
     assert lumb.truth["variants"]["lumbar_vertebra_count"] == 6
     s1 = next(v for v in lumb.truth["vertebrae"] if v["level"] == "S1")
     assert s1["kind"] == "lumbar" and body_mask(lumb.labels, V.S1).sum() > 50
+    # a lumbarised S1 has a disc below it; a normal S1 is fused with the sacrum
+    normal = _small(102, "abdomen")
+    for p, expect in ((lumb, True), (normal, False)):
+        s1z = next(v for v in p.truth["vertebrae"] if v["level"] == "S1")["centroid_lps_mm"][2]
+        disc_z = p.volume.index_to_lps(np.argwhere(p.labels == lab.DISC))[:, 2]
+        assert bool((disc_z < s1z - 10.0).sum() > 20) is expect
     sac = _small(102, "abdomen", lumbar_variant="sacralised_l5")
     assert sac.truth["variants"]["lumbar_vertebra_count"] == 4
     assert next(v for v in sac.truth["vertebrae"] if v["level"] == "L5")["kind"] == "sacralised"
