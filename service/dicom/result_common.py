@@ -48,14 +48,14 @@ PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AlgorithmInfo:
-    """Who made the result objects: the node software and the segmentation model it ran."""
+    """Who made the result objects: the node software and the segmentation model it ran (keyword arguments)."""
 
+    name: str = "bmd-node"
     version: str
     model_name: str
     model_version: str
-    name: str = "bmd-node"
     manufacturer: str = "bmd-node project"
     device_serial_number: str = "0"
     """Required by the SEG Enhanced General Equipment module; the installation's identifier where known."""
