@@ -367,7 +367,8 @@ def build_anatomy(rng: np.random.Generator, opts: AnatomyOptions) -> Anatomy:
         osteophytes=opts.osteophytes,
         cortical_hu_120=float(rng.uniform(700.0, 1100.0)),
         lumbar_variant=opts.lumbar_variant,
-        extras={"size_factor": size, "kyphosis_scale": kyph, "lordosis_scale": lord, "scoliosis_amp_mm": amp},
+        extras={"size_factor": size, "kyphosis_scale": kyph, "lordosis_scale": lord, "scoliosis_amp_mm": amp,
+                "breast_size": float(rng.uniform(0.3, 1.3)) if opts.sex == "F" else 0.0},
     )
 
 

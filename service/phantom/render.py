@@ -144,6 +144,8 @@ def render(anat: Anatomy, grid: Grid, opts: RenderOptions, rng: np.random.Genera
     _paint_torso(cv, anat, tissue)
     if anat.arms_in_fov:
         _paint_arms(cv, anat, tissue)
+    if anat.extras.get("breast_size", 0.0) > 0:
+        _paint_breasts(cv, anat, tissue, rng)
     _paint_thorax(cv, anat, tissue)
     _paint_abdomen(cv, anat, tissue, rng)
     _paint_ribs_and_sternum(cv, anat, tissue, opts)
@@ -258,6 +260,31 @@ def _paint_torso(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
             rho = np.sqrt(((blk.X - cxp) / pa) ** 2 + ((blk.Y - sy) / pb) ** 2)
             ring = body & (np.abs(rho - 1.0) < F32(1.3) / pa) & (depth > F32(t.subcut_fat_mm) + 3.0)
             cv.paint(blk, ring, L.SUBCUTANEOUS_FAT, tissue.fat + 15.0, texture=10.0)
+
+
+def _paint_breasts(cv: Canvas, anat: Anatomy, tissue: TissueHU, rng: np.random.Generator) -> None:
+    """Female breasts: fat with fibroglandular tissue, on the anterior chest wall at about T5-T7."""
+    size = anat.extras["breast_size"]
+    t = anat.torso
+    zc = float(anat.vertebrae[V.T6].centre[2])
+    hw = float(t.at(zc, "half_width"))
+    front = float(t.at(zc, "front_y"))
+    axes = (min(0.36 * hw, 40.0 * size + 25.0), 26.0 * size + 8.0, 40.0 * size + 22.0)
+    for sgn in (1.0, -1.0):
+        centre = np.array([sgn * 0.42 * hw, front + 10.0, zc - 10.0])
+        blk = cv.grid.block(centre - np.asarray(axes) - 2.0, centre + np.asarray(axes) + 2.0)
+        if blk is None:
+            continue
+        rr = _ellipsoid(blk, centre, axes)
+        inside = rr < 1.0
+        if not inside.any():
+            continue
+        cv.paint(blk, inside, L.SUBCUTANEOUS_FAT, tissue.fat, texture=12.0)
+        field = SmoothField(rng, blk.shape, sigma_vox=4.0 / min(cv.grid.spacing_mm))
+        gland = np.concatenate([field.plane(k) for k in range(blk.shape[2])], axis=2)
+        cv.paint(blk, inside & (rr < 0.8) & (gland > 0.4), L.SUBCUTANEOUS_FAT, 35.0, texture=12.0)
+        cv.paint(blk, inside & (rr > 1.0 - 1.8 / min(axes)) & (cv.labels[blk.slices] != L.MUSCLE), L.SKIN,
+                 tissue.skin, texture=8.0)
 
 
 def _paint_arms(cv: Canvas, anat: Anatomy, tissue: TissueHU) -> None:
