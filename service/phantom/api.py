@@ -87,6 +87,8 @@ class PhantomSpec:
     sex: str | None = None
     age_years: float | None = None
     category: str | None = None
+    l1_l2_bmd_mg_cm3: float | None = None
+    """Force the L1-L2 mean trabecular BMD (all levels scaled, the gradient kept); overrides ``category``."""
     habitus: str | None = None
     curvature_scale: float | None = None
     arms_in_fov: bool | None = None
@@ -147,6 +149,8 @@ class PhantomSpec:
             raise ValueError(f"age_years must be within 18..100, got {self.age_years}")
         if self.category is not None and self.category not in density.CATEGORIES:
             raise ValueError(f"category must be one of {density.CATEGORIES} or None, got {self.category!r}")
+        if self.l1_l2_bmd_mg_cm3 is not None and not 10.0 <= self.l1_l2_bmd_mg_cm3 <= 300.0:
+            raise ValueError(f"l1_l2_bmd_mg_cm3 must be within 10..300, got {self.l1_l2_bmd_mg_cm3}")
         if self.habitus is not None and self.habitus not in HABITUS:
             raise ValueError(f"habitus must be one of {HABITUS} or None, got {self.habitus!r}")
         if self.curvature_scale is not None and not 0.0 <= self.curvature_scale <= 2.0:
@@ -326,6 +330,8 @@ def generate(
     rs = _streams(spec)
     d = rs["defaults"]
     patient = density.draw_patient(rs["patient"], sex=spec.sex, age_years=spec.age_years, category=spec.category)
+    if spec.l1_l2_bmd_mg_cm3 is not None:
+        patient = density.with_l1_l2_bmd(patient, spec.l1_l2_bmd_mg_cm3)
     habitus = spec.habitus or str(d.choice(HABITUS, p=[0.25, 0.5, 0.25]))
     curvature = spec.curvature_scale if spec.curvature_scale is not None else float(d.uniform(0.7, 1.3))
     arms = spec.arms_in_fov if spec.arms_in_fov is not None else bool(d.random() < 0.2)

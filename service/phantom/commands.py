@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sex", choices=["F", "M"], default=None)
     p.add_argument("--age", type=float, default=None, metavar="YEARS")
     p.add_argument("--category", choices=["normal", "osteopenia", "osteoporosis"], default=None)
+    p.add_argument("--bmd", type=float, default=None, metavar="MG_CM3",
+                   help="force the L1-L2 mean trabecular BMD (mg/cm3); other levels keep the patient's gradient")
     p.add_argument("--habitus", choices=["slim", "average", "obese"], default=None)
     p.add_argument("--arms-in-fov", action="store_true", default=None)
     p.add_argument("--no-table", action="store_true")
@@ -83,6 +85,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         "sex": args.sex,
         "age_years": args.age,
         "category": args.category,
+        "l1_l2_bmd_mg_cm3": args.bmd,
         "habitus": args.habitus,
         "arms_in_fov": args.arms_in_fov,
         "table": not args.no_table,

@@ -294,3 +294,17 @@ def draw_patient(
         bmd_by_level=bmd_by_level,
         thoracolumbar_drop_per_level=drop,
     )
+
+
+def with_l1_l2_bmd(patient: PatientDensity, l1_l2_bmd_mg_cm3: float) -> PatientDensity:
+    """The same patient with every level scaled so that the L1-L2 mean is ``l1_l2_bmd_mg_cm3`` exactly."""
+    factor = l1_l2_bmd_mg_cm3 / patient.l1_l2_bmd_mg_cm3
+    levels = {lv: round(float(np.clip(b * factor, MIN_BMD_MG_CM3 * 0.5, MAX_BMD_MG_CM3 * 1.2)), 4)
+              for lv, b in patient.bmd_by_level.items()}
+    shift = l1_l2_bmd_mg_cm3 - 0.5 * (levels[VertebraLevel.L1] + levels[VertebraLevel.L2])
+    levels[VertebraLevel.L1] += shift
+    levels[VertebraLevel.L2] += shift
+    mean = 0.5 * (levels[VertebraLevel.L1] + levels[VertebraLevel.L2])
+    return PatientDensity(sex=patient.sex, age_years=patient.age_years, category=category_of(mean),
+                          l1_l2_bmd_mg_cm3=mean, bmd_by_level=levels,
+                          thoracolumbar_drop_per_level=patient.thoracolumbar_drop_per_level)

@@ -67,3 +67,13 @@ def test_forced_category_sex_age_and_determinism() -> None:
     assert old_f < young_m - 40
     with pytest.raises(ValueError, match="category"):
         density.draw_patient(rng, category="bad")
+
+
+def test_forced_l1_l2_bmd_keeps_the_gradient() -> None:
+    p = density.draw_patient(np.random.default_rng(3), category="normal")
+    q = density.with_l1_l2_bmd(p, 70.0)
+    assert q.l1_l2_bmd_mg_cm3 == pytest.approx(70.0)
+    assert q.category == "osteoporosis"
+    ratio_p = p.bmd_by_level[VertebraLevel.T5] / p.l1_l2_bmd_mg_cm3
+    ratio_q = q.bmd_by_level[VertebraLevel.T5] / q.l1_l2_bmd_mg_cm3
+    assert ratio_q == pytest.approx(ratio_p, rel=1e-3)

@@ -111,7 +111,7 @@ def test_truth_core_recovers_bmd_within_1_mg(tmp_path: Path, kvp: int, contrast:
     from service.dicom.volume_loader import load_series
 
     spec = PhantomSpec(seed=51, region="abdomen", rows=160, columns=160, pixel_spacing_mm=0.9,
-                       slice_thickness_mm=1.0, kvp=kvp, contrast=contrast, noise_free=True,
+                       slice_thickness_mm=1.0, kvp=kvp, contrast=contrast, noise_free=True, l1_l2_bmd_mg_cm3=95.0,
                        fov_top_level=V.T12, fov_bottom_level=V.L3, arms_in_fov=False)
     phantom = generate(spec)
     write_phantom(phantom, tmp_path)
@@ -133,6 +133,7 @@ def test_truth_core_recovers_bmd_within_1_mg(tmp_path: Path, kvp: int, contrast:
         assert abs(bmd - v["bmd_mg_cm3"]) < 1.0, (v["level"], bmd, v["bmd_mg_cm3"])
         checked += 1
     assert checked >= 2
+    assert truth["patient"]["l1_l2_bmd_mg_cm3"] == pytest.approx(95.0)
 
 
 def test_dciodvfy_clean_uncompressed_and_jpeg2000(tmp_path: Path) -> None:
