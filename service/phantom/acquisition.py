@@ -75,6 +75,7 @@ def finish(
     sxy = [max(in_plane_blur_mm / g.spacing_mm[n], 0.35) for n in (0, 1)]
     ndimage.gaussian_filter(hu, sigma=(sxy[0], sxy[1], sz), output=hu, truncate=3.0)
     _restore_cores(cv, hu)
+    _metal_streaks(cv, hu, rng)
     if noise_sd > 0:
         corr = 0.7 if g.spacing_mm[0] < 1.2 else 0.3
         scale = F32(noise_sd / _white_attenuation(corr, corr, 0.0))
@@ -95,6 +96,47 @@ def finish(
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
     np.rint(hu, out=hu)
     return Acquired(hu=hu, labels=labels, noise_sd_hu=noise_sd)
+
+
+def _metal_streaks(cv: Canvas, hu: npt.NDArray[np.float32], rng: np.random.Generator) -> None:
+    """Radial bright/dark streaks around metal and a dark band between metal pieces (photon starvation)."""
+    from service.phantom.labels import METAL
+
+    g = cv.grid
+    metal_slices = np.nonzero((cv.labels == METAL).any(axis=(0, 1)))[0]
+    if len(metal_slices) == 0:
+        return
+    phases = rng.uniform(0, 2 * np.pi, size=6)
+    amps = rng.uniform(40.0, 110.0, size=6)
+    x = (np.arange(g.shape[0]) * g.spacing_mm[0])[:, None].astype(F32)
+    y = (np.arange(g.shape[1]) * g.spacing_mm[1])[None, :].astype(F32)
+    for k in metal_slices:
+        lab = cv.labels[:, :, k]
+        m = lab == METAL
+        pts = np.argwhere(m) * np.array(g.spacing_mm[:2])
+        split = np.median(pts[:, 0])
+        groups = [pts[pts[:, 0] <= split], pts[pts[:, 0] > split]]
+        centres = [grp.mean(axis=0) for grp in groups if len(grp)]
+        streak = np.zeros(lab.shape, dtype=F32)
+        for c in centres:
+            dx, dy = x - F32(c[0]), y - F32(c[1])
+            r = np.sqrt(dx * dx + dy * dy) + F32(1e-3)
+            th = np.arctan2(dy, dx)
+            pattern = sum(F32(a) * np.cos(F32(2 * (j + 2)) * th + F32(ph))
+                          for j, (a, ph) in enumerate(zip(amps, phases, strict=True)))
+            streak += pattern * np.exp(-r / F32(70.0)) * np.clip((r - 4.0) / 6.0, 0, 1)
+        if len(centres) == 2:
+            c1, c2 = centres
+            u = (c2 - c1) / max(float(np.linalg.norm(c2 - c1)), 1e-3)
+            dx, dy = x - F32(c1[0]), y - F32(c1[1])
+            along = dx * F32(u[0]) + dy * F32(u[1])
+            perp = np.abs(-dx * F32(u[1]) + dy * F32(u[0]))
+            seg = float(np.linalg.norm(c2 - c1))
+            outside = np.maximum(np.maximum(-along, along - F32(seg)), 0)
+            streak -= F32(180.0) * np.exp(-((perp / F32(3.5)) ** 2)) * np.exp(-outside / F32(60.0))
+        sel = (lab != 0) & ~m
+        sub = hu[:, :, k]
+        sub[sel] += streak[sel]
 
 
 def _white_attenuation(sx: float, sy: float, sz: float) -> float:
