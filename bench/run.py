@@ -243,7 +243,8 @@ def section_throughput(ctx: Context) -> dict[str, Any]:
             if n == 1:
                 per_study_cpu = [sum(v for k, v in run.stage_s.items() if k != "network_s")]
             if run.truth_fallback:
-                notes.append("later stages on the phantom's true labels (no trained model)")
+                notes.append(f"{n} worker(s): later stages on the phantom's true labels (no trained model); loading "
+                             f"them took {run.truth_fallback_s:.1f} s in all, inside the span (not subtracted)")
     if per_study_cpu:
         cores = os.cpu_count() or 1
         figures.append(_figure("projection.gpu_studies_per_hour", f"GPU projection: {cores} CPU workers, network "

@@ -37,6 +37,8 @@ class ThroughputRun:
     stage_s: dict[str, float]
     """Mean per study of each pipeline stage."""
     truth_fallback: bool
+    truth_fallback_s: float = 0.0
+    """Total seconds the workers spent loading phantom truth labels (benchmark artefact, inside the span)."""
 
     @property
     def studies_per_hour(self) -> float:
@@ -119,9 +121,10 @@ def run_workers(pg: procs.Postgres, studies: Sequence[SeriesSet], folder: Path, 
     for record in records:
         for k, v in record["timings"].items():
             stage_means[k] = stage_means.get(k, 0.0) + float(v) / len(records)
+    artefact = sum(float(r.get("truth_fallback_s", 0.0)) for r in records)
     return ThroughputRun(workers, threads, len(studies), (last - first).total_seconds(), wall,
                          tuple((r[2] - r[1]).total_seconds() for r in rows), stage_means,
-                         any(r["truth_fallback"] for r in records))
+                         any(r["truth_fallback"] for r in records), artefact)
 
 
 class _Workers:
