@@ -266,8 +266,7 @@ def test_rib_pairs_and_lumbar_variants() -> None:
 
 
 def test_findings_calibration_rods_island_and_screws() -> None:
-    p = _small(111, "abdomen", calibration_phantom="hydroxyapatite", noise_free=True, bone_island_level=V.L2,
-               pedicle_screw_levels=(V.L4, V.L5))
+    p = _small(111, "abdomen", calibration_phantom="hydroxyapatite", noise_free=True, bone_island_level=V.L2)
     rods = p.truth["calibration_phantom"]["rods"]
     assert [r["density_mg_cm3"] for r in rods] == [0.0, 50.0, 100.0, 200.0]
     measured = []
@@ -282,12 +281,17 @@ def test_findings_calibration_rods_island_and_screws() -> None:
     fit = np.polyfit(measured, [r["density_mg_cm3"] for r in rods], 1)
     assert fit[0] == pytest.approx(p.truth["hu_to_bmd"]["slope"], rel=0.02)
     assert fit[1] == pytest.approx(p.truth["hu_to_bmd"]["intercept"], abs=2.0)
-    metal = p.labels == lab.METAL
-    assert metal.sum() > 5 and p.volume.hu[metal].max() >= 3000
-    assert {v["level"] for v in p.truth["vertebrae"] if v["metal"]} == {"L4", "L5"}
     l2 = next(v for v in p.truth["vertebrae"] if v["level"] == "L2")
     assert l2["bone_island"]
     assert p.truth["findings"]["bone_island"]["level"] == "L2"
+    # the island is bright bone inside the body but outside the truth core
+    core = p.labels == lab.body_core(V.L2)
+    assert abs(float(p.volume.hu[core].mean()) - l2["trabecular_hu"]) < 0.6
+    # pedicle screws: metal label, saturated HU, levels flagged, streaks around them
+    q = _small(111, "abdomen", noise_free=True, pedicle_screw_levels=(V.L4, V.L5))
+    metal = q.labels == lab.METAL
+    assert metal.sum() > 5 and q.volume.hu[metal].max() >= 3000
+    assert {v["level"] for v in q.truth["vertebrae"] if v["metal"]} == {"L4", "L5"}
 
 
 def test_random_spec_varies_and_validates() -> None:
