@@ -48,10 +48,11 @@ MUSCLE_HU = 50.0
 MUSCLE_CONTRAST_RISE_HU_120KVP = 8.0
 """Portal-venous enhancement of skeletal muscle (~ +5-15 HU), scaled by the iodine kVp factor."""
 BLOOD_HU = 42.0
-TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 25.0, "muscle": 8.0, "blood": 20.0}
+TISSUE_SD_HU: dict[str, float] = {"air": 60.0, "fat": 25.0, "muscle": 8.0, "blood": 40.0}
 """Weights of the fit (1/SD^2). Muscle, sampled in a large homogeneous region, is the most reliable; fat reads
 high in thin layers (partial volume with skin and muscle: -93 instead of -100 in slim patients); the blood sample
-cannot be told from other soft tissue without contrast; air suffers clipping, blankets and streaks."""
+cannot be told from other soft tissue without contrast (the sampler often lands on spleen, kidney or bowel wall,
+45-56 HU), so it weighs little; air suffers clipping, blankets and streaks."""
 MUSCLE_SD_CONTRAST_HU = 15.0
 """With IV contrast muscle enhancement depends on phase and timing (~0-15 HU): muscle weighs less."""
 TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 30.0, "muscle": 40.0, "blood": 20.0}
