@@ -72,7 +72,7 @@ def finish(
         tex *= cv.texture_amp[:, :, k0:k1]
         hu[:, :, k0:k1] += tex
     sz = max(slice_thickness_mm, g.spacing_mm[2]) / 2.355 / g.spacing_mm[2]
-    sxy = [max(in_plane_blur_mm / g.spacing_mm[n], 0.35) for n in (0, 1)]
+    sxy = [max(in_plane_blur_mm / g.spacing_mm[n], 0.45) for n in (0, 1)]
     ndimage.gaussian_filter(hu, sigma=(sxy[0], sxy[1], sz), output=hu, truncate=3.0)
     _restore_cores(cv, hu)
     _metal_streaks(cv, hu, rng)

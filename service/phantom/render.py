@@ -640,6 +640,16 @@ def _body_fields(blk: Block, vg: VertebraGeom, shrink_mm: float, extra_top_mm: f
     return inside & ~notch
 
 
+def _shell_mm(g: Grid, thickness_mm: float) -> float:
+    """Cortical shell thickness drawn on this grid: at least half a voxel, so coarse grids do not alias it."""
+    return max(thickness_mm, 0.5 * max(g.spacing_mm))
+
+
+def _shell_hu(cortical_hu: float, inner_hu: float, thickness_mm: float, drawn_mm: float) -> float:
+    """HU of a shell drawn ``drawn_mm`` thick for a true ``thickness_mm``: the same mineral per area."""
+    return inner_hu + (cortical_hu - inner_hu) * thickness_mm / drawn_mm
+
+
 def _vertebra_block(g: Grid, vg: VertebraGeom, pad: float) -> Block | None:
     r = max(vg.width_mm, vg.depth_mm, vg.height_mm) / 2 + pad
     return g.block(vg.centre - r, vg.centre + r)
@@ -703,9 +713,10 @@ def _paint_spine(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: RenderOption
             continue
         abc = local_coords(blk, vg.centre, vg.frame)
         outer = _body_fields(blk, vg, 0.0, a_b_c=abc)
-        inner = _body_fields(blk, vg, vg.cortical_mm, a_b_c=abc)
-        core = _body_fields(blk, vg, vg.cortical_mm + core_margin, a_b_c=abc)
-        cv.paint(blk, outer, L.body_shell(lv), cort, texture=60.0)
+        t_eff = _shell_mm(g, vg.cortical_mm)
+        inner = _body_fields(blk, vg, t_eff, a_b_c=abc)
+        core = _body_fields(blk, vg, t_eff + core_margin, a_b_c=abc)
+        cv.paint(blk, outer, L.body_shell(lv), _shell_hu(cort, trab, vg.cortical_mm, t_eff), texture=60.0)
         cv.paint(blk, inner, L.body_shell(lv), trab, texture=35.0)
         cv.paint(blk, core, L.body_core(lv), trab, texture=35.0)
         cv.core_hu[L.body_core(lv)] = trab
@@ -760,8 +771,9 @@ def _paint_posterior(cv: Canvas, vg: VertebraGeom, trab: float, cort: float, ana
         return
     sd = union_sd(blk, caps)
     label = L.posterior(vg.level)
-    cv.paint(blk, sd < 0, label, cort * 0.8, texture=50.0)
-    cv.paint(blk, sd < -1.0, label, trab + 50.0, texture=35.0)
+    t_eff = _shell_mm(cv.grid, 1.0)
+    cv.paint(blk, sd < 0, label, _shell_hu(cort * 0.8, trab + 50.0, 1.0, t_eff), texture=50.0)
+    cv.paint(blk, sd < -t_eff, label, trab + 50.0, texture=35.0)
 
 
 def _sacral_posterior(vg: VertebraGeom) -> list[Capsule]:
@@ -840,8 +852,9 @@ def _paint_ribs_and_sternum(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: R
             continue
         sd = union_sd(blk, caps)
         label = L.rib(rib.side, rib.number)
-        cv.paint(blk, sd < 0, label, cort * 0.9, texture=50.0)
-        cv.paint(blk, sd < -0.8, label, trab, texture=35.0)
+        t_eff = _shell_mm(g, 0.8)
+        cv.paint(blk, sd < 0, label, _shell_hu(cort * 0.9, trab, 0.8, t_eff), texture=50.0)
+        cv.paint(blk, sd < -t_eff, label, trab, texture=35.0)
     # sternum: a flat plate of three parallel chains
     st = anat.sternum_path
     w = anat.sternum_width_mm
