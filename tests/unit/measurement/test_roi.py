@@ -27,29 +27,36 @@ def test_erosion_box_isotropic_1mm() -> None:
     # 10x10x10 box of 1 mm voxels, eroded by 3 mm -> 4x4x4 box (3 voxels off each face)
     mask = np.zeros((14, 14, 14), dtype=bool)
     mask[2:12, 2:12, 2:12] = True
-    roi = erosion_roi(CroppedMask((0, 0, 0), mask), (1.0, 1.0, 1.0), 3.0)
+    roi = erosion_roi(CroppedMask((0, 0, 0), mask), (1.0, 1.0, 1.0), 3.0, slice_profile_margin=False)
     expected = np.zeros_like(mask)
     expected[5:9, 5:9, 5:9] = True
+    assert np.array_equal(roi.mask, expected)
+    # with the slice-profile margin the slice axis loses 3 mm + 1 slice = 4 voxels at each end
+    roi = erosion_roi(CroppedMask((0, 0, 0), mask), (1.0, 1.0, 1.0), 3.0)
+    expected = np.zeros_like(mask)
+    expected[5:9, 5:9, 6:8] = True
     assert np.array_equal(roi.mask, expected)
 
 
 def test_erosion_anisotropic_uses_mm_per_axis() -> None:
-    # 0.5 x 0.5 x 3 mm voxels: 3 mm = 6 voxels in-plane, 1 voxel along k
+    # 0.5 x 0.5 x 3 mm voxels: 3 mm = 6 voxels in-plane; along k (3 + 3) mm = 2 slices
     mask = np.zeros((30, 30, 8), dtype=bool)
     mask[2:28, 2:28, 1:7] = True  # 13 mm x 13 mm x 18 mm
     roi = erosion_roi(CroppedMask((0, 0, 0), mask), (0.5, 0.5, 3.0), 3.0)
     idx = np.argwhere(roi.mask)
     assert idx[:, 0].min() == 8 and idx[:, 0].max() == 21  # 6 voxels off each side in i
     assert idx[:, 1].min() == 8 and idx[:, 1].max() == 21
-    assert idx[:, 2].min() == 2 and idx[:, 2].max() == 5  # 1 slice off each end
-    assert roi.voxel_count == 14 * 14 * 4
+    assert idx[:, 2].min() == 3 and idx[:, 2].max() == 4  # 2 slices off each end
+    assert roi.voxel_count == 14 * 14 * 2
+    plain = erosion_roi(CroppedMask((0, 0, 0), mask), (0.5, 0.5, 3.0), 3.0, slice_profile_margin=False)
+    assert plain.voxel_count == 14 * 14 * 4  # 1 slice off each end
 
 
 def test_erosion_at_crop_border_treats_outside_as_background() -> None:
     mask = np.ones((9, 9, 9), dtype=bool)  # the crop is tight around the body
     roi = erosion_roi(CroppedMask((5, 5, 5), mask), (1.0, 1.0, 1.0), 3.0)
     assert roi.offset == (5, 5, 5)
-    assert roi.voxel_count == 3 * 3 * 3
+    assert roi.voxel_count == 3 * 3 * 1  # 3 voxels off in i and j, 4 along k
 
 
 def _cylinder_body(volume: CTVolume, radius_lr: float, radius_ap: float, height: float) -> CroppedMask:
