@@ -155,10 +155,21 @@ def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArra
     return features_from_masks(instance_masks, argmax == cls.RIB, argmax == cls.SACRUM, grid.spacing_mm, votes)
 
 
+def body_likeness(body: npt.NDArray[np.float32], disc: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Body probability plus the disc probability counted in proportion to how body-like the voxel also is.
+
+    On unfamiliar scans the model often splits a vertebral body's probability between body and disc (both
+    ~0.3); a real disc stays clearly disc (body/disc << 1) and is not counted.
+    """
+    ratio = np.clip(body / np.maximum(disc, 1e-6), 0.0, 1.0)
+    return (body + disc * ratio).astype(np.float32)
+
+
 def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str) -> SpineSegmentation:
     probs, grid, frame = pred.probs, pred.grid, pred.frame
-    body_prob = probs[cls.BODY_THORACIC] + probs[cls.BODY_LUMBAR]
-    share = probs[cls.BODY_THORACIC] / np.maximum(body_prob, 1e-6)
+    raw_body = probs[cls.BODY_THORACIC] + probs[cls.BODY_LUMBAR]
+    share = probs[cls.BODY_THORACIC] / np.maximum(raw_body, 1e-6)
+    body_prob = body_likeness(raw_body, probs[cls.DISC])
     instances = find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0], share)
     masks = [b.mask for b in instances]
     canon_shape = frame.shape

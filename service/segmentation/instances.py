@@ -1,8 +1,9 @@
 """Separate vertebral bodies along the spine on the coarse canonical grid (+L, +P, +S axes).
 
-Bodies are the connected components of the predicted body class (voxels more likely disc than body removed).
-A component may hold several bodies (discs missed: thin thoracic discs at 3 mm, degenerate discs, bridging
-osteophytes).  Each component is therefore cut along its own centreline: every voxel gets an arc-length
+Candidates are the connected components of the predicted body class (voxels more likely disc than body
+removed) that lie on the spine column.  Components may hold several bodies (discs missed: thin thoracic discs at
+3 mm, degenerate discs, bridging osteophytes) or a fragment of one body (weak predictions on unfamiliar scans),
+so the whole column is cut along its centreline at once: every voxel gets an arc-length
 coordinate along the smoothed centreline, the cross-sectional profile gives a cut score per 3 mm bin (narrow
 and disc-like = good cut), and dynamic programming picks the cut set that minimises the summed score under
 anatomical length limits (body + disc: ~20-36 mm thoracic, ~28-48 mm lumbar).
@@ -30,7 +31,7 @@ LENGTH_PRIOR_WEIGHT = 0.3
 OPEN_PIECE_MIN_MM = 12.0
 """A piece cut by the field of view is split off only when at least this long (no slivers at the FOV edge)."""
 """Cost per (10 mm)^2 deviation from the expected length, relative to a cut score in 0..1."""
-SPINE_COLUMN_TOLERANCE_MM = 22.0
+SPINE_COLUMN_TOLERANCE_MM = 30.0
 """Components whose voxels lie (median) further than this in the axial plane from the spine centreline are not
 bodies (a body's own voxels lie within ~10-15 mm of its centre)."""
 
@@ -161,7 +162,7 @@ def _split_component(mask: npt.NDArray[np.bool_], body_prob: npt.NDArray[np.floa
 def find_bodies(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.float32], spacing_mm: float,
                 thoracic_share: npt.NDArray[np.float32] | None = None) -> list[BodyInstance]:
     """Body instances ordered cranial to caudal (decreasing axis-2 coordinate)."""
-    body = (body_prob > 0.5) & ~(disc_prob > body_prob)
+    body = body_prob > 0.5
     voxel_mm3 = spacing_mm**3
     lab, n = ndimage.label(body)  # face connectivity: fewer bridges between neighbouring bodies
     comps: list[npt.NDArray[np.bool_]] = []
@@ -172,8 +173,11 @@ def find_bodies(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.fl
                 comps.append(lab == i)
     comps = _keep_spine_column(comps, spacing_mm)
     out: list[npt.NDArray[np.bool_]] = []
-    for c in comps:
-        out.extend(_split_component(c, body_prob, disc_prob, thoracic_share, spacing_mm))
+    if comps:
+        # one chain for the whole column: fragments of one body are joined, fused bodies are cut, gaps between
+        # components are free cuts
+        column = np.logical_or.reduce(comps)
+        out = _split_component(column, body_prob, disc_prob, thoracic_share, spacing_mm)
     instances = []
     for m in out:
         coords = np.argwhere(m)
@@ -187,25 +191,32 @@ def find_bodies(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.fl
     return instances
 
 
-def _keep_spine_column(comps: list[npt.NDArray[np.bool_]], spacing_mm: float) -> list[npt.NDArray[np.bool_]]:
-    """Drop components away from the spine: the median horizontal distance of a component's voxels from the
-    centreline (per-slice centroid of the large components, interpolated along z) must stay below the tolerance."""
-    if len(comps) <= 1:
-        return comps
-    sizes = np.array([c.sum() for c in comps], dtype=np.float64)
-    main = [c for c, s in zip(comps, sizes, strict=True) if s >= 0.3 * sizes.max()]
-    pts = np.concatenate([np.argwhere(c) for c in main])
+def _centreline_xy(comps: list[npt.NDArray[np.bool_]]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    pts = np.concatenate([np.argwhere(c) for c in comps])
     nz = comps[0].shape[2]
     cnt = np.bincount(pts[:, 2], minlength=nz).astype(np.float64)
     cx = np.bincount(pts[:, 2], weights=pts[:, 0], minlength=nz) / np.maximum(cnt, 1)
     cy = np.bincount(pts[:, 2], weights=pts[:, 1], minlength=nz) / np.maximum(cnt, 1)
     valid = cnt > 0
     zi = np.arange(nz)
-    cx = np.interp(zi, zi[valid], cx[valid])
-    cy = np.interp(zi, zi[valid], cy[valid])
-    keep = []
-    for c in comps:
-        q = np.argwhere(c)
-        d = np.hypot(q[:, 0] - cx[q[:, 2]], q[:, 1] - cy[q[:, 2]]) * spacing_mm
-        keep.append(float(np.median(d)) < SPINE_COLUMN_TOLERANCE_MM)
+    return np.interp(zi, zi[valid], cx[valid]), np.interp(zi, zi[valid], cy[valid])
+
+
+def _keep_spine_column(comps: list[npt.NDArray[np.bool_]], spacing_mm: float) -> list[npt.NDArray[np.bool_]]:
+    """Drop components away from the spine: the median horizontal distance of a component's voxels from the
+    centreline (per-slice centroid, interpolated along z) must stay below the tolerance.  The centreline starts
+    from the largest component and is refitted on the kept ones."""
+    if len(comps) <= 1:
+        return comps
+    sizes = [int(c.sum()) for c in comps]
+    main = [comps[int(np.argmax(sizes))]]
+    keep: list[bool] = []
+    for _ in range(3):
+        cx, cy = _centreline_xy(main)
+        keep = []
+        for c in comps:
+            q = np.argwhere(c)
+            d = np.hypot(q[:, 0] - cx[q[:, 2]], q[:, 1] - cy[q[:, 2]]) * spacing_mm
+            keep.append(float(np.median(d)) < SPINE_COLUMN_TOLERANCE_MM)
+        main = [c for c, k in zip(comps, keep, strict=True) if k] or main
     return [c for c, k in zip(comps, keep, strict=True) if k]

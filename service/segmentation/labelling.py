@@ -36,7 +36,9 @@ MIN_RIB_ATTACH_MM3 = 300.0
 the rib above, passing the ring of a rib-free body, gives ~5 voxels in the phantoms)."""
 SACRUM_SEARCH_MM = 30.0
 """The sacrum must start within this distance below the lowest body's centroid-to-bottom edge."""
-MIN_SACRUM_VOLUME_MM3 = 3000.0
+MIN_SACRUM_VOLUME_MM3 = 8000.0
+"""Sacrum-class volume required just below the lowest body (the S1 segment alone is > 30 cm3; stray voxels of
+a misread lumbar body are far less)."""
 GAP_FACTOR = 1.6
 """Centroid distance above this times the local median spacing means a body was missed."""
 
@@ -123,7 +125,10 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
     rib_idx = [i for i, r in enumerate(ribs) if r]
     if rib_idx:
         last = rib_idx[-1]
-        if last < n - 1 and not any(ribs[last + 1:]):
+        # the pair must not be both cut by the field of view (a slab through two bodies cannot show that the
+        # lower one has no ribs)
+        if last < n - 1 and not any(ribs[last + 1:]) and not (bodies[last].cut_by_fov and
+                                                              bodies[last + 1].cut_by_fov):
             anchors["T12 (last rib-bearing body)"] = int(VertebraLevel.T12) - pos[last]
         first = rib_idx[0]
         above = bodies[first - 1] if first > 0 else None
@@ -217,6 +222,8 @@ def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[flo
                 cost += 10.0
             if not bodies[i].rib_bearing and 9 <= v <= 18 and not bodies[i].cut_by_fov:
                 cost += 10.0
+            # weak prior: short scans of the spine are mostly centred near the thoracolumbar junction
+            cost += 0.3 * abs(v - int(VertebraLevel.T12)) / 12.0
         if cost < best_cost:
             best, best_cost = first, cost
     return best
@@ -261,7 +268,7 @@ def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np
     pts = np.argwhere(sacrum_mask) * sp
     near = (np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) < 50.0) & (pts[:, 2] < z_bottom + 5.0) & (
         pts[:, 2] > z_bottom - SACRUM_SEARCH_MM)
-    return bool(near.sum() * float(np.prod(sp)) >= MIN_SACRUM_VOLUME_MM3 / 3)
+    return bool(near.sum() * float(np.prod(sp)) >= MIN_SACRUM_VOLUME_MM3)
 
 
 def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],

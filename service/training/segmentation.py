@@ -49,6 +49,8 @@ class TrainConfig:
     cache: Path = Path("var/train_cache/segmentation")
     real_data: Path | None = None
     real_weight: float = 0.5
+    init: Path | None = None
+    """Start from the weights of this bundle (fine-tuning stage)."""
     minutes: float | None = None
     """Optional wall-clock cap (then the result depends on machine speed; the iteration count is logged)."""
 
@@ -188,7 +190,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         real = load_real_folder(cfg.real_data)
         logger.info("real labelled cases: %d", len(real))
-    net = build_network().to(device)
+    net = build_network()
+    if cfg.init is not None:
+        net.load_state_dict(torch.load(cfg.init / "models" / "model.pt", map_location="cpu", weights_only=True))
+        logger.info("initialised from %s", cfg.init)
+    net = net.to(device)
     batch = cfg.batch_size * (4 if cuda else 1)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.learning_rate, total_steps=cfg.iterations,
@@ -236,7 +242,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _log(cfg: TrainConfig, iterations: int, losses: list[float], t0: float, device: torch.device,
          n_real: int) -> dict[str, Any]:
     return {
-        "seed": cfg.seed, "phantom_cases": cfg.cases, "real_cases": n_real, "iterations_done": iterations,
+        "seed": cfg.seed, "init": str(cfg.init) if cfg.init else None, "phantom_cases": cfg.cases,
+        "real_cases": n_real, "iterations_done": iterations,
         "iterations_planned": cfg.iterations, "batch_size": cfg.batch_size, "patch": list(PATCH),
         "learning_rate": cfg.learning_rate, "device": device.type, "threads": cfg.threads,
         "train_seconds": round(time.perf_counter() - t0, 1),
