@@ -107,6 +107,8 @@ class Canvas:
         hu: float | npt.NDArray[np.float32],
         texture: float = 0.0,
     ) -> None:
+        if not mask.any():
+            return
         sl = block.slices
         where = np.broadcast_to(mask, block.shape)
         np.copyto(self.labels[sl], np.int16(label), where=where)
