@@ -7,6 +7,7 @@ repeat so that a slow phase of the machine hits all of them alike.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,13 +20,13 @@ from pathlib import Path
 
 from bench import procs
 from bench.data import SeriesSet
+from bench.scp_probe import NO_FSYNC_ENV, PROBE_ENV
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("bmd-node", "storescp", "orthanc")
 NO_FSYNC = "bmd-node-no-fsync"
 """Diagnostic only: the node's SCP with os.fsync made a no-op (shows what durability costs; never a target)."""
-NO_FSYNC_BOOT = "import os, sys; os.fsync = lambda fd: None; from service.cli import main; sys.exit(main())"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ReceiveRun:
     seconds: float
     stored: int
     peak_rss_mib: float
+    probe_ms_per_image: dict[str, float] | None = None
+    """bmd-node only: mean ms per instance inside the C-STORE handler and its parts (bench.scp_probe)."""
 
     @property
     def images_per_s(self) -> float:
@@ -60,15 +63,22 @@ def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True) 
     port = procs.free_port()
     config = node_scp_config(folder, port)
     shutil.copyfile(_template_database(folder.parent), folder / "node.db")
-    boot = None if fsync else [sys.executable, "-c", NO_FSYNC_BOOT]
-    with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, command=boot) as proc, \
+    probe_out = folder / "probe.json"
+    env = procs.node_env(extra={PROBE_ENV: str(probe_out), NO_FSYNC_ENV: "0" if fsync else "1"})
+    boot = [sys.executable, "-m", "bench.scp_probe"]
+    with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, command=boot, env=env) as proc, \
             procs.RssSampler(proc.pid) as sampler:
         seconds = _send(studies, port, procs.NODE_AE)
         peak = procs.peak_rss_mib(proc.pid) or sampler.peak_mib
     with sqlite3.connect(folder / "node.db") as conn:
         stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
+    probe = None
+    if probe_out.is_file():
+        raw = json.loads(probe_out.read_text())
+        images = max(1, int(raw["calls"].get("handler", 0)))
+        probe = {k: v * 1000 / images for k, v in raw["seconds"].items()}
     return ReceiveRun("bmd-node" if fsync else NO_FSYNC, len(studies), sum(s.slices for s in studies), seconds,
-                      stored, peak)
+                      stored, peak, probe)
 
 
 def _template_database(work: Path) -> Path:

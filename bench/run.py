@@ -135,6 +135,21 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
                                ratio_values(rates["bmd-node"], rates["orthanc"]), "per repeat, same round"))
         figures.append(_figure(f"ingest.{tag}.ratio_node_storescp", f"bmd-node / storescp, {n} association(s)", "x",
                                ratio_values(rates["bmd-node"], rates["storescp"]), "per repeat, same round"))
+        node_runs = [next(r for r in rr if r.target == "bmd-node") for rr in runs]
+        if n == 1 and all(r.probe_ms_per_image for r in node_runs):
+            probes = [r.probe_ms_per_image or {} for r in node_runs]
+            wall = [1000 / r.images_per_s for r in node_runs]
+            figures.append(_figure("ingest.single.node_ms_per_image", "bmd-node, per image: storescu wall time",
+                                   "ms", wall))
+            for part, label in (("handler", "C-STORE handler (after pynetdicom has the dataset)"),
+                                ("spool_write", "  of which: spool write (temp file, fsync, rename, dir fsync)"),
+                                ("db_record", "  of which: SQLite bookkeeping (record_instance)"),
+                                ("parse_header", "  of which: header parse")):
+                figures.append(_figure(f"ingest.single.node_ms.{part}", f"bmd-node, per image: {label}", "ms",
+                                       [p.get(part, 0.0) for p in probes]))
+            figures.append(_figure("ingest.single.node_ms.outside_handler", "bmd-node, per image: outside the "
+                                   "handler (pynetdicom network, PDU/DIMSE, dataset assembly)", "ms",
+                                   [w - p.get("handler", 0.0) for w, p in zip(wall, probes, strict=True)]))
         if receive.NO_FSYNC in rates:
             figures.append(_figure(f"ingest.{tag}.{receive.NO_FSYNC}", f"diagnostic: bmd-node with fsync disabled, "
                                    f"{n} association(s)", "images/s", rates[receive.NO_FSYNC],

@@ -1,0 +1,76 @@
+"""Start the node's SCP (``python -m bench.scp_probe --config CFG scp``) with clocks around the C-STORE handler and
+its parts, for the ingest benchmark's "where the time goes". The node's code is unchanged: the probe wraps, in
+this process only, StoreHandler.__call__ (everything the node does per instance once pynetdicom has the dataset),
+Spool.write (temp file, fsync, rename, directory fsync), record_instance (the SQLite bookkeeping) and parse_header.
+The wrappers cost about a microsecond per call. At exit the totals go to ``$BMD_BENCH_SCP_PROBE`` (JSON).
+``BMD_BENCH_NO_FSYNC=1`` makes os.fsync a no-op (diagnostic run only).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+PROBE_ENV = "BMD_BENCH_SCP_PROBE"
+NO_FSYNC_ENV = "BMD_BENCH_NO_FSYNC"
+
+
+class _Totals:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def add(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+            self.calls[key] = self.calls.get(key, 0) + 1
+
+
+def _wrap(owner: Any, name: str, key: str, totals: _Totals) -> None:
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals.add(key, time.perf_counter() - started)
+
+    setattr(owner, name, timed)
+
+
+def install(out: Path) -> None:
+    from service.db import queries
+    from service.dicom import handlers, spool
+
+    totals = _Totals()
+    _wrap(handlers.StoreHandler, "__call__", "handler", totals)
+    _wrap(spool.Spool, "write", "spool_write", totals)
+    _wrap(queries, "record_instance", "db_record", totals)
+    _wrap(handlers, "parse_header", "parse_header", totals)
+
+    def dump() -> None:
+        out.write_text(json.dumps({"seconds": totals.seconds, "calls": totals.calls}))
+
+    atexit.register(dump)
+
+
+def main() -> int:
+    if os.environ.get(NO_FSYNC_ENV) == "1":
+        os.fsync = lambda fd: None
+    if os.environ.get(PROBE_ENV):
+        install(Path(os.environ[PROBE_ENV]))
+    from service.cli import main as node_main
+
+    return node_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
