@@ -387,10 +387,13 @@ def generate(
                  float(rf.uniform(-0.1, 0.1)) * vg.height_mm)
         island = (spec.bone_island_level, tuple(float(v) for v in vg.to_world(*local)), radius)
 
+    # reconstruction-kernel resolution: sharp ~0.45 mm, standard ~0.65 mm, smooth ~0.85 mm Gaussian sigma
+    blur_mm = 0.45 if spec.noise_scale > 1.6 else 0.65 if spec.noise_scale > 0.7 else 0.85
     ropts = RenderOptions(
         kvp=spec.kvp, contrast=spec.contrast, trabecular_hu=trab_hu, table=spec.table,
         calibration_rods=tuple(rod_specs), calibration_box=cal_box, calibration_z=cal_z, table_y=table_y,
         bone_island=island, screw_levels=spec.pedicle_screw_levels,
+        blur_xy_mm=blur_mm, blur_z_mm=max(spec.slice_thickness_mm, grid.spacing_mm[2]) / 2.355,
     )
     cv = render(anat, grid, ropts, rs["render"])
     t_render = time.perf_counter() - t0
@@ -400,8 +403,6 @@ def generate(
     if spacing_mm is not None or shape is not None:
         acq_voxel = spec.pixel_spacing_mm**2 * spec.slice_thickness_mm
         noise *= math.sqrt(min(1.0, acq_voxel / float(np.prod(grid.spacing_mm))))
-    # reconstruction-kernel resolution: sharp ~0.45 mm, standard ~0.65 mm, smooth ~0.85 mm Gaussian sigma
-    blur_mm = 0.45 if spec.noise_scale > 1.6 else 0.65 if spec.noise_scale > 0.7 else 0.85
     acquired = finish(cv, rs["acquisition"], slice_thickness_mm=spec.slice_thickness_mm, noise_sd=noise,
                       in_plane_blur_mm=blur_mm)
     vertebrae = _vertebra_truth(anat, grid, acquired.labels, patient, trab_hu, spec, island)

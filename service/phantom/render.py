@@ -133,6 +133,10 @@ class RenderOptions:
     table_y: float = 0.0
     bone_island: tuple[VertebraLevel, tuple[float, float, float], float] | None = None
     screw_levels: tuple[VertebraLevel, ...] = ()
+    blur_xy_mm: float = 0.65
+    """In-plane Gaussian sigma of the acquisition blur (the core margin depends on it)."""
+    blur_z_mm: float = 0.42
+    """Through-plane Gaussian sigma of the slice profile."""
 
 
 def render(anat: Anatomy, grid: Grid, opts: RenderOptions, rng: np.random.Generator) -> Canvas:
@@ -705,7 +709,10 @@ def _paint_spine(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: RenderOption
         cv.paint(blk, disc, L.DISC, tissue.disc_annulus, texture=8.0)
         cv.paint(blk, disc & (r2 < 0.35), L.DISC, tissue.disc_nucleus, texture=8.0)
     # vertebral bodies and posterior elements
-    core_margin = 0.6 * max(g.spacing_mm) + 0.3
+    # The truth core stays clear of the partial-volume blur of the cortex: at least 2.5 blur sigmas (in-plane and
+    # through-plane) inside the shell, so its noise-free HU is the declared value everywhere, not only on average.
+    margin_xy = max(0.6 * max(g.spacing_mm[:2]) + 0.3, 2.5 * max(opts.blur_xy_mm, 0.45 * max(g.spacing_mm[:2])))
+    margin_z = max(0.6 * g.spacing_mm[2] + 0.3, 2.5 * opts.blur_z_mm)
     for lv in levels:
         vg = vt[lv]
         trab = opts.trabecular_hu[lv]
@@ -717,7 +724,7 @@ def _paint_spine(cv: Canvas, anat: Anatomy, tissue: TissueHU, opts: RenderOption
         outer = _body_fields(blk, vg, 0.0, a_b_c=abc)
         t_eff = _shell_mm(g, vg.cortical_mm)
         inner = _body_fields(blk, vg, t_eff, a_b_c=abc)
-        core = _body_fields(blk, vg, t_eff + core_margin, a_b_c=abc)
+        core = _body_fields(blk, vg, t_eff + margin_xy, extra_top_mm=min(0.0, margin_xy - margin_z), a_b_c=abc)
         cv.paint(blk, outer, L.body_shell(lv), _shell_hu(cort, trab, vg.cortical_mm, t_eff), texture=60.0)
         cv.paint(blk, inner, L.body_shell(lv), trab, texture=35.0)
         cv.paint(blk, core, L.body_core(lv), trab, texture=35.0)
