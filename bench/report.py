@@ -136,14 +136,23 @@ METHOD = """\
   to three receivers started fresh for every run, in turn within each repeat: the node's SCP (`bmd-node scp`,
   pynetdicom, atomic write + fsync per instance + SQLite bookkeeping), DCMTK `storescp` (writes files, no fsync, no
   database; `--fork` for concurrent associations) and Orthanc 1.10 (Debian package, default SQLite index, storage in a
-  temp dir, loopback). The time is storescu's wall time; every instance is checked stored afterwards.
+  temp dir, loopback). The time is storescu's wall time; every instance is checked stored afterwards. The node's SCP
+  is started through `bench/scp_probe.py`, which wraps the C-STORE handler, the spool write and the SQLite
+  bookkeeping with clocks (~1 us per call) for the per-image breakdown; a diagnostic run with fsync disabled shows
+  what durability costs (not a deployable setting, never compared with a target).
 * **Stages**: a child process that is what a worker is (loads the model once, then screens the study) with clocks
   around each step of the screening recipe (`bench/pipeline.py` calls the same steps as
   `service/pipeline/screening.py`), plus writing the result files (fsync) and sending them to a DCMTK storescp. Its
   peak RSS is the worker's peak memory for that study.
 * **End-to-end**: `bmd-node serve` (SCP, scheduler, 1 worker, exporter; SQLite; polls 0.2 s) with a DCMTK storescp
   as the PACS. Clock: storescu's last instance acknowledged -> `sent_at` of the last result object's export; the
-  configured stable-series wait is subtracted; the model is loaded before the first study.
+  configured stable-series wait is subtracted; the model is loaded before the first study. The parts come from the
+  job's timestamps (`created_at` is the scheduler tick's start, so "queued -> claimed" includes the series checks of
+  that tick, and "detected" can be a few ms negative) and from the worker's stage clocks (`bench/pipeline.py`).
+* **Without a trained model** (`models/vertebra_seg/models/model.pt` missing) the benchmark writes an untrained
+  network of the same architecture (same compute) and, when it finds no vertebra, runs the later stages on the
+  phantom's true vertebral bodies; loading those labels is timed apart and subtracted from the end-to-end time. The
+  labelling/refinement stage then runs on an empty prediction and is faster than with a trained model.
 * **Throughput**: K studies queued in a fresh PostgreSQL database (real server, fsync on), drained by N
   `bmd-node worker` processes; studies/hour = K / (first claim -> last finish).
 * **GPU projection**: no GPU measurement unless one is present; the projection is the CPU end-to-end time without the

@@ -9,6 +9,7 @@ bench/results.json and docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -304,6 +305,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-studies", type=int, default=None, help="studies per throughput run (4)")
     parser.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",")], default=None,
                         help="worker counts for the throughput runs (default 1,2,4)")
+    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="measure nothing: rewrite the markdown (--doc) from an existing results.json")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / "work")
     parser.add_argument("--results", type=Path, default=None,
                         help="default bench/results.json (quick: WORK/quick/results.json)")
@@ -368,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick_dir = args.work_dir.resolve() / "quick"
     results = args.results or (quick_dir / "results.json" if args.quick else REPO_ROOT / "bench" / "results.json")
     doc = args.doc or (quick_dir / "PERFORMANCE.md" if args.quick else REPO_ROOT / "docs" / "PERFORMANCE.md")
+    if args.render is not None:
+        document = json.loads(args.render.read_text())
+        report.write_markdown(doc, document)
+        print(f"wrote {doc} from {args.render}")
+        return 0
     document = run(args)
     report.write_results(results, document)
     report.write_markdown(doc, document)

@@ -120,3 +120,12 @@ def test_quick_ingest_run_writes_consistent_figures(tmp_path: Path) -> None:
     assert document["targets"][0]["name"] == "Ingest vs Orthanc 1.10, 1 association"
     text = doc.read_text()
     assert "Quick smoke run" in text and "bmd-node / Orthanc, 1 association(s)" in text
+
+
+def test_render_rewrites_the_markdown_from_results(tmp_path: Path) -> None:
+    figure = Figure("ingest.single.bmd-node", "bmd-node, 1 association(s)", "images/s", (80.0, 90.0))
+    document = {"date": "2026-01-01T00:00:00Z", "quick": False, "machine": {"gpu": {"available": False}},
+                "versions": {}, "targets": [], "sections": {"ingest": {"figures": [figure.to_dict()]}}}
+    results = report.write_results(tmp_path / "results.json", document)
+    assert main(["--render", str(results), "--doc", str(tmp_path / "P.md")]) == 0
+    assert "| bmd-node, 1 association(s) | images/s | 80.0 | 85.0 | 90.0 | 2 |  |" in (tmp_path / "P.md").read_text()
