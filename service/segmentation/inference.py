@@ -30,7 +30,7 @@ from service.segmentation.geometry import (
     resample_to_coarse,
 )
 from service.segmentation.instances import find_bodies
-from service.segmentation.labelling import BodyFeatures, features_from_masks, label_bodies
+from service.segmentation.labelling import BodyFeatures, features_from_masks, fused_with_sacrum, label_bodies
 from service.segmentation.refine import native_body_mask, ownership
 
 logger = logging.getLogger(__name__)
@@ -146,13 +146,16 @@ class BmdNodeSegmenter:
 
 
 def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArray[np.float32],
-                  grid: CoarseGrid) -> tuple[list[BodyFeatures], bool, float]:
+                  grid: CoarseGrid, sacrum: npt.NDArray[np.bool_] | None = None,
+                  ) -> tuple[list[BodyFeatures], bool, float]:
     argmax = probs.argmax(axis=0)
+    if sacrum is None:
+        sacrum = argmax == cls.SACRUM
     votes = []
     for m in instance_masks:
         pt, pl = probs[cls.BODY_THORACIC][m], probs[cls.BODY_LUMBAR][m]
         votes.append(float(np.mean(pt / np.maximum(pt + pl, 1e-6))))
-    return features_from_masks(instance_masks, argmax == cls.RIB, argmax == cls.SACRUM, grid.spacing_mm, votes)
+    return features_from_masks(instance_masks, argmax == cls.RIB, sacrum, grid.spacing_mm, votes)
 
 
 def body_likeness(body: npt.NDArray[np.float32], disc: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -172,13 +175,20 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
     body_prob = body_likeness(raw_body, probs[cls.DISC])
     instances = find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0], share)
     masks = [b.mask for b in instances]
+    notes_pre: list[str] = []
+    sacrum = probs.argmax(axis=0) == cls.SACRUM
+    if masks and fused_with_sacrum(masks[-1], sacrum):
+        # the lowest "body" is fused with the sacrum: it is S1, part of the sacrum for counting
+        sacrum = sacrum | masks[-1]
+        masks = masks[:-1]
+        notes_pre.append("lowest body fused with the sacrum: treated as S1 (not counted as a lumbar body)")
     canon_shape = frame.shape
     body_can = np.zeros(canon_shape, dtype=np.int16)
-    notes: list[str] = []
+    notes: list[str] = list(notes_pre)
     vertebrae: list[LabelledVertebra] = []
     used: set[int] = set()
     if masks:
-        feats, sac, fov_top = body_features(masks, probs, grid)
+        feats, sac, fov_top = body_features(masks, probs, grid, sacrum)
         result = label_bodies(feats, sac, fov_top)
         notes.extend(result.notes)
         owner = ownership(masks)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from service.domain.levels import VertebraLevel
 
@@ -31,9 +32,18 @@ RIB_RING_MM = (12.0, 45.0)
 RIB_ANTERIOR_TOLERANCE_MM = 5.0
 """Rib heads and necks are posterolateral: rib voxels more than this anterior to the body centre do not count."""
 RIB_Z_MARGIN_MM = 0.0
-MIN_RIB_ATTACH_MM3 = 300.0
-"""Rib volume in the ring on one side for that side to count as rib-bearing (~11 voxels at 3 mm; the tail of
-the rib above, passing the ring of a rib-free body, gives ~5 voxels in the phantoms)."""
+RIB_MIN_REACH_MM = 0.0
+"""How far (horizontally) a rib component must run from the body centre.  Off: at 3 mm the ribs fragment
+(a 70-voxel piece of rib 10 reaches only ~40 mm in the phantoms), so the check rejected true ribs; kept as a
+parameter for finer grids."""
+S1_FUSION_CONTACT_VOXELS = 20
+"""Face-adjacent voxels between the lowest body and the sacrum class for the body to count as fused (S1): a
+disc (>= 1 voxel at 3 mm) separates L5 from the sacrum."""
+S1_FUSION_SACRUM_MM3 = 30000.0
+"""Sacrum-class volume (coarse 3 mm voxels, 27 mm3) below the body's middle required to call it S1."""
+MIN_RIB_ATTACH_MM3 = 700.0
+"""Rib volume in the ring on one side for that side to count as rib-bearing (~26 voxels at 3 mm; the tail of
+the rib above or a transverse process read as rib gives ~5-20 voxels at L1; true ribs give > 40)."""
 SACRUM_SEARCH_MM = 30.0
 """The sacrum must start within this distance below the lowest body's centroid-to-bottom edge."""
 MIN_SACRUM_VOLUME_MM3 = 8000.0
@@ -62,6 +72,8 @@ class BodyFeatures:
     cut_by_fov: bool = False
     rib_left_mm3: float = 0.0
     rib_right_mm3: float = 0.0
+    cut_top: bool = False
+    cut_bottom: bool = False
 
     @property
     def rib_bearing(self) -> bool:
@@ -125,10 +137,9 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
     rib_idx = [i for i, r in enumerate(ribs) if r]
     if rib_idx:
         last = rib_idx[-1]
-        # the pair must not be both cut by the field of view (a slab through two bodies cannot show that the
-        # lower one has no ribs)
-        if last < n - 1 and not any(ribs[last + 1:]) and not (bodies[last].cut_by_fov and
-                                                              bodies[last + 1].cut_by_fov):
+        # the pair must not be a slab through both (upper cut at the top, lower cut at the bottom): such a slab
+        # cannot show that the lower body has no ribs
+        if last < n - 1 and not any(ribs[last + 1:]) and not (bodies[last].cut_top and bodies[last + 1].cut_bottom):
             anchors["T12 (last rib-bearing body)"] = int(VertebraLevel.T12) - pos[last]
         first = rib_idx[0]
         above = bodies[first - 1] if first > 0 else None
@@ -235,12 +246,18 @@ def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[flo
 def rib_attachment(body_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
                    spacing_mm: tuple[float, float, float]) -> list[tuple[float, float]]:
     """(left, right) rib volume (mm3) attached to each body: rib voxels in the posterolateral ring where rib
-    heads and necks meet the vertebra (RIB_RING_MM from the body centre, not anterior of it, within its height)."""
+    heads and necks meet the vertebra (RIB_RING_MM from the body centre, not anterior of it, within its height),
+    counted only for rib components that also run out laterally (RIB_MIN_REACH_MM): a lumbar transverse process
+    read as rib stays short."""
     sp = np.asarray(spacing_mm, dtype=np.float64)
     out: list[tuple[float, float]] = []
     if not rib_mask.any():
         return [(0.0, 0.0) for _ in body_masks]
-    rib_pts = np.argwhere(rib_mask) * sp
+    # bridge one-voxel gaps (rib heads and necks fragment at 3 mm) before measuring how far a rib runs
+    lab, _ = ndimage.label(ndimage.binary_dilation(rib_mask), structure=np.ones((3, 3, 3)))
+    rib_idx = np.argwhere(rib_mask)
+    rib_pts = rib_idx * sp
+    rib_lab = lab[tuple(rib_idx.T)]
     voxel_mm3 = float(np.prod(sp))
     for m in body_masks:
         coords = np.argwhere(m) * sp
@@ -251,10 +268,30 @@ def rib_attachment(body_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArra
         horiz = np.hypot(dx, dy)
         near = ((horiz >= RIB_RING_MM[0]) & (horiz <= RIB_RING_MM[1]) & (dy >= -RIB_ANTERIOR_TOLERANCE_MM)
                 & (rib_pts[:, 2] >= z0) & (rib_pts[:, 2] <= z1))
-        left = float(np.count_nonzero(near & (dx > 0))) * voxel_mm3
-        right = float(np.count_nonzero(near & (dx < 0))) * voxel_mm3
-        out.append((left, right))
+        vols = []
+        for side in (dx > 0, dx < 0):
+            sel = near & side
+            total = 0.0
+            for comp in np.unique(rib_lab[sel]):
+                reach = float(horiz[rib_lab == comp].max())
+                if reach >= RIB_MIN_REACH_MM:
+                    total += float(np.count_nonzero(sel & (rib_lab == comp))) * voxel_mm3
+            vols.append(total)
+        out.append((vols[0], vols[1]))
     return out
+
+
+def fused_with_sacrum(body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np.bool_]) -> bool:
+    """True when the body touches the sacrum without a disc in between (it is S1, not L5)."""
+    if not sacrum_mask.any():
+        return False
+    ring = ndimage.binary_dilation(body, structure=np.ones((3, 3, 3))) & ~body
+    if int(np.count_nonzero(ring & sacrum_mask)) < S1_FUSION_CONTACT_VOXELS:
+        return False
+    # and a real sacrum below it (stray sacrum-class voxels next to a lumbar body on an unfamiliar scan are not)
+    zs = np.nonzero(body.any(axis=(0, 1)))[0]
+    below = sacrum_mask[:, :, : max(1, int(zs.mean()))]
+    return int(np.count_nonzero(below)) * 27 >= S1_FUSION_SACRUM_MM3
 
 
 def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np.bool_],
@@ -282,12 +319,14 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
     for i, (m, (left, right)) in enumerate(zip(instance_masks, ribs, strict=True)):
         coords = np.argwhere(m)
         zs = coords[:, 2]
-        cut = bool(zs.min() == 0 or zs.max() == m.shape[2] - 1)
+        cut_bottom, cut_top = bool(zs.min() == 0), bool(zs.max() == m.shape[2] - 1)
+        cut = cut_bottom or cut_top
         feats.append(BodyFeatures(
             centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
             height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= MIN_RIB_ATTACH_MM3,
             rib_right=right >= MIN_RIB_ATTACH_MM3, rib_left_mm3=left, rib_right_mm3=right,
-            thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut))
+            thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut, cut_top=cut_top,
+            cut_bottom=cut_bottom))
     sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False
     fov_top_mm = float((rib_mask.shape[2] - 0.5) * sp[2])
     return feats, sac, fov_top_mm

@@ -15,7 +15,8 @@ def _spine(levels: list[V], rib_levels: set[V], spacing_mm: float = 27.0, cut: s
         ribs = lv in rib_levels
         out.append(BodyFeatures(centroid_mm=(0.0, 0.0, -i * spacing_mm), height_mm=22.0, rib_left=ribs,
                                 rib_right=ribs, thoracic_vote=1.0 if lv <= V.T12 else 0.0,
-                                cut_by_fov=bool(cut and lv in cut)))
+                                cut_by_fov=bool(cut and lv in cut), cut_top=bool(cut and lv in cut and i == 0),
+                                cut_bottom=bool(cut and lv in cut and i == len(levels) - 1)))
     return out
 
 
