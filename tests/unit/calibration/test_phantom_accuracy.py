@@ -49,11 +49,10 @@ def noise_free_phantoms() -> list[Phantom]:
     return out
 
 
-# The criterion (MAE <= 2) is for the default erosion ROI. The phantom makes each trabecular core's mean
-# over the whole core (partial-volume rim included) equal to the declared HU, so its interior reads 2-6 HU below the
-# declared value, the more the deeper (service/phantom/acquisition.py _restore_cores, reported to the lead); Pan's
-# central 9 mm ellipse samples that interior and gets a looser bound until the phantom measures truth there.
-@pytest.mark.parametrize(("method", "max_mae"), [(RoiMethod.EROSION_3MM, 2.0), (RoiMethod.ELLIPTICAL_CYLINDER, 4.0)])
+# The criterion (MAE <= 2 mg/cm3, noise-free 1-3 mm) holds for both ROI methods: the phantom keeps its
+# truth core 2.5 blur widths inside the cortex, so the interior that Pan's central ellipse samples reads the
+# declared HU (measured 2026-11-21: erosion MAE 0.52, ellipse MAE 1.33).
+@pytest.mark.parametrize(("method", "max_mae"), [(RoiMethod.EROSION_3MM, 2.0), (RoiMethod.ELLIPTICAL_CYLINDER, 2.0)])
 def test_noise_free_l1_l2_mae(method: RoiMethod, max_mae: float, noise_free_phantoms: list[Phantom]) -> None:
     settings = BmdSettings(detect_synchronous_phantom=False, roi_method=method)
     errors = []
