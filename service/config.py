@@ -206,15 +206,35 @@ class SegmentationSettings:
 @dataclass(frozen=True)
 class BmdSettings:
     roi_method: RoiMethod = RoiMethod.EROSION_3MM
+    erosion_mm: float = 3.0
+    """Xiong 2025 / Peng 2023 / Wang 2024: the vertebral body eroded by 3 mm in x, y and z."""
     summary_levels: tuple[VertebraLevel, ...] = (VertebraLevel.L1, VertebraLevel.L2)
     threshold_set: str = "ACR2018-ISCD-v1"
+    """Name + version of the category thresholds, recorded in every result."""
+    osteoporosis_below_mg_cm3: float = 80.0  # ACR 2018 / ISCD; Chinese 2018 QCT guideline
+    normal_above_mg_cm3: float = 120.0  # ACR 2018 / ISCD; Chinese 2018 QCT guideline
     calibration_store_dir: Path = Path("var/calibration")
+    detect_synchronous_phantom: bool = True
+    correct_contrast: bool = True
+    """True: subtract the documented contrast rise of trabecular HU; false: only flag the result."""
+    fracture_height_loss: float = 0.20
+    """Genant: height loss >= 20 % against neighbours excludes a level."""
+    use_site_curve: bool = False
+    curve_site_k_hu_per_level: float = 0.0
+    """Site-trained thoracolumbar slope k (HU per level, T5 = 1 ... L2 = 10); used when use_site_curve is true."""
 
     def __post_init__(self) -> None:
         if not self.summary_levels:
             raise ConfigError("bmd.summary_levels: must name at least one level")
         if not self.threshold_set:
             raise ConfigError("bmd.threshold_set: must not be empty")
+        if self.erosion_mm < 0:
+            raise ConfigError(f"bmd.erosion_mm: must be >= 0, got {self.erosion_mm}")
+        if not self.osteoporosis_below_mg_cm3 < self.normal_above_mg_cm3:
+            raise ConfigError(f"bmd.osteoporosis_below_mg_cm3: must be below bmd.normal_above_mg_cm3 "
+                              f"({self.normal_above_mg_cm3}), got {self.osteoporosis_below_mg_cm3}")
+        if not 0 < self.fracture_height_loss < 1:
+            raise ConfigError(f"bmd.fracture_height_loss: must be in (0, 1), got {self.fracture_height_loss}")
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,15 @@ def calibration_settings(config: BmdConfig, algorithm_version: str) -> Any:
     """The TOML [bmd] section mapped onto service.calibration.assess.BmdSettings."""
     from service.calibration.assess import BmdSettings
 
-    return BmdSettings(roi_method=config.roi_method, summary_levels=config.summary_levels,
-                       threshold_set=config.threshold_set, calibration_store_dir=config.calibration_store_dir,
+    return BmdSettings(roi_method=config.roi_method, erosion_mm=config.erosion_mm,
+                       summary_levels=config.summary_levels, threshold_set=config.threshold_set,
+                       osteoporosis_below_mg_cm3=config.osteoporosis_below_mg_cm3,
+                       normal_above_mg_cm3=config.normal_above_mg_cm3,
+                       calibration_store_dir=config.calibration_store_dir,
+                       detect_synchronous_phantom=config.detect_synchronous_phantom,
+                       correct_contrast=config.correct_contrast,
+                       fracture_height_loss=config.fracture_height_loss,
+                       curve_site_k=config.curve_site_k_hu_per_level if config.use_site_curve else None,
                        algorithm_version=algorithm_version)
 
 

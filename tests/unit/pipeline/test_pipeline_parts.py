@@ -42,6 +42,22 @@ def test_bmd_section_maps_onto_calibration_settings() -> None:
     assert mapped.summary_levels == (VertebraLevel.L1,)
     assert mapped.calibration_store_dir == Path("/x")
     assert mapped.algorithm_version == "9.9"
+    assert mapped.curve_site_k is None  # per-patient thoracolumbar fit unless a site curve is switched on
+
+
+def test_bmd_thresholds_and_site_curve_reach_the_assessment() -> None:
+    config = BmdSettings(osteoporosis_below_mg_cm3=70.0, normal_above_mg_cm3=110.0, threshold_set="SITE-2026-v2",
+                         use_site_curve=True, curve_site_k_hu_per_level=-3.5, erosion_mm=2.0, correct_contrast=False)
+    mapped = steps.calibration_settings(config, "1")
+    assert (mapped.osteoporosis_below_mg_cm3, mapped.normal_above_mg_cm3) == (70.0, 110.0)
+    assert mapped.threshold_set == "SITE-2026-v2"
+    assert mapped.curve_site_k == -3.5
+    assert mapped.erosion_mm == 2.0 and mapped.correct_contrast is False
+
+
+def test_bmd_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match=r"bmd\.osteoporosis_below_mg_cm3"):
+        BmdSettings(osteoporosis_below_mg_cm3=130.0)
 
 
 def test_no_site_model_without_registry(tmp_path: Path) -> None:
