@@ -48,10 +48,14 @@ def is_case_dir(path: Path) -> bool:
     return (path / "labels.nii.gz").is_file() or (path / "totalseg_labels.nii.gz").is_file()
 
 
+def has_ct(path: Path) -> bool:
+    return (path / "ct.nii.gz").is_file() or (path / "dicom").is_dir() or any(path.glob("*.dcm"))
+
+
 def case_dirs(dataset: Path) -> list[Path]:
     if not dataset.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {dataset}")
-    if is_case_dir(dataset):
+    if is_case_dir(dataset) or has_ct(dataset):
         return [dataset]
     cases = sorted(p for p in dataset.iterdir() if p.is_dir() and is_case_dir(p))
     if not cases:
@@ -298,10 +302,22 @@ def evaluate_dataset(dataset: Path, out: Path | None, segmenter: Any) -> dict[st
     wrong: list[str] = []
     for case in cases:
         volume = load_ct(case)
-        ref = load_reference(case, volume)
+        ref = load_reference(case, volume) if is_case_dir(case) else None
         t0 = time.perf_counter()
         seg = segmenter.segment(volume)
         elapsed = time.perf_counter() - t0
+        if ref is None:
+            # unlabelled case: the naming and an overlay only
+            results[case.name] = {"reference": None, "seconds": round(elapsed, 2), "shape": list(volume.shape),
+                                  "notes": list(seg.notes), "identification_rate": None,
+                                  "mean_dice_fully_visible": None, "wrong_and_confident": [],
+                                  "per_level": {v.level.name: {"uncertain": v.level_uncertain,
+                                                               "cut_by_fov": v.cut_by_fov,
+                                                               "centroid_lps_mm": list(v.centroid_lps_mm)}
+                                                for v in seg.vertebrae}}
+            if out is not None:
+                overlay_png(volume, seg, None, out / f"{case.name}_overlay.png", f"{case.name} (no reference)")
+            continue
         r = evaluate_case(seg, ref)
         r["seconds"] = round(elapsed, 2)
         r["shape"] = list(volume.shape)

@@ -223,6 +223,8 @@ def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[flo
         cost = 0.0
         for i, h in enumerate(heights):
             v = first + pos[i]
+            # weak prior: short scans of the spine are mostly centred near the thoracolumbar junction
+            cost += 0.3 * abs(v - int(VertebraLevel.T12)) / 12.0
             if bodies[i].cut_by_fov:
                 continue
             cost += (h - TYPICAL_HEIGHT_MM.get(v, 25.0)) ** 2 / 9.0
@@ -233,8 +235,6 @@ def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[flo
                 cost += 10.0
             if not bodies[i].rib_bearing and 9 <= v <= 18 and not bodies[i].cut_by_fov:
                 cost += 10.0
-            # weak prior: short scans of the spine are mostly centred near the thoracolumbar junction
-            cost += 0.3 * abs(v - int(VertebraLevel.T12)) / 12.0
         if cost < best_cost:
             best, best_cost = first, cost
     return best

@@ -49,6 +49,8 @@ class TrainConfig:
     cache: Path = Path("var/train_cache/segmentation")
     real_data: Path | None = None
     real_weight: float = 0.5
+    render_mm: float = COARSE_SPACING_MM
+    """Rendering grid of the training phantoms (area-averaged to 3 mm when finer)."""
     init: Path | None = None
     """Start from the weights of this bundle (fine-tuning stage)."""
     minutes: float | None = None
@@ -63,12 +65,15 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def _phantom_case(seed: int, index: int) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], dict[str, Any]]:
+def _phantom_case(seed: int, index: int, render_mm: float = COARSE_SPACING_MM,
+                  ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], dict[str, Any]]:
+    """One training case on the 3 mm canonical grid. ``render_mm`` < 3 renders finer and area-averages down
+    (partial volume like a real scan resampled to 3 mm) at a higher rendering cost."""
     from service.phantom.api import generate, random_spec
 
     rng = np.random.default_rng([seed, index])
     spec = random_spec(rng)
-    ph = generate(spec, spacing_mm=(COARSE_SPACING_MM,) * 3)
+    ph = generate(spec, spacing_mm=(render_mm,) * 3)
     frame = canonical_frame(ph.volume.affine_lps, ph.volume.shape)
     grid = coarse_grid(frame)
     hu = resample_to_coarse(frame.to_canonical(ph.volume.hu.astype(np.float32)), grid)
@@ -80,16 +85,16 @@ def _phantom_case(seed: int, index: int) -> tuple[npt.NDArray[np.int16], npt.NDA
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16), target, info
 
 
-def build_cache(cache: Path, seed: int, cases: int) -> list[Path]:
+def build_cache(cache: Path, seed: int, cases: int, render_mm: float = COARSE_SPACING_MM) -> list[Path]:
     """Render (or reuse) the cached training phantoms; returns the case files."""
-    folder = cache / f"seed{seed}"
+    folder = cache / (f"seed{seed}" if render_mm == COARSE_SPACING_MM else f"seed{seed}_render{render_mm:g}mm")
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     t0 = time.perf_counter()
     for i in range(cases):
         path = folder / f"case_{i:04d}.npz"
         if not path.is_file():
-            hu, target, info = _phantom_case(seed, i)
+            hu, target, info = _phantom_case(seed, i, render_mm)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, hu=hu, target=target, info=json.dumps(info))
             tmp.replace(path)
@@ -182,7 +187,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    files = build_cache(cfg.cache, cfg.seed, cfg.cases)
+    files = build_cache(cfg.cache, cfg.seed, cfg.cases, cfg.render_mm)
     data = [_load(f) for f in files]
     real: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]] = []
     if cfg.real_data is not None:
