@@ -156,6 +156,8 @@ def run_e2e(studies: Sequence[SeriesSet], folder: Path, *, bundle_dir: Path, tru
                          ", ".join(f"{k} {v:.1f}" for k, v in runs[-1].parts.items()))
     finally:
         engine.dispose()
+        for bulky in ("storage", "pacs"):  # received CT + results: GBs; logs and timings stay for inspection
+            shutil.rmtree(folder / bulky, ignore_errors=True)
     return runs
 
 

@@ -111,6 +111,7 @@ def run_workers(pg: procs.Postgres, studies: Sequence[SeriesSet], folder: Path, 
                 raise TimeoutError(f"{workers} worker(s): jobs not done within {timeout_s} s")
             time.sleep(0.5)
     wall = time.monotonic() - started
+    shutil.rmtree(folder / "storage", ignore_errors=True)  # result files; logs and timings stay
     bad = [(status, error) for status, _, _, error in rows if status != "succeeded"]
     if bad:
         raise RuntimeError(f"{len(bad)} job(s) did not succeed: {bad[0]}")
