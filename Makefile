@@ -35,11 +35,11 @@ run: install
 	$(BMD) serve
 
 test: install
-	$(VENV)/bin/ruff check service tests alembic
+	$(VENV)/bin/ruff check service tests alembic bench
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check service tests alembic
+	$(VENV)/bin/ruff check service tests alembic bench
 
 demo: install
 	$(PY) -m service.demo
