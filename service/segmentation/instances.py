@@ -31,6 +31,8 @@ LENGTH_PRIOR_WEIGHT = 0.3
 OPEN_PIECE_MIN_MM = 12.0
 """A piece cut by the field of view is split off only when at least this long (no slivers at the FOV edge)."""
 """Cost per (10 mm)^2 deviation from the expected length, relative to a cut score in 0..1."""
+SPARSE_SLICE_FRACTION = 0.1
+"""Slices with fewer candidate voxels than this fraction of the median slice do not steer the centreline."""
 SPINE_COLUMN_TOLERANCE_MM = 30.0
 """Components whose voxels lie (median) further than this in the axial plane from the spine centreline are not
 bodies (a body's own voxels lie within ~10-15 mm of its centre)."""
@@ -53,7 +55,8 @@ def _centreline_coordinate(coords: npt.NDArray[np.int64], spacing: float) -> npt
     cnt = np.bincount(z - z0, minlength=nz).astype(np.float64)
     cx = np.bincount(z - z0, weights=coords[:, 0], minlength=nz) / np.maximum(cnt, 1)
     cy = np.bincount(z - z0, weights=coords[:, 1], minlength=nz) / np.maximum(cnt, 1)
-    valid = cnt > 0
+    # sparse slices (discs, bridging osteophytes) give unreliable centroids: interpolate over them
+    valid = cnt >= SPARSE_SLICE_FRACTION * float(np.median(cnt[cnt > 0]))
     zi = np.arange(nz)
     cx = np.interp(zi, zi[valid], cx[valid])
     cy = np.interp(zi, zi[valid], cy[valid])

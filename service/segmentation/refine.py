@@ -13,6 +13,9 @@ from scipy import ndimage
 
 from service.segmentation.geometry import CoarseGrid, upsample_region
 
+NATIVE_THRESHOLD = 0.5
+"""Threshold of the interpolated body-likeness at native resolution."""
+
 
 def ownership(instance_masks: list[npt.NDArray[np.bool_]]) -> npt.NDArray[np.int32]:
     """Coarse map: index+1 of the nearest body instance for every voxel (0 when there is none)."""
@@ -38,7 +41,7 @@ def native_body_mask(soft: npt.NDArray[np.float32], grid: CoarseGrid, instance: 
         stop = min(n, int(np.ceil(hi[a] * n / m)))
         bbox.append(slice(start, stop))
     region = upsample_region(soft, grid, tuple(bbox))  # type: ignore[arg-type]
-    mask = region > 0.5
+    mask = region > NATIVE_THRESHOLD
     if not mask.any():
         return None
     lab, n = ndimage.label(mask)
