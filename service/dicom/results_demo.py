@@ -139,15 +139,24 @@ CPTAC_BODY_RADIUS_MM = 14.0
 CPTAC_LEVELS = tuple(VertebraLevel(v) for v in range(VertebraLevel.T1, VertebraLevel.L1 + 1))  # README: ~T1..L1
 
 
-def cptac_case(folder: Path = CPTAC_CHEST) -> DemoCase:
-    """The real chest CT with hand-placed vertebral bodies: not anatomical truth, a stand-in for the model."""
+def cptac_case(folder: Path = CPTAC_CHEST, *, hand_placed: bool = False) -> DemoCase:
+    """The real chest CT segmented by the node's own model (the production segmenter), then the real assessment.
+
+    ``hand_placed=True`` uses discs tracked along the spine instead (not anatomy; for debugging the writers
+    without a model).
+    """
     from service.dicom.volume_loader import load_series_folder
 
     if not folder.exists():
         raise FileNotFoundError(f"real CT case missing: {folder}")
     volume = load_series_folder(folder)
-    body = hand_placed_bodies(volume, CPTAC_SEED_SLICE, CPTAC_SEED_COLUMN_ROW, CPTAC_LEVELS)
-    return _assess(volume, _segmentation(volume, body, "hand-placed", "1"))
+    if hand_placed:
+        body = hand_placed_bodies(volume, CPTAC_SEED_SLICE, CPTAC_SEED_COLUMN_ROW, CPTAC_LEVELS)
+        return _assess(volume, _segmentation(volume, body, "hand-placed", "1"))
+    from service.segmentation.inference import SegmentationSettings, load_segmenter
+
+    segmentation = load_segmenter(SegmentationSettings()).segment(volume)
+    return _assess(volume, segmentation)
 
 
 def hand_placed_bodies(volume: CTVolume, seed_slice: int, seed_column_row: tuple[int, int],
