@@ -25,6 +25,8 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # typ
     p.add_argument("--minutes", type=float, default=None, help="optional wall-clock cap")
     p.add_argument("--render-mm", type=float, default=3.0,
                    help="render the phantoms on this grid and area-average to 3 mm (finer = more realistic, slower)")
+    p.add_argument("--strong-pv", action="store_true",
+                   help="stronger partial-volume and low-density augmentation (fine-tuning experiments)")
     p.add_argument("--init", type=Path, default=None, help="start from this bundle's weights (fine-tuning)")
     p.set_defaults(func=_train)
 
@@ -36,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out=args.out, seed=args.seed, cases=args.cases, iterations=args.iterations,
                       batch_size=args.batch_size, learning_rate=args.lr, threads=args.threads, cache=args.cache,
                       real_data=args.real_data, real_weight=args.real_weight, minutes=args.minutes,
-                      init=args.init, render_mm=args.render_mm)
+                      init=args.init, render_mm=args.render_mm, strong_pv=args.strong_pv)
     log = train(cfg)
     print(json.dumps({k: v for k, v in log.items() if k != "loss_curve"}, indent=2))
     return 0

@@ -82,15 +82,20 @@ def truncate_fov(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8],
         target[outside] = 0
 
 
-def intensity(hu: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
+def intensity(hu: npt.NDArray[np.float32], rng: np.random.Generator,
+              strong_pv: bool = False) -> npt.NDArray[np.float32]:
     """Blur (slice thickness / kernel), noise (dose), bias, HU scale/offset within a few per cent."""
     out = hu
     # the coarse phantom is point-sampled (thin cortex shows as dots); real CT at 3 mm is area-averaged: blur
     # almost always (partial volume), more along z (slice thickness)
-    if rng.random() < 0.95:
-        sig = (rng.uniform(0.5, 1.2), rng.uniform(0.5, 1.2), rng.uniform(0.5, 1.5))
+    if strong_pv:
+        if rng.random() < 0.95:
+            sig = (rng.uniform(0.5, 1.2), rng.uniform(0.5, 1.2), rng.uniform(0.5, 1.5))
+            out = ndimage.gaussian_filter(out, sig)
+    elif rng.random() < 0.85:
+        sig = (rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.5))
         out = ndimage.gaussian_filter(out, sig)
-    if rng.random() < 0.7:
+    if strong_pv and rng.random() < 0.7:
         # partial volume of thin cortex / endplates on real scans: compress bright bone towards soft tissue
         knee = rng.uniform(80.0, 150.0)
         out = np.where(out > knee, knee + (out - knee) * rng.uniform(0.35, 1.0), out)
@@ -109,7 +114,9 @@ def intensity(hu: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDAr
 
 
 def augment(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], size: tuple[int, int, int],
-            rng: np.random.Generator) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+            rng: np.random.Generator, strong_pv: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """``strong_pv``: stronger partial-volume blur, bright-bone compression and low-density bodies (used by the
+    fine-tuning experiments; off for the committed stage-1 model, so the default reproduces it)."""
     big = tuple(int(s * 1.3) for s in size)
     p_hu, p_t = random_patch(hu, target, big, rng)  # type: ignore[arg-type]
     if rng.random() < 0.6:
@@ -121,10 +128,10 @@ def augment(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], size: tu
         if rng.random() < 0.5:
             p_hu, p_t = p_hu[::-1].copy(), p_t[::-1].copy()
     truncate_fov(p_hu, p_t, rng)
-    if rng.random() < 0.5:
+    if strong_pv and rng.random() < 0.5:
         # low-density (osteoporotic) bodies: trabecular HU close to disc / soft tissue HU
         body = ((p_t == 1) | (p_t == 2)) & (p_hu < 400)
         p_hu[body] += rng.uniform(-110.0, 10.0)
-    p_hu = intensity(p_hu, rng)
+    p_hu = intensity(p_hu, rng, strong_pv)
     p_t[(p_t != IGNORE) & (p_t > 6)] = 0
     return p_hu, p_t

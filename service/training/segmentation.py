@@ -49,6 +49,8 @@ class TrainConfig:
     cache: Path = Path("var/train_cache/segmentation")
     real_data: Path | None = None
     real_weight: float = 0.5
+    strong_pv: bool = False
+    """Stronger partial-volume / low-density augmentation (augment.augment); off for the committed model."""
     render_mm: float = COARSE_SPACING_MM
     """Rendering grid of the training phantoms (area-averaged to 3 mm when finer)."""
     init: Path | None = None
@@ -216,7 +218,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 hu, tg = real[int(rng.integers(len(real)))]
             else:
                 hu, tg = data[int(rng.integers(len(data)))]
-            p_hu, p_t = augment(hu, tg, PATCH, rng)
+            p_hu, p_t = augment(hu, tg, PATCH, rng, cfg.strong_pv)
             xs.append(np.clip(p_hu, *HU_CLIP) / HU_SCALE)
             ys.append(p_t)
         x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)).to(device)
@@ -247,7 +249,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _log(cfg: TrainConfig, iterations: int, losses: list[float], t0: float, device: torch.device,
          n_real: int) -> dict[str, Any]:
     return {
-        "seed": cfg.seed, "init": str(cfg.init) if cfg.init else None, "phantom_cases": cfg.cases,
+        "seed": cfg.seed, "init": str(cfg.init) if cfg.init else None, "strong_pv": cfg.strong_pv,
+        "render_mm": cfg.render_mm, "phantom_cases": cfg.cases,
         "real_cases": n_real, "iterations_done": iterations,
         "iterations_planned": cfg.iterations, "batch_size": cfg.batch_size, "patch": list(PATCH),
         "learning_rate": cfg.learning_rate, "device": device.type, "threads": cfg.threads,
