@@ -24,6 +24,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from service.db.queries import InstanceRecord
 from service.dicom.spool import Spool, sanitize_uid
 
 logger = logging.getLogger(__name__)
@@ -48,21 +49,8 @@ _HEADER_KEYWORDS = (
 )
 
 
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """What the handler hands to the recorder; same fields as ``service.db.queries.InstanceRecord``."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    modality: str
-    transfer_syntax_uid: str
-    path: str | None
-    size_bytes: int
-    calling_ae_title: str
-    status: str  # "stored" | "ignored" | "rejected"
-    reason: str | None = None
+ReceivedInstance = InstanceRecord
+"""What the handler hands to the recorder: the database's own instance record (validated once built)."""
 
 
 Recorder = Callable[[ReceivedInstance], bool]

@@ -166,27 +166,10 @@ def build_ae(config: Any) -> AE:
 
 def db_recorder(engine: Any) -> Recorder:
     """Recorder that writes an Instance row through node-core's query API."""
-    from service.db.queries import InstanceRecord, record_instance
+    from service.db.queries import record_instance
 
     def record(row: ReceivedInstance) -> bool:
-        return bool(
-            record_instance(
-                engine,
-                InstanceRecord(
-                    sop_instance_uid=row.sop_instance_uid,
-                    sop_class_uid=row.sop_class_uid,
-                    study_instance_uid=row.study_instance_uid,
-                    series_instance_uid=row.series_instance_uid,
-                    modality=row.modality,
-                    transfer_syntax_uid=row.transfer_syntax_uid,
-                    path=row.path,
-                    size_bytes=row.size_bytes,
-                    calling_ae_title=row.calling_ae_title,
-                    status=row.status,
-                    reason=row.reason,
-                ),
-            )
-        )
+        return bool(record_instance(engine, row))
 
     return record
 

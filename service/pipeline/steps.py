@@ -56,7 +56,7 @@ class SegmentStep:
 
             started = time.monotonic()
             settings = dataclasses.replace(self.settings, bundle_dir=resolve_model_path(self.settings.bundle_dir))
-            self._segmenter = load_segmenter(settings)  # type: ignore[arg-type]  # same fields, duck-typed
+            self._segmenter = load_segmenter(settings)
             log.info("segmenter %s %s loaded in %.1f s", getattr(self._segmenter, "name", "?"),
                      getattr(self._segmenter, "version", "?"), time.monotonic() - started)
         return self._segmenter

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from service.config import SegmentationSettings  # the [segmentation] section is this step's settings (one type)
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
@@ -34,22 +35,6 @@ from service.segmentation.labelling import BodyFeatures, features_from_masks, fu
 from service.segmentation.refine import native_body_mask, ownership
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("bmd-node", "totalsegmentator")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class SegmentationSettings:
-    backend: str = "bmd-node"
-    bundle_dir: Path = Path("models/vertebra_seg")
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
 
 
 class Segmenter(Protocol):
