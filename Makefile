@@ -49,6 +49,7 @@ bench: install
 
 train-segmentation: install
 	$(BMD) train segmentation --out models/vertebra_seg
+	$(BMD) train segmentation-fine --out models/vertebra_body_fine
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

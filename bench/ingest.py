@@ -102,14 +102,14 @@ def _free_port() -> int:
 def run_once(files: list[Path], work_dir: Path) -> IngestRun:
     from sqlalchemy import func, select
 
+    from bench.procs import require_tool
     from service.config import build_config
     from service.db.engine import make_engine, read_session
     from service.db.migrate import upgrade
     from service.db.tables import Instance
     from service.dicom.scp import start_scp
 
-    if shutil.which("storescu") is None:
-        raise SystemExit("storescu (DCMTK) is not installed")
+    storescu = require_tool("storescu")
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
@@ -131,7 +131,7 @@ def run_once(files: list[Path], work_dir: Path) -> IngestRun:
     engine = make_engine(config.node.database_url)
     server = start_scp(config, engine)
     try:
-        cmd = ["storescu", "-aet", SENDER_AE, "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)]
+        cmd = [storescu, "-aet", SENDER_AE, "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)]
         env = {**os.environ, "TCP_NODELAY": "1"}
         start = time.perf_counter()
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)

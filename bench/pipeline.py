@@ -4,7 +4,7 @@ It calls the same steps as service.pipeline.screening.ScreeningRecipe, in the sa
 
     load_s       read + decode + check the DICOM series (steps.load_volume)
     resample_s   canonical orientation + resampling to the model's coarse grid
-    network_s    the 3-D U-Net (sliding window)
+    network_s    the 3-D U-Nets (coarse 3 mm + fine 1.25 mm stage, sliding window)
     labelling_s  body instances, labelling, native-resolution refinement
     assess_s     ROI + HU statistics + calibration + classification (steps.assess)
     objects_s    SEG / SR / key image built and encoded (steps.build_objects)
@@ -107,9 +107,19 @@ def timed_segmentation(segmenter: Any, volume: CTVolume) -> tuple[SpineSegmentat
     probs = segmenter.predict_probs(coarse_hu)
     t2 = time.perf_counter()
     pred = inference.CoarsePrediction(frame, grid, probs, coarse_hu)
-    seg = inference.assemble_segmentation(volume, pred, segmenter.name, segmenter.version)
+    fine_runner = segmenter.fine_runner(volume, pred)
+    fine_s = [0.0]
+    timed_fine = None
+    if fine_runner is not None:
+        def timed_fine(box: tuple[slice, slice, slice]) -> Any:
+            tf = time.perf_counter()
+            out = fine_runner(box)
+            fine_s[0] += time.perf_counter() - tf
+            return out
+    seg = inference.assemble_segmentation(volume, pred, segmenter.name, segmenter.version, timed_fine)
     t3 = time.perf_counter()
-    return seg, {"resample_s": t1 - t0, "network_s": t2 - t1, "labelling_s": t3 - t2}
+    # both networks (coarse and fine U-Net, with the fine stage's resampling) count as network time
+    return seg, {"resample_s": t1 - t0, "network_s": t2 - t1 + fine_s[0], "labelling_s": t3 - t2 - fine_s[0]}
 
 
 def truth_segmentation(volume: CTVolume, labels_path: Path, affine_path: Path) -> SpineSegmentation:

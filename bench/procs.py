@@ -39,10 +39,13 @@ def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"{name} is not installed (`make install` installs the Debian packages)")
-    return path
+    """Path of a system tool; DCMTK's, not the same-named pynetdicom apps in the virtual environment's bin."""
+    from tests.integration.dicom_net_support import require_tool as system_tool
+
+    try:
+        return system_tool(name)
+    except RuntimeError:
+        raise RuntimeError(f"{name} is not installed (`make install` installs the Debian packages)") from None
 
 
 def orthanc_binary_or_none() -> str | None:
@@ -244,9 +247,8 @@ def _wait_port_or_exit(proc: subprocess.Popen[Any], port: int, log_path: Path, t
 def storescp(out_dir: Path, port: int, *, ae_title: str = PACS_AE, fork: bool = False) -> Iterator[
         subprocess.Popen[bytes]]:
     """DCMTK storescp writing what it receives into out_dir (one file per instance, no fsync)."""
-    require_tool("storescp")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["storescp", "-aet", ae_title, "-od", str(out_dir), *(["--fork"] if fork else []), str(port)]
+    cmd = [require_tool("storescp"), "-aet", ae_title, "-od", str(out_dir), *(["--fork"] if fork else []), str(port)]
     proc = subprocess.Popen(cmd, env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
@@ -276,8 +278,7 @@ def orthanc_pid(server: Any) -> int:
 
 
 def storescu_command(files: Sequence[Path], port: int, called_ae: str) -> list[str]:
-    require_tool("storescu")
-    return ["storescu", "-aet", SENDER_AE, "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
+    return [require_tool("storescu"), "-aet", SENDER_AE, "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
 
 
 def send_series(files: Sequence[Path], port: int, called_ae: str, timeout_s: float = 1800) -> float:

@@ -31,7 +31,7 @@ SECTIONS = ("ingest", "stages", "e2e", "throughput", "memory")
 STAGE_LABELS = {
     "load_s": "load + decode + series checks",
     "resample_s": "resample to the 3 mm model grid",
-    "network_s": "segmentation network (U-Net, sliding window)",
+    "network_s": "segmentation networks (coarse + fine U-Net, sliding window)",
     "labelling_s": "instances + labelling + refinement",
     "assess_s": "ROI + HU statistics + calibration + classification",
     "objects_s": "SEG / SR / key image built and encoded",

@@ -194,6 +194,10 @@ SEGMENTATION_DEVICES = ("auto", "cpu", "cuda")
 class SegmentationSettings:
     backend: str = "bmd-node"
     bundle_dir: Path = Path("models/vertebra_seg")
+    fine_bundle_dir: Path = Path("models/vertebra_body_fine")
+    """Stage 2: vertebral bodies and discs at 1.25 mm in a tube around the spine."""
+    fine_stage: bool = True
+    """False: bodies from the coarse 3 mm model only (the fine bundle is not loaded)."""
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Loading the MONAI bundle models/vertebra_seg (configs/metadata.json, configs/inference.json, models/model.pt)."""
+"""Loading the MONAI bundles models/vertebra_seg (coarse) and models/vertebra_body_fine (fine): configs/metadata.json,
+configs/inference.json, models/model.pt."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class LoadedBundle:
     hu_clip: tuple[float, float]
     hu_scale: float
     class_names: tuple[str, ...]
+    fine_spacing_mm: float | None = None
+    """Grid of a fine (stage 2) bundle; None for the coarse bundle."""
 
 
 def read_configs(bundle_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -66,4 +69,5 @@ def load_bundle(bundle_dir: Path, device: torch.device) -> LoadedBundle:
         hu_scale=float(inference.get("hu_scale", 1000.0)),
         class_names=tuple(metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get(
             "channel_def_names", [])),
+        fine_spacing_mm=float(inference["fine_spacing_mm"]) if "fine_spacing_mm" in inference else None,
     )

@@ -29,6 +29,30 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # typ
                    help="stronger partial-volume and low-density augmentation (fine-tuning experiments)")
     p.add_argument("--init", type=Path, default=None, help="start from this bundle's weights (fine-tuning)")
     p.set_defaults(func=_train)
+    f = train_subparsers.add_parser("segmentation-fine",
+                                    help="train the fine body model (stage 2, 1.25 mm; MONAI bundle)")
+    f.add_argument("--out", type=Path, default=Path("models/vertebra_body_fine"), help="bundle folder to write")
+    f.add_argument("--seed", type=int, default=21)
+    f.add_argument("--cases", type=int, default=240, help="synthetic phantoms in the training set")
+    f.add_argument("--iterations", type=int, default=4000)
+    f.add_argument("--batch-size", type=int, default=2)
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--cache", type=Path, default=Path("var/train_cache"))
+    f.add_argument("--minutes", type=float, default=None, help="optional wall-clock cap")
+    f.set_defaults(func=_train_fine)
+
+
+def _train_fine(args: argparse.Namespace) -> int:
+    from service.training.fine_segmentation import FineTrainConfig, train_fine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = FineTrainConfig(out=args.out, seed=args.seed, cases=args.cases, iterations=args.iterations,
+                          batch_size=args.batch_size, learning_rate=args.lr, threads=args.threads, cache=args.cache,
+                          minutes=args.minutes)
+    log = train_fine(cfg)
+    print(json.dumps({k: v for k, v in log.items() if k != "loss_curve"}, indent=2))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -50,6 +74,8 @@ def register_evaluate(evaluate_subparsers: argparse._SubParsersAction) -> None: 
     p.add_argument("dataset", type=Path, help="a case folder or a folder of case folders")
     p.add_argument("--out", type=Path, default=None, help="folder for report.json and overlay PNGs")
     p.add_argument("--bundle", type=Path, default=Path("models/vertebra_seg"))
+    p.add_argument("--fine-bundle", type=Path, default=Path("models/vertebra_body_fine"))
+    p.add_argument("--no-fine", action="store_true", help="bodies from the coarse model only (no stage 2)")
     p.add_argument("--backend", default="bmd-node", choices=["bmd-node", "totalsegmentator"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_evaluate)
@@ -61,6 +87,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     segmenter = load_segmenter(SegmentationSettings(backend=args.backend, bundle_dir=args.bundle,
+                                                    fine_bundle_dir=args.fine_bundle, fine_stage=not args.no_fine,
                                                     device=args.device))
     summary = evaluate_dataset(args.dataset, args.out, segmenter)
     short = {k: v for k, v in summary.items() if k != "per_case"}

@@ -251,7 +251,8 @@ def overlay_png(volume: CTVolume, seg: SpineSegmentation, ref: Reference | None,
     height_mm = hu.shape[2] * sp[2]
     fig_h = float(np.clip(height_mm / 40.0, 4.0, 14.0))
     fig, axes = plt.subplots(1, 2, figsize=(11, fig_h + 1.5))
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
+    palette = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # tab10 without its grey: every level visible on the grey CT
     for ax, view in zip(axes, ("sagittal", "coronal"), strict=True):
         if view == "sagittal":
             img, lab = hu[x_mid, y0:y1, :].T, body[x_mid, y0:y1, :].T
@@ -268,7 +269,7 @@ def overlay_png(volume: CTVolume, seg: SpineSegmentation, ref: Reference | None,
         for v in np.unique(lab):
             if v == 0:
                 continue
-            rgba[lab == v] = (*cmap((int(v) % 20) / 20)[:3], 0.45)
+            rgba[lab == v] = (*cmap(palette[int(v) % len(palette)])[:3], 0.5)
         ax.imshow(rgba, origin="lower", aspect=aspect)
         if rlab is not None:
             edge = (rlab > 0) & ~ndimage.binary_erosion(rlab > 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,12 +17,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy import ndimage
 
 from service.config import SegmentationSettings  # the [segmentation] section is this step's settings (one type)
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.segmentation import classes as cls
+from service.segmentation.fine_stage import FineField, coarse_on_fine, fine_to_coarse_masks, predict_fine, tube_box
 from service.segmentation.geometry import (
     CanonicalFrame,
     CoarseGrid,
@@ -30,8 +33,15 @@ from service.segmentation.geometry import (
     nearest_native_indices,
     resample_to_coarse,
 )
-from service.segmentation.instances import find_bodies
-from service.segmentation.labelling import BodyFeatures, features_from_masks, fused_with_sacrum, label_bodies
+from service.segmentation.instances import FINE_CUT_OFFSET, MIN_BODY_VOLUME_MM3, find_bodies
+from service.segmentation.labelling import (
+    BodyFeatures,
+    LevelDecision,
+    features_from_masks,
+    fused_with_sacrum,
+    label_bodies,
+    rib_attachment,
+)
 from service.segmentation.refine import native_body_mask, ownership
 
 logger = logging.getLogger(__name__)
@@ -58,7 +68,10 @@ def load_segmenter(settings: SegmentationSettings) -> Segmenter:
         from service.segmentation.totalseg_backend import TotalSegmentatorSegmenter
 
         return TotalSegmentatorSegmenter(device=settings.device)
-    return BmdNodeSegmenter(settings.bundle_dir, resolve_device(settings.device))
+    from service.config import resolve_model_path
+
+    fine = resolve_model_path(settings.fine_bundle_dir) if settings.fine_stage else None
+    return BmdNodeSegmenter(settings.bundle_dir, resolve_device(settings.device), fine)
 
 
 @dataclass(frozen=True)
@@ -71,13 +84,17 @@ class CoarsePrediction:
 
 
 class BmdNodeSegmenter:
-    def __init__(self, bundle_dir: Path, device: torch.device) -> None:
+    def __init__(self, bundle_dir: Path, device: torch.device, fine_bundle_dir: Path | None = None) -> None:
         from service.segmentation.bundle import load_bundle
 
         self.device = device
         self.bundle = load_bundle(Path(bundle_dir), device)
+        self.fine_bundle = load_bundle(Path(fine_bundle_dir), device) if fine_bundle_dir is not None else None
         self.name = self.bundle.name
         self.version = self.bundle.version
+        if self.fine_bundle is not None:
+            self.name = f"{self.bundle.name} + {self.fine_bundle.name}"
+            self.version = f"{self.bundle.version}+{self.fine_bundle.version}"
 
     # -- coarse semantic prediction ---------------------------------------------------------------------
     def predict_coarse(self, volume: CTVolume) -> CoarsePrediction:
@@ -119,12 +136,23 @@ class BmdNodeSegmenter:
             probs = probs[tuple(sl)]
         return probs.cpu().numpy().astype(np.float32)
 
+    def fine_runner(self, volume: CTVolume, pred: CoarsePrediction) -> FineRunner | None:
+        """The fine stage over boxes of this CT (None when the node runs without it)."""
+        if self.fine_bundle is None:
+            return None
+        fine_bundle, canonical_hu = self.fine_bundle, pred.frame.to_canonical(volume.hu)
+
+        def run(box: tuple[slice, slice, slice]) -> FineField:
+            return predict_fine(fine_bundle, self.device, canonical_hu, pred.frame, box)
+
+        return run
+
     # -- full pipeline ---------------------------------------------------------------------------------
     def segment(self, volume: CTVolume) -> SpineSegmentation:
         t0 = time.perf_counter()
         pred = self.predict_coarse(volume)
         t1 = time.perf_counter()
-        seg = assemble_segmentation(volume, pred, self.name, self.version)
+        seg = assemble_segmentation(volume, pred, self.name, self.version, self.fine_runner(volume, pred))
         logger.info("segmentation: coarse model %.1f s, instances/labelling/refinement %.1f s, %d bodies",
                     t1 - t0, time.perf_counter() - t1, len(seg.vertebrae))
         return seg
@@ -132,7 +160,10 @@ class BmdNodeSegmenter:
 
 def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArray[np.float32],
                   grid: CoarseGrid, sacrum: npt.NDArray[np.bool_] | None = None,
+                  rib_volumes_mm3: list[tuple[float, float]] | None = None,
                   ) -> tuple[list[BodyFeatures], bool, float]:
+    """``rib_volumes_mm3``: (left, right) rib volume per body measured elsewhere (the fine stage); default: from
+    the coarse rib class."""
     argmax = probs.argmax(axis=0)
     if sacrum is None:
         sacrum = argmax == cls.SACRUM
@@ -140,7 +171,7 @@ def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArra
     for m in instance_masks:
         pt, pl = probs[cls.BODY_THORACIC][m], probs[cls.BODY_LUMBAR][m]
         votes.append(float(np.mean(pt / np.maximum(pt + pl, 1e-6))))
-    return features_from_masks(instance_masks, argmax == cls.RIB, sacrum, grid.spacing_mm, votes)
+    return features_from_masks(instance_masks, argmax == cls.RIB, sacrum, grid.spacing_mm, votes, rib_volumes_mm3)
 
 
 def body_likeness(body: npt.NDArray[np.float32], disc: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -153,37 +184,144 @@ def body_likeness(body: npt.NDArray[np.float32], disc: npt.NDArray[np.float32]) 
     return (body + disc * ratio).astype(np.float32)
 
 
-def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str) -> SpineSegmentation:
+FineRunner = Callable[[tuple[slice, slice, slice]], FineField]
+"""Runs the fine model over a canonical-native box of the CT being segmented."""
+
+
+@dataclass
+class BodyInstances:
+    """Body instances for labelling (coarse masks) and for the native masks (fine masks when stage 2 ran)."""
+
+    coarse_masks: list[npt.NDArray[np.bool_]]
+    fine_masks: list[npt.NDArray[np.bool_]] | None = None
+    field: FineField | None = None
+
+    def drop_last(self) -> npt.NDArray[np.bool_]:
+        if self.fine_masks is not None:
+            self.fine_masks.pop()
+        return self.coarse_masks.pop()
+
+
+def find_instances(pred: CoarsePrediction, body_prob: npt.NDArray[np.float32],
+                   share: npt.NDArray[np.float32], fine: FineRunner | None) -> BodyInstances:
+    probs, grid = pred.probs, pred.grid
+    coarse = [b.mask for b in find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0], share)]
+    if fine is None or not coarse:
+        return BodyInstances(coarse)
+    field = fine(tube_box([*coarse, spine_column_voxels(body_prob, probs[cls.DISC], coarse, grid)], grid,
+                          pred.frame.shape))
+    share_fine = coarse_on_fine(share, field, grid)
+    # the fine model sees only 1.25 mm detail: bright non-bone (contrast-filled heart, aorta) can look like a body
+    # to it; the coarse model, which sees the whole body, vouches for where the spine is
+    vouched = ndimage.binary_dilation(np.maximum(body_prob, probs[cls.DISC]) > COARSE_SPINE_EVIDENCE,
+                                      iterations=COARSE_EVIDENCE_DILATION_VOX)
+    vouched_fine = coarse_on_fine(vouched.astype(np.float32), field, grid) > 0.5
+    fine_body = np.where(vouched_fine, field.body, 0.0).astype(np.float32)
+    seed = coarse_on_fine(np.logical_or.reduce(coarse).astype(np.float32), field, grid) > 0.5
+    fine_bodies = find_bodies(fine_body, field.disc, field.grid.spacing_mm[0], share_fine, FINE_CUT_OFFSET, seed)
+    if not fine_bodies:
+        logger.warning("fine stage found no body in the spine tube; coarse bodies used")
+        return BodyInstances(coarse)
+    fine_masks = [b.mask for b in fine_bodies]
+    return BodyInstances(fine_to_coarse_masks(fine_masks, field, grid), fine_masks, field)
+
+
+COARSE_SPINE_EVIDENCE = 0.2
+"""Coarse body-likeness or disc probability above which the coarse model vouches for spine at a voxel."""
+COARSE_EVIDENCE_DILATION_VOX = 3
+"""... dilated by this many 3 mm voxels: a fine body may extend ~9 mm beyond the coarse model's spine."""
+
+
+def spine_column_voxels(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.float32],
+                        instances: list[npt.NDArray[np.bool_]], grid: CoarseGrid) -> npt.NDArray[np.bool_]:
+    """Coarse body/disc voxels in sizeable components that reach the detected column: where the coarse model saw
+    the spine but did not make a body of it (the lordotic lumbar spine below a chest scan's last body, for
+    example); the fine stage's box must cover them."""
+    seen = (body_prob > 0.5) | (disc_prob > 0.5)
+    lab, n = ndimage.label(seen)
+    if n == 0:
+        return seen
+    near = ndimage.binary_dilation(np.logical_or.reduce(instances), iterations=2)
+    touching = np.unique(lab[near & seen])
+    sizes = ndimage.sum_labels(seen, lab, index=np.arange(n + 1)) * float(np.prod(grid.spacing_mm))
+    keep = [int(i) for i in touching if i > 0 and sizes[int(i)] >= MIN_BODY_VOLUME_MM3 / 2]
+    return np.isin(lab, keep)
+
+
+def _native_mask(inst: BodyInstances, index: int, body_prob: npt.NDArray[np.float32], grid: CoarseGrid,
+                 owner: npt.NDArray[np.int32] | None,
+                 ) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]] | None:
+    """Native-resolution mask of body ``index`` (0-based) in canonical-native coordinates."""
+    if inst.field is None or inst.fine_masks is None:
+        assert owner is not None
+        soft = np.where(owner == index + 1, body_prob, 0.0).astype(np.float32)
+        return native_body_mask(soft, grid, inst.coarse_masks[index])
+    field, m = inst.field, inst.fine_masks[index]
+    # this body's share of the fine body probability: fine voxels nearer to it than to any other body
+    coords = np.argwhere(m)
+    lo = np.maximum(coords.min(axis=0) - 4, 0)
+    hi = np.minimum(coords.max(axis=0) + 5, np.array(m.shape))
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    local = np.zeros(m[sl].shape, dtype=np.int32)
+    for j, other in enumerate(inst.fine_masks, start=1):
+        local[other[sl]] = j
+    own = ownership([local == j for j in range(1, len(inst.fine_masks) + 1)]) if local.any() else local
+    soft = np.zeros(field.body.shape, dtype=np.float32)
+    soft[sl] = np.where(own == index + 1, field.body[sl], 0.0)
+    refined = native_body_mask(soft, field.grid, m)
+    if refined is None:
+        return None
+    bbox, mask = refined
+    return tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bbox, field.box, strict=True)), mask
+
+
+def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str,
+                          fine: FineRunner | None = None) -> SpineSegmentation:
     probs, grid, frame = pred.probs, pred.grid, pred.frame
     raw_body = probs[cls.BODY_THORACIC] + probs[cls.BODY_LUMBAR]
     share = probs[cls.BODY_THORACIC] / np.maximum(raw_body, 1e-6)
     body_prob = body_likeness(raw_body, probs[cls.DISC])
-    instances = find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0], share)
-    masks = [b.mask for b in instances]
+    inst = find_instances(pred, body_prob, share, fine)
     notes_pre: list[str] = []
+    if inst.field is not None:
+        notes_pre.append(f"bodies from the fine stage ({inst.field.grid.spacing_mm[0]:g} mm)")
     sacrum = probs.argmax(axis=0) == cls.SACRUM
-    if masks and fused_with_sacrum(masks[-1], sacrum):
+    s1_index: int | None = None
+    if inst.coarse_masks and fused_with_sacrum(inst.coarse_masks[-1], sacrum):
         # the lowest "body" is fused with the sacrum: it is S1, part of the sacrum for counting
-        sacrum = sacrum | masks[-1]
-        masks = masks[:-1]
-        notes_pre.append("lowest body fused with the sacrum: treated as S1 (not counted as a lumbar body)")
+        s1_index = len(inst.coarse_masks) - 1
+        sacrum = sacrum | inst.coarse_masks[-1]
+        notes_pre.append("lowest body fused with the sacrum: S1 (not counted as a lumbar body)")
+    masks = inst.coarse_masks[:s1_index] if s1_index is not None else inst.coarse_masks
     canon_shape = frame.shape
     body_can = np.zeros(canon_shape, dtype=np.int16)
     notes: list[str] = list(notes_pre)
     vertebrae: list[LabelledVertebra] = []
     used: set[int] = set()
     if masks:
-        feats, sac, fov_top = body_features(masks, probs, grid, sacrum)
+        rib_volumes = None
+        if inst.field is not None and inst.fine_masks is not None and inst.field.rib is not None:
+            # rib heads and necks at 1.25 mm (a short 12th rib is seen; lumbar transverse processes are not ribs)
+            rib_volumes = rib_attachment(inst.fine_masks[: len(masks)], inst.field.rib > 0.5,
+                                         inst.field.grid.spacing_mm)
+        feats, sac, fov_top = body_features(masks, probs, grid, sacrum, rib_volumes)
         result = label_bodies(feats, sac, fov_top)
         notes.extend(result.notes)
-        owner = ownership(masks)
+        decisions = list(result.decisions)
+        cut_flags = [f.cut_by_fov for f in feats]
+        if s1_index is not None and inst.field is not None:
+            # the fine stage separates the S1 body from the L5/S1 disc and the sacrum below: report it as S1
+            lowest = decisions[-1] if decisions else None
+            if lowest is not None and lowest.level is not None and int(lowest.level) == int(VertebraLevel.L5):
+                decisions.append(LevelDecision(VertebraLevel.S1, lowest.uncertain, lowest.reason))
+                cut_flags.append(False)
+        owner = ownership(inst.coarse_masks) if inst.field is None else None
         boxes: dict[int, tuple[slice, slice, slice]] = {}
-        for i, (m, d) in enumerate(zip(masks, result.decisions, strict=True), start=1):
+        for i, d in enumerate(decisions):
             if d.level is None or int(d.level) in used:
-                notes.append(f"body {i} left unlabelled ({d.reason})")
+                notes.append(f"body {i + 1} left unlabelled ({d.reason})")
                 continue
-            soft = np.where(owner == i, body_prob, 0.0).astype(np.float32)
-            refined = native_body_mask(soft, grid, m)
+            refined = _native_mask(inst, i, body_prob, grid, owner)
             if refined is None:
                 continue
             bbox, mask = refined
@@ -192,7 +330,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             used.add(int(d.level))
             boxes[int(d.level)] = bbox
         # centroids and cut flags from the native masks (within each body's box: no full-volume scans)
-        for f, d in zip(feats, result.decisions, strict=True):
+        for cut_flag, d in zip(cut_flags, decisions, strict=True):
             if d.level is None or int(d.level) not in used:
                 continue
             level = int(d.level)
@@ -203,7 +341,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
                 continue
             coords = coords + np.array([sl.start for sl in bbox])
             centroid = frame.affine_lps[:3, :3] @ coords.mean(axis=0) + frame.affine_lps[:3, 3]
-            cut = f.cut_by_fov or bool(coords[:, 2].min() == 0 or coords[:, 2].max() == canon_shape[2] - 1)
+            cut = cut_flag or bool(coords[:, 2].min() == 0 or coords[:, 2].max() == canon_shape[2] - 1)
             vertebrae.append(LabelledVertebra(
                 level=VertebraLevel(level), centroid_lps_mm=tuple(float(v) for v in centroid),  # type: ignore[arg-type]
                 level_uncertain=d.uncertain, uncertainty_reason=d.reason if d.uncertain else None,

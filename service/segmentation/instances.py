@@ -27,12 +27,30 @@ MIN_BODY_VOLUME_MM3 = 1500.0
 THORACIC_PIECE_MM = (15.0, 25.0, 36.0)
 LUMBAR_PIECE_MM = (24.0, 36.0, 50.0)
 """(min, expected, max) length of one piece."""
+AMBIGUOUS_VOTE = 0.3
+"""A piece whose thoracic share lies between this and 1 - this may be a thoracic or a lumbar body (T12/L1, or a
+scan unlike the training data): the length limits of both apply."""
+LUMBAR_SECTION_MM2 = 800.0
+"""An ambiguous piece whose largest cross-section stays below this is a thoracic-size body (T12 ~10-11 cm2,
+L1 ~12 cm2, mid-thoracic ~7 cm2, T1 ~4-5 cm2)."""
 LENGTH_PRIOR_WEIGHT = 0.3
 OPEN_PIECE_MIN_MM = 12.0
 """A piece cut by the field of view is split off only when at least this long (no slivers at the FOV edge)."""
 """Cost per (10 mm)^2 deviation from the expected length, relative to a cut score in 0..1."""
+CENTRELINE_SMOOTHING_MM = 15.0
+"""Moving-average length of the per-slice centroids that make the centreline."""
+NARROWING_WINDOW_MM = 27.0
+"""Cross-sections are compared with the largest one within this length (a body + a disc)."""
 SPARSE_SLICE_FRACTION = 0.1
 """Slices with fewer candidate voxels than this fraction of the median slice do not steer the centreline."""
+FINE_CUT_OFFSET = 0.5
+"""Cut cost offset at fine resolution: midway between a disc gap (score ~0) and a body (score ~1)."""
+SEED_OVERLAP = 0.5
+"""Fraction of a component inside the seed for it to start the column."""
+COLUMN_REACH_MM = 40.0
+"""A component joins the spine column only within this distance (along z) of a slice the column covers."""
+COLUMN_END_MM = 10.0
+"""Length of a component's end (next to the column) that is compared with the column's centreline."""
 SPINE_COLUMN_TOLERANCE_MM = 30.0
 """Components whose voxels lie (median) further than this in the axial plane from the spine centreline are not
 bodies (a body's own voxels lie within ~10-15 mm of its centre)."""
@@ -60,9 +78,10 @@ def _centreline_coordinate(coords: npt.NDArray[np.int64], spacing: float) -> npt
     zi = np.arange(nz)
     cx = np.interp(zi, zi[valid], cx[valid])
     cy = np.interp(zi, zi[valid], cy[valid])
-    if nz >= 5:
-        cx = ndimage.uniform_filter1d(cx, 5, mode="nearest")
-        cy = ndimage.uniform_filter1d(cy, 5, mode="nearest")
+    window = max(1, round(CENTRELINE_SMOOTHING_MM / spacing))
+    if nz >= window > 1:
+        cx = ndimage.uniform_filter1d(cx, window, mode="nearest")
+        cy = ndimage.uniform_filter1d(cy, window, mode="nearest")
     pts = np.stack([cx, cy, zi + z0], axis=1) * spacing
     seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) if nz > 1 else np.zeros(0)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
@@ -74,14 +93,23 @@ def _centreline_coordinate(coords: npt.NDArray[np.int64], spacing: float) -> npt
 
 
 def _choose_cuts(score: npt.NDArray[np.float64], vote: npt.NDArray[np.float64], bin_mm: float,
-                 open_start: bool, open_end: bool) -> list[int]:
-    """Bins to cut at (dynamic programming over cut positions; pieces respect the length limits)."""
+                 open_start: bool, open_end: bool, section_mm2: npt.NDArray[np.float64] | None = None) -> list[int]:
+    """Bins to cut at (dynamic programming over cut positions; pieces respect the length limits).
+    ``section_mm2``: the body's cross-section per bin, which decides ambiguous pieces (small = thoracic)."""
     n = len(score)
     inf = float("inf")
 
     def limits(b0: int, b1: int) -> tuple[float, float, float]:
         v = float(np.mean(vote[max(b0, 0): min(b1, n)])) if b1 > b0 else 0.5
-        return THORACIC_PIECE_MM if v >= 0.5 else LUMBAR_PIECE_MM
+        if v >= 1.0 - AMBIGUOUS_VOTE:
+            return THORACIC_PIECE_MM
+        if v <= AMBIGUOUS_VOTE:
+            return LUMBAR_PIECE_MM
+        if section_mm2 is not None and b1 > b0 and float(np.max(section_mm2[max(b0, 0): min(b1, n)])) < (
+                LUMBAR_SECTION_MM2):
+            return THORACIC_PIECE_MM  # small bodies (cervicothoracic): a lumbar length would merge two of them
+        # thoracolumbar junction or an unfamiliar scan: either kind of body
+        return THORACIC_PIECE_MM[0], 0.5 * (THORACIC_PIECE_MM[1] + LUMBAR_PIECE_MM[1]), LUMBAR_PIECE_MM[2]
 
     def piece_cost(a: int, b: int) -> float:
         """Cost of a piece between cut a (or start -1) and cut b (or end n)."""
@@ -127,7 +155,7 @@ def _choose_cuts(score: npt.NDArray[np.float64], vote: npt.NDArray[np.float64], 
 
 def _split_component(mask: npt.NDArray[np.bool_], body_prob: npt.NDArray[np.float32],
                      disc_prob: npt.NDArray[np.float32], thoracic_share: npt.NDArray[np.float32] | None,
-                     spacing: float) -> list[npt.NDArray[np.bool_]]:
+                     spacing: float, cut_offset: float | None = None) -> list[npt.NDArray[np.bool_]]:
     coords = np.argwhere(mask)
     t = _centreline_coordinate(coords, spacing)
     bins = np.floor((t - t.min()) / spacing).astype(int)
@@ -140,14 +168,15 @@ def _split_component(mask: npt.NDArray[np.bool_], body_prob: npt.NDArray[np.floa
     bodyp = np.bincount(bins, weights=body_prob[idx], minlength=n_bins) / np.maximum(area, 1)
     vote = (np.bincount(bins, weights=thoracic_share[idx], minlength=n_bins) / np.maximum(area, 1)
             if thoracic_share is not None else np.full(n_bins, 0.5))
-    local_max = ndimage.maximum_filter1d(area, 9, mode="nearest")
+    local_max = ndimage.maximum_filter1d(area, max(3, round(NARROWING_WINDOW_MM / spacing)), mode="nearest")
     narrow = area / np.maximum(local_max, 1.0)
     score = 0.5 * narrow + 0.5 * (1.0 - disc) * bodyp
     zs = coords[:, 2]
     open_start = bool(zs.min() == 0)  # t increases upwards: bin 0 is the caudal end
     open_end = bool(zs.max() == mask.shape[2] - 1)
     # a cut at a typical bin costs nothing, at a narrow / disc-like bin it pays (otherwise fewer cuts always win)
-    cuts = _choose_cuts(score - float(np.median(score)), vote, spacing, open_start, open_end)
+    offset = float(np.median(score)) if cut_offset is None else cut_offset
+    cuts = _choose_cuts(score - offset, vote, spacing, open_start, open_end, local_max * spacing**2)
     if not cuts:
         return [mask]
     pieces = []
@@ -163,8 +192,15 @@ def _split_component(mask: npt.NDArray[np.bool_], body_prob: npt.NDArray[np.floa
 
 
 def find_bodies(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.float32], spacing_mm: float,
-                thoracic_share: npt.NDArray[np.float32] | None = None) -> list[BodyInstance]:
-    """Body instances ordered cranial to caudal (decreasing axis-2 coordinate)."""
+                thoracic_share: npt.NDArray[np.float32] | None = None,
+                cut_offset: float | None = None, seed: npt.NDArray[np.bool_] | None = None) -> list[BodyInstance]:
+    """Body instances ordered cranial to caudal (decreasing axis-2 coordinate).
+
+    ``cut_offset``: what a cut at a bin of score s costs is s - offset.  None: the median score (coarse grid: a
+    cut at a typical bin costs nothing, the length prior decides).  At fine resolution, where the discs are
+    resolved, ``FINE_CUT_OFFSET``: a cut through a body costs, a cut in a disc gap pays, so bodies are split only
+    where a disc is seen or where the length limits force it.
+    """
     body = body_prob > 0.5
     voxel_mm3 = spacing_mm**3
     lab, n = ndimage.label(body)  # face connectivity: fewer bridges between neighbouring bodies
@@ -174,13 +210,13 @@ def find_bodies(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.fl
         for i, s in enumerate(sizes, start=1):
             if s * voxel_mm3 >= MIN_BODY_VOLUME_MM3:
                 comps.append(lab == i)
-    comps = _keep_spine_column(comps, spacing_mm)
+    comps = _keep_spine_column(comps, spacing_mm, seed)
     out: list[npt.NDArray[np.bool_]] = []
     if comps:
         # one chain for the whole column: fragments of one body are joined, fused bodies are cut, gaps between
         # components are free cuts
         column = np.logical_or.reduce(comps)
-        out = _split_component(column, body_prob, disc_prob, thoracic_share, spacing_mm)
+        out = _split_component(column, body_prob, disc_prob, thoracic_share, spacing_mm, cut_offset)
     instances = []
     for m in out:
         coords = np.argwhere(m)
@@ -194,32 +230,59 @@ def find_bodies(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.fl
     return instances
 
 
-def _centreline_xy(comps: list[npt.NDArray[np.bool_]]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    pts = np.concatenate([np.argwhere(c) for c in comps])
-    nz = comps[0].shape[2]
-    cnt = np.bincount(pts[:, 2], minlength=nz).astype(np.float64)
-    cx = np.bincount(pts[:, 2], weights=pts[:, 0], minlength=nz) / np.maximum(cnt, 1)
-    cy = np.bincount(pts[:, 2], weights=pts[:, 1], minlength=nz) / np.maximum(cnt, 1)
-    valid = cnt > 0
-    zi = np.arange(nz)
-    return np.interp(zi, zi[valid], cx[valid]), np.interp(zi, zi[valid], cy[valid])
+def _column_centres(points: list[npt.NDArray[np.int64]]) -> dict[int, tuple[float, float]]:
+    """Per-slice centroid of the column, from slices with a solid cross-section (>= 30 % of the median: the thin
+    first / last slices of a body and disc-level slivers give unreliable centroids)."""
+    pts = np.concatenate(points)
+    z = pts[:, 2]
+    nz = int(z.max()) + 1
+    cnt = np.bincount(z, minlength=nz).astype(np.float64)
+    cx = np.bincount(z, weights=pts[:, 0], minlength=nz) / np.maximum(cnt, 1)
+    cy = np.bincount(z, weights=pts[:, 1], minlength=nz) / np.maximum(cnt, 1)
+    good = cnt >= 0.3 * float(np.median(cnt[cnt > 0]))
+    return {int(k): (float(cx[k]), float(cy[k])) for k in np.nonzero(good)[0]}
 
 
-def _keep_spine_column(comps: list[npt.NDArray[np.bool_]], spacing_mm: float) -> list[npt.NDArray[np.bool_]]:
-    """Drop components away from the spine: the median horizontal distance of a component's voxels from the
-    centreline (per-slice centroid, interpolated along z) must stay below the tolerance.  The centreline starts
-    from the largest component and is refitted on the kept ones."""
+def _keep_spine_column(comps: list[npt.NDArray[np.bool_]], spacing_mm: float,
+                       seed: npt.NDArray[np.bool_] | None = None) -> list[npt.NDArray[np.bool_]]:
+    """Drop components away from the spine.  The column grows from the largest component: a component joins when
+    the end of it next to the column lies (median voxel distance) within the tolerance, horizontally, of the
+    column's centreline at the nearest slice the column covers, and that slice is at most ``COLUMN_REACH_MM`` away
+    along z.  Growing body by body follows the spine's curvature (kyphosis, lordosis, the sacrum's tilt,
+    scoliosis), also when every body is its own component (the fine stage).  ``seed``: where the spine is known to
+    be (the coarse model's bodies, for the fine stage); the column then starts from every component that lies
+    mostly inside it, instead of from the largest one."""
     if len(comps) <= 1:
         return comps
-    sizes = [int(c.sum()) for c in comps]
-    main = [comps[int(np.argmax(sizes))]]
-    keep: list[bool] = []
-    for _ in range(3):
-        cx, cy = _centreline_xy(main)
-        keep = []
-        for c in comps:
-            q = np.argwhere(c)
-            d = np.hypot(q[:, 0] - cx[q[:, 2]], q[:, 1] - cy[q[:, 2]]) * spacing_mm
-            keep.append(float(np.median(d)) < SPINE_COLUMN_TOLERANCE_MM)
-        main = [c for c, k in zip(comps, keep, strict=True) if k] or main
+    points = [np.argwhere(c) for c in comps]
+    keep = [False] * len(comps)
+    if seed is not None:
+        keep = [bool(np.mean(seed[tuple(p.T)]) >= SEED_OVERLAP) for p in points]
+    if not any(keep):
+        keep[int(np.argmax([len(p) for p in points]))] = True
+    reach = COLUMN_REACH_MM / spacing_mm
+    changed = True
+    while changed:
+        changed = False
+        centre = _column_centres([p for p, k in zip(points, keep, strict=True) if k])
+        zs = np.array(sorted(centre))
+        for i, q in enumerate(points):
+            if keep[i]:
+                continue
+            z = q[:, 2]
+            hi = zs[np.clip(np.searchsorted(zs, z), 0, len(zs) - 1)]
+            lo = zs[np.clip(np.searchsorted(zs, z) - 1, 0, len(zs) - 1)]
+            nearest = np.where(np.abs(lo - z) < np.abs(hi - z), lo, hi)
+            dz = np.abs(nearest - z)
+            if float(dz.min()) > reach:
+                continue
+            # compare the part of the component next to the column (a body below the column's end continues it
+            # there; its far end may curve away, as S1 does under L5)
+            sel = dz <= dz.min() + COLUMN_END_MM / spacing_mm
+            cxy = np.array([centre[int(k)] for k in nearest[sel]])
+            d = np.hypot(q[sel, 0] - cxy[:, 0], q[sel, 1] - cxy[:, 1]) * spacing_mm
+            if float(np.median(d)) < SPINE_COLUMN_TOLERANCE_MM:
+                keep[i] = True
+                changed = True
+                break  # recompute the centreline with the new member
     return [c for c, k in zip(comps, keep, strict=True) if k]

@@ -44,6 +44,11 @@ S1_FUSION_SACRUM_MM3 = 30000.0
 MIN_RIB_ATTACH_MM3 = 700.0
 """Rib volume in the ring on one side for that side to count as rib-bearing (~26 voxels at 3 mm; the tail of
 the rib above or a transverse process read as rib gives ~5-20 voxels at L1; true ribs give > 40)."""
+RIB_RELATIVE_FRACTION = 0.3
+"""A side also needs this fraction of the typical rib volume of the scan's rib-bearing bodies (median of their
+larger side): at 5 mm or low dose a lumbar transverse process or the tip of a floating rib read as rib reaches
+the absolute minimum, but stays far below the rib heads of the thoracic bodies of the same scan."""
+MIN_BODIES_FOR_RELATIVE = 3
 SACRUM_SEARCH_MM = 30.0
 """The sacrum must start within this distance below the lowest body's centroid-to-bottom edge."""
 MIN_SACRUM_VOLUME_MM3 = 8000.0
@@ -103,10 +108,15 @@ def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
     if len(z) < 3:
         return [0] * max(0, len(z) - 1)
     d = -np.diff(z)
+    # a body cut by the field of view has the centroid of its visible part: spacings to it are no reference
+    solid = [not (bodies[j].cut_by_fov or bodies[j + 1].cut_by_fov) for j in range(len(d))]
     out = []
     for i, di in enumerate(d):
-        neighbours = [d[j] for j in range(max(0, i - 2), min(len(d), i + 3)) if j != i]
-        local = float(np.median(neighbours)) if neighbours else float(di)
+        neighbours = [d[j] for j in range(max(0, i - 2), min(len(d), i + 3)) if j != i and solid[j]]
+        if not neighbours:
+            out.append(0)
+            continue
+        local = float(np.median(neighbours))
         missing = round(di / local) - 1 if di > GAP_FACTOR * local else 0
         out.append(max(0, missing))
     return out
@@ -310,11 +320,18 @@ def sacrum_below(lowest_body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np
 
 def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
                         sacrum_mask: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
-                        thoracic_votes: list[float] | None = None) -> tuple[list[BodyFeatures], bool, float]:
+                        thoracic_votes: list[float] | None = None,
+                        rib_volumes_mm3: list[tuple[float, float]] | None = None,
+                        ) -> tuple[list[BodyFeatures], bool, float]:
     """(features, sacrum below the lowest body, top of the field of view in mm) from masks on a canonical grid
-    (instances ordered cranial -> caudal)."""
+    (instances ordered cranial -> caudal).  ``rib_volumes_mm3``: (left, right) per body when measured elsewhere
+    (the fine stage), else from ``rib_mask``."""
     sp = np.asarray(spacing_mm, dtype=np.float64)
-    ribs = rib_attachment(instance_masks, rib_mask, spacing_mm)
+    ribs = rib_volumes_mm3 if rib_volumes_mm3 is not None else rib_attachment(instance_masks, rib_mask, spacing_mm)
+    bearing = [max(left, right) for left, right in ribs if max(left, right) >= MIN_RIB_ATTACH_MM3]
+    min_rib_mm3 = MIN_RIB_ATTACH_MM3
+    if len(bearing) >= MIN_BODIES_FOR_RELATIVE:
+        min_rib_mm3 = max(MIN_RIB_ATTACH_MM3, RIB_RELATIVE_FRACTION * float(np.median(bearing)))
     feats = []
     for i, (m, (left, right)) in enumerate(zip(instance_masks, ribs, strict=True)):
         coords = np.argwhere(m)
@@ -323,8 +340,8 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
         cut = cut_bottom or cut_top
         feats.append(BodyFeatures(
             centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
-            height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= MIN_RIB_ATTACH_MM3,
-            rib_right=right >= MIN_RIB_ATTACH_MM3, rib_left_mm3=left, rib_right_mm3=right,
+            height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= min_rib_mm3,
+            rib_right=right >= min_rib_mm3, rib_left_mm3=left, rib_right_mm3=right,
             thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut, cut_top=cut_top,
             cut_bottom=cut_bottom))
     sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False

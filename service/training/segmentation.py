@@ -118,7 +118,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     probs = torch.softmax(logits.float(), dim=1) * valid
     t = target.clone()
     t[t == cls.IGNORE] = 0
-    onehot = torch.nn.functional.one_hot(t.long(), cls.NUM_CLASSES).permute(0, 4, 1, 2, 3).float() * valid
+    onehot = torch.nn.functional.one_hot(t.long(), logits.shape[1]).permute(0, 4, 1, 2, 3).float() * valid
     dims = (0, 2, 3, 4)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)

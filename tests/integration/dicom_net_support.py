@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -42,7 +43,12 @@ def free_port() -> int:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    """Path of a system tool (DCMTK), skipping the virtual environment's bin folder: pynetdicom installs Python
+    apps named storescp / storescu / echoscu there, which shadow DCMTK's when the environment is activated."""
+    venv_bin = os.path.dirname(os.path.abspath(sys.executable))
+    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                             if d and os.path.abspath(d) != venv_bin)
+    path = shutil.which(name, path=search)
     if path is None:
         raise RuntimeError(f"{name} is not installed (make install installs the Debian packages the tests need)")
     return path
@@ -269,14 +275,13 @@ def storescu(
     options: Sequence[str] = (),
     timeout_s: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    require_tool("storescu")
-    cmd = ["storescu", "-aet", calling_ae, "-aec", called_ae, *options, "127.0.0.1", str(port), *map(str, files)]
+    cmd = [require_tool("storescu"), "-aet", calling_ae, "-aec", called_ae, *options, "127.0.0.1", str(port),
+           *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=PEER_ENV)
 
 
 def echoscu(*, port: int, calling_ae: str, called_ae: str = "BMDNODE") -> subprocess.CompletedProcess[str]:
-    require_tool("echoscu")
-    cmd = ["echoscu", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)]
+    cmd = [require_tool("echoscu"), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=PEER_ENV)
 
 
@@ -297,9 +302,8 @@ def storescp_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """DCMTK storescp writing every received object into out_dir under a unique file name (+uf), so that an
     object received twice leaves two files (tests count copies per SOP Instance UID)."""
-    require_tool("storescp")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["storescp", "-aet", ae_title, "-od", str(out_dir), "+uf", *options, str(port)]
+    cmd = [require_tool("storescp"), "-aet", ae_title, "-od", str(out_dir), "+uf", *options, str(port)]
     proc = subprocess.Popen(cmd, env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)

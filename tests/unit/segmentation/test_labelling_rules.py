@@ -74,3 +74,19 @@ def test_missed_body_is_counted_in_the_gap() -> None:
     assert names == [lv for lv in levels if lv != V.T10]
     assert res.decisions[0].uncertain  # T9 is across the gap from the T12 anchor
     assert not res.decisions[-1].uncertain
+
+
+def test_cut_bodies_at_the_fov_edges_do_not_fake_a_gap() -> None:
+    # a 90 mm abdomen slab: a sliver of T11 at the top (its centroid close to T12), then T12, L1 and the top of
+    # L2 cut at the bottom; the T11 sliver's short spacing must not make L1 -> L2 look like a missed body
+    bodies = [
+        BodyFeatures(centroid_mm=(0.0, 0.0, 88.0), height_mm=6.0, rib_left=True, rib_right=True, thoracic_vote=1.0,
+                     cut_by_fov=True, cut_top=True),
+        BodyFeatures(centroid_mm=(0.0, 0.0, 80.0), height_mm=24.0, rib_left=True, rib_right=True, thoracic_vote=1.0),
+        BodyFeatures(centroid_mm=(0.0, 0.0, 48.0), height_mm=25.0, rib_left=False, rib_right=False, thoracic_vote=0.0),
+        BodyFeatures(centroid_mm=(0.0, 0.0, 12.0), height_mm=18.0, rib_left=False, rib_right=False, thoracic_vote=0.0,
+                     cut_by_fov=True, cut_bottom=True),
+    ]
+    res = label_bodies(bodies, sacrum_below=False)
+    assert [d.level for d in res.decisions] == [V.T11, V.T12, V.L1, V.L2]
+    assert not any("gap" in n for n in res.notes)

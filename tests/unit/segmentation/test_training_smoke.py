@@ -21,3 +21,16 @@ def test_recipe_writes_a_loadable_bundle(tmp_path: Path) -> None:
     bundle = load_bundle(out, torch.device("cpu"))
     assert bundle.roi_size == (96, 96, 96)
     assert bundle.coarse_spacing_mm == 3.0
+
+
+@pytest.mark.slow
+def test_fine_recipe_writes_a_loadable_fine_bundle(tmp_path: Path) -> None:
+    from service.training.fine_segmentation import FineTrainConfig, train_fine
+
+    torch.set_num_threads(1)
+    out = tmp_path / "fine"
+    log = train_fine(FineTrainConfig(out=out, seed=3, cases=1, iterations=2, threads=1, cache=tmp_path / "cache"))
+    assert log["iterations_done"] == 2
+    bundle = load_bundle(out, torch.device("cpu"))
+    assert bundle.fine_spacing_mm == 1.25
+    assert bundle.class_names == ("background", "vertebral_body", "disc", "posterior_elements", "rib")
