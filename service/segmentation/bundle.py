@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 logger = logging.getLogger(__name__)
@@ -71,3 +73,35 @@ def load_bundle(bundle_dir: Path, device: torch.device) -> LoadedBundle:
             "channel_def_names", [])),
         fine_spacing_mm=float(inference["fine_spacing_mm"]) if "fine_spacing_mm" in inference else None,
     )
+
+
+def softmax_sliding_window(bundle: LoadedBundle, device: torch.device, hu: npt.NDArray[np.floating],
+                           roi: tuple[int, int, int]) -> npt.NDArray[np.float32]:
+    """(classes, x, y, z) softmax of the bundle's network over an HU array: the bundle's fixed HU transform,
+    air padding up to the window size, ``sliding_window_inference`` (Gaussian blending; CUDA + float16 autocast
+    when the device is a GPU)."""
+    from monai.inferers import sliding_window_inference
+
+    lo, hi = bundle.hu_clip
+    x = torch.from_numpy((np.clip(hu, lo, hi) / bundle.hu_scale).astype(np.float32))[None, None].to(device)
+    shape = x.shape[2:]
+    pads: list[int] = []
+    for s, r in zip(reversed(shape), reversed(roi), strict=True):
+        extra = max(0, r - s)
+        pads.extend([extra // 2, extra - extra // 2])
+    if any(pads):
+        x = torch.nn.functional.pad(x, pads, value=lo / bundle.hu_scale)
+    with torch.inference_mode():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = sliding_window_inference(x, roi, 2, bundle.network, overlap=0.25, mode="gaussian")
+        else:
+            logits = sliding_window_inference(x, roi, 1, bundle.network, overlap=0.25, mode="gaussian")
+        probs = torch.softmax(logits.float(), dim=1)[0]
+    if any(pads):
+        sl: list[slice] = [slice(None)]
+        for a in range(3):
+            before = pads[2 * (2 - a)]
+            sl.append(slice(before, before + shape[a]))
+        probs = probs[tuple(sl)]
+    return probs.cpu().numpy().astype(np.float32)

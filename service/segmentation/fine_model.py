@@ -1,4 +1,4 @@
-"""The fine body 3-D U-Net (MONAI UNet at 1.25 mm; same fixed HU transform as the coarse model)."""
+"""The fine body 3-D U-Net: the coarse model's architecture (model.py) with the fine classes, at 1.25 mm."""
 
 from __future__ import annotations
 
@@ -7,23 +7,12 @@ from typing import Any
 import torch
 
 from service.segmentation.fine_classes import FINE_NUM_CLASSES
+from service.segmentation.model import NETWORK_KWARGS, build_network
 
-FINE_NETWORK_KWARGS: dict[str, Any] = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": FINE_NUM_CLASSES,
-    "channels": [12, 24, 48, 64, 96],
-    "strides": [2, 2, 2, 2],
-    "num_res_units": 1,
-    "norm": "batch",
-}
+FINE_NETWORK_KWARGS: dict[str, Any] = {**NETWORK_KWARGS, "out_channels": FINE_NUM_CLASSES}
 FINE_ROI_SIZE = (96, 96, 96)
 """Sliding-window size at inference (120 mm); training uses 64^3 patches."""
 
 
 def build_fine_network(**overrides: Any) -> torch.nn.Module:
-    from monai.networks.nets import UNet
-
-    kwargs = dict(FINE_NETWORK_KWARGS)
-    kwargs.update(overrides)
-    return UNet(**kwargs)
+    return build_network(**{"out_channels": FINE_NUM_CLASSES, **overrides})

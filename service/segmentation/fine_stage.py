@@ -16,7 +16,7 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from service.segmentation.bundle import LoadedBundle
+from service.segmentation.bundle import LoadedBundle, softmax_sliding_window
 from service.segmentation.fine_classes import FINE_BODY, FINE_DISC, FINE_POSTERIOR, FINE_RIB
 from service.segmentation.geometry import CanonicalFrame, CoarseGrid, coarse_grid, resample_to_coarse
 
@@ -91,37 +91,12 @@ def box_frame(frame: CanonicalFrame, box: tuple[slice, slice, slice]) -> Canonic
 
 def predict_fine(bundle: LoadedBundle, device: torch.device, canonical_hu: npt.NDArray[np.floating],
                  frame: CanonicalFrame, box: tuple[slice, slice, slice]) -> FineField:
-    from monai.inferers import sliding_window_inference
-
     if bundle.fine_spacing_mm is None:
         raise ValueError(f"bundle {bundle.name} is not a fine bundle (no fine_spacing_mm in inference.json)")
     sub = box_frame(frame, box)
     grid = coarse_grid(sub, bundle.fine_spacing_mm)
     hu = resample_to_coarse(np.asarray(canonical_hu[box], dtype=np.float32), grid)
-    lo, hi = bundle.hu_clip
-    x = torch.from_numpy((np.clip(hu, lo, hi) / bundle.hu_scale).astype(np.float32))[None, None].to(device)
-    shape = x.shape[2:]
-    pads = []
-    for s, r in zip(reversed(shape), reversed(bundle.roi_size), strict=True):
-        extra = max(0, r - s)
-        pads.extend([extra // 2, extra - extra // 2])
-    if any(pads):
-        x = torch.nn.functional.pad(x, pads, value=lo / bundle.hu_scale)
-    with torch.inference_mode():
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = sliding_window_inference(x, bundle.roi_size, 2, bundle.network, overlap=0.25,
-                                                  mode="gaussian")
-        else:
-            logits = sliding_window_inference(x, bundle.roi_size, 1, bundle.network, overlap=0.25, mode="gaussian")
-        probs = torch.softmax(logits.float(), dim=1)[0]
-    if any(pads):
-        sl = [slice(None)]
-        for a in range(3):
-            before = pads[2 * (2 - a)]
-            sl.append(slice(before, before + shape[a]))
-        probs = probs[tuple(sl)]
-    return FineField(box, grid, probs.cpu().numpy().astype(np.float32))
+    return FineField(box, grid, softmax_sliding_window(bundle, device, hu, bundle.roi_size))
 
 
 def fine_to_coarse_masks(fine_masks: list[npt.NDArray[np.bool_]], field: FineField,

@@ -24,6 +24,7 @@ from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.segmentation import classes as cls
+from service.segmentation.bundle import softmax_sliding_window
 from service.segmentation.fine_stage import FineField, coarse_on_fine, fine_to_coarse_masks, predict_fine, tube_box
 from service.segmentation.geometry import (
     CanonicalFrame,
@@ -105,36 +106,10 @@ class BmdNodeSegmenter:
         return CoarsePrediction(frame, grid, probs, coarse_hu)
 
     def predict_probs(self, coarse_hu: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        from monai.inferers import sliding_window_inference
-
-        lo, hi = self.bundle.hu_clip
-        x = torch.from_numpy((np.clip(coarse_hu, lo, hi) / self.bundle.hu_scale).astype(np.float32))[None, None]
-        x = x.to(self.device)
-        # pad with air so that small volumes reach the window size (sliding_window pads with a constant too)
-        pad_value = lo / self.bundle.hu_scale
-        shape = x.shape[2:]
-        roi = tuple(min(r, max(16, int(np.ceil(s / 16) * 16))) for r, s in zip(self.bundle.roi_size, shape,
+        # small volumes (slabs) get a smaller window, rounded up to the network's stride product
+        roi = tuple(min(r, max(16, int(np.ceil(s / 16) * 16))) for r, s in zip(self.bundle.roi_size, coarse_hu.shape,
                                                                                    strict=True))
-        pads = []
-        for s, r in zip(reversed(shape), reversed(roi), strict=True):
-            extra = max(0, r - s)
-            pads.extend([extra // 2, extra - extra // 2])
-        if any(pads):
-            x = torch.nn.functional.pad(x, pads, value=pad_value)
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    logits = sliding_window_inference(x, roi, 2, self.bundle.network, overlap=0.25, mode="gaussian")
-            else:
-                logits = sliding_window_inference(x, roi, 1, self.bundle.network, overlap=0.25, mode="gaussian")
-            probs = torch.softmax(logits.float(), dim=1)[0]
-        if any(pads):
-            sl = [slice(None)]
-            for a in range(3):
-                before = pads[2 * (2 - a)]
-                sl.append(slice(before, before + shape[a]))
-            probs = probs[tuple(sl)]
-        return probs.cpu().numpy().astype(np.float32)
+        return softmax_sliding_window(self.bundle, self.device, coarse_hu, roi)  # type: ignore[arg-type]
 
     def fine_runner(self, volume: CTVolume, pred: CoarsePrediction) -> FineRunner | None:
         """The fine stage over boxes of this CT (None when the node runs without it)."""
@@ -196,11 +171,6 @@ class BodyInstances:
     fine_masks: list[npt.NDArray[np.bool_]] | None = None
     field: FineField | None = None
 
-    def drop_last(self) -> npt.NDArray[np.bool_]:
-        if self.fine_masks is not None:
-            self.fine_masks.pop()
-        return self.coarse_masks.pop()
-
 
 def find_instances(pred: CoarsePrediction, body_prob: npt.NDArray[np.float32],
                    share: npt.NDArray[np.float32], fine: FineRunner | None) -> BodyInstances:
@@ -208,7 +178,8 @@ def find_instances(pred: CoarsePrediction, body_prob: npt.NDArray[np.float32],
     coarse = [b.mask for b in find_bodies(body_prob, probs[cls.DISC], grid.spacing_mm[0], share)]
     if fine is None or not coarse:
         return BodyInstances(coarse)
-    field = fine(tube_box([*coarse, spine_column_voxels(body_prob, probs[cls.DISC], coarse, grid)], grid,
+    column = np.logical_or.reduce(coarse)
+    field = fine(tube_box([column, spine_column_voxels(body_prob, probs[cls.DISC], column, grid)], grid,
                           pred.frame.shape))
     share_fine = coarse_on_fine(share, field, grid)
     # the fine model sees only 1.25 mm detail: bright non-bone (contrast-filled heart, aorta) can look like a body
@@ -217,7 +188,7 @@ def find_instances(pred: CoarsePrediction, body_prob: npt.NDArray[np.float32],
                                       iterations=COARSE_EVIDENCE_DILATION_VOX)
     vouched_fine = coarse_on_fine(vouched.astype(np.float32), field, grid) > 0.5
     fine_body = np.where(vouched_fine, field.body, 0.0).astype(np.float32)
-    seed = coarse_on_fine(np.logical_or.reduce(coarse).astype(np.float32), field, grid) > 0.5
+    seed = coarse_on_fine(column.astype(np.float32), field, grid) > 0.5
     fine_bodies = find_bodies(fine_body, field.disc, field.grid.spacing_mm[0], share_fine, FINE_CUT_OFFSET, seed)
     if not fine_bodies:
         logger.warning("fine stage found no body in the spine tube; coarse bodies used")
@@ -233,7 +204,7 @@ COARSE_EVIDENCE_DILATION_VOX = 3
 
 
 def spine_column_voxels(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArray[np.float32],
-                        instances: list[npt.NDArray[np.bool_]], grid: CoarseGrid) -> npt.NDArray[np.bool_]:
+                        column: npt.NDArray[np.bool_], grid: CoarseGrid) -> npt.NDArray[np.bool_]:
     """Coarse body/disc voxels in sizeable components that reach the detected column: where the coarse model saw
     the spine but did not make a body of it (the lordotic lumbar spine below a chest scan's last body, for
     example); the fine stage's box must cover them."""
@@ -241,7 +212,7 @@ def spine_column_voxels(body_prob: npt.NDArray[np.float32], disc_prob: npt.NDArr
     lab, n = ndimage.label(seen)
     if n == 0:
         return seen
-    near = ndimage.binary_dilation(np.logical_or.reduce(instances), iterations=2)
+    near = ndimage.binary_dilation(column, iterations=2)
     touching = np.unique(lab[near & seen])
     sizes = ndimage.sum_labels(seen, lab, index=np.arange(n + 1)) * float(np.prod(grid.spacing_mm))
     keep = [int(i) for i in touching if i > 0 and sizes[int(i)] >= MIN_BODY_VOLUME_MM3 / 2]

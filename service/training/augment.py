@@ -8,6 +8,8 @@ left-right flips, slice-thickness blur, noise (low dose), low-frequency bias, HU
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
@@ -17,23 +19,30 @@ from service.segmentation.classes import IGNORE
 AIR_HU = -1000.0
 
 
-def random_patch(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], size: tuple[int, int, int],
-                 rng: np.random.Generator, spine_bias: float = 0.85) -> tuple[npt.NDArray[np.float32],
-                                                                               npt.NDArray[np.uint8]]:
-    """A patch of ``size`` (padded with air / background), centred near the spine with probability spine_bias."""
+def spine_voxels(target: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """Patch centre candidates of the coarse model: body, posterior element and disc voxels."""
+    return np.argwhere((target >= 1) & (target <= 4))
+
+
+def random_patch(hu: npt.NDArray[np.floating], target: npt.NDArray[np.uint8], size: tuple[int, int, int],
+                 rng: np.random.Generator, spine_bias: float = 0.85,
+                 centres: Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.intp]] = spine_voxels,
+                 jitter_sd: tuple[float, float, float] = (6.0, 4.0, 10.0),
+                 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """A patch of ``size`` (padded with air / background), centred (with probability spine_bias) on one of the
+    ``centres`` voxels plus Gaussian jitter, else anywhere."""
     shape = np.array(hu.shape)
     size_a = np.array(size)
-    spine = np.argwhere((target >= 1) & (target <= 4)) if rng.random() < spine_bias else np.zeros((0, 3))
+    spine = centres(target) if rng.random() < spine_bias else np.zeros((0, 3))
     if len(spine):
-        centre = spine[rng.integers(len(spine))] + rng.normal(0, [6, 4, 10])
+        centre = spine[rng.integers(len(spine))] + rng.normal(0, list(jitter_sd))
     else:
         centre = rng.uniform(0, shape)
     start = np.round(centre - size_a / 2).astype(int)
     out_hu = np.full(size, AIR_HU, dtype=np.float32)
     out_t = np.zeros(size, dtype=np.uint8)
     src = [slice(max(0, s), min(n, s + k)) for s, n, k in zip(start, shape, size_a, strict=True)]
-    dst = [slice(max(0, s), min(n, s + k)) for s, n, k in zip(start, shape, size_a, strict=True)]
-    dst = [slice(d.start - s, d.stop - s) for d, s in zip(dst, start, strict=True)]
+    dst = [slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start, strict=True)]
     if all(s.stop > s.start for s in src):
         out_hu[tuple(dst)] = hu[tuple(src)]
         out_t[tuple(dst)] = target[tuple(src)]
@@ -41,15 +50,18 @@ def random_patch(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], siz
 
 
 def spatial(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], rng: np.random.Generator,
-            out_size: tuple[int, int, int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
-    """Random rotation (z: +-12 deg, x/y: +-8 deg), scale 0.85-1.15 per axis, flip L-R; output of out_size."""
-    angles = np.deg2rad([rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(-12, 12)])
+            out_size: tuple[int, int, int], max_angles_deg: tuple[float, float, float] = (8.0, 8.0, 12.0),
+            isotropic_jitter: bool = True) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Random rotation (about x, y, z up to ``max_angles_deg``), scale 0.85-1.15 per axis (times a common
+    0.95-1.05 with ``isotropic_jitter``), flip L-R; output of out_size."""
+    angles = np.deg2rad([rng.uniform(-a, a) for a in max_angles_deg])
     cx, cy, cz = np.cos(angles)
     sx, sy, sz = np.sin(angles)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    scale = np.diag(rng.uniform(0.85, 1.15, 3) * rng.uniform(0.95, 1.05))
+    per_axis = rng.uniform(0.85, 1.15, 3)
+    scale = np.diag(per_axis * rng.uniform(0.95, 1.05) if isotropic_jitter else per_axis)
     m = rz @ ry @ rx @ scale
     if rng.random() < 0.5:
         m = m @ np.diag([-1.0, 1.0, 1.0])

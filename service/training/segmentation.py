@@ -27,14 +27,14 @@ import torch
 
 from service.segmentation import classes as cls
 from service.segmentation.geometry import COARSE_SPACING_MM, canonical_frame, coarse_grid, resample_to_coarse
-from service.segmentation.model import HU_CLIP, HU_SCALE, NETWORK_KWARGS, build_network
+from service.segmentation.model import NETWORK_KWARGS, build_network
 from service.training.augment import augment
+from service.training.loop import Batch, FitResult, cpu_state, fit, loss_summary, save_bundle, stack_batch
 
 logger = logging.getLogger(__name__)
 
 PATCH = (64, 64, 64)
 ROI_SIZE = (96, 96, 96)
-MODEL_VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -111,75 +111,16 @@ def _load(path: Path) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]:
         return z["hu"].astype(np.int16), z["target"].astype(np.uint8)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy + soft Dice over the foreground classes; IGNORE voxels excluded from both."""
-    ce = torch.nn.functional.cross_entropy(logits, target.long(), ignore_index=cls.IGNORE)
-    valid = (target != cls.IGNORE).unsqueeze(1).float()
-    probs = torch.softmax(logits.float(), dim=1) * valid
-    t = target.clone()
-    t[t == cls.IGNORE] = 0
-    onehot = torch.nn.functional.one_hot(t.long(), logits.shape[1]).permute(0, 4, 1, 2, 3).float() * valid
-    dims = (0, 2, 3, 4)
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    dice = (2 * inter + 1.0) / (denom + 1.0)
-    return ce + (1.0 - dice[1:]).mean()
-
-
 def write_bundle(out: Path, state: dict[str, torch.Tensor], log: dict[str, Any]) -> None:
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    torch.save(state, out / "models" / "model.pt")
-    inference = {
-        "imports": ["$import torch"],
-        "network_def": {"_target_": "monai.networks.nets.UNet", **NETWORK_KWARGS},
-        "roi_size": list(ROI_SIZE),
-        "coarse_spacing_mm": COARSE_SPACING_MM,
-        "hu_clip": list(HU_CLIP),
-        "hu_scale": HU_SCALE,
-        "orientation": "canonical +L,+P,+S (axis permutation/flips of the CT grid)",
-        "sw_overlap": 0.25,
-    }
-    (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
-    metadata = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
-                  "meta_schema_20220324.json",
-        "name": "bmd-node vertebra_seg",
-        "version": MODEL_VERSION,
-        "monai_version": _version("monai"),
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "task": "Coarse semantic segmentation of the spine (vertebral bodies thoracic/lumbar group, posterior "
-                "elements, discs, ribs, sacrum) on CT at 3 mm, for vertebra labelling",
-        "description": "MONAI UNet trained on synthetic CT phantoms (bmd-node service.phantom) with domain "
-                       "randomisation; see README.md",
-        "authors": "bmd-node",
-        "copyright": "bmd-node contributors",
-        "license": "Apache-2.0",
-        "data_source": "synthetic phantoms rendered by service.phantom (seeded); no patient data",
-        "intended_use": "research / screening support; vertebral levels are checked anatomically downstream",
-        "training": {k: v for k, v in log.items() if k != "loss_curve"},
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
-                                 "spatial_shape": list(ROI_SIZE), "dtype": "float32", "value_range": [-1, 1.5],
-                                 "is_patch_data": True}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": cls.NUM_CLASSES,
-                                 "spatial_shape": list(ROI_SIZE), "dtype": "float32", "value_range": [0, 1],
-                                 "is_patch_data": True, "channel_def": dict(enumerate(cls.CLASS_NAMES)),
-                                 "channel_def_names": list(cls.CLASS_NAMES)}},
-        },
-    }
-    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
-    try:
-        return version(pkg)
-    except Exception:
-        return "unknown"
+    save_bundle(
+        out, state, log, name="bmd-node vertebra_seg",
+        task="Coarse semantic segmentation of the spine (vertebral bodies thoracic/lumbar group, posterior "
+             "elements, discs, ribs, sacrum) on CT at 3 mm, for vertebra labelling",
+        description="MONAI UNet trained on synthetic CT phantoms (bmd-node service.phantom) with domain "
+                    "randomisation; see README.md",
+        intended_use="research / screening support; vertebral levels are checked anatomically downstream",
+        network_kwargs=NETWORK_KWARGS, roi_size=ROI_SIZE, grid={"coarse_spacing_mm": COARSE_SPACING_MM},
+        class_names=cls.CLASS_NAMES)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -203,58 +144,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         logger.info("initialised from %s", cfg.init)
     net = net.to(device)
     batch = cfg.batch_size * (4 if cuda else 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.learning_rate, total_steps=cfg.iterations,
-                                                pct_start=min(0.3, max(0.05, 5.0 / cfg.iterations)))
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    t0 = time.perf_counter()
-    losses: list[float] = []
-    it = 0
-    net.train()
-    for it in range(cfg.iterations):
-        xs, ys = [], []
+
+    def next_batch() -> Batch:
+        patches = []
         for _ in range(batch):
             if real and rng.random() < cfg.real_weight:
                 hu, tg = real[int(rng.integers(len(real)))]
             else:
                 hu, tg = data[int(rng.integers(len(data)))]
-            p_hu, p_t = augment(hu, tg, PATCH, rng, cfg.strong_pv)
-            xs.append(np.clip(p_hu, *HU_CLIP) / HU_SCALE)
-            ys.append(p_t)
-        x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)).to(device)
-        y = torch.from_numpy(np.stack(ys)).to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            logits = net(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        losses.append(float(loss.item()))
-        if it % 50 == 0:
-            logger.info("it %d/%d loss %.4f (%.0f s)", it, cfg.iterations, np.mean(losses[-50:]),
-                        time.perf_counter() - t0)
-        if it % 250 == 249:
-            write_bundle(cfg.out, {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                         _log(cfg, it + 1, losses, t0, device, len(real)))
-        if cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60:
-            logger.info("time cap reached after %d iterations", it + 1)
-            break
-    log = _log(cfg, it + 1, losses, t0, device, len(real))
-    write_bundle(cfg.out, {k: v.detach().cpu() for k, v in net.state_dict().items()}, log)
+            patches.append(augment(hu, tg, PATCH, rng, cfg.strong_pv))
+        return stack_batch(patches)
+
+    def save(result: FitResult) -> None:
+        write_bundle(cfg.out, cpu_state(net), _log(cfg, result, device, len(real)))
+
+    result = fit(net, next_batch, iterations=cfg.iterations, learning_rate=cfg.learning_rate, device=device,
+                 checkpoint=save, minutes=cfg.minutes)
+    log = _log(cfg, result, device, len(real))
+    write_bundle(cfg.out, cpu_state(net), log)
     return log
 
 
-def _log(cfg: TrainConfig, iterations: int, losses: list[float], t0: float, device: torch.device,
-         n_real: int) -> dict[str, Any]:
+def _log(cfg: TrainConfig, result: FitResult, device: torch.device, n_real: int) -> dict[str, Any]:
     return {
         "seed": cfg.seed, "init": str(cfg.init) if cfg.init else None, "strong_pv": cfg.strong_pv,
         "render_mm": cfg.render_mm, "phantom_cases": cfg.cases,
-        "real_cases": n_real, "iterations_done": iterations,
+        "real_cases": n_real, "iterations_done": result.iterations_done,
         "iterations_planned": cfg.iterations, "batch_size": cfg.batch_size, "patch": list(PATCH),
         "learning_rate": cfg.learning_rate, "device": device.type, "threads": cfg.threads,
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "final_loss_mean_100": float(np.mean(losses[-100:])) if losses else None,
-        "loss_curve": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+        **loss_summary(result),
     }
