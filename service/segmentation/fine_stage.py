@@ -139,3 +139,30 @@ def coarse_on_fine(coarse_array: npt.NDArray[np.float32], field: FineField, coar
     ci, cj, ck = np.meshgrid(*axes, indexing="ij")
     return ndimage.map_coordinates(coarse_array.astype(np.float32), np.stack([ci, cj, ck]), order=1,
                                    mode="nearest").astype(np.float32)
+
+
+DISC_BELOW_WINDOW_MM = (8.0, 3.0)
+"""Where a disc under a body is looked for: from this far below the body's lowest slice to this far above it."""
+DISC_UNDER_L5_MM = 2.0
+"""Disc thickness (disc voxels under the body's footprint / its mean cross-section) above which the lowest body
+rests on a disc: it is L5, not S1 fused with the sacrum.  Measured on 21 phantom scans: 0-0.5 mm under S1 (fused),
+4.5-12 mm under L5."""
+
+
+def disc_below_mm(body: npt.NDArray[np.bool_], field: FineField) -> float:
+    """Equivalent thickness (mm) of the fine disc class just under a fine body mask, within its footprint."""
+    zs = np.nonzero(body.any(axis=(0, 1)))[0]
+    if len(zs) == 0:
+        return 0.0
+    sp = field.grid.spacing_mm[2]
+    z0 = int(zs.min())
+    lo = max(0, z0 - round(DISC_BELOW_WINDOW_MM[0] / sp))
+    hi = z0 + round(DISC_BELOW_WINDOW_MM[1] / sp)
+    footprint = ndimage.binary_dilation(body.any(axis=2), iterations=3)
+    disc = (field.disc[:, :, lo:hi] > 0.5) & footprint[:, :, None]
+    mean_section = float(body.sum()) / len(zs)
+    return float(disc.sum()) / max(mean_section, 1.0) * sp
+
+
+def rests_on_disc(body: npt.NDArray[np.bool_], field: FineField) -> bool:
+    return disc_below_mm(body, field) >= DISC_UNDER_L5_MM

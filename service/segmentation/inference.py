@@ -25,7 +25,14 @@ from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.segmentation import classes as cls
 from service.segmentation.bundle import softmax_sliding_window
-from service.segmentation.fine_stage import FineField, coarse_on_fine, fine_to_coarse_masks, predict_fine, tube_box
+from service.segmentation.fine_stage import (
+    FineField,
+    coarse_on_fine,
+    fine_to_coarse_masks,
+    predict_fine,
+    rests_on_disc,
+    tube_box,
+)
 from service.segmentation.geometry import (
     CanonicalFrame,
     CoarseGrid,
@@ -34,7 +41,7 @@ from service.segmentation.geometry import (
     nearest_native_indices,
     resample_to_coarse,
 )
-from service.segmentation.instances import FINE_CUT_OFFSET, MIN_BODY_VOLUME_MM3, find_bodies
+from service.segmentation.instances import FINE_RULES, MIN_BODY_VOLUME_MM3, find_bodies
 from service.segmentation.labelling import (
     BodyFeatures,
     LevelDecision,
@@ -189,7 +196,7 @@ def find_instances(pred: CoarsePrediction, body_prob: npt.NDArray[np.float32],
     vouched_fine = coarse_on_fine(vouched.astype(np.float32), field, grid) > 0.5
     fine_body = np.where(vouched_fine, field.body, 0.0).astype(np.float32)
     seed = coarse_on_fine(column.astype(np.float32), field, grid) > 0.5
-    fine_bodies = find_bodies(fine_body, field.disc, field.grid.spacing_mm[0], share_fine, FINE_CUT_OFFSET, seed)
+    fine_bodies = find_bodies(fine_body, field.disc, field.grid.spacing_mm[0], share_fine, FINE_RULES, seed)
     if not fine_bodies:
         logger.warning("fine stage found no body in the spine tube; coarse bodies used")
         return BodyInstances(coarse)
@@ -246,6 +253,14 @@ def _native_mask(inst: BodyInstances, index: int, body_prob: npt.NDArray[np.floa
     return tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bbox, field.box, strict=True)), mask
 
 
+def _lowest_is_s1(inst: BodyInstances, sacrum: npt.NDArray[np.bool_]) -> bool:
+    """The lowest body touches the sacrum with no disc in between.  At 1.25 mm a disc under it shows it is L5 (over
+    an S1 the fine model did not take for body), whatever the coarse sacrum class touches."""
+    if not inst.coarse_masks or not fused_with_sacrum(inst.coarse_masks[-1], sacrum):
+        return False
+    return inst.field is None or inst.fine_masks is None or not rests_on_disc(inst.fine_masks[-1], inst.field)
+
+
 def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str,
                           fine: FineRunner | None = None) -> SpineSegmentation:
     probs, grid, frame = pred.probs, pred.grid, pred.frame
@@ -258,7 +273,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
         notes_pre.append(f"bodies from the fine stage ({inst.field.grid.spacing_mm[0]:g} mm)")
     sacrum = probs.argmax(axis=0) == cls.SACRUM
     s1_index: int | None = None
-    if inst.coarse_masks and fused_with_sacrum(inst.coarse_masks[-1], sacrum):
+    if _lowest_is_s1(inst, sacrum):
         # the lowest "body" is fused with the sacrum: it is S1, part of the sacrum for counting
         s1_index = len(inst.coarse_masks) - 1
         sacrum = sacrum | inst.coarse_masks[-1]

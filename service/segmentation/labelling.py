@@ -167,9 +167,10 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
             decisions = _gap_uncertain(decisions, missing, anchors, pos, first_level, ribs)
         return LabellingResult(decisions, notes)
     if len(values) > 1:
-        # Disagreeing anchors: 11 or 13 rib pairs, or a transitional lumbosacral vertebra. Name by the rib anchor
-        # (Pan 2020 counts from T12), but report every level uncertain.
-        key = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
+        # Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
+        # Every level is reported uncertain; the names follow the anchor whose count agrees best with the
+        # network's thoracic/lumbar appearance, by default the rib anchor (Pan 2020 counts from T12).
+        key = _anchor_agreeing_with_votes(anchors, bodies, pos)
         first_level = anchors[key]
         detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
         n_lumbar_like = None
@@ -194,6 +195,23 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
         reason = "no anchor in the field of view (too short to see the last rib or the sacrum); best guess"
     notes.append(reason)
     return LabellingResult([_decide(first_level + pos[i], True, reason) for i in range(n)], notes)
+
+
+ANCHOR_VOTE_MARGIN = 0.5
+"""When anchors disagree, another anchor replaces the rib anchor only if its names disagree with the thoracic/lumbar
+vote by at least this much less (sum over bodies of |vote - thoracic name|; one body fully on the other side = 1)."""
+
+
+def _anchor_agreeing_with_votes(anchors: dict[str, int], bodies: list[BodyFeatures], pos: list[int]) -> str:
+    def disagreement(first_level: int) -> float:
+        return sum(abs(b.thoracic_vote - (1.0 if first_level + p <= int(VertebraLevel.T12) else 0.0))
+                   for b, p in zip(bodies, pos, strict=True) if not b.cut_by_fov)
+
+    default = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
+    best = min(anchors, key=lambda k: disagreement(anchors[k]))
+    if disagreement(anchors[best]) <= disagreement(anchors[default]) - ANCHOR_VOTE_MARGIN:
+        return best
+    return default
 
 
 def _name(v: int) -> str:

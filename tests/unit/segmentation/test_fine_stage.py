@@ -66,3 +66,21 @@ def test_tube_box_covers_the_instances_with_margin() -> None:
     assert np.all(lo_mm <= inst_lo_mm - 10.0) or any(b.start == 0 for b in box)
     assert all(0 <= b.start < b.stop <= n for b, n in zip(box, frame.shape, strict=True))
     assert (box[2].start, box[2].stop) == (0, frame.shape[2])  # the whole scan length
+
+
+def test_a_disc_under_the_lowest_body_shows_l5_not_a_fused_s1() -> None:
+    from service.segmentation.fine_classes import FINE_DISC
+    from service.segmentation.fine_stage import disc_below_mm, rests_on_disc
+
+    _, _, field = _setup()
+    nz = field.grid.shape[2]
+    body = np.zeros(field.grid.shape, dtype=bool)
+    body[10:30, 12:28, 12:nz] = True  # the lowest body; below it the sacrum, which the model did not call body
+    assert not rests_on_disc(body, field)  # fused: bone continues into the sacrum, no disc class in between
+    field.probs[FINE_DISC, 10:30, 12:28, 7:12] = 0.9  # a 6 mm disc (5 fine slices) under it
+    assert 5.0 <= disc_below_mm(body, field) <= 7.5
+    assert rests_on_disc(body, field)
+    # a disc somewhere else (beside the body, outside its footprint) is not under it
+    field.probs[FINE_DISC] = 0.0
+    field.probs[FINE_DISC, 40:, 40:, 7:12] = 0.9
+    assert not rests_on_disc(body, field)

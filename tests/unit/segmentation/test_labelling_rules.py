@@ -90,3 +90,21 @@ def test_cut_bodies_at_the_fov_edges_do_not_fake_a_gap() -> None:
     res = label_bodies(bodies, sacrum_below=False)
     assert [d.level for d in res.decisions] == [V.T11, V.T12, V.L1, V.L2]
     assert not any("gap" in n for n in res.notes)
+
+
+def test_disagreeing_anchors_follow_the_count_the_thoracic_lumbar_appearance_supports() -> None:
+    """A lumbar transverse process read as a rib at L1 (noisy low-dose scan) moves the rib anchor down a level; the
+    sacrum anchor and the network's thoracic/lumbar vote agree on the other count.  All levels stay uncertain."""
+    levels = [V(v) for v in range(V.T10, V.L5 + 1)]
+    res = label_bodies(_spine(levels, THORACIC | {V.L1}), sacrum_below=True)  # votes: T10-T12 thoracic, L1-L5 lumbar
+    assert all(d.uncertain for d in res.decisions)
+    assert [d.level for d in res.decisions] == levels
+
+
+def test_disagreeing_anchors_without_a_clear_vote_follow_the_rib_anchor() -> None:
+    levels = [V(v) for v in range(V.T10, V.L5 + 1)]
+    bodies = [BodyFeatures(b.centroid_mm, b.height_mm, b.rib_left, b.rib_right, 0.5) for b in
+              _spine(levels, THORACIC | {V.L1})]  # no thoracic/lumbar information
+    res = label_bodies(bodies, sacrum_below=True)
+    assert all(d.uncertain for d in res.decisions)
+    assert res.decisions[3].level == V.T12  # the rib-bearing L1 is named T12 (Pan 2020 counts from the last rib)
