@@ -8,21 +8,29 @@ import logging
 from pathlib import Path
 
 
-def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = train_subparsers.add_parser("segmentation", help="train the coarse vertebra model (MONAI bundle)")
-    p.add_argument("--out", type=Path, default=Path("models/vertebra_seg"), help="bundle folder to write")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--cases", type=int, default=160, help="synthetic phantoms in the training set")
-    p.add_argument("--iterations", type=int, default=1100)
+def _add_recipe_arguments(p: argparse.ArgumentParser, *, out: str, seed: int, cases: int, iterations: int,
+                          threads: int, cache: str, threads_help: str | None = None) -> None:
+    """The options both training recipes have (their defaults are the recipes' config defaults)."""
+    p.add_argument("--out", type=Path, default=Path(out), help="bundle folder to write")
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--cases", type=int, default=cases, help="synthetic phantoms in the training set")
+    p.add_argument("--iterations", type=int, default=iterations)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads while training (on a shared, oversubscribed CPU more are slower)")
-    p.add_argument("--cache", type=Path, default=Path("var/train_cache/segmentation"))
+    p.add_argument("--threads", type=int, default=threads, help=threads_help)
+    p.add_argument("--cache", type=Path, default=Path(cache))
+    p.add_argument("--minutes", type=float, default=None, help="optional wall-clock cap")
+
+
+def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = train_subparsers.add_parser("segmentation", help="train the coarse vertebra model (MONAI bundle)")
+    _add_recipe_arguments(p, out="models/vertebra_seg", seed=7, cases=160, iterations=1100, threads=1,
+                          cache="var/train_cache/segmentation",
+                          threads_help="torch CPU threads while training (on a shared, oversubscribed CPU more are "
+                                       "slower)")
     p.add_argument("--real-data", type=Path, default=None,
                    help="folder of real labelled CT (TotalSegmentator-style or VerSe-style case folders)")
     p.add_argument("--real-weight", type=float, default=0.5, help="fraction of patches drawn from real cases")
-    p.add_argument("--minutes", type=float, default=None, help="optional wall-clock cap")
     p.add_argument("--render-mm", type=float, default=3.0,
                    help="render the phantoms on this grid and area-average to 3 mm (finer = more realistic, slower)")
     p.add_argument("--strong-pv", action="store_true",
@@ -31,15 +39,8 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # typ
     p.set_defaults(func=_train)
     f = train_subparsers.add_parser("segmentation-fine",
                                     help="train the fine body model (stage 2, 1.25 mm; MONAI bundle)")
-    f.add_argument("--out", type=Path, default=Path("models/vertebra_body_fine"), help="bundle folder to write")
-    f.add_argument("--seed", type=int, default=21)
-    f.add_argument("--cases", type=int, default=240, help="synthetic phantoms in the training set")
-    f.add_argument("--iterations", type=int, default=4000)
-    f.add_argument("--batch-size", type=int, default=2)
-    f.add_argument("--lr", type=float, default=2e-3)
-    f.add_argument("--threads", type=int, default=2)
-    f.add_argument("--cache", type=Path, default=Path("var/train_cache"))
-    f.add_argument("--minutes", type=float, default=None, help="optional wall-clock cap")
+    _add_recipe_arguments(f, out="models/vertebra_body_fine", seed=21, cases=240, iterations=4000, threads=2,
+                          cache="var/train_cache")
     f.set_defaults(func=_train_fine)
 
 

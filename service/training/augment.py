@@ -9,6 +9,7 @@ left-right flips, slice-thickness blur, noise (low dose), low-frequency bias, HU
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +74,21 @@ def spatial(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], rng: np.
     return o_hu.astype(np.float32), o_t.astype(np.uint8)
 
 
+def spatial_or_centre(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], rng: np.random.Generator,
+                      out_size: tuple[int, int, int], p_spatial: float, **spatial_kwargs: Any,
+                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """With probability ``p_spatial`` ``spatial`` (rotation, scale, flip), else the centre ``out_size`` crop,
+    flipped left-right half of the time."""
+    if rng.random() < p_spatial:
+        return spatial(hu, target, rng, out_size, **spatial_kwargs)
+    off = [(b - s) // 2 for b, s in zip(hu.shape, out_size, strict=True)]
+    sl = tuple(slice(o, o + s) for o, s in zip(off, out_size, strict=True))
+    p_hu, p_t = hu[sl].copy(), target[sl].copy()
+    if rng.random() < 0.5:
+        p_hu, p_t = p_hu[::-1].copy(), p_t[::-1].copy()
+    return p_hu, p_t
+
+
 def truncate_fov(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8],
                  rng: np.random.Generator) -> None:
     """In place: slab scans (short z range) and small in-plane reconstruction fields."""
@@ -111,17 +127,24 @@ def intensity(hu: npt.NDArray[np.float32], rng: np.random.Generator,
         # partial volume of thin cortex / endplates on real scans: compress bright bone towards soft tissue
         knee = rng.uniform(80.0, 150.0)
         out = np.where(out > knee, knee + (out - knee) * rng.uniform(0.35, 1.0), out)
-    if rng.random() < 0.3:
-        # sharp kernels: unsharp masking
+    return kernel_scale_bias_noise(out, rng, p_sharp=0.3, p_bias=0.5, p_noise=0.7, noise_sd_hu=(2.0, 45.0))
+
+
+def kernel_scale_bias_noise(hu: npt.NDArray[np.float32], rng: np.random.Generator, *, p_sharp: float, p_bias: float,
+                            p_noise: float, noise_sd_hu: tuple[float, float]) -> npt.NDArray[np.float32]:
+    """Sharp reconstruction kernel (unsharp masking, with probability ``p_sharp``), HU scale and offset within a few
+    per cent, low-frequency bias (``p_bias``), noise of SD drawn from ``noise_sd_hu`` (``p_noise``)."""
+    out = hu
+    if rng.random() < p_sharp:
         blurred = ndimage.gaussian_filter(out, 1.0)
         out = out + rng.uniform(0.2, 0.8) * (out - blurred)
     out = out * rng.uniform(0.96, 1.04) + rng.uniform(-20, 20)
-    if rng.random() < 0.5:
+    if rng.random() < p_bias:
         coarse = rng.normal(0, 1, (3, 3, 3)).astype(np.float32)
         bias = ndimage.zoom(coarse, np.array(out.shape) / 3, order=1)[: out.shape[0], : out.shape[1], : out.shape[2]]
         out = out + rng.uniform(0, 25) * bias
-    if rng.random() < 0.7:
-        out = out + rng.normal(0, rng.uniform(2, 45), out.shape).astype(np.float32)
+    if rng.random() < p_noise:
+        out = out + rng.normal(0, rng.uniform(*noise_sd_hu), out.shape).astype(np.float32)
     return out.astype(np.float32)
 
 
@@ -131,14 +154,7 @@ def augment(hu: npt.NDArray[np.float32], target: npt.NDArray[np.uint8], size: tu
     fine-tuning experiments; off for the committed stage-1 model, so the default reproduces it)."""
     big = tuple(int(s * 1.3) for s in size)
     p_hu, p_t = random_patch(hu, target, big, rng)  # type: ignore[arg-type]
-    if rng.random() < 0.6:
-        p_hu, p_t = spatial(p_hu, p_t, rng, size)
-    else:
-        off = [(b - s) // 2 for b, s in zip(big, size, strict=True)]
-        sl = tuple(slice(o, o + s) for o, s in zip(off, size, strict=True))
-        p_hu, p_t = p_hu[sl].copy(), p_t[sl].copy()
-        if rng.random() < 0.5:
-            p_hu, p_t = p_hu[::-1].copy(), p_t[::-1].copy()
+    p_hu, p_t = spatial_or_centre(p_hu, p_t, rng, size, p_spatial=0.6)
     truncate_fov(p_hu, p_t, rng)
     if strong_pv and rng.random() < 0.5:
         # low-density (osteoporotic) bodies: trabecular HU close to disc / soft tissue HU

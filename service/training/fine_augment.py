@@ -14,7 +14,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from service.segmentation.fine_classes import FINE_BODY
-from service.training.augment import AIR_HU, random_patch, spatial
+from service.training.augment import AIR_HU, kernel_scale_bias_noise, random_patch, spatial_or_centre
 
 
 def body_voxels(target: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
@@ -27,14 +27,8 @@ def augment_fine(hu: npt.NDArray[np.int16], target: npt.NDArray[np.uint8], size:
     big = tuple(int(s * 1.25) for s in size)
     p_hu, p_t = random_patch(hu, target, big, rng, spine_bias=0.9, centres=body_voxels,  # type: ignore[arg-type]
                              jitter_sd=(4.0, 4.0, 6.0))
-    if rng.random() < 0.7:
-        p_hu, p_t = spatial(p_hu, p_t, rng, size, max_angles_deg=(10.0, 10.0, 15.0), isotropic_jitter=False)
-    else:
-        off = [(b - s) // 2 for b, s in zip(big, size, strict=True)]
-        sl = tuple(slice(o, o + s) for o, s in zip(off, size, strict=True))
-        p_hu, p_t = p_hu[sl].copy(), p_t[sl].copy()
-        if rng.random() < 0.5:
-            p_hu, p_t = p_hu[::-1].copy(), p_t[::-1].copy()
+    p_hu, p_t = spatial_or_centre(p_hu, p_t, rng, size, p_spatial=0.7, max_angles_deg=(10.0, 10.0, 15.0),
+                                  isotropic_jitter=False)
     if rng.random() < 0.4:
         # osteoporotic bodies: trabecular HU towards disc / soft tissue HU (the cortex stays)
         body = (p_t == FINE_BODY) & (p_hu < 350)
@@ -56,14 +50,5 @@ def augment_fine(hu: npt.NDArray[np.int16], target: npt.NDArray[np.uint8], size:
     if rng.random() < 0.6:
         s = rng.uniform(0.2, 1.0)
         out = ndimage.gaussian_filter(out, (s, s, rng.uniform(0.2, 1.0)))
-    if rng.random() < 0.25:
-        blurred = ndimage.gaussian_filter(out, 1.0)
-        out = out + rng.uniform(0.2, 0.8) * (out - blurred)
-    out = out * rng.uniform(0.96, 1.04) + rng.uniform(-20, 20)
-    if rng.random() < 0.4:
-        coarse = rng.normal(0, 1, (3, 3, 3)).astype(np.float32)
-        bias = ndimage.zoom(coarse, np.array(out.shape) / 3, order=1)[: out.shape[0], : out.shape[1], : out.shape[2]]
-        out = out + rng.uniform(0, 25) * bias
-    if rng.random() < 0.8:
-        out = out + rng.normal(0, rng.uniform(3, 70), out.shape).astype(np.float32)
-    return out.astype(np.float32), p_t
+    out = kernel_scale_bias_noise(out, rng, p_sharp=0.25, p_bias=0.4, p_noise=0.8, noise_sd_hu=(3.0, 70.0))
+    return out, p_t

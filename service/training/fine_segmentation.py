@@ -15,14 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from service.segmentation.fine_classes import FINE_CLASS_NAMES, FINE_SPACING_MM
 from service.segmentation.fine_model import FINE_NETWORK_KWARGS, FINE_ROI_SIZE, build_fine_network
 from service.training.fine_augment import augment_fine
 from service.training.fine_data import build_fine_cache
-from service.training.loop import Batch, FitResult, cpu_state, fit, loss_summary, save_bundle, stack_batch
+from service.training.loop import (
+    Batch,
+    FitResult,
+    check_sizes,
+    cpu_state,
+    fit_and_write,
+    load_case,
+    loss_summary,
+    save_bundle,
+    stack_batch,
+    training_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +52,7 @@ class FineTrainConfig:
     minutes: float | None = None
 
     def __post_init__(self) -> None:
-        if self.cases < 1 or self.iterations < 1 or self.batch_size < 1:
-            raise ValueError("cases, iterations and batch_size must be >= 1")
-
-
-def _load(path: Path) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]:
-    with np.load(path) as z:
-        return z["hu"].astype(np.int16), z["target"].astype(np.uint8)
+        check_sizes(self.cases, self.iterations, self.batch_size)
 
 
 def write_fine_bundle(out: Path, state: dict[str, torch.Tensor], log: dict[str, Any]) -> None:
@@ -63,16 +67,11 @@ def write_fine_bundle(out: Path, state: dict[str, torch.Tensor], log: dict[str, 
 
 
 def train_fine(cfg: FineTrainConfig) -> dict[str, Any]:
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    device, batch = training_device(cfg.seed, cfg.threads, cfg.batch_size)
     rng = np.random.default_rng(cfg.seed)
     files = build_fine_cache(cfg.cache, cfg.seed, cfg.cases)
-    data = [_load(f) for f in files]
+    data = [load_case(f) for f in files]
     net = build_fine_network().to(device)
-    batch = cfg.batch_size * (4 if cuda else 1)
 
     def next_batch() -> Batch:
         patches = []
@@ -81,14 +80,13 @@ def train_fine(cfg: FineTrainConfig) -> dict[str, Any]:
             patches.append(augment_fine(hu, tg, PATCH, rng))
         return stack_batch(patches)
 
-    def save(result: FitResult) -> None:
-        write_fine_bundle(cfg.out, cpu_state(net), _log(cfg, result, device))
+    def write(result: FitResult) -> dict[str, Any]:
+        log = _log(cfg, result, device)
+        write_fine_bundle(cfg.out, cpu_state(net), log)
+        return log
 
-    result = fit(net, next_batch, iterations=cfg.iterations, learning_rate=cfg.learning_rate, device=device,
-                 checkpoint=save, minutes=cfg.minutes)
-    log = _log(cfg, result, device)
-    write_fine_bundle(cfg.out, cpu_state(net), log)
-    return log
+    return fit_and_write(net, next_batch, write, iterations=cfg.iterations, learning_rate=cfg.learning_rate,
+                         device=device, minutes=cfg.minutes)
 
 
 def _log(cfg: FineTrainConfig, result: FitResult, device: torch.device) -> dict[str, Any]:

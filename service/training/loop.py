@@ -62,7 +62,7 @@ class FitResult:
 
 
 def fit(net: torch.nn.Module, next_batch: Callable[[], Batch], *, iterations: int, learning_rate: float,
-        device: torch.device, checkpoint: Callable[[FitResult], None], minutes: float | None = None) -> FitResult:
+        device: torch.device, checkpoint: Callable[[FitResult], object], minutes: float | None = None) -> FitResult:
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=iterations,
@@ -94,6 +94,42 @@ def fit(net: torch.nn.Module, next_batch: Callable[[], Batch], *, iterations: in
             logger.info("time cap reached after %d iterations", it + 1)
             break
     return FitResult(it + 1, losses, t0)
+
+
+def fit_and_write(net: torch.nn.Module, next_batch: Callable[[], Batch], write: Callable[[FitResult], dict[str, Any]],
+                  *, iterations: int, learning_rate: float, device: torch.device,
+                  minutes: float | None = None) -> dict[str, Any]:
+    """``fit``, with ``write`` (bundle + training log for a result; returns the log) as the checkpoint and once more
+    at the end; returns the final log."""
+    result = fit(net, next_batch, iterations=iterations, learning_rate=learning_rate, device=device,
+                 checkpoint=write, minutes=minutes)
+    return write(result)
+
+
+def check_sizes(cases: int, iterations: int, batch_size: int) -> None:
+    """A recipe's counts must be positive."""
+    for name, value in (("cases", cases), ("iterations", iterations), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+GPU_BATCH_FACTOR = 4
+"""A GPU trains on this many times the configured batch (same iteration count)."""
+
+
+def training_device(seed: int, threads: int, batch_size: int) -> tuple[torch.device, int]:
+    """(CUDA when present, else the CPU with ``threads`` threads; the batch for it); torch's generator seeded."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return torch.device("cuda" if cuda else "cpu"), batch_size * (GPU_BATCH_FACTOR if cuda else 1)
+
+
+def load_case(path: Path) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]:
+    """A cached training case (``hu``, ``target`` of an .npz)."""
+    with np.load(path) as z:
+        return z["hu"].astype(np.int16), z["target"].astype(np.uint8)
 
 
 def loss_summary(result: FitResult) -> dict[str, Any]:

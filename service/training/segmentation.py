@@ -29,7 +29,18 @@ from service.segmentation import classes as cls
 from service.segmentation.geometry import COARSE_SPACING_MM, canonical_frame, coarse_grid, resample_to_coarse
 from service.segmentation.model import NETWORK_KWARGS, build_network
 from service.training.augment import augment
-from service.training.loop import Batch, FitResult, cpu_state, fit, loss_summary, save_bundle, stack_batch
+from service.training.loop import (
+    Batch,
+    FitResult,
+    check_sizes,
+    cpu_state,
+    fit_and_write,
+    load_case,
+    loss_summary,
+    save_bundle,
+    stack_batch,
+    training_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +70,7 @@ class TrainConfig:
     """Optional wall-clock cap (then the result depends on machine speed; the iteration count is logged)."""
 
     def __post_init__(self) -> None:
-        if self.cases < 1:
-            raise ValueError(f"cases must be >= 1, got {self.cases}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_sizes(self.cases, self.iterations, self.batch_size)
 
 
 def _phantom_case(seed: int, index: int, render_mm: float = COARSE_SPACING_MM,
@@ -106,11 +112,6 @@ def build_cache(cache: Path, seed: int, cases: int, render_mm: float = COARSE_SP
     return files
 
 
-def _load(path: Path) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]:
-    with np.load(path) as z:
-        return z["hu"].astype(np.int16), z["target"].astype(np.uint8)
-
-
 def write_bundle(out: Path, state: dict[str, torch.Tensor], log: dict[str, Any]) -> None:
     save_bundle(
         out, state, log, name="bmd-node vertebra_seg",
@@ -124,14 +125,10 @@ def write_bundle(out: Path, state: dict[str, torch.Tensor], log: dict[str, Any])
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    device, batch = training_device(cfg.seed, cfg.threads, cfg.batch_size)
     rng = np.random.default_rng(cfg.seed)
     files = build_cache(cfg.cache, cfg.seed, cfg.cases, cfg.render_mm)
-    data = [_load(f) for f in files]
+    data = [load_case(f) for f in files]
     real: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]] = []
     if cfg.real_data is not None:
         from service.training.real_data import load_real_folder
@@ -143,7 +140,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         net.load_state_dict(torch.load(cfg.init / "models" / "model.pt", map_location="cpu", weights_only=True))
         logger.info("initialised from %s", cfg.init)
     net = net.to(device)
-    batch = cfg.batch_size * (4 if cuda else 1)
 
     def next_batch() -> Batch:
         patches = []
@@ -155,14 +151,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             patches.append(augment(hu, tg, PATCH, rng, cfg.strong_pv))
         return stack_batch(patches)
 
-    def save(result: FitResult) -> None:
-        write_bundle(cfg.out, cpu_state(net), _log(cfg, result, device, len(real)))
+    def write(result: FitResult) -> dict[str, Any]:
+        log = _log(cfg, result, device, len(real))
+        write_bundle(cfg.out, cpu_state(net), log)
+        return log
 
-    result = fit(net, next_batch, iterations=cfg.iterations, learning_rate=cfg.learning_rate, device=device,
-                 checkpoint=save, minutes=cfg.minutes)
-    log = _log(cfg, result, device, len(real))
-    write_bundle(cfg.out, cpu_state(net), log)
-    return log
+    return fit_and_write(net, next_batch, write, iterations=cfg.iterations, learning_rate=cfg.learning_rate,
+                         device=device, minutes=cfg.minutes)
 
 
 def _log(cfg: TrainConfig, result: FitResult, device: torch.device, n_real: int) -> dict[str, Any]:
