@@ -42,7 +42,7 @@ lint: install
 	$(VENV)/bin/ruff check service tests alembic bench
 
 demo: install
-	$(PY) -m service.demo
+	$(PY) -m service.offline.demo.node_demo
 
 bench: install
 	$(PY) -m bench.run

@@ -1,7 +1,7 @@
 """Benchmark inputs, generated once into bench/work/data and reused (a ``ready.json`` marks a finished set).
 
 * ingest studies: bench.ingest.write_ct_series (300 x 512 x 512, ~0.5 MB per file), one folder per study;
-* phantoms: service.phantom (chest 300 x 1 mm, abdomen 5 mm, chest-abdomen 600 x 1 mm), rendered in a child
+* phantoms: service.offline.phantom (chest 300 x 1 mm, abdomen 5 mm, chest-abdomen 600 x 1 mm), rendered in a child
   process (``python -m bench.data``) so that the benchmark process itself stays small; next to the DICOM files the
   phantom's true vertebral-body labels (``body_labels.npy`` + ``affine_lps.npy``, on the CT grid) are kept for the
   truth fallback of bench.pipeline;
@@ -181,8 +181,8 @@ def write_truth_map(path: Path, sets: Sequence[SeriesSet]) -> Path:
 def _render(folder: Path, recipe: PhantomRecipe) -> None:
     import numpy as np
 
-    from service.phantom.api import PhantomSpec, generate, write_phantom
-    from service.phantom.labels import body_labels_of
+    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
+    from service.offline.phantom.labels import body_labels_of
 
     spec = PhantomSpec(**recipe.spec)
     kwargs: dict[str, Any] = {}

@@ -107,7 +107,7 @@ def run_once(files: list[Path], work_dir: Path) -> IngestRun:
     from service.db.engine import make_engine, read_session
     from service.db.migrate import upgrade
     from service.db.tables import Instance
-    from service.dicom.scp import start_scp
+    from service.receive.scp import start_scp
 
     storescu = require_tool("storescu")
     if work_dir.exists():

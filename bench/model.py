@@ -32,8 +32,8 @@ def choose_model(work_dir: Path) -> ModelChoice:
     if not (bundle / "models" / "model.pt").is_file():
         import torch
 
+        from service.offline.training.segmentation import write_bundle
         from service.segmentation.model import build_network
-        from service.training.segmentation import write_bundle
 
         torch.manual_seed(0)
         write_bundle(bundle, build_network().state_dict(), {"note": "untrained, benchmark timing only"})

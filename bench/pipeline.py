@@ -49,7 +49,7 @@ def max_rss_mib() -> float:
 
 
 OBJECT_PARTS = ("read_source_headers", "build_seg", "build_sr", "build_key_image")
-"""Functions of service.dicom.results timed one by one (objects_s split), plus the Part 10 encoding."""
+"""Functions of service.results.build timed one by one (objects_s split), plus the Part 10 encoding."""
 
 
 class PartClock:
@@ -81,7 +81,7 @@ class PartClock:
 def instrument_result_writers(clock: PartClock) -> bool:
     """Time SEG / SR / key image / header reading / encoding separately; False when the writers are missing."""
     try:
-        from service.dicom import results
+        from service.results import build as results
     except ModuleNotFoundError:
         return False
     for name in OBJECT_PARTS:
@@ -202,7 +202,7 @@ class TimedScreening:
         try:
             objects = steps.build_objects(volume, segmentation, assessment, job.previous)
         except ModuleNotFoundError as exc:  # the result writers are not in this checkout yet
-            if exc.name != "service.dicom.results":
+            if exc.name != "service.results.build":
                 raise
             objects, missing = (), f"result objects not built: {exc.name} is missing"
             log.warning("job %s: %s", job.job_id, missing)

@@ -48,7 +48,7 @@ def _wrap(owner: Any, name: str, key: str, totals: _Totals) -> None:
 
 def install(out: Path) -> None:
     from service.db import queries
-    from service.dicom import handlers, spool
+    from service.receive import handlers, spool
 
     totals = _Totals()
     _wrap(handlers.StoreHandler, "__call__", "handler", totals)
@@ -67,7 +67,7 @@ def main() -> int:
         os.fsync = lambda fd: None
     if os.environ.get(PROBE_ENV):
         install(Path(os.environ[PROBE_ENV]))
-    from service.cli import main as node_main
+    from service.cli.main import main as node_main
 
     return node_main(sys.argv[1:])
 

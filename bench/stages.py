@@ -90,7 +90,7 @@ def _child(args: argparse.Namespace) -> int:
         storage.write_result_json(folder, output.result.to_json_dict())
         record["timings"]["write_s"] = time.perf_counter() - t
         if config.result_destinations and paths:
-            from service.dicom.scu import send_files
+            from service.export.cstore_scu import send_files
 
             t = time.perf_counter()
             statuses = send_files(paths, config.result_destinations[0], config)

@@ -174,7 +174,7 @@ class ExporterSettings:
 @dataclass(frozen=True)
 class SeriesSettings:
     min_slices: int = 10
-    """Fewer slices cannot hold a vertebral body at 5 mm (same default as service.dicom.series)."""
+    """Fewer slices cannot hold a vertebral body at 5 mm (same default as service.series.checks)."""
     max_slice_thickness_mm: float = 5.0
     """Thicker series are rejected (Xiong 2025 / Pan 2020 used <= 5 mm reconstructions)."""
     scheduler_poll_seconds: float = 1.0

@@ -72,10 +72,10 @@ def _thread(name: str, target: Callable[..., None], config: Config, engine: Any,
 def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | None = None,
           stop_event: threading.Event | None = None) -> int:
     from service.db.engine import make_engine
-    from service.dicom.scp import run_scp
-    from service.http import run_http
-    from service.queue.exporter import run_exporter
+    from service.export.exporter import run_exporter
     from service.queue.scheduler import run_scheduler
+    from service.receive.scp import run_scp
+    from service.web.health import run_http
 
     n_workers = config.worker.processes if workers is None else workers
     stop = stop_event or threading.Event()

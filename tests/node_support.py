@@ -190,7 +190,7 @@ def claim_all_jobs(database_url: str, worker_id: str, barrier: Any) -> list[int]
 def claim_all_exports(database_url: str, exporter_id: str, barrier: Any) -> list[int]:
     """Claim exports until none is due, marking each sent (run in a separate process by the tests)."""
     from service.db.engine import make_engine
-    from service.queue.exports import claim_due_exports, mark_export_sent
+    from service.export.outbox import claim_due_exports, mark_export_sent
 
     engine = make_engine(database_url)
     barrier.wait(timeout=60)
@@ -258,7 +258,7 @@ def _success_for_tests(job_id: int, n_objects: int = 2, tag: str = "t") -> objec
 
 
 class TruthSegmenter:
-    """A Segmenter that returns the phantom's true vertebral bodies (labels from service.phantom), so that the
+    """A Segmenter that returns the phantom's true vertebral bodies (labels from service.offline.phantom), so that the
     screening recipe's other real steps (loader, BMD assessment, result objects) run without the trained model."""
 
     name = "phantom-truth"
@@ -269,7 +269,7 @@ class TruthSegmenter:
 
     def segment(self, volume: Any) -> Any:
         from service.domain.segmentation import LabelledVertebra, SpineSegmentation
-        from service.phantom import labels as phantom_labels
+        from service.offline.phantom import labels as phantom_labels
 
         if self.labels.shape != volume.shape:
             raise ValueError(f"truth labels {self.labels.shape} do not match the volume {volume.shape}")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.db.engine import read_session, write_session
 from service.db.tables import Export, Instance, Job, Series, utcnow
-from service.queue.states import InstanceStatus, SeriesStatus
+from service.domain.status import InstanceStatus, SeriesStatus
 
 log = logging.getLogger(__name__)
 

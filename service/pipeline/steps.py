@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def load_volume(paths: Sequence[Path], settings: SeriesSettings) -> CTVolume:
     """Read and check the series; an unusable series is a permanent PipelineRejectedError."""
-    from service.dicom.volume_loader import SeriesRejectedError, load_series
+    from service.series.volume_loader import SeriesRejectedError, load_series
 
     try:
         return load_series(list(paths), min_slices=settings.min_slices,
@@ -109,10 +109,10 @@ def assess(volume: CTVolume, segmentation: SpineSegmentation, settings: Any,
 
 
 def predecessor_ref(previous: PreviousResult | None) -> Any:
-    """The earlier SR as service.dicom.results.PredecessorRef (None for a first run)."""
+    """The earlier SR as service.results.build.PredecessorRef (None for a first run)."""
     if previous is None:
         return None
-    from service.dicom.results import PredecessorRef
+    from service.results.build import PredecessorRef
 
     return PredecessorRef(study_instance_uid=previous.study_instance_uid,
                           series_instance_uid=previous.series_instance_uid,
@@ -121,7 +121,7 @@ def predecessor_ref(previous: PreviousResult | None) -> Any:
 
 def algorithm_info(segmentation: SpineSegmentation) -> Any:
     from service import __version__
-    from service.dicom.result_common import AlgorithmInfo
+    from service.results.common import AlgorithmInfo
 
     return AlgorithmInfo(version=__version__, model_name=segmentation.model_name or "unknown",
                          model_version=segmentation.model_version or "unknown")
@@ -129,7 +129,7 @@ def algorithm_info(segmentation: SpineSegmentation) -> Any:
 
 def build_objects(volume: CTVolume, segmentation: SpineSegmentation, assessment: BmdAssessment,
                   previous: PreviousResult | None) -> tuple[EncodedObject, ...]:
-    from service.dicom.results import build_result_objects
+    from service.results.build import build_result_objects
 
     built = build_result_objects(volume, segmentation, assessment.roi_labels, assessment.result,
                                  algorithm_info(segmentation), predecessor_ref(previous))

@@ -32,8 +32,8 @@ from service.config import WorkerSettings
 from service.db.engine import is_sqlite, read_session, write_session
 from service.db.tables import Job, JobEvent, ResultObject, Series, VertebraResult, utcnow
 from service.domain.results import ScreeningResult
-from service.queue import exports
-from service.queue.states import ACTIVE_JOB_STATUSES, JobStatus, SeriesStatus, can_transition
+from service.domain.status import ACTIVE_JOB_STATUSES, JobStatus, SeriesStatus, can_transition
+from service.export import outbox
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def finish(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, success: J
                                    size_bytes=obj.size_bytes, sha256=obj.sha256, created_at=now)
                 session.add(row)
                 session.flush()
-                exports.create_exports(session, row.id, peer_names, now=now)
+                outbox.create_exports(session, row.id, peer_names, now=now)
     except _LeaseLostError as lost:
         log.warning("job %s: not recorded as succeeded: %s", job_id, lost)
         return False
@@ -426,7 +426,7 @@ def _supersede_earlier(session: Session, job: Job, now: datetime) -> None:
                ResultObject.superseded_by_job_id.is_(None))).all()
     for obj in earlier:
         obj.superseded_by_job_id = job.id
-    cancelled = exports.cancel_pending_for_objects(session, [o.id for o in earlier],
+    cancelled = outbox.cancel_pending_for_objects(session, [o.id for o in earlier],
                                                    reason=f"replaced by results of job {job.id}")
     if earlier:
         log.info("job %s replaces %d earlier result object(s) of its series (%d unsent export(s) cancelled)",

@@ -2,7 +2,7 @@
 
 Every ``series.scheduler_poll_seconds`` it looks at series with stored instances not yet decided about
 (``instance_count != checked_instance_count``). A study is considered once every one of its series has been quiet
-for ``node.series_stable_seconds``. Then each changed series is checked (service.dicom.series.check_series on the
+for ``node.series_stable_seconds``. Then each changed series is checked (service.series.checks.check_series on the
 headers: one orientation and Frame of Reference, regular spacing, no duplicates, rescale, not a localizer, enough
 slices, thickness limit); failures are recorded as 'rejected' with their reasons. Among the eligible series of the
 study (the changed ones that passed and the ones that passed before) the preferred one (dicom/selection.py) gets a
@@ -29,9 +29,9 @@ from service.config import Config
 from service.db.engine import read_session, write_session
 from service.db.queries import stored_instance_paths
 from service.db.tables import Series, utcnow
-from service.dicom.selection import SeriesCandidate, candidate_from_header, select_series
+from service.domain.status import SeriesStatus
 from service.queue import jobs
-from service.queue.states import SeriesStatus
+from service.series.selection import SeriesCandidate, candidate_from_header, select_series
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ class Scheduler:
         return self._cache[key]
 
     def _check_uncached(self, series_uid: str) -> _Checked:
-        from service.dicom.series import check_series
-        from service.dicom.volume_loader import SeriesRejectedError, read_headers
+        from service.series.checks import check_series
+        from service.series.volume_loader import SeriesRejectedError, read_headers
 
         paths = [Path(p) for p in stored_instance_paths(self.engine, series_uid)]
         try:

@@ -26,7 +26,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import split_dataset
 
 from service.config import Config, build_config
-from service.dicom.handlers import ReceivedInstance
+from service.receive.handlers import ReceivedInstance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"

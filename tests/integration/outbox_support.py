@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from service.db.engine import read_session, write_session
 from service.db.tables import Export, Job, ResultObject, Series, utcnow
-from service.queue.exports import create_exports
+from service.export.outbox import create_exports
 
 
 def enqueue_result_exports(engine: sqlalchemy.Engine, paths: Sequence[Path], peer_names: Sequence[str]) -> list[int]:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from service.dicom.validators import dcentvfy, dciodvfy
-from service.dicom.volume_loader import dicom_files
 from service.domain.levels import VertebraLevel
+from service.results.validators import dcentvfy, dciodvfy
+from service.series.volume_loader import dicom_files
 from tests.shared_data import shared_case
 
 ADULT_TRABECULAR_HU = (40.0, 400.0)

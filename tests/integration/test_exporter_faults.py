@@ -22,7 +22,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from service.config import Config
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
-from service.queue.exporter import export_once, run_exporter
+from service.export.exporter import export_once, run_exporter
 from tests.integration.dicom_net_support import (
     dataset_bytes,
     free_port,

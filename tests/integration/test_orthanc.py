@@ -21,9 +21,9 @@ from service.config import Config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Instance
-from service.dicom.scp import start_scp
-from service.dicom.scu import echo
-from service.queue.exporter import export_once
+from service.export.cstore_scu import echo
+from service.export.exporter import export_once
+from service.receive.scp import start_scp
 from tests.integration.dicom_net_support import (
     dataset_bytes,
     free_port,

@@ -105,7 +105,7 @@ def _phantom_series(out_dir: Path) -> tuple[str, list[Path]]:
     from pydicom import dcmread
 
     from service.domain.levels import VertebraLevel
-    from service.phantom.api import PhantomSpec, generate, write_phantom
+    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
 
     spec = PhantomSpec(seed=11, region="abdomen", rows=256, columns=256, pixel_spacing_mm=1.4,
                        slice_thickness_mm=2.5, fov_top_level=VertebraLevel.T11, fov_bottom_level=VertebraLevel.L3)

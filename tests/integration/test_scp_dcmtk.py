@@ -36,9 +36,9 @@ from service.config import Config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Instance
-from service.dicom.scp import run_scp, start_scp
-from service.dicom.scu import OutcomeKind, StoreSession
-from service.dicom.spool import Spool
+from service.export.cstore_scu import OutcomeKind, StoreSession
+from service.receive.scp import run_scp, start_scp
+from service.receive.spool import Spool
 from tests.integration.dicom_net_support import (
     J2K_SLAB_DIR,
     STORESCU_PROPOSE,

@@ -6,8 +6,8 @@ import numpy as np
 
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
-from service.phantom import labels as phantom_labels
-from service.phantom.api import Phantom
+from service.offline.phantom import labels as phantom_labels
+from service.offline.phantom.api import Phantom
 
 
 def truth_segmentation(phantom: Phantom) -> SpineSegmentation:

@@ -12,7 +12,7 @@ from service.calibration.assess import BmdAssessment, BmdSettings, assess_bmd
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import CalibrationKind, Category, ExclusionReason, SitePrediction
 from service.domain.segmentation import SpineSegmentation
-from service.phantom.api import Phantom, PhantomSpec, generate
+from service.offline.phantom.api import Phantom, PhantomSpec, generate
 from tests.unit.calibration.phantom_cases import truth_segmentation
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

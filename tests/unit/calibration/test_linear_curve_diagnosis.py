@@ -17,7 +17,7 @@ from service.calibration.summary import summary_levels
 from service.calibration.tissues import TissueSurvey
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import CalibrationKind, Category
-from service.phantom import density
+from service.offline.phantom import density
 
 
 def test_fit_line_by_hand() -> None:

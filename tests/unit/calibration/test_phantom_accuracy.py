@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from service.calibration.assess import BmdSettings, assess_bmd
-from service.calibration.commands import register_calibrate
 from service.calibration.phantom import calibrate_from_volume, load_definition
 from service.calibration.store import CalibrationStore
+from service.cli.calibrate import register_calibrate
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import CalibrationKind, Category, ExclusionReason, RoiMethod
-from service.phantom.api import Phantom, PhantomSpec, generate
-from service.phantom.dicom_writer import write_series
+from service.offline.phantom.api import Phantom, PhantomSpec, generate
+from service.offline.phantom.dicom_writer import write_series
 from tests.unit.calibration.phantom_cases import truth_segmentation
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,11 +12,11 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from service.calibration.commands import register_calibrate
 from service.calibration.phantom import FoundRod, find_rods, load_definition, match_rods
 from service.calibration.store import CalibrationStore, ScannerKey, StoredCalibration
+from service.cli.calibrate import register_calibrate
 from service.domain.volume import CTVolume
-from service.phantom import density
+from service.offline.phantom import density
 
 DEFINITION = Path(__file__).resolve().parents[3] / "models" / "calibration" / "k2hpo4_0_50_100_200.json"
 RODS_X_MM = (-60.0, -20.0, 20.0, 60.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from service.cli import build_parser, main
+from service.cli.main import build_parser, main
 from service.db.engine import make_engine
 from service.db.queries import record_instance
 from service.queue import jobs

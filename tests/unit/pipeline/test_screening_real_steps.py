@@ -13,7 +13,7 @@ import sqlalchemy
 
 from service.config import Config, PeerSettings
 from service.db.queries import record_instance
-from service.phantom.api import PhantomSpec, generate, write_phantom
+from service.offline.phantom.api import PhantomSpec, generate, write_phantom
 from service.pipeline.screening import ScreeningRecipe
 from service.pipeline.types import JobInput
 from service.queue import jobs

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from service.db.engine import read_session, write_session
 from service.db.queries import record_instance
 from service.db.tables import Export, Job, JobEvent, ResultObject, Series, VertebraResult
+from service.domain.status import JobStatus
 from service.queue import jobs
-from service.queue.states import JobStatus
 from tests.node_support import quick_result, record
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -12,9 +12,9 @@ from pydicom.uid import generate_uid
 from service.config import Config, SeriesSettings
 from service.db.queries import list_series, record_instance
 from service.db.tables import utcnow
-from service.dicom.selection import KernelClass, SeriesCandidate, classify_kernel, select_series
 from service.queue import jobs
 from service.queue.scheduler import Scheduler
+from service.series.selection import KernelClass, SeriesCandidate, classify_kernel, select_series
 from tests.node_support import record, write_ct_series
 
 

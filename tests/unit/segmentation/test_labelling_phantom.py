@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.domain.levels import VertebraLevel as V
-from service.phantom.api import generate, random_spec
+from service.offline.phantom.api import generate, random_spec
 from service.segmentation import classes as cls
 from service.segmentation.geometry import canonical_frame
 from service.segmentation.labelling import LabellingResult, features_from_masks, label_bodies

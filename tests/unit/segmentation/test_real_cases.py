@@ -10,7 +10,7 @@ import pytest
 
 from service.domain.levels import VertebraLevel as V
 from service.domain.volume import CTVolume
-from service.segmentation.evaluation import evaluate_case, load_ct, load_reference
+from service.offline.evaluation.segmentation import evaluate_case, load_ct, load_reference
 from service.segmentation.inference import BmdNodeSegmenter, SegmentationSettings, load_segmenter
 
 REPO = Path(__file__).resolve().parents[3]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.offline.training.segmentation import TrainConfig, train
 from service.segmentation.bundle import load_bundle
-from service.training.segmentation import TrainConfig, train
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_recipe_writes_a_loadable_bundle(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fine_recipe_writes_a_loadable_fine_bundle(tmp_path: Path) -> None:
-    from service.training.fine_segmentation import FineTrainConfig, train_fine
+    from service.offline.training.fine_segmentation import FineTrainConfig, train_fine
 
     torch.set_num_threads(1)
     out = tmp_path / "fine"

@@ -20,9 +20,9 @@ from service.domain.results import (
     ScreeningResult,
     VertebraMeasurement,
 )
+from service.offline.cohort.features import FeatureExtractionError, extract_features, hu_from_result_json
+from service.offline.cohort.synthetic import synthetic_rows, write_synthetic_cohort
 from service.site_models.cohort import CohortError, assign_splits, load_cohort, write_cohort
-from service.site_models.features import FeatureExtractionError, extract_features, hu_from_result_json
-from service.site_models.synthetic import synthetic_rows, write_synthetic_cohort
 
 HEADER = "patient_ref,sex,age,qct_bmd_mg_cm3,qct_category,split,hu_T12,hu_L1,hu_L2\n"
 

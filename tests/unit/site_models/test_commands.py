@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.site_models import commands
-from service.site_models.evaluate import METRIC_FIELDS
+from service.offline.cohort import commands
+from service.offline.cohort.evaluate import METRIC_FIELDS
 from service.site_models.registry import load_active_predictor
 
 

@@ -17,16 +17,16 @@ import pytest
 
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
+from service.offline.cohort.features import extract_features, hu_from_screening_result, series_files
+from service.offline.cohort.synthetic import SYNTHETIC_CT_SOURCE, write_synthetic_cohort
 from service.site_models.cohort import load_cohort
-from service.site_models.features import extract_features, hu_from_screening_result, series_files
-from service.site_models.synthetic import SYNTHETIC_CT_SOURCE, write_synthetic_cohort
 
 
 def _load_with_truth_segmentation(folder: Path) -> tuple[Any, SpineSegmentation]:
     import nibabel as nib
 
-    from service.dicom.volume_loader import load_series
-    from service.phantom import labels as phantom_labels
+    from service.offline.phantom import labels as phantom_labels
+    from service.series.volume_loader import load_series
 
     volume = load_series(series_files(folder))
     labels_img = nib.load(str(folder.parent / "labels.nii.gz"))
@@ -59,7 +59,7 @@ def cohort_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_phantom_ct_row_features_match_the_phantom_truth(cohort_csv: Path) -> None:
-    from service.phantom.density import bmd_to_hu
+    from service.offline.phantom.density import bmd_to_hu
 
     cohort = load_cohort(cohort_csv)
     ct_row = cohort.rows[0]
@@ -81,9 +81,9 @@ def test_phantom_ct_row_features_match_the_phantom_truth(cohort_csv: Path) -> No
 def test_activated_site_model_changes_the_nodes_result(cohort_csv: Path, tmp_path: Path) -> None:
     """assess_bmd with the registry's active predictor: another BMD, and the method names the model."""
     from service.calibration.assess import BmdSettings, assess_bmd
+    from service.offline.cohort.synthetic import synthetic_rows
     from service.site_models.feature_models import train_feature_model
     from service.site_models.registry import activate, load_active_predictor, model_folder, register_saved_model
-    from service.site_models.synthetic import synthetic_rows
 
     # a site whose scanner reads 25 HU high: its model maps the same HU to a lower BMD than the linear default
     rows = [replace(r, hu_by_level={lv: hu + 25.0 for lv, hu in r.hu_by_level.items()})

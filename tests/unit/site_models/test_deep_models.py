@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.site_models.cohort import CohortRow
-from service.site_models.deep_models import (
+from service.offline.cohort.deep_models import (
     DeepOptions,
     crop_from_volume,
     load_deep_model,
     synthetic_crop,
     train_deep_model,
 )
-from service.site_models.synthetic import synthetic_rows
+from service.offline.cohort.synthetic import synthetic_rows
+from service.site_models.cohort import CohortRow
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)

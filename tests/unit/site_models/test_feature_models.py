@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.domain.levels import VertebraLevel
+from service.offline.cohort.synthetic import synthetic_rows
 from service.site_models.cohort import CohortRow, rows_hash
 from service.site_models.feature_models import (
     FeatureSpec,
@@ -19,7 +20,6 @@ from service.site_models.feature_models import (
     load_feature_model,
     train_feature_model,
 )
-from service.site_models.synthetic import synthetic_rows
 
 T = VertebraLevel
 

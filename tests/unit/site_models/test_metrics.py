@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from service.site_models.metrics import (
+from service.offline.cohort.metrics import (
     bland_altman,
     classification_metrics,
     delong_auc,

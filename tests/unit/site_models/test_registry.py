@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.domain.levels import VertebraLevel
-from service.phantom.density import bmd_from_hu
+from service.offline.cohort.synthetic import synthetic_rows
+from service.offline.phantom.density import bmd_from_hu
 from service.site_models.cohort import CohortRow
 from service.site_models.feature_models import train_feature_model
 from service.site_models.registry import (
@@ -24,7 +25,6 @@ from service.site_models.registry import (
     model_folder,
     register_saved_model,
 )
-from service.site_models.synthetic import synthetic_rows
 
 SCANNER_OFFSET_HU = 30.0
 """This site's scanner reads 30 HU high: the linear default calibration overestimates BMD, a site model learns it."""

@@ -1,0 +1,1 @@
+"""Export: the outbox and its transports (DICOM C-STORE today)."""

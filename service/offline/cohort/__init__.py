@@ -1,0 +1,1 @@
+"""Cohorts and site-model training, evaluation and reports (issue 7)."""

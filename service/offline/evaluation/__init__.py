@@ -1,0 +1,1 @@
+"""Segmentation evaluation and the synthetic test sets."""

@@ -1,0 +1,1 @@
+"""Receive: the C-STORE SCP, its thin handlers and the durable spool."""

@@ -1,0 +1,228 @@
+"""C-STORE / C-ECHO handlers: the only code that runs on pynetdicom's association threads. Keep them thin.
+
+C-STORE: raw bytes as received (``event.encoded_dataset()``, no decode/re-encode) -> minimal header parse
+(UIDs, modality) -> atomic spool write -> one database row via the injected ``recorder`` -> status.
+
+Statuses (PS3.4 B.2.3):
+* 0x0000 stored, duplicate (idempotent) or non-CT acknowledged and recorded as ``ignored``;
+* 0xA700 out of resources: disk full (no partial file is left) or the database could not record the instance;
+* 0xA900 the dataset's SOP Instance/Class UID differs from the C-STORE request's;
+* 0xC210 cannot understand: the dataset does not decode or lacks the identifying UIDs (recorded ``rejected``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from service.db.queries import InstanceRecord
+from service.receive.spool import Spool, sanitize_uid
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+"""Only single-frame CT Image Storage goes to the pipeline; Enhanced (multi-frame) CT is recorded as ignored."""
+CT_MODALITY = "CT"
+REJECTED_SUBDIR = "_rejected"
+"""Undecodable objects are kept here (storage_dir/_rejected/<sop>.dcm) so that a person can look at them."""
+
+_HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+)
+
+
+ReceivedInstance = InstanceRecord
+"""What the handler hands to the recorder: the database's own instance record (validated once built)."""
+
+
+Recorder = Callable[[ReceivedInstance], bool]
+"""Persists one instance row; returns False when the SOP Instance UID was already recorded."""
+
+
+class UndecodableDatasetError(ValueError):
+    """The received bytes are not a DICOM dataset we can identify."""
+
+
+class DatasetMismatchError(ValueError):
+    """The dataset's SOP Class/Instance UID contradicts the C-STORE request."""
+
+
+@dataclass(frozen=True)
+class HeaderSummary:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+
+
+# Tolerant UID check: digits and dots, at most 64 characters. Real archives contain UIDs with leading zeros in a
+# component (not conformant to PS3.5 9.1, which pydicom's UID.is_valid enforces); they identify an object just as
+# well, so they are accepted.
+_LOOSE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
+def _valid_uid(value: str) -> bool:
+    return bool(_LOOSE_UID.match(value))
+
+
+def parse_header(
+    encoded: bytes, *, request_sop_class_uid: str = "", request_sop_instance_uid: str = ""
+) -> HeaderSummary:
+    """Read the identifying attributes from a DICOM file stream (preamble + meta + dataset), pixels untouched.
+
+    Tolerant where it is safe: an empty SOP Class / Instance UID in the dataset (seen in real exports) is taken from
+    the C-STORE request (``request_*``); a non-empty one that differs from the request raises ``DatasetMismatchError``.
+    """
+    try:
+        ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
+        values = {kw: str(ds.get(kw, "") or "").strip() for kw in _HEADER_KEYWORDS}
+    except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError, NotImplementedError) as exc:
+        raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
+    except Exception as exc:  # pydicom raises many things on garbage; none may escape to the association
+        raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
+    for kw, from_request in (("SOPClassUID", request_sop_class_uid), ("SOPInstanceUID", request_sop_instance_uid)):
+        if not values[kw]:
+            values[kw] = from_request
+        elif from_request and values[kw] != from_request:
+            raise DatasetMismatchError(f"{kw} in the dataset differs from the C-STORE request")
+    missing = [kw for kw in _HEADER_KEYWORDS[:4] if not values[kw]]
+    if missing:
+        raise UndecodableDatasetError(f"dataset lacks {', '.join(missing)}")
+    invalid = [kw for kw in _HEADER_KEYWORDS[:4] if not _valid_uid(values[kw])]
+    if invalid:
+        raise UndecodableDatasetError(f"dataset has invalid UID in {', '.join(invalid)}")
+    return HeaderSummary(
+        sop_class_uid=values["SOPClassUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        study_instance_uid=values["StudyInstanceUID"],
+        series_instance_uid=values["SeriesInstanceUID"],
+        modality=values["Modality"],
+    )
+
+
+def non_ct_reason(header: HeaderSummary) -> str | None:
+    """Why an instance is not for the pipeline, or None when it is a CT image."""
+    if header.sop_class_uid != CT_IMAGE_STORAGE:
+        return f"not CT Image Storage (SOP class {UID(header.sop_class_uid).name})"
+    if header.modality and header.modality != CT_MODALITY:
+        return f"modality {header.modality} is not CT"
+    return None
+
+
+class StoreHandler:
+    """The EVT_C_STORE handler, bound to a spool and a recorder."""
+
+    def __init__(self, spool: Spool, recorder: Recorder) -> None:
+        self.spool = spool
+        self.recorder = recorder
+
+    def __call__(self, event: Any) -> int:
+        request = event.request
+        calling_ae_title = str(event.assoc.requestor.ae_title).strip()
+        transfer_syntax = str(event.context.transfer_syntax)
+        request_sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
+        request_sop_class = str(request.AffectedSOPClassUID or "").strip()
+        encoded = event.encoded_dataset(include_meta=True)
+
+        def record(**fields: Any) -> bool:
+            row = ReceivedInstance(transfer_syntax_uid=transfer_syntax, calling_ae_title=calling_ae_title, **fields)
+            return self.recorder(row)
+
+        try:
+            header = parse_header(
+                encoded, request_sop_class_uid=request_sop_class, request_sop_instance_uid=request_sop_instance
+            )
+        except DatasetMismatchError as exc:
+            self._reject(record, request_sop_instance, request_sop_class, encoded, str(exc))
+            return STATUS_DATASET_MISMATCH
+        except UndecodableDatasetError as exc:
+            return self._reject(record, request_sop_instance, request_sop_class, encoded, str(exc))
+
+        common = {
+            "sop_instance_uid": header.sop_instance_uid,
+            "sop_class_uid": header.sop_class_uid,
+            "study_instance_uid": header.study_instance_uid,
+            "series_instance_uid": header.series_instance_uid,
+            "modality": header.modality,
+        }
+        reason = non_ct_reason(header)
+        if reason is not None:
+            try:
+                record(path=None, size_bytes=len(encoded), status="ignored", reason=reason, **common)
+            except Exception:
+                logger.exception("could not record ignored instance from %s", calling_ae_title)
+                return STATUS_OUT_OF_RESOURCES
+            return STATUS_SUCCESS
+
+        try:
+            written = self.spool.write(
+                header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, encoded
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                logger.error("spool out of disk space; answering 0xA700 to %s", calling_ae_title)
+            else:
+                logger.error("spool write failed (%s); answering 0xA700 to %s", type(exc).__name__, calling_ae_title)
+            return STATUS_OUT_OF_RESOURCES
+
+        try:
+            is_new = record(
+                path=str(written.path), size_bytes=written.size_bytes, status="stored", reason=None, **common
+            )
+        except Exception:
+            # The file is complete on disk; a re-send finds it and records it then.
+            logger.exception("could not record stored instance from %s", calling_ae_title)
+            return STATUS_OUT_OF_RESOURCES
+        if not is_new:
+            logger.info("duplicate SOP instance from %s acknowledged (already recorded)", calling_ae_title)
+        return STATUS_SUCCESS
+
+    def _reject(
+        self, record: Callable[..., bool], sop_instance_uid: str, sop_class_uid: str, encoded: bytes, reason: str
+    ) -> int:
+        logger.warning("rejected C-STORE: %s", reason)
+        kept: str | None = None
+        if sop_instance_uid:
+            try:
+                target = self.spool.storage_dir / REJECTED_SUBDIR / f"{sanitize_uid(sop_instance_uid)}.dcm"
+                kept = str(self.spool.write_path(target, encoded).path)
+            except OSError as exc:
+                logger.warning("could not keep the rejected object (%s)", type(exc).__name__)
+        try:
+            record(
+                sop_instance_uid=sop_instance_uid or "",
+                sop_class_uid=sop_class_uid,
+                study_instance_uid="",
+                series_instance_uid="",
+                modality="",
+                path=kept,
+                size_bytes=len(encoded),
+                status="rejected",
+                reason=reason,
+            )
+        except Exception:
+            logger.exception("could not record rejected instance")
+        return STATUS_CANNOT_UNDERSTAND
+
+
+def handle_echo(event: Any) -> int:
+    return STATUS_SUCCESS

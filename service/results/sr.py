@@ -1,0 +1,249 @@
+"""Comprehensive 3D SR with TID 1500 (highdicom ``MeasurementReport``): per-vertebra groups and a patient group.
+
+Per vertebra (TID 1411 Volumetric ROI group when its trabecular-ROI segment exists, else TID 1501): tracking
+identifier + UID, finding site = the vertebra (SNOMED CT), method = ROI method, reference to the ROI segment,
+mean/median/SD attenuation [hnsf'U], QCT volumetric BMD mg/cm3 (private code), ROI volume mm3, voxel count,
+evaluable yes/no, exclusion reason, level-uncertain flag.
+
+Patient (TID 1411 on the SEG's "summary" segment = union of the ROIs used): finding = category (SNOMED CT), summary
+BMD, levels used, calibration kind/slope/intercept, curve fit, with method text, threshold set and calibration
+scanner as algorithm parameters (TID 4019). All groups are TID 1411 because PixelMed's validator rejects a report
+that mixes TID 1411 and TID 1501 groups; TID 1501 is used only when the SEG has no segment to reference.
+
+Flags: Completion COMPLETE (all the algorithm's content is present; a re-run makes a new SR that names this one as
+predecessor), Preliminary PRELIMINARY and Verification UNVERIFIED (no person has reviewed it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from service.domain.results import ScreeningResult, VertebraMeasurement
+from service.results import codes
+from service.results.common import (
+    SR_SERIES_NUMBER,
+    AlgorithmInfo,
+    add_private_scheme,
+    contributing_equipment,
+    copy_patient_study,
+)
+from service.results.seg import SegmentNumbers
+
+logger = logging.getLogger(__name__)
+
+_MAX_TEXT_LENGTH = 1024  # TEXT content items are UT; keep parameters short enough for every viewer
+
+
+def _measurement(name: Code, value: float, unit: Code, derivation: Code | None = None,
+                 method: Code | None = None) -> hd.sr.Measurement:
+    # The ROI method goes on each measurement (TID 300 "Measurement Method", HAS CONCEPT MOD): at group level
+    # highdicom writes it with CONTAINS, which PixelMed's validator reports as an error against TID 1419.
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation, method=method)
+
+
+def _finite(value: float | None) -> float | None:
+    """None for a missing or non-finite value (DICOM decimal strings cannot carry NaN or infinity)."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        logger.warning("non-finite value %r left out of the SR", value)
+        return None
+    return float(value)
+
+
+def _qualitative(name: Code, value: Code) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(name=name, value=value)
+
+
+def _algorithm_id(algorithm: AlgorithmInfo, parameters: Sequence[str]) -> hd.sr.AlgorithmIdentification:
+    clipped = [p[:_MAX_TEXT_LENGTH] for p in parameters if p]
+    return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version,
+                                         parameters=clipped or None)
+
+
+_Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+
+
+def _group(common: dict, seg: Dataset, segment_number: int | None, source_series_instance_uid: str) -> _Group:
+    """TID 1411 referencing ``segment_number`` of the SEG, or TID 1501 when there is no segment to reference."""
+    if segment_number is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+    # Built directly: ReferencedSegment.from_segmentation fails on single-segment SEGs (highdicom 0.28).
+    referenced_segment = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=segment_number,
+        source_series=hd.sr.SourceSeriesForSegmentation(source_series_instance_uid),
+    )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=referenced_segment, **common)
+
+
+def _vertebra_group(
+    m: VertebraMeasurement,
+    algorithm: AlgorithmInfo,
+    seg: Dataset,
+    segment_number: int | None,
+    source_series_instance_uid: str,
+) -> _Group:
+    method = codes.ROI_METHOD_CODES[m.roi_method]
+    measurements: list[hd.sr.Measurement] = []
+    for name, value, unit, derivation in (
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_mean, codes.UNIT_HU, codes.MEAN),
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_median, codes.UNIT_HU, codes.MEDIAN),
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_sd, codes.UNIT_HU, codes.STANDARD_DEVIATION),
+        (codes.QCT_VOLUMETRIC_BMD, m.bmd_mg_cm3, codes.UNIT_MG_CM3, None),
+        (codes.VOLUME, m.roi_volume_mm3, codes.UNIT_MM3, None),
+        (codes.VOXEL_COUNT, float(m.voxel_count), codes.UNIT_VOXELS, None),
+    ):
+        finite = _finite(value)
+        if finite is not None:
+            measurements.append(_measurement(name, finite, unit, derivation, method))
+
+    evaluations = [_qualitative(codes.EVALUABLE_FOR_BMD, codes.YES if m.evaluable else codes.NO)]
+    if m.exclusion_reason is not None:
+        evaluations.append(_qualitative(codes.EXCLUSION_REASON, codes.EXCLUSION_REASON_CODES[m.exclusion_reason]))
+    evaluations.append(_qualitative(codes.LEVEL_UNCERTAIN, codes.YES if m.level_uncertain else codes.NO))
+
+    parameters = [f"exclusion detail: {m.exclusion_detail}"] if m.exclusion_detail else []
+    common = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                        identifier=f"{m.level.name} trabecular BMD"),
+        "finding_type": codes.VERTEBRA_FINDING,
+        "algorithm_id": _algorithm_id(algorithm, parameters),
+        "finding_sites": [hd.sr.FindingSite(anatomic_location=codes.vertebra_code(m.level))],
+        "measurements": measurements,
+        "qualitative_evaluations": evaluations,
+    }
+    return _group(common, seg, segment_number, source_series_instance_uid)
+
+
+def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Dataset, segment_number: int | None,
+                   source_series_instance_uid: str) -> _Group:
+    summary, calibration = result.summary, result.calibration
+    methods = {m.roi_method for m in result.vertebrae if m.level in summary.levels_used}
+    method = codes.ROI_METHOD_CODES[methods.pop()] if len(methods) == 1 else None
+    measurements: list[hd.sr.Measurement] = []
+    summary_bmd = _finite(summary.bmd_mg_cm3)
+    if summary_bmd is not None:
+        measurements.append(_measurement(codes.QCT_VOLUMETRIC_BMD, summary_bmd, codes.UNIT_MG_CM3, codes.MEAN,
+                                         method))
+    measurements.append(_measurement(codes.CALIBRATION_SLOPE, calibration.slope, codes.UNIT_MG_CM3_PER_HU))
+    measurements.append(_measurement(codes.CALIBRATION_INTERCEPT, calibration.intercept, codes.UNIT_MG_CM3))
+    if result.curve_fit is not None:
+        for name, value, unit in ((codes.CURVE_SLOPE, result.curve_fit.k, codes.UNIT_HU),
+                                  (codes.CURVE_INTERCEPT, result.curve_fit.intercept, codes.UNIT_HU),
+                                  (codes.CURVE_R2, result.curve_fit.r2, codes.UNIT_ONE)):
+            finite = _finite(value)
+            if finite is not None:
+                measurements.append(_measurement(name, finite, unit))
+
+    evaluations = [
+        _qualitative(codes.CALIBRATION_KIND, codes.CALIBRATION_KIND_CODES[calibration.kind]),
+        _qualitative(codes.LUMBAR_EQUIVALENT, codes.YES if summary.lumbar_equivalent else codes.NO),
+    ]
+    evaluations += [_qualitative(codes.LEVEL_USED, codes.vertebra_code(level)) for level in summary.levels_used]
+
+    parameters = [
+        f"summary method: {summary.method}",
+        f"threshold set: {summary.threshold_set}",
+        f"calibration: {calibration.kind.value}, slope {calibration.slope:g}, intercept {calibration.intercept:g}",
+        f"calibration scanner: {calibration.scanner}" if calibration.scanner else "",
+        f"calibration source: {calibration.source}" if calibration.source else "",
+        f"calibration valid until: {calibration.valid_until}" if calibration.valid_until else "",
+        f"calibration flags: {', '.join(calibration.flags)}" if calibration.flags else "",
+        f"segmentation model: {algorithm.model_name} {algorithm.model_version}",
+    ]
+    if result.curve_fit is not None:
+        parameters.append(
+            f"thoracolumbar curve ({result.curve_fit.source}): levels "
+            + ", ".join(level.name for level in result.curve_fit.levels_used)
+        )
+    parameters += [f"note: {note}" for note in summary.notes]
+
+    common = dict(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Patient BMD summary"),
+        # TID 1501 "Finding" row carries the category (a second (121071, DCM) item would break the template).
+        finding_type=codes.CATEGORY_CODES[summary.category],
+        algorithm_id=_algorithm_id(algorithm, parameters),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SPINE)],
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+    return _group(common, seg, segment_number, source_series_instance_uid)
+
+
+def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=algorithm.device_uid,
+        name=algorithm.name,
+        manufacturer_name=algorithm.manufacturer,
+        model_name=f"{algorithm.name} {algorithm.version}",
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=pydicom_codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def build_sr(
+    source_headers: Sequence[Dataset],
+    seg: Dataset,
+    segment_numbers: SegmentNumbers,
+    result: ScreeningResult,
+    algorithm: AlgorithmInfo,
+    when: dt.datetime,
+    predecessor: Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report; ``predecessor`` is a Predecessor Documents Sequence item (built by results.py)."""
+    first = source_headers[0]
+    source_series_uid = str(first.SeriesInstanceUID)
+    # Each level references its trabecular-ROI segment, or its body segment when the ROI is empty (too small).
+    groups: list[_Group] = [
+        _vertebra_group(m, algorithm, seg,
+                        segment_numbers.trabecular_roi.get(m.level, segment_numbers.body.get(m.level)),
+                        source_series_uid)
+        for m in result.vertebrae
+    ]
+    groups.append(_patient_group(result, algorithm, seg, segment_numbers.summary, source_series_uid))
+    procedure = codes.procedure_code(str(first.get("BodyPartExamined", "")))
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm),
+        procedure_reported=procedure,
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*source_headers, seg],
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        performed_procedure_codes=[procedure],
+        contributing_equipment=[contributing_equipment(algorithm, when)],
+        series_description="AI bone mineral density report (to be reviewed)",
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.software_versions,
+        device_serial_number=algorithm.device_serial_number,
+        content_date=when.date(),
+        content_time=when.time().replace(microsecond=0),
+    )
+    copy_patient_study(sr, first)
+    add_private_scheme(sr)
+    if predecessor is not None:
+        sr.PredecessorDocumentsSequence = [predecessor]
+    logger.info("SR built: %d vertebra groups, category %s", len(result.vertebrae), result.summary.category.value)
+    return sr

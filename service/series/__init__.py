@@ -1,0 +1,1 @@
+"""Series: completeness, checks, selection and the volume loader (headers read once per series)."""

@@ -1,0 +1,1 @@
+"""Web: health and metrics over HTTP."""
