@@ -10,7 +10,7 @@ sex                yes       F / M (also female / male, f / m)
 age                yes       years (18..110)
 qct_bmd_mg_cm3     yes       QCT trabecular BMD of L1-L2 (or the QCT report's levels), mg/cm3
 qct_category       no        normal / osteopenia / osteoporosis; default: from ``qct_bmd_mg_cm3`` and the
-                             ACR 2018 / Chinese 2018 QCT thresholds (service.calibration.diagnosis)
+                             ACR 2018 / Chinese 2018 QCT thresholds (service.domain.guidelines)
 split              no        train / validation / test; all empty -> assigned (Xiong 2025 proportions)
 hu_T5 ... hu_L2    no        mean trabecular HU per level extracted earlier (empty = level not evaluable)
 result_json        no        the node's stored result.json for the series
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.calibration.diagnosis import categorize
+from service.domain.guidelines import categorize
 from service.domain.levels import VertebraLevel
 from service.domain.results import Category
 

@@ -21,7 +21,7 @@ from service.results import codes
 from service.results.build import AlgorithmInfo, PredecessorRef, ResultObjects, build_result_objects
 from service.results.validators import dcentvfy, dciodvfy, pixelmed_sr
 from tests.shared_data import shared_case
-from tests.unit.dicom_results.synthetic import (
+from tests.unit.results.synthetic import (
     FEET_FIRST_SUPINE,
     HEAD_FIRST_PRONE,
     HEAD_FIRST_SUPINE,

@@ -1,4 +1,8 @@
-"""Category from a volumetric trabecular BMD (mg/cm3, QCT scale), with versioned, cited thresholds."""
+"""Diagnostic categories of volumetric trabecular BMD (mg/cm3, QCT scale): the guideline thresholds, one copy.
+
+Guideline thresholds are a clinical definition, not physics. The key image legend, the configuration defaults,
+the reports and the phantom's truth categories all read them from here; a site may configure other cut-offs
+(the `[bmd]` section), which then travel with each result."""
 
 from __future__ import annotations
 
