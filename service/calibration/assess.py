@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.calibration import diagnosis, summary
+from service.calibration import summary
 from service.calibration.contrast import CONTRAST_AORTA_HU, ContrastFinding, detect_contrast
 from service.calibration.internal import internal_calibration
 from service.calibration.level_curve import fit_level_curve, lumbar_equivalent_hu
 from service.calibration.linear import default_calibration, with_contrast_correction, with_flags
 from service.calibration.store import CalibrationStore, ScannerKey
 from service.calibration.tissues import TissueSurvey, survey_tissues
+from service.domain import guidelines as diagnosis
 from service.domain.levels import VertebraLevel
 from service.domain.results import (
     CalibrationKind,

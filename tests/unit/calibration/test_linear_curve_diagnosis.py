@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.calibration import diagnosis, linear
+from service.calibration import linear
 from service.calibration.internal import (
     equivalent_density_mg_cm3,
     fit_hu_normalisation,
@@ -15,6 +15,7 @@ from service.calibration.internal import (
 from service.calibration.level_curve import fit_level_curve, lumbar_equivalent_hu
 from service.calibration.summary import summary_levels
 from service.calibration.tissues import TissueSurvey
+from service.domain import guidelines as diagnosis
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import CalibrationKind, Category
 from service.offline.phantom import density
