@@ -36,10 +36,12 @@ run: install
 
 test: install
 	$(VENV)/bin/ruff check service tests alembic bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check service tests alembic bench
+	$(VENV)/bin/lint-imports
 
 demo: install
 	$(PY) -m service.offline.demo.node_demo

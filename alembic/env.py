@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from service.config import load_config
 from service.db.engine import make_engine
 from service.db.tables import Base
 
@@ -14,8 +15,6 @@ def _database_url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from service.config import load_config
-
     return load_config().node.database_url
 
 

@@ -3,3 +3,7 @@
 Everything generated goes under bench/work/ (gitignored); the figures go to bench/results.json and the table in
 docs/PERFORMANCE.md.
 """
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]

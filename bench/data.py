@@ -1,6 +1,6 @@
 """Benchmark inputs, generated once into bench/work/data and reused (a ``ready.json`` marks a finished set).
 
-* ingest studies: bench.ingest.write_ct_series (300 x 512 x 512, ~0.5 MB per file), one folder per study;
+* ingest studies: ``write_ingest_series`` (300 x 512 x 512, ~0.5 MB per file), one folder per study;
 * phantoms: service.offline.phantom (chest 300 x 1 mm, abdomen 5 mm, chest-abdomen 600 x 1 mm), rendered in a child
   process (``python -m bench.data``) so that the benchmark process itself stays small; next to the DICOM files the
   phantom's true vertebral-body labels (``body_labels.npy`` + ``affine_lps.npy``, on the CT grid) are kept for the
@@ -17,12 +17,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.machine import REPO_ROOT
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from bench import REPO_ROOT
+from tests.support.ct_series import CTSeriesHeader, write_ct_series
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,6 @@ def _read_ready(folder: Path) -> SeriesSet | None:
 
 
 def _write_ready(folder: Path, files: Sequence[Path], extra: dict[str, Any] | None = None) -> SeriesSet:
-    from pydicom import dcmread
-
     first = dcmread(files[0], stop_before_pixels=True)
     meta = {"files": [str(p.relative_to(folder)) for p in files],
             "study_instance_uid": str(first.StudyInstanceUID), "series_instance_uid": str(first.SeriesInstanceUID),
@@ -98,10 +102,31 @@ def _write_ready(folder: Path, files: Sequence[Path], extra: dict[str, Any] | No
     return ready
 
 
+def ingest_frames(slices: int, size: int) -> Iterator[npt.NDArray[np.uint16]]:
+    """Stored pixels (HU + 1024, 12 bits) of a synthetic axial CT: body ellipse with a 'spine' disc, noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre = size / 2.0
+    body = ((xx - centre) / (0.42 * size)) ** 2 + ((yy - centre) / (0.32 * size)) ** 2 <= 1.0
+    spine = (xx - centre) ** 2 + (yy - 0.68 * size) ** 2 <= (0.05 * size) ** 2
+    rng = np.random.default_rng(0)
+    for _ in range(slices):
+        hu = np.full((size, size), -1000.0, dtype=np.float32)
+        hu[body] = 40.0
+        hu[spine] = 250.0
+        hu += rng.normal(0.0, 15.0, size=hu.shape).astype(np.float32)
+        yield np.clip(hu + 1024.0, 0, 4095).astype(np.uint16)
+
+
+def write_ingest_series(directory: Path, slices: int, size: int = 512) -> list[Path]:
+    """The receive benchmarks' CT series (``ingest_frames``), one file per slice, 1 mm apart going down."""
+    header = CTSeriesHeader(pixel_spacing_mm=(0.68, 0.68), slice_thickness_mm=1.0, bits_stored=12,
+                            extra={"PatientName": "Bench^Ingest", "PatientID": "BENCH-0001"})
+    return write_ct_series(directory, ingest_frames(slices, size), header, origin_lps_mm=(-175.0, -175.0, 0.0),
+                           slice_step_mm=-1.0)
+
+
 def ingest_studies(data_dir: Path, n_studies: int, slices: int, size: int) -> list[SeriesSet]:
     """``n_studies`` distinct synthetic CT studies for the receive benchmarks (cached)."""
-    from bench.ingest import write_ct_series
-
     out = []
     for index in range(n_studies):
         folder = data_dir / f"ingest_{slices}x{size}" / f"study{index}"
@@ -109,7 +134,7 @@ def ingest_studies(data_dir: Path, n_studies: int, slices: int, size: int) -> li
         if ready is None:
             shutil.rmtree(folder, ignore_errors=True)
             started = time.monotonic()
-            files = write_ct_series(folder, slices, size)
+            files = write_ingest_series(folder, slices, size)
             ready = _write_ready(folder, files)
             log.info("ingest study %d: %d files written in %.1f s", index, len(files), time.monotonic() - started)
         out.append(ready)
@@ -137,9 +162,6 @@ def phantom_series(data_dir: Path, recipe: PhantomRecipe, timeout_s: float = 180
 
 def clone_series(source: SeriesSet, folder: Path, tag: str) -> SeriesSet:
     """The same images as a new study/series (deterministic new UIDs from ``tag``; cached)."""
-    from pydicom import dcmread
-    from pydicom.uid import generate_uid
-
     ready = _read_ready(folder)
     if ready is not None:
         return ready
@@ -179,10 +201,10 @@ def write_truth_map(path: Path, sets: Sequence[SeriesSet]) -> Path:
 
 
 def _render(folder: Path, recipe: PhantomRecipe) -> None:
-    import numpy as np
-
-    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
-    from service.offline.phantom.labels import body_labels_of
+    # the phantom generator (scipy, ~20 MiB) loads only in this child: bench.run and the stage child (a worker's
+    # peak RSS) never import it
+    from service.offline.phantom.api import PhantomSpec, generate, write_phantom  # noqa: PLC0415
+    from service.offline.phantom.labels import body_labels_of  # noqa: PLC0415
 
     spec = PhantomSpec(**recipe.spec)
     kwargs: dict[str, Any] = {}

@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from bench import procs
 from bench.data import SeriesSet
 from bench.pipeline import STAGES
+from service.db.engine import make_engine, read_session
+from service.db.tables import Export, Job, ResultObject, Series
+from tests.support.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +94,6 @@ class _JobState:
 
 
 def job_state(engine: Any, series_instance_uid: str) -> _JobState | None:
-    from sqlalchemy import select
-
-    from service.db.engine import read_session
-    from service.db.tables import Export, Job, ResultObject, Series
-
     with read_session(engine) as session:
         job = session.scalars(select(Job).where(Job.series_instance_uid == series_instance_uid)
                               .order_by(Job.id.desc())).first()
@@ -128,11 +128,10 @@ def _wait_done(engine: Any, series: SeriesSet, proc: Any, timeout_s: float) -> _
 def run_e2e(studies: Sequence[SeriesSet], folder: Path, *, bundle_dir: Path, truth_map: Path,
             threads: int | None = None, stable_s: float = STABLE_SECONDS, timeout_s: float = 900) -> list[E2ERun]:
     """Each study once through a running node (one serve process for all of them)."""
-    from service.db.engine import make_engine
 
     shutil.rmtree(folder, ignore_errors=True)  # no stale ready/timing files of an earlier run
     folder.mkdir(parents=True)
-    node_port, pacs_port = procs.free_port(), procs.free_port()
+    node_port, pacs_port = free_port(), free_port()
     config = e2e_config(folder, node_port=node_port, pacs_port=pacs_port, bundle_dir=bundle_dir, stable_s=stable_s)
     timings_dir = folder / "timings"
     env = procs.node_env(threads, {"BMD_BENCH_TRUTH_MAP": str(truth_map), "BMD_BENCH_TIMINGS_DIR": str(timings_dir)})

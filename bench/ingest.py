@@ -27,9 +27,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import func, select
+
+from bench.data import write_ingest_series
+from bench.procs import require_tool
+from service.config import build_config
+from service.db.engine import make_engine, read_session
+from service.db.migrate import upgrade
+from service.db.tables import Instance
+from service.receive.scp import start_scp
+from tests.support.net import free_port
 
 logger = logging.getLogger("bench.ingest")
 
@@ -46,74 +53,12 @@ class IngestRun:
     stored: int
 
 
-def write_ct_series(directory: Path, slices: int, size: int = 512) -> list[Path]:
-    """A synthetic axial CT series (body ellipse with a 'spine' disc), one file per slice."""
-    directory.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    centre = size / 2.0
-    body = ((xx - centre) / (0.42 * size)) ** 2 + ((yy - centre) / (0.32 * size)) ** 2 <= 1.0
-    spine = (xx - centre) ** 2 + (yy - 0.68 * size) ** 2 <= (0.05 * size) ** 2
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(slices):
-        hu = np.full((size, size), -1000.0, dtype=np.float32)
-        hu[body] = 40.0
-        hu[spine] = 250.0
-        hu += rng.normal(0.0, 15.0, size=hu.shape).astype(np.float32)
-        stored = np.clip(hu + 1024.0, 0, 4095).astype(np.uint16)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality = "CT"
-        ds.PatientName, ds.PatientID = "Bench^Ingest", "BENCH-0001"
-        ds.StudyDate, ds.StudyTime = "20260101", "120000"
-        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [-175.0, -175.0, -float(k)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [0.68, 0.68]
-        ds.SliceThickness = 1.0
-        ds.KVP = 120
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = stored.tobytes()
-        path = directory / f"{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_once(files: list[Path], work_dir: Path) -> IngestRun:
-    from sqlalchemy import func, select
-
-    from bench.procs import require_tool
-    from service.config import build_config
-    from service.db.engine import make_engine, read_session
-    from service.db.migrate import upgrade
-    from service.db.tables import Instance
-    from service.receive.scp import start_scp
-
     storescu = require_tool("storescu")
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     config = build_config(
         {
             "node": {
@@ -160,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bmd-ingest-")) if args.work_dir is None else args.work_dir
     try:
-        files = write_ct_series(tmp / "series", args.slices, args.size)
+        files = write_ingest_series(tmp / "series", args.slices, args.size)
         runs = [run_once(files, tmp / f"node{i}") for i in range(args.runs)]
     finally:
         if args.work_dir is None:

@@ -14,7 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import service
+from bench import REPO_ROOT
+from bench.procs import find_pg_bin, orthanc_binary_or_none
+
 PYTHON_PACKAGES = ("torch", "numpy", "pydicom", "pynetdicom", "highdicom", "monai", "SQLAlchemy", "psycopg2-binary",
                    "psycopg2", "scipy", "scikit-image")
 
@@ -69,8 +72,6 @@ def _dcmtk_version() -> str | None:
 
 
 def _orthanc_version() -> str | None:
-    from bench.procs import orthanc_binary_or_none
-
     binary = orthanc_binary_or_none()
     if binary is None:
         return None
@@ -80,8 +81,6 @@ def _orthanc_version() -> str | None:
 
 
 def _postgres_version() -> str | None:
-    from bench.procs import find_pg_bin
-
     pg_bin = find_pg_bin()
     if pg_bin is None:
         return None
@@ -101,7 +100,7 @@ def _git_commit() -> str | None:
 
 def gpu() -> dict[str, Any]:
     try:
-        import torch
+        import torch  # noqa: PLC0415 (optional and heavy: only to name the GPU, in this function)
     except ImportError:
         return {"available": False, "name": None}
     if not torch.cuda.is_available():
@@ -121,8 +120,6 @@ def describe_machine() -> dict[str, Any]:
 
 
 def describe_versions() -> dict[str, Any]:
-    import service
-
     packages = {name: _package_version(name) for name in PYTHON_PACKAGES}
     return {
         "bmd_node": service.__version__,

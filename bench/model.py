@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import REPO_ROOT
+from bench import REPO_ROOT
 
 TRAINED_BUNDLE = REPO_ROOT / "models" / "vertebra_seg"
 
@@ -30,10 +30,11 @@ def choose_model(work_dir: Path) -> ModelChoice:
         return ModelChoice(TRAINED_BUNDLE, True)
     bundle = work_dir / "untrained_bundle"
     if not (bundle / "models" / "model.pt").is_file():
-        import torch
+        # torch and the training code load only when there is no trained bundle (bench.run imports this module)
+        import torch  # noqa: PLC0415
 
-        from service.offline.training.segmentation import write_bundle
-        from service.segmentation.model import build_network
+        from service.offline.training.segmentation import write_bundle  # noqa: PLC0415
+        from service.segmentation.model import build_network  # noqa: PLC0415
 
         torch.manual_seed(0)
         write_bundle(bundle, build_network().state_dict(), {"note": "untrained, benchmark timing only"})

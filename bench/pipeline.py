@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from service import __version__
 from service.config import Config
+from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.pipeline import steps
 from service.pipeline.types import JobInput, PipelineOutput, PipelineRejectedError
+from service.results import build as results_build
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +79,18 @@ class PartClock:
         return out
 
 
-def instrument_result_writers(clock: PartClock) -> bool:
-    """Time SEG / SR / key image / header reading / encoding separately; False when the writers are missing."""
-    try:
-        from service.results import build as results
-    except ModuleNotFoundError:
-        return False
+def instrument_result_writers(clock: PartClock) -> None:
+    """Time SEG / SR / key image / header reading / encoding separately."""
     for name in OBJECT_PARTS:
-        if hasattr(results, name):
-            clock.wrap(results, name, f"objects.{name.removeprefix('build_')}_s")
+        if hasattr(results_build, name):
+            clock.wrap(results_build, name, f"objects.{name.removeprefix('build_')}_s")
     clock.wrap(steps, "encode_dataset", "objects.encode_s")
-    return True
 
 
 def timed_segmentation(segmenter: Any, volume: CTVolume) -> tuple[SpineSegmentation, dict[str, float]]:
     """segmenter.segment(volume), split into resample / network / labelling when it is the bmd-node U-Net."""
-    from service.segmentation import inference
+    # torch loads with the segmenter, in the worker; bench.run and bench.e2e import this module without it
+    from service.segmentation import inference  # noqa: PLC0415
 
     if not isinstance(segmenter, inference.BmdNodeSegmenter):
         t = time.perf_counter()
@@ -135,8 +132,6 @@ def truth_segmentation(volume: CTVolume, labels_path: Path, affine_path: Path) -
             raise ValueError("truth labels are on another grid than the loaded CT")
         labels = labels[:, :, ::-1]
     labels = np.ascontiguousarray(labels, dtype=np.int16)
-    from service.domain.levels import VertebraLevel
-
     vertebrae = []
     last_k = volume.shape[2] - 1
     for value in sorted(int(v) for v in np.unique(labels) if v != 0):
@@ -155,7 +150,7 @@ class TimedScreening:
     def __init__(self, config: Config, *, preload: bool = True) -> None:
         self.config = config
         self.segment = steps.SegmentStep(config.segmentation)
-        self.bmd_settings = steps.calibration_settings(config.bmd, __version__)
+        self.bmd_settings = config.bmd
         self.site_model = steps.load_site_model(config.site_models)
         self.model_load_s = 0.0
         self.parts = PartClock()

@@ -1,5 +1,11 @@
 """Processes the benchmarks start and watch: the node (CLI subprocesses), DCMTK storescp, Orthanc, PostgreSQL,
-storescu senders, and a peak-RSS sampler. Reuses the integration tests' helpers (Orthanc, PostgreSQL, ports)."""
+storescu senders, and a peak-RSS sampler. Reuses the tests' helpers (ports: tests.support.net; Orthanc, PostgreSQL,
+DCMTK lookup: tests.integration).
+
+The integration helpers are imported where a benchmark starts those programs, not at the top: the stage child
+(``bench.stages``, which imports this module) stands for a worker, and its peak RSS must not include pytest,
+pynetdicom or the test fixtures.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.machine import REPO_ROOT
+from bench import REPO_ROOT
+from tests.support.net import free_port, wait_for_port
 
 # DCMTK and Orthanc stall ~40 ms per PDU without TCP_NODELAY (see ARCHITECTURE.md).
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -26,21 +34,9 @@ NODE_AE = "BMDNODE"
 PACS_AE = "BENCHPACS"
 
 
-def free_port() -> int:
-    from tests.integration.dicom_net_support import free_port as _free_port
-
-    return _free_port()
-
-
-def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
-    from tests.integration.dicom_net_support import wait_for_port as _wait
-
-    _wait(port, timeout_s=timeout_s)
-
-
 def require_tool(name: str) -> str:
     """Path of a system tool; DCMTK's, not the same-named pynetdicom apps in the virtual environment's bin."""
-    from tests.integration.dicom_net_support import require_tool as system_tool
+    from tests.integration.dicom_net_support import require_tool as system_tool  # noqa: PLC0415 (module doc)
 
     try:
         return system_tool(name)
@@ -49,7 +45,7 @@ def require_tool(name: str) -> str:
 
 
 def orthanc_binary_or_none() -> str | None:
-    from tests.integration.orthanc import orthanc_binary
+    from tests.integration.orthanc import orthanc_binary  # noqa: PLC0415 (module doc)
 
     try:
         return orthanc_binary()
@@ -58,7 +54,7 @@ def orthanc_binary_or_none() -> str | None:
 
 
 def find_pg_bin() -> Path | None:
-    from tests.integration.conftest import _find_pg_bin
+    from tests.integration.conftest import _find_pg_bin  # noqa: PLC0415 (module doc)
 
     return _find_pg_bin()
 
@@ -225,8 +221,6 @@ def node_process(config: Path, args: Sequence[str], log_path: Path, *, env: Mapp
 
 
 def _wait_port_or_exit(proc: subprocess.Popen[Any], port: int, log_path: Path, timeout_s: float = 120.0) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -251,7 +245,7 @@ def storescp(out_dir: Path, port: int, *, ae_title: str = PACS_AE, fork: bool = 
     cmd = [require_tool("storescp"), "-aet", ae_title, "-od", str(out_dir), *(["--fork"] if fork else []), str(port)]
     proc = subprocess.Popen(cmd, env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout_s=60.0)
         yield proc
     finally:
         for pid in reversed(tree_pids(proc.pid)[1:]):  # forked children first
@@ -263,7 +257,7 @@ def storescp(out_dir: Path, port: int, *, ae_title: str = PACS_AE, fork: bool = 
 @contextlib.contextmanager
 def orthanc(work_dir: Path) -> Iterator[Any]:
     """Orthanc (Debian package) with its default SQLite index, no Lua, loopback ports (tests' OrthancServer)."""
-    from tests.integration.orthanc import OrthancServer
+    from tests.integration.orthanc import OrthancServer  # noqa: PLC0415 (module doc)
 
     server = OrthancServer(work_dir, node_ae_title=NODE_AE, node_port=free_port(), lua_script=None)
     with server:
@@ -324,7 +318,7 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        import psycopg2
+        import psycopg2  # noqa: PLC0415 (module doc: only where a benchmark runs PostgreSQL)
 
         conn = psycopg2.connect(self.url())
         conn.autocommit = True
@@ -343,7 +337,7 @@ def postgres_server() -> Iterator[Postgres]:
 
     Unlike the tests' server it keeps fsync on (production-like durability), so commit costs are real.
     """
-    from tests.integration.conftest import _as_postgres
+    from tests.integration.conftest import _as_postgres  # noqa: PLC0415 (module doc)
 
     pg_bin = find_pg_bin()
     if pg_bin is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import procs
 from bench.data import SeriesSet
 from bench.scp_probe import NO_FSYNC_ENV, PROBE_ENV
+from tests.support.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def node_scp_config(folder: Path, port: int) -> Path:
 
 
 def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True) -> ReceiveRun:
-    port = procs.free_port()
+    port = free_port()
     config = node_scp_config(folder, port)
     shutil.copyfile(_template_database(folder.parent), folder / "node.db")
     probe_out = folder / "probe.json"
@@ -100,7 +101,7 @@ def run_node_no_fsync(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
 
 
 def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
-    port = procs.free_port()
+    port = free_port()
     out = folder / "received"
     with procs.storescp(out, port, ae_title="STORESCP", fork=len(studies) > 1) as proc, \
             procs.RssSampler(proc.pid) as sampler:

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import data, machine, report
-from bench.machine import REPO_ROOT
+from bench import REPO_ROOT, data, machine, procs, receive, report
+from bench.e2e import STABLE_SECONDS, run_e2e
 from bench.model import ModelChoice, choose_model
+from bench.stages import run_stages
 from bench.stats import Figure, ratio_values
+from bench.throughput import run_workers
 
 log = logging.getLogger("bench")
 
@@ -112,8 +114,6 @@ def _figure(key: str, label: str, unit: str, values: Sequence[float], note: str 
 
 
 def section_ingest(ctx: Context) -> dict[str, Any]:
-    from bench import receive
-
     plan = ctx.plan
     studies = data.ingest_studies(ctx.data_dir, plan.concurrent, plan.ingest_slices, plan.ingest_size)
     receive.warm_page_cache(studies)
@@ -172,8 +172,6 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
 
 
 def section_stages(ctx: Context) -> dict[str, Any]:
-    from bench.stages import run_stages
-
     figures: list[dict[str, Any]] = []
     notes: list[str] = []
     loads: list[float] = []
@@ -211,8 +209,6 @@ def section_stages(ctx: Context) -> dict[str, Any]:
 
 
 def section_e2e(ctx: Context) -> dict[str, Any]:
-    from bench.e2e import STABLE_SECONDS, run_e2e
-
     figures: list[dict[str, Any]] = []
     notes: list[str] = [f"stable-series wait {STABLE_SECONDS} s subtracted; scheduler/worker/exporter polls 0.2 s"]
     studies = []
@@ -239,9 +235,6 @@ def section_e2e(ctx: Context) -> dict[str, Any]:
 
 
 def section_throughput(ctx: Context) -> dict[str, Any]:
-    from bench import procs
-    from bench.throughput import run_workers
-
     plan = ctx.plan
     studies = ctx.clones(plan.throughput_recipe, plan.throughput_studies, "tp")
     figures: list[dict[str, Any]] = []
@@ -270,8 +263,6 @@ def section_throughput(ctx: Context) -> dict[str, Any]:
 
 
 def section_memory(ctx: Context) -> dict[str, Any]:
-    from bench.stages import run_stages
-
     recipe = ctx.plan.big_study
     series = ctx.phantom(recipe)
     log.info("memory: worker on %s (%d slices)", recipe.name, series.slices)

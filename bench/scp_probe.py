@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.db import queries
+from service.receive import handlers, spool
+
 PROBE_ENV = "BMD_BENCH_SCP_PROBE"
 NO_FSYNC_ENV = "BMD_BENCH_NO_FSYNC"
 
@@ -47,9 +50,6 @@ def _wrap(owner: Any, name: str, key: str, totals: _Totals) -> None:
 
 
 def install(out: Path) -> None:
-    from service.db import queries
-    from service.receive import handlers, spool
-
     totals = _Totals()
     _wrap(handlers.StoreHandler, "__call__", "handler", totals)
     _wrap(spool.Spool, "write", "spool_write", totals)
@@ -67,7 +67,8 @@ def main() -> int:
         os.fsync = lambda fd: None
     if os.environ.get(PROBE_ENV):
         install(Path(os.environ[PROBE_ENV]))
-    from service.cli.main import main as node_main
+    # after install(): service.receive.scp binds record_instance when imported, it must bind the wrapped one
+    from service.cli.main import main as node_main  # noqa: PLC0415
 
     return node_main(sys.argv[1:])
 

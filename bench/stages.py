@@ -12,14 +12,20 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import procs
-from bench.data import SeriesSet
-from bench.machine import REPO_ROOT
+from bench import REPO_ROOT, procs
+from bench.data import SeriesSet, _read_ready
+from bench.pipeline import TimedScreening, max_rss_mib
+from service.config import load_config
+from service.export.cstore_scu import send_files
+from service.pipeline import storage
+from service.pipeline.types import JobInput
+from tests.support.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +44,6 @@ def stage_config(folder: Path, bundle_dir: Path, pacs_port: int | None) -> Path:
 def run_stages(series: SeriesSet, folder: Path, *, bundle_dir: Path, repeats: int, truth_map: Path,
                threads: int | None, pacs: bool, timeout_s: float = 1800) -> dict[str, Any]:
     """Run the child for one study; returns its JSON (records per repeat, model load, peak RSS)."""
-    import subprocess
-
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     out = folder / "stages.json"
@@ -57,18 +61,12 @@ def run_stages(series: SeriesSet, folder: Path, *, bundle_dir: Path, repeats: in
 
     if not pacs:
         return child(None)
-    port = procs.free_port()
+    port = free_port()
     with procs.storescp(folder / "pacs", port, ae_title=procs.PACS_AE):
         return child(port)
 
 
 def _child(args: argparse.Namespace) -> int:
-    from bench.data import _read_ready
-    from bench.pipeline import TimedScreening, max_rss_mib
-    from service.config import load_config
-    from service.pipeline import storage
-    from service.pipeline.types import JobInput
-
     config = load_config(args.config)
     series = _read_ready(args.series_dir)
     if series is None:
@@ -90,8 +88,6 @@ def _child(args: argparse.Namespace) -> int:
         storage.write_result_json(folder, output.result.to_json_dict())
         record["timings"]["write_s"] = time.perf_counter() - t
         if config.result_destinations and paths:
-            from service.export.cstore_scu import send_files
-
             t = time.perf_counter()
             statuses = send_files(paths, config.result_destinations[0], config)
             record["timings"]["export_s"] = time.perf_counter() - t

@@ -8,6 +8,7 @@ workers' start-up is kept too. On a machine with C cores each worker gets max(1,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,8 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+from sqlalchemy import select
+
 from bench import procs
 from bench.data import SeriesSet
+from service.db.engine import make_engine, read_session
+from service.db.queries import InstanceRecord, record_instance
+from service.db.tables import Job
+from service.queue import jobs
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +55,6 @@ class ThroughputRun:
 
 def populate(database_url: str, studies: Sequence[SeriesSet]) -> None:
     """Record every file as a stored instance and queue one job per series (what SCP + scheduler do)."""
-    from pydicom import dcmread
-
-    from service.db.engine import make_engine
-    from service.db.queries import InstanceRecord, record_instance
-    from service.queue import jobs
-
     engine = make_engine(database_url)
     try:
         for s in studies:
@@ -71,11 +73,6 @@ def populate(database_url: str, studies: Sequence[SeriesSet]) -> None:
 
 
 def _job_rows(database_url: str) -> list[tuple[str, Any, Any, str | None]]:
-    from sqlalchemy import select
-
-    from service.db.engine import make_engine, read_session
-    from service.db.tables import Job
-
     engine = make_engine(database_url)
     try:
         with read_session(engine) as session:
@@ -136,8 +133,6 @@ class _Workers:
         self.stack: Any = None
 
     def __enter__(self) -> _Workers:
-        import contextlib
-
         self.stack = contextlib.ExitStack()
         for i in range(self.n):
             self.stack.enter_context(procs.node_process(

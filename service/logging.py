@@ -15,11 +15,24 @@ import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from service.config import LoggingSettings
-
 REDACTED = "<redacted>"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """The [logging] section."""
+
+    level: str = "INFO"
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.level.upper() not in LOG_LEVELS:
+            raise ValueError(f"logging.level: must be one of {LOG_LEVELS}, got {self.level!r}")
 
 # DICOM attribute keywords (and common spellings) whose values identify a patient.
 PATIENT_KEYWORDS = (

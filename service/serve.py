@@ -16,7 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from service import __version__
 from service.config import Config
+from service.db.engine import make_engine
+from service.db.migrate import ensure_schema
+from service.export.exporter import run_exporter
+from service.queue.scheduler import run_scheduler
+from service.queue.worker import run_worker_process
+from service.receive.scp import run_scp
+from service.web.health import run_http
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +49,6 @@ def install_stop_signals(*events: Any) -> None:
 def _worker_child(config: Config, stop_event: Any, pipeline_spec: str | None) -> None:
     """A worker process of ``serve``: Ctrl-C reaches the whole process group, but only the parent decides when
     workers stop (through ``stop_event``), so that a job in hand is finished rather than interrupted."""
-    from service.queue.worker import run_worker_process
-
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop_event.set, daemon=True).start())
     run_worker_process(config, stop_event, pipeline_spec)
@@ -69,14 +74,18 @@ def _thread(name: str, target: Callable[..., None], config: Config, engine: Any,
     return thread
 
 
+def prepare_schema(database_url: str) -> None:
+    """``serve``'s startup schema step: a new, empty SQLite database gets the schema; a database at another
+    revision is not upgraded silently (SchemaError says to run ``bmd-node db upgrade``)."""
+    if ensure_schema(database_url, create_empty_sqlite=True):
+        log.info("created the database schema in the new, empty SQLite database")
+
+
 def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | None = None,
           stop_event: threading.Event | None = None) -> int:
-    from service.db.engine import make_engine
-    from service.export.exporter import run_exporter
-    from service.queue.scheduler import run_scheduler
-    from service.receive.scp import run_scp
-    from service.web.health import run_http
-
+    """Run the node until SIGINT / SIGTERM or ``stop_event``; 1 when a part of it failed. Raises SchemaError
+    (before anything starts) when the database is not at the schema revision this code needs."""
+    prepare_schema(config.node.database_url)
     n_workers = config.worker.processes if workers is None else workers
     stop = stop_event or threading.Event()
     context = multiprocessing.get_context("spawn")
@@ -85,7 +94,7 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
         install_stop_signals(stop, worker_stop)
 
     log.info("bmd-node %s serving: AE %s on %s:%s, HTTP :%s, %d worker(s), %d result destination(s)",
-             __import__("service").__version__, config.node.ae_title, config.node.host, config.node.port,
+             __version__, config.node.ae_title, config.node.host, config.node.port,
              config.node.http_port, n_workers, len(config.result_destinations))
     engine = make_engine(config.node.database_url)
     failed: list[str] = []

@@ -8,6 +8,7 @@ queue, worker and crash tests run without the segmentation model.
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from service.config import Config
-from service.db.queries import InstanceRecord
+from service.db.engine import make_engine
+from service.db.queries import InstanceRecord, record_instance
 from service.domain.levels import VertebraLevel
 from service.domain.results import (
     CalibrationKind,
@@ -30,8 +32,14 @@ from service.domain.results import (
     ScreeningResult,
     VertebraMeasurement,
 )
+from service.domain.segmentation import LabelledVertebra, SpineSegmentation
+from service.export.outbox import claim_due_exports, mark_export_sent
+from service.offline.phantom import labels as phantom_labels
 from service.pipeline.encode import encode_dataset
 from service.pipeline.types import JobInput, PipelineOutput, PipelineRejectedError
+from service.queue import jobs
+from service.queue.job_results import JobSuccess, StoredObject
+from tests.support import ct_series
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -49,63 +57,15 @@ def record(series_uid: str, sop_uid: str, *, study_uid: str = "1.2.826.0.1.36800
 def write_ct_series(folder: Path, *, n_slices: int = 24, size: int = 32, thickness_mm: float = 2.0,
                     kernel: str = "B30f", study_uid: str | None = None, series_uid: str | None = None,
                     contrast: str = "") -> list[Path]:
-    """A small axial CT series (real, loadable) under ``folder``; returns the file paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid()
+    """A small axial CT series (real, loadable; ~40 HU of noise) under ``folder``; returns the file paths."""
     rng = np.random.default_rng(0)
-    paths = []
-    for k in range(n_slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        sop_uid = generate_uid()
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = "CT"
-        ds.PatientName = "TEST^PATIENT"
-        ds.PatientID = "TEST-ID-1"
-        ds.PatientSex = "F"
-        ds.PatientBirthDate = "19500101"
-        ds.StudyDate = "20260101"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = "ACC1"
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ConvolutionKernel = kernel
-        ds.SliceThickness = thickness_mm
-        ds.KVP = 120
-        if contrast:
-            ds.ContrastBolusAgent = contrast
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-16.0, -16.0, float(k * thickness_mm)]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.Rows = size
-        ds.Columns = size
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        pixels = (rng.normal(1064, 20, (size, size))).astype(np.int16)
-        ds.PixelData = pixels.tobytes()
-        path = folder / f"ct{k:04d}.dcm"
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    frames = (rng.normal(1064, 20, (size, size)).astype(np.int16) for _ in range(n_slices))
+    extra = {"ConvolutionKernel": kernel, **({"ContrastBolusAgent": contrast} if contrast else {})}
+    header = ct_series.CTSeriesHeader(study_instance_uid=study_uid or generate_uid(),
+                                      series_instance_uid=series_uid or generate_uid(),
+                                      slice_thickness_mm=thickness_mm, extra=extra)
+    return ct_series.write_ct_series(folder, frames, header, origin_lps_mm=(-16.0, -16.0, 0.0),
+                                     file_name=lambda k: f"ct{k:04d}.dcm")
 
 
 def _result_dataset(job: JobInput, source: pydicom.Dataset, sop_class: str, kind: str) -> Dataset:
@@ -169,8 +129,6 @@ def make_mean_hu_pipeline(config: Config) -> MeanHuPipeline:
 
 def claim_all_jobs(database_url: str, worker_id: str, barrier: Any) -> list[int]:
     """Claim jobs until none is left, finishing each at once (run in a separate process by the tests)."""
-    from service.db.engine import make_engine
-    from service.queue import jobs
 
     engine = make_engine(database_url)
     barrier.wait(timeout=60)  # start both processes together
@@ -189,8 +147,6 @@ def claim_all_jobs(database_url: str, worker_id: str, barrier: Any) -> list[int]
 
 def claim_all_exports(database_url: str, exporter_id: str, barrier: Any) -> list[int]:
     """Claim exports until none is due, marking each sent (run in a separate process by the tests)."""
-    from service.db.engine import make_engine
-    from service.export.outbox import claim_due_exports, mark_export_sent
 
     engine = make_engine(database_url)
     barrier.wait(timeout=60)
@@ -210,8 +166,6 @@ def claim_all_exports(database_url: str, exporter_id: str, barrier: Any) -> list
 
 def enqueue_many(engine: object, n_series: int) -> list[int]:
     """n series with one instance each, one queued job per series."""
-    from service.db.queries import record_instance
-    from service.queue import jobs
 
     ids = []
     for i in range(n_series):
@@ -230,7 +184,6 @@ def _collect(target: Any, database_url: str, name: str, barrier: Any, results: A
 
 def run_in_two_processes(target: Any, database_url: str) -> tuple[list[int], list[int]]:
     """Run ``target(database_url, name, barrier)`` in two spawned processes released at the same moment."""
-    import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
@@ -245,16 +198,14 @@ def run_in_two_processes(target: Any, database_url: str) -> tuple[list[int], lis
     return got["p1"], got["p2"]
 
 
-def _success_for_tests(job_id: int, n_objects: int = 2, tag: str = "t") -> object:
+def _success_for_tests(job_id: int, n_objects: int = 2, tag: str = "t") -> JobSuccess:
     """A JobSuccess with ``n_objects`` result-object rows (files not needed by the DB-level tests)."""
-    from service.pipeline.types import JobInput
-    from service.queue import jobs
 
     result = quick_result(JobInput(job_id, "1.2", "1.2.3", (Path("/x"),)))
-    objects = tuple(jobs.StoredObject("sr" if i == 0 else "key_image", BASIC_TEXT_SR, f"9.{tag}.{job_id}.{i}",
+    objects = tuple(StoredObject("sr" if i == 0 else "key_image", BASIC_TEXT_SR, f"9.{tag}.{job_id}.{i}",
                                       "1.2", f"9.{tag}.{job_id}", f"/r/{tag}{job_id}-{i}.dcm", 10, "0" * 64)
                     for i in range(n_objects))
-    return jobs.JobSuccess(result, objects, "/r", result.to_json_dict())
+    return JobSuccess(result, objects, "/r", result.to_json_dict())
 
 
 class TruthSegmenter:
@@ -268,8 +219,6 @@ class TruthSegmenter:
         self.labels = labels
 
     def segment(self, volume: Any) -> Any:
-        from service.domain.segmentation import LabelledVertebra, SpineSegmentation
-        from service.offline.phantom import labels as phantom_labels
 
         if self.labels.shape != volume.shape:
             raise ValueError(f"truth labels {self.labels.shape} do not match the volume {volume.shape}")

@@ -16,22 +16,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
 
 from service.calibration import summary
-from service.calibration.contrast import CONTRAST_AORTA_HU, ContrastFinding, detect_contrast
+from service.calibration.contrast import ContrastFinding, detect_contrast
 from service.calibration.internal import internal_calibration
 from service.calibration.level_curve import fit_level_curve, lumbar_equivalent_hu
 from service.calibration.linear import default_calibration, with_contrast_correction, with_flags
-from service.calibration.store import CalibrationStore, ScannerKey
+from service.calibration.settings import BmdSettings
+from service.calibration.store import CalibrationStore, ScannerKey, scanner_label
 from service.calibration.tissues import TissueSurvey, survey_tissues
 from service.domain import guidelines as diagnosis
 from service.domain.levels import VertebraLevel
 from service.domain.results import (
-    CalibrationKind,
     Category,
     CurveFit,
     ExclusionReason,
@@ -44,68 +44,13 @@ from service.domain.results import (
 from service.domain.segmentation import SpineSegmentation
 from service.domain.site_model import SiteModelPredictor
 from service.domain.volume import CTVolume
-from service.measurement.exclusions import (
-    DEFAULT_MIN_ROI_VOLUME_MM3,
-    METAL_HU,
-    SCLEROSIS_HU,
-    SCLEROSIS_MAX_FRACTION,
-    hu_exclusion,
-)
-from service.measurement.fracture import GENANT_HEIGHT_LOSS, VertebralHeights, assess_fractures, vertebral_heights
+from service.measurement.exclusions import hu_exclusion
+from service.measurement.fracture import VertebralHeights, assess_fractures, vertebral_heights
 from service.measurement.geometry import CroppedMask, crop_labels, vertebra_frame
 from service.measurement.hu_stats import hu_stats
 from service.measurement.roi import trabecular_roi
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BmdSettings:
-    """Everything the assessment can be told; node-core maps the TOML [bmd] section onto it."""
-
-    roi_method: RoiMethod = RoiMethod.EROSION_3MM
-    erosion_mm: float = 3.0
-    """Xiong 2025 / Peng 2023 / Wang 2024: 3 mm in x, y and z."""
-    summary_levels: tuple[VertebraLevel, ...] = (VertebraLevel.L1, VertebraLevel.L2)
-    """ISCD / ACR standard L1-L2 mean; L1-L3 or T12-L2 are accepted alternatives."""
-    threshold_set: str = diagnosis.DEFAULT_THRESHOLD_SET
-    threshold_version: str = diagnosis.DEFAULT_THRESHOLD_VERSION
-    osteoporosis_below_mg_cm3: float = diagnosis.OSTEOPOROSIS_BELOW_MG_CM3
-    normal_above_mg_cm3: float = diagnosis.NORMAL_ABOVE_MG_CM3
-    calibration_store_dir: Path | None = None
-    """Stored asynchronous phantom calibrations (one JSON file each); None: no store."""
-    synchronous_phantom_definition: Path | None = None
-    """Phantom definition to look for in patient scans; None: the default definition file."""
-    detect_synchronous_phantom: bool = True
-    use_internal_calibration: bool = True
-    correct_contrast: bool = True
-    """True: subtract the documented contrast rise of trabecular HU; False: only flag the result."""
-    contrast_aorta_hu: float = CONTRAST_AORTA_HU
-    fracture_height_loss: float = GENANT_HEIGHT_LOSS
-    min_roi_volume_mm3: float = DEFAULT_MIN_ROI_VOLUME_MM3
-    sclerosis_hu: float = SCLEROSIS_HU
-    sclerosis_max_fraction: float = SCLEROSIS_MAX_FRACTION
-    metal_hu: float = METAL_HU
-    curve_site_k: float | None = None
-    """Site-trained thoracolumbar slope k (HU per level); None: per-patient fit."""
-    algorithm_version: str = ""
-
-    def __post_init__(self) -> None:
-        if self.erosion_mm < 0:
-            raise ValueError(f"erosion_mm must be >= 0, got {self.erosion_mm}")
-        if not self.summary_levels:
-            raise ValueError("summary_levels must name at least one level")
-        if not 0 < self.fracture_height_loss < 1:
-            raise ValueError(f"fracture_height_loss must be in (0, 1), got {self.fracture_height_loss}")
-        if self.min_roi_volume_mm3 < 0:
-            raise ValueError(f"min_roi_volume_mm3 must be >= 0, got {self.min_roi_volume_mm3}")
-        diagnosis.Thresholds(self.threshold_set, self.threshold_version, self.osteoporosis_below_mg_cm3,
-                             self.normal_above_mg_cm3)  # validates
-
-    @property
-    def thresholds(self) -> diagnosis.Thresholds:
-        return diagnosis.Thresholds(self.threshold_set, self.threshold_version, self.osteoporosis_below_mg_cm3,
-                                    self.normal_above_mg_cm3)
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,8 +80,6 @@ def _scan_date(volume: CTVolume) -> date:
             return date(int(value[:4]), int(value[4:6]), int(value[6:]))
     if volume.source_paths:
         try:
-            import pydicom
-
             ds = pydicom.dcmread(volume.source_paths[0], stop_before_pixels=True,
                                  specific_tags=["AcquisitionDate", "StudyDate"])
             value = str(getattr(ds, "AcquisitionDate", "") or getattr(ds, "StudyDate", ""))
@@ -147,18 +90,15 @@ def _scan_date(volume: CTVolume) -> date:
     return date.today()
 
 
-def scanner_label(volume: CTVolume) -> str:
-    kvp = f"{volume.kvp:g} kVp" if volume.kvp else "kVp unknown"
-    parts = (volume.manufacturer, volume.manufacturer_model_name, volume.station_name)
-    return " / ".join([*(p or "-" for p in parts), kvp])
-
-
 def choose_calibration(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings,
                        survey: TissueSurvey | None) -> LinearCalibration:
     """Synchronous phantom > stored phantom > internal > default (before the contrast correction)."""
     scanner = scanner_label(volume)
     if settings.detect_synchronous_phantom:
-        from service.calibration.phantom import synchronous_calibration
+        # Deferred on purpose: scipy.signal and scipy.stats (about a second) load with the first phantom search,
+        # not with every import of the assessment (CLI, serve parent).
+        from service.calibration.phantom import synchronous_calibration  # noqa: PLC0415
+
 
         try:
             sync = synchronous_calibration(volume, segmentation, settings.synchronous_phantom_definition)
@@ -224,8 +164,9 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
 
 
 def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings,
-               site_model: SiteModelPredictor | None = None) -> BmdAssessment:
-    """See the module doc."""
+               site_model: SiteModelPredictor | None = None, *, algorithm_version: str = "") -> BmdAssessment:
+    """See the module doc. ``settings`` is the node's ``Config.bmd`` (or any BmdSettings); ``algorithm_version``
+    is recorded in the result."""
     if segmentation.body_labels.shape != volume.shape:
         raise ValueError(f"segmentation shape {segmentation.body_labels.shape} differs from the CT {volume.shape}")
     works, heights = _measure_levels(volume, segmentation, settings)
@@ -285,7 +226,7 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
         summary=patient,
         calibration=calibration,
         curve_fit=curve,
-        algorithm_version=settings.algorithm_version,
+        algorithm_version=algorithm_version,
         extra={"tissue_hu": {k: (None if v is None else round(v, 1)) for k, v in survey.as_dict().items()}
                if survey is not None else {},
                "contrast": {"enhanced": contrast.enhanced, "evidence": contrast.evidence}},
@@ -321,7 +262,7 @@ def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[Verte
         return PatientSummary(
             bmd_mg_cm3=value, levels_used=levels, category=diagnosis.categorize(value, thresholds),
             method=f"{'+'.join(lv.name for lv in levels)} mean (standard {target_names}), {method}",
-            threshold_set=thresholds.identifier, notes=(*notes, *extra_notes),
+            threshold_set=thresholds.identifier, thresholds=thresholds, notes=(*notes, *extra_notes),
         )
     if curve is not None:
         hu_eq = lumbar_equivalent_hu(curve)
@@ -331,7 +272,7 @@ def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[Verte
             bmd_mg_cm3=value, levels_used=curve.levels_used, category=diagnosis.categorize(value, thresholds),
             method=(f"lumbar-equivalent L1-L2 via thoracolumbar curve (Xiong 2025) over {first}-{last} "
                     f"(k {curve.k:.2f} HU/level, R2 {curve.r2:.2f}, {curve.source}), {method}"),
-            threshold_set=thresholds.identifier, lumbar_equivalent=True,
+            threshold_set=thresholds.identifier, thresholds=thresholds, lumbar_equivalent=True,
             notes=(*notes, f"lumbar-equivalent HU {hu_eq:.1f}", *extra_notes),
         )
     if len(levels) == 1:
@@ -339,12 +280,13 @@ def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[Verte
         return PatientSummary(
             bmd_mg_cm3=value, levels_used=levels, category=diagnosis.categorize(value, thresholds),
             method=f"{levels[0].name} only (single evaluable level), {method}",
-            threshold_set=thresholds.identifier, notes=(*notes, "single level: less reliable", *extra_notes),
+            threshold_set=thresholds.identifier, thresholds=thresholds,
+            notes=(*notes, "single level: less reliable", *extra_notes),
         )
     return PatientSummary(
         bmd_mg_cm3=None, levels_used=(), category=Category.INDETERMINATE,
         method=f"no evaluable level for {target_names} and no thoracolumbar curve, {method}",
-        threshold_set=thresholds.identifier, notes=(*notes, *extra_notes),
+        threshold_set=thresholds.identifier, thresholds=thresholds, notes=(*notes, *extra_notes),
     )
 
 
@@ -365,6 +307,7 @@ def _apply_site_model(patient: PatientSummary, site_model: SiteModelPredictor,
         category=category,
         method=f"site model {prediction.model_name} (per-level trabecular HU, sex, age)",
         threshold_set=patient.threshold_set,
+        thresholds=patient.thresholds,
         lumbar_equivalent=patient.lumbar_equivalent,
         notes=(*patient.notes, f"calibrated value without the site model: "
                                f"{'n/a' if patient.bmd_mg_cm3 is None else f'{patient.bmd_mg_cm3:.1f}'} mg/cm3 "
@@ -372,4 +315,4 @@ def _apply_site_model(patient: PatientSummary, site_model: SiteModelPredictor,
     )
 
 
-__all__ = ["BmdAssessment", "BmdSettings", "CalibrationKind", "assess_bmd", "choose_calibration"]
+__all__ = ["BmdAssessment", "assess_bmd", "choose_calibration"]

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from scipy import ndimage, signal
 
 from service.calibration.linear import LineFit, fit_line
+from service.calibration.store import scanner_label
 from service.domain.results import CalibrationKind, LinearCalibration
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
@@ -333,7 +334,5 @@ def synchronous_calibration(volume: CTVolume, segmentation: SpineSegmentation, d
     cal = calibrate_from_volume(volume, definition, min_posterior_of_lps_y=posterior, require_all=True)
     if cal is None:
         return None
-    from service.calibration.assess import scanner_label
-
     return cal.to_linear(CalibrationKind.SYNCHRONOUS_PHANTOM, scanner=scanner_label(volume),
                          note="rods in the patient scan")

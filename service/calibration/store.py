@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.domain.results import CalibrationKind, LinearCalibration
+from service.domain.volume import CTVolume
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ class ScannerKey:
     def slug(self) -> str:
         raw = f"{self.manufacturer}_{self.model}_{self.station}_{self.kvp:g}kvp"
         return re.sub(r"[^A-Za-z0-9.-]+", "_", raw).strip("_") or "scanner"
+
+
+def scanner_label(volume: CTVolume) -> str:
+    """The scanner a volume came from, as results name it: manufacturer / model / station / kVp."""
+    kvp = f"{volume.kvp:g} kVp" if volume.kvp else "kVp unknown"
+    parts = (volume.manufacturer, volume.manufacturer_model_name, volume.station_name)
+    return " / ".join([*(p or "-" for p in parts), kvp])
 
 
 @dataclass(frozen=True)

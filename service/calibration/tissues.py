@@ -109,87 +109,61 @@ def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return lab == (int(np.argmax(sizes)) + 1)
 
 
+@dataclass(frozen=True, eq=False)
+class _SliceGeometry:
+    """The sampled slices' plane: axis across it, in-plane spacing, smoothing and filter sizes, LPS of slice 0."""
+
+    axis: int
+    sp2: tuple[float, float]
+    sigma: tuple[float, float]
+    lps0: npt.NDArray[np.float64]
+    """LPS of the in-plane grid at slice 0; other slices differ by a constant offset along the slice direction."""
+    slice_step: npt.NDArray[np.float64]
+    disc_px: tuple[int, int]
+    clearance_px: tuple[int, int]
+
+    @staticmethod
+    def of(volume: CTVolume) -> _SliceGeometry:
+        axis, _ = volume.superior_axis()
+        in_plane = [a for a in range(3) if a != axis]
+        spacing = volume.spacing_mm
+        sp2 = (spacing[in_plane[0]], spacing[in_plane[1]])
+        n0, n1 = volume.shape[in_plane[0]], volume.shape[in_plane[1]]
+        g0, g1 = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+        grid = np.zeros((n0, n1, 3))
+        grid[..., in_plane[0]] = g0
+        grid[..., in_plane[1]] = g1
+        return _SliceGeometry(
+            axis=axis, sp2=sp2, sigma=(SMOOTHING_MM / sp2[0], SMOOTHING_MM / sp2[1]),
+            lps0=volume.index_to_lps(grid), slice_step=volume.affine_lps[:3, axis],
+            disc_px=(max(1, round(2 * AORTA_DISC_RADIUS_MM / sp2[0])),
+                     max(1, round(2 * AORTA_DISC_RADIUS_MM / sp2[1]))),
+            clearance_px=(max(1, round((AORTA_DISC_RADIUS_MM + BONE_CLEARANCE_MM) / sp2[0])),
+                          max(1, round((AORTA_DISC_RADIUS_MM + BONE_CLEARANCE_MM) / sp2[1]))),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _SliceSample:
+    """What one slice gave: candidate HU of air, fat and muscle, and the aorta discs' local means (or None)."""
+
+    air: npt.NDArray[np.float64]
+    fat: npt.NDArray[np.float64]
+    muscle: npt.NDArray[np.float64]
+    blood: float | None
+    bright: float | None
+
+
 def survey_tissues(volume: CTVolume, segmentation: SpineSegmentation) -> TissueSurvey:
     """Sample air, fat, muscle and aorta (see module doc)."""
-    axis, _ = volume.superior_axis()
-    in_plane = [a for a in range(3) if a != axis]
-    spacing = volume.spacing_mm
-    sp2 = (spacing[in_plane[0]], spacing[in_plane[1]])
-    sigma = (SMOOTHING_MM / sp2[0], SMOOTHING_MM / sp2[1])
-    # LPS of the in-plane grid at slice 0; other slices differ by a constant offset along the slice direction.
-    n0, n1 = volume.shape[in_plane[0]], volume.shape[in_plane[1]]
-    g0, g1 = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
-    grid = np.zeros((n0, n1, 3))
-    grid[..., in_plane[0]] = g0
-    grid[..., in_plane[1]] = g1
-    lps0 = volume.index_to_lps(grid)
-    slice_step = volume.affine_lps[:3, axis]
-    disc_px = (max(1, round(2 * AORTA_DISC_RADIUS_MM / sp2[0])), max(1, round(2 * AORTA_DISC_RADIUS_MM / sp2[1])))
-    clearance_px = (max(1, round((AORTA_DISC_RADIUS_MM + BONE_CLEARANCE_MM) / sp2[0])),
-                    max(1, round((AORTA_DISC_RADIUS_MM + BONE_CLEARANCE_MM) / sp2[1])))
-    air_vals: list[np.ndarray] = []
-    fat_vals: list[np.ndarray] = []
-    muscle_vals: list[np.ndarray] = []
-    blood_vals: list[float] = []
-    bright_vals: list[float] = []
-    slices = _slice_indices(volume, segmentation, axis)
-    for k, centroid in slices:
-        raw = np.take(volume.hu, k, axis=axis).astype(np.float32)
-        smooth = ndimage.gaussian_filter(raw, sigma=sigma, mode="nearest")
-        body = _largest_component(ndimage.binary_fill_holes(smooth > BODY_THRESHOLD_HU))
-        if body.sum() < 100:
-            continue
-        d_in = ndimage.distance_transform_edt(body, sampling=sp2)
-        d_out = ndimage.distance_transform_edt(~body, sampling=sp2)
-        ring_out = (d_out >= AIR_DISTANCE_MM[0]) & (d_out <= AIR_DISTANCE_MM[1])
-        air = raw[ring_out & (raw > AIR_RANGE_HU[0]) & (raw <= AIR_RANGE_HU[1])]
-        air_vals.append(air.astype(np.float64))
-        ring_in = (d_in >= FAT_DEPTH_MM[0]) & (d_in <= FAT_DEPTH_MM[1])
-        fat_sel = ring_in & (smooth >= FAT_RANGE_HU[0]) & (smooth <= FAT_RANGE_HU[1])
-        if np.count_nonzero(fat_sel) >= MIN_SAMPLES:
-            # plateau only: the flattest PLATEAU_FRACTION of the candidates (thin layers are blurred with skin and
-            # muscle at their edges, which would pull the estimate towards soft tissue)
-            grad = np.hypot(*np.gradient(smooth, *sp2))
-            g = grad[fat_sel]
-            fat_sel &= grad <= np.quantile(g, PLATEAU_FRACTION)
-        fat_vals.append(smooth[fat_sel].astype(np.float64))
-
-        lps = lps0 + k * slice_step
-        posterior_mm = lps[..., 1] - centroid[1]  # +P
-        left_mm = lps[..., 0] - centroid[0]  # +L
-        labels2d = np.take(segmentation.body_labels, k, axis=axis) > 0
-        if segmentation.posterior_mask is not None:
-            labels2d |= np.take(segmentation.posterior_mask, k, axis=axis)
-        bone = labels2d | (smooth > BONE_SMOOTHED_HU)
-        near_bone = ndimage.binary_dilation(bone, structure=np.ones((2 * clearance_px[0] + 1, 2 * clearance_px[1] + 1),
-                                                                     dtype=bool))
-        muscle_box = ((posterior_mm >= MUSCLE_POSTERIOR_MM[0]) & (posterior_mm <= MUSCLE_POSTERIOR_MM[1])
-                      & (np.abs(left_mm) >= MUSCLE_LATERAL_MM[0]) & (np.abs(left_mm) <= MUSCLE_LATERAL_MM[1]))
-        sel = muscle_box & body & (d_in > 5.0) & ~near_bone
-        sel &= (smooth >= MUSCLE_RANGE_HU[0]) & (smooth <= MUSCLE_RANGE_HU[1])
-        if np.count_nonzero(sel) >= MIN_SAMPLES:
-            grad = np.hypot(*np.gradient(smooth, *sp2))
-            sel &= grad <= np.quantile(grad[sel], PLATEAU_FRACTION)
-        muscle_vals.append(smooth[sel].astype(np.float64))
-
-        mean = ndimage.uniform_filter(raw.astype(np.float64), size=disc_px, mode="nearest")
-        sq = ndimage.uniform_filter(raw.astype(np.float64) ** 2, size=disc_px, mode="nearest")
-        sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
-        aorta_box = ((-posterior_mm >= AORTA_ANTERIOR_MM[0]) & (-posterior_mm <= AORTA_ANTERIOR_MM[1])
-                     & (left_mm >= AORTA_LEFT_MM[0]) & (left_mm <= AORTA_LEFT_MM[1]))
-        cand = aorta_box & body & (d_in > AORTA_DISC_RADIUS_MM + 5.0) & ~near_bone
-        soft = cand & (mean >= BLOOD_RANGE_HU[0]) & (mean <= BLOOD_RANGE_HU[1])
-        soft_sd = None
-        if np.any(soft):
-            i = np.argmin(np.where(soft, sd, np.inf))
-            blood_vals.append(float(mean.flat[i]))
-            soft_sd = float(sd.flat[i])
-        bright = cand & (mean >= ENHANCED_RANGE_HU[0]) & (mean <= ENHANCED_RANGE_HU[1])
-        if np.any(bright):
-            i = np.argmin(np.where(bright, sd, np.inf))
-            limit = max(40.0, 1.5 * soft_sd) if soft_sd is not None else 40.0
-            if sd.flat[i] <= limit:
-                bright_vals.append(float(mean.flat[i]))
+    geo = _SliceGeometry.of(volume)
+    slices = _slice_indices(volume, segmentation, geo.axis)
+    samples = [s for s in (_sample_slice(volume, segmentation, geo, k, c) for k, c in slices) if s is not None]
+    air_vals = [s.air for s in samples]
+    fat_vals = [s.fat for s in samples]
+    muscle_vals = [s.muscle for s in samples]
+    blood_vals = [s.blood for s in samples if s.blood is not None]
+    bright_vals = [s.bright for s in samples if s.bright is not None]
     n = len(slices)
     fat_all = np.concatenate(fat_vals) if fat_vals else np.zeros(0)
     muscle_all = np.concatenate(muscle_vals) if muscle_vals else np.zeros(0)
@@ -204,3 +178,71 @@ def survey_tissues(volume: CTVolume, segmentation: SpineSegmentation) -> TissueS
     )
     logger.debug("tissue survey: %s", survey)
     return survey
+
+
+def _sample_slice(volume: CTVolume, segmentation: SpineSegmentation, geo: _SliceGeometry, k: int,
+                  centroid: npt.NDArray[np.float64]) -> _SliceSample | None:
+    """Samples of slice ``k`` through a vertebral centroid; None when the body outline is too small."""
+    raw = np.take(volume.hu, k, axis=geo.axis).astype(np.float32)
+    smooth = ndimage.gaussian_filter(raw, sigma=geo.sigma, mode="nearest")
+    body = _largest_component(ndimage.binary_fill_holes(smooth > BODY_THRESHOLD_HU))
+    if body.sum() < 100:
+        return None
+    d_in = ndimage.distance_transform_edt(body, sampling=geo.sp2)
+    d_out = ndimage.distance_transform_edt(~body, sampling=geo.sp2)
+    ring_out = (d_out >= AIR_DISTANCE_MM[0]) & (d_out <= AIR_DISTANCE_MM[1])
+    air = raw[ring_out & (raw > AIR_RANGE_HU[0]) & (raw <= AIR_RANGE_HU[1])]
+    ring_in = (d_in >= FAT_DEPTH_MM[0]) & (d_in <= FAT_DEPTH_MM[1])
+    fat_sel = ring_in & (smooth >= FAT_RANGE_HU[0]) & (smooth <= FAT_RANGE_HU[1])
+    if np.count_nonzero(fat_sel) >= MIN_SAMPLES:
+        # plateau only: the flattest PLATEAU_FRACTION of the candidates (thin layers are blurred with skin and
+        # muscle at their edges, which would pull the estimate towards soft tissue)
+        grad = np.hypot(*np.gradient(smooth, *geo.sp2))
+        g = grad[fat_sel]
+        fat_sel &= grad <= np.quantile(g, PLATEAU_FRACTION)
+
+    lps = geo.lps0 + k * geo.slice_step
+    posterior_mm = lps[..., 1] - centroid[1]  # +P
+    left_mm = lps[..., 0] - centroid[0]  # +L
+    labels2d = np.take(segmentation.body_labels, k, axis=geo.axis) > 0
+    if segmentation.posterior_mask is not None:
+        labels2d |= np.take(segmentation.posterior_mask, k, axis=geo.axis)
+    bone = labels2d | (smooth > BONE_SMOOTHED_HU)
+    near_bone = ndimage.binary_dilation(
+        bone, structure=np.ones((2 * geo.clearance_px[0] + 1, 2 * geo.clearance_px[1] + 1), dtype=bool))
+    muscle_box = ((posterior_mm >= MUSCLE_POSTERIOR_MM[0]) & (posterior_mm <= MUSCLE_POSTERIOR_MM[1])
+                  & (np.abs(left_mm) >= MUSCLE_LATERAL_MM[0]) & (np.abs(left_mm) <= MUSCLE_LATERAL_MM[1]))
+    sel = muscle_box & body & (d_in > 5.0) & ~near_bone
+    sel &= (smooth >= MUSCLE_RANGE_HU[0]) & (smooth <= MUSCLE_RANGE_HU[1])
+    if np.count_nonzero(sel) >= MIN_SAMPLES:
+        grad = np.hypot(*np.gradient(smooth, *geo.sp2))
+        sel &= grad <= np.quantile(grad[sel], PLATEAU_FRACTION)
+    aorta_box = ((-posterior_mm >= AORTA_ANTERIOR_MM[0]) & (-posterior_mm <= AORTA_ANTERIOR_MM[1])
+                 & (left_mm >= AORTA_LEFT_MM[0]) & (left_mm <= AORTA_LEFT_MM[1]))
+    cand = aorta_box & body & (d_in > AORTA_DISC_RADIUS_MM + 5.0) & ~near_bone
+    blood, bright = _aorta_discs(raw, cand, geo.disc_px)
+    return _SliceSample(air=air.astype(np.float64), fat=smooth[fat_sel].astype(np.float64),
+                        muscle=smooth[sel].astype(np.float64), blood=blood, bright=bright)
+
+
+def _aorta_discs(raw: npt.NDArray[np.float32], cand: npt.NDArray[np.bool_],
+                 disc_px: tuple[int, int]) -> tuple[float | None, float | None]:
+    """Local means of the most homogeneous candidate disc in the blood range and in the iodine range (the latter
+    only when about as homogeneous as the soft one); None where there is none."""
+    mean = ndimage.uniform_filter(raw.astype(np.float64), size=disc_px, mode="nearest")
+    sq = ndimage.uniform_filter(raw.astype(np.float64) ** 2, size=disc_px, mode="nearest")
+    sd = np.sqrt(np.maximum(sq - mean**2, 0.0))
+    soft = cand & (mean >= BLOOD_RANGE_HU[0]) & (mean <= BLOOD_RANGE_HU[1])
+    blood = None
+    soft_sd = None
+    if np.any(soft):
+        i = np.argmin(np.where(soft, sd, np.inf))
+        blood = float(mean.flat[i])
+        soft_sd = float(sd.flat[i])
+    bright = cand & (mean >= ENHANCED_RANGE_HU[0]) & (mean <= ENHANCED_RANGE_HU[1])
+    if np.any(bright):
+        i = np.argmin(np.where(bright, sd, np.inf))
+        limit = max(40.0, 1.5 * soft_sd) if soft_sd is not None else 40.0
+        if sd.flat[i] <= limit:
+            return blood, float(mean.flat[i])
+    return blood, None

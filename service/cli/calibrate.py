@@ -5,13 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from datetime import UTC
+from datetime import UTC, date, datetime
 from pathlib import Path
+
+import pydicom
+
+from service.calibration.store import (
+    VALIDITY_DAYS,
+    CalibrationStore,
+    ScannerKey,
+    StoredCalibration,
+    valid_until_for,
+)
+from service.cli.common import CommandParser
+from service.series.volume_loader import SeriesRejectedError, dicom_files, load_series
 
 logger = logging.getLogger(__name__)
 
 
-def register_calibrate(calibrate_subparsers: argparse._SubParsersAction) -> None:
+def register_calibrate(calibrate_subparsers: argparse._SubParsersAction[CommandParser]) -> None:
     p = calibrate_subparsers.add_parser(
         "phantom", help="fit the HU->BMD line from a QCT calibration phantom scan and store it for the scanner")
     p.add_argument("directory", type=Path, help="folder with the phantom series (DICOM)")
@@ -24,19 +36,9 @@ def register_calibrate(calibrate_subparsers: argparse._SubParsersAction) -> None
 
 
 def run_calibrate_phantom(args: argparse.Namespace) -> int:
-    from datetime import date, datetime
-
-    import pydicom
-
-    from service.calibration.phantom import calibrate_from_volume, load_definition
-    from service.calibration.store import (
-        VALIDITY_DAYS,
-        CalibrationStore,
-        ScannerKey,
-        StoredCalibration,
-        valid_until_for,
-    )
-    from service.series.volume_loader import SeriesRejectedError, dicom_files, load_series
+    # Deferred on purpose: the phantom fit loads scipy.signal/scipy.stats (~1 s); only this command needs it,
+    # and the CLI imports this module to register the command on every call.
+    from service.calibration.phantom import calibrate_from_volume, load_definition  # noqa: PLC0415
 
     try:
         definition = load_definition(args.definition)

@@ -3,7 +3,7 @@
 SQLite: WAL journal, ``busy_timeout``, foreign keys on, and transactions that write start with
 ``BEGIN IMMEDIATE`` (take the write lock up front, so two processes claiming the same job serialise on the
 lock instead of failing a deferred read->write upgrade). PostgreSQL: claims use ``SELECT ... FOR UPDATE
-SKIP LOCKED`` (see queue/jobs.py and queue/exports.py).
+SKIP LOCKED`` (see queue/jobs.py and export/outbox.py).
 
 Use ``write_session(engine)`` for every transaction that changes rows and ``read_session(engine)`` for reads.
 """

@@ -1,4 +1,14 @@
-"""Queries shared by the network side (SCP handlers) and the CLI. Job and export status live in queue/."""
+"""Queries shared by the network side (SCP handlers), the scheduler, the worker and the CLI.
+
+This module is the ONE writer of series status (allowed moves: ``SERIES_TRANSITIONS`` in domain/status.py):
+* ``record_instance`` creates a series (receiving; ignored when its first instance is not stored) and moves it back
+  to receiving when a stored instance arrives (allowed from every status);
+* ``decide_series`` records a decision about a series' stored instances (rejected / not_selected by the scheduler,
+  queued by queue/jobs.py) with a guarded UPDATE ``WHERE id = :id AND status = :expected AND instance_count =
+  :count``: when another writer changed the series since it was read, nothing is written and it returns False.
+A move the table does not allow raises ``SeriesStateError`` before anything is written. Nothing else assigns
+``Series.status``. Job status is written only by queue/jobs.py, export status only by export/outbox.py.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.db.engine import read_session, write_session
 from service.db.tables import Export, Instance, Job, Series, utcnow
-from service.domain.status import InstanceStatus, SeriesStatus
+from service.domain.status import InstanceStatus, SeriesStatus, can_series_transition, series_sources
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +44,7 @@ class InstanceRecord:
     size_bytes: int
     calling_ae_title: str
     status: str
-    """"stored" | "ignored" | "rejected"."""
+    """An InstanceStatus ("stored" | "ignored" | "rejected")."""
     reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -78,7 +89,7 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
             first_received_at=now,
             last_received_at=now,
             instance_count=0,
-            status=SeriesStatus.RECEIVING if stored else SeriesStatus.IGNORED,
+            status=_first_series_status(record.series_instance_uid, stored),
             checked_instance_count=0,
         )
         session.add(series)
@@ -116,9 +127,85 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
         ))
     if stored and series is not None:
         series.instance_count += 1
-        series.status = SeriesStatus.RECEIVING
+        _mark_receiving(session, series)
     session.flush()
     return True
+
+
+# --- series status: the one writer ------------------------------------------------------------------------
+
+
+class SeriesStateError(RuntimeError):
+    """A series status change that SERIES_TRANSITIONS does not allow."""
+
+
+SERIES_DECISIONS = frozenset({SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED})
+"""What ``decide_series`` records; receiving and ignored follow from arriving instances only."""
+
+
+def ensure_series_transition(series: Series, target: SeriesStatus) -> None:
+    """Raise SeriesStateError when ``series`` (as read) may not go to ``target``; writes nothing."""
+    current = SeriesStatus(series.status)
+    if not can_series_transition(current, target):
+        raise SeriesStateError(f"series {series.series_instance_uid}: transition {current} -> {target} "
+                               "is not allowed")
+
+
+def decide_series(session: Session, series: Series, target: SeriesStatus, *, instance_count: int,
+                  reason: str | None, now: datetime) -> bool:
+    """Record a decision about the series' ``instance_count`` stored instances: ``target`` with ``reason``,
+    checked_instance_count and checked_at, inside the caller's transaction.
+
+    Guarded: the UPDATE matches only while the series still has the status it was read with and still
+    ``instance_count`` stored instances. Returns False (nothing written) when another writer got there first, e.g.
+    an instance arrived meanwhile (the scheduler then decides again on a later tick).
+    """
+    if target not in SERIES_DECISIONS:
+        raise ValueError(f"target must be one of {sorted(SERIES_DECISIONS)}, got {target!r}")
+    ensure_series_transition(series, target)
+    expected = SeriesStatus(series.status)
+    done = session.execute(
+        update(Series)
+        .where(Series.id == series.id, Series.status == expected, Series.instance_count == instance_count)
+        .values(status=target.value, reason=reason, checked_instance_count=instance_count, checked_at=now)
+        .execution_options(synchronize_session=False))
+    if not _rowcount(done):
+        log.info("series %s changed while being decided (%s); not marked %s", series.series_instance_uid,
+                 expected, target)
+        return False
+    for name, value in (("status", target.value), ("reason", reason),
+                        ("checked_instance_count", instance_count), ("checked_at", now)):
+        set_committed_value(series, name, value)
+    return True
+
+
+def _first_series_status(series_instance_uid: str, stored: bool) -> str:
+    target = SeriesStatus.RECEIVING if stored else SeriesStatus.IGNORED
+    if not can_series_transition(None, target):  # the table's first move; guards edits of the table
+        raise SeriesStateError(f"series {series_instance_uid}: a new series may not start as {target}")
+    return target.value
+
+
+def _mark_receiving(session: Session, series: Series) -> None:
+    """A stored instance arrived: the series is receiving again (reason and checked_* are kept)."""
+    if series.status == SeriesStatus.RECEIVING:
+        return  # nothing to change (the row is written for its count anyway)
+    ensure_series_transition(series, SeriesStatus.RECEIVING)
+    sources = sorted(s.value for s in series_sources(SeriesStatus.RECEIVING))
+    done = session.execute(
+        update(Series).where(Series.id == series.id, Series.status.in_(sources))
+        .values(status=SeriesStatus.RECEIVING.value)
+        .execution_options(synchronize_session=False))
+    if _rowcount(done):
+        set_committed_value(series, "status", SeriesStatus.RECEIVING.value)
+
+
+def _rowcount(result: object) -> int:
+    """Rows matched by an UPDATE (the CursorResult of session.execute(update(...)))."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- read side ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

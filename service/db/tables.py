@@ -1,8 +1,9 @@
 """SQLAlchemy 2.0 ORM tables. The schema is created by the Alembic migrations (alembic/versions), never by
 ``create_all`` in production; a test checks that the migrations and these classes agree.
 
-Status columns hold plain strings; their values and who may change them live in queue/states.py
-(jobs: only queue/jobs.py; exports: only queue/exports.py).
+Status columns hold plain strings; their values, transitions and who may change them live in
+service/domain/status.py (jobs: only queue/jobs.py; exports: only export/outbox.py; series: only the series-status
+section of db/queries.py). SQL text that names statuses is derived from those enums.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from service.domain.status import ACTIVE_JOB_STATUSES, SeriesStatus, status_in_sql
 
 UID = String(64)  # DICOM UIDs are at most 64 characters
 AE = String(16)
@@ -74,8 +77,8 @@ class Series(Base):
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     """Stored (not ignored/rejected) instances."""
-    status: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
-    """receiving | rejected | not_selected | queued | ignored (see queue/states.SeriesStatus)."""
+    status: Mapped[str] = mapped_column(String(16), default=SeriesStatus.RECEIVING.value, index=True)
+    """A domain.status.SeriesStatus; written only by the series-status section of db/queries.py."""
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Why the series was rejected or not selected (human readable, no patient data)."""
     checked_instance_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -101,14 +104,15 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     calling_ae_title: Mapped[str] = mapped_column(AE, default="")
     status: Mapped[str] = mapped_column(String(16))
-    """stored | ignored | rejected."""
+    """A domain.status.InstanceStatus."""
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     series: Mapped[Series | None] = relationship(back_populates="instances")
 
 
-ACTIVE_JOB_STATUSES_SQL = "status IN ('queued', 'running')"
+ACTIVE_JOB_STATUSES_SQL = status_in_sql(ACTIVE_JOB_STATUSES)
+"""``status IN ('queued', 'running')``: the predicate of the one-active-job-per-series index."""
 
 
 class Job(Base):
@@ -125,6 +129,7 @@ class Job(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID)
     study_instance_uid: Mapped[str] = mapped_column(UID)
     status: Mapped[str] = mapped_column(String(16))
+    """A domain.status.JobStatus; written only by queue/jobs.py."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """Runs started (claims)."""
     max_attempts: Mapped[int] = mapped_column(Integer)
@@ -225,7 +230,7 @@ class Export(Base):
     result_object_id: Mapped[int] = mapped_column(ForeignKey("result_objects.id", ondelete="CASCADE"), index=True)
     peer_name: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
-    """pending | sending | sent | dead (see queue/states.ExportStatus)."""
+    """A domain.status.ExportStatus; written only by export/outbox.py."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -6,14 +6,14 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from service.domain.guidelines import Category, Thresholds
 from service.domain.levels import VertebraLevel
 
-
-class Category(StrEnum):
-    NORMAL = "normal"
-    OSTEOPENIA = "osteopenia"
-    OSTEOPOROSIS = "osteoporosis"
-    INDETERMINATE = "indeterminate"
+# Category is defined with the thresholds (service.domain.guidelines) and re-exported here.
+__all__ = [
+    "CalibrationKind", "Category", "CurveFit", "ExclusionReason", "LinearCalibration", "PatientSummary", "RoiMethod",
+    "ScreeningResult", "SitePrediction", "VertebraMeasurement",
+]
 
 
 class ExclusionReason(StrEnum):
@@ -119,6 +119,16 @@ class PatientSummary:
     lumbar_equivalent: bool = False
     """True when the value comes from the thoracolumbar curve (chest CT without L1-L2)."""
     notes: tuple[str, ...] = ()
+    thresholds: Thresholds | None = None
+    """The cut-offs that gave ``category`` (the site's configured ones); the key image legend shows them.
+    None: only ``threshold_set`` was recorded (readers then use ``guidelines.thresholds_from_record``)."""
+
+    def __post_init__(self) -> None:
+        if not self.threshold_set:
+            raise ValueError("threshold_set must not be empty")
+        if self.thresholds is not None and self.threshold_set != self.thresholds.identifier:
+            raise ValueError(f"threshold_set ({self.threshold_set!r}) must be thresholds.identifier "
+                             f"({self.thresholds.identifier!r})")
 
 
 @dataclass(frozen=True)

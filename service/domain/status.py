@@ -1,11 +1,17 @@
 """Status values and the allowed transitions of jobs, exports and series.
 
-Only queue/jobs.py writes job status and only queue/exports.py writes export status; both check
-``can_transition`` and guard every UPDATE with the expected current status.
+One writer per status:
+* job status: only service/queue/jobs.py (checks ``can_transition``; guarded UPDATEs ``WHERE status = expected``);
+* export status: only service/export/outbox.py (guarded UPDATEs, or changes of rows it holds locked by a claim);
+* series status: only the series-status section of service/db/queries.py (checks ``can_series_transition``;
+  guarded UPDATEs ``WHERE status = expected``).
+
+Nothing outside these enums spells a status value: SQL text is derived from them (``status_in_sql``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -35,6 +41,7 @@ JOB_TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
 
 
 def can_transition(from_status: JobStatus | None, to_status: JobStatus) -> bool:
+    """May a job go from ``from_status`` (None: not yet created) to ``to_status``?"""
     return to_status in JOB_TRANSITIONS[from_status]
 
 
@@ -73,7 +80,44 @@ class SeriesStatus(StrEnum):
     """No stored CT instance (e.g. a non-CT series)."""
 
 
+SERIES_TRANSITIONS: dict[SeriesStatus | None, frozenset[SeriesStatus]] = {
+    None: frozenset({SeriesStatus.RECEIVING, SeriesStatus.IGNORED}),  # first instance: stored / not stored
+    SeriesStatus.RECEIVING: frozenset(
+        {SeriesStatus.RECEIVING, SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED}  # decided
+    ),
+    SeriesStatus.REJECTED: frozenset({SeriesStatus.RECEIVING}),  # more instances arrived
+    SeriesStatus.NOT_SELECTED: frozenset({SeriesStatus.RECEIVING}),
+    SeriesStatus.QUEUED: frozenset(
+        {SeriesStatus.RECEIVING, SeriesStatus.QUEUED}  # QUEUED: a new job for the same instances (re-run)
+    ),
+    SeriesStatus.IGNORED: frozenset({SeriesStatus.RECEIVING}),  # a CT instance arrived after non-CT ones
+}
+
+
+def can_series_transition(from_status: SeriesStatus | None, to_status: SeriesStatus) -> bool:
+    """May a series go from ``from_status`` (None: not yet recorded) to ``to_status``?"""
+    return to_status in SERIES_TRANSITIONS[from_status]
+
+
+def series_sources(to_status: SeriesStatus) -> frozenset[SeriesStatus]:
+    """The recorded statuses from which a series may go to ``to_status``."""
+    return frozenset(s for s, targets in SERIES_TRANSITIONS.items() if s is not None and to_status in targets)
+
+
 class InstanceStatus(StrEnum):
+    """One received SOP instance; set once when it is recorded (a stored copy may replace a refused one)."""
+
     STORED = "stored"
     IGNORED = "ignored"
     REJECTED = "rejected"
+
+
+def status_in_sql(statuses: Iterable[StrEnum], *, column: str = "status") -> str:
+    """``status IN ('a', 'b')`` for index predicates and CHECK text, in the enum's declaration order."""
+    chosen = list(statuses)
+    enum_types = {type(s) for s in chosen}
+    if len(enum_types) != 1:
+        raise ValueError(f"statuses must be non-empty members of one enum, got {chosen}")
+    (enum_type,) = enum_types
+    values = ", ".join(f"'{member.value}'" for member in enum_type if member in chosen)
+    return f"{column} IN ({values})"

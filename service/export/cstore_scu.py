@@ -17,7 +17,6 @@ Transfer syntax policy (decided here, see also the conformance notes in the repo
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from service.export.transport import DeliveryOutcome, OutcomeKind
 
 logger = logging.getLogger(__name__)
 
@@ -65,26 +66,6 @@ REJECTED_PERMANENT = 0x01
 REJECTED_TRANSIENT = 0x02
 
 
-class OutcomeKind(enum.StrEnum):
-    SUCCESS = "success"
-    WARNING = "warning"
-    PERMANENT = "permanent"
-    """Will fail the same way again: dead letter, no retry."""
-    TRANSIENT = "transient"
-    """Transient or unknown (abort, timeout, refused, no status, out of resources): retry, same bytes."""
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    kind: OutcomeKind
-    status_code: int | None
-    detail: str
-
-    @property
-    def delivered(self) -> bool:
-        return self.kind in (OutcomeKind.SUCCESS, OutcomeKind.WARNING)
-
-
 class PeerLike(Protocol):
     """What the SCU needs of a ``[[peers]]`` entry (read-only, so frozen settings objects match)."""
 
@@ -116,9 +97,9 @@ def classify_status(status: int) -> OutcomeKind:
     return OutcomeKind.TRANSIENT
 
 
-def _outcome_for_status(status: int) -> StoreOutcome:
+def _outcome_for_status(status: int) -> DeliveryOutcome:
     kind = classify_status(status)
-    return StoreOutcome(kind, status, f"C-STORE status 0x{status:04X}")
+    return DeliveryOutcome(kind, status, f"C-STORE status 0x{status:04X}")
 
 
 def _node_ae_title(config: Any) -> str:
@@ -147,7 +128,7 @@ def _make_ae(config: Any) -> AE:
     return ae
 
 
-def association_failure(assoc: Association) -> StoreOutcome:
+def association_failure(assoc: Association) -> DeliveryOutcome:
     """Outcome for an association that did not get established."""
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
@@ -156,18 +137,18 @@ def association_failure(assoc: Association) -> StoreOutcome:
         diagnostic = getattr(primitive, "diagnostic", None)
         detail = f"association rejected (result={result}, source={source}, reason={diagnostic})"
         if result == REJECTED_PERMANENT:
-            return StoreOutcome(OutcomeKind.PERMANENT, None, detail)
-        return StoreOutcome(OutcomeKind.TRANSIENT, None, detail)
+            return DeliveryOutcome(OutcomeKind.PERMANENT, None, detail)
+        return DeliveryOutcome(OutcomeKind.TRANSIENT, None, detail)
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         # The peer accepted the association but none of the presentation contexts (pynetdicom then aborts).
         # PS3.8 9.3.3.2 result: 0x03 abstract syntax (SOP class) not supported, 0x04 transfer syntaxes not supported.
         why = {0x03: "SOP class not accepted", 0x04: "transfer syntax not accepted"}
         refused = sorted({f"{UID(cx.abstract_syntax).name}: {why.get(cx.result or 0, 'refused')}"
                           for cx in assoc.rejected_contexts})
-        return StoreOutcome(OutcomeKind.PERMANENT, None, f"no presentation context accepted ({'; '.join(refused)})")
+        return DeliveryOutcome(OutcomeKind.PERMANENT, None, f"no presentation context accepted ({'; '.join(refused)})")
     if assoc.is_aborted:
-        return StoreOutcome(OutcomeKind.TRANSIENT, None, "association aborted or connection failed")
-    return StoreOutcome(OutcomeKind.TRANSIENT, None, "association not established (timeout or connection failed)")
+        return DeliveryOutcome(OutcomeKind.TRANSIENT, None, "association aborted or connection failed")
+    return DeliveryOutcome(OutcomeKind.TRANSIENT, None, "association not established (timeout or connection failed)")
 
 
 def echo(peer: PeerLike, config: Any) -> bool:
@@ -247,7 +228,7 @@ class StoreSession:
             except (OSError, ValueError) as exc:
                 self._unreadable[Path(path)] = f"cannot read file meta: {type(exc).__name__}: {exc}"
         self._assoc: Association | None = None
-        self.failure: StoreOutcome | None = None
+        self.failure: DeliveryOutcome | None = None
         self._message_id = 0
 
     def __enter__(self) -> StoreSession:
@@ -262,7 +243,7 @@ class StoreSession:
     def open(self) -> None:
         pairs = _context_pairs(self._infos.values())
         if not pairs:
-            self.failure = StoreOutcome(OutcomeKind.PERMANENT, None, "no readable file to send")
+            self.failure = DeliveryOutcome(OutcomeKind.PERMANENT, None, "no readable file to send")
             return
         if len(pairs) > MAX_CONTEXTS_PER_ASSOCIATION:
             raise ValueError(
@@ -275,7 +256,7 @@ class StoreSession:
         try:
             assoc = ae.associate(self.peer.host, int(self.peer.port), ae_title=self.peer.ae_title)
         except Exception as exc:  # pynetdicom raises on bad addresses etc.: treat as transient
-            self.failure = StoreOutcome(OutcomeKind.TRANSIENT, None, f"association failed: {type(exc).__name__}")
+            self.failure = DeliveryOutcome(OutcomeKind.TRANSIENT, None, f"association failed: {type(exc).__name__}")
             return
         if not assoc.is_established:
             self.failure = association_failure(assoc)
@@ -297,10 +278,10 @@ class StoreSession:
             for cx in assoc.accepted_contexts
         )
 
-    def store(self, path: Path) -> StoreOutcome:
+    def store(self, path: Path) -> DeliveryOutcome:
         path = Path(path)
         if path in self._unreadable:
-            return StoreOutcome(OutcomeKind.PERMANENT, None, self._unreadable[path])
+            return DeliveryOutcome(OutcomeKind.PERMANENT, None, self._unreadable[path])
         info = self._infos.get(path)
         if info is None:
             raise ValueError(f"{path} was not given when the session was opened")
@@ -308,7 +289,7 @@ class StoreSession:
             return self.failure
         assoc = self._assoc
         if assoc is None or not assoc.is_established:
-            return StoreOutcome(OutcomeKind.TRANSIENT, None, "association lost before the object was sent")
+            return DeliveryOutcome(OutcomeKind.TRANSIENT, None, "association lost before the object was sent")
         payload: Path | Any
         if self._accepted(info.sop_class_uid, info.transfer_syntax_uid):
             payload = path  # chunked: dataset bytes as stored
@@ -323,15 +304,15 @@ class StoreSession:
                 if accepted_any
                 else f"SOP class {info.sop_class_uid.name} not accepted"
             )
-            return StoreOutcome(OutcomeKind.PERMANENT, None, f"peer {self.peer.name}: {what}")
+            return DeliveryOutcome(OutcomeKind.PERMANENT, None, f"peer {self.peer.name}: {what}")
         self._message_id = (self._message_id % 0xFFFF) + 1
         try:
             status = assoc.send_c_store(payload, msg_id=self._message_id)
         except (OSError, RuntimeError, ValueError, AttributeError) as exc:
-            return StoreOutcome(OutcomeKind.TRANSIENT, None, f"send failed: {type(exc).__name__}: {exc}")
+            return DeliveryOutcome(OutcomeKind.TRANSIENT, None, f"send failed: {type(exc).__name__}: {exc}")
         if not status or "Status" not in status:
             # pynetdicom returns an empty Dataset on abort, DIMSE timeout or an invalid response.
-            return StoreOutcome(OutcomeKind.TRANSIENT, None, "no C-STORE response status (abort or timeout)")
+            return DeliveryOutcome(OutcomeKind.TRANSIENT, None, "no C-STORE response status (abort or timeout)")
         return _outcome_for_status(int(status.Status))
 
     def sop_instance_uid(self, path: Path) -> str | None:
@@ -339,7 +320,14 @@ class StoreSession:
         return str(info.sop_instance_uid) if info else None
 
 
-def store_dataset_file(path: Path, peer: PeerLike, config: Any) -> StoreOutcome:
+class DicomStoreTransport:
+    """The DICOM C-STORE transport: one association per batch (``StoreSession``)."""
+
+    def open_session(self, peer: PeerLike, config: Any, paths: Sequence[Path]) -> StoreSession:
+        return StoreSession(peer, config, paths)
+
+
+def store_dataset_file(path: Path, peer: PeerLike, config: Any) -> DeliveryOutcome:
     """Send one file on its own association and classify the answer."""
     with StoreSession(peer, config, [Path(path)]) as session:
         return session.store(Path(path))
@@ -364,9 +352,9 @@ def _batches(paths: Sequence[Path]) -> Iterator[list[Path]]:
         yield batch
 
 
-def send_outcomes(paths: Sequence[Path], peer: PeerLike, config: Any) -> list[StoreOutcome]:
+def send_outcomes(paths: Sequence[Path], peer: PeerLike, config: Any) -> list[DeliveryOutcome]:
     """Send files over as few associations as possible; one outcome per path, in order."""
-    outcomes: list[StoreOutcome] = []
+    outcomes: list[DeliveryOutcome] = []
     for batch in _batches([Path(p) for p in paths]):
         with StoreSession(peer, config, batch) as session:
             outcomes.extend(session.store(p) for p in batch)

@@ -1,7 +1,8 @@
-"""The exporter: drains the outbox (queue/exports.py) with C-STORE to every result destination.
+"""The exporter: drains the outbox (export/outbox.py) to every result destination.
 
-Loop: claim due exports (a lease per row) -> group by peer -> one association per peer per batch -> send each
-object byte-identically (service.export.cstore_scu) -> report each outcome to the outbox:
+Loop: claim due exports (a lease per row) -> group by peer -> one session per peer per batch through the peer's
+transport (export/transport.py; DICOM C-STORE today, one association) -> send each object byte-identically ->
+report each outcome to the outbox:
 * success / warning        -> mark_export_sent (the warning text is kept);
 * permanent failure        -> mark_export_dead (dead letter, no retry loop);
 * transient / unknown      -> mark_export_retry (backoff; the outbox turns it dead when attempts/age run out).
@@ -26,35 +27,46 @@ from typing import Any
 
 import sqlalchemy
 
-from service.export.cstore_scu import OutcomeKind, StoreOutcome, StoreSession
+from service.domain.retry import RetryPolicy
+from service.domain.status import ExportStatus
+from service.export.cstore_scu import DicomStoreTransport
 from service.export.outbox import (
     ExportTask,
-    RetryPolicy,
     claim_due_exports,
+    export_retry_policy,
     mark_export_dead,
     mark_export_retry,
     mark_export_sent,
 )
+from service.export.transport import DeliveryOutcome, OutcomeKind, Transport
 
 logger = logging.getLogger(__name__)
+
+TRANSPORTS: dict[str, Transport] = {"dicom": DicomStoreTransport()}
+"""Transport per kind of peer. A peer names its kind with a ``transport`` attribute; without one it is DICOM."""
+
+
+def transport_for(peer: Any) -> Transport | None:
+    """The transport that serves ``peer``; None when its kind has no transport here (a permanent failure)."""
+    return TRANSPORTS.get(str(getattr(peer, "transport", "dicom")))
 
 
 def default_exporter_id() -> str:
     return f"exporter@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def _apply(engine: sqlalchemy.Engine, task: ExportTask, outcome: StoreOutcome, policy: RetryPolicy,
+def _apply(engine: sqlalchemy.Engine, task: ExportTask, outcome: DeliveryOutcome, policy: RetryPolicy,
            now: datetime | None) -> str:
     if outcome.kind == OutcomeKind.SUCCESS:
         mark_export_sent(engine, task.export_id, status_code=outcome.status_code or 0)
-        return "sent"
+        return ExportStatus.SENT.value
     if outcome.kind == OutcomeKind.WARNING:
         mark_export_sent(engine, task.export_id, status_code=outcome.status_code or 0, warning=outcome.detail)
-        return "sent"
+        return ExportStatus.SENT.value
     if outcome.kind == OutcomeKind.PERMANENT:
         mark_export_dead(engine, task.export_id, error=outcome.detail)
         logger.error("export %s to %s: dead letter (%s)", task.export_id, task.peer_name, outcome.detail)
-        return "dead"
+        return ExportStatus.DEAD.value
     new_status = mark_export_retry(engine, task.export_id, error=outcome.detail, now=now, policy=policy)
     logger.warning("export %s to %s: attempt %d failed (%s), now %s", task.export_id, task.peer_name,
                    task.attempts, outcome.detail, new_status)
@@ -67,17 +79,23 @@ def _send_to_peer(engine: sqlalchemy.Engine, config: Any, peer: Any, tasks: Sequ
     present = [t for t in tasks if Path(t.path).is_file()]
     for task in tasks:
         if task not in present:
-            counts[_apply(engine, task, StoreOutcome(OutcomeKind.PERMANENT, None, f"file missing: {task.path}"),
+            counts[_apply(engine, task, DeliveryOutcome(OutcomeKind.PERMANENT, None, f"file missing: {task.path}"),
                           policy, now)] += 1
     if not present:
         return counts
-    with StoreSession(peer, config, [Path(t.path) for t in present]) as session:
+    transport = transport_for(peer)
+    if transport is None:
+        for task in present:
+            outcome = DeliveryOutcome(OutcomeKind.PERMANENT, None, f"no transport for peer {peer.name!r}")
+            counts[_apply(engine, task, outcome, policy, now)] += 1
+        return counts
+    with transport.open_session(peer, config, [Path(t.path) for t in present]) as session:
         for task in present:
             try:
                 outcome = session.store(Path(task.path))
             except Exception as exc:  # never lose the row: an unexpected error is a transient failure
                 logger.exception("export %s: unexpected error while sending", task.export_id)
-                outcome = StoreOutcome(OutcomeKind.TRANSIENT, None, f"unexpected error: {type(exc).__name__}")
+                outcome = DeliveryOutcome(OutcomeKind.TRANSIENT, None, f"unexpected error: {type(exc).__name__}")
             sent_uid = session.sop_instance_uid(Path(task.path))
             if outcome.delivered and sent_uid is not None and sent_uid != task.sop_instance_uid:
                 logger.warning("export %s: file's SOP Instance UID differs from the outbox row", task.export_id)
@@ -89,7 +107,7 @@ def export_once(config: Any, engine: sqlalchemy.Engine, *, exporter_id: str | No
                 now: datetime | None = None) -> dict[str, int]:
     """Claim one batch of due exports and send it; returns counts per resulting status (empty: nothing due)."""
     settings = config.exporter
-    policy = RetryPolicy.from_settings(settings)
+    policy = export_retry_policy(settings)
     peers = {p.name: p for p in config.peers}
     tasks = claim_due_exports(engine, exporter_id=exporter_id or default_exporter_id(), limit=settings.batch_size,
                               lease_seconds=settings.lease_seconds, now=now)
@@ -101,7 +119,7 @@ def export_once(config: Any, engine: sqlalchemy.Engine, *, exporter_id: str | No
         peer = peers.get(peer_name)
         if peer is None:
             for task in peer_tasks:
-                outcome = StoreOutcome(OutcomeKind.PERMANENT, None, f"peer {peer_name!r} is not configured")
+                outcome = DeliveryOutcome(OutcomeKind.PERMANENT, None, f"peer {peer_name!r} is not configured")
                 counts[_apply(engine, task, outcome, policy, now)] += 1
             continue
         for status, n in _send_to_peer(engine, config, peer, peer_tasks, policy, now).items():

@@ -1,11 +1,11 @@
 """The outbox: the only writer of export status.
 
 Rows are created by the worker in the same transaction as the job's success (``create_exports``);
-the exporter (queue/exporter.py) claims due rows, sends, and reports the outcome here.
+the exporter (export/exporter.py) claims due rows, sends, and reports the outcome here.
 
-Retry policy (decided here): ``mark_export_retry`` takes an optional ``policy``; the exporter builds it from
-``[exporter]`` with ``RetryPolicy.from_settings(config.exporter)``. Without one, the defaults of
-ExporterSettings apply. The delay before attempt n+1 is
+Retry policy: the node's one ``RetryPolicy`` (domain/retry.py, shared with the job queue). ``mark_export_retry``
+takes an optional ``policy``; the exporter builds it from ``[exporter]`` with ``export_retry_policy``. Without one,
+the defaults of ExporterSettings apply. The delay before attempt n+1 is
 ``min(backoff_max_seconds, backoff_initial_seconds * backoff_multiplier ** (n - 1))``; once ``attempts``
 reaches ``max_attempts`` or the export is older than ``max_age_seconds`` the row goes to the dead letter
 instead. ``attempts`` counts claims: the task of the first send has ``attempts == 1``.
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from service.config import ExporterSettings
 from service.db.engine import is_sqlite, read_session, write_session
 from service.db.tables import Export, ResultObject, utcnow
+from service.domain.retry import RetryPolicy
 from service.domain.status import ExportStatus
 
 log = logging.getLogger(__name__)
@@ -32,31 +33,11 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 2000
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    backoff_initial_seconds: float = ExporterSettings.backoff_initial_seconds
-    backoff_multiplier: float = ExporterSettings.backoff_multiplier
-    backoff_max_seconds: float = ExporterSettings.backoff_max_seconds
-    max_attempts: int = ExporterSettings.max_attempts
-    max_age_seconds: float = ExporterSettings.max_age_seconds
-
-    def __post_init__(self) -> None:
-        if self.backoff_initial_seconds < 0 or self.backoff_max_seconds < 0:
-            raise ValueError("backoff seconds must be >= 0")
-        if self.backoff_multiplier < 1:
-            raise ValueError(f"backoff_multiplier must be >= 1, got {self.backoff_multiplier}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-
-    @classmethod
-    def from_settings(cls, settings: ExporterSettings) -> RetryPolicy:
-        return cls(settings.backoff_initial_seconds, settings.backoff_multiplier, settings.backoff_max_seconds,
-                   settings.max_attempts, settings.max_age_seconds)
-
-    def delay_seconds(self, attempts: int) -> float:
-        """Wait after the ``attempts``-th failed attempt (1-based)."""
-        exponent = max(0, attempts - 1)
-        return float(min(self.backoff_max_seconds, self.backoff_initial_seconds * self.backoff_multiplier ** exponent))
+def export_retry_policy(settings: ExporterSettings) -> RetryPolicy:
+    """The retry policy of exports, from ``[exporter]`` (attempts and age both limited)."""
+    return RetryPolicy(initial_seconds=settings.backoff_initial_seconds, multiplier=settings.backoff_multiplier,
+                       max_seconds=settings.backoff_max_seconds, max_attempts=settings.max_attempts,
+                       max_age_seconds=settings.max_age_seconds)
 
 
 @dataclass(frozen=True)
@@ -144,15 +125,15 @@ def mark_export_sent(engine: sqlalchemy.Engine, export_id: int, *, status_code: 
             .execution_options(synchronize_session=False)
         )
         if not _rowcount(done):
-            log.warning("export %s: marked sent but was not in 'sending' (%s)", export_id,
-                        _status_of(session, export_id))
+            log.warning("export %s: marked %s but was not %s (%s)", export_id, ExportStatus.SENT,
+                        ExportStatus.SENDING, _status_of(session, export_id))
 
 
 def mark_export_retry(engine: sqlalchemy.Engine, export_id: int, *, error: str, now: datetime | None = None,
                       policy: RetryPolicy | None = None) -> str:
     """A transient or unknown failure: back to pending after the backoff, or dead when the policy's attempts or
     age are exhausted. Returns the new status ('pending' or 'dead'; the current one if it was not sending)."""
-    policy = policy or RetryPolicy()
+    policy = policy or export_retry_policy(ExporterSettings())
     now = now or utcnow()
     with write_session(engine) as session:
         row = session.get(Export, export_id)
@@ -162,7 +143,7 @@ def mark_export_retry(engine: sqlalchemy.Engine, export_id: int, *, error: str, 
             log.warning("export %s: retry requested but status is %s", export_id, row.status)
             return str(row.status)
         age_seconds = (now - row.created_at).total_seconds()
-        if row.attempts >= policy.max_attempts or age_seconds >= policy.max_age_seconds:
+        if policy.gives_up(row.attempts, age_seconds):
             row.status = ExportStatus.DEAD
             row.last_error = (f"gave up after {row.attempts} attempts / {age_seconds:.0f} s: {error}")[
                 :MAX_ERROR_CHARS]

@@ -2,7 +2,7 @@
 
     volume       = load_volume(job.paths)
     segmentation = segment(volume)
-    assessment   = assess(volume, segmentation, bmd settings, active site model)
+    assessment   = assess(volume, segmentation, config.bmd, active site model)
     objects      = build_objects(volume, segmentation, assessment, previous SR)
 
 The segmentation model and the site model are loaded once per process (first job), not per job.
@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any
 
-from service import __version__
 from service.config import Config
 from service.pipeline import steps
 from service.pipeline.types import JobInput, PipelineOutput
@@ -30,19 +29,12 @@ class ScreeningRecipe:
         self.config = config
         self.segment = steps.SegmentStep(config.segmentation, segmenter)
         self._site_model: Any = _UNSET
-        self._bmd_settings: Any = None
 
     @property
     def site_model(self) -> Any:
         if self._site_model is _UNSET:
             self._site_model = steps.load_site_model(self.config.site_models)
         return self._site_model
-
-    @property
-    def bmd_settings(self) -> Any:
-        if self._bmd_settings is None:
-            self._bmd_settings = steps.calibration_settings(self.config.bmd, __version__)
-        return self._bmd_settings
 
     def warm_up(self) -> None:
         """Load the segmentation model and the site model now (worker start) rather than on the first job."""
@@ -58,7 +50,7 @@ class ScreeningRecipe:
         segmentation = self.segment(volume)
         timings["segment_s"] = time.monotonic() - t
         t = time.monotonic()
-        assessment = steps.assess(volume, segmentation, self.bmd_settings, self.site_model)
+        assessment = steps.assess(volume, segmentation, self.config.bmd, self.site_model)
         timings["assess_s"] = time.monotonic() - t
         t = time.monotonic()
         objects = steps.build_objects(volume, segmentation, assessment, job.previous)

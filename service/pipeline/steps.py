@@ -3,7 +3,7 @@ lazily so that importing the pipeline stays cheap and the CLI starts fast.
 
     load_volume(paths, series settings)                      -> CTVolume
     SegmentStep(segmentation settings)(volume)               -> SpineSegmentation   (model loaded once)
-    assess(volume, segmentation, bmd settings, site model)   -> BmdAssessment (ScreeningResult + ROI labels)
+    assess(volume, segmentation, Config.bmd, site model)     -> BmdAssessment (ScreeningResult + ROI labels)
     build_objects(volume, segmentation, assessment, ...)     -> tuple[EncodedObject, ...]  (SEG, SR, key image)
 """
 
@@ -14,26 +14,28 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from service.config import BmdSettings as BmdConfig
-from service.config import SegmentationSettings, SeriesSettings, SiteModelsSettings, resolve_model_path
+from service import __version__
+from service.calibration.assess import BmdAssessment, assess_bmd
+from service.calibration.settings import BmdSettings
+from service.domain.paths import resolve_model_path
 from service.domain.segmentation import SpineSegmentation
 from service.domain.site_model import SiteModelPredictor
 from service.domain.volume import CTVolume
 from service.pipeline.encode import encode_dataset
 from service.pipeline.types import EncodedObject, PipelineRejectedError, PreviousResult
-
-if TYPE_CHECKING:
-    from service.calibration.assess import BmdAssessment
+from service.segmentation.settings import SegmentationSettings
+from service.series.settings import SeriesSettings
+from service.series.volume_loader import SeriesRejectedError, load_series
+from service.site_models.registry import load_active_predictor
+from service.site_models.settings import SiteModelsSettings
 
 log = logging.getLogger(__name__)
 
 
 def load_volume(paths: Sequence[Path], settings: SeriesSettings) -> CTVolume:
     """Read and check the series; an unusable series is a permanent PipelineRejectedError."""
-    from service.series.volume_loader import SeriesRejectedError, load_series
-
     try:
         return load_series(list(paths), min_slices=settings.min_slices,
                            max_slice_thickness_mm=settings.max_slice_thickness_mm)
@@ -52,7 +54,8 @@ class SegmentStep:
     @property
     def segmenter(self) -> Any:
         if self._segmenter is None:
-            from service.segmentation.inference import load_segmenter
+            # torch and MONAI (seconds to import) load with the model, on the first job, not with the pipeline
+            from service.segmentation.inference import load_segmenter  # noqa: PLC0415
 
             started = time.monotonic()
             settings = dataclasses.replace(self.settings, bundle_dir=resolve_model_path(self.settings.bundle_dir))
@@ -68,27 +71,9 @@ class SegmentStep:
         return segmentation
 
 
-def calibration_settings(config: BmdConfig, algorithm_version: str) -> Any:
-    """The TOML [bmd] section mapped onto service.calibration.assess.BmdSettings."""
-    from service.calibration.assess import BmdSettings
-
-    return BmdSettings(roi_method=config.roi_method, erosion_mm=config.erosion_mm,
-                       summary_levels=config.summary_levels, threshold_set=config.threshold_set,
-                       osteoporosis_below_mg_cm3=config.osteoporosis_below_mg_cm3,
-                       normal_above_mg_cm3=config.normal_above_mg_cm3,
-                       calibration_store_dir=config.calibration_store_dir,
-                       detect_synchronous_phantom=config.detect_synchronous_phantom,
-                       correct_contrast=config.correct_contrast,
-                       fracture_height_loss=config.fracture_height_loss,
-                       curve_site_k=config.curve_site_k_hu_per_level if config.use_site_curve else None,
-                       algorithm_version=algorithm_version)
-
-
 def load_site_model(settings: SiteModelsSettings) -> SiteModelPredictor | None:
     if not settings.enabled:
         return None
-    from service.site_models.registry import load_active_predictor
-
     try:
         predictor = load_active_predictor(resolve_model_path(settings.registry_dir))
     except (ValueError, OSError) as exc:
@@ -101,18 +86,18 @@ def load_site_model(settings: SiteModelsSettings) -> SiteModelPredictor | None:
     return predictor
 
 
-def assess(volume: CTVolume, segmentation: SpineSegmentation, settings: Any,
+def assess(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSettings,
            site_model: SiteModelPredictor | None) -> BmdAssessment:
-    from service.calibration.assess import assess_bmd
-
-    return assess_bmd(volume, segmentation, settings, site_model=site_model)
+    """``settings`` is ``Config.bmd`` as loaded; the result records this node's version as its algorithm version."""
+    return assess_bmd(volume, segmentation, settings, site_model=site_model, algorithm_version=__version__)
 
 
 def predecessor_ref(previous: PreviousResult | None) -> Any:
     """The earlier SR as service.results.build.PredecessorRef (None for a first run)."""
     if previous is None:
         return None
-    from service.results.build import PredecessorRef
+    # service.results loads highdicom (about a second): imported when the first result is built
+    from service.results.build import PredecessorRef  # noqa: PLC0415
 
     return PredecessorRef(study_instance_uid=previous.study_instance_uid,
                           series_instance_uid=previous.series_instance_uid,
@@ -120,8 +105,8 @@ def predecessor_ref(previous: PreviousResult | None) -> Any:
 
 
 def algorithm_info(segmentation: SpineSegmentation) -> Any:
-    from service import __version__
-    from service.results.common import AlgorithmInfo
+    # highdicom, as in predecessor_ref
+    from service.results.common import AlgorithmInfo  # noqa: PLC0415
 
     return AlgorithmInfo(version=__version__, model_name=segmentation.model_name or "unknown",
                          model_version=segmentation.model_version or "unknown")
@@ -129,7 +114,8 @@ def algorithm_info(segmentation: SpineSegmentation) -> Any:
 
 def build_objects(volume: CTVolume, segmentation: SpineSegmentation, assessment: BmdAssessment,
                   previous: PreviousResult | None) -> tuple[EncodedObject, ...]:
-    from service.results.build import build_result_objects
+    # highdicom, as in predecessor_ref
+    from service.results.build import build_result_objects  # noqa: PLC0415
 
     built = build_result_objects(volume, segmentation, assessment.roi_labels, assessment.result,
                                  algorithm_info(segmentation), predecessor_ref(previous))

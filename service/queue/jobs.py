@@ -11,12 +11,17 @@ A claimed job holds a lease (``lease_expires_at``) renewed by ``heartbeat``. ``r
 running job whose lease ran out (its worker died) or, after ``max_attempts`` runs, moves it to dead.
 
 A job's results (result objects, per-vertebra rows, exports) are written by ``finish`` in the same transaction
-as its success, so a crash before that commit leaves nothing to send, and one after it loses nothing.
+as its success (through queue/job_results.py, which writes no status), so a crash before that commit leaves nothing
+to send, and one after it loses nothing.
+
+A failed run is retried after the delay of the node's one ``RetryPolicy`` (domain/retry.py), built from
+``[worker]`` by ``job_retry_policy``; the job row's own ``max_attempts`` (set at enqueue) decides when it is dead.
+
+Queuing a job also marks its series queued, through the one writer of series status (db/queries.decide_series).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,10 +35,15 @@ from sqlalchemy.orm import Session
 
 from service.config import WorkerSettings
 from service.db.engine import is_sqlite, read_session, write_session
-from service.db.tables import Job, JobEvent, ResultObject, Series, VertebraResult, utcnow
-from service.domain.results import ScreeningResult
+from service.db.queries import decide_series, ensure_series_transition
+from service.db.tables import Job, JobEvent, Series, utcnow
+from service.domain.retry import RetryPolicy
 from service.domain.status import ACTIVE_JOB_STATUSES, JobStatus, SeriesStatus, can_transition
-from service.export import outbox
+from service.queue.job_results import JobSuccess, record_results
+
+__all__ = ["ClaimedJob", "JobStateError", "JobView", "absorb_into_queued_job",
+           "claim_next", "enqueue", "enqueue_in_session", "fail", "finish", "get_job", "heartbeat", "job_events",
+           "job_retry_policy", "list_jobs", "reap_expired", "retry"]
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +54,10 @@ class JobStateError(RuntimeError):
     """A transition that the job's current state does not allow (e.g. retry of a running job)."""
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before the next run after a failed one: ``min(max, initial * multiplier ** (attempts - 1))``."""
-
-    initial_seconds: float = WorkerSettings.backoff_initial_seconds
-    multiplier: float = WorkerSettings.backoff_multiplier
-    max_seconds: float = WorkerSettings.backoff_max_seconds
-
-    def __post_init__(self) -> None:
-        if self.initial_seconds < 0 or self.max_seconds < 0:
-            raise ValueError("backoff seconds must be >= 0")
-        if self.multiplier < 1:
-            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> Backoff:
-        return cls(settings.backoff_initial_seconds, settings.backoff_multiplier, settings.backoff_max_seconds)
-
-    def delay_seconds(self, attempts: int) -> float:
-        return float(min(self.max_seconds, self.initial_seconds * self.multiplier ** max(0, attempts - 1)))
+def job_retry_policy(settings: WorkerSettings) -> RetryPolicy:
+    """The retry policy of jobs, from ``[worker]`` (no age limit: a job is retried until its attempts run out)."""
+    return RetryPolicy(initial_seconds=settings.backoff_initial_seconds, multiplier=settings.backoff_multiplier,
+                       max_seconds=settings.backoff_max_seconds, max_attempts=settings.max_attempts)
 
 
 @dataclass(frozen=True)
@@ -79,31 +73,10 @@ class ClaimedJob:
     lease_expires_at: datetime
 
 
-@dataclass(frozen=True)
-class StoredObject:
-    """A result object already written to storage, to be recorded with the job's success."""
-
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    path: str
-    size_bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class JobSuccess:
-    result: ScreeningResult
-    objects: tuple[StoredObject, ...]
-    result_dir: str
-    result_json: dict[str, Any]
-
-
 def enqueue(engine: sqlalchemy.Engine, series_instance_uid: str, *, max_attempts: int,
             now: datetime | None = None) -> int | None:
-    """Queue a job for the series. Returns the job id, or None when the series already has an active job."""
+    """Queue a job for the series. Returns the job id, or None when the series already has an active job.
+    Raises db.queries.SeriesStateError when the series' status may not become queued (e.g. rejected)."""
     with write_session(engine) as session:
         return enqueue_in_session(session, series_instance_uid, max_attempts=max_attempts, now=now)
 
@@ -121,6 +94,7 @@ def enqueue_in_session(session: Session, series_instance_uid: str, *, max_attemp
                                                  Job.status.in_(list(ACTIVE_JOB_STATUSES))))
     if active is not None:
         return None
+    ensure_series_transition(series, SeriesStatus.QUEUED)  # refused before anything is written
     previous = session.scalar(
         select(Job.id).where(Job.series_instance_uid == series_instance_uid, Job.status == JobStatus.SUCCEEDED)
         .order_by(Job.id.desc()).limit(1))
@@ -136,10 +110,9 @@ def enqueue_in_session(session: Session, series_instance_uid: str, *, max_attemp
         return None
     _event(session, job.id, None, JobStatus.QUEUED, actor, f"{series.instance_count} instances"
            + (f"; replaces results of job {previous}" if previous else ""), now)
-    series.status = SeriesStatus.QUEUED
-    series.checked_instance_count = series.instance_count
-    series.checked_at = now
-    series.reason = None
+    # False only when the series changed concurrently: the job stays (it reads every stored instance when it
+    # runs) and the scheduler decides about the series again.
+    decide_series(session, series, SeriesStatus.QUEUED, instance_count=series.instance_count, reason=None, now=now)
     return job.id
 
 
@@ -153,10 +126,9 @@ def absorb_into_queued_job(session: Session, series_instance_uid: str, *, now: d
     series = session.scalar(select(Series).where(Series.series_instance_uid == series_instance_uid))
     if job is None or series is None:
         return None
+    ensure_series_transition(series, SeriesStatus.QUEUED)  # refused before anything is written
     job.instance_count = series.instance_count
-    series.checked_instance_count = series.instance_count
-    series.checked_at = now
-    series.status = SeriesStatus.QUEUED
+    decide_series(session, series, SeriesStatus.QUEUED, instance_count=series.instance_count, reason=None, now=now)
     return job.id
 
 
@@ -209,37 +181,12 @@ def finish(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, success: J
     try:
         with write_session(engine) as session:
             job = _running_job(session, job_id, worker_id)
-            summary = success.result.summary
             _transition(session, job, JobStatus.SUCCEEDED, worker_id, f"{len(success.objects)} result objects", now)
             job.finished_at = now
             job.lease_owner = None
             job.lease_expires_at = None
             job.last_error = None
-            job.summary_bmd_mg_cm3 = summary.bmd_mg_cm3
-            job.summary_category = summary.category.value
-            job.summary_levels = ",".join(level.name for level in summary.levels_used)
-            job.summary_method = summary.method
-            job.result_json = json.dumps(success.result_json, sort_keys=True)
-            job.result_dir = success.result_dir
-            for m in success.result.vertebrae:
-                session.add(VertebraResult(
-                    job_id=job.id, level=m.level.name, level_value=int(m.level),
-                    centroid_x_mm=float(m.centroid_lps_mm[0]), centroid_y_mm=float(m.centroid_lps_mm[1]),
-                    centroid_z_mm=float(m.centroid_lps_mm[2]), roi_method=m.roi_method.value,
-                    trabecular_hu_mean=m.trabecular_hu_mean, trabecular_hu_median=m.trabecular_hu_median,
-                    trabecular_hu_sd=m.trabecular_hu_sd, voxel_count=m.voxel_count,
-                    roi_volume_mm3=m.roi_volume_mm3, bmd_mg_cm3=m.bmd_mg_cm3, evaluable=m.evaluable,
-                    exclusion_reason=m.exclusion_reason.value if m.exclusion_reason else None,
-                    exclusion_detail=m.exclusion_detail, level_uncertain=m.level_uncertain))
-            _supersede_earlier(session, job, now)
-            for obj in success.objects:
-                row = ResultObject(job_id=job.id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,
-                                   sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_instance_uid,
-                                   series_instance_uid=obj.series_instance_uid, path=obj.path,
-                                   size_bytes=obj.size_bytes, sha256=obj.sha256, created_at=now)
-                session.add(row)
-                session.flush()
-                outbox.create_exports(session, row.id, peer_names, now=now)
+            record_results(session, job, success, peer_names, now)
     except _LeaseLostError as lost:
         log.warning("job %s: not recorded as succeeded: %s", job_id, lost)
         return False
@@ -247,10 +194,11 @@ def finish(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, success: J
 
 
 def fail(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, error: str, retryable: bool,
-         backoff: Backoff | None = None, now: datetime | None = None) -> JobStatus | None:
-    """A run ended with an error. Retryable: queued again after the backoff, or dead after max_attempts.
-    Not retryable (the input is unusable): failed. Returns the new status, None when the lease was lost."""
-    backoff = backoff or Backoff()
+         policy: RetryPolicy | None = None, now: datetime | None = None) -> JobStatus | None:
+    """A run ended with an error. Retryable: queued again after the policy's delay, or dead after the job's
+    max_attempts. Not retryable (the input is unusable): failed. Returns the new status, None when the lease was
+    lost. Without ``policy`` the ``[worker]`` defaults apply."""
+    policy = policy or job_retry_policy(WorkerSettings())
     now = now or utcnow()
     error = error[:MAX_ERROR_CHARS]
     try:
@@ -267,7 +215,7 @@ def fail(engine: sqlalchemy.Engine, job_id: int, *, worker_id: str, error: str, 
             job.lease_owner = None
             job.lease_expires_at = None
             if target == JobStatus.QUEUED:
-                job.run_after = now + timedelta(seconds=backoff.delay_seconds(job.attempts))
+                job.run_after = now + timedelta(seconds=policy.delay_seconds(job.attempts))
             else:
                 job.finished_at = now
             return target
@@ -416,21 +364,6 @@ def _event(session: Session, job_id: int, from_status: JobStatus | None, to_stat
            detail: str | None, now: datetime) -> None:
     session.add(JobEvent(job_id=job_id, from_status=from_status, to_status=to_status, at=now, actor=actor,
                          detail=(detail or "")[:MAX_ERROR_CHARS] or None))
-
-
-def _supersede_earlier(session: Session, job: Job, now: datetime) -> None:
-    """Earlier results of the same series are replaced by this job's: mark them, cancel their unsent exports."""
-    earlier = session.scalars(
-        select(ResultObject).join(Job, Job.id == ResultObject.job_id)
-        .where(Job.series_instance_uid == job.series_instance_uid, Job.id != job.id,
-               ResultObject.superseded_by_job_id.is_(None))).all()
-    for obj in earlier:
-        obj.superseded_by_job_id = job.id
-    cancelled = outbox.cancel_pending_for_objects(session, [o.id for o in earlier],
-                                                   reason=f"replaced by results of job {job.id}")
-    if earlier:
-        log.info("job %s replaces %d earlier result object(s) of its series (%d unsent export(s) cancelled)",
-                 job.id, len(earlier), cancelled)
 
 
 def _rowcount(result: object) -> int:

@@ -4,9 +4,10 @@ Every ``series.scheduler_poll_seconds`` it looks at series with stored instances
 (``instance_count != checked_instance_count``). A study is considered once every one of its series has been quiet
 for ``node.series_stable_seconds``. Then each changed series is checked (service.series.checks.check_series on the
 headers: one orientation and Frame of Reference, regular spacing, no duplicates, rescale, not a localizer, enough
-slices, thickness limit); failures are recorded as 'rejected' with their reasons. Among the eligible series of the
-study (the changed ones that passed and the ones that passed before) the preferred one (dicom/selection.py) gets a
-job; the others are recorded as 'not_selected' with the reason.
+slices, thickness limit); failures are recorded as rejected with their reasons. Among the eligible series of the
+study (the changed ones that passed and the ones that passed before) the preferred one (series/selection.py) gets a
+job; the others are recorded as not selected with the reason. Every series status is written through the one
+writer, db/queries.decide_series, whose guarded UPDATE skips a series that changed meanwhile (decided next tick).
 
 More instances arriving for a series after its job finished make it 'changed' again: once quiet it gets a new job,
 whose results replace the earlier ones (queue/jobs.finish supersedes them). While the series still has an active
@@ -24,14 +25,17 @@ from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from service.config import Config
 from service.db.engine import read_session, write_session
-from service.db.queries import stored_instance_paths
+from service.db.queries import SeriesStateError, decide_series, stored_instance_paths
 from service.db.tables import Series, utcnow
 from service.domain.status import SeriesStatus
 from service.queue import jobs
+from service.series.checks import check_series
 from service.series.selection import SeriesCandidate, candidate_from_header, select_series
+from service.series.volume_loader import SeriesRejectedError, read_headers
 
 log = logging.getLogger(__name__)
 
@@ -122,35 +126,38 @@ class Scheduler:
                 if row is None or row.instance_count != count:
                     continue  # more arrived meanwhile: decide on the next tick
                 result = checked[uid]
-                if not result.ok:
-                    row.status = SeriesStatus.REJECTED
-                    row.reason = result.reason
-                    row.checked_instance_count = count
-                    row.checked_at = now
-                    rejected.append(uid)
-                    log.info("series %s rejected: %s", uid, result.reason)
-                elif selection.selected is not None and selection.selected.series_instance_uid == uid:
-                    job_id = jobs.enqueue_in_session(session, uid, max_attempts=self.config.worker.max_attempts,
-                                                     now=now)
-                    if job_id is None:
-                        absorbed = jobs.absorb_into_queued_job(session, uid, now=now)
-                        if absorbed is None:
-                            waiting.append(uid)  # its job is running: a new one follows when it ends
-                        else:
-                            log.info("series %s: %d instances, taken over by queued job %s", uid, count, absorbed)
+                try:
+                    if not result.ok:
+                        if decide_series(session, row, SeriesStatus.REJECTED, instance_count=count,
+                                         reason=result.reason, now=now):
+                            rejected.append(uid)
+                            log.info("series %s rejected: %s", uid, result.reason)
+                    elif selection.selected is not None and selection.selected.series_instance_uid == uid:
+                        self._queue(session, uid, count, now, enqueued, waiting)
                     else:
-                        enqueued.append(job_id)
-                        log.info("series %s: job %s queued (%d instances)", uid, job_id, count)
-                else:
-                    reason = next((why for c, why in selection.not_selected if c.series_instance_uid == uid),
-                                  "another series of the study was preferred")
-                    row.status = SeriesStatus.NOT_SELECTED
-                    row.reason = reason
-                    row.checked_instance_count = count
-                    row.checked_at = now
-                    not_selected.append(uid)
-                    log.info("series %s not selected: %s", uid, reason)
+                        reason = next((why for c, why in selection.not_selected if c.series_instance_uid == uid),
+                                      "another series of the study was preferred")
+                        if decide_series(session, row, SeriesStatus.NOT_SELECTED, instance_count=count,
+                                         reason=reason, now=now):
+                            not_selected.append(uid)
+                            log.info("series %s not selected: %s", uid, reason)
+                except SeriesStateError as exc:  # refused before anything was written: the others go on
+                    log.error("series %s: %s", uid, exc)
         return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting))
+
+    def _queue(self, session: Session, uid: str, count: int, now: datetime, enqueued: list[int],
+               waiting: list[str]) -> None:
+        """The selected series gets a job, or its queued job takes the new instances over."""
+        job_id = jobs.enqueue_in_session(session, uid, max_attempts=self.config.worker.max_attempts, now=now)
+        if job_id is not None:
+            enqueued.append(job_id)
+            log.info("series %s: job %s queued (%d instances)", uid, job_id, count)
+            return
+        absorbed = jobs.absorb_into_queued_job(session, uid, now=now)
+        if absorbed is None:
+            waiting.append(uid)  # its job is running: a new one follows when it ends
+        else:
+            log.info("series %s: %d instances, taken over by queued job %s", uid, count, absorbed)
 
     def _check(self, series_uid: str, instance_count: int) -> _Checked:
         key = (series_uid, instance_count)
@@ -161,9 +168,6 @@ class Scheduler:
         return self._cache[key]
 
     def _check_uncached(self, series_uid: str) -> _Checked:
-        from service.series.checks import check_series
-        from service.series.volume_loader import SeriesRejectedError, read_headers
-
         paths = [Path(p) for p in stored_instance_paths(self.engine, series_uid)]
         try:
             headers = read_headers(paths)

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,12 +22,14 @@ import sqlalchemy
 from sqlalchemy import select
 
 from service.config import Config
-from service.db.engine import read_session
+from service.db.engine import make_engine, read_session
 from service.db.queries import stored_instance_paths
 from service.db.tables import ResultObject
+from service.logging import setup_logging
 from service.pipeline import storage
 from service.pipeline.types import JobInput, PipelineRejectedError, PreviousResult, ScreeningPipeline
 from service.queue import jobs
+from service.queue.job_results import JobSuccess, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class Worker:
         self.engine = engine
         self.pipeline = pipeline
         self.worker_id = worker_id or default_worker_id()
-        self.backoff = jobs.Backoff.from_settings(config.worker)
+        self.retry_policy = jobs.job_retry_policy(config.worker)
         self._next_reap = 0.0
 
     def run(self, stop_event: threading.Event | None = None) -> None:
@@ -65,8 +68,6 @@ class Worker:
 
     def run_once(self) -> bool:
         """Reap expired leases (at most every few seconds), then claim and process one job. True if it did."""
-        import time
-
         if time.monotonic() >= self._next_reap:
             jobs.reap_expired(self.engine)
             self._next_reap = time.monotonic() + REAP_INTERVAL_SECONDS
@@ -96,14 +97,14 @@ class Worker:
             for obj in output.objects:
                 path, digest = storage.write_object(folder, obj)
                 written.append(path)
-                stored.append(jobs.StoredObject(obj.kind, obj.sop_class_uid, obj.sop_instance_uid,
+                stored.append(StoredObject(obj.kind, obj.sop_class_uid, obj.sop_instance_uid,
                                                 obj.study_instance_uid, obj.series_instance_uid, str(path),
                                                 len(obj.data), digest))
             document = output.result.to_json_dict()
             written.append(storage.write_result_json(folder, document))
             peers = [p.name for p in self.config.result_destinations]
             ok = jobs.finish(self.engine, job_id, worker_id=self.worker_id,
-                             success=jobs.JobSuccess(output.result, tuple(stored), str(folder), document),
+                             success=JobSuccess(output.result, tuple(stored), str(folder), document),
                              peer_names=peers)
             if ok:
                 log.info("job %s: succeeded, %d object(s) queued for %d peer(s)", job_id, len(stored), len(peers))
@@ -117,7 +118,7 @@ class Worker:
             log.exception("job %s: attempt %d failed", job_id, claimed.attempts)
             self._discard(written)
             status = jobs.fail(self.engine, job_id, worker_id=self.worker_id,
-                               error=f"{type(exc).__name__}: {exc}", retryable=True, backoff=self.backoff)
+                               error=f"{type(exc).__name__}: {exc}", retryable=True, policy=self.retry_policy)
             log.info("job %s: now %s", job_id, status)
         finally:
             stop_heartbeat.set()
@@ -164,7 +165,9 @@ class Worker:
 def load_pipeline_factory(spec: str | None) -> PipelineFactory:
     """``"package.module:callable"`` -> a factory taking the Config; None -> the screening recipe."""
     if not spec:
-        from service.pipeline.screening import build_screening_pipeline
+        # Deferred on purpose: the recipe loads scipy, highdicom and the calibration stack (~2 s). Only a worker
+        # process needs it; the serve parent and every other CLI command import this module without it.
+        from service.pipeline.screening import build_screening_pipeline  # noqa: PLC0415
 
         return build_screening_pipeline
     module_name, _, attribute = spec.partition(":")
@@ -181,9 +184,6 @@ def load_pipeline_factory(spec: str | None) -> PipelineFactory:
 def run_worker_process(config: Config, stop_event: threading.Event | None = None,
                        pipeline_spec: str | None = None, worker_id: str | None = None) -> None:
     """Entry point of one worker process (``bmd-node worker`` / ``serve``): own engine, pipeline loaded once."""
-    from service.db.engine import make_engine
-    from service.logging import setup_logging
-
     setup_logging(config.logging)
     engine = make_engine(config.node.database_url)
     try:

@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from service.db.queries import InstanceRecord
+from service.domain.status import InstanceStatus
 from service.receive.spool import Spool, sanitize_uid
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class StoreHandler:
         reason = non_ct_reason(header)
         if reason is not None:
             try:
-                record(path=None, size_bytes=len(encoded), status="ignored", reason=reason, **common)
+                record(path=None, size_bytes=len(encoded), status=InstanceStatus.IGNORED, reason=reason, **common)
             except Exception:
                 logger.exception("could not record ignored instance from %s", calling_ae_title)
                 return STATUS_OUT_OF_RESOURCES
@@ -186,7 +187,11 @@ class StoreHandler:
 
         try:
             is_new = record(
-                path=str(written.path), size_bytes=written.size_bytes, status="stored", reason=None, **common
+                path=str(written.path),
+                size_bytes=written.size_bytes,
+                status=InstanceStatus.STORED,
+                reason=None,
+                **common,
             )
         except Exception:
             # The file is complete on disk; a re-send finds it and records it then.
@@ -216,7 +221,7 @@ class StoreHandler:
                 modality="",
                 path=kept,
                 size_bytes=len(encoded),
-                status="rejected",
+                status=InstanceStatus.REJECTED,
                 reason=reason,
             )
         except Exception:

@@ -44,6 +44,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from service.db.queries import record_instance
 from service.receive.handlers import ReceivedInstance, Recorder, StoreHandler, handle_echo
 from service.receive.spool import Spool, remove_stale_partials
 
@@ -166,7 +167,6 @@ def build_ae(config: Any) -> AE:
 
 def db_recorder(engine: Any) -> Recorder:
     """Recorder that writes an Instance row through node-core's query API."""
-    from service.db.queries import record_instance
 
     def record(row: ReceivedInstance) -> bool:
         return bool(record_instance(engine, row))

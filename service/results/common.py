@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from service.results import codes
+from service.series.volume_loader import read_headers
 
 # Series numbers of the result series (one series per object type, same study as the CT).
 SEG_SERIES_NUMBER = 9801
@@ -83,8 +84,6 @@ def read_source_headers(paths: Sequence[Path]) -> list[Dataset]:
         raise ValueError("source_paths is empty: result objects need the source CT files")
     # The loader's reader: it also takes SOP Class/Instance UIDs from the file meta when a de-identified file left
     # them empty in the dataset (e.g. ../shared/data/ts_abdomen_slab_j2k), as the volume did.
-    from service.series.volume_loader import read_headers
-
     return read_headers(paths)
 
 

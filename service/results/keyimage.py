@@ -24,8 +24,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
+from service.domain.guidelines import Thresholds, thresholds_from_record
 from service.domain.levels import VertebraLevel
-from service.domain.results import Category, ScreeningResult, VertebraMeasurement
+from service.domain.results import Category, PatientSummary, ScreeningResult, VertebraMeasurement
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
 from service.results.common import (
@@ -201,6 +202,22 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def summary_thresholds(summary: PatientSummary) -> Thresholds | None:
+    """The cut-offs that gave the summary's category: the ones it carries, else the ones its ``threshold_set``
+    records (identifier with cut-offs, or a published set's name); None when neither says."""
+    return summary.thresholds if summary.thresholds is not None else thresholds_from_record(summary.threshold_set)
+
+
+def category_legend(summary: PatientSummary) -> tuple[str, str]:
+    """The two legend lines under the BMD: the category cut-offs used for this result (mg/cm³)."""
+    t = summary_thresholds(summary)
+    if t is None:
+        return "QCT (mg/cm³): cut-offs not recorded", f"threshold set {summary.threshold_set}"
+    low, high = f"{t.osteoporosis_below_mg_cm3:g}", f"{t.normal_above_mg_cm3:g}"
+    return (f"QCT (mg/cm³): <{low} osteoporosis · {low}–{high} osteopenia",
+            f">{high} normal ({t.versioned_name})")
+
+
 def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: AlgorithmInfo, x: int, y: int,
                 width: int) -> None:
     draw = ImageDraw.Draw(canvas)
@@ -216,9 +233,10 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     if summary.lumbar_equivalent:
         draw.text((x, y), "lumbar equivalent from thoracolumbar curve", font=_font(24), fill=MUTED)
         y += 32
-    draw.text((x, y), "ACR QCT (mg/cm³): <80 osteoporosis · 80–120 osteopenia", font=_font(21), fill=MUTED)
+    legend = category_legend(summary)
+    draw.text((x, y), legend[0], font=_font(21), fill=MUTED)
     y += 27
-    draw.text((x, y), ">120 normal", font=_font(21), fill=MUTED)
+    draw.text((x, y), legend[1], font=_font(21), fill=MUTED)
     y += 36
 
     columns = (("Level", 0), ("HU", 130), ("BMD", 250), ("Status", 380))

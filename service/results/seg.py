@@ -11,12 +11,13 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from service.domain.levels import VertebraLevel
@@ -55,6 +56,39 @@ class SegmentNumbers:
     there is no ROI at all); None only for an empty SEG."""
 
 
+MaskSource = tuple[Callable[[int], npt.NDArray[np.bool_]], npt.NDArray[np.intp]]
+"""Per segment: slice k -> its (columns, rows) mask, and the slices where it is not empty."""
+
+
+@dataclass
+class _Segments:
+    """The segments of a SEG in the making: descriptions and mask sources, numbered from 1 in order."""
+
+    descriptions: list[hd.seg.SegmentDescription] = field(default_factory=list)
+    masks: list[MaskSource] = field(default_factory=list)
+
+    def add(self, *, label: str, property_type: Code, algorithm: hd.AlgorithmIdentificationSequence,
+            tracking_id: str, region: Code, rgb: tuple[int, int, int], mask: MaskSource) -> int:
+        """Append one AUTOMATIC anatomical-structure segment; returns its number."""
+        number = len(self.descriptions) + 1
+        self.descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+                segmented_property_type=property_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=generate_uid(),
+                tracking_id=tracking_id,
+                anatomic_regions=[region],
+                display_color=hd.color.CIELabColor.from_rgb(*rgb),
+            )
+        )
+        self.masks.append(mask)
+        return number
+
+
 def build_seg(
     source_headers: Sequence[Dataset],
     body_labels: npt.NDArray[np.integer],
@@ -70,23 +104,11 @@ def build_seg(
     measurement group of the SR is a TID 1411 volumetric group (PixelMed's validator rejects a report that mixes
     TID 1411 and TID 1501 groups).
     """
-    n_slices = len(source_headers)
-    if body_labels.shape != roi_labels.shape:
-        raise ValueError(f"roi_labels shape {roi_labels.shape} differs from body_labels shape {body_labels.shape}")
-    if body_labels.ndim != 3 or body_labels.shape[2] != n_slices:
-        raise ValueError(f"body_labels must be (columns, rows, {n_slices}) for {n_slices} source images, "
-                         f"got {body_labels.shape}")
-    rows, cols = int(source_headers[0].Rows), int(source_headers[0].Columns)
-    if body_labels.shape[:2] != (cols, rows):
-        raise ValueError(f"mask in-plane shape {body_labels.shape[:2]} must be (Columns, Rows) = {(cols, rows)}")
-
+    rows, cols = _check_shapes(source_headers, body_labels, roi_labels)
     body_present = _presence(body_labels)  # (slice, label value) -> any voxel
     roi_present = _presence(roi_labels)
-    body_levels = sorted(VertebraLevel(int(v)) for v in np.flatnonzero(body_present.any(axis=0)) if v != 0)
-    roi_levels = sorted(VertebraLevel(int(v)) for v in np.flatnonzero(roi_present.any(axis=0)) if v != 0)
-    if not body_levels and not roi_levels:
+    if not body_present[:, 1:].any() and not roi_present[:, 1:].any():
         raise ValueError("body_labels and roi_labels are both empty: nothing to write into a SEG")
-
     # Only the slab of slices that holds any label is referenced.
     any_label = body_present[:, 1:].any(axis=1) | roi_present[:, 1:].any(axis=1)
     k_indices = np.flatnonzero(any_label)
@@ -100,64 +122,11 @@ def build_seg(
         name=algorithm.name, family=codes.ALGORITHM_FAMILY_AI, version=algorithm.version,
         source=algorithm.manufacturer,
     )
-
-    descriptions: list[hd.seg.SegmentDescription] = []
-    # per segment: slice k -> (columns, rows) mask, and the slices where it is not empty
-    masks: list[tuple[Callable[[int], npt.NDArray[np.bool_]], npt.NDArray[np.intp]]] = []
-    body_numbers: dict[VertebraLevel, int] = {}
-    roi_numbers: dict[VertebraLevel, int] = {}
-    for level in sorted(set(body_levels) | set(roi_levels)):
-        parts = []
-        if level in body_levels:
-            parts.append(("body", body_labels))
-        if level in roi_levels:
-            parts.append(("roi", roi_labels))
-        for kind, labels in parts:
-            number = len(descriptions) + 1
-            color = level_color_rgb(level) if kind == "body" else TRABECULAR_ROI_RGB
-            descriptions.append(
-                hd.seg.SegmentDescription(
-                    segment_number=number,
-                    segment_label=f"{level.name} vertebral body" if kind == "body" else f"{level.name} trabecular ROI",
-                    segmented_property_category=codes.ANATOMICAL_STRUCTURE,
-                    segmented_property_type=codes.VERTEBRAL_BODY if kind == "body" else codes.TRABECULAR_ROI,
-                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                    algorithm_identification=body_algorithm if kind == "body" else roi_algorithm,
-                    tracking_uid=generate_uid(),
-                    tracking_id=f"{level.name} {'vertebral body' if kind == 'body' else 'trabecular ROI'}",
-                    anatomic_regions=[codes.vertebra_code(level)],
-                    display_color=hd.color.CIELabColor.from_rgb(*color),
-                )
-            )
-            present = body_present if kind == "body" else roi_present
-            masks.append((functools.partial(_level_slice, labels, int(level)), np.flatnonzero(present[:, int(level)])))
-            (body_numbers if kind == "body" else roi_numbers)[level] = number
-
-    # The patient-level group of the SR references this one: the ROIs behind the summary, else all ROIs, else (no
-    # ROI at all) all vertebral bodies, so that the patient group is a TID 1411 group like the others.
-    summary_number: int | None = None
-    used = [level for level in summary_levels if level in roi_numbers] or list(roi_numbers)
-    from_bodies = not used
-    summary_labels, summary_present = (body_labels, body_present) if from_bodies else (roi_labels, roi_present)
-    values = tuple(int(level) for level in (body_levels if from_bodies else used))
-    if values:
-        summary_number = len(descriptions) + 1
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=summary_number,
-                segment_label="Vertebral bodies assessed" if from_bodies else "Trabecular ROIs for patient BMD",
-                segmented_property_category=codes.ANATOMICAL_STRUCTURE,
-                segmented_property_type=codes.VERTEBRAL_BODY if from_bodies else codes.TRABECULAR_ROI,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=roi_algorithm,
-                tracking_uid=generate_uid(),
-                tracking_id="Patient BMD vertebral bodies" if from_bodies else "Patient BMD trabecular ROIs",
-                anatomic_regions=[codes.SPINE],
-                display_color=hd.color.CIELabColor.from_rgb(*TRABECULAR_ROI_RGB),
-            )
-        )
-        masks.append((functools.partial(_union_slice, summary_labels, values),
-                      np.flatnonzero(summary_present[:, list(values)].any(axis=1))))
+    segments = _Segments()
+    body_numbers, roi_numbers = _add_level_segments(segments, (body_labels, body_present, body_algorithm),
+                                                    (roi_labels, roi_present, roi_algorithm))
+    summary_number = _add_summary_segment(segments, summary_levels, roi_numbers, (body_labels, body_present),
+                                          (roi_labels, roi_present), roi_algorithm)
 
     # highdicom writes every module from a template over (at most) two source slices with all-ones segments (a few
     # MB, where the stacked (frames x rows x columns x segments) array of the whole slab would take GB on a thin-slice
@@ -165,9 +134,9 @@ def build_seg(
     template_ks = [k0, k0 + 1] if k1 - k0 >= 2 else [k0]
     template = hd.seg.Segmentation(
         source_images=[source_headers[k] for k in template_ks],
-        pixel_array=np.ones((len(template_ks), rows, cols, len(descriptions)), dtype=bool),
+        pixel_array=np.ones((len(template_ks), rows, cols, len(segments.descriptions)), dtype=bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
+        segment_descriptions=segments.descriptions,
         series_instance_uid=generate_uid(),
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
@@ -183,14 +152,86 @@ def build_seg(
         series_description="AI vertebral segmentation (to be reviewed)",
         contributing_equipment=[contributing_equipment(algorithm, when)],
     )
-    seg = _fill_frames(template, source_headers, masks)
+    seg = _fill_frames(template, source_headers, segments.masks)
     copy_patient_study(seg, source_headers[0])
     add_private_scheme(seg)
     seg.ContentDate = when.strftime("%Y%m%d")
     seg.ContentTime = when.strftime("%H%M%S")
-    logger.info("SEG built: %d segments over slices %d..%d, %d frames", len(descriptions), k0, k1 - 1,
+    logger.info("SEG built: %d segments over slices %d..%d, %d frames", len(segments.descriptions), k0, k1 - 1,
                 int(seg.NumberOfFrames))
     return seg, SegmentNumbers(body=body_numbers, trabecular_roi=roi_numbers, summary=summary_number)
+
+
+def _check_shapes(source_headers: Sequence[Dataset], body_labels: npt.NDArray[np.integer],
+                  roi_labels: npt.NDArray[np.integer]) -> tuple[int, int]:
+    """(Rows, Columns) of the source images, after checking that both label maps lie on their grid."""
+    n_slices = len(source_headers)
+    if body_labels.shape != roi_labels.shape:
+        raise ValueError(f"roi_labels shape {roi_labels.shape} differs from body_labels shape {body_labels.shape}")
+    if body_labels.ndim != 3 or body_labels.shape[2] != n_slices:
+        raise ValueError(f"body_labels must be (columns, rows, {n_slices}) for {n_slices} source images, "
+                         f"got {body_labels.shape}")
+    rows, cols = int(source_headers[0].Rows), int(source_headers[0].Columns)
+    if body_labels.shape[:2] != (cols, rows):
+        raise ValueError(f"mask in-plane shape {body_labels.shape[:2]} must be (Columns, Rows) = {(cols, rows)}")
+    return rows, cols
+
+
+def _levels(present: npt.NDArray[np.bool_]) -> list[VertebraLevel]:
+    return sorted(VertebraLevel(int(v)) for v in np.flatnonzero(present.any(axis=0)) if v != 0)
+
+
+def _add_level_segments(
+    segments: _Segments,
+    body: tuple[npt.NDArray[np.integer], npt.NDArray[np.bool_], hd.AlgorithmIdentificationSequence],
+    roi: tuple[npt.NDArray[np.integer], npt.NDArray[np.bool_], hd.AlgorithmIdentificationSequence],
+) -> tuple[dict[VertebraLevel, int], dict[VertebraLevel, int]]:
+    """Per level (cranial first): its vertebral-body segment, then its trabecular-ROI segment, where present.
+    ``body`` and ``roi`` are (labels, presence table, algorithm); returns the segment numbers by level."""
+    body_levels = _levels(body[1])
+    roi_levels = _levels(roi[1])
+    numbers: dict[str, dict[VertebraLevel, int]] = {"body": {}, "roi": {}}
+    for level in sorted(set(body_levels) | set(roi_levels)):
+        parts = []
+        if level in body_levels:
+            parts.append(("body", body))
+        if level in roi_levels:
+            parts.append(("roi", roi))
+        for kind, (labels, present, algorithm) in parts:
+            is_body = kind == "body"
+            what = "vertebral body" if is_body else "trabecular ROI"
+            numbers[kind][level] = segments.add(
+                label=f"{level.name} {what}",
+                property_type=codes.VERTEBRAL_BODY if is_body else codes.TRABECULAR_ROI,
+                algorithm=algorithm, tracking_id=f"{level.name} {what}", region=codes.vertebra_code(level),
+                rgb=level_color_rgb(level) if is_body else TRABECULAR_ROI_RGB,
+                mask=(functools.partial(_level_slice, labels, int(level)), np.flatnonzero(present[:, int(level)])))
+    return numbers["body"], numbers["roi"]
+
+
+def _add_summary_segment(
+    segments: _Segments,
+    summary_levels: Sequence[VertebraLevel],
+    roi_numbers: dict[VertebraLevel, int],
+    body: tuple[npt.NDArray[np.integer], npt.NDArray[np.bool_]],
+    roi: tuple[npt.NDArray[np.integer], npt.NDArray[np.bool_]],
+    algorithm: hd.AlgorithmIdentificationSequence,
+) -> int | None:
+    """The segment the patient-level group of the SR references: the ROIs behind the summary, else all ROIs, else
+    (no ROI at all) all vertebral bodies, so that the patient group is a TID 1411 group like the others. ``body``
+    and ``roi`` are (labels, presence table); returns its number (None when there is nothing to unite)."""
+    used = [level for level in summary_levels if level in roi_numbers] or list(roi_numbers)
+    from_bodies = not used
+    labels, present = body if from_bodies else roi
+    values = tuple(int(level) for level in (_levels(body[1]) if from_bodies else used))
+    if not values:
+        return None
+    return segments.add(
+        label="Vertebral bodies assessed" if from_bodies else "Trabecular ROIs for patient BMD",
+        property_type=codes.VERTEBRAL_BODY if from_bodies else codes.TRABECULAR_ROI, algorithm=algorithm,
+        tracking_id="Patient BMD vertebral bodies" if from_bodies else "Patient BMD trabecular ROIs",
+        region=codes.SPINE, rgb=TRABECULAR_ROI_RGB,
+        mask=(functools.partial(_union_slice, labels, values), np.flatnonzero(present[:, list(values)].any(axis=1))))
 
 
 def _presence(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:

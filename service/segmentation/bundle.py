@@ -47,7 +47,7 @@ def read_configs(bundle_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def load_bundle(bundle_dir: Path, device: torch.device) -> LoadedBundle:
-    from monai.bundle import ConfigParser
+    from monai.bundle import ConfigParser  # noqa: PLC0415  # heavy: MONAI pulls sklearn/matplotlib, load time only
 
     metadata, inference = read_configs(bundle_dir)
     parser = ConfigParser(inference)
@@ -80,7 +80,8 @@ def softmax_sliding_window(bundle: LoadedBundle, device: torch.device, hu: npt.N
     """(classes, x, y, z) softmax of the bundle's network over an HU array: the bundle's fixed HU transform,
     air padding up to the window size, ``sliding_window_inference`` (Gaussian blending; CUDA + float16 autocast
     when the device is a GPU)."""
-    from monai.inferers import sliding_window_inference
+    # heavy: MONAI pulls sklearn/matplotlib; importing this module (the worker, tests) must not load it
+    from monai.inferers import sliding_window_inference  # noqa: PLC0415
 
     lo, hi = bundle.hu_clip
     x = torch.from_numpy((np.clip(hu, lo, hi) / bundle.hu_scale).astype(np.float32))[None, None].to(device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from service.domain.levels import TOTALSEG_V2_VERTEBRA_IDS, VertebraLevel
 
@@ -127,7 +128,6 @@ def whole_vertebra_targets(group: npt.NDArray[np.integer], body_mask: npt.NDArra
     if ribs is None:
         out[unlabelled_bone] = IGNORE
     # discs: voxels between two labelled bodies along the spine are unknown in these schemes
-    from scipy.ndimage import binary_closing
-    spine_hull = binary_closing(body_mask & vert, iterations=2)
+    spine_hull = ndimage.binary_closing(body_mask & vert, iterations=2)
     out[spine_hull & (out == 0)] = IGNORE
     return out

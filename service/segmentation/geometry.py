@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
+from scipy import ndimage, sparse
 from scipy.optimize import linear_sum_assignment
 
 COARSE_SPACING_MM = 3.0
@@ -183,12 +183,10 @@ def nearest_native_indices_inverse(grid: CoarseGrid, axis: int) -> npt.NDArray[n
 def upsample_region(coarse: npt.NDArray[np.float32], grid: CoarseGrid,
                     bbox: tuple[slice, slice, slice]) -> npt.NDArray[np.float32]:
     """Trilinear interpolation of a coarse array at the canonical-native voxels of ``bbox``."""
-    from scipy.ndimage import map_coordinates
-
     axes = [grid.coarse_coordinate(a, np.arange(bbox[a].start, bbox[a].stop)) for a in range(3)]
     ci, cj, ck = np.meshgrid(*axes, indexing="ij")
     coords = np.stack([ci.ravel(), cj.ravel(), ck.ravel()])
-    values = map_coordinates(coarse.astype(np.float32), coords, order=1, mode="nearest")
+    values = ndimage.map_coordinates(coarse.astype(np.float32), coords, order=1, mode="nearest")
     return values.reshape(ci.shape).astype(np.float32)
 
 

@@ -19,12 +19,12 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from service.config import SegmentationSettings  # the [segmentation] section is this step's settings (one type)
 from service.domain.levels import VertebraLevel
+from service.domain.paths import resolve_model_path
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.segmentation import classes as cls
-from service.segmentation.bundle import softmax_sliding_window
+from service.segmentation.bundle import load_bundle, softmax_sliding_window
 from service.segmentation.fine_stage import (
     FineField,
     coarse_on_fine,
@@ -51,6 +51,8 @@ from service.segmentation.labelling import (
     rib_attachment,
 )
 from service.segmentation.refine import native_body_mask, ownership
+from service.segmentation.settings import SegmentationSettings
+from service.segmentation.totalseg_backend import TotalSegmentatorSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +75,7 @@ def resolve_device(device: str) -> torch.device:
 def load_segmenter(settings: SegmentationSettings) -> Segmenter:
     """Load the model once (call once per worker process and reuse the Segmenter)."""
     if settings.backend == "totalsegmentator":
-        from service.segmentation.totalseg_backend import TotalSegmentatorSegmenter
-
         return TotalSegmentatorSegmenter(device=settings.device)
-    from service.config import resolve_model_path
-
     fine = resolve_model_path(settings.fine_bundle_dir) if settings.fine_stage else None
     return BmdNodeSegmenter(settings.bundle_dir, resolve_device(settings.device), fine)
 
@@ -93,8 +91,6 @@ class CoarsePrediction:
 
 class BmdNodeSegmenter:
     def __init__(self, bundle_dir: Path, device: torch.device, fine_bundle_dir: Path | None = None) -> None:
-        from service.segmentation.bundle import load_bundle
-
         self.device = device
         self.bundle = load_bundle(Path(bundle_dir), device)
         self.fine_bundle = load_bundle(Path(fine_bundle_dir), device) if fine_bundle_dir is not None else None
@@ -261,6 +257,21 @@ def _lowest_is_s1(inst: BodyInstances, sacrum: npt.NDArray[np.bool_]) -> bool:
     return inst.field is None or inst.fine_masks is None or not rests_on_disc(inst.fine_masks[-1], inst.field)
 
 
+def _sacrum_and_s1(inst: BodyInstances, probs: npt.NDArray[np.float32]
+                   ) -> tuple[npt.NDArray[np.bool_], int | None, list[str]]:
+    """The coarse sacrum (with the lowest body when that is S1), the index of the S1 body (None: no S1 among the
+    bodies) and the notes so far."""
+    notes: list[str] = []
+    if inst.field is not None:
+        notes.append(f"bodies from the fine stage ({inst.field.grid.spacing_mm[0]:g} mm)")
+    sacrum = probs.argmax(axis=0) == cls.SACRUM
+    if not _lowest_is_s1(inst, sacrum):
+        return sacrum, None, notes
+    # the lowest "body" is fused with the sacrum: it is S1, part of the sacrum for counting
+    notes.append("lowest body fused with the sacrum: S1 (not counted as a lumbar body)")
+    return sacrum | inst.coarse_masks[-1], len(inst.coarse_masks) - 1, notes
+
+
 def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, version: str,
                           fine: FineRunner | None = None) -> SpineSegmentation:
     probs, grid, frame = pred.probs, pred.grid, pred.frame
@@ -268,20 +279,10 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
     share = probs[cls.BODY_THORACIC] / np.maximum(raw_body, 1e-6)
     body_prob = body_likeness(raw_body, probs[cls.DISC])
     inst = find_instances(pred, body_prob, share, fine)
-    notes_pre: list[str] = []
-    if inst.field is not None:
-        notes_pre.append(f"bodies from the fine stage ({inst.field.grid.spacing_mm[0]:g} mm)")
-    sacrum = probs.argmax(axis=0) == cls.SACRUM
-    s1_index: int | None = None
-    if _lowest_is_s1(inst, sacrum):
-        # the lowest "body" is fused with the sacrum: it is S1, part of the sacrum for counting
-        s1_index = len(inst.coarse_masks) - 1
-        sacrum = sacrum | inst.coarse_masks[-1]
-        notes_pre.append("lowest body fused with the sacrum: S1 (not counted as a lumbar body)")
+    sacrum, s1_index, notes = _sacrum_and_s1(inst, probs)
     masks = inst.coarse_masks[:s1_index] if s1_index is not None else inst.coarse_masks
     canon_shape = frame.shape
     body_can = np.zeros(canon_shape, dtype=np.int16)
-    notes: list[str] = list(notes_pre)
     vertebrae: list[LabelledVertebra] = []
     used: set[int] = set()
     if masks:

@@ -27,7 +27,7 @@ NETWORK_KWARGS: dict[str, Any] = {
 
 
 def build_network(**overrides: Any) -> torch.nn.Module:
-    from monai.networks.nets import UNet
+    from monai.networks.nets import UNet  # noqa: PLC0415  # heavy: MONAI pulls sklearn/matplotlib, build time only
 
     kwargs = dict(NETWORK_KWARGS)
     kwargs.update(overrides)

@@ -7,11 +7,13 @@ TotalSegmentator's level names, flagging nothing as uncertain except FOV-cut bod
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from service.domain.levels import VertebraLevel
@@ -35,14 +37,12 @@ class TotalSegmentatorSegmenter:
         if not available():
             raise RuntimeError("backend 'totalsegmentator' selected but the totalsegmentator package is not "
                                "installed (pip install TotalSegmentator, and download its weights)")
-        from importlib.metadata import version
-
-        self.version = version("TotalSegmentator")
+        self.version = importlib.metadata.version("TotalSegmentator")
         self.device = "gpu" if device in ("auto", "cuda") else "cpu"
 
     def segment(self, volume: CTVolume) -> SpineSegmentation:
-        import nibabel as nib
-        from totalsegmentator.python_api import totalsegmentator  # type: ignore[import-not-found]
+        # optional dependency, not installed here: imported only when this backend runs
+        from totalsegmentator.python_api import totalsegmentator  # type: ignore[import-not-found]  # noqa: PLC0415
 
         ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine_lps
         with tempfile.TemporaryDirectory() as tmp:

@@ -71,12 +71,37 @@ def check_series(
     max_slice_thickness_mm: float = MAX_SLICE_THICKNESS_MM_DEFAULT,
 ) -> SeriesCheck:
     """Check that the datasets form one regular, untilted, axial-stack CT volume."""
-    reasons: list[str] = []
-    warnings: list[str] = []
     n = len(headers)
     if n == 0:
         return SeriesCheck(ok=False, reasons=("no instances",))
+    reasons = _kind_reasons(headers)
+    if reasons:
+        return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
+    reasons += _instance_reasons(headers)
+    plane_reasons, planes = _read_planes(headers)
+    reasons += plane_reasons
+    if planes is None:
+        return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
+    if n < min_slices:
+        reasons.append(f"only {n} slices (at least {min_slices} needed)")
+    order, spacing, stack_reasons = _stack_order(planes)
+    reasons += stack_reasons
+    thickness, thickness_reasons, warnings = _thickness(headers, spacing, max_slice_thickness_mm)
+    reasons += thickness_reasons
+    return SeriesCheck(
+        ok=not reasons,
+        reasons=tuple(reasons),
+        slice_count=n,
+        slice_thickness_mm=thickness,
+        slice_spacing_mm=spacing,
+        order=tuple(int(i) for i in order),
+        warnings=tuple(warnings),
+    )
 
+
+def _kind_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
+    """Is it one classic CT Image Storage series of images (not a localizer)? Nothing else is looked at if not."""
+    reasons: list[str] = []
     sop_classes = {str(getattr(h, "SOPClassUID", "")) for h in headers}
     if ENHANCED_CT_IMAGE_STORAGE in sop_classes:
         reasons.append("Enhanced CT (multi-frame) is not supported; send the classic CT Image Storage series")
@@ -93,11 +118,14 @@ def check_series(
         if "LOCALIZER" in image_type:
             reasons.append("localizer (scout) images")
             break
-    if reasons:
-        return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
+    return reasons
 
+
+def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
+    """Unique single-frame instances with a rescale to HU, one Frame of Reference, one image size."""
+    reasons: list[str] = []
     sop_uids = [str(getattr(h, "SOPInstanceUID", "")) for h in headers]
-    if len(set(sop_uids)) != n:
+    if len(set(sop_uids)) != len(headers):
         reasons.append("duplicate SOP Instance UIDs")
     if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
         reasons.append("multi-frame images")
@@ -109,7 +137,20 @@ def check_series(
     shapes = {(int(getattr(h, "Rows", 0)), int(getattr(h, "Columns", 0))) for h in headers}
     if len(shapes) != 1:
         reasons.append(f"slices differ in size: {sorted(shapes)}")
+    return reasons
 
+
+@dataclass(frozen=True, eq=False)
+class _Planes:
+    normal: npt.NDArray[np.float64]
+    """Unit slice normal of the (first) orientation."""
+    positions: npt.NDArray[np.float64]
+    """(n, 3) ImagePositionPatient of each header, in the order given."""
+
+
+def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], _Planes | None]:
+    """One orientation and pixel spacing, an axial stack; None planes when the geometry cannot be read at all."""
+    reasons: list[str] = []
     orientations: list[list[float]] = []
     positions: list[list[float]] = []
     spacings: list[list[float]] = []
@@ -118,8 +159,7 @@ def check_series(
         ipp = _float_list(getattr(h, "ImagePositionPatient", None), 3)
         ps = _float_list(getattr(h, "PixelSpacing", None), 2)
         if iop is None or ipp is None or ps is None:
-            reasons.append("ImageOrientationPatient, ImagePositionPatient or PixelSpacing missing or malformed")
-            return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
+            return ["ImageOrientationPatient, ImagePositionPatient or PixelSpacing missing or malformed"], None
         orientations.append(iop)
         positions.append(ipp)
         spacings.append(ps)
@@ -134,23 +174,24 @@ def check_series(
     row, col = iop_array[0, :3], iop_array[0, 3:]
     if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(float(row @ col)) > 0.01:
         reasons.append("ImageOrientationPatient is not two orthogonal unit vectors")
-        return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
+        return reasons, None
     normal = slice_normal(iop_array[0])
     if abs(normal[2]) < 0.8:
         reasons.append("not an axial stack (slice normal is not head-foot)")
+    return reasons, _Planes(normal=normal, positions=np.asarray(positions))
 
-    thickness_values = [float(getattr(h, "SliceThickness", 0) or 0) for h in headers]
-    thickness = float(np.median(thickness_values)) if any(thickness_values) else None
 
-    if n < min_slices:
-        reasons.append(f"only {n} slices (at least {min_slices} needed)")
-
-    ipp_array = np.asarray(positions)
+def _stack_order(planes: _Planes) -> tuple[npt.NDArray[np.intp], float | None, list[str]]:
+    """Order along the normal, the median slice spacing (None for one slice or duplicate positions) and the
+    reasons: duplicate positions, irregular spacing (missing slices), gantry tilt."""
+    reasons: list[str] = []
+    ipp_array = planes.positions
+    normal = planes.normal
     projections = ipp_array @ normal
     order = np.argsort(projections, kind="stable")
     sorted_proj = projections[order]
     spacing: float | None = None
-    if n >= 2:
+    if len(ipp_array) >= 2:
         gaps = np.diff(sorted_proj)
         if np.any(gaps < 1e-3):
             reasons.append("duplicate slice positions")
@@ -168,6 +209,16 @@ def check_series(
                 tilt_deg = float(np.degrees(np.arccos(min(1.0, cos_angle))))
                 if tilt_deg > MAX_TILT_DEGREES:
                     reasons.append(f"gantry tilt of {tilt_deg:.1f} degrees")
+    return order, spacing, reasons
+
+
+def _thickness(headers: Sequence[pydicom.Dataset], spacing: float | None,
+               max_slice_thickness_mm: float) -> tuple[float | None, list[str], list[str]]:
+    """Slice thickness (median SliceThickness, else the spacing) with its reasons and warnings."""
+    reasons: list[str] = []
+    warnings: list[str] = []
+    thickness_values = [float(getattr(h, "SliceThickness", 0) or 0) for h in headers]
+    thickness = float(np.median(thickness_values)) if any(thickness_values) else None
     if thickness is None:
         thickness = spacing
         if thickness is not None:
@@ -176,13 +227,4 @@ def check_series(
         reasons.append(f"slice thickness {thickness:.1f} mm exceeds {max_slice_thickness_mm:.1f} mm")
     if spacing is not None and thickness is not None and spacing > thickness * 2.0 + 0.01:
         warnings.append(f"slice spacing {spacing:.2f} mm is more than twice the thickness (gaps between slices)")
-
-    return SeriesCheck(
-        ok=not reasons,
-        reasons=tuple(reasons),
-        slice_count=n,
-        slice_thickness_mm=thickness,
-        slice_spacing_mm=spacing,
-        order=tuple(int(i) for i in order),
-        warnings=tuple(warnings),
-    )
+    return thickness, reasons, warnings

@@ -30,8 +30,8 @@ import csv
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +119,6 @@ class CohortRow:
         return int(self.qct_category == "osteoporosis")
 
     def with_hu(self, hu_by_level: dict[VertebraLevel, float]) -> CohortRow:
-        from dataclasses import replace
-
         return replace(self, hu_by_level=dict(hu_by_level))
 
 
@@ -212,137 +210,168 @@ def assign_splits(n: int, seed: int, categories: Sequence[str] | None = None) ->
     return out
 
 
-def load_cohort(path: Path | str, *, split_seed: int = 0) -> Cohort:
-    """Parse and validate a cohort CSV. Raises ``CohortError`` naming every bad row and column."""
-    csv_path = Path(path)
+@dataclass(frozen=True)
+class _ParsedRow:
+    """One data row as read, before its category and split are settled (None: the cell was invalid)."""
+
+    row: int
+    patient_ref: str
+    sex: str | None
+    age_years: float | None
+    qct_bmd_mg_cm3: float | None
+    qct_category: str  # as given (lower case); empty: from qct_bmd_mg_cm3
+    split: str
+    hu_by_level: dict[VertebraLevel, float]
+    result_json: Path | None
+    ct_series_dir: Path | None
+    source: str
+    scanner: str
+
+    def to_row(self, qct_category: str, split: str) -> CohortRow:
+        if self.sex is None or self.age_years is None or self.qct_bmd_mg_cm3 is None:
+            raise ValueError(f"row {self.row} has invalid cells and cannot become a CohortRow")
+        return CohortRow(row=self.row, patient_ref=self.patient_ref, sex=self.sex, age_years=self.age_years,
+                         qct_bmd_mg_cm3=self.qct_bmd_mg_cm3, qct_category=qct_category, split=split,
+                         hu_by_level=self.hu_by_level, result_json=self.result_json,
+                         ct_series_dir=self.ct_series_dir, source=self.source, scanner=self.scanner)
+
+
+_Bad = Callable[[str, str], None]  # bad(column, reason): records a problem of the current row
+
+
+def _read_manifest(csv_path: Path) -> list[dict[str, str]]:
+    """The data rows (keys stripped) after the file-level checks: file, required columns, rows, a feature source."""
     if not csv_path.is_file():
         raise CohortError(csv_path, [f"file not found: {csv_path}"])
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         raw_rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
-    problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CohortError(csv_path, [f"header: required column(s) missing: {', '.join(missing)}"])
     if not raw_rows:
         raise CohortError(csv_path, ["no data rows"])
-    has_feature_column = any(c in header for c in (*HU_COLUMNS.values(), "result_json", "ct_series_dir"))
-    if not has_feature_column:
-        raise CohortError(
-            csv_path, ["header: no feature source column (hu_T5..hu_L2, result_json or ct_series_dir)"]
-        )
-    base = csv_path.parent
-    parsed: list[dict[str, object]] = []
-    split_values = [r.get("split", "").strip().lower() for r in raw_rows]
-    any_split = any(split_values)
-    refs_seen: dict[str, int] = {}
-    for n, raw in enumerate(raw_rows, start=1):
-        row_problems: list[str] = []
+    if not any(c in header for c in (*HU_COLUMNS.values(), "result_json", "ct_series_dir")):
+        raise CohortError(csv_path, ["header: no feature source column (hu_T5..hu_L2, result_json or ct_series_dir)"])
+    return raw_rows
 
-        def bad(column: str, reason: str, n: int = n, row_problems: list[str] = row_problems) -> None:
-            row_problems.append(f"row {n}, column {column!r}: {reason}")
 
-        ref = raw.get("patient_ref", "").strip() or f"row{n}"
-        if ref in refs_seen:
-            bad("patient_ref", f"duplicate of row {refs_seen[ref]}")
-        refs_seen.setdefault(ref, n)
-        sex = normalise_sex(raw.get("sex", ""))
-        if sex is None:
-            bad("sex", f"must be F or M (female/male), got {raw.get('sex', '')!r}")
-        age: float | None = None
+def _parse_required(raw: dict[str, str], column: str, bad: _Bad, inside: Callable[[float], bool],
+                    range_text: str) -> float | None:
+    """A required number of ``column``; problems: empty, not a number, outside ``range_text``."""
+    value: float | None = None
+    try:
+        value = _parse_float(raw.get(column, ""))
+        if value is None:
+            bad(column, "empty")
+        elif not inside(value):
+            bad(column, f"must be within {range_text}, got {value:g}")
+    except ValueError:
+        bad(column, f"not a number: {raw.get(column, '')!r}")
+    return value
+
+
+def _parse_hu(raw: dict[str, str], bad: _Bad) -> dict[VertebraLevel, float]:
+    hu: dict[VertebraLevel, float] = {}
+    for level, column in HU_COLUMNS.items():
+        text = raw.get(column, "")
         try:
-            age = _parse_float(raw.get("age", ""))
-            if age is None:
-                bad("age", "empty")
-            elif not (AGE_RANGE_YEARS[0] <= age <= AGE_RANGE_YEARS[1]):
-                bad("age", f"must be within {AGE_RANGE_YEARS[0]:g}..{AGE_RANGE_YEARS[1]:g} years, got {age:g}")
+            value = _parse_float(text)
         except ValueError:
-            bad("age", f"not a number: {raw.get('age', '')!r}")
-        bmd: float | None = None
-        try:
-            bmd = _parse_float(raw.get("qct_bmd_mg_cm3", ""))
-            if bmd is None:
-                bad("qct_bmd_mg_cm3", "empty")
-            elif not (QCT_BMD_RANGE_MG_CM3[0] < bmd < QCT_BMD_RANGE_MG_CM3[1]):
-                bad("qct_bmd_mg_cm3", f"must be within {QCT_BMD_RANGE_MG_CM3} mg/cm3, got {bmd:g}")
-        except ValueError:
-            bad("qct_bmd_mg_cm3", f"not a number: {raw.get('qct_bmd_mg_cm3', '')!r}")
-        category = raw.get("qct_category", "").strip().lower()
-        if category and category not in CATEGORY_LABELS:
-            bad("qct_category", f"must be one of {', '.join(CATEGORY_LABELS)}, got {category!r}")
-        split = split_values[n - 1]
-        if any_split and split not in SPLITS:
-            bad("split", f"must be one of {', '.join(SPLITS)} (or empty in every row), got {split!r}")
-        hu: dict[VertebraLevel, float] = {}
-        for level, column in HU_COLUMNS.items():
-            text = raw.get(column, "")
-            try:
-                value = _parse_float(text)
-            except ValueError:
-                bad(column, f"not a number: {text!r}")
-                continue
-            if value is None:
-                continue
-            if not (HU_RANGE[0] <= value <= HU_RANGE[1]):
-                bad(column, f"must be within {HU_RANGE[0]:g}..{HU_RANGE[1]:g} HU, got {value:g}")
-                continue
+            bad(column, f"not a number: {text!r}")
+            continue
+        if value is not None and not (HU_RANGE[0] <= value <= HU_RANGE[1]):
+            bad(column, f"must be within {HU_RANGE[0]:g}..{HU_RANGE[1]:g} HU, got {value:g}")
+        elif value is not None:
             hu[level] = value
-        paths: dict[str, Path | None] = {}
-        for column in ("result_json", "ct_series_dir"):
-            text = raw.get(column, "").strip()
-            if not text:
-                paths[column] = None
-                continue
-            p = Path(text)
-            p = p if p.is_absolute() else base / p
-            if column == "result_json" and not p.is_file():
-                bad(column, f"file not found: {p}")
-            if column == "ct_series_dir" and not p.is_dir():
-                bad(column, f"folder not found: {p}")
-            paths[column] = p
-        if not hu and paths.get("result_json") is None and paths.get("ct_series_dir") is None:
-            bad("hu_T5..hu_L2/result_json/ct_series_dir", "no feature source in this row")
-        problems.extend(row_problems)
-        parsed.append(
-            {"row": n, "patient_ref": ref, "sex": sex, "age": age, "bmd": bmd, "category": category,
-             "split": split, "hu": hu, "source": raw.get("source", "").strip(),
-             "scanner": raw.get("scanner", "").strip(), **paths}
-        )
-    if problems:
-        raise CohortError(csv_path, problems)
+    return hu
+
+
+def _parse_paths(raw: dict[str, str], base: Path, bad: _Bad) -> dict[str, Path | None]:
+    """``result_json`` and ``ct_series_dir``, resolved against the CSV's folder (None: empty)."""
+    paths: dict[str, Path | None] = {}
+    for column, exists, kind in (("result_json", Path.is_file, "file"), ("ct_series_dir", Path.is_dir, "folder")):
+        text = raw.get(column, "").strip()
+        p = (Path(text) if Path(text).is_absolute() else base / text) if text else None
+        if p is not None and not exists(p):
+            bad(column, f"{kind} not found: {p}")
+        paths[column] = p
+    return paths
+
+
+def _parse_row(n: int, raw: dict[str, str], split: str, any_split: bool, base: Path,
+               refs_seen: dict[str, int]) -> tuple[_ParsedRow, list[str]]:
+    """Row ``n`` (1-based) and its problems, in column order; records its patient_ref in ``refs_seen``."""
+    lines: list[str] = []
+
+    def bad(column: str, reason: str) -> None:
+        lines.append(f"row {n}, column {column!r}: {reason}")
+
+    ref = raw.get("patient_ref", "").strip() or f"row{n}"
+    if ref in refs_seen:
+        bad("patient_ref", f"duplicate of row {refs_seen[ref]}")
+    refs_seen.setdefault(ref, n)
+    sex = normalise_sex(raw.get("sex", ""))
+    if sex is None:
+        bad("sex", f"must be F or M (female/male), got {raw.get('sex', '')!r}")
+    age = _parse_required(raw, "age", bad, lambda v: AGE_RANGE_YEARS[0] <= v <= AGE_RANGE_YEARS[1],
+                          f"{AGE_RANGE_YEARS[0]:g}..{AGE_RANGE_YEARS[1]:g} years")
+    bmd = _parse_required(raw, "qct_bmd_mg_cm3", bad, lambda v: QCT_BMD_RANGE_MG_CM3[0] < v < QCT_BMD_RANGE_MG_CM3[1],
+                          f"{QCT_BMD_RANGE_MG_CM3} mg/cm3")
+    category = raw.get("qct_category", "").strip().lower()
+    if category and category not in CATEGORY_LABELS:
+        bad("qct_category", f"must be one of {', '.join(CATEGORY_LABELS)}, got {category!r}")
+    if any_split and split not in SPLITS:
+        bad("split", f"must be one of {', '.join(SPLITS)} (or empty in every row), got {split!r}")
+    hu = _parse_hu(raw, bad)
+    paths = _parse_paths(raw, base, bad)
+    if not hu and paths["result_json"] is None and paths["ct_series_dir"] is None:
+        bad("hu_T5..hu_L2/result_json/ct_series_dir", "no feature source in this row")
+    parsed = _ParsedRow(row=n, patient_ref=ref, sex=sex, age_years=age, qct_bmd_mg_cm3=bmd, qct_category=category,
+                        split=split, hu_by_level=hu, result_json=paths["result_json"],
+                        ct_series_dir=paths["ct_series_dir"], source=raw.get("source", "").strip(),
+                        scanner=raw.get("scanner", "").strip())
+    return parsed, lines
+
+
+def _settle_categories(parsed: Sequence[_ParsedRow]) -> list[str]:
+    """The classification label of every row: the given qct_category, else the one of its BMD (guidelines)."""
     categories: list[str] = []
     mismatched = 0
     for entry in parsed:
-        from_bmd = category_from_bmd(float(entry["bmd"]))  # type: ignore[arg-type]
-        given = str(entry["category"])
+        from_bmd = category_from_bmd(float(entry.qct_bmd_mg_cm3))  # type: ignore[arg-type]
+        given = entry.qct_category
         if given and given != from_bmd:
             mismatched += 1
         categories.append(given or from_bmd)
     if mismatched:
         logger.warning("%d rows carry a qct_category that differs from the category of qct_bmd_mg_cm3; "
                        "the given category is used as the classification label", mismatched)
-    splits = [str(p["split"]) for p in parsed] if any_split else assign_splits(len(parsed), split_seed, categories)
+    return categories
+
+
+def load_cohort(path: Path | str, *, split_seed: int = 0) -> Cohort:
+    """Parse and validate a cohort CSV. Raises ``CohortError`` naming every bad row and column."""
+    csv_path = Path(path)
+    raw_rows = _read_manifest(csv_path)
+    split_values = [r.get("split", "").strip().lower() for r in raw_rows]
+    any_split = any(split_values)
+    problems: list[str] = []
+    parsed: list[_ParsedRow] = []
+    refs_seen: dict[str, int] = {}
+    for n, raw in enumerate(raw_rows, start=1):
+        row, row_problems = _parse_row(n, raw, split_values[n - 1], any_split, csv_path.parent, refs_seen)
+        problems.extend(row_problems)
+        parsed.append(row)
+    if problems:
+        raise CohortError(csv_path, problems)
+    categories = _settle_categories(parsed)
+    splits = [p.split for p in parsed] if any_split else assign_splits(len(parsed), split_seed, categories)
     if not any_split:
         logger.info("no split column: assigned train/validation/test with seed %d (Xiong 2025 proportions)",
                     split_seed)
-    rows = tuple(
-        CohortRow(
-            row=int(p["row"]),  # type: ignore[call-overload]
-            patient_ref=str(p["patient_ref"]),
-            sex=str(p["sex"]),
-            age_years=float(p["age"]),  # type: ignore[arg-type]
-            qct_bmd_mg_cm3=float(p["bmd"]),  # type: ignore[arg-type]
-            qct_category=cat,
-            split=split,
-            hu_by_level=p["hu"],  # type: ignore[arg-type]
-            result_json=p["result_json"],  # type: ignore[arg-type]
-            ct_series_dir=p["ct_series_dir"],  # type: ignore[arg-type]
-            source=str(p["source"]),
-            scanner=str(p["scanner"]),
-        )
-        for p, cat, split in zip(parsed, categories, splits, strict=True)
-    )
+    rows = tuple(p.to_row(cat, split) for p, cat, split in zip(parsed, categories, splits, strict=True))
     return Cohort(csv_path, rows)
 
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from service.domain.levels import VertebraLevel
-from service.site_models.cohort import CATEGORY_LABELS, FEATURE_LEVELS, CohortRow, rows_hash
+from service.site_models.cohort import FEATURE_LEVELS, CohortRow, rows_hash
+from service.site_models.estimators import ALGORITHM_NAMES, TARGET_LABELS, TARGETS, algorithms_for, build_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +51,6 @@ MIN_CURVE_LEVELS = 3
 """Thoracic levels needed for a patient's curve intercept (and for a per-patient slope)."""
 CURVE_MODES: tuple[str, ...] = ("site", "per_patient")
 
-TARGETS: dict[str, str] = {"3class": "classification", "binary": "classification", "bmd": "regression"}
-TARGET_LABELS: dict[str, tuple[str, ...]] = {
-    "3class": CATEGORY_LABELS,
-    "binary": ("not_osteoporosis", "osteoporosis"),
-}
-CLASSIFIER_ALGORITHMS: tuple[str, ...] = ("bdt", "lr", "rf")
-REGRESSOR_ALGORITHMS: tuple[str, ...] = ("sgd", "bdt", "rf")
-ALGORITHM_NAMES: dict[str, str] = {
-    "bdt": "bagging decision trees", "lr": "logistic regression", "rf": "random forest",
-    "sgd": "stochastic gradient descent",
-}
-N_ESTIMATORS = 200
-CLASSIFIER_MIN_SAMPLES_LEAF = 20
-"""Leaf size of the classification trees: class probabilities (what the ROC ranks) from populated leaves."""
-REGRESSOR_MIN_SAMPLES_LEAF = 5
-RF_REGRESSOR_MAX_FEATURES = 0.34
 MODEL_FILE = "model.joblib"
 META_FILE = "model.json"
 SCHEMA_VERSION = 1
@@ -255,63 +240,6 @@ def labels_for(target: str, rows: Sequence[CohortRow]) -> np.ndarray:
     raise ValueError(f"target must be one of {tuple(TARGETS)}, got {target!r}")
 
 
-# ---------------------------------------------------------------- estimators
-
-
-def build_pipeline(target: str, algorithm: str, seed: int) -> Any:
-    """z-score + estimator as a scikit-learn Pipeline (single-threaded, seeded)."""
-    from sklearn.compose import TransformedTargetRegressor
-    from sklearn.ensemble import (
-        BaggingClassifier,
-        BaggingRegressor,
-        RandomForestClassifier,
-        RandomForestRegressor,
-    )
-    from sklearn.linear_model import LogisticRegression, SGDRegressor
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
-
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {tuple(TARGETS)}, got {target!r}")
-    estimator: Any
-    if TARGETS[target] == "classification":
-        if algorithm == "bdt":
-            estimator = BaggingClassifier(
-                estimator=DecisionTreeClassifier(min_samples_leaf=CLASSIFIER_MIN_SAMPLES_LEAF, random_state=seed),
-                n_estimators=N_ESTIMATORS, random_state=seed, n_jobs=1)
-        elif algorithm == "lr":
-            estimator = LogisticRegression(max_iter=5000, C=1.0)
-        elif algorithm == "rf":
-            estimator = RandomForestClassifier(n_estimators=N_ESTIMATORS, min_samples_leaf=CLASSIFIER_MIN_SAMPLES_LEAF,
-                                               random_state=seed, n_jobs=1)
-        else:
-            raise ValueError(f"classifier algorithm must be one of {CLASSIFIER_ALGORITHMS}, got {algorithm!r}")
-    else:
-        if algorithm == "sgd":
-            # the target is z-scored too, so SGD's step size does not depend on the mg/cm3 scale
-            estimator = TransformedTargetRegressor(
-                regressor=SGDRegressor(loss="squared_error", penalty="l2", alpha=1e-4, max_iter=5000, tol=1e-6,
-                                       random_state=seed),
-                transformer=StandardScaler())
-        elif algorithm == "bdt":
-            estimator = BaggingRegressor(
-                estimator=DecisionTreeRegressor(min_samples_leaf=REGRESSOR_MIN_SAMPLES_LEAF, random_state=seed),
-                n_estimators=N_ESTIMATORS, random_state=seed, n_jobs=1)
-        elif algorithm == "rf":
-            # a third of the features per split (Breiman's regression default); with all of them a random forest
-            # regressor would be the bagged trees again
-            estimator = RandomForestRegressor(n_estimators=N_ESTIMATORS, min_samples_leaf=REGRESSOR_MIN_SAMPLES_LEAF,
-                                              max_features=RF_REGRESSOR_MAX_FEATURES, random_state=seed, n_jobs=1)
-        else:
-            raise ValueError(f"regressor algorithm must be one of {REGRESSOR_ALGORITHMS}, got {algorithm!r}")
-    return Pipeline([("zscore", StandardScaler()), ("model", estimator)])
-
-
-def algorithms_for(target: str) -> tuple[str, ...]:
-    return CLASSIFIER_ALGORITHMS if TARGETS[target] == "classification" else REGRESSOR_ALGORITHMS
-
-
 def model_name(region: str, target: str, algorithm: str) -> str:
     return f"{region}-{target}-{algorithm}"
 
@@ -357,7 +285,7 @@ class FeatureModel:
         return self.predict_matrix(X), kept
 
     def save(self, folder: Path) -> Path:
-        import joblib
+        import joblib  # noqa: PLC0415  # with scikit-learn behind it: loaded only when a model is saved
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -377,7 +305,7 @@ def file_sha256(path: Path) -> str:
 
 
 def environment_versions() -> dict[str, str]:
-    import sklearn
+    import sklearn  # noqa: PLC0415  # heavy: loaded only when a model is trained or loaded, not with the node
 
     return {"sklearn": sklearn.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
@@ -427,7 +355,7 @@ def train_feature_model(
 
 def load_feature_model(folder: Path, *, verify_hash: bool = True) -> FeatureModel:
     """Load a saved model; checks the artefact hash and warns when library versions differ."""
-    import joblib
+    import joblib  # noqa: PLC0415  # with scikit-learn behind it: loaded only when a site model is active
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))

@@ -31,6 +31,7 @@ from typing import Any
 from service.domain.levels import VertebraLevel
 from service.domain.results import Category, SitePrediction
 from service.domain.site_model import SiteModelPredictor
+from service.site_models.feature_models import load_feature_model
 
 logger = logging.getLogger(__name__)
 
@@ -249,8 +250,6 @@ class ActiveSiteModels:
 
 
 def _load_predictor(registry_dir: Path, entry: dict[str, Any]) -> FeatureModelPredictor:
-    from service.site_models.feature_models import load_feature_model
-
     model = load_feature_model(Path(registry_dir) / entry["path"])
     if model.meta.get("model_sha256") != entry.get("model_sha256"):
         raise RegistryError(f"{entry['name']} {entry['version']}: model.json hash differs from the manifest")

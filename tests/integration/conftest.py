@@ -12,14 +12,16 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
+
+from tests.support.net import free_port
 
 PG_BIN_ENV = "BMD_NODE_PG_BIN"
 
@@ -38,12 +40,6 @@ def _find_pg_bin() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class PostgresServer:
     port: int
@@ -54,8 +50,6 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self) -> str:
-        import psycopg2
-
         name = f"bmd_test_{os.getpid()}_{next(self._counter)}"
         conn = psycopg2.connect(self.url())
         conn.autocommit = True
@@ -67,8 +61,6 @@ class PostgresServer:
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
-        import psycopg2
-
         name = url.rsplit("/", 1)[1]
         conn = psycopg2.connect(self.url())
         conn.autocommit = True
@@ -100,7 +92,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     if os.geteuid() == 0:
         os.chown(base, pg_user.pw_uid, pg_user.pw_gid)
     data = base / "data"
-    port = _free_port()
+    port = free_port()
     init = _as_postgres([str(pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                          "--no-sync", "-E", "UTF8"])
     if init.returncode != 0:

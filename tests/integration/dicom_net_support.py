@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,17 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom.dsutils import split_dataset
 
 from service.config import Config, build_config
 from service.receive.handlers import ReceivedInstance
+from tests.support.ct_series import CTSeriesHeader, ct_slice, write_ct_series
+from tests.support.net import wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
@@ -34,12 +30,6 @@ J2K_SLAB_DIR = SHARED_DATA / "ts_abdomen_slab_j2k" / "dicom"
 
 # DCMTK and Orthanc stall ~40 ms per PDU without TCP_NODELAY (see ARCHITECTURE.md).
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_tool(name: str) -> str:
@@ -52,6 +42,29 @@ def require_tool(name: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} is not installed (make install installs the Debian packages the tests need)")
     return path
+
+
+NET_HEADER = {"PatientName": "Test^Network", "PatientID": "NET-0001", "SeriesNumber": 2}
+"""What the network tests' images carry over the writer's defaults."""
+
+
+def _net_header(study_instance_uid: str, series_instance_uid: str, *, bits_allocated: int = 16,
+                modality: str = "CT", sop_class_uid: str = CTImageStorage) -> CTSeriesHeader:
+    return CTSeriesHeader(study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
+                          frame_of_reference_uid=generate_uid(entropy_srcs=[study_instance_uid, "for"]),
+                          pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=2.0,
+                          bits_stored=12 if bits_allocated == 16 else 8,
+                          extra={**NET_HEADER, "Modality": modality, "SOPClassUID": sop_class_uid})
+
+
+def _net_pixels(rows: int, columns: int, bits_allocated: int, seed: int) -> npt.NDArray[np.unsignedinteger]:
+    """A smooth pattern with a little noise from ``seed`` (uint16 within 12 bits, or uint8)."""
+    rng = np.random.default_rng(seed)
+    high = 4095 if bits_allocated == 16 else 255
+    dtype = np.uint16 if bits_allocated == 16 else np.uint8
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    pixels = ((np.sin(xx / 7.0) + np.cos(yy / 5.0) + 2.0) * high / 4.0).astype(dtype)
+    return np.clip(pixels + rng.integers(0, 8, size=pixels.shape), 0, high).astype(dtype)
 
 
 def make_image_dataset(
@@ -68,52 +81,11 @@ def make_image_dataset(
     seed: int = 0,
 ) -> Dataset:
     """A small, valid single-frame image (CT by default) in Explicit VR Little Endian."""
-    rng = np.random.default_rng(seed + instance_number)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_instance_uid
-    ds.SeriesInstanceUID = series_instance_uid
-    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_instance_uid, "for"])
-    ds.Modality = modality
-    ds.PatientName = "Test^Network"
-    ds.PatientID = "NET-0001"
-    ds.PatientBirthDate = "19500101"
-    ds.PatientSex = "F"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC1"
-    ds.StudyID = "1"
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = instance_number
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.ImagePositionPatient = [-100.0, -100.0, -float(instance_number) * 2.0]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.SliceThickness = 2.0
-    ds.KVP = 120
-    ds.RescaleIntercept = -1024
-    ds.RescaleSlope = 1
-    ds.RescaleType = "HU"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = 12 if bits_allocated == 16 else 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    high = 4095 if bits_allocated == 16 else 255
-    dtype = np.uint16 if bits_allocated == 16 else np.uint8
-    yy, xx = np.mgrid[0:rows, 0:columns]
-    pixels = ((np.sin(xx / 7.0) + np.cos(yy / 5.0) + 2.0) * high / 4.0).astype(dtype)
-    pixels = np.clip(pixels + rng.integers(0, 8, size=pixels.shape), 0, high).astype(dtype)
-    ds.PixelData = pixels.tobytes()
-    return ds
+    header = _net_header(study_instance_uid, series_instance_uid, bits_allocated=bits_allocated, modality=modality,
+                         sop_class_uid=sop_class_uid)
+    return ct_slice(_net_pixels(rows, columns, bits_allocated, seed + instance_number), header,
+                    instance_number=instance_number, position_lps_mm=(-100.0, -100.0, -2.0 * instance_number),
+                    sop_instance_uid=sop_instance_uid)
 
 
 def write_series(
@@ -122,20 +94,16 @@ def write_series(
     *,
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
-    **kwargs: Any,
+    rows: int = 64,
+    columns: int = 64,
+    bits_allocated: int = 16,
+    seed: int = 0,
 ) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    study = study_instance_uid or generate_uid()
-    series = series_instance_uid or generate_uid()
-    paths = []
-    for i in range(count):
-        ds = make_image_dataset(
-            study_instance_uid=study, series_instance_uid=series, instance_number=i + 1, **kwargs
-        )
-        path = directory / f"{i + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    """``count`` images of one CT series (``make_image_dataset``'s), positions 2 mm apart going down."""
+    header = _net_header(study_instance_uid or generate_uid(), series_instance_uid or generate_uid(),
+                         bits_allocated=bits_allocated)
+    frames = (_net_pixels(rows, columns, bits_allocated, seed + k + 1) for k in range(count))
+    return write_ct_series(directory, frames, header, origin_lps_mm=(-100.0, -100.0, -2.0), slice_step_mm=-2.0)
 
 
 def make_secondary_capture(study_instance_uid: str, directory: Path, name: str = "sc.dcm") -> Path:
@@ -283,17 +251,6 @@ def storescu(
 def echoscu(*, port: int, calling_ae: str, called_ae: str = "BMDNODE") -> subprocess.CompletedProcess[str]:
     cmd = [require_tool("echoscu"), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=PEER_ENV)
-
-
-def wait_for_port(port: int, timeout_s: float = 20.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
 
 
 @contextmanager

@@ -25,12 +25,12 @@ from service.db.migrate import upgrade
 from service.export.exporter import export_once, run_exporter
 from tests.integration.dicom_net_support import (
     dataset_bytes,
-    free_port,
     make_secondary_capture,
     node_config,
     storescp_process,
 )
 from tests.integration.outbox_support import ScriptedPacs, enqueue_result_exports, export_rows
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,15 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from service.db.engine import make_engine
-from service.db.migrate import alembic_config, current_revision, downgrade, heads, upgrade
+from service.db.migrate import (
+    SchemaError,
+    alembic_config,
+    current_revision,
+    downgrade,
+    ensure_schema,
+    heads,
+    upgrade,
+)
 from service.db.queries import count_by_status, record_instance
 from service.db.tables import Base
 from service.queue import jobs
@@ -95,6 +103,33 @@ def test_round_trip_sqlite(sqlite_url: str) -> None:
 
 def test_round_trip_postgresql(postgres_url: str) -> None:
     _round_trip(postgres_url)
+
+
+def _schema_check(url: str, *, created_when_empty: bool) -> None:
+    """serve's startup schema step: an empty SQLite database gets the schema, an empty PostgreSQL one does not;
+    a database at an older revision is never upgraded silently."""
+    if created_when_empty:
+        assert ensure_schema(url, create_empty_sqlite=True)
+    else:
+        with pytest.raises(SchemaError, match=r"no schema yet.*run `bmd-node db upgrade`"):
+            ensure_schema(url, create_empty_sqlite=True)
+        assert current_revision(url) is None
+        upgrade(url)
+    assert current_revision(url) == "0004"
+    assert not ensure_schema(url, create_empty_sqlite=True)  # at head: nothing to do
+    downgrade(url, "0002")
+    for create in (True, False):
+        with pytest.raises(SchemaError, match=r"revision 0002, this version of bmd-node needs 0004.*db upgrade"):
+            ensure_schema(url, create_empty_sqlite=create)
+    assert current_revision(url) == "0002"
+
+
+def test_schema_check_sqlite(sqlite_url: str) -> None:
+    _schema_check(sqlite_url, created_when_empty=True)
+
+
+def test_schema_check_postgresql(postgres_url: str) -> None:
+    _schema_check(postgres_url, created_when_empty=False)
 
 
 def test_upgrade_keeps_data_from_earlier_revision(sqlite_url: str) -> None:

@@ -26,13 +26,13 @@ from service.export.exporter import export_once
 from service.receive.scp import start_scp
 from tests.integration.dicom_net_support import (
     dataset_bytes,
-    free_port,
     make_secondary_capture,
     node_config,
     write_series,
 )
 from tests.integration.orthanc import OrthancServer
 from tests.integration.outbox_support import enqueue_result_exports, export_rows
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from service.db.engine import make_engine, read_session
 from service.db.tables import Export, Job, ResultObject
-from tests.integration.dicom_net_support import free_port, wait_for_port, write_series
+from service.domain.levels import VertebraLevel
+from service.offline.phantom.api import PhantomSpec, generate, write_phantom
+from tests.integration.dicom_net_support import write_series
 from tests.integration.orthanc import OrthancServer
+from tests.support.net import free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,11 +106,6 @@ def running_site(tmp_path: Path, pipeline: str | None = None) -> Iterator[tuple[
 
 
 def _phantom_series(out_dir: Path) -> tuple[str, list[Path]]:
-    from pydicom import dcmread
-
-    from service.domain.levels import VertebraLevel
-    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
-
     spec = PhantomSpec(seed=11, region="abdomen", rows=256, columns=256, pixel_spacing_mm=1.4,
                        slice_thickness_mm=2.5, fov_top_level=VertebraLevel.T11, fov_bottom_level=VertebraLevel.L3)
     paths = write_phantom(generate(spec), out_dir)

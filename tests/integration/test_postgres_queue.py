@@ -7,22 +7,29 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
+import pydicom
 import pytest
 import sqlalchemy
 from sqlalchemy import func, select
 
+from service.config import Config, PeerSettings
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.queries import record_instance
 from service.db.tables import Export, Instance, Series, utcnow
 from service.queue import jobs
+from service.queue.scheduler import Scheduler
+from service.queue.worker import Worker
+from service.series.settings import SeriesSettings
 from tests.node_support import (
+    MeanHuPipeline,
     _success_for_tests,
     claim_all_exports,
     claim_all_jobs,
     enqueue_many,
     record,
     run_in_two_processes,
+    write_ct_series,
 )
 
 pytestmark = pytest.mark.integration
@@ -103,13 +110,6 @@ def test_concurrent_duplicate_instances_are_idempotent(pg_engine: sqlalchemy.Eng
 
 def test_scheduler_and_worker_on_postgres(pg_engine: sqlalchemy.Engine, postgres_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Stable series -> scheduler -> job -> worker (small real pipeline) -> results + exports, on PostgreSQL."""
-    import pydicom
-
-    from service.config import Config, PeerSettings, SeriesSettings
-    from service.queue.scheduler import Scheduler
-    from service.queue.worker import Worker
-    from tests.node_support import MeanHuPipeline, write_ct_series
-
     config = Config(peers=(PeerSettings("pacs", "PACS", "127.0.0.1", 104),),
                     series=SeriesSettings(min_slices=10)).with_node(
         database_url=postgres_url, storage_dir=tmp_path / "storage", series_stable_seconds=5)

@@ -36,7 +36,8 @@ from service.config import Config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Instance
-from service.export.cstore_scu import OutcomeKind, StoreSession
+from service.export.cstore_scu import StoreSession
+from service.export.transport import OutcomeKind
 from service.receive.scp import run_scp, start_scp
 from service.receive.spool import Spool
 from tests.integration.dicom_net_support import (
@@ -45,15 +46,14 @@ from tests.integration.dicom_net_support import (
     TRANSCODE_COMMANDS,
     dataset_bytes,
     echoscu,
-    free_port,
     make_secondary_capture,
     node_config,
     real_j2k_with_uids,
     storescu,
     transcode,
-    wait_for_port,
     write_series,
 )
+from tests.support.net import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,8 @@ from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Export, Job, ResultObject
 from service.queue.jobs import job_events
-from tests.integration.conftest import _free_port
 from tests.node_support import write_ct_series
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> objec
 
 @pytest.fixture
 def node_env(tmp_path: Path) -> Iterator[dict[str, object]]:
-    node_port, http_port, pacs_port = _free_port(), _free_port(), _free_port()
+    node_port, http_port, pacs_port = free_port(), free_port(), free_port()
     config = tmp_path / "node.toml"
     config.write_text(f"""
 [node]

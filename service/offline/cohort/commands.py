@@ -1,9 +1,12 @@
-"""CLI commands of the site-model package (registered by service/cli.py).
+"""CLI commands of the site-model package (registered by service/cli/main.py).
 
     bmd-node cohort synthetic --out DIR --patients N --seed S [--with-ct K]
     bmd-node train models --cohort CSV --out MODELS_DIR [--deep] [--seed S] [--curve site|per_patient]
     bmd-node evaluate models --cohort CSV --models MODELS_DIR --out REPORT_DIR [--bootstrap N]
     bmd-node models list|activate|deactivate [--registry DIR] ...
+
+The CLI imports this module on every call to register the commands, so it imports at the top only what is cheap
+(the registry and the configuration); a command's numpy/scipy/sklearn work is imported when that command runs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from service.config import load_config
+from service.site_models.registry import (
+    REGISTRY_ENV,
+    RegistryError,
+    activate,
+    deactivate,
+    list_models,
+    resolve_registry_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +99,6 @@ def _registry_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _registry_from_args(args: argparse.Namespace) -> Path:
-    from service.site_models.registry import REGISTRY_ENV, resolve_registry_dir
-
     registry = resolve_registry_dir(getattr(args, "registry", None))
     if registry is None:
         registry = _registry_from_config(getattr(args, "config", None))
@@ -99,10 +110,6 @@ def _registry_from_args(args: argparse.Namespace) -> Path:
 def _registry_from_config(config_path: str | Path | None) -> Path | None:
     """``[site_models] registry_dir`` of the node configuration (``--config`` of the root parser, else default)."""
     try:
-        from service.config import load_config
-    except ImportError:
-        return None
-    try:
         settings = load_config(config_path)
     except Exception as exc:  # a broken config file is reported by the node itself; here we just cannot use it
         logger.warning("could not read the node configuration for [site_models] registry_dir: %s", exc)
@@ -113,7 +120,8 @@ def _registry_from_config(config_path: str | Path | None) -> Path | None:
 
 
 def _cmd_cohort_synthetic(args: argparse.Namespace) -> int:
-    from service.offline.cohort.synthetic import MISSING_LEVEL_PROBABILITY, write_synthetic_cohort
+    # deferred: numpy and the phantom renderer (scipy) load only when this command runs
+    from service.offline.cohort.synthetic import MISSING_LEVEL_PROBABILITY, write_synthetic_cohort  # noqa: PLC0415
 
     missing = MISSING_LEVEL_PROBABILITY if args.missing_level_probability is None else args.missing_level_probability
     path = write_synthetic_cohort(args.out, args.patients, args.seed, with_ct=args.with_ct,
@@ -123,8 +131,9 @@ def _cmd_cohort_synthetic(args: argparse.Namespace) -> int:
 
 
 def _cmd_cohort_features(args: argparse.Namespace) -> int:
-    from service.offline.cohort.features import extract_features
-    from service.site_models.cohort import load_cohort, write_cohort
+    # deferred: numpy and the node's pipeline load only when this command runs
+    from service.offline.cohort.features import extract_features  # noqa: PLC0415
+    from service.site_models.cohort import load_cohort, write_cohort  # noqa: PLC0415
 
     cohort = extract_features(load_cohort(args.cohort), on_error="skip" if args.skip_failed else "raise")
     path = write_cohort(args.out, cohort.rows)
@@ -134,7 +143,7 @@ def _cmd_cohort_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from service.offline.cohort.training import train_models
+    from service.offline.cohort.training import train_models  # noqa: PLC0415  # deferred: numpy/sklearn training
 
     deep_options: dict[str, Any] = {}
     if args.deep_epochs is not None:
@@ -152,11 +161,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from service.offline.cohort.evaluate import evaluate_registry
-    from service.offline.cohort.features import extract_features
-    from service.offline.cohort.metrics import BOOTSTRAP_RESAMPLES
-    from service.offline.cohort.report import write_report
-    from service.site_models.cohort import load_cohort
+    # deferred: scipy.stats, sklearn and matplotlib load only when this command runs
+    from service.offline.cohort.evaluate import evaluate_registry  # noqa: PLC0415
+    from service.offline.cohort.features import extract_features  # noqa: PLC0415
+    from service.offline.cohort.metrics import BOOTSTRAP_RESAMPLES  # noqa: PLC0415
+    from service.offline.cohort.report import write_report  # noqa: PLC0415
+    from service.site_models.cohort import load_cohort  # noqa: PLC0415
 
     resamples = BOOTSTRAP_RESAMPLES if args.bootstrap is None else args.bootstrap
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -173,8 +183,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from service.site_models.registry import list_models
-
     models = list_models(_registry_from_args(args))
     if args.json:
         print(json.dumps(models, indent=2))
@@ -189,8 +197,6 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_activate(args: argparse.Namespace) -> int:
-    from service.site_models.registry import RegistryError, activate
-
     try:
         entry = activate(_registry_from_args(args), args.name, args.version)
     except RegistryError as exc:
@@ -202,8 +208,6 @@ def _cmd_models_activate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_deactivate(args: argparse.Namespace) -> int:
-    from service.site_models.registry import RegistryError, deactivate
-
     if args.name is None and not args.all:
         print("error: name a model or pass --all")
         return 2

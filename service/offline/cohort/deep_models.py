@@ -13,6 +13,9 @@ exists so the deep path trains and runs end to end on the synthetic cohort).
 Networks are small by default (DenseNet init_features 16, growth 8, blocks (2, 4, 4); U-Net channels (8, 16, 32)
 with 2 residual units and a pooled linear head) so CPU runs stay short; the GPU is used when available.
 Augmentation: random flips and ±2 voxel shifts (Peng 2023: rotation and translation).
+
+torch and MONAI are imported inside the functions that need them (``# noqa: PLC0415``): they take seconds to
+import, and the cohort commands, the feature models and the tests of this module's other parts run without them.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from service.domain.levels import VertebraLevel
+from service.offline.cohort.features import series_files
+from service.segmentation.settings import SegmentationSettings
+from service.series.volume_loader import load_series
 from service.site_models.cohort import CATEGORY_LABELS, Cohort, CohortRow, rows_hash
 from service.site_models.feature_models import TARGET_LABELS, TARGETS, environment_versions, file_sha256, labels_for
 
@@ -89,8 +96,6 @@ def _row_seed(row: CohortRow, level: VertebraLevel) -> int:
 def synthetic_crop(trabecular_hu: float, rng: np.random.Generator, crop_voxels: int) -> np.ndarray:
     """SYNTHETIC vertebral-body crop: soft tissue, a cortical shell and trabecular texture whose ROI mean is
     ``trabecular_hu`` (the ROI being the body eroded by 3 mm, as the node measures it)."""
-    from scipy.ndimage import gaussian_filter
-
     c = crop_voxels
     ax = (np.arange(c) - (c - 1) / 2.0) * CROP_SPACING_MM
     x, y, _z = np.meshgrid(ax, ax, ax, indexing="ij")
@@ -110,8 +115,6 @@ def synthetic_crop(trabecular_hu: float, rng: np.random.Generator, crop_voxels: 
 
 def crop_from_volume(volume: Any, centre_lps_mm: Sequence[float], crop_voxels: int) -> np.ndarray:
     """A cube around ``centre_lps_mm`` resampled (trilinear) at CROP_SPACING_MM along L, P, S; outside = -1000."""
-    from scipy.ndimage import map_coordinates
-
     c = crop_voxels
     ax = (np.arange(c) - (c - 1) / 2.0) * CROP_SPACING_MM
     x, y, z = np.meshgrid(ax, ax, ax, indexing="ij")
@@ -123,14 +126,10 @@ def crop_from_volume(volume: Any, centre_lps_mm: Sequence[float], crop_voxels: i
 
 def ct_crop_source(crop_voxels: int) -> Callable[[Path], dict[VertebraLevel, np.ndarray]]:
     """Crops of DEEP_LEVELS from a CT series folder through the node's loader and segmenter (lazy imports)."""
-    from service.offline.cohort.features import _first_attr, series_files
+    # the segmenter brings torch and MONAI (see the module doc): only when a row has a CT series
+    from service.segmentation.inference import load_segmenter  # noqa: PLC0415
 
-    load_series = _first_attr([("service.series.volume_loader", "load_series")])
-    load_segmenter = _first_attr([("service.segmentation.inference", "load_segmenter")])
-    settings_cls = _first_attr([("service.segmentation.inference", "SegmentationSettings"),
-                                ("service.segmentation.settings", "SegmentationSettings"),
-                                ("service.config", "SegmentationSettings")])
-    segmenter = load_segmenter(settings_cls())
+    segmenter = load_segmenter(SegmentationSettings())
 
     def run(folder: Path) -> dict[VertebraLevel, np.ndarray]:
         volume = load_series(series_files(folder))
@@ -175,8 +174,8 @@ class CropProvider:
 
 
 def build_network(architecture: str, out_channels: int) -> Any:
-    import torch
-    from monai.networks.nets import DenseNet, UNet
+    import torch  # noqa: PLC0415
+    from monai.networks.nets import DenseNet, UNet  # noqa: PLC0415
 
     if architecture == "densenet":
         return DenseNet(spatial_dims=3, in_channels=1, out_channels=out_channels, init_features=16, growth_rate=8,
@@ -190,7 +189,7 @@ def build_network(architecture: str, out_channels: int) -> Any:
 
 
 def _device(requested: str | None) -> str:
-    import torch
+    import torch  # noqa: PLC0415
 
     if requested:
         return requested
@@ -229,7 +228,7 @@ class DeepModel:
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """(n, c, c, c) HU crops -> probabilities (n, classes) or BMD (n,)."""
-        import torch
+        import torch  # noqa: PLC0415
 
         self.network.eval()
         outs = []
@@ -259,7 +258,7 @@ class DeepModel:
         return per_row, kept
 
     def save(self, folder: Path) -> Path:
-        import torch
+        import torch  # noqa: PLC0415
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +270,7 @@ class DeepModel:
 
 
 def load_deep_model(folder: Path, device: str | None = None) -> DeepModel:
-    import torch
+    import torch  # noqa: PLC0415
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
@@ -305,8 +304,8 @@ def train_deep_model(
     target: str, architecture: str, train_rows: Sequence[CohortRow], *, options: DeepOptions, seed: int = 0,
     version: str = "", provider: CropProvider | None = None, synthetic: bool = False,
 ) -> DeepModel:
-    import torch
-    from monai.losses import FocalLoss
+    import torch  # noqa: PLC0415
+    from monai.losses import FocalLoss  # noqa: PLC0415
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, options.num_threads))

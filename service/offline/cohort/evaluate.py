@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from service.offline.cohort.deep_models import load_deep_model
 from service.offline.cohort.metrics import (
     BOOTSTRAP_RESAMPLES,
     ClassificationMetrics,
@@ -32,6 +33,8 @@ from service.offline.cohort.metrics import (
     regression_metrics,
 )
 from service.site_models.cohort import SPLITS, Cohort, CohortRow
+from service.site_models.feature_models import labels_for, load_feature_model
+from service.site_models.registry import latest_models
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +89,6 @@ class ModelEvaluation:
 
 
 def _truth(target: str, rows: Sequence[CohortRow]) -> np.ndarray:
-    from service.site_models.feature_models import labels_for
-
     return labels_for(target, rows)
 
 
@@ -125,17 +126,12 @@ def evaluate_model(
 
 def load_registry_models(registry_dir: Path) -> list[tuple[dict[str, Any], Any]]:
     """(manifest entry, model) for the newest version of every model in the registry."""
-    from service.site_models.feature_models import load_feature_model
-    from service.site_models.registry import latest_models
-
     loaded: list[tuple[dict[str, Any], Any]] = []
     for entry in latest_models(registry_dir):
         folder = Path(registry_dir) / entry["path"]
         if entry["kind"] == "feature":
             loaded.append((entry, load_feature_model(folder)))
         elif entry["kind"] == "deep":
-            from service.offline.cohort.deep_models import load_deep_model
-
             loaded.append((entry, load_deep_model(folder)))
         else:
             logger.warning("skipping %s: unknown kind %r", entry["name"], entry["kind"])

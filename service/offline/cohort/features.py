@@ -5,7 +5,8 @@ Three sources, in this order of preference for a row:
 2. the node's stored ``result.json`` for the series (``vertebrae[].trabecular_hu_mean`` of evaluable levels);
 3. the CT series folder, run through the node's own pipeline: ``service.series.volume_loader.load_series`` ->
    ``service.segmentation.inference.load_segmenter(SegmentationSettings()).segment`` ->
-   ``service.calibration.assess.assess_bmd(volume, seg, BmdSettings())``; the pipeline modules are imported lazily.
+   ``service.calibration.assess.assess_bmd(volume, seg, BmdSettings(calibration_store_dir=None))``; the
+   segmenter (torch) is imported when the first CT row needs it.
 
 Levels that are not evaluable (fracture, metal, ...) are absent from the returned mapping, exactly as the node's
 pipeline would hand them to a site model at serving time.
@@ -13,15 +14,18 @@ pipeline would hand them to a site model at serving time.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from service.calibration.assess import assess_bmd
+from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel
+from service.segmentation.settings import SegmentationSettings
+from service.series.volume_loader import load_series
 from service.site_models.cohort import FEATURE_LEVELS, Cohort, CohortRow
 
 logger = logging.getLogger(__name__)
@@ -75,20 +79,6 @@ def hu_from_screening_result(result: Any) -> dict[VertebraLevel, float]:
     return out
 
 
-def _first_attr(candidates: Iterable[tuple[str, str]]) -> Any:
-    errors = []
-    for module_name, attr in candidates:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            errors.append(f"{module_name}: {exc}")
-            continue
-        if hasattr(module, attr):
-            return getattr(module, attr)
-        errors.append(f"{module_name} has no {attr}")
-    raise FeatureExtractionError("node pipeline part not available: " + "; ".join(errors))
-
-
 def series_files(folder: Path) -> list[Path]:
     """The files of a series folder (``*.dcm`` when present, else every regular file), sorted."""
     folder = Path(folder)
@@ -100,14 +90,11 @@ def series_files(folder: Path) -> list[Path]:
 
 def default_ct_pipeline() -> Callable[[Path], dict[VertebraLevel, float]]:
     """The node's own pipeline as a callable folder -> HU by level (segmenter loaded once)."""
-    load_series = _first_attr([("service.series.volume_loader", "load_series")])
-    load_segmenter = _first_attr([("service.segmentation.inference", "load_segmenter")])
-    segmentation_settings = _first_attr([("service.segmentation.inference", "SegmentationSettings"),
-                                         ("service.config", "SegmentationSettings")])
-    assess_bmd = _first_attr([("service.calibration.assess", "assess_bmd")])
-    bmd_settings = _first_attr([("service.calibration.assess", "BmdSettings"), ("service.config", "BmdSettings")])
-    segmenter = load_segmenter(segmentation_settings())
-    settings = bmd_settings()
+    # torch and MONAI (seconds to import) only when a row has to be segmented
+    from service.segmentation.inference import load_segmenter  # noqa: PLC0415
+
+    segmenter = load_segmenter(SegmentationSettings())
+    settings = BmdSettings(calibration_store_dir=None)  # the cohort tool does not read the node's phantom store
 
     def run(folder: Path) -> dict[VertebraLevel, float]:
         volume = load_series(series_files(folder))

@@ -1,7 +1,7 @@
 """Evaluation metrics for site models, computed with scikit-learn and scipy.
 
 Classification (as in Xiong 2025 Tables 2/4 and Peng 2023 Table 1):
-    * AUC. Binary: the usual ROC AUC of the positive class (osteoporosis), 95 % CI by DeLong's method
+    * AUC (auc.py). Binary: the usual ROC AUC of the positive class (osteoporosis), 95 % CI by DeLong's method
       (DeLong 1988; the fast algorithm of Sun & Xu 2014). Three classes: macro one-vs-rest AUC (unweighted
       mean of the per-class one-vs-rest AUCs, ``sklearn.metrics.roc_auc_score(multi_class="ovr",
       average="macro")``), 95 % CI by a stratified percentile bootstrap (``BOOTSTRAP_RESAMPLES`` resamples,
@@ -22,21 +22,18 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-BOOTSTRAP_RESAMPLES = 1000
-"""Resamples for the bootstrap CI of the macro one-vs-rest AUC."""
-BOOTSTRAP_SEED = 20250320
-CI_LEVEL = 0.95
+from service.offline.cohort.auc import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CI_LEVEL,
+    AucResult,
+    delong_auc,
+    macro_ovr_auc,
+    midrank_auc,
+)
+
 BLAND_ALTMAN_Z = 1.96
 """95 % limits of agreement (Bland & Altman 1986)."""
-
-
-@dataclass(frozen=True)
-class AucResult:
-    auc: float | None
-    ci_low: float | None
-    ci_high: float | None
-    method: str
-    """'delong' or 'bootstrap' (or 'undefined' when a class is absent)."""
 
 
 @dataclass(frozen=True)
@@ -121,84 +118,6 @@ class RegressionMetrics:
         }
 
 
-# ---------------------------------------------------------------- AUC
-
-
-def _midrank_auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Rank (Mann-Whitney) AUC along the last axis; ties count one half. ``scores``, ``positive``: (..., n)."""
-    ranks = stats.rankdata(scores, axis=-1)
-    n_pos = positive.sum(axis=-1)
-    n_neg = positive.shape[-1] - n_pos
-    rank_sum = (ranks * positive).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-def delong_auc(y_true: np.ndarray, scores: np.ndarray, ci_level: float = CI_LEVEL) -> AucResult:
-    """Binary AUC with DeLong's variance and a normal CI clipped to [0, 1]. ``y_true`` in {0, 1}."""
-    y = np.asarray(y_true).astype(int)
-    s = np.asarray(scores, dtype=float)
-    if y.shape != s.shape or y.ndim != 1:
-        raise ValueError(f"y_true and scores must be 1-D of equal length, got {y.shape} and {s.shape}")
-    pos, neg = s[y == 1], s[y == 0]
-    m, n = len(pos), len(neg)
-    if m == 0 or n == 0:
-        return AucResult(None, None, None, "undefined")
-    # Sun & Xu 2014: placement values from mid-ranks
-    tx = stats.rankdata(pos)
-    ty = stats.rankdata(neg)
-    tz = stats.rankdata(np.concatenate([pos, neg]))
-    auc = float((tz[:m].sum() - m * (m + 1) / 2.0) / (m * n))
-    v10 = (tz[:m] - tx) / n  # for each positive: fraction of negatives below it
-    v01 = 1.0 - (tz[m:] - ty) / m  # for each negative: fraction of positives above it
-    s10 = float(np.var(v10, ddof=1)) if m > 1 else 0.0
-    s01 = float(np.var(v01, ddof=1)) if n > 1 else 0.0
-    var = s10 / m + s01 / n
-    z = stats.norm.ppf(0.5 + ci_level / 2.0)
-    half = z * math.sqrt(max(var, 0.0))
-    return AucResult(auc, float(max(0.0, auc - half)), float(min(1.0, auc + half)), "delong")
-
-
-def macro_ovr_auc(
-    y_true: np.ndarray,
-    proba: np.ndarray,
-    n_classes: int,
-    *,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    ci_level: float = CI_LEVEL,
-) -> tuple[AucResult, list[float | None]]:
-    """Macro one-vs-rest AUC (classes 0..n_classes-1) with a stratified percentile bootstrap CI.
-
-    Returns the result and the per-class one-vs-rest AUCs. Classes absent from ``y_true`` make the macro AUC
-    undefined (None), as in scikit-learn.
-    """
-    y = np.asarray(y_true).astype(int)
-    p = np.asarray(proba, dtype=float)
-    if p.ndim != 2 or p.shape != (len(y), n_classes):
-        raise ValueError(f"proba must have shape ({len(y)}, {n_classes}), got {p.shape}")
-    onehot = (y[:, None] == np.arange(n_classes)[None, :]).astype(float)
-    per_class = [_midrank_auc(p[:, c], onehot[:, c]) for c in range(n_classes)]
-    per_class_f: list[float | None] = [None if not np.isfinite(a) else float(a) for a in per_class]
-    if any(a is None for a in per_class_f):
-        return AucResult(None, None, None, "undefined"), per_class_f
-    auc = float(np.mean([a for a in per_class_f if a is not None]))
-    rng = np.random.default_rng(seed)
-    # stratified resampling keeps every class present in every resample
-    idx_parts = []
-    for c in range(n_classes):
-        members = np.flatnonzero(y == c)
-        idx_parts.append(members[rng.integers(0, len(members), size=(resamples, len(members)))])
-    idx = np.concatenate(idx_parts, axis=1)  # (resamples, n)
-    boot = np.zeros(resamples)
-    for c in range(n_classes):
-        boot += _midrank_auc(p[idx, c], onehot[idx, c])
-    boot /= n_classes
-    alpha = (1.0 - ci_level) / 2.0
-    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
-    return AucResult(auc, float(low), float(high), "bootstrap"), per_class_f
-
-
 # ---------------------------------------------------------------- classification
 
 
@@ -227,7 +146,7 @@ def classification_metrics(
     precision and F1 are those of that class and the AUC is DeLong's; otherwise macro averages and the
     bootstrap macro one-vs-rest AUC.
     """
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import confusion_matrix  # noqa: PLC0415  # heavy: loaded only when metrics are computed
 
     y = np.asarray(y_true).astype(int)
     p = np.asarray(proba, dtype=float)
@@ -302,12 +221,8 @@ def bland_altman(predicted: np.ndarray, reference: np.ndarray) -> BlandAltman:
 
 
 def regression_metrics(predicted: np.ndarray, reference: np.ndarray) -> RegressionMetrics:
-    from sklearn.metrics import (
-        explained_variance_score,
-        mean_absolute_error,
-        mean_squared_error,
-        r2_score,
-    )
+    # heavy: scikit-learn is loaded only when metrics are computed, not by the modules that read the constants
+    from sklearn.metrics import explained_variance_score, mean_absolute_error, mean_squared_error, r2_score  # noqa: PLC0415
 
     pred = np.asarray(predicted, dtype=float)
     ref = np.asarray(reference, dtype=float)
@@ -372,7 +287,7 @@ def _auc_batch(y: np.ndarray, proba: np.ndarray, idx: np.ndarray, positive_index
     classes = [positive_index] if positive_index is not None else list(range(k))
     total = np.zeros(idx.shape[0])
     for c in classes:
-        total += _midrank_auc(proba[idx, c], (y[idx] == c).astype(float))
+        total += midrank_auc(proba[idx, c], (y[idx] == c).astype(float))
     return total / len(classes)
 
 

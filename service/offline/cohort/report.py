@@ -14,9 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
+from service.domain.guidelines import NORMAL_ABOVE_MG_CM3, OSTEOPOROSIS_BELOW_MG_CM3
 from service.offline.cohort.evaluate import ModelEvaluation, metrics_document
+from service.offline.cohort.metrics import BOOTSTRAP_RESAMPLES
 from service.site_models.cohort import Cohort
 
 logger = logging.getLogger(__name__)
@@ -44,9 +47,16 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _panels(n: int, height: float) -> tuple[Any, list[Any]]:
-    import matplotlib.pyplot as plt
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend: the report writes PNG files and never opens a window."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - must follow use("Agg"); pyplot is loaded only to draw figures
 
+    return plt
+
+
+def _panels(n: int, height: float) -> tuple[Any, list[Any]]:
+    plt = _pyplot()
     ncols = min(3, n)
     nrows = (n + ncols - 1) // ncols
     fig, axs = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, height * nrows), squeeze=False)
@@ -56,16 +66,20 @@ def _panels(n: int, height: float) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
+def _categories_text() -> str:
+    """The guideline cut-offs as the report states them (HTML-escaped)."""
+    low, high = f"{OSTEOPOROSIS_BELOW_MG_CM3:g}", f"{NORMAL_ABOVE_MG_CM3:g}"
+    return f"&lt;{low} osteoporosis, {low}-{high} osteopenia, &gt;{high} normal"
+
+
 def _figure_title(text: str, synthetic: bool) -> str:
     return f"{SYNTHETIC_BANNER} – {text}" if synthetic else text
 
 
 def _plot_roc(evals: Sequence[ModelEvaluation], target: str, split: str, out: Path, synthetic: bool) -> str | None:
-    import matplotlib
+    from sklearn.metrics import roc_curve  # noqa: PLC0415 - sklearn is heavy: loaded only to draw ROC curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+    plt = _pyplot()
 
     chosen = [e for e in evals if e.target == target and e.split == split and e.classification is not None
               and e.kind == "feature" and e.algorithm == "bdt"]
@@ -114,11 +128,7 @@ def _regression_choice(evals: Sequence[ModelEvaluation], split: str) -> list[Mod
 
 
 def _plot_scatter(evals: Sequence[ModelEvaluation], split: str, out: Path, synthetic: bool) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     chosen = _regression_choice(evals, split)
     if not chosen:
         return None
@@ -131,7 +141,7 @@ def _plot_scatter(evals: Sequence[ModelEvaluation], split: str, out: Path, synth
         ax.plot([lo, hi], [lo, hi], "k:", lw=0.8)
         slope, intercept = np.polyfit(e.y_true, e.prediction, 1)
         ax.plot([lo, hi], [slope * lo + intercept, slope * hi + intercept], "r-", lw=1)
-        for t in (80.0, 120.0):
+        for t in (OSTEOPOROSIS_BELOW_MG_CM3, NORMAL_ABOVE_MG_CM3):
             ax.axvline(t, color="grey", lw=0.5)
             ax.axhline(t, color="grey", lw=0.5)
         ax.set_xlabel("QCT BMD (mg/cm³)")
@@ -146,11 +156,7 @@ def _plot_scatter(evals: Sequence[ModelEvaluation], split: str, out: Path, synth
 
 
 def _plot_bland_altman(evals: Sequence[ModelEvaluation], split: str, out: Path, synthetic: bool) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     chosen = _regression_choice(evals, split)
     if not chosen:
         return None
@@ -276,8 +282,6 @@ def write_report(
     resamples: int | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/index.html``, ``out_dir/metrics.json`` and the PNGs; returns the metrics document."""
-    from service.offline.cohort.metrics import BOOTSTRAP_RESAMPLES
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resamples = BOOTSTRAP_RESAMPLES if resamples is None else resamples
@@ -306,8 +310,8 @@ def write_report(
         "<h1>Site model evaluation</h1>",
         f"<p class='note'>Generated {doc['generated_utc']} from cohort {html.escape(str(cohort.path))}"
         f"{' and registry ' + html.escape(str(registry_dir)) if registry_dir else ''}. Reference standard: "
-        "QCT BMD (L1-L2, mg/cm³); categories ACR 2018 / Chinese 2018 QCT (&lt;80 osteoporosis, 80-120 osteopenia, "
-        "&gt;120 normal). Models as in Xiong 2025 (features: sex, age, trabecular HU per level, z-scored).</p>",
+        f"QCT BMD (L1-L2, mg/cm³); categories ACR 2018 / Chinese 2018 QCT ({_categories_text()}). "
+        "Models as in Xiong 2025 (features: sex, age, trabecular HU per level, z-scored).</p>",
         "<h2>Acceptance (issue 7)</h2>", _acceptance_section(doc["acceptance"]),
         "<p class='note'>The issue's AUC criterion is read on the three-class abdominal bagging-tree classifier "
         "with the macro one-vs-rest AUC (the stricter of the two); the binary osteoporosis AUC is shown too. "

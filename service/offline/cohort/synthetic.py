@@ -24,12 +24,14 @@ Xiong 2025 reports (abdominal MAE 7-12 mg/cm3, AUC 0.93-0.97), i.e. realistic an
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from service.domain.levels import VertebraLevel
+from service.offline.phantom.api import PhantomSpec, generate, write_phantom
+from service.offline.phantom.density import HU_INTERCEPT, bmd_to_hu, draw_patient
 from service.site_models.cohort import (
     FEATURE_LEVELS,
     CohortRow,
@@ -83,8 +85,6 @@ def synthetic_rows(
     n_patients: int, seed: int, *, missing_level_probability: float = MISSING_LEVEL_PROBABILITY
 ) -> list[CohortRow]:
     """``n_patients`` synthetic rows with per-level HU, QCT BMD/category and a Xiong-style split."""
-    from service.offline.phantom.density import HU_INTERCEPT, bmd_to_hu, draw_patient
-
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     if not (0.0 <= missing_level_probability < 1.0):
@@ -157,10 +157,6 @@ def _attach_phantom_ct(rows: list[CohortRow], out_dir: Path, k: int, seed: int) 
     features come from the CT through the node's pipeline (``features.extract_features``), and ``qct_bmd_mg_cm3``
     is the phantom's L1-L2 truth with the same QCT noise as the table rows.
     """
-    from dataclasses import replace
-
-    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
-
     rng = np.random.default_rng(seed + 7)
     out = list(rows)
     for i in range(min(k, len(rows))):

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from service.offline.cohort.deep_models import DeepOptions, train_deep_models
 from service.offline.cohort.features import extract_features
 from service.site_models.cohort import load_cohort
 from service.site_models.feature_models import train_all_feature_models
@@ -36,8 +37,6 @@ def train_models(
         folder = model.save(model_folder(registry_dir, model.name, version))
         entries.append(register_saved_model(registry_dir, folder))
     if deep:
-        from service.offline.cohort.deep_models import DeepOptions, train_deep_models
-
         options = DeepOptions(**(deep_options or {}))
         for deep_model in train_deep_models(cohort, options=options, seed=seed, version=version):
             folder = deep_model.save(model_folder(registry_dir, deep_model.name, version))

@@ -20,8 +20,24 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
+
+import pydicom
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from sqlalchemy import select
+
+from service.config import DEFAULTS_TOML, build_config
+from service.db.engine import make_engine, read_session
+from service.db.migrate import upgrade
+from service.db.tables import Export, Job, ResultObject
+from service.domain.status import ExportStatus, JobStatus
+from service.logging import setup_logging
+from service.offline.phantom.api import PhantomSpec, generate, write_phantom
+from service.pipeline.report import vertebra_table
+from service.serve import serve
 
 PACS_AE_TITLE = "DEMOPACS"
 DEMO_STABLE_SECONDS = 2
@@ -35,10 +51,6 @@ def _free_port() -> int:
 
 def demo_config(workdir: Path, pacs_port: int) -> Any:
     """The embedded defaults, moved to ``workdir`` and loopback ports, with the demo PACS as the only peer."""
-    import tomllib
-
-    from service.config import DEFAULTS_TOML, build_config
-
     raw = tomllib.loads(DEFAULTS_TOML)
     raw["node"].update(host="127.0.0.1", port=_free_port(), http_port=_free_port(),
                        storage_dir=str(workdir / "storage"), database_url=f"sqlite:///{workdir / 'bmd-node.db'}",
@@ -56,8 +68,6 @@ class DemoPacs:
     """The PACS: a storage SCP that keeps what the node sends back."""
 
     def __init__(self, folder: Path, port: int) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-
         self.folder = folder
         self.received: dict[str, Path] = {}
         folder.mkdir(parents=True, exist_ok=True)
@@ -79,10 +89,6 @@ class DemoPacs:
 
     def send(self, paths: list[Path], node_ae: str, node_port: int) -> float:
         """C-STORE the files to the node (as the PACS's auto-routing would); returns images/s."""
-        import pydicom
-        from pydicom.uid import CTImageStorage
-        from pynetdicom import AE
-
         ae = AE(ae_title=PACS_AE_TITLE)
         ae.add_requested_context(CTImageStorage)
         assoc = None
@@ -108,25 +114,20 @@ class DemoPacs:
 
 
 def _wait_for_results(engine: Any, timeout_s: float) -> int:
-    from sqlalchemy import select
-
-    from service.db.engine import read_session
-    from service.db.tables import Export, Job
-
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         with read_session(engine) as s:
             job = s.scalars(select(Job).order_by(Job.id.desc())).first()
             state = f"job {job.id}: {job.status}" if job else "waiting for the series to be complete"
-            if job is not None and job.status in ("failed", "dead"):
+            if job is not None and job.status in (JobStatus.FAILED, JobStatus.DEAD):
                 raise RuntimeError(f"job {job.id} {job.status}: {job.last_error}")
-            if job is not None and job.status == "succeeded":
+            if job is not None and job.status == JobStatus.SUCCEEDED:
                 statuses = s.scalars(select(Export.status)).all()
                 state += f", exports {sorted(statuses)}"
-                if statuses and all(x == "sent" for x in statuses):
+                if statuses and all(x == ExportStatus.SENT for x in statuses):
                     return job.id
-                if any(x == "dead" for x in statuses):
+                if any(x == ExportStatus.DEAD for x in statuses):
                     raise RuntimeError("an export ended in the dead letter")
         if state != last:
             print(f"  ... {state}", flush=True)
@@ -145,14 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix", type=int, default=512, choices=[256, 512],
                         help="image matrix of the phantom CT (256: 1.5 mm pixels, faster)")
     args = parser.parse_args(argv)
-
-    from service.db.engine import make_engine
-    from service.db.migrate import upgrade
-    from service.logging import setup_logging
-    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
-    from service.pipeline.report import vertebra_table
-    from service.serve import serve
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bmd-node-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     pacs_port = _free_port()
@@ -181,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  sent at {rate:.0f} images/s; waiting for the screening results ...", flush=True)
         job_id = _wait_for_results(engine, args.timeout_s)
         time.sleep(0.5)
-        code = _report(engine, job_id, phantom.truth, pacs, vertebra_table)
+        code = _report(engine, job_id, phantom.truth, pacs)
     except Exception as exc:
         print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if "bundle" in str(exc).lower() or "model" in str(exc).lower():
@@ -199,12 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _report(engine: Any, job_id: int, truth: dict[str, Any], pacs: DemoPacs, vertebra_table: Any) -> int:
-    from sqlalchemy import select
-
-    from service.db.engine import read_session
-    from service.db.tables import Export, Job, ResultObject
-
+def _report(engine: Any, job_id: int, truth: dict[str, Any], pacs: DemoPacs) -> int:
     with read_session(engine) as s:
         job = s.get(Job, job_id)
         if job is None:

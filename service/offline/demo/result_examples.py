@@ -22,13 +22,19 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from service.calibration.assess import assess_bmd
+from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel
 from service.domain.results import ScreeningResult
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
+from service.offline.phantom import labels as phantom_labels
+from service.offline.phantom.api import PhantomSpec, generate, write_phantom
 from service.results.build import ResultObjects, build_result_objects
 from service.results.common import AlgorithmInfo
 from service.results.validators import dcentvfy, dciodvfy, pixelmed_sr
+from service.segmentation.settings import SegmentationSettings
+from service.series.volume_loader import load_series, load_series_folder
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +114,13 @@ def _segmentation(volume: CTVolume, body: npt.NDArray[np.int16], model_name: str
 
 
 def _assess(volume: CTVolume, segmentation: SpineSegmentation) -> DemoCase:
-    from service.calibration.assess import BmdSettings, assess_bmd
-
-    assessment = assess_bmd(volume, segmentation, BmdSettings(algorithm_version="demo"))
+    # no stored phantom calibrations: the examples show the calibration chosen from the scan itself
+    assessment = assess_bmd(volume, segmentation, BmdSettings(calibration_store_dir=None), algorithm_version="demo")
     return DemoCase(volume, segmentation, assessment.roi_labels, assessment.result)
 
 
 def phantom_case(folder: Path, seed: int = 11, feet_first: bool = False) -> DemoCase:
     """An abdominal phantom (3 mm, 256 x 256) written as DICOM, its true vertebral bodies, the real assessment."""
-    from service.offline.phantom import labels as phantom_labels
-    from service.offline.phantom.api import PhantomSpec, generate, write_phantom
-    from service.series.volume_loader import load_series
-
     spec = PhantomSpec(seed=seed, region="abdomen", slice_thickness_mm=3.0, rows=256, columns=256,
                        pixel_spacing_mm=1.5, feet_first=feet_first)
     phantom = generate(spec)
@@ -145,15 +146,14 @@ def cptac_case(folder: Path = CPTAC_CHEST, *, hand_placed: bool = False) -> Demo
     ``hand_placed=True`` uses discs tracked along the spine instead (not anatomy; for debugging the writers
     without a model).
     """
-    from service.series.volume_loader import load_series_folder
-
     if not folder.exists():
         raise FileNotFoundError(f"real CT case missing: {folder}")
     volume = load_series_folder(folder)
     if hand_placed:
         body = hand_placed_bodies(volume, CPTAC_SEED_SLICE, CPTAC_SEED_COLUMN_ROW, CPTAC_LEVELS)
         return _assess(volume, _segmentation(volume, body, "hand-placed", "1"))
-    from service.segmentation.inference import SegmentationSettings, load_segmenter
+    # torch and MONAI (seconds to import) only for the case that runs the real model
+    from service.segmentation.inference import load_segmenter  # noqa: PLC0415
 
     segmentation = load_segmenter(SegmentationSettings()).segment(volume)
     return _assess(volume, segmentation)

@@ -1,4 +1,8 @@
-"""CLI: ``bmd-node train segmentation`` and ``bmd-node evaluate segmentation``."""
+"""CLI: ``bmd-node train segmentation`` and ``bmd-node evaluate segmentation``.
+
+The CLI imports this module on every call to register the commands: torch, MONAI and the training / evaluation
+modules are imported inside the command that needs them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+from service.segmentation.settings import SegmentationSettings
 
 
 def _add_recipe_arguments(p: argparse.ArgumentParser, *, out: str, seed: int, cases: int, iterations: int,
@@ -45,7 +51,8 @@ def register_train(train_subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _train_fine(args: argparse.Namespace) -> int:
-    from service.offline.training.fine_segmentation import FineTrainConfig, train_fine
+    # heavy: torch/MONAI load only when this command runs
+    from service.offline.training.fine_segmentation import FineTrainConfig, train_fine  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = FineTrainConfig(out=args.out, seed=args.seed, cases=args.cases, iterations=args.iterations,
@@ -57,7 +64,7 @@ def _train_fine(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from service.offline.training.segmentation import TrainConfig, train
+    from service.offline.training.segmentation import TrainConfig, train  # noqa: PLC0415  # heavy: torch/MONAI
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig(out=args.out, seed=args.seed, cases=args.cases, iterations=args.iterations,
@@ -83,8 +90,9 @@ def register_evaluate(evaluate_subparsers: argparse._SubParsersAction) -> None: 
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from service.offline.evaluation.segmentation import evaluate_dataset
-    from service.segmentation.inference import SegmentationSettings, load_segmenter
+    # heavy: torch/MONAI, nibabel and scipy load only when this command runs
+    from service.offline.evaluation.segmentation import evaluate_dataset  # noqa: PLC0415
+    from service.segmentation.inference import load_segmenter  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     segmenter = load_segmenter(SegmentationSettings(backend=args.backend, bundle_dir=args.bundle,

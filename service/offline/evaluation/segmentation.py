@@ -20,14 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
 from service.segmentation import classes as cls
+from service.segmentation.body_split import split_body
 from service.segmentation.geometry import canonical_frame
+from service.series.volume_loader import load_series
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ def nifti_to_lps(affine_ras: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
 
 
 def load_ct(case: Path) -> CTVolume:
-    import nibabel as nib
-
     nii = case / "ct.nii.gz"
     if nii.is_file():
         img = nib.load(str(nii))
@@ -79,16 +81,11 @@ def load_ct(case: Path) -> CTVolume:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm"))
     if not files:
         raise FileNotFoundError(f"no CT in {case}: expected ct.nii.gz or DICOM files (dicom/)")
-    from service.series.volume_loader import load_series
-
     return load_series(files)
 
 
 def labels_on_ct_grid(label_path: Path, volume: CTVolume) -> npt.NDArray[np.int16]:
     """Label map resampled (nearest) onto the CT grid through both affines."""
-    import nibabel as nib
-    from scipy.ndimage import map_coordinates
-
     img = nib.load(str(label_path))
     lab = np.asarray(img.dataobj).astype(np.int16)
     m = np.linalg.inv(nifti_to_lps(img.affine)) @ volume.affine_lps
@@ -113,7 +110,7 @@ def labels_on_ct_grid(label_path: Path, volume: CTVolume) -> npt.NDArray[np.int1
     ii, jj, kk = np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij")
     pts = np.stack([ii.ravel(), jj.ravel(), kk.ravel(), np.ones(ii.size)])
     src = (m @ pts)[:3]
-    return map_coordinates(lab, src, order=0, mode="constant", cval=0).reshape(volume.shape).astype(np.int16)
+    return ndimage.map_coordinates(lab, src, order=0, mode="constant", cval=0).reshape(volume.shape).astype(np.int16)
 
 
 def load_reference(case: Path, volume: CTVolume) -> Reference:
@@ -129,8 +126,6 @@ def load_reference(case: Path, volume: CTVolume) -> Reference:
 
 
 def totalseg_body_reference(lab: npt.NDArray[np.int16], volume: CTVolume) -> npt.NDArray[np.int16]:
-    from service.segmentation.body_split import split_body
-
     frame = canonical_frame(volume.affine_lps, volume.shape)
     levels = frame.to_canonical(cls.totalseg_vertebra_levels(lab))
     cord = frame.to_canonical(lab == cls.TOTALSEG_SPINAL_CORD_ID)
@@ -217,11 +212,10 @@ def evaluate_case(seg: SpineSegmentation, ref: Reference) -> dict[str, Any]:
 
 def overlay_png(volume: CTVolume, seg: SpineSegmentation, ref: Reference | None, path: Path, title: str) -> None:
     """Sagittal (and coronal) slice through the spine: predicted bodies coloured and named, reference contours."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  # heavy: only the overlay PNGs need matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy import ndimage
+    import matplotlib.pyplot as plt  # noqa: PLC0415  # after matplotlib.use("Agg"): no display backend
 
     frame = canonical_frame(volume.affine_lps, volume.shape)
     hu = frame.to_canonical(volume.hu)

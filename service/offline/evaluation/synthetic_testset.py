@@ -14,7 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+
+from service.offline.phantom.api import generate, random_spec
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +37,6 @@ CASE_SETTINGS: tuple[dict[str, Any], ...] = (
 
 
 def write_testset(out: Path, n: int = len(CASE_SETTINGS), seed: int = 2026) -> list[Path]:
-    import nibabel as nib
-
-    from service.offline.phantom.api import generate, random_spec
-
     out.mkdir(parents=True, exist_ok=True)
     cases = []
     for i in range(n):

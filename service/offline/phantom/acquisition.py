@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from service.offline.phantom.canvas import Canvas
 from service.offline.phantom.grid import F32, Grid, SmoothField
-from service.offline.phantom.render import Canvas
+from service.offline.phantom.labels import METAL
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def finish(
 
 def _metal_streaks(cv: Canvas, hu: npt.NDArray[np.float32], rng: np.random.Generator) -> None:
     """Radial bright/dark streaks around metal and a dark band between metal pieces (photon starvation)."""
-    from service.offline.phantom.labels import METAL
-
     g = cv.grid
     metal_slices = np.nonzero((cv.labels == METAL).any(axis=(0, 1)))[0]
     if len(metal_slices) == 0:

@@ -1,4 +1,7 @@
-"""CLI: ``bmd-node phantom --out DIR --seed N [options]`` (registered by service/cli.py)."""
+"""CLI: ``bmd-node phantom --out DIR --seed N [options]``.
+
+Registered by service/cli/offline_commands.py, which imports this module only when the ``phantom`` command runs
+(so the generator's imports here cost the node's own commands nothing)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from service.offline.phantom.api import PhantomSpec, generate, random_spec, write_phantom
 
 
 def register(root_subparsers: Any) -> None:
@@ -57,11 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw every unspecified option at random from the seed (training-style variety)")
 
 
-def spec_from_args(args: argparse.Namespace) -> Any:
-    import numpy as np
-
-    from service.offline.phantom.api import PhantomSpec, random_spec
-
+def spec_from_args(args: argparse.Namespace) -> PhantomSpec:
     values: dict[str, Any] = {
         "seed": args.seed,
         "region": args.region,
@@ -97,8 +100,6 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.offline.phantom.api import generate, write_phantom
-
     try:
         spec = spec_from_args(args)
     except ValueError as exc:

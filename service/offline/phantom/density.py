@@ -33,7 +33,7 @@ IV contrast
 Cohort and thoracolumbar gradient
     Category mix of the Xiong 2025 cohort (Table 1, training set): 21.8 % normal, 41.8 % osteopenia, 36.4 %
     osteoporosis; 62.4 % women; median age 66 (IQR 57-73). Categories by the L1-L2 mean BMD with the QCT
-    thresholds (>120 normal, 80-120 osteopenia, <80 osteoporosis).
+    guideline thresholds of ``service.domain.guidelines`` (>120 normal, 80-120 osteopenia, <80 osteoporosis).
     Trabecular BMD is higher in thoracic than in lumbar vertebrae and decreases roughly linearly from T5 to L2
     (the Xiong 2025 thoracolumbar calibration curve ``HU = k * n + intercept``, n = 1 (T5) .. 10 (L2), k < 0).
     The relative drop per level is drawn per patient (mean 1.8 % of the L1-L2 BMD per level, i.e. ~ +15 %
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.domain.guidelines import NORMAL_ABOVE_MG_CM3, OSTEOPOROSIS_BELOW_MG_CM3, Category, categorize
 from service.domain.levels import VertebraLevel
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,10 @@ CONTRAST_TRABECULAR_HU_RISE_120KVP = 12.0
 # on thickness (partial volume). The shell is drawn from this range (120 kVp, before partial-volume blur).
 CORTICAL_HU_RANGE_120KVP: tuple[float, float] = (650.0, 1100.0)
 
-# --- QCT category thresholds (ACR 2018 / Chinese QCT guideline 2018, used by Xiong 2025) ---
-NORMAL_ABOVE_MG_CM3 = 120.0
-OSTEOPOROSIS_BELOW_MG_CM3 = 80.0
-CATEGORIES: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")
+# --- QCT categories: the guideline thresholds (ACR 2018 / Chinese QCT guideline 2018, used by Xiong 2025) are the
+# clinical definition in service.domain.guidelines (NORMAL_ABOVE_MG_CM3 / OSTEOPOROSIS_BELOW_MG_CM3 come from there);
+# only the physics above is the phantom's own.
+CATEGORIES: tuple[str, ...] = (Category.NORMAL.value, Category.OSTEOPENIA.value, Category.OSTEOPOROSIS.value)
 CATEGORY_MIX: tuple[float, float, float] = (0.218, 0.418, 0.364)
 """Xiong 2025 Table 1 (training set): normal, osteopenia, osteoporosis."""
 FEMALE_FRACTION = 0.624
@@ -99,12 +100,11 @@ PHANTOM_LEVELS: tuple[VertebraLevel, ...] = tuple(
 
 
 def category_of(bmd_mg_cm3: float) -> str:
-    """QCT category of an L1-L2 mean BMD: 'normal', 'osteopenia' or 'osteoporosis'."""
-    if bmd_mg_cm3 > NORMAL_ABOVE_MG_CM3:
-        return "normal"
-    if bmd_mg_cm3 >= OSTEOPOROSIS_BELOW_MG_CM3:
-        return "osteopenia"
-    return "osteoporosis"
+    """QCT category of an L1-L2 mean BMD by the guideline thresholds: 'normal', 'osteopenia' or 'osteoporosis'."""
+    category = categorize(bmd_mg_cm3)
+    if category is Category.INDETERMINATE:
+        raise ValueError(f"bmd_mg_cm3 must be a finite number, got {bmd_mg_cm3!r}")
+    return category.value
 
 
 def _check_kvp(kvp: int) -> int:

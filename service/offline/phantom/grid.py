@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 F32 = np.float32
 Array = npt.NDArray[np.float32]
@@ -174,8 +175,6 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigma_vo
 
     Returned in Fortran order (x fastest), like the canvas arrays.
     """
-    from scipy import ndimage
-
     rev = (shape[2], shape[1], shape[0])
     factor = max(1, int(sigma_vox // 1.5))
     small = rev if factor == 1 else tuple(max(2, int(np.ceil(s / factor)) + 1) for s in rev)
@@ -194,8 +193,6 @@ class SmoothField:
 
     def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], sigma_vox: float,
                  min_factor: int = 1) -> None:
-        from scipy import ndimage
-
         self.shape = shape
         factor = max(min_factor, int(sigma_vox // 1.5))
         small = shape if factor == 1 else tuple(max(2, int(np.ceil(s / factor)) + 1) for s in shape)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
+from scipy import ndimage
 
 from service.domain.levels import VertebraLevel
 from service.offline.phantom import labels as L  # noqa: N812
@@ -48,10 +50,10 @@ def _slice_at_level(p: Phantom, level: str) -> int | None:
 
 
 def phantom_montage(p: Phantom, title: str, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  # heavy plotting stack, loaded only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  # after choosing the Agg backend
 
     hu, lab, sp = _canonical(p)
     spine = (lab >= 1) & (lab <= 25) | (lab >= 201)
@@ -88,8 +90,6 @@ def phantom_montage(p: Phantom, title: str, path: Path) -> Path:
 
 def load_real(folder: Path) -> tuple[npt.NDArray[np.float32], tuple[float, float, float]]:
     """Real series as (x, y, z ascending) HU array."""
-    import pydicom
-
     files = sorted(folder.glob("*.dcm"))
     if not files:
         raise FileNotFoundError(f"no DICOM files in {folder}")
@@ -102,8 +102,6 @@ def load_real(folder: Path) -> tuple[npt.NDArray[np.float32], tuple[float, float
 
 
 def _body(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    from scipy import ndimage
-
     body = np.zeros(hu.shape, dtype=bool)
     for k in range(hu.shape[2]):
         m = hu[:, :, k] > -400
@@ -144,10 +142,10 @@ def real_like_spec(seed: int = 7) -> PhantomSpec:
 
 
 def comparison(real_dir: Path, out: Path, seed: int = 7) -> list[Path]:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  # heavy plotting stack, loaded only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  # after choosing the Agg backend
 
     real, rsp = load_real(real_dir)
     p = generate(real_like_spec(seed))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.offline.phantom.api import generate, random_spec
 from service.segmentation.fine_classes import (
     FINE_NUM_CLASSES,
     FINE_RIB,
@@ -42,8 +43,6 @@ def spine_tube_bbox(target: npt.NDArray[np.uint8], spacing_mm: float,
 
 
 def fine_phantom_case(seed: int, index: int) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], dict[str, Any]]:
-    from service.offline.phantom.api import generate, random_spec
-
     rng = np.random.default_rng([seed, index])
     spec = random_spec(rng)
     ph = generate(spec, spacing_mm=(FINE_SPACING_MM,) * 3)

@@ -7,6 +7,7 @@ configs/metadata.json, models/model.pt and training_log.json of a MONAI bundle.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from service.segmentation.classes import IGNORE
 from service.segmentation.model import HU_CLIP, HU_SCALE
 
 logger = logging.getLogger(__name__)
@@ -32,8 +34,6 @@ Batch = tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy + soft Dice over the foreground classes; IGNORE voxels excluded from both."""
-    from service.segmentation.classes import IGNORE
-
     ce = torch.nn.functional.cross_entropy(logits, target.long(), ignore_index=IGNORE)
     valid = (target != IGNORE).unsqueeze(1).float()
     probs = torch.softmax(logits.float(), dim=1) * valid
@@ -194,9 +194,7 @@ def save_bundle(out: Path, state: dict[str, torch.Tensor], log: dict[str, Any], 
 
 
 def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
     try:
-        return version(pkg)
+        return importlib.metadata.version(pkg)
     except Exception:
         return "unknown"

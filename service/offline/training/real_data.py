@@ -16,6 +16,7 @@ import logging
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
@@ -73,8 +74,6 @@ def load_case(case: Path) -> Case | None:
         msk = sorted(case.glob("*_seg-vert_msk.nii.gz"))
         if not msk:
             return None
-        import nibabel as nib
-
         img = nib.load(str(verse_ct[0]))
         volume = CTVolume(hu=np.asarray(img.dataobj, dtype=np.float32), affine_lps=nifti_to_lps(img.affine))
         lab = labels_on_ct_grid(msk[0], volume)

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from service.offline.phantom.api import generate, random_spec
 from service.offline.training.augment import augment
 from service.offline.training.loop import (
     Batch,
@@ -38,6 +39,7 @@ from service.offline.training.loop import (
     stack_batch,
     training_device,
 )
+from service.offline.training.real_data import load_real_folder
 from service.segmentation import classes as cls
 from service.segmentation.geometry import COARSE_SPACING_MM, canonical_frame, coarse_grid, resample_to_coarse
 from service.segmentation.model import NETWORK_KWARGS, build_network
@@ -77,8 +79,6 @@ def _phantom_case(seed: int, index: int, render_mm: float = COARSE_SPACING_MM,
                   ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], dict[str, Any]]:
     """One training case on the 3 mm canonical grid. ``render_mm`` < 3 renders finer and area-averages down
     (partial volume like a real scan resampled to 3 mm) at a higher rendering cost."""
-    from service.offline.phantom.api import generate, random_spec
-
     rng = np.random.default_rng([seed, index])
     spec = random_spec(rng)
     ph = generate(spec, spacing_mm=(render_mm,) * 3)
@@ -131,8 +131,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     data = [load_case(f) for f in files]
     real: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]] = []
     if cfg.real_data is not None:
-        from service.offline.training.real_data import load_real_folder
-
         real = load_real_folder(cfg.real_data)
         logger.info("real labelled cases: %d", len(real))
     net = build_network()

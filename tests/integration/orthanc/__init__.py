@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.dicom_net_support import PEER_ENV, free_port
+from tests.integration.dicom_net_support import PEER_ENV
+from tests.support.net import free_port
 
 HERE = Path(__file__).resolve().parent
 LUA_FORWARD_CT = HERE / "forward_ct.lua"

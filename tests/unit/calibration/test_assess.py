@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from service.calibration.assess import BmdAssessment, BmdSettings, assess_bmd
+from service.calibration.assess import BmdAssessment, assess_bmd
+from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import CalibrationKind, Category, ExclusionReason, SitePrediction
 from service.domain.segmentation import SpineSegmentation
@@ -16,7 +17,7 @@ from service.offline.phantom.api import Phantom, PhantomSpec, generate
 from tests.unit.calibration.phantom_cases import truth_segmentation
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-SETTINGS = BmdSettings(detect_synchronous_phantom=False)
+SETTINGS = BmdSettings(detect_synchronous_phantom=False, calibration_store_dir=None)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,9 @@ def test_every_level_reported_and_roi_map_on_the_grid(case: tuple[Phantom, Spine
         assert np.all(seg.body_labels[assessment.roi_labels == int(m.level)] == int(m.level))
     assert result.calibration.kind is CalibrationKind.INTERNAL
     doc = result.to_json_dict()
-    assert doc["summary"]["threshold_set"].startswith("ACR2018-ISCD-v1")
+    assert doc["summary"]["threshold_set"] == "ACR2018-ISCD-v1 (<80 / 80-120 / >120 mg/cm3)"
     assert doc["summary"]["levels_used"] == ["L1", "L2"]
+    assert result.algorithm_version == ""  # the caller names the version (the pipeline: the node's)
 
 
 def test_level_uncertain_and_cut_by_fov_are_excluded(case: tuple[Phantom, SpineSegmentation, BmdAssessment]
@@ -65,7 +67,7 @@ def test_level_uncertain_and_cut_by_fov_are_excluded(case: tuple[Phantom, SpineS
 
 def test_configured_summary_levels(case: tuple[Phantom, SpineSegmentation, BmdAssessment]) -> None:
     phantom, seg, _ = case
-    settings = BmdSettings(detect_synchronous_phantom=False, summary_levels=(V.L1, V.L2, V.L3))
+    settings = dataclasses.replace(SETTINGS, summary_levels=(V.L1, V.L2, V.L3))
     result = assess_bmd(phantom.volume, seg, settings).result
     bmd = {m.level: m.bmd_mg_cm3 for m in result.vertebrae}
     assert result.summary.levels_used == (V.L1, V.L2, V.L3)
@@ -100,8 +102,10 @@ def test_site_model_gives_summary_when_it_answers(case: tuple[Phantom, SpineSegm
 def test_no_evaluable_level_is_indeterminate(case: tuple[Phantom, SpineSegmentation, BmdAssessment]) -> None:
     phantom, seg, _ = case
     vertebrae = tuple(dataclasses.replace(v, cut_by_fov=True) for v in seg.vertebrae)
-    result = assess_bmd(phantom.volume, dataclasses.replace(seg, vertebrae=vertebrae), SETTINGS).result
+    result = assess_bmd(phantom.volume, dataclasses.replace(seg, vertebrae=vertebrae), SETTINGS,
+                        algorithm_version="9.9").result
     assert result.summary.category is Category.INDETERMINATE and result.summary.bmd_mg_cm3 is None
+    assert result.algorithm_version == "9.9"
     assert all(not m.evaluable for m in result.vertebrae)
 
 
@@ -112,3 +116,7 @@ def test_settings_validate() -> None:
         BmdSettings(fracture_height_loss=1.5)
     with pytest.raises(ValueError, match="summary_levels"):
         BmdSettings(summary_levels=())
+    with pytest.raises(ValueError, match="min_roi_volume_mm3"):
+        BmdSettings(min_roi_volume_mm3=-1.0)
+    with pytest.raises(ValueError, match="threshold_set"):
+        BmdSettings(threshold_set="")

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.calibration.assess import BmdSettings, assess_bmd
+from service.calibration.assess import assess_bmd
 from service.calibration.phantom import calibrate_from_volume, load_definition
+from service.calibration.settings import BmdSettings
 from service.calibration.store import CalibrationStore
 from service.cli.calibrate import register_calibrate
 from service.domain.levels import VertebraLevel as V

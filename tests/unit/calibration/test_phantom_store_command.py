@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from service.calibration.phantom import FoundRod, find_rods, load_definition, match_rods
 from service.calibration.store import CalibrationStore, ScannerKey, StoredCalibration
 from service.cli.calibrate import register_calibrate
 from service.domain.volume import CTVolume
 from service.offline.phantom import density
+from tests.support.ct_series import CTSeriesHeader, write_ct_series
 
 DEFINITION = Path(__file__).resolve().parents[3] / "models" / "calibration" / "k2hpo4_0_50_100_200.json"
 RODS_X_MM = (-60.0, -20.0, 20.0, 60.0)
@@ -96,33 +95,12 @@ def test_store_finds_newest_valid_calibration(tmp_path: Path) -> None:
 
 
 def _write_series(folder: Path, hu: np.ndarray, kvp: int, spacing: tuple[float, float, float]) -> None:
-    folder.mkdir(parents=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for k in range(hu.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality = "CT"
-        ds.Manufacturer, ds.ManufacturerModelName, ds.StationName = "ACME", "Phantom CT", "QA1"
-        ds.KVP = kvp
-        ds.StudyDate = ds.AcquisitionDate = "20260115"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0.0, 0.0, k * spacing[2]]
-        ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.InstanceNumber = k + 1
-        ds.PixelData = np.round(hu[:, :, k].T).astype(np.int16).tobytes()
-        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+    """``hu`` (columns, rows, slices) as a scanner QA series; ``spacing`` along the columns, rows and slices."""
+    header = CTSeriesHeader(pixel_spacing_mm=(spacing[1], spacing[0]), slice_thickness_mm=spacing[2],
+                            rescale_intercept=0.0,
+                            extra={"Manufacturer": "ACME", "ManufacturerModelName": "Phantom CT", "StationName": "QA1",
+                                   "KVP": kvp, "StudyDate": "20260115", "AcquisitionDate": "20260115"})
+    write_ct_series(folder, np.round(hu).astype(np.int16).T, header, file_name=lambda k: f"{k:03d}.dcm")
 
 
 def test_calibrate_phantom_command_stores_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

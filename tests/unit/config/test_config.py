@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from service.config import DEFAULTS_TOML, Config, ConfigError, NodeSettings, PeerSettings, load_config
+from service.config import DEFAULTS_TOML, Config, NodeSettings, PeerSettings, load_config
+from service.config_loader import ConfigError, toml_keys
 from service.domain.levels import VertebraLevel
+from service.domain.paths import PROJECT_ROOT, resolve_model_path
 from service.domain.results import RoiMethod
 
 
@@ -141,13 +143,12 @@ def test_deploy_example_lists_every_key_with_its_default() -> None:
     from_example = load_config(example, env={})
     assert dataclasses.replace(from_example, source="") == dataclasses.replace(load_config(env={}), source="")
     for section in ("node", "worker", "exporter", "series", "segmentation", "bmd", "site_models", "logging"):
-        expected = {f.name for f in dataclasses.fields(getattr(from_example, section))}
+        expected = set(toml_keys(type(getattr(from_example, section))))
         assert set(raw[section]) == expected, section
 
 
 def test_model_paths_resolve_against_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.config import PROJECT_ROOT, resolve_model_path
-
+    assert (PROJECT_ROOT / "pyproject.toml").is_file()
     monkeypatch.chdir(tmp_path)
     assert resolve_model_path(Path("models/vertebra_seg")) == PROJECT_ROOT / "models" / "vertebra_seg"
     (tmp_path / "models" / "vertebra_seg").mkdir(parents=True)

@@ -9,8 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from service.config import LoggingSettings
-from service.logging import REDACTED, PatientDataFilter, redact_text, setup_logging
+from service.logging import REDACTED, LoggingSettings, PatientDataFilter, redact_text, setup_logging
 
 
 @pytest.fixture

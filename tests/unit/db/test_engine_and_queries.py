@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import func, select
 
-from service.db.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine, read_session
+from service.db.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine, read_session, write_session
 from service.db.queries import InstanceRecord, count_by_status, list_series, record_instance, stored_instance_paths
 from service.db.tables import Instance, Series
 from tests.node_support import record
@@ -94,10 +95,6 @@ def test_concurrent_threads_store_duplicates_once(sqlite_engine: sqlalchemy.Engi
 
 def test_write_session_takes_the_write_lock_at_begin(sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     """BEGIN IMMEDIATE: the lock is held from the start of the transaction, before any statement."""
-    import sqlite3
-
-    from service.db.engine import write_session
-
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
     try:
         with write_session(sqlite_engine) as session:

@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from service.db.engine import read_session
 from service.db.tables import Export
+from service.domain.retry import RetryPolicy
 from service.export.outbox import (
-    RetryPolicy,
     claim_due_exports,
     mark_export_dead,
     mark_export_retry,
@@ -63,8 +63,7 @@ def test_peer_filter(sqlite_engine: sqlalchemy.Engine) -> None:
 
 def test_retry_backoff_same_object_then_dead_after_max_attempts(sqlite_engine: sqlalchemy.Engine) -> None:
     export_id = _one_export(sqlite_engine)
-    policy = RetryPolicy(backoff_initial_seconds=5, backoff_multiplier=2, backoff_max_seconds=12, max_attempts=4,
-                         max_age_seconds=3600)
+    policy = RetryPolicy(initial_seconds=5, multiplier=2, max_seconds=12, max_attempts=4, max_age_seconds=3600)
     now = T0
     uids = set()
     for attempt, delay in ((1, 5), (2, 10), (3, 12)):
@@ -86,7 +85,7 @@ def test_retry_backoff_same_object_then_dead_after_max_attempts(sqlite_engine: s
 
 def test_dead_after_max_age(sqlite_engine: sqlalchemy.Engine) -> None:
     export_id = _one_export(sqlite_engine)
-    policy = RetryPolicy(backoff_initial_seconds=1, max_attempts=1000, max_age_seconds=3600)
+    policy = RetryPolicy(initial_seconds=1, multiplier=2, max_seconds=300, max_attempts=1000, max_age_seconds=3600)
     later = T0 + timedelta(seconds=3601)
     claim_due_exports(sqlite_engine, exporter_id="e", limit=1, lease_seconds=60, now=later)
     assert mark_export_retry(sqlite_engine, export_id, error="refused", now=later, policy=policy) == "dead"
@@ -116,5 +115,5 @@ def test_expired_claim_is_claimed_again(sqlite_engine: sqlalchemy.Engine) -> Non
 
 
 def test_policy_delays() -> None:
-    policy = RetryPolicy(backoff_initial_seconds=10, backoff_multiplier=3, backoff_max_seconds=100)
+    policy = RetryPolicy(initial_seconds=10, multiplier=3, max_seconds=100, max_attempts=500)
     assert [policy.delay_seconds(n) for n in (1, 2, 3, 4)] == [10, 30, 90, 100]

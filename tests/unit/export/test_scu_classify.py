@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.export.cstore_scu import OutcomeKind, StoreOutcome, classify_status
+from service.export.cstore_scu import classify_status
+from service.export.transport import DeliveryOutcome, OutcomeKind
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,7 @@ def test_classify_status(status: int, kind: OutcomeKind) -> None:
 
 
 def test_delivered_only_for_success_and_warning() -> None:
-    assert StoreOutcome(OutcomeKind.SUCCESS, 0, "").delivered
-    assert StoreOutcome(OutcomeKind.WARNING, 0xB000, "").delivered
-    assert not StoreOutcome(OutcomeKind.PERMANENT, 0xA900, "").delivered
-    assert not StoreOutcome(OutcomeKind.TRANSIENT, None, "").delivered
+    assert DeliveryOutcome(OutcomeKind.SUCCESS, 0, "").delivered
+    assert DeliveryOutcome(OutcomeKind.WARNING, 0xB000, "").delivered
+    assert not DeliveryOutcome(OutcomeKind.PERMANENT, 0xA900, "").delivered
+    assert not DeliveryOutcome(OutcomeKind.TRANSIENT, None, "").delivered

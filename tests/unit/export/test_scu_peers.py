@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from service.export.cstore_scu import NO_STATUS, OutcomeKind, echo, send_files, store_dataset_file
-from tests.integration.dicom_net_support import dataset_bytes, free_port, node_config, write_series
+from service.export.cstore_scu import NO_STATUS, echo, send_files, store_dataset_file
+from service.export.transport import OutcomeKind
+from tests.integration.dicom_net_support import dataset_bytes, node_config, write_series
 from tests.integration.outbox_support import ScriptedPacs
+from tests.support.net import free_port
 
 
 def _config(tmp_path: Path, pacs_port: int):  # type: ignore[no-untyped-def]
@@ -22,9 +28,6 @@ def test_echo_true_with_peer_false_without(tmp_path: Path) -> None:
     port = free_port()
     config = _config(tmp_path, port)
     assert not echo(config.peers[0], config)  # connection refused
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
     ae = AE(ae_title="PACS")
     ae.add_supported_context(Verification)
     server = ae.start_server(("127.0.0.1", port), block=False)
@@ -60,10 +63,6 @@ def test_uncompressed_file_is_reencoded_when_only_another_uncompressed_syntax_is
         assert store_dataset_file(implicit, config.peers[0], config).kind is OutcomeKind.SUCCESS
     received = explicit_only.stored[str(ds.SOPInstanceUID)]
     assert received != dataset_bytes(implicit)  # re-encoded as Explicit VR ...
-    from io import BytesIO
-
-    from pydicom.filereader import read_dataset
-
     decoded = read_dataset(BytesIO(received), is_implicit_VR=False, is_little_endian=True)
     assert decoded.SOPInstanceUID == ds.SOPInstanceUID and decoded.PixelData == ds.PixelData  # ... same values
 

@@ -10,13 +10,18 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from service.config import BmdSettings, Config, SeriesSettings, SiteModelsSettings
+from service import __version__
+from service.calibration.settings import BmdSettings
+from service.config import Config
+from service.domain.guidelines import Thresholds
 from service.domain.levels import VertebraLevel
 from service.domain.results import RoiMethod
 from service.pipeline import steps, storage
 from service.pipeline.encode import encode_dataset
 from service.pipeline.screening import ScreeningRecipe, build_screening_pipeline
-from service.pipeline.types import EncodedObject, JobInput, PipelineRejectedError
+from service.pipeline.types import EncodedObject, JobInput, PipelineRejectedError, PreviousResult
+from service.series.settings import SeriesSettings
+from service.site_models.settings import SiteModelsSettings
 from tests.node_support import BASIC_TEXT_SR, write_ct_series
 
 
@@ -34,25 +39,30 @@ def test_load_volume_rejects_with_reason(tmp_path: Path) -> None:
         steps.load_volume(paths, SeriesSettings(min_slices=10, max_slice_thickness_mm=5.0))
 
 
-def test_bmd_section_maps_onto_calibration_settings() -> None:
+def test_the_bmd_section_reaches_the_assessment_as_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     config = BmdSettings(roi_method=RoiMethod.ELLIPTICAL_CYLINDER, summary_levels=(VertebraLevel.L1,),
                          threshold_set="ACR2018-ISCD-v1", calibration_store_dir=Path("/x"))
-    mapped = steps.calibration_settings(config, "9.9")
-    assert mapped.roi_method is RoiMethod.ELLIPTICAL_CYLINDER
-    assert mapped.summary_levels == (VertebraLevel.L1,)
-    assert mapped.calibration_store_dir == Path("/x")
-    assert mapped.algorithm_version == "9.9"
-    assert mapped.curve_site_k is None  # per-patient thoracolumbar fit unless a site curve is switched on
+    seen: dict[str, object] = {}
+
+    def fake_assess_bmd(volume: object, segmentation: object, settings: BmdSettings, site_model: object = None, *,
+                        algorithm_version: str = "") -> str:
+        seen.update(settings=settings, site_model=site_model, algorithm_version=algorithm_version)
+        return "assessment"
+
+    monkeypatch.setattr(steps, "assess_bmd", fake_assess_bmd)
+    assert steps.assess(object(), object(), config, None) == "assessment"  # type: ignore[arg-type]
+    assert seen == {"settings": config, "site_model": None, "algorithm_version": __version__}
+    assert seen["settings"] is config  # no copy: Config.bmd is what the assessment takes
+    assert config.curve_site_k is None  # per-patient thoracolumbar fit unless a site curve is switched on
 
 
 def test_bmd_thresholds_and_site_curve_reach_the_assessment() -> None:
     config = BmdSettings(osteoporosis_below_mg_cm3=70.0, normal_above_mg_cm3=110.0, threshold_set="SITE-2026-v2",
                          use_site_curve=True, curve_site_k_hu_per_level=-3.5, erosion_mm=2.0, correct_contrast=False)
-    mapped = steps.calibration_settings(config, "1")
-    assert (mapped.osteoporosis_below_mg_cm3, mapped.normal_above_mg_cm3) == (70.0, 110.0)
-    assert mapped.threshold_set == "SITE-2026-v2"
-    assert mapped.curve_site_k == -3.5
-    assert mapped.erosion_mm == 2.0 and mapped.correct_contrast is False
+    assert config.thresholds == Thresholds("SITE-2026-v2", "v1", 70.0, 110.0)
+    assert config.thresholds.identifier.startswith("SITE-2026-v2")
+    assert config.curve_site_k == -3.5
+    assert config.erosion_mm == 2.0 and config.correct_contrast is False
 
 
 def test_bmd_thresholds_must_be_ordered() -> None:
@@ -117,8 +127,6 @@ def test_encoded_object_validates() -> None:
 
 
 def test_previous_sr_becomes_predecessor_ref(tmp_path: Path) -> None:
-    from service.pipeline.types import PreviousResult
-
     previous = PreviousResult(3, tmp_path / "sr.dcm", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2", "1.2.9")
     ref = steps.predecessor_ref(previous)
     item = ref.to_item()

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 import sqlalchemy
 
+from service import __version__
 from service.config import Config, PeerSettings
 from service.db.queries import record_instance
 from service.offline.phantom.api import PhantomSpec, generate, write_phantom
@@ -51,6 +52,7 @@ def test_recipe_builds_valid_result_objects(phantom_series: tuple[list[Path], ob
     assert view is not None and view.status == "succeeded", view.last_error if view else None
     document = json.loads((tmp_path / "storage" / "results" / f"job-{job_id}" / "result.json").read_text())
     assert document["study_instance_uid"] == header.StudyInstanceUID
+    assert document["algorithm"]["version"] == __version__  # the step records the node's version
     levels = [v["level"] for v in document["vertebrae"]]
     assert "L1" in levels and "L2" in levels
     truth = phantom.truth["patient"]["bmd_by_level_mg_cm3"]  # type: ignore[attr-defined]

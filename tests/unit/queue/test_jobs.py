@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -9,8 +10,11 @@ from sqlalchemy import select
 from service.db.engine import read_session, write_session
 from service.db.queries import record_instance
 from service.db.tables import Export, Job, JobEvent, ResultObject, Series, VertebraResult
+from service.domain.retry import RetryPolicy
 from service.domain.status import JobStatus
+from service.pipeline.types import JobInput
 from service.queue import jobs
+from service.queue.job_results import JobSuccess, StoredObject
 from tests.node_support import quick_result, record
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -26,14 +30,12 @@ def _statuses(engine: sqlalchemy.Engine, job_id: int) -> list[tuple[str | None, 
     return [(e[1], e[2]) for e in jobs.job_events(engine, job_id)]
 
 
-def _success(job_id: int, n_objects: int = 2, tag: str = "a") -> jobs.JobSuccess:
-    from service.pipeline.types import JobInput
-
-    result = quick_result(JobInput(job_id, "1.2", "1.2.3", (__import__("pathlib").Path("/x"),)))
-    objects = tuple(jobs.StoredObject("sr" if i == 0 else "key_image", "1.2.840.10008.5.1.4.1.1.88.11",
+def _success(job_id: int, n_objects: int = 2, tag: str = "a") -> JobSuccess:
+    result = quick_result(JobInput(job_id, "1.2", "1.2.3", (Path("/x"),)))
+    objects = tuple(StoredObject("sr" if i == 0 else "key_image", "1.2.840.10008.5.1.4.1.1.88.11",
                                       f"9.{tag}.{job_id}.{i}", "1.2", f"9.{tag}.{job_id}", f"/r/{tag}{i}.dcm", 10,
                                       "0" * 64) for i in range(n_objects))
-    return jobs.JobSuccess(result, objects, "/r", result.to_json_dict())
+    return JobSuccess(result, objects, "/r", result.to_json_dict())
 
 
 def test_enqueue_claim_finish_records_every_transition(sqlite_engine: sqlalchemy.Engine) -> None:
@@ -77,21 +79,21 @@ def test_one_active_job_per_series(sqlite_engine: sqlalchemy.Engine) -> None:
 def test_retry_with_backoff_then_dead(sqlite_engine: sqlalchemy.Engine) -> None:
     uid = _series(sqlite_engine)
     job_id = jobs.enqueue(sqlite_engine, uid, max_attempts=3, now=T0)
-    backoff = jobs.Backoff(initial_seconds=10, multiplier=3, max_seconds=25)
+    policy = RetryPolicy(initial_seconds=10, multiplier=3, max_seconds=25, max_attempts=3)
     now = T0
     expected_delays = [10, 25]  # 10 * 3**0, min(25, 10 * 3**1)
     for attempt, delay in enumerate(expected_delays, start=1):
         claimed = jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60, now=now)
         assert claimed is not None and claimed.attempts == attempt
         status = jobs.fail(sqlite_engine, job_id, worker_id="w", error=f"boom {attempt}", retryable=True,
-                           backoff=backoff, now=now)
+                           policy=policy, now=now)
         assert status == JobStatus.QUEUED
         # not due before the backoff has passed
         assert jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60,
                                now=now + timedelta(seconds=delay - 1)) is None
         now = now + timedelta(seconds=delay)
     assert jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60, now=now) is not None
-    assert jobs.fail(sqlite_engine, job_id, worker_id="w", error="boom 3", retryable=True, backoff=backoff,
+    assert jobs.fail(sqlite_engine, job_id, worker_id="w", error="boom 3", retryable=True, policy=policy,
                      now=now) == JobStatus.DEAD
     view = jobs.get_job(sqlite_engine, job_id)
     assert view is not None and view.status == "dead" and view.last_error == "boom 3"

@@ -9,13 +9,14 @@ import pydicom
 import sqlalchemy
 from pydicom.uid import generate_uid
 
-from service.config import Config, SeriesSettings
+from service.config import Config
 from service.db.queries import list_series, record_instance
 from service.db.tables import utcnow
 from service.queue import jobs
 from service.queue.scheduler import Scheduler
 from service.series.selection import KernelClass, SeriesCandidate, classify_kernel, select_series
-from tests.node_support import record, write_ct_series
+from service.series.settings import SeriesSettings
+from tests.node_support import _success_for_tests, record, write_ct_series
 
 
 def _receive(engine: sqlalchemy.Engine, paths: list[Path], when) -> str:  # type: ignore[no-untyped-def]
@@ -74,8 +75,6 @@ def test_more_instances_after_job_finished_queue_a_new_job(tmp_path: Path, sqlit
     # more instances while the job runs: wait for it to end
     _receive(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
     assert scheduler.tick(now=t0 + timedelta(seconds=23)).waiting == (uid,)
-    from tests.node_support import _success_for_tests
-
     assert jobs.finish(sqlite_engine, first, worker_id="w", success=_success_for_tests(first), peer_names=[],
                        now=t0 + timedelta(seconds=23))
     (second,) = scheduler.tick(now=t0 + timedelta(seconds=24)).enqueued

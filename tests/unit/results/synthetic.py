@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
+from service.domain.guidelines import Thresholds, categorize
 from service.domain.levels import VertebraLevel
 from service.domain.results import (
     CalibrationKind,
-    Category,
     CurveFit,
     ExclusionReason,
     LinearCalibration,
@@ -27,6 +26,7 @@ from service.domain.results import (
 )
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
+from tests.support import ct_series
 
 # Orientations (ImageOrientationPatient) with the patient position they stand for.
 HEAD_FIRST_SUPINE = ("HFS", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0))  # slice normal +S: k goes to the head
@@ -43,6 +43,16 @@ class SyntheticCase:
     paths: tuple[Path, ...]
 
 
+SYNTHETIC_HEADER = {
+    "SpecificCharacterSet": "ISO_IR 100", "StudyDate": "20240102", "SeriesDate": "20240102", "StudyTime": "101010",
+    "SeriesTime": "101010", "AccessionNumber": "ACC123", "Manufacturer": "SYNTH",
+    "ManufacturerModelName": "Box scanner", "StudyDescription": "CT ABDOMEN", "PatientName": "Test^Patient",
+    "PatientID": "PID0001", "PatientAge": "074Y", "BodyPartExamined": "ABDOMEN", "SeriesNumber": 3,
+    "PositionReferenceIndicator": "", "AcquisitionNumber": 1,
+}
+"""Header of the synthetic series over the writer's defaults (result objects copy the patient and study)."""
+
+
 def write_ct_series(
     out_dir: Path,
     orientation: tuple[str, tuple[float, ...]] = HEAD_FIRST_SUPINE,
@@ -55,88 +65,31 @@ def write_ct_series(
 
     ``shape`` is (columns, rows, slices); pixel_spacing_mm is (row spacing, column spacing) as in DICOM.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     position, iop = orientation
-    cols, rows, n_slices = shape
-    row_dir = np.array(iop[:3])
-    col_dir = np.array(iop[3:])
-    normal = np.cross(row_dir, col_dir)
+    n_slices = shape[2]
+    header = ct_series.CTSeriesHeader(
+        orientation=iop, pixel_spacing_mm=pixel_spacing_mm, slice_thickness_mm=slice_spacing_mm, rescale_intercept=0.0,
+        extra={**SYNTHETIC_HEADER, "SeriesDescription": f"synthetic {position}", "PatientPosition": position})
     origin = np.array([-40.0, -30.0, -50.0])
     if hu is None:
         rng = np.random.default_rng(0)
         hu = rng.normal(0.0, 5.0, size=shape).astype(np.float32)
     affine = np.eye(4)
-    affine[:3, 0] = row_dir * pixel_spacing_mm[1]
-    affine[:3, 1] = col_dir * pixel_spacing_mm[0]
-    affine[:3, 2] = normal * slice_spacing_mm
+    affine[:3, 0] = np.array(iop[:3]) * pixel_spacing_mm[1]
+    affine[:3, 1] = np.array(iop[3:]) * pixel_spacing_mm[0]
+    affine[:3, 2] = header.normal * slice_spacing_mm
     affine[:3, 3] = origin
 
-    study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
     sop_uids = [generate_uid() for _ in range(n_slices)]
     order = np.random.default_rng(1).permutation(n_slices)
-    paths: list[Path] = [Path()] * n_slices
-    for k in range(n_slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uids[k]
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = out_dir / f"img{order[k]:04d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uids[k]
-        ds.StudyDate = "20240102"
-        ds.SeriesDate = "20240102"
-        ds.StudyTime = "101010"
-        ds.SeriesTime = "101010"
-        ds.AccessionNumber = "ACC123"
-        ds.Modality = "CT"
-        ds.Manufacturer = "SYNTH"
-        ds.ManufacturerModelName = "Box scanner"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "CT ABDOMEN"
-        ds.SeriesDescription = f"synthetic {position}"
-        ds.PatientName = "Test^Patient"
-        ds.PatientID = "PID0001"
-        ds.PatientBirthDate = "19500101"
-        ds.PatientSex = "F"
-        ds.PatientAge = "074Y"
-        ds.BodyPartExamined = "ABDOMEN"
-        ds.SliceThickness = slice_spacing_mm
-        ds.KVP = 120
-        ds.PatientPosition = position
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = 3
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(f"{v:.4f}") for v in origin + normal * slice_spacing_mm * k]
-        ds.ImageOrientationPatient = list(iop)
-        ds.FrameOfReferenceUID = for_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.PixelSpacing = list(pixel_spacing_mm)
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
-        ds.AcquisitionNumber = 1
-        ds.PixelData = np.round(hu[:, :, k].T).astype(np.int16).tobytes()
-        ds.save_as(path, enforce_file_format=True)
-        paths[k] = path
+    paths = ct_series.write_ct_series(out_dir, np.round(hu).astype(np.int16).T, header, origin_lps_mm=origin,
+                                      sop_instance_uids=sop_uids, file_name=lambda k: f"img{order[k]:04d}.dcm")
     return CTVolume(
         hu=hu.astype(np.float32),
         affine_lps=affine,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        frame_of_reference_uid=for_uid,
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        frame_of_reference_uid=header.frame_of_reference_uid,
         sop_instance_uids=tuple(sop_uids),
         source_paths=tuple(paths),
         kvp=120.0,
@@ -177,8 +130,11 @@ def box_spine(volume: CTVolume, levels: tuple[VertebraLevel, ...]) -> tuple[Spin
 
 
 def hand_result(volume: CTVolume, segmentation: SpineSegmentation, roi: np.ndarray,
-                with_curve: bool = False) -> ScreeningResult:
-    """A ScreeningResult with the real ROI statistics, one excluded level and a normal/osteopenia mix."""
+                with_curve: bool = False, thresholds: Thresholds | None = None) -> ScreeningResult:
+    """A ScreeningResult with the real ROI statistics, one excluded level and a normal/osteopenia mix.
+
+    ``thresholds``: the site's cut-offs, carried in the summary (None: the guideline set, recorded by name only).
+    """
     calibration = LinearCalibration(kind=CalibrationKind.INTERNAL, slope=0.83, intercept=-1.5,
                                     scanner="SYNTH Box scanner 120 kVp", source="test")
     measurements = []
@@ -213,11 +169,7 @@ def hand_result(volume: CTVolume, segmentation: SpineSegmentation, roi: np.ndarr
     used = tuple(m.level for m in measurements if m.evaluable)
     bmd_values = [m.bmd_mg_cm3 for m in measurements if m.bmd_mg_cm3 is not None]
     summary_bmd = float(np.mean(bmd_values)) if bmd_values else None
-    if summary_bmd is None:
-        category = Category.INDETERMINATE
-    else:
-        category = Category.NORMAL if summary_bmd > 120 else Category.OSTEOPENIA if summary_bmd >= 80 else \
-            Category.OSTEOPOROSIS
+    category = categorize(summary_bmd, thresholds)
     curve = None
     if with_curve:
         curve = CurveFit(k=-3.2, intercept=140.0, r2=0.81, levels_used=used)
@@ -227,7 +179,8 @@ def hand_result(volume: CTVolume, segmentation: SpineSegmentation, roi: np.ndarr
         vertebrae=tuple(measurements),
         summary=PatientSummary(bmd_mg_cm3=summary_bmd, levels_used=used, category=category,
                                method="mean of evaluable levels, 3 mm erosion ROI, internal calibration",
-                               threshold_set="ACR2018-ISCD-v1"),
+                               threshold_set=thresholds.identifier if thresholds else "ACR2018-ISCD-v1",
+                               thresholds=thresholds),
         calibration=calibration,
         curve_fit=curve,
         algorithm_version="0.1.0",

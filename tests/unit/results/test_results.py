@@ -11,15 +11,20 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.coding import Code
+from pydicom.uid import JPEG2000Lossless, generate_uid
 from scipy import ndimage
 
 from service.domain.levels import VertebraLevel
+from service.domain.results import Category, ExclusionReason
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.offline.demo.result_examples import hand_placed_bodies, save_objects
 from service.results import codes
 from service.results.build import AlgorithmInfo, PredecessorRef, ResultObjects, build_result_objects
+from service.results.keyimage import render_key_image
+from service.results.seg import level_color_rgb
 from service.results.validators import dcentvfy, dciodvfy, pixelmed_sr
+from service.series.volume_loader import load_series_folder
 from tests.shared_data import shared_case
 from tests.unit.results.synthetic import (
     FEET_FIRST_SUPINE,
@@ -232,8 +237,6 @@ def test_sr_read_back_gives_the_result_json_numbers(which: str, request: pytest.
         assert _code(group, codes.EVALUABLE_FOR_BMD) == [codes.YES.value if expected["evaluable"] else codes.NO.value]
         reasons = _code(group, codes.EXCLUSION_REASON)
         if expected["exclusion_reason"]:
-            from service.domain.results import ExclusionReason
-
             assert reasons == [codes.EXCLUSION_REASON_CODES[ExclusionReason(expected["exclusion_reason"])].value]
         else:
             assert reasons == []
@@ -248,8 +251,6 @@ def test_sr_read_back_gives_the_result_json_numbers(which: str, request: pytest.
     patient = next(g for g in groups if g.tracking_identifier == "Patient BMD summary")
     summary = document["summary"]
     assert round(_value(patient, codes.QCT_VOLUMETRIC_BMD), 2) == summary["bmd_mg_cm3"]  # type: ignore[arg-type]
-    from service.domain.results import Category
-
     assert patient.finding_type.value == codes.CATEGORY_CODES[Category(summary["category"])].value
     used = [codes.level_from_code(v, "SCT") for v in _code(patient, codes.LEVEL_USED)]
     assert [lv.name for lv in used if lv is not None] == summary["levels_used"]
@@ -319,8 +320,6 @@ def test_key_image_is_a_readable_secondary_capture(head_first: Built) -> None:
     assert np.mean(np.all(banner == (150, 20, 20), axis=1)) > 0.9  # the "AI result, to be reviewed" banner
     text_pixels = np.all(pixels[:96, :800] == (255, 240, 120), axis=-1)
     assert text_pixels.sum() > 2000  # the banner text is drawn large
-    from service.results.seg import level_color_rgb
-
     for measurement in head_first.case.result.vertebrae:  # each level drawn in its colour (outline or swatch)
         color = level_color_rgb(measurement.level)
         assert np.all(pixels == color, axis=-1).sum() > 200, measurement.level.name
@@ -405,8 +404,6 @@ def test_no_roi_at_all_still_gives_volumetric_groups(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # PixelMed's JVM (several seconds per SR)
 def test_real_chest_ct_objects_are_valid_and_in_place(tmp_path: Path) -> None:
-    from service.series.volume_loader import load_series_folder
-
     volume = load_series_folder(shared_case("cptac_lscc_chest"))
     levels = (VertebraLevel.T7, VertebraLevel.T8, VertebraLevel.T9)
     full = hand_placed_bodies(volume, 50, (225, 345), levels=levels)
@@ -439,8 +436,6 @@ def test_real_chest_ct_objects_are_valid_and_in_place(tmp_path: Path) -> None:
 
 def test_key_image_is_the_same_for_the_same_anatomy_in_any_slice_and_pixel_order(head_first: Built) -> None:
     """The reformats are sampled in LPS: flipping the array axes (and the affine with them) changes nothing."""
-    from service.results.keyimage import render_key_image
-
     case = head_first.case
     volume = case.volume
     flip = np.diag([-1.0, -1.0, -1.0, 1.0])
@@ -464,10 +459,6 @@ def test_jpeg2000_source_series(tmp_path: Path) -> None:
     The shared files were de-identified down to empty Study/Series UIDs (which a PACS would never send): a copy
     gets UIDs, the compressed pixel data is kept as it is.
     """
-    from pydicom.uid import JPEG2000Lossless, generate_uid
-
-    from service.series.volume_loader import load_series_folder
-
     study, series = generate_uid(), generate_uid()
     (tmp_path / "ct").mkdir()
     for source in sorted((shared_case("ts_abdomen_slab_j2k") / "dicom").glob("*.dcm")):

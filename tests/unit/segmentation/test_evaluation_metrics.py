@@ -11,7 +11,14 @@ import pytest
 from service.domain.levels import VertebraLevel as V
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
-from service.offline.evaluation.segmentation import Reference, dice, evaluate_case, identification, labels_on_ct_grid
+from service.offline.evaluation.segmentation import (
+    Reference,
+    _reference_centroids,
+    dice,
+    evaluate_case,
+    identification,
+    labels_on_ct_grid,
+)
 
 
 def test_dice_of_hand_made_masks() -> None:
@@ -45,8 +52,6 @@ def test_evaluate_case_counts_uncertain_and_wrong() -> None:
     pred_lab = ref_lab.copy()
     ref = Reference(ref_lab, "test")
     vol = CTVolume(hu=np.zeros(shape, dtype=np.float32), affine_lps=affine)
-    from service.offline.evaluation.segmentation import _reference_centroids
-
     _reference_centroids(ref, vol)
     cent = {v: tuple(float(c) for c in vol.index_to_lps(np.argwhere(pred_lab == v).mean(axis=0)))
             for v in (int(V.L1), int(V.T12))}

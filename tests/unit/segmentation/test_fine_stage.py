@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.segmentation.fine_classes import FINE_NUM_CLASSES
-from service.segmentation.fine_stage import FineField, box_frame, coarse_on_fine, fine_to_coarse_masks, tube_box
+from service.segmentation.fine_classes import FINE_DISC, FINE_NUM_CLASSES
+from service.segmentation.fine_stage import (
+    FineField,
+    box_frame,
+    coarse_on_fine,
+    disc_below_mm,
+    fine_to_coarse_masks,
+    rests_on_disc,
+    tube_box,
+)
 from service.segmentation.geometry import canonical_frame, coarse_grid
 
 
@@ -69,9 +77,6 @@ def test_tube_box_covers_the_instances_with_margin() -> None:
 
 
 def test_a_disc_under_the_lowest_body_shows_l5_not_a_fused_s1() -> None:
-    from service.segmentation.fine_classes import FINE_DISC
-    from service.segmentation.fine_stage import disc_below_mm, rests_on_disc
-
     _, _, field = _setup()
     nz = field.grid.shape[2]
     body = np.zeros(field.grid.shape, dtype=bool)

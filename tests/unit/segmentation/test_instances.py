@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.segmentation.instances import find_bodies
+from service.segmentation.instances import FINE_RULES, _centreline_coordinate, _keep_spine_column, find_bodies
 
 
 def _column(n_bodies: int, height_vox: int, disc_vox: int, bridge: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +77,6 @@ def _fine_column(sections_mm: list[tuple[float, float]], heights_mm: list[float]
 def test_centreline_follows_a_stepping_spine_without_inflating_lengths() -> None:
     """A lordotic spine steps forward body by body, and the sparse slices at each disc lie off centre (endplate
     rims, osteophytes); the arc length between body centres must stay the true centre distance."""
-    from service.segmentation.instances import _centreline_coordinate
-
     hv, dv, step = round(28 / FINE_MM), round(9 / FINE_MM), round(6 / FINE_MM)
     body = np.zeros((90, 100, 5 * (hv + dv) + 8), dtype=bool)
     z, centres = 4, []
@@ -102,8 +100,6 @@ def test_centreline_follows_a_stepping_spine_without_inflating_lengths() -> None
 def test_small_upper_thoracic_bodies_with_blurred_discs_are_not_merged() -> None:
     """T1-T4 of a small patient on 5 mm slices: 15 mm bodies, 4 mm discs barely seen.  Pairs of them are as long
     as one mid-thoracic body; the fine rules expect small bodies to be short and keep them apart."""
-    from service.segmentation.instances import FINE_RULES
-
     body, disc, centres = _fine_column([(28.0, 17.0)] * 5, [15.0] * 5, 4.0, disc_body_prob=0.6)
     share = np.ones_like(body)  # thoracic
     inst = find_bodies(body, disc, FINE_MM, share, FINE_RULES)
@@ -114,8 +110,6 @@ def test_small_upper_thoracic_bodies_with_blurred_discs_are_not_merged() -> None
 
 def test_small_c7_at_the_top_of_the_scan_is_kept_at_fine_resolution() -> None:
     """A small C7 (1.3 cm3 of mask) separated from T1 by its disc: a body to count, not noise."""
-    from service.segmentation.instances import FINE_RULES
-
     body, disc, centres = _fine_column([(30.0, 20.0)] * 3 + [(15.0, 10.0)], [17.0, 17.0, 16.0, 8.75], 5.0,
                                        disc_body_prob=0.05)
     c7_mm3 = float((body[..., round(centres[-1] - 3.5):] > 0.5).sum()) * FINE_MM**3
@@ -127,8 +121,6 @@ def test_small_c7_at_the_top_of_the_scan_is_kept_at_fine_resolution() -> None:
 
 def test_small_sacral_fragment_below_s1_is_not_a_body_unless_the_fov_cuts_it() -> None:
     """A segment of S2 taken for body under S1 would be counted as S1 and push every name up a level."""
-    from service.segmentation.instances import FINE_RULES
-
     sections = [(20.0, 12.0)] + [(50.0, 36.0)] * 3  # caudal first: the fragment, S1, L5, L4
     body, disc, centres = _fine_column(sections, [15.0, 30.0, 30.0, 30.0], 8.0, disc_body_prob=0.05)
     lumbar = np.zeros_like(body)
@@ -146,8 +138,6 @@ def test_small_sacral_fragment_below_s1_is_not_a_body_unless_the_fov_cuts_it() -
 def test_lordotic_l5_stepping_back_joins_the_column_and_an_off_spine_blob_does_not() -> None:
     """A wide L5 sits ~27 mm behind L4 in a marked lordosis; the column must take it (else L5 and S1 are lost and
     the sacrum anchor lands on L4).  A calcified blob beside the spine stays out."""
-    from service.segmentation.instances import _keep_spine_column
-
     shape = (130, 130, 130)
     comps = []
     # caudal first: L5 (56 x 38 mm, 27 mm further posterior), L4, L3 (50 x 36 mm); 30 mm bodies, 9 mm discs

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from service.domain.levels import VertebraLevel as V
 from service.domain.volume import CTVolume
 from service.offline.evaluation.segmentation import evaluate_case, load_ct, load_reference
-from service.segmentation.inference import BmdNodeSegmenter, SegmentationSettings, load_segmenter
+from service.segmentation.inference import BmdNodeSegmenter, load_segmenter
+from service.segmentation.settings import SegmentationSettings
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / ".." / "shared" / "data"
@@ -30,8 +32,6 @@ def _case(name: str) -> Path:
 def _segmenter() -> BmdNodeSegmenter:
     if not (BUNDLE / "models" / "model.pt").is_file():
         pytest.fail(f"committed model missing: {BUNDLE}/models/model.pt")
-    import torch
-
     torch.set_num_threads(1)
     seg = load_segmenter(SegmentationSettings(bundle_dir=BUNDLE, device="cpu"))
     assert isinstance(seg, BmdNodeSegmenter)

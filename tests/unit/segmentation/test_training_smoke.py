@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.offline.training.fine_segmentation import FineTrainConfig, train_fine
 from service.offline.training.segmentation import TrainConfig, train
 from service.segmentation.bundle import load_bundle
 
@@ -25,8 +26,6 @@ def test_recipe_writes_a_loadable_bundle(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fine_recipe_writes_a_loadable_fine_bundle(tmp_path: Path) -> None:
-    from service.offline.training.fine_segmentation import FineTrainConfig, train_fine
-
     torch.set_num_threads(1)
     out = tmp_path / "fine"
     log = train_fine(FineTrainConfig(out=out, seed=3, cases=1, iterations=2, threads=1, cache=tmp_path / "cache"))

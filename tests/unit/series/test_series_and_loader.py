@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.series.checks import check_series
 from service.series.volume_loader import SeriesRejectedError, load_series, load_series_folder, read_headers
 from tests.shared_data import shared_case
+from tests.support.ct_series import CTSeriesHeader, write_ct_series
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
+
+def _slice_frame(rows: int, columns: int, k: int) -> np.ndarray:
+    pixels = np.full((rows, columns), 1024 + k, dtype=np.uint16)  # slice k: k HU
+    pixels[1, 2] = 3000  # a marker at row 1, column 2
+    return pixels
 
 
 def write_series(
@@ -31,42 +33,13 @@ def write_series(
     rescale: bool = True,
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
 ) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    row_dir = np.asarray(orientation[:3], dtype=float)
-    col_dir = np.asarray(orientation[3:], dtype=float)
-    normal = np.cross(row_dir, col_dir)
-    step = spacing_mm if z_step is None else z_step
-    paths = []
-    for k in range(n):
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CT
-        ds.SOPClassUID = CT
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality = "CT"
-        ds.ImageType = list(image_type)
-        ds.Rows, ds.Columns = rows, columns
-        ds.PixelSpacing = [0.5, 0.75]
-        ds.SliceThickness = spacing_mm
-        ds.ImageOrientationPatient = list(orientation)
-        position = positions[k] if positions else list(np.array([10.0, 20.0, 0.0]) + normal * (z_start + k * step))
-        ds.ImagePositionPatient = [float(v) for v in position]
-        if rescale:
-            ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        pixels = np.full((rows, columns), 1024 + k, dtype=np.uint16)
-        pixels[1, 2] = 3000  # a marker at row 1, column 2
-        ds.PixelData = pixels.tobytes()
-        path = folder / f"{k:03d}.dcm"
-        # shuffle the file names against the positions: the loader must sort by geometry
-        path = folder / f"{(k * 7) % n:03d}_{k}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    header = CTSeriesHeader(orientation=orientation, pixel_spacing_mm=(0.5, 0.75), slice_thickness_mm=spacing_mm,
+                            rescale_intercept=-1024.0 if rescale else None, extra={"ImageType": list(image_type)})
+    # shuffle the file names against the positions: the loader must sort by geometry
+    return write_ct_series(folder, (_slice_frame(rows, columns, k) for k in range(n)), header,
+                           origin_lps_mm=np.array([10.0, 20.0, 0.0]) + header.normal * z_start,
+                           slice_step_mm=spacing_mm if z_step is None else z_step, positions_lps_mm=positions,
+                           file_name=lambda k: f"{(k * 7) % n:03d}_{k}.dcm")
 
 
 def test_regular_series_loads_with_geometry(tmp_path: Path) -> None:

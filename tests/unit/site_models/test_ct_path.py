@@ -12,22 +12,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from service.calibration.assess import assess_bmd
+from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.offline.cohort.features import extract_features, hu_from_screening_result, series_files
-from service.offline.cohort.synthetic import SYNTHETIC_CT_SOURCE, write_synthetic_cohort
+from service.offline.cohort.synthetic import SYNTHETIC_CT_SOURCE, synthetic_rows, write_synthetic_cohort
+from service.offline.phantom import labels as phantom_labels
+from service.offline.phantom.density import bmd_to_hu
+from service.series.volume_loader import load_series
 from service.site_models.cohort import load_cohort
+from service.site_models.feature_models import train_feature_model
+from service.site_models.registry import activate, load_active_predictor, model_folder, register_saved_model
 
 
 def _load_with_truth_segmentation(folder: Path) -> tuple[Any, SpineSegmentation]:
-    import nibabel as nib
-
-    from service.offline.phantom import labels as phantom_labels
-    from service.series.volume_loader import load_series
-
     volume = load_series(series_files(folder))
     labels_img = nib.load(str(folder.parent / "labels.nii.gz"))
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ labels_img.affine
@@ -46,8 +49,6 @@ def _load_with_truth_segmentation(folder: Path) -> tuple[Any, SpineSegmentation]
 
 
 def _truth_pipeline(folder: Path) -> dict[VertebraLevel, float]:
-    from service.calibration.assess import BmdSettings, assess_bmd
-
     volume, seg = _load_with_truth_segmentation(folder)
     return hu_from_screening_result(assess_bmd(volume, seg, BmdSettings()))
 
@@ -59,8 +60,6 @@ def cohort_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_phantom_ct_row_features_match_the_phantom_truth(cohort_csv: Path) -> None:
-    from service.offline.phantom.density import bmd_to_hu
-
     cohort = load_cohort(cohort_csv)
     ct_row = cohort.rows[0]
     assert ct_row.source == SYNTHETIC_CT_SOURCE and ct_row.ct_series_dir is not None and not ct_row.hu_by_level
@@ -80,11 +79,6 @@ def test_phantom_ct_row_features_match_the_phantom_truth(cohort_csv: Path) -> No
 @pytest.mark.slow
 def test_activated_site_model_changes_the_nodes_result(cohort_csv: Path, tmp_path: Path) -> None:
     """assess_bmd with the registry's active predictor: another BMD, and the method names the model."""
-    from service.calibration.assess import BmdSettings, assess_bmd
-    from service.offline.cohort.synthetic import synthetic_rows
-    from service.site_models.feature_models import train_feature_model
-    from service.site_models.registry import activate, load_active_predictor, model_folder, register_saved_model
-
     # a site whose scanner reads 25 HU high: its model maps the same HU to a lower BMD than the linear default
     rows = [replace(r, hu_by_level={lv: hu + 25.0 for lv, hu in r.hu_by_level.items()})
             for r in synthetic_rows(200, seed=8) if r.split == "train"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn
 
 from service.domain.levels import VertebraLevel
 from service.offline.cohort.synthetic import synthetic_rows
@@ -103,8 +104,6 @@ def test_saved_model_carries_schema_versions_and_hashes(tmp_path: Path, train_ro
     assert meta["feature_schema"]["names"] == list(spec.names)
     assert meta["feature_schema"]["curve"]["k_hu_per_level"] == pytest.approx(spec.curve_k_hu_per_level)
     assert meta["feature_schema"]["curve"]["k_hu_per_level"] < 0  # thoracic levels read higher than lumbar
-    import sklearn
-
     assert meta["versions"]["sklearn"] == sklearn.__version__ and meta["versions"]["numpy"] == np.__version__
     used = [r for r in train_rows if spec.vector(r.hu_by_level, r.sex, r.age_years) is not None]
     assert meta["training_data_sha256"] == rows_hash(used)

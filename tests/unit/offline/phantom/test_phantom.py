@@ -16,8 +16,10 @@ import pydicom
 import pytest
 
 from service.domain.levels import VertebraLevel
+from service.offline.phantom import commands
 from service.offline.phantom import labels as lab
 from service.offline.phantom.api import Phantom, PhantomSpec, body_mask, generate, random_spec, write_phantom
+from service.series.volume_loader import load_series
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 V = VertebraLevel
@@ -108,8 +110,6 @@ def test_noise_levels_follow_dose_and_kvp() -> None:
 @pytest.mark.parametrize("kvp,contrast", [(120, False), (100, False), (140, True)])
 def test_truth_core_recovers_bmd_within_1_mg(tmp_path: Path, kvp: int, contrast: bool) -> None:
     """Measure trabecular HU on the truth core of a noise-free series read back from DICOM."""
-    from service.series.volume_loader import load_series
-
     spec = PhantomSpec(seed=51, region="abdomen", rows=160, columns=160, pixel_spacing_mm=0.9,
                        slice_thickness_mm=1.0, kvp=kvp, contrast=contrast, noise_free=True, l1_l2_bmd_mg_cm3=95.0,
                        fov_top_level=V.T12, fov_bottom_level=V.L3, arms_in_fov=False)
@@ -164,8 +164,6 @@ def test_dciodvfy_clean_uncompressed_and_jpeg2000(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("feet_first", [False, True])
 def test_geometry_through_the_loader(tmp_path: Path, feet_first: bool) -> None:
-    from service.series.volume_loader import load_series
-
     p = _small(71, "abdomen", feet_first=feet_first)
     write_phantom(p, tmp_path)
     files = sorted((tmp_path / "dicom").glob("*.dcm"))
@@ -311,8 +309,6 @@ def test_random_spec_varies_and_validates() -> None:
 
 
 def test_cli_writes_the_three_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from service.offline.phantom import commands
-
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     commands.register(sub)
