@@ -2,7 +2,7 @@
 
 It calls the same steps as service.pipeline.screening.ScreeningRecipe, in the same order, and only adds clocks:
 
-    load_s       read + decode + check the DICOM series (steps.load_volume)
+    load_s       read + decode + check the DICOM series (steps.load_series)
     resample_s   canonical orientation + resampling to the model's coarse grid
     network_s    the 3-D U-Nets (coarse 3 mm + fine 1.25 mm stage, sliding window)
     labelling_s  body instances, labelling, native-resolution refinement
@@ -172,7 +172,8 @@ class TimedScreening:
         rss: dict[str, float] = {"start": max_rss_mib()}
         self.parts.take()
         t = time.perf_counter()
-        volume = steps.load_volume(job.paths, self.config.series)
+        series = steps.load_series(job.paths, self.config.series)
+        volume = series.volume
         timings["load_s"] = time.perf_counter() - t
         rss["load_s"] = max_rss_mib()
         segmentation, seg_times = timed_segmentation(self.segment.segmenter, volume)
@@ -195,7 +196,7 @@ class TimedScreening:
         t = time.perf_counter()
         missing = None
         try:
-            objects = steps.build_objects(volume, segmentation, assessment, job.previous)
+            objects = steps.build_objects(series, segmentation, assessment, job.previous)
         except ModuleNotFoundError as exc:  # the result writers are not in this checkout yet
             if exc.name != "service.results.build":
                 raise

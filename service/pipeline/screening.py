@@ -1,9 +1,9 @@
 """The screening recipe: load -> segment + label -> measure + calibrate + classify -> result objects.
 
-    volume       = load_volume(job.paths)
+    series       = load_series(job.paths)          (each file parsed once; headers kept for the objects)
     segmentation = segment(volume)
     assessment   = assess(volume, segmentation, config.bmd, active site model)
-    objects      = build_objects(volume, segmentation, assessment, previous SR)
+    objects      = build_objects(series, segmentation, assessment, previous SR)
 
 The segmentation model and the site model are loaded once per process (first job), not per job.
 """
@@ -44,7 +44,8 @@ class ScreeningRecipe:
     def run(self, job: JobInput) -> PipelineOutput:
         timings: dict[str, float] = {}
         t = time.monotonic()
-        volume = steps.load_volume(job.paths, self.config.series)
+        series = steps.load_series(job.paths, self.config.series)
+        volume = series.volume
         timings["load_s"] = time.monotonic() - t
         t = time.monotonic()
         segmentation = self.segment(volume)
@@ -53,7 +54,7 @@ class ScreeningRecipe:
         assessment = steps.assess(volume, segmentation, self.config.bmd, self.site_model)
         timings["assess_s"] = time.monotonic() - t
         t = time.monotonic()
-        objects = steps.build_objects(volume, segmentation, assessment, job.previous)
+        objects = steps.build_objects(series, segmentation, assessment, job.previous)
         timings["objects_s"] = time.monotonic() - t
         log.info("job %s: screening done (%s)", job.job_id,
                  ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

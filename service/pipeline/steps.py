@@ -1,10 +1,10 @@
 """The screening steps, each with typed inputs and outputs. Heavy modules (torch, highdicom) are imported
 lazily so that importing the pipeline stays cheap and the CLI starts fast.
 
-    load_volume(paths, series settings)                      -> CTVolume
+    load_series(paths, series settings)                      -> LoadedSeries (volume + slice headers)
     SegmentStep(segmentation settings)(volume)               -> SpineSegmentation   (model loaded once)
     assess(volume, segmentation, Config.bmd, site model)     -> BmdAssessment (ScreeningResult + ROI labels)
-    build_objects(volume, segmentation, assessment, ...)     -> tuple[EncodedObject, ...]  (SEG, SR, key image)
+    build_objects(series, segmentation, assessment, ...)     -> tuple[EncodedObject, ...]  (SEG, SR, key image)
 """
 
 from __future__ import annotations
@@ -27,17 +27,18 @@ from service.pipeline.encode import encode_dataset
 from service.pipeline.types import EncodedObject, PipelineRejectedError, PreviousResult
 from service.segmentation.settings import SegmentationSettings
 from service.series.settings import SeriesSettings
-from service.series.volume_loader import SeriesRejectedError, load_series
+from service.series.volume_loader import LoadedSeries, SeriesRejectedError, read_series
 from service.site_models.registry import load_active_predictor
 from service.site_models.settings import SiteModelsSettings
 
 log = logging.getLogger(__name__)
 
 
-def load_volume(paths: Sequence[Path], settings: SeriesSettings) -> CTVolume:
-    """Read and check the series; an unusable series is a permanent PipelineRejectedError."""
+def load_series(paths: Sequence[Path], settings: SeriesSettings) -> LoadedSeries:
+    """Read (each file once), check and decode the series; an unusable series is a permanent
+    PipelineRejectedError."""
     try:
-        return load_series(list(paths), min_slices=settings.min_slices,
+        return read_series(list(paths), min_slices=settings.min_slices,
                            max_slice_thickness_mm=settings.max_slice_thickness_mm)
     except SeriesRejectedError as exc:
         raise PipelineRejectedError(f"series rejected: {exc.reason}") from exc
@@ -112,13 +113,14 @@ def algorithm_info(segmentation: SpineSegmentation) -> Any:
                          model_version=segmentation.model_version or "unknown")
 
 
-def build_objects(volume: CTVolume, segmentation: SpineSegmentation, assessment: BmdAssessment,
+def build_objects(series: LoadedSeries, segmentation: SpineSegmentation, assessment: BmdAssessment,
                   previous: PreviousResult | None) -> tuple[EncodedObject, ...]:
     # highdicom, as in predecessor_ref
     from service.results.build import build_result_objects  # noqa: PLC0415
 
-    built = build_result_objects(volume, segmentation, assessment.roi_labels, assessment.result,
-                                 algorithm_info(segmentation), predecessor_ref(previous))
+    built = build_result_objects(series.volume, segmentation, assessment.roi_labels, assessment.result,
+                                 algorithm_info(segmentation), predecessor_ref(previous),
+                                 source_headers=series.headers)
     # in sending order: SEG first (the SR references it), then SR, then key image; exports keep this order
     return tuple(encode_dataset(kind, dataset)
                  for kind, dataset in (("seg", built.seg), ("sr", built.sr), ("key_image", built.key_image)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,10 +76,18 @@ def build_result_objects(
     result: ScreeningResult,
     algorithm: AlgorithmInfo,
     predecessor: PredecessorRef | None = None,
+    source_headers: Sequence[Dataset] | None = None,
 ) -> ResultObjects:
-    """SEG (bodies + trabecular ROIs), Comprehensive 3D SR (TID 1500) and Secondary Capture key image."""
+    """SEG (bodies + trabecular ROIs), Comprehensive 3D SR (TID 1500) and Secondary Capture key image.
+
+    ``source_headers``: the CT headers in slice order as the loader read them (``LoadedSeries.headers``); without
+    them the headers are read again from ``volume.source_paths``.
+    """
     if not volume.source_paths:
         raise ValueError("volume.source_paths is empty: result objects need the source CT files")
+    if source_headers is not None and len(source_headers) != volume.shape[2]:
+        raise ValueError(f"source_headers must have one entry per slice ({volume.shape[2]}), got "
+                         f"{len(source_headers)}")
     if roi_labels.shape != volume.shape:
         raise ValueError(f"roi_labels shape {roi_labels.shape} must equal the volume shape {volume.shape}")
     if segmentation.body_labels.shape != volume.shape:
@@ -87,7 +96,7 @@ def build_result_objects(
     if volume.series_instance_uid and result.series_instance_uid \
             and volume.series_instance_uid != result.series_instance_uid:
         raise ValueError("result.series_instance_uid differs from volume.series_instance_uid")
-    headers = read_source_headers(volume.source_paths)
+    headers = list(source_headers) if source_headers is not None else read_source_headers(volume.source_paths)
     study_uids = {str(h.get("StudyInstanceUID", "") or "") for h in headers}
     if "" in study_uids:
         raise ValueError("a source image has no StudyInstanceUID: result objects cannot join its study")

@@ -25,18 +25,21 @@ from service.site_models.settings import SiteModelsSettings
 from tests.node_support import BASIC_TEXT_SR, write_ct_series
 
 
-def test_load_volume_reads_a_real_series(tmp_path: Path) -> None:
+def test_load_series_reads_a_real_series(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path / "ct", n_slices=12, size=16, thickness_mm=2.0)
-    volume = steps.load_volume(list(reversed(paths)), SeriesSettings(min_slices=10))
+    series = steps.load_series(list(reversed(paths)), SeriesSettings(min_slices=10))
+    volume = series.volume
+    assert [str(h.SOPInstanceUID) for h in series.headers] == list(volume.sop_instance_uids)
+    assert all("PixelData" not in h for h in series.headers)  # released once decoded
     assert volume.shape == (16, 16, 12)
     assert volume.spacing_mm == pytest.approx((1.0, 1.0, 2.0))
     assert -100 < float(volume.hu.mean()) < 100  # stored 1064 +- 20 with intercept -1024
 
 
-def test_load_volume_rejects_with_reason(tmp_path: Path) -> None:
+def test_load_series_rejects_with_reason(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path / "ct", n_slices=12, size=16, thickness_mm=8.0)
     with pytest.raises(PipelineRejectedError, match="series rejected"):
-        steps.load_volume(paths, SeriesSettings(min_slices=10, max_slice_thickness_mm=5.0))
+        steps.load_series(paths, SeriesSettings(min_slices=10, max_slice_thickness_mm=5.0))
 
 
 def test_the_bmd_section_reaches_the_assessment_as_loaded(monkeypatch: pytest.MonkeyPatch) -> None:

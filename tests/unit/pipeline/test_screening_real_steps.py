@@ -77,3 +77,25 @@ def test_recipe_builds_valid_result_objects(phantom_series: tuple[list[Path], ob
     sr_ds = pydicom.dcmread(__import__("io").BytesIO(sr.data))
     predecessor = sr_ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert predecessor.ReferencedSOPInstanceUID == kinds["sr"].SOPInstanceUID
+
+
+def test_each_source_file_is_parsed_once_per_job(phantom_series: tuple[list[Path], object], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loader and result objects share one read of each CT file (headers once, pixels released after decoding)."""
+    paths, phantom = phantom_series
+    config = Config(peers=(PeerSettings("pacs", "PACS", "127.0.0.1", 104),)).with_node(
+        storage_dir=tmp_path / "storage")
+    recipe = ScreeningRecipe(config, segmenter=TruthSegmenter(phantom.labels))  # type: ignore[attr-defined]
+    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    parsed: list[str] = []
+    real_dcmread = pydicom.dcmread
+
+    def counting_dcmread(fp: object, *args: object, **kwargs: object) -> pydicom.Dataset:
+        parsed.append(str(fp))
+        return real_dcmread(fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom, "dcmread", counting_dcmread)
+    output = recipe.run(JobInput(1, str(header.StudyInstanceUID), str(header.SeriesInstanceUID), tuple(paths)))
+    assert {o.kind for o in output.objects} == {"seg", "sr", "key_image"}
+    source_reads = [p for p in parsed if p in {str(q) for q in paths}]
+    assert sorted(source_reads) == sorted(str(p) for p in paths)  # every file exactly once
