@@ -13,6 +13,7 @@ Order of work:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import date
@@ -293,12 +294,19 @@ def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[Verte
 def _apply_site_model(patient: PatientSummary, site_model: SiteModelPredictor,
                       hu_by_level: dict[VertebraLevel, float], volume: CTVolume, settings: BmdSettings
                       ) -> PatientSummary:
+    """The site model's answer as the summary; without one the summary stays, and when the model could not run
+    because the patient's age or sex is unknown (site models take both) the notes say so."""
+    missing = _missing_patient_inputs(volume)
     try:
         prediction = site_model.predict(dict(hu_by_level), volume.patient_sex, volume.patient_age_years)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         logger.warning("site model %s failed: %s", getattr(site_model, "name", "?"), exc)
-        return patient
+        prediction = None
     if prediction is None or (prediction.bmd_mg_cm3 is None and prediction.category is None):
+        if missing:
+            logger.info("site model %s skipped: %s", getattr(site_model, "name", "?"), missing)
+            return dataclasses.replace(patient, notes=(
+                *patient.notes, f"site model {getattr(site_model, 'name', '?')} not applied: {missing}"))
         return patient
     category = prediction.category or diagnosis.categorize(prediction.bmd_mg_cm3, settings.thresholds)
     return PatientSummary(
@@ -313,6 +321,17 @@ def _apply_site_model(patient: PatientSummary, site_model: SiteModelPredictor,
                                f"{'n/a' if patient.bmd_mg_cm3 is None else f'{patient.bmd_mg_cm3:.1f}'} mg/cm3 "
                                f"({patient.category.value}, {patient.method})"),
     )
+
+
+def _missing_patient_inputs(volume: CTVolume) -> str:
+    """Why a site model cannot use this patient ("" when age and sex are known): no patient data, only what is
+    missing."""
+    reasons = []
+    if volume.patient_age_years is None:
+        reasons.append(volume.extra.get("patient_age_note") or "patient age unknown")
+    if (volume.patient_sex or "").strip().upper()[:1] not in ("F", "M"):
+        reasons.append("patient sex unknown")
+    return "; ".join(reasons)
 
 
 __all__ = ["BmdAssessment", "assess_bmd", "choose_calibration"]

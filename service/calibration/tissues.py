@@ -13,6 +13,12 @@ On each sampled slice (the slice through a vertebral centroid, up to ``MAX_SLICE
   (in non-contrast CT aorta, heart and crura all measure 35-55 HU and cannot be told apart by HU; the sample is
   the homogeneous soft tissue where the aorta lies), with a mean in 130..700 HU an iodine-enhanced vessel.
 Per-slice values are combined by the median over slices.
+
+Padding outside the reconstruction circle (-2000, -3024 HU and the like: anything below ``PADDING_BELOW_HU``, which
+no tissue and no air reads) is not a measurement: it is read as air (-1000) before smoothing, so its extreme value
+cannot drag the smoothed body edge, and where the circle cuts the body (padding within ``AIR_DISTANCE_MM[0]`` of the
+outline) the cut is not skin: the fat ring leaves out ``FAT_DEPTH_MM[1]`` around it, muscle and aorta
+``PADDING_CLEARANCE_MM``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ BONE_CLEARANCE_MM = 4.0
 BLOOD_RANGE_HU = (0.0, 100.0)
 ENHANCED_RANGE_HU = (130.0, 700.0)
 BONE_SMOOTHED_HU = 350.0
+PADDING_BELOW_HU = -1100.0
+"""Below air by far more than noise: reconstruction padding (or a vendor's fill value), never a tissue sample."""
+PADDING_FILL_HU = -1000.0
+PADDING_CLEARANCE_MM = 5.0
 MIN_SAMPLES = 30
 
 
@@ -184,15 +194,25 @@ def _sample_slice(volume: CTVolume, segmentation: SpineSegmentation, geo: _Slice
                   centroid: npt.NDArray[np.float64]) -> _SliceSample | None:
     """Samples of slice ``k`` through a vertebral centroid; None when the body outline is too small."""
     raw = np.take(volume.hu, k, axis=geo.axis).astype(np.float32)
+    padding = raw < PADDING_BELOW_HU
+    if np.any(padding):
+        raw = np.where(padding, np.float32(PADDING_FILL_HU), raw)
     smooth = ndimage.gaussian_filter(raw, sigma=geo.sigma, mode="nearest")
     body = _largest_component(ndimage.binary_fill_holes(smooth > BODY_THRESHOLD_HU))
     if body.sum() < 100:
         return None
     d_in = ndimage.distance_transform_edt(body, sampling=geo.sp2)
     d_out = ndimage.distance_transform_edt(~body, sampling=geo.sp2)
-    ring_out = (d_out >= AIR_DISTANCE_MM[0]) & (d_out <= AIR_DISTANCE_MM[1])
+    ring_out = (d_out >= AIR_DISTANCE_MM[0]) & (d_out <= AIR_DISTANCE_MM[1]) & ~padding
     air = raw[ring_out & (raw > AIR_RANGE_HU[0]) & (raw <= AIR_RANGE_HU[1])]
     ring_in = (d_in >= FAT_DEPTH_MM[0]) & (d_in <= FAT_DEPTH_MM[1])
+    near_padding = np.zeros_like(padding)
+    if np.any(padding):
+        to_padding = ndimage.distance_transform_edt(~padding, sampling=geo.sp2)
+        near_padding = to_padding <= PADDING_CLEARANCE_MM
+        cut = padding & (d_out <= AIR_DISTANCE_MM[0])
+        if np.any(cut):  # the circle cuts the body: its edge there is no skin
+            ring_in &= ndimage.distance_transform_edt(~cut, sampling=geo.sp2) > FAT_DEPTH_MM[1]
     fat_sel = ring_in & (smooth >= FAT_RANGE_HU[0]) & (smooth <= FAT_RANGE_HU[1])
     if np.count_nonzero(fat_sel) >= MIN_SAMPLES:
         # plateau only: the flattest PLATEAU_FRACTION of the candidates (thin layers are blurred with skin and
@@ -212,14 +232,14 @@ def _sample_slice(volume: CTVolume, segmentation: SpineSegmentation, geo: _Slice
         bone, structure=np.ones((2 * geo.clearance_px[0] + 1, 2 * geo.clearance_px[1] + 1), dtype=bool))
     muscle_box = ((posterior_mm >= MUSCLE_POSTERIOR_MM[0]) & (posterior_mm <= MUSCLE_POSTERIOR_MM[1])
                   & (np.abs(left_mm) >= MUSCLE_LATERAL_MM[0]) & (np.abs(left_mm) <= MUSCLE_LATERAL_MM[1]))
-    sel = muscle_box & body & (d_in > 5.0) & ~near_bone
+    sel = muscle_box & body & (d_in > 5.0) & ~near_bone & ~near_padding
     sel &= (smooth >= MUSCLE_RANGE_HU[0]) & (smooth <= MUSCLE_RANGE_HU[1])
     if np.count_nonzero(sel) >= MIN_SAMPLES:
         grad = np.hypot(*np.gradient(smooth, *geo.sp2))
         sel &= grad <= np.quantile(grad[sel], PLATEAU_FRACTION)
     aorta_box = ((-posterior_mm >= AORTA_ANTERIOR_MM[0]) & (-posterior_mm <= AORTA_ANTERIOR_MM[1])
                  & (left_mm >= AORTA_LEFT_MM[0]) & (left_mm <= AORTA_LEFT_MM[1]))
-    cand = aorta_box & body & (d_in > AORTA_DISC_RADIUS_MM + 5.0) & ~near_bone
+    cand = aorta_box & body & (d_in > AORTA_DISC_RADIUS_MM + 5.0) & ~near_bone & ~near_padding
     blood, bright = _aorta_discs(raw, cand, geo.disc_px)
     return _SliceSample(air=air.astype(np.float64), fat=smooth[fat_sel].astype(np.float64),
                         muscle=smooth[sel].astype(np.float64), blood=blood, bright=bright)

@@ -114,7 +114,7 @@ def register(sub: argparse._SubParsersAction[CommandParser]) -> None:
 
     series = sub.add_parser("series", help="received series").add_subparsers(dest="series_command",
                                                                               metavar="ACTION", required=True)
-    p = series.add_parser("list", help="series with status and rejection reasons")
+    p = series.add_parser("list", help="series with status and the reason of each decision")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_series_list)
 

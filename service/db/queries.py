@@ -1,10 +1,10 @@
 """Queries shared by the network side (SCP handlers), the scheduler, the worker and the CLI.
 
 This module is the ONE writer of series status (allowed moves: ``SERIES_TRANSITIONS`` in domain/status.py):
-* ``record_instance`` creates a series (receiving; ignored when its first instance is not stored) and moves it back
-  to receiving when a stored instance arrives (allowed from every status);
-* ``decide_series`` records a decision about a series' stored instances (rejected / not_selected by the scheduler,
-  queued by queue/jobs.py) with a guarded UPDATE ``WHERE id = :id AND status = :expected AND instance_count =
+* ``record_instance`` creates a series (receiving; ignored, with the instance's reason, when its first instance is
+  not stored) and moves it back to receiving when a stored instance arrives (allowed from every status);
+* ``decide_series`` records a decision about a series' stored instances (rejected / not_selected / ignored by the
+  scheduler, queued by queue/jobs.py) with a guarded UPDATE ``WHERE id = :id AND status = :expected AND instance_count =
   :count``: when another writer changed the series since it was read, nothing is written and it returns False.
 A move the table does not allow raises ``SeriesStateError`` before anything is written. Nothing else assigns
 ``Series.status``. Job status is written only by queue/jobs.py, export status only by export/outbox.py.
@@ -90,6 +90,7 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
             last_received_at=now,
             instance_count=0,
             status=_first_series_status(record.series_instance_uid, stored),
+            reason=None if stored else record.reason,
             checked_instance_count=0,
         )
         session.add(series)
@@ -139,8 +140,10 @@ class SeriesStateError(RuntimeError):
     """A series status change that SERIES_TRANSITIONS does not allow."""
 
 
-SERIES_DECISIONS = frozenset({SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED})
-"""What ``decide_series`` records; receiving and ignored follow from arriving instances only."""
+SERIES_DECISIONS = frozenset({SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED,
+                              SeriesStatus.IGNORED})
+"""What ``decide_series`` records; receiving follows from arriving instances only (and so does ignored for a
+series whose first instance was not stored)."""
 
 
 def ensure_series_transition(series: Series, target: SeriesStatus) -> None:

@@ -77,13 +77,16 @@ class SeriesStatus(StrEnum):
     QUEUED = "queued"
     """A job was queued for it (see jobs)."""
     IGNORED = "ignored"
-    """No stored CT instance (e.g. a non-CT series)."""
+    """Left alone, ``reason`` says why: no stored CT instance (dose report, secondary capture, the node's own
+    result objects coming back: recorded on arrival), or a stored CT series the scheduler does not screen
+    (a localizer, a body part outside chest/abdomen/spine)."""
 
 
 SERIES_TRANSITIONS: dict[SeriesStatus | None, frozenset[SeriesStatus]] = {
     None: frozenset({SeriesStatus.RECEIVING, SeriesStatus.IGNORED}),  # first instance: stored / not stored
     SeriesStatus.RECEIVING: frozenset(
-        {SeriesStatus.RECEIVING, SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED}  # decided
+        {SeriesStatus.RECEIVING, SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED,  # decided
+         SeriesStatus.IGNORED}  # decided: not screened (localizer, body part)
     ),
     SeriesStatus.REJECTED: frozenset({SeriesStatus.RECEIVING}),  # more instances arrived
     SeriesStatus.NOT_SELECTED: frozenset({SeriesStatus.RECEIVING}),

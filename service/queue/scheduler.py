@@ -4,10 +4,15 @@ Every ``series.scheduler_poll_seconds`` it looks at series with stored instances
 (``instance_count != checked_instance_count``). A study is considered once every one of its series has been quiet
 for ``node.series_stable_seconds``. Then each changed series is checked (service.series.checks.check_series on the
 headers: one orientation and Frame of Reference, regular spacing, no duplicates, rescale, not a localizer, enough
-slices, thickness limit); failures are recorded as rejected with their reasons. Among the eligible series of the
-study (the changed ones that passed and the ones that passed before) the preferred one (series/selection.py) gets a
-job; the others are recorded as not selected with the reason. Every series status is written through the one
-writer, db/queries.decide_series, whose guarded UPDATE skips a series that changed meanwhile (decided next tick).
+slices, thickness limit); failures are recorded as rejected with their reasons. Before the checks, a series the node
+does not screen at all is recorded as ignored with its reason and never fails the study: a localizer (every image
+ImageType LOCALIZER: "localizer (scout)") and a series of a body part outside chest/abdomen/spine
+(series/body_part.py). Objects that are not CT images (dose reports, secondary captures, the node's own SEG/SR/key
+image coming back) never reach the scheduler: the SCP records them as ignored on arrival (receive/handlers.py).
+Among the eligible series of the study (the changed ones that passed and the ones that passed before) the preferred
+one (series/selection.py) gets a job; the others are recorded as not selected with the reason. Every series status
+is written through the one writer, db/queries.decide_series, whose guarded UPDATE skips a series that changed
+meanwhile (decided next tick).
 
 More instances arriving for a series after its job finished make it 'changed' again: once quiet it gets a new job,
 whose results replace the earlier ones (queue/jobs.finish supersedes them). While the series still has an active
@@ -19,10 +24,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pydicom
 import sqlalchemy
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,6 +40,7 @@ from service.db.queries import SeriesStateError, decide_series, stored_instance_
 from service.db.tables import Series, utcnow
 from service.domain.status import SeriesStatus
 from service.queue import jobs
+from service.series.body_part import body_part_decision
 from service.series.checks import check_series
 from service.series.selection import SeriesCandidate, candidate_from_header, select_series
 from service.series.volume_loader import SeriesRejectedError, read_headers
@@ -40,6 +48,17 @@ from service.series.volume_loader import SeriesRejectedError, read_headers
 log = logging.getLogger(__name__)
 
 PASSED_BEFORE = (SeriesStatus.QUEUED, SeriesStatus.NOT_SELECTED)
+LOCALIZER_REASON = "localizer (scout)"
+
+
+def not_screened_reason(headers: Sequence[pydicom.Dataset]) -> str | None:
+    """Why the node leaves a readable CT series alone (recorded as ignored), or None when it is for the checks."""
+    if headers and all("LOCALIZER" in [str(v).upper() for v in h.get("ImageType", None) or []] for h in headers):
+        return LOCALIZER_REASON
+    decision = body_part_decision(headers[0]) if headers else None
+    if decision is not None and not decision.screened:
+        return decision.reason
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,8 @@ class _Checked:
     ok: bool
     reason: str | None
     candidate: SeriesCandidate | None
+    failed_as: SeriesStatus = SeriesStatus.REJECTED
+    """What a series that is not ok is recorded as: rejected (a check failed) or ignored (not screened at all)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,8 @@ class SchedulerTick:
     not_selected: tuple[str, ...]
     waiting: tuple[str, ...]
     """Series whose decision waits for an active job of the same series to end."""
+    ignored: tuple[str, ...] = ()
+    """Series left alone: localizers and body parts the node does not screen."""
 
 
 class Scheduler:
@@ -93,6 +116,7 @@ class Scheduler:
         rejected: list[str] = []
         not_selected: list[str] = []
         waiting: list[str] = []
+        ignored: list[str] = []
         for study_uid in studies:
             series_rows = by_study[study_uid]
             if any(s.last_received_at > quiet_before for s in series_rows):
@@ -102,7 +126,8 @@ class Scheduler:
             rejected += result.rejected
             not_selected += result.not_selected
             waiting += result.waiting
-        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting))
+            ignored += result.ignored
+        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored))
 
     def _decide_study(self, series_rows: list[Series], now: datetime) -> SchedulerTick:
         checked: dict[str, _Checked] = {}
@@ -120,6 +145,7 @@ class Scheduler:
         rejected: list[str] = []
         not_selected: list[str] = []
         waiting: list[str] = []
+        ignored: list[str] = []
         with write_session(self.engine) as session:
             for uid, count in counts.items():
                 row = session.scalar(select(Series).where(Series.series_instance_uid == uid))
@@ -128,10 +154,10 @@ class Scheduler:
                 result = checked[uid]
                 try:
                     if not result.ok:
-                        if decide_series(session, row, SeriesStatus.REJECTED, instance_count=count,
+                        if decide_series(session, row, result.failed_as, instance_count=count,
                                          reason=result.reason, now=now):
-                            rejected.append(uid)
-                            log.info("series %s rejected: %s", uid, result.reason)
+                            (ignored if result.failed_as == SeriesStatus.IGNORED else rejected).append(uid)
+                            log.info("series %s %s: %s", uid, result.failed_as, result.reason)
                     elif selection.selected is not None and selection.selected.series_instance_uid == uid:
                         self._queue(session, uid, count, now, enqueued, waiting)
                     else:
@@ -143,7 +169,7 @@ class Scheduler:
                             log.info("series %s not selected: %s", uid, reason)
                 except SeriesStateError as exc:  # refused before anything was written: the others go on
                     log.error("series %s: %s", uid, exc)
-        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting))
+        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored))
 
     def _queue(self, session: Session, uid: str, count: int, now: datetime, enqueued: list[int],
                waiting: list[str]) -> None:
@@ -173,6 +199,9 @@ class Scheduler:
             headers = read_headers(paths)
         except SeriesRejectedError as exc:
             return _Checked(False, exc.reason, None)
+        left_alone = not_screened_reason(headers)
+        if left_alone is not None:
+            return _Checked(False, left_alone, None, failed_as=SeriesStatus.IGNORED)
         try:
             check = check_series(headers, min_slices=self.config.series.min_slices,
                                  max_slice_thickness_mm=self.config.series.max_slice_thickness_mm)
@@ -181,7 +210,8 @@ class Scheduler:
             return _Checked(False, f"series check failed: {type(exc).__name__}: {exc}", None)
         if not check.ok:
             return _Checked(False, check.reason or "series check failed", None)
-        return _Checked(True, None, candidate_from_header(headers[0], check.slice_count, check.slice_thickness_mm))
+        return _Checked(True, None, candidate_from_header(headers[check.order[0]], check.slice_count,
+                                                     check.slice_thickness_mm))
 
 
 def run_scheduler(config: Config, engine: sqlalchemy.Engine, stop_event: threading.Event) -> None:

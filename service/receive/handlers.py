@@ -4,7 +4,9 @@ C-STORE: raw bytes as received (``event.encoded_dataset()``, no decode/re-encode
 (UIDs, modality) -> atomic spool write -> one database row via the injected ``recorder`` -> status.
 
 Statuses (PS3.4 B.2.3):
-* 0x0000 stored, duplicate (idempotent) or non-CT acknowledged and recorded as ``ignored``;
+* 0x0000 stored, duplicate (idempotent) or not for the pipeline, acknowledged and recorded as ``ignored`` with the
+  reason (``ignore_reason``): the node's own result objects coming back, dose reports, secondary captures, other
+  structured reports and every other non-CT object; the series is then recorded ``ignored`` with that reason;
 * 0xA700 out of resources: disk full (no partial file is left) or the database could not record the instance;
 * 0xA900 the dataset's SOP Instance/Class UID differs from the C-STORE request's;
 * 0xC210 cannot understand: the dataset does not decode or lacks the identifying UIDs (recorded ``rejected``).
@@ -25,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from service.db.queries import InstanceRecord
+from service.domain.identity import NODE_MANUFACTURER
 from service.domain.status import InstanceStatus
 from service.receive.spool import Spool, sanitize_uid
 
@@ -38,6 +41,15 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 """Only single-frame CT Image Storage goes to the pipeline; Enhanced (multi-frame) CT is recorded as ignored."""
 CT_MODALITY = "CT"
+"""Manufacturer the node writes into its SEG, SR and key image (General Equipment and Contributing Equipment)."""
+DOSE_REPORT_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.68",  # Radiopharmaceutical Radiation Dose SR
+})
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+"""Secondary Capture and its multi-frame variants (.7.1 - .7.4): dose screens, screenshots, key images."""
+STRUCTURED_REPORT_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 REJECTED_SUBDIR = "_rejected"
 """Undecodable objects are kept here (storage_dir/_rejected/<sop>.dcm) so that a person can look at them."""
 
@@ -47,6 +59,8 @@ _HEADER_KEYWORDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "Modality",
+    "Manufacturer",
+    "ContributingEquipmentSequence",
 )
 
 
@@ -73,6 +87,9 @@ class HeaderSummary:
     study_instance_uid: str
     series_instance_uid: str
     modality: str
+    manufacturer: str = ""
+    contributing_manufacturers: tuple[str, ...] = ()
+    """Manufacturer of each Contributing Equipment Sequence item (the processing that made the object)."""
 
 
 # Tolerant UID check: digits and dots, at most 64 characters. Real archives contain UIDs with leading zeros in a
@@ -95,7 +112,9 @@ def parse_header(
     """
     try:
         ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
-        values = {kw: str(ds.get(kw, "") or "").strip() for kw in _HEADER_KEYWORDS}
+        values = {kw: str(ds.get(kw, "") or "").strip() for kw in _HEADER_KEYWORDS[:-1]}
+        contributing = tuple(str(item.get("Manufacturer", "") or "").strip()
+                             for item in ds.get("ContributingEquipmentSequence", None) or [])
     except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError, NotImplementedError) as exc:
         raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
     except Exception as exc:  # pydicom raises many things on garbage; none may escape to the association
@@ -117,7 +136,33 @@ def parse_header(
         study_instance_uid=values["StudyInstanceUID"],
         series_instance_uid=values["SeriesInstanceUID"],
         modality=values["Modality"],
+        manufacturer=values["Manufacturer"],
+        contributing_manufacturers=contributing,
     )
+
+
+def is_node_object(header: HeaderSummary) -> bool:
+    """The node's own SEG / SR / key image coming back (a PACS echoing the study): recognised by the Manufacturer
+    the node writes, in General Equipment or in a Contributing Equipment item. Series numbers (9801-9803) are not
+    used: any scanner or archive may number a series so."""
+    return NODE_MANUFACTURER in (header.manufacturer, *header.contributing_manufacturers)
+
+
+def ignore_reason(header: HeaderSummary) -> str | None:
+    """Why an instance is not for the pipeline (recorded as ignored, not stored), or None when it is a CT image.
+
+    Localizers are CT images: they are stored, and the scheduler records their series as ignored."""
+    name = UID(header.sop_class_uid).name
+    if is_node_object(header):
+        return f"the node's own result object ({name}) coming back"
+    if header.sop_class_uid in DOSE_REPORT_SOP_CLASSES:
+        return f"radiation dose report ({name}): not CT Image Storage"
+    if header.sop_class_uid == SECONDARY_CAPTURE_PREFIX or header.sop_class_uid.startswith(
+            SECONDARY_CAPTURE_PREFIX + "."):
+        return f"secondary capture ({name}, e.g. a dose screen): not CT Image Storage"
+    if header.sop_class_uid.startswith(STRUCTURED_REPORT_PREFIX):
+        return f"structured report ({name}): not CT Image Storage"
+    return non_ct_reason(header)
 
 
 def non_ct_reason(header: HeaderSummary) -> str | None:
@@ -165,7 +210,7 @@ class StoreHandler:
             "series_instance_uid": header.series_instance_uid,
             "modality": header.modality,
         }
-        reason = non_ct_reason(header)
+        reason = ignore_reason(header)
         if reason is not None:
             try:
                 record(path=None, size_bytes=len(encoded), status=InstanceStatus.IGNORED, reason=reason, **common)

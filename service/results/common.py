@@ -11,6 +11,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from service.domain.identity import NODE_MANUFACTURER
 from service.results import codes
 from service.series.volume_loader import read_headers
 
@@ -57,7 +58,7 @@ class AlgorithmInfo:
     version: str
     model_name: str
     model_version: str
-    manufacturer: str = "bmd-node project"
+    manufacturer: str = NODE_MANUFACTURER
     device_serial_number: str = "0"
     """Required by the SEG Enhanced General Equipment module; the installation's identifier where known."""
     institution_name: str = ""

@@ -1,7 +1,10 @@
 """Every assumption about an incoming CT series, checked once.
 
-``check_series`` looks only at headers (no pixel data) and returns the geometry the loader needs, or the
-reasons the series cannot be used. A failure is a recorded reason, never a crash.
+``check_series`` looks at headers (pixel data only to tell re-sent copies at one position apart, when the datasets
+carry it) and returns the geometry the loader needs, or the reasons the series cannot be used. Which instances form
+the stack (copies, two acquisitions, missing slices, tilt) is decided in ``service.series.stacks``; the loader loads
+``order``, which may be a subset, each left-out part named in ``warnings``. A failure is a recorded reason, never a
+crash.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from service.series.stacks import Planes, StackLimits, choose_stack
+
 logger = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -25,11 +30,6 @@ MAX_SLICE_THICKNESS_MM_DEFAULT = 5.0
 """Thicker slices blur trabecular HU too much (the studies used <= 5 mm reconstructions)."""
 ORIENTATION_TOLERANCE = 1e-3
 """Max difference between direction cosines of slices of one series."""
-SPACING_TOLERANCE_MM = 0.05
-SPACING_TOLERANCE_FRACTION = 0.05
-"""Slice spacing is regular when every gap is within max(0.05 mm, 5 %) of the median gap."""
-MAX_TILT_DEGREES = 0.5
-"""Angle between the slice normal and the line through the slice positions above which the series is tilted."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,22 @@ class SeriesCheck:
     reasons: tuple[str, ...] = ()
     """Why the series is not usable (empty when ok)."""
     slice_count: int = 0
+    """Slices used (``len(order)``) when ok; the instances given otherwise."""
     slice_thickness_mm: float | None = None
     slice_spacing_mm: float | None = None
     order: tuple[int, ...] = ()
-    """Indices into the headers given, sorted along the slice normal (increasing k)."""
+    """Indices into the headers given, sorted along the slice normal (increasing k): the instances to load, a subset
+    when copies, another acquisition or the part beyond a gap were left out (each named in ``warnings``)."""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.ok == bool(self.reasons):
+            raise ValueError(f"ok={self.ok} contradicts the reasons {self.reasons}")
+        if self.ok and (not self.order or self.slice_count != len(self.order)):
+            raise ValueError(f"an ok check needs order with slice_count entries, got {self.slice_count} and "
+                             f"{len(self.order)}")
+        if len(set(self.order)) != len(self.order) or any(i < 0 for i in self.order):
+            raise ValueError("order must hold distinct non-negative indices")
 
     @property
     def reason(self) -> str:
@@ -82,21 +93,44 @@ def check_series(
     reasons += plane_reasons
     if planes is None:
         return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
-    if n < min_slices:
-        reasons.append(f"only {n} slices (at least {min_slices} needed)")
-    order, spacing, stack_reasons = _stack_order(planes)
-    reasons += stack_reasons
-    thickness, thickness_reasons, warnings = _thickness(headers, spacing, max_slice_thickness_mm)
-    reasons += thickness_reasons
+    stack = choose_stack(headers, planes, StackLimits(min_slices, max_slice_thickness_mm))
+    reasons += stack.reasons
+    frame_reasons, frame_warnings = _frame_of_reference(headers, stack.indices, geometry_consistent=not plane_reasons)
+    reasons += frame_reasons
+    ok = not reasons
     return SeriesCheck(
-        ok=not reasons,
+        ok=ok,
         reasons=tuple(reasons),
-        slice_count=n,
-        slice_thickness_mm=thickness,
-        slice_spacing_mm=spacing,
-        order=tuple(int(i) for i in order),
-        warnings=tuple(warnings),
+        slice_count=len(stack.indices) if ok else n,
+        slice_thickness_mm=stack.thickness_mm,
+        slice_spacing_mm=stack.spacing_mm,
+        order=stack.indices,
+        warnings=(*stack.warnings, *frame_warnings),
     )
+
+
+def _frame_of_reference(headers: Sequence[pydicom.Dataset], order: Sequence[int], *,
+                        geometry_consistent: bool) -> tuple[list[str], list[str]]:
+    """One Frame of Reference, or one per instance with one consistent geometry (de-identification gives each
+    instance its own): then a warning, and the result objects reference the first slice's (the loader takes the
+    first ordered header's)."""
+    frames = [str(getattr(h, "FrameOfReferenceUID", "") or "") for h in headers]
+    missing = frames.count("")
+    if missing == len(frames):
+        return ["expected one Frame of Reference, found 0"], []
+    if missing:
+        return [f"FrameOfReferenceUID missing on {missing} of {len(frames)} instances"], []
+    distinct = len(set(frames))
+    if distinct == 1:
+        return [], []
+    if not geometry_consistent:
+        return [f"expected one Frame of Reference, found {distinct} (with inconsistent geometry)"], []
+    used = len({frames[i] for i in order})
+    if used <= 1:
+        return [], []
+    return [], [f"{used} Frame of Reference UIDs in the {len(order)} slices used (one orientation and pixel "
+                f"spacing, a regular stack: consistent geometry, e.g. one UID per instance after "
+                f"de-identification); the result objects reference the first slice's in slice order"]
 
 
 def _kind_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
@@ -122,7 +156,7 @@ def _kind_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
 
 
 def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
-    """Unique single-frame instances with a rescale to HU, one Frame of Reference, one image size."""
+    """Unique single-frame instances with a rescale to HU, one image size."""
     reasons: list[str] = []
     sop_uids = [str(getattr(h, "SOPInstanceUID", "")) for h in headers]
     if len(set(sop_uids)) != len(headers):
@@ -131,24 +165,13 @@ def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
         reasons.append("multi-frame images")
     if any(getattr(h, "RescaleSlope", None) is None or getattr(h, "RescaleIntercept", None) is None for h in headers):
         reasons.append("RescaleSlope/RescaleIntercept missing: HU cannot be computed")
-    frames = {str(getattr(h, "FrameOfReferenceUID", "")) for h in headers}
-    if len(frames) != 1 or frames == {""}:
-        reasons.append(f"expected one Frame of Reference, found {len(frames - {''})}")
     shapes = {(int(getattr(h, "Rows", 0)), int(getattr(h, "Columns", 0))) for h in headers}
     if len(shapes) != 1:
         reasons.append(f"slices differ in size: {sorted(shapes)}")
     return reasons
 
 
-@dataclass(frozen=True, eq=False)
-class _Planes:
-    normal: npt.NDArray[np.float64]
-    """Unit slice normal of the (first) orientation."""
-    positions: npt.NDArray[np.float64]
-    """(n, 3) ImagePositionPatient of each header, in the order given."""
-
-
-def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], _Planes | None]:
+def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], Planes | None]:
     """One orientation and pixel spacing, an axial stack; None planes when the geometry cannot be read at all."""
     reasons: list[str] = []
     orientations: list[list[float]] = []
@@ -178,53 +201,4 @@ def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], _Planes
     normal = slice_normal(iop_array[0])
     if abs(normal[2]) < 0.8:
         reasons.append("not an axial stack (slice normal is not head-foot)")
-    return reasons, _Planes(normal=normal, positions=np.asarray(positions))
-
-
-def _stack_order(planes: _Planes) -> tuple[npt.NDArray[np.intp], float | None, list[str]]:
-    """Order along the normal, the median slice spacing (None for one slice or duplicate positions) and the
-    reasons: duplicate positions, irregular spacing (missing slices), gantry tilt."""
-    reasons: list[str] = []
-    ipp_array = planes.positions
-    normal = planes.normal
-    projections = ipp_array @ normal
-    order = np.argsort(projections, kind="stable")
-    sorted_proj = projections[order]
-    spacing: float | None = None
-    if len(ipp_array) >= 2:
-        gaps = np.diff(sorted_proj)
-        if np.any(gaps < 1e-3):
-            reasons.append("duplicate slice positions")
-        else:
-            spacing = float(np.median(gaps))
-            tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * spacing)
-            if np.max(np.abs(gaps - spacing)) > tolerance:
-                reasons.append(
-                    f"irregular slice spacing: gaps from {gaps.min():.2f} to {gaps.max():.2f} mm (missing slices?)"
-                )
-            line = ipp_array[order[-1]] - ipp_array[order[0]]
-            length = float(np.linalg.norm(line))
-            if length > 0:
-                cos_angle = abs(float(line @ normal)) / length
-                tilt_deg = float(np.degrees(np.arccos(min(1.0, cos_angle))))
-                if tilt_deg > MAX_TILT_DEGREES:
-                    reasons.append(f"gantry tilt of {tilt_deg:.1f} degrees")
-    return order, spacing, reasons
-
-
-def _thickness(headers: Sequence[pydicom.Dataset], spacing: float | None,
-               max_slice_thickness_mm: float) -> tuple[float | None, list[str], list[str]]:
-    """Slice thickness (median SliceThickness, else the spacing) with its reasons and warnings."""
-    reasons: list[str] = []
-    warnings: list[str] = []
-    thickness_values = [float(getattr(h, "SliceThickness", 0) or 0) for h in headers]
-    thickness = float(np.median(thickness_values)) if any(thickness_values) else None
-    if thickness is None:
-        thickness = spacing
-        if thickness is not None:
-            warnings.append("SliceThickness missing; using slice spacing")
-    if thickness is not None and thickness > max_slice_thickness_mm + 1e-6:
-        reasons.append(f"slice thickness {thickness:.1f} mm exceeds {max_slice_thickness_mm:.1f} mm")
-    if spacing is not None and thickness is not None and spacing > thickness * 2.0 + 0.01:
-        warnings.append(f"slice spacing {spacing:.2f} mm is more than twice the thickness (gaps between slices)")
-    return thickness, reasons, warnings
+    return reasons, Planes(normal=normal, positions=np.asarray(positions))

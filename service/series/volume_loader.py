@@ -4,14 +4,25 @@ Each file is parsed once: ``read_series`` reads every header with the pixel data
 decodes the pixels from the same datasets and releases them, and hands the headers on (``LoadedSeries``) so that
 the result objects (SEG, SR, key image) need not read the files again. Decoding goes through pydicom's pixel
 handlers (pylibjpeg / GDCM for compressed transfer syntaxes).
+
+Pixel quirks handled here: signed or unsigned stored values with any BitsStored (pydicom masks and sign-extends to
+BitsStored), RescaleSlope other than 1 (per slice), non-square pixels (PixelSpacing per axis in the affine), and
+PixelPaddingValue (with PixelPaddingRangeLimit): stored padding that would read as tissue (e.g. 63536 = -2000 as
+unsigned, masked to 12 bits, or a padding value in the tissue or air range) is set to ``PADDING_HU``; padding that
+already reads ``PADDING_KEEP_MAX_HU`` (-1024, the floor of the common 12-bit scale) or lower (-2000, -3024 HU) is left
+as it is. Header quirks: a missing PatientAge is computed
+from PatientBirthDate and the acquisition or study date; with neither, the age is None and
+``extra["patient_age_note"]`` says why.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +36,13 @@ logger = logging.getLogger(__name__)
 
 DEFER_PIXEL_BYTES = 4096
 """Elements larger than this (the pixel data) are read from the file only when accessed."""
+PADDING_HU = -3024.0
+"""HU given to PixelPaddingValue pixels that would otherwise read as tissue (the value GE's -2000 padding with
+RescaleIntercept -1024 reads): far below air, so the tissue survey and the segmentation's HU clip see no tissue."""
+PADDING_KEEP_MAX_HU = -1024.0
+"""Padding that already reads this or lower is left as it is: no tissue reads that low, and the tissue survey's air
+sample starts above it."""
+MAX_AGE_YEARS = 130.0
 
 
 class SeriesRejectedError(Exception):
@@ -84,11 +102,51 @@ def dicom_files(folder: Path) -> list[Path]:
 
 
 def _age_years(value: str) -> float | None:
-    match = re.fullmatch(r"(\d{3})([DWMY])", value.strip())
+    """PatientAge (AS: ``nnnD|W|M|Y``; one to three digits accepted) in years, or None when malformed."""
+    match = re.fullmatch(r"(\d{1,3})([DWMY])", value.strip().upper())
     if not match:
         return None
     number = float(match.group(1))
     return number / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[match.group(2)]
+
+
+def _positive_float(value: object) -> float | None:
+    """A positive finite number from a DS/IS header value, None when missing or malformed (logged, not raised)."""
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        logger.warning("unreadable numeric header value ignored")
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _da(value: object) -> date | None:
+    text = str(value or "").strip()
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def patient_age(ds: pydicom.Dataset) -> tuple[float | None, str]:
+    """The patient's age in years and, when it is not PatientAge, a note saying where it came from or why it is
+    unknown (no patient data in the note: attribute names only)."""
+    age = _age_years(str(getattr(ds, "PatientAge", "") or ""))
+    if age is not None:
+        return age, ""
+    birth = _da(getattr(ds, "PatientBirthDate", ""))
+    for keyword in ("AcquisitionDate", "StudyDate", "SeriesDate"):
+        scan = _da(getattr(ds, keyword, ""))
+        if birth is not None and scan is not None:
+            years = (scan - birth).days / 365.25
+            if 0.0 <= years <= MAX_AGE_YEARS:
+                return years, f"patient age from PatientBirthDate and {keyword} (PatientAge missing or malformed)"
+            return None, f"patient age unknown: PatientBirthDate and {keyword} give an impossible age"
+    return None, "patient age unknown: no PatientAge, and no PatientBirthDate with an acquisition or study date"
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +201,7 @@ def _decode_hu(ordered_headers: Sequence[pydicom.Dataset]) -> np.ndarray:
     first = ordered_headers[0]
     rows, columns = int(first.Rows), int(first.Columns)
     hu = np.empty((columns, rows, len(ordered_headers)), dtype=np.float32)
+    padded_slices = 0
     for k, ds in enumerate(ordered_headers):
         try:
             pixels = ds.pixel_array
@@ -153,10 +212,55 @@ def _decode_hu(ordered_headers: Sequence[pydicom.Dataset]) -> np.ndarray:
                 del ds.PixelData  # also drops pydicom's cached array: only the HU copy stays in memory
         if pixels.shape != (rows, columns):
             raise SeriesRejectedError(f"slice {k} has shape {pixels.shape}, expected {(rows, columns)}")
-        slope = float(ds.RescaleSlope)
-        intercept = float(ds.RescaleIntercept)
-        hu[:, :, k] = (pixels.astype(np.float32) * slope + intercept).T
+        slope, intercept = _rescale(ds, k)
+        values = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        padding = _padding_mask(pixels, ds)
+        if padding is not None:
+            as_tissue = padding & (values > PADDING_KEEP_MAX_HU)
+            if np.any(as_tissue):
+                values[as_tissue] = PADDING_HU
+                padded_slices += 1
+        hu[:, :, k] = values.T
+    if padded_slices:
+        logger.warning("PixelPaddingValue pixels would read as tissue or air on %d slices; set to %.0f HU",
+                       padded_slices, PADDING_HU)
     return hu
+
+
+def _rescale(ds: pydicom.Dataset, k: int) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of one slice; SeriesRejectedError when not finite or the slope <= 0."""
+    try:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SeriesRejectedError(f"slice {k}: RescaleSlope/RescaleIntercept unreadable: {exc}") from exc
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope <= 0:
+        raise SeriesRejectedError(f"slice {k}: RescaleSlope {slope} / RescaleIntercept {intercept} cannot give HU")
+    return slope, intercept
+
+
+def _stored(value: object, ds: pydicom.Dataset) -> int | None:
+    """A PixelPaddingValue as pydicom decodes stored pixels: masked to BitsStored, sign-extended when signed."""
+    try:
+        raw = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    bits = int(getattr(ds, "BitsStored", 16) or 16)
+    raw &= (1 << bits) - 1
+    if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1 and raw >= 1 << (bits - 1):
+        raw -= 1 << bits
+    return raw
+
+
+def _padding_mask(pixels: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
+    """Stored pixels equal to PixelPaddingValue (or between it and PixelPaddingRangeLimit); None without one."""
+    value = _stored(getattr(ds, "PixelPaddingValue", None), ds)
+    if value is None:
+        return None
+    limit = _stored(getattr(ds, "PixelPaddingRangeLimit", None), ds)
+    if limit is None:
+        return pixels == value
+    lo, hi = min(value, limit), max(value, limit)
+    return (pixels >= lo) & (pixels <= hi)
 
 
 def _volume(hu: np.ndarray, ordered_headers: Sequence[pydicom.Dataset], ordered_paths: Sequence[Path],
@@ -175,6 +279,7 @@ def _volume(hu: np.ndarray, ordered_headers: Sequence[pydicom.Dataset], ordered_
     affine[:3, 3] = [float(v) for v in first.ImagePositionPatient]
 
     kvp = getattr(first, "KVP", None)
+    age_years, age_note = patient_age(first)
     kernel = getattr(first, "ConvolutionKernel", "")
     if isinstance(kernel, pydicom.multival.MultiValue):
         kernel = "\\".join(str(v) for v in kernel)
@@ -186,16 +291,17 @@ def _volume(hu: np.ndarray, ordered_headers: Sequence[pydicom.Dataset], ordered_
         frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")),
         sop_instance_uids=tuple(str(h.SOPInstanceUID) for h in ordered_headers),
         source_paths=tuple(ordered_paths),
-        kvp=float(kvp) if kvp not in (None, "") else None,
+        kvp=_positive_float(kvp),
         manufacturer=str(getattr(first, "Manufacturer", "")),
         manufacturer_model_name=str(getattr(first, "ManufacturerModelName", "")),
         station_name=str(getattr(first, "StationName", "")),
         convolution_kernel=str(kernel),
         contrast_bolus_agent=str(getattr(first, "ContrastBolusAgent", "")),
         patient_sex=str(getattr(first, "PatientSex", "")),
-        patient_age_years=_age_years(str(getattr(first, "PatientAge", ""))),
-        extra={key: str(getattr(first, keyword, "") or "")
-               for key, keyword in (("acquisition_date", "AcquisitionDate"), ("study_date", "StudyDate"))},
+        patient_age_years=age_years,
+        extra={**{key: str(getattr(first, keyword, "") or "")
+                  for key, keyword in (("acquisition_date", "AcquisitionDate"), ("study_date", "StudyDate"))},
+               **({"patient_age_note": age_note} if age_note else {})},
     )
     logger.info(
         "loaded series: %d slices, spacing %s mm, %s",

@@ -220,7 +220,12 @@ class FeatureModelPredictor:
     def predict(
         self, hu_by_level: dict[VertebraLevel, float], sex: str, age_years: float | None
     ) -> SitePrediction | None:
+        """None (the model skips) when an input it takes is missing: the age, the sex or one of its levels."""
         sex_n = (sex or "").strip().upper()[:1]
+        if age_years is None or sex_n not in ("F", "M"):
+            logger.info("site model %s skipped: patient %s unknown", self.name,
+                        "age" if age_years is None else "sex")
+            return None
         x = self.model.spec.vector(hu_by_level, sex_n, age_years)
         if x is None:
             return None

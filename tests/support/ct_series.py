@@ -10,7 +10,7 @@ given one by one (gantry tilt, gaps, duplicates).  ``ct_slice`` builds one slice
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -75,6 +75,9 @@ class CTSeriesHeader:
     """Attributes by DICOM keyword, over ``DEFAULT_HEADER`` and the geometry (Modality, SOPClassUID ... too)."""
     omit: tuple[str, ...] = ()
     """Keywords removed from every slice at the end (a header a test wants missing)."""
+    private: tuple[tuple[int, int, str, Any], ...] = ()
+    """Private (or any) elements by tag: (group, element, VR, value), e.g. a creator (0x0029, 0x0010, "LO",
+    "SIEMENS CSA HEADER") and its block (0x0029, 0x1010, "OB", bytes); added after ``extra``."""
     transfer_syntax_uid: str = ExplicitVRLittleEndian
 
     def __post_init__(self) -> None:
@@ -148,6 +151,8 @@ def ct_slice(frame: npt.NDArray[Any], header: CTSeriesHeader, *, instance_number
         ds.PixelData = pixels.tobytes()
     else:
         ds.compress(header.transfer_syntax_uid, pixels)
+    for group, element, vr, value in header.private:
+        ds.add_new((group, element), vr, value)
     for keyword in header.omit:
         if keyword in ds:
             delattr(ds, keyword)
@@ -158,12 +163,15 @@ def write_ct_series(folder: Path, frames: Iterable[npt.NDArray[Any]], header: CT
                     origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0), slice_step_mm: float | None = None,
                     positions_lps_mm: Sequence[Sequence[float]] | None = None,
                     sop_instance_uids: Sequence[str] | None = None,
+                    slice_extra: Sequence[Mapping[str, Any]] | None = None,
                     file_name: Callable[[int], str] = instance_file_name) -> list[Path]:
     """Write one file per frame (slice k = the k-th frame, InstanceNumber k + 1) under ``folder``; the paths in
     slice order.
 
     ``slice_step_mm``: distance between neighbouring slice positions along the normal (negative: positions go
     against it), by default the slice thickness; ``positions_lps_mm`` instead gives every ImagePositionPatient.
+    ``slice_extra[k]``: attributes by keyword for slice k only, over ``header.extra`` (per-instance Frame of
+    Reference UIDs, AcquisitionNumber, AcquisitionTime, InstanceNumber ...).
     ``frames`` may be a generator (a large series is never held in memory) or a 3-D array ``(slices, rows,
     columns)``, i.e. ``stored.T`` of a CTVolume-ordered ``(columns, rows, slices)`` array.
     """
@@ -175,7 +183,8 @@ def write_ct_series(folder: Path, frames: Iterable[npt.NDArray[Any]], header: CT
     for k, frame in enumerate(frames):
         position = positions_lps_mm[k] if positions_lps_mm is not None else origin + header.normal * (step * k)
         sop_instance_uid = sop_instance_uids[k] if sop_instance_uids is not None else None
-        ds = ct_slice(frame, header, instance_number=k + 1, position_lps_mm=position,
+        slice_header = header if slice_extra is None else replace(header, extra={**header.extra, **slice_extra[k]})
+        ds = ct_slice(frame, slice_header, instance_number=k + 1, position_lps_mm=position,
                       sop_instance_uid=sop_instance_uid)
         path = folder / file_name(k)
         ds.save_as(path, enforce_file_format=True)

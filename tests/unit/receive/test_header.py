@@ -5,9 +5,27 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedSRStorage,
+    EnhancedXRayRadiationDoseSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    XRayRadiationDoseSRStorage,
+    generate_uid,
+)
 
-from service.receive.handlers import HeaderSummary, UndecodableDatasetError, non_ct_reason, parse_header
+from service.receive.handlers import (
+    NODE_MANUFACTURER,
+    HeaderSummary,
+    UndecodableDatasetError,
+    ignore_reason,
+    is_node_object,
+    non_ct_reason,
+    parse_header,
+)
 from tests.integration.dicom_net_support import make_image_dataset
 
 
@@ -73,3 +91,36 @@ def test_uid_with_leading_zero_component_is_tolerated_but_letters_are_not() -> N
     ds.save_as(buffer, enforce_file_format=True)
     with pytest.raises(UndecodableDatasetError, match="invalid UID in StudyInstanceUID"):
         parse_header(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "modality", "manufacturer", "expected"),
+    [
+        (CTImageStorage, "CT", "SIEMENS", None),
+        (CTImageStorage, "CT", NODE_MANUFACTURER, "the node's own result object"),  # whatever class: never re-read
+        (SegmentationStorage, "SEG", NODE_MANUFACTURER, "the node's own result object (Segmentation Storage)"),
+        (XRayRadiationDoseSRStorage, "SR", "GE", "radiation dose report (X-Ray Radiation Dose SR Storage): not CT"),
+        (EnhancedXRayRadiationDoseSRStorage, "SR", "", "radiation dose report"),
+        (SecondaryCaptureImageStorage, "CT", "PHILIPS", "secondary capture (Secondary Capture Image Storage, e.g."),
+        (EnhancedSRStorage, "SR", "", "structured report (Enhanced SR Storage): not CT"),
+        (EnhancedCTImageStorage, "CT", "", "not CT Image Storage"),
+    ],
+)
+def test_ignore_reason_names_the_kind_of_object(sop_class: str, modality: str, manufacturer: str,
+                                                expected: str | None) -> None:
+    reason = ignore_reason(HeaderSummary(sop_class, "1.2.3", "1.2", "1.2.4", modality, manufacturer=manufacturer))
+    assert reason is None if expected is None else (reason or "").startswith(expected)
+
+
+def test_parse_header_reads_the_equipment_that_made_the_object() -> None:
+    ds = make_image_dataset(study_instance_uid=generate_uid(), series_instance_uid=generate_uid())
+    ds.Manufacturer = "archive"
+    item = Dataset()
+    item.Manufacturer = NODE_MANUFACTURER
+    ds.ContributingEquipmentSequence = [item]
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    header = parse_header(buffer.getvalue())
+    assert (header.manufacturer, header.contributing_manufacturers) == ("archive", (NODE_MANUFACTURER,))
+    assert is_node_object(header)
+    assert not is_node_object(parse_header(_encoded()))

@@ -97,11 +97,13 @@ def test_missing_slice_is_irregular_spacing(tmp_path: Path) -> None:
     assert not check.ok and "irregular slice spacing" in check.reason
 
 
-def test_duplicate_positions_rejected(tmp_path: Path) -> None:
+def test_duplicate_position_splits_off_the_repeated_slice(tmp_path: Path) -> None:
+    # issue 17: a repeated position (other pixels) is a second acquisition; the first (10 slices) is used
     positions = [[0.0, 0.0, float(k)] for k in range(10)] + [[0.0, 0.0, 3.0]]
     paths = write_series(tmp_path / "s", n=11, positions=positions, spacing_mm=1.0)
     check = check_series(read_headers(paths))
-    assert not check.ok and "duplicate slice positions" in check.reason
+    assert check.ok and check.order == tuple(range(10))
+    assert "split by repeated position (10, 1 instances; 1 usable)" in check.warnings[0]
 
 
 def test_gantry_tilt_rejected(tmp_path: Path) -> None:
