@@ -220,6 +220,8 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
     patient = _summarise(bmd_by_level, hu_by_level, curve, calibration, settings, contrast)
     if site_model is not None:
         patient = _apply_site_model(patient, site_model, hu_by_level, volume, settings)
+    if volume.extra.get("series_warnings"):  # what the series checks decided (a split, a gap, per-slice FoRs...)
+        patient = dataclasses.replace(patient, notes=(*patient.notes, f"series: {volume.extra['series_warnings']}"))
     result = ScreeningResult(
         study_instance_uid=volume.study_instance_uid,
         series_instance_uid=volume.series_instance_uid,

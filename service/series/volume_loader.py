@@ -301,7 +301,8 @@ def _volume(hu: np.ndarray, ordered_headers: Sequence[pydicom.Dataset], ordered_
         patient_age_years=age_years,
         extra={**{key: str(getattr(first, keyword, "") or "")
                   for key, keyword in (("acquisition_date", "AcquisitionDate"), ("study_date", "StudyDate"))},
-               **({"patient_age_note": age_note} if age_note else {})},
+               **({"patient_age_note": age_note} if age_note else {}),
+               **({"series_warnings": "; ".join(check.warnings)} if check.warnings else {})},
     )
     logger.info(
         "loaded series: %d slices, spacing %s mm, %s",

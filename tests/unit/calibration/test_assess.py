@@ -120,3 +120,13 @@ def test_settings_validate() -> None:
         BmdSettings(min_roi_volume_mm3=-1.0)
     with pytest.raises(ValueError, match="threshold_set"):
         BmdSettings(threshold_set="")
+
+
+def test_series_warnings_reach_the_result_notes(case: tuple[Phantom, SpineSegmentation, BmdAssessment]) -> None:
+    """What the series checks decided (e.g. a gap: only the longest part used) is in the result, not only the log."""
+    phantom, seg, plain = case
+    assert not any(n.startswith("series:") for n in plain.result.summary.notes)
+    warned = dataclasses.replace(phantom.volume, extra={**phantom.volume.extra,
+                                                        "series_warnings": "gap of 4.00 mm ...; used the longest"})
+    notes = assess_bmd(warned, seg, SETTINGS).result.summary.notes
+    assert "series: gap of 4.00 mm ...; used the longest" in notes

@@ -177,3 +177,10 @@ def test_loader_takes_the_first_ordered_slices_frame_of_reference(tmp_path: Path
     loaded = read_series(paths)
     assert loaded.volume.frame_of_reference_uid == frames[-1]
     assert loaded.volume.hu[0, 0, :].tolist() == pytest.approx(list(range(11, -1, -1)))
+
+
+def test_loader_hands_the_check_warnings_on_with_the_volume(tmp_path: Path) -> None:
+    z = [2.0 * k for k in range(30) if k != 5]
+    volume = read_series(_write(tmp_path / "s", z)).volume
+    assert volume.shape[2] == 24
+    assert "used the longest contiguous part (24 of 29 slices)" in volume.extra["series_warnings"]
