@@ -79,14 +79,15 @@ class SeriesStatus(StrEnum):
     IGNORED = "ignored"
     """Left alone, ``reason`` says why: no stored CT instance (dose report, secondary capture, the node's own
     result objects coming back: recorded on arrival), or a stored CT series the scheduler does not screen
-    (a localizer, a body part outside chest/abdomen/spine)."""
+    (a localizer, a body part outside chest/abdomen/spine, a sagittal/coronal reformat of a study whose axial
+    series is screened)."""
 
 
 SERIES_TRANSITIONS: dict[SeriesStatus | None, frozenset[SeriesStatus]] = {
     None: frozenset({SeriesStatus.RECEIVING, SeriesStatus.IGNORED}),  # first instance: stored / not stored
     SeriesStatus.RECEIVING: frozenset(
         {SeriesStatus.RECEIVING, SeriesStatus.REJECTED, SeriesStatus.NOT_SELECTED, SeriesStatus.QUEUED,  # decided
-         SeriesStatus.IGNORED}  # decided: not screened (localizer, body part)
+         SeriesStatus.IGNORED}  # decided: not screened (localizer, body part, reformat)
     ),
     SeriesStatus.REJECTED: frozenset({SeriesStatus.RECEIVING}),  # more instances arrived
     SeriesStatus.NOT_SELECTED: frozenset({SeriesStatus.RECEIVING}),

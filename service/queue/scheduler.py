@@ -3,8 +3,11 @@
 Every ``series.scheduler_poll_seconds`` it looks at series with stored instances not yet decided about
 (``instance_count != checked_instance_count``). A study is considered once every one of its series has been quiet
 for ``node.series_stable_seconds``. Then each changed series is checked (service.series.checks.check_series on the
-headers: one orientation and Frame of Reference, regular spacing, no duplicates, rescale, not a localizer, enough
-slices, thickness limit); failures are recorded as rejected with their reasons. Before the checks, a series the node
+headers: one orientation and Frame of Reference, an axial stack, regular spacing, no duplicates, rescale, enough
+slices, thickness limit; localizer images among the slices are left out); failures are recorded as rejected with
+their reasons. A sagittal or coronal series (a reformat) is recorded as ignored when an axial series of the same
+study is selected in the same decision ("sagittal reformat; the axial series 3 of the study is screened"), and as
+rejected otherwise (analysing non-axial series is not supported yet). Before the checks, a series the node
 does not screen at all is recorded as ignored with its reason and never fails the study: a localizer (every image
 ImageType LOCALIZER: "localizer (scout)") and a series of a body part outside chest/abdomen/spine
 (series/body_part.py). Objects that are not CT images (dose reports, secondary captures, the node's own SEG/SR/key
@@ -42,7 +45,8 @@ from service.domain.status import SeriesStatus
 from service.queue import jobs
 from service.series.body_part import body_part_decision
 from service.series.checks import check_series
-from service.series.selection import SeriesCandidate, candidate_from_header, select_series
+from service.series.planes import NON_AXIAL_PLANES, SlicePlane, reformat_reason
+from service.series.selection import Selection, SeriesCandidate, candidate_from_header, select_series
 from service.series.volume_loader import SeriesRejectedError, read_headers
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,10 @@ class _Checked:
     candidate: SeriesCandidate | None
     failed_as: SeriesStatus = SeriesStatus.REJECTED
     """What a series that is not ok is recorded as: rejected (a check failed) or ignored (not screened at all)."""
+    plane: SlicePlane | None = None
+    """The plane of the slices when the checks read it (a sagittal or coronal series may be a reformat)."""
+    series_number: str = ""
+    """SeriesNumber, to name the series in another series' reason."""
 
 
 @dataclass(frozen=True)
@@ -154,10 +162,10 @@ class Scheduler:
                 result = checked[uid]
                 try:
                     if not result.ok:
-                        if decide_series(session, row, result.failed_as, instance_count=count,
-                                         reason=result.reason, now=now):
-                            (ignored if result.failed_as == SeriesStatus.IGNORED else rejected).append(uid)
-                            log.info("series %s %s: %s", uid, result.failed_as, result.reason)
+                        failed_as, why = _failure(result, selection, checked)
+                        if decide_series(session, row, failed_as, instance_count=count, reason=why, now=now):
+                            (ignored if failed_as == SeriesStatus.IGNORED else rejected).append(uid)
+                            log.info("series %s %s: %s", uid, failed_as, why)
                     elif selection.selected is not None and selection.selected.series_instance_uid == uid:
                         self._queue(session, uid, count, now, enqueued, waiting)
                     else:
@@ -208,10 +216,25 @@ class Scheduler:
         except Exception as exc:  # a header the checks did not foresee: record it, do not fail every tick
             log.exception("series %s: the series check raised", series_uid)
             return _Checked(False, f"series check failed: {type(exc).__name__}: {exc}", None)
+        number = str(headers[0].get("SeriesNumber", "") or "")
         if not check.ok:
-            return _Checked(False, check.reason or "series check failed", None)
+            return _Checked(False, check.reason or "series check failed", None, plane=check.plane,
+                            series_number=number)
         return _Checked(True, None, candidate_from_header(headers[check.order[0]], check.slice_count,
-                                                     check.slice_thickness_mm))
+                                                     check.slice_thickness_mm), plane=check.plane,
+                        series_number=number)
+
+
+def _failure(result: _Checked, selection: Selection,
+             checked: dict[str, _Checked]) -> tuple[SeriesStatus, str | None]:
+    """How a series that is not ok is recorded: a sagittal or coronal series is ignored as a reformat when an axial
+    series of the study is selected in the same decision, and rejected with its reason otherwise."""
+    if result.plane is None or result.plane not in NON_AXIAL_PLANES or selection.selected is None:
+        return result.failed_as, result.reason
+    axial_uid = selection.selected.series_instance_uid
+    axial = checked.get(axial_uid)
+    name = axial.series_number if axial is not None and axial.series_number else axial_uid
+    return SeriesStatus.IGNORED, reformat_reason(result.plane, name)
 
 
 def run_scheduler(config: Config, engine: sqlalchemy.Engine, stop_event: threading.Event) -> None:

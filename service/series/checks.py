@@ -3,20 +3,22 @@
 ``check_series`` looks at headers (pixel data only to tell re-sent copies at one position apart, when the datasets
 carry it) and returns the geometry the loader needs, or the reasons the series cannot be used. Which instances form
 the stack (copies, two acquisitions, missing slices, tilt) is decided in ``service.series.stacks``; the loader loads
-``order``, which may be a subset, each left-out part named in ``warnings``. A failure is a recorded reason, never a
-crash.
+``order``, which may be a subset, each left-out part named in ``warnings`` (localizer images among the slices are
+left out too). A sagittal or coronal series is named as such (``service.series.planes``): the node analyses axial
+stacks only. A failure is a recorded reason, never a crash.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from service.series.planes import SlicePlane, non_axial_reason, slice_plane
 from service.series.stacks import Planes, StackLimits, choose_stack
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class SeriesCheck:
     """Indices into the headers given, sorted along the slice normal (increasing k): the instances to load, a subset
     when copies, another acquisition or the part beyond a gap were left out (each named in ``warnings``)."""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    plane: SlicePlane | None = None
+    """The plane of the slices (first orientation); None when the geometry could not be read."""
 
     def __post_init__(self) -> None:
         if self.ok == bool(self.reasons):
@@ -81,18 +85,37 @@ def check_series(
     min_slices: int = MIN_SLICES_DEFAULT,
     max_slice_thickness_mm: float = MAX_SLICE_THICKNESS_MM_DEFAULT,
 ) -> SeriesCheck:
-    """Check that the datasets form one regular, untilted, axial-stack CT volume."""
+    """Check that the datasets form one regular, untilted, axial-stack CT volume. Localizer (scout) images among
+    the slices are left out (named in ``warnings``); a series of localizers only is rejected."""
     n = len(headers)
     if n == 0:
         return SeriesCheck(ok=False, reasons=("no instances",))
     reasons = _kind_reasons(headers)
     if reasons:
         return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
-    reasons += _instance_reasons(headers)
+    images = [i for i, h in enumerate(headers) if not _is_localizer(h)]
+    if not images:
+        return SeriesCheck(ok=False, reasons=("localizer (scout) images",), slice_count=n)
+    if len(images) == n:
+        return _check_images(headers, min_slices, max_slice_thickness_mm)
+    check = _check_images([headers[i] for i in images], min_slices, max_slice_thickness_mm)
+    left_out = f"{n - len(images)} localizer image(s) left out (scout images are not part of the stack)"
+    return replace(check, slice_count=check.slice_count if check.ok else n,
+                   order=tuple(images[k] for k in check.order), warnings=(left_out, *check.warnings))
+
+
+def _check_images(headers: Sequence[pydicom.Dataset], min_slices: int,
+                  max_slice_thickness_mm: float) -> SeriesCheck:
+    """The checks of one series' images (no localizers): instances, planes, the stack, the Frame of Reference."""
+    n = len(headers)
+    reasons = _instance_reasons(headers)
     plane_reasons, planes = _read_planes(headers)
     reasons += plane_reasons
     if planes is None:
         return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
+    plane = slice_plane(planes.normal)
+    if plane != SlicePlane.AXIAL:  # stack limits are for axial stacks: the plane is the reason
+        return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n, plane=plane)
     stack = choose_stack(headers, planes, StackLimits(min_slices, max_slice_thickness_mm))
     reasons += stack.reasons
     frame_reasons, frame_warnings = _frame_of_reference(headers, stack.indices, geometry_consistent=not plane_reasons)
@@ -106,6 +129,7 @@ def check_series(
         slice_spacing_mm=stack.spacing_mm,
         order=stack.indices,
         warnings=(*stack.warnings, *frame_warnings),
+        plane=plane,
     )
 
 
@@ -134,7 +158,7 @@ def _frame_of_reference(headers: Sequence[pydicom.Dataset], order: Sequence[int]
 
 
 def _kind_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
-    """Is it one classic CT Image Storage series of images (not a localizer)? Nothing else is looked at if not."""
+    """Is it one classic CT Image Storage series of images? Nothing else is looked at if not."""
     reasons: list[str] = []
     sop_classes = {str(getattr(h, "SOPClassUID", "")) for h in headers}
     if ENHANCED_CT_IMAGE_STORAGE in sop_classes:
@@ -147,12 +171,12 @@ def _kind_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
     series_uids = {str(getattr(h, "SeriesInstanceUID", "")) for h in headers}
     if len(series_uids) != 1:
         reasons.append(f"instances of {len(series_uids)} series were given as one")
-    for h in headers:
-        image_type = [str(v).upper() for v in getattr(h, "ImageType", [])]
-        if "LOCALIZER" in image_type:
-            reasons.append("localizer (scout) images")
-            break
     return reasons
+
+
+def _is_localizer(header: pydicom.Dataset) -> bool:
+    """ImageType names LOCALIZER (a scout/topogram: a projection image, never a slice of the stack)."""
+    return "LOCALIZER" in [str(v).upper() for v in header.get("ImageType", None) or []]
 
 
 def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
@@ -199,6 +223,7 @@ def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], Planes 
         reasons.append("ImageOrientationPatient is not two orthogonal unit vectors")
         return reasons, None
     normal = slice_normal(iop_array[0])
-    if abs(normal[2]) < 0.8:
-        reasons.append("not an axial stack (slice normal is not head-foot)")
+    plane = slice_plane(normal)
+    if plane != SlicePlane.AXIAL:
+        reasons.append(non_axial_reason(plane))
     return reasons, Planes(normal=normal, positions=np.asarray(positions))
