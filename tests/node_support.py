@@ -39,6 +39,8 @@ from service.pipeline.encode import encode_dataset
 from service.pipeline.types import JobInput, PipelineOutput, PipelineRejectedError
 from service.queue import jobs
 from service.queue.job_results import JobSuccess, StoredObject
+from service.queue.scheduler import Scheduler
+from service.series.settings import SeriesSettings
 from tests.support import ct_series
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -233,3 +235,21 @@ class TruthSegmenter:
             touches = bool(mask[:, :, 0].any() or mask[:, :, -1].any())
             vertebrae.append(LabelledVertebra(level, tuple(float(c) for c in centroid), cut_by_fov=touches))
         return SpineSegmentation(body, None, tuple(vertebrae), self.name, self.version)
+
+
+def record_files(engine: Any, paths: list[Path], when: dt.datetime) -> str:
+    """Record stored CT files as the receive handler would (at ``when``); returns their Series Instance UID."""
+    uid = ""
+    for p in paths:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        uid = str(ds.SeriesInstanceUID)
+        record_instance(engine, record(uid, str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
+                                       path=str(p)), now=when)
+    return uid
+
+
+def quiet_scheduler(engine: Any, url: str, tmp_path: Path) -> Scheduler:
+    """A scheduler deciding after 10 s of quiet, with series of at least 10 slices."""
+    config = Config(series=SeriesSettings(min_slices=10)).with_node(
+        series_stable_seconds=10, database_url=url, storage_dir=tmp_path / "storage")
+    return Scheduler(config, engine)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from service.receive.scp import start_scp
 from tests.integration.dicom_net_support import node_config, storescu, write_series
 from tests.node_support import MeanHuPipeline
 from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,14 +105,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
         engine.dispose()
 
 
-def _wait_for(condition: Callable[[], T | None], what: str, timeout_s: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _associate(port: int, calling_ae: str) -> Association:
@@ -192,7 +185,7 @@ def test_one_series_over_two_interleaved_associations_is_recorded_once_and_queue
     assert len(node.stored_files()) == 20
     assert node.series(series_uid).instance_count == 20
 
-    (job,) = _wait_for(node.jobs, "a job for the series")
+    (job,) = wait_until(node.jobs, "a job for the series")
     series = node.series(series_uid)
     assert job.series_instance_uid == series_uid and job.instance_count == 20 and job.status == "queued"
     assert job.created_at >= series.last_received_at + timedelta(seconds=STABLE_SECONDS)  # after the quiet period
@@ -206,7 +199,7 @@ def test_study_sent_again_with_the_same_uids_adds_no_rows_and_no_job(node: Node,
     paths = write_series(tmp_path / "ct", 12)
     series_uid = _series_uid(paths[0])
     _send(paths, node.port)
-    (job,) = _wait_for(node.jobs, "the first job")
+    (job,) = wait_until(node.jobs, "the first job")
     node.run_worker_once()
     first_arrival = node.series(series_uid).last_received_at
 
@@ -232,12 +225,12 @@ def test_series_that_grows_after_its_job_ran_gets_a_new_job_superseding_the_firs
     paths = write_series(tmp_path / "ct", 16)
     series_uid = _series_uid(paths[0])
     _send(paths[:12], node.port)
-    (first,) = _wait_for(node.jobs, "the first job")
+    (first,) = wait_until(node.jobs, "the first job")
     assert first.instance_count == 12
     node.run_worker_once()
 
     _send(paths[12:], node.port)  # four more slices of the same series, after its job succeeded
-    second = _wait_for(lambda: next((j for j in node.jobs() if j.id != first.id), None), "the second job")
+    second = wait_until(lambda: next((j for j in node.jobs() if j.id != first.id), None), "the second job")
     assert second.supersedes_job_id == first.id and second.instance_count == 16
     assert node.series(series_uid).instance_count == 16
     node.run_worker_once()
@@ -264,11 +257,11 @@ def test_late_slices_while_the_job_is_still_queued_are_taken_over_by_that_job(no
     paths = write_series(tmp_path / "ct", 16)
     series_uid = _series_uid(paths[0])
     _send(paths[:12], node.port)
-    (job,) = _wait_for(node.jobs, "the first job")
+    (job,) = wait_until(node.jobs, "the first job")
     assert job.instance_count == 12 and job.status == "queued"
 
     _send(paths[12:], node.port)  # more slices before any worker claimed the job
-    _wait_for(lambda: node.series(series_uid).checked_instance_count == 16, "the late slices to be decided")
+    wait_until(lambda: node.series(series_uid).checked_instance_count == 16, "the late slices to be decided")
     (taken_over,) = node.jobs()  # no second job: the queued one reads every stored instance when it runs
     assert taken_over.id == job.id and taken_over.instance_count == 16 and taken_over.status == "queued"
     node.run_worker_once()

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -31,6 +31,7 @@ from service.db.tables import Export, Job, ResultObject
 from service.queue.jobs import job_events
 from tests.node_support import write_ct_series
 from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,14 +59,6 @@ class Pacs:
         self.server.shutdown()
 
 
-def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture
@@ -161,7 +154,7 @@ def test_sigkill_mid_job_then_restart_delivers_each_result_once(node_env: dict[s
         with read_session(engine) as s:
             return s.scalar(select(Job.id).where(Job.status == "running"))
 
-    job_id = _wait(running_job, 90, "a running job")
+    job_id = wait_until(running_job, "a running job", 90, poll_s=0.2)
     time.sleep(1.5)  # well inside the 8 s pipeline
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
@@ -177,7 +170,7 @@ def test_sigkill_mid_job_then_restart_delivers_each_result_once(node_env: dict[s
             statuses = s.scalars(select(Export.status)).all()
             return bool(statuses) and set(statuses) == {"sent"}
 
-    _wait(delivered, 120, "the job to succeed after the restart and its exports to be sent")
+    wait_until(delivered, "the job to succeed after the restart and its exports to be sent", 120, poll_s=0.2)
     with read_session(engine) as s:
         job = s.get(Job, job_id)
         # 2 runs: the killed one and the one after the restart (a third only if a heartbeat of the second was

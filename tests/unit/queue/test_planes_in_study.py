@@ -7,22 +7,18 @@ series is not supported yet. A localizer inside the axial series is left out and
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import sqlalchemy
 from pydicom.uid import generate_uid
 
-from service.config import Config
-from service.db.queries import list_series, record_instance
+from service.db.queries import list_series
 from service.db.tables import utcnow
 from service.domain.status import SeriesStatus
-from service.queue.scheduler import Scheduler
-from service.series.settings import SeriesSettings
-from tests.node_support import record
+from tests.node_support import quiet_scheduler, record_files
 from tests.support.ct_series import CTSeriesHeader, write_ct_series
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -40,30 +36,18 @@ def _series(folder: Path, study_uid: str, number: int, *, orientation: tuple[flo
     return write_ct_series(folder, frames, header)
 
 
-def _receive(engine: sqlalchemy.Engine, paths: list[Path], when: datetime) -> str:
-    uid = ""
-    for p in paths:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-        uid = str(ds.SeriesInstanceUID)
-        record_instance(engine, record(uid, str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
-                                       path=str(p)), now=when)
-    return uid
 
 
-def _scheduler(engine: sqlalchemy.Engine, url: str, tmp_path: Path) -> Scheduler:
-    config = Config(series=SeriesSettings(min_slices=10)).with_node(
-        series_stable_seconds=10, database_url=url, storage_dir=tmp_path / "storage")
-    return Scheduler(config, engine)
 
 
 def test_reformats_of_a_study_with_an_axial_series_are_ignored_naming_it(
         tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     study, t0 = generate_uid(), utcnow()
-    axial = _receive(sqlite_engine, _series(tmp_path / "ax", study, 3), t0)
-    sagittal = _receive(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL), t0)
-    coronal = _receive(sqlite_engine, _series(tmp_path / "cor", study, 602, orientation=CORONAL), t0)
+    axial = record_files(sqlite_engine, _series(tmp_path / "ax", study, 3), t0)
+    sagittal = record_files(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL), t0)
+    coronal = record_files(sqlite_engine, _series(tmp_path / "cor", study, 602, orientation=CORONAL), t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert len(tick.enqueued) == 1 and tick.rejected == () and tick.not_selected == ()
     assert sorted(tick.ignored) == sorted([sagittal, coronal])
@@ -78,11 +62,11 @@ def test_reformats_of_a_study_with_an_axial_series_are_ignored_naming_it(
 def test_a_reformat_arriving_after_the_axial_series_was_queued_is_ignored(
         tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     study, t0 = generate_uid(), utcnow()
-    axial = _receive(sqlite_engine, _series(tmp_path / "ax", study, 2), t0)
-    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    axial = record_files(sqlite_engine, _series(tmp_path / "ax", study, 2), t0)
+    scheduler = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path)
     assert len(scheduler.tick(now=t0 + timedelta(seconds=11)).enqueued) == 1
     later = t0 + timedelta(seconds=20)
-    coronal = _receive(sqlite_engine, _series(tmp_path / "cor", study, 5, orientation=CORONAL), later)
+    coronal = record_files(sqlite_engine, _series(tmp_path / "cor", study, 5, orientation=CORONAL), later)
 
     tick = scheduler.tick(now=later + timedelta(seconds=11))
 
@@ -95,10 +79,10 @@ def test_a_reformat_arriving_after_the_axial_series_was_queued_is_ignored(
 def test_a_reformat_without_a_usable_axial_series_is_rejected_as_not_supported(
         tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     study, t0 = generate_uid(), utcnow()
-    too_thick = _receive(sqlite_engine, _series(tmp_path / "ax", study, 3, thickness_mm=8.0), t0)
-    sagittal = _receive(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL), t0)
+    too_thick = record_files(sqlite_engine, _series(tmp_path / "ax", study, 3, thickness_mm=8.0), t0)
+    sagittal = record_files(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL), t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert tick.enqueued == () and tick.ignored == ()
     assert sorted(tick.rejected) == sorted([too_thick, sagittal])
@@ -110,9 +94,9 @@ def test_a_reformat_without_a_usable_axial_series_is_rejected_as_not_supported(
 def test_a_study_of_a_coronal_series_only_is_rejected_as_not_supported(
         tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     study, t0 = generate_uid(), utcnow()
-    coronal = _receive(sqlite_engine, _series(tmp_path / "cor", study, 4, orientation=CORONAL), t0)
+    coronal = record_files(sqlite_engine, _series(tmp_path / "cor", study, 4, orientation=CORONAL), t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert tick.rejected == (coronal,) and tick.ignored == ()
     (row,) = list_series(sqlite_engine)
@@ -125,9 +109,9 @@ def test_an_axial_series_holding_its_scout_is_queued(tmp_path: Path, sqlite_engi
     scout = _series(tmp_path / "scout", study, 1, orientation=CORONAL, n_slices=1, series_uid=series_uid,
                     ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     axial = _series(tmp_path / "ax", study, 1, series_uid=series_uid)
-    uid = _receive(sqlite_engine, scout + axial, t0)
+    uid = record_files(sqlite_engine, scout + axial, t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert len(tick.enqueued) == 1 and tick.rejected == () and tick.ignored == ()
     (row,) = list_series(sqlite_engine)

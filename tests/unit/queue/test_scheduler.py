@@ -5,48 +5,28 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 import sqlalchemy
 from pydicom.uid import generate_uid
 
-from service.config import Config
-from service.db.queries import list_series, record_instance
+from service.db.queries import list_series
 from service.db.tables import utcnow
 from service.queue import jobs
-from service.queue.scheduler import Scheduler
 from service.series.selection import KernelClass, SeriesCandidate, classify_kernel, select_series
-from service.series.settings import SeriesSettings
-from tests.node_support import _success_for_tests, record, write_ct_series
-
-
-def _receive(engine: sqlalchemy.Engine, paths: list[Path], when) -> str:  # type: ignore[no-untyped-def]
-    uid = ""
-    for p in paths:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-        uid = str(ds.SeriesInstanceUID)
-        record_instance(engine, record(uid, str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
-                                       path=str(p)), now=when)
-    return uid
-
-
-def _scheduler(engine: sqlalchemy.Engine, url: str, tmp_path: Path) -> Scheduler:
-    config = Config(series=SeriesSettings(min_slices=10)).with_node(
-        series_stable_seconds=10, database_url=url, storage_dir=tmp_path / "storage")
-    return Scheduler(config, engine)
+from tests.node_support import _success_for_tests, quiet_scheduler, record_files, write_ct_series
 
 
 def test_waits_for_quiet_then_selects_best_series_and_records_reasons(
         tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     study = generate_uid()
     t0 = utcnow()
-    thick_sharp = _receive(sqlite_engine, write_ct_series(tmp_path / "a", n_slices=12, size=8, thickness_mm=3.0,
+    thick_sharp = record_files(sqlite_engine, write_ct_series(tmp_path / "a", n_slices=12, size=8, thickness_mm=3.0,
                                                           kernel="B70f", study_uid=study), t0)
-    thin_soft = _receive(sqlite_engine, write_ct_series(tmp_path / "b", n_slices=20, size=8, thickness_mm=1.0,
+    thin_soft = record_files(sqlite_engine, write_ct_series(tmp_path / "b", n_slices=20, size=8, thickness_mm=1.0,
                                                         kernel="B30f", study_uid=study), t0)
-    too_thick = _receive(sqlite_engine, write_ct_series(tmp_path / "c", n_slices=12, size=8, thickness_mm=8.0,
+    too_thick = record_files(sqlite_engine, write_ct_series(tmp_path / "c", n_slices=12, size=8, thickness_mm=8.0,
                                                         study_uid=study), t0)
-    too_few = _receive(sqlite_engine, write_ct_series(tmp_path / "d", n_slices=4, size=8, study_uid=study), t0)
-    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    too_few = record_files(sqlite_engine, write_ct_series(tmp_path / "d", n_slices=4, size=8, study_uid=study), t0)
+    scheduler = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path)
     early = scheduler.tick(now=t0 + timedelta(seconds=5))
     assert early.enqueued == () and early.rejected == ()  # still arriving
     tick = scheduler.tick(now=t0 + timedelta(seconds=11))
@@ -67,13 +47,13 @@ def test_more_instances_after_job_finished_queue_a_new_job(tmp_path: Path, sqlit
                                                            sqlite_url: str) -> None:
     t0 = utcnow()
     paths = write_ct_series(tmp_path / "a", n_slices=14, size=8)
-    uid = _receive(sqlite_engine, paths[:12], t0)
-    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    uid = record_files(sqlite_engine, paths[:12], t0)
+    scheduler = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path)
     (first,) = scheduler.tick(now=t0 + timedelta(seconds=11)).enqueued
     claimed = jobs.claim_next(sqlite_engine, worker_id="w", lease_seconds=60, now=t0 + timedelta(seconds=11))
     assert claimed is not None and claimed.instance_count == 12
     # more instances while the job runs: wait for it to end
-    _receive(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
+    record_files(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
     assert scheduler.tick(now=t0 + timedelta(seconds=23)).waiting == (uid,)
     assert jobs.finish(sqlite_engine, first, worker_id="w", success=_success_for_tests(first), peer_names=[],
                        now=t0 + timedelta(seconds=23))
@@ -112,10 +92,10 @@ def test_instances_for_a_still_queued_job_join_it(tmp_path: Path, sqlite_engine:
                                                   sqlite_url: str) -> None:
     t0 = utcnow()
     paths = write_ct_series(tmp_path / "a", n_slices=14, size=8)
-    _receive(sqlite_engine, paths[:12], t0)
-    scheduler = _scheduler(sqlite_engine, sqlite_url, tmp_path)
+    record_files(sqlite_engine, paths[:12], t0)
+    scheduler = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path)
     (job_id,) = scheduler.tick(now=t0 + timedelta(seconds=11)).enqueued
-    _receive(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
+    record_files(sqlite_engine, paths[12:], t0 + timedelta(seconds=12))
     tick = scheduler.tick(now=t0 + timedelta(seconds=23))
     assert tick.enqueued == () and tick.waiting == ()
     assert jobs.get_job(sqlite_engine, job_id).instance_count == 14  # type: ignore[union-attr]

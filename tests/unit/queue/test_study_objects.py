@@ -31,15 +31,14 @@ from pydicom.uid import (
 )
 
 from service.cli.jobs import cmd_series_list
-from service.config import Config
 from service.db.queries import list_series, record_instance
 from service.db.tables import utcnow
 from service.domain.status import SeriesStatus
-from service.queue.scheduler import LOCALIZER_REASON, Scheduler, not_screened_reason
+from service.queue.scheduler import LOCALIZER_REASON, not_screened_reason
 from service.receive.handlers import NODE_MANUFACTURER, STATUS_SUCCESS, StoreHandler
 from service.receive.spool import Spool
 from service.series.body_part import body_part_decision
-from service.series.settings import SeriesSettings
+from tests.node_support import quiet_scheduler
 from tests.shared_data import shared_case
 from tests.support import ct_series
 
@@ -87,10 +86,6 @@ def _receive(engine: sqlalchemy.Engine, tmp_path: Path, objects: list[bytes], wh
     return series
 
 
-def _scheduler(engine: sqlalchemy.Engine, url: str, tmp_path: Path) -> Scheduler:
-    config = Config(series=SeriesSettings(min_slices=10)).with_node(
-        series_stable_seconds=10, database_url=url, storage_dir=tmp_path / "storage")
-    return Scheduler(config, engine)
 
 
 def _series_uid(paths: list[Path]) -> str:
@@ -118,7 +113,7 @@ def test_only_the_ct_series_of_a_study_is_queued_and_every_other_object_has_its_
     _receive(sqlite_engine, tmp_path, [p.read_bytes() for p in ct + scout]
              + [dose_sr, dose_screen, own_sr, own_key_image, own_seg], t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert len(tick.enqueued) == 1 and tick.rejected == () and tick.not_selected == ()
     assert tick.ignored == (_series_uid(scout),)
@@ -148,7 +143,7 @@ def test_series_list_shows_status_and_reason(tmp_path: Path, sqlite_engine: sqla
     scout = _ct_series(tmp_path / "scout", study, n_slices=2, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     dose_sr = _object(study, XRayRadiationDoseSRStorage, "SR")
     _receive(sqlite_engine, tmp_path, [p.read_bytes() for p in ct + scout] + [dose_sr], t0)
-    _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
     monkeypatch.setenv("BMD_NODE_NODE__DATABASE_URL", sqlite_url)
     monkeypatch.delenv("BMD_NODE_CONFIG", raising=False)
 
@@ -177,7 +172,7 @@ def test_a_head_or_limb_ct_is_not_queued_and_says_why(
     paths = _ct_series(tmp_path / "head", study, **attributes)
     _receive(sqlite_engine, tmp_path, [p.read_bytes() for p in paths], t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert tick.enqueued == () and tick.ignored == (_series_uid(paths),)
     (row,) = list_series(sqlite_engine)
@@ -191,7 +186,7 @@ def test_a_ct_naming_no_body_part_is_queued(tmp_path: Path, sqlite_engine: sqlal
     paths = _ct_series(tmp_path / "ct", study, SeriesDescription="Routine 5mm", StudyDescription="CT nativ")
     _receive(sqlite_engine, tmp_path, [p.read_bytes() for p in paths], t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert len(tick.enqueued) == 1 and tick.ignored == ()
     assert list_series(sqlite_engine)[0].status == SeriesStatus.QUEUED
@@ -205,7 +200,7 @@ def test_a_head_series_of_a_whole_body_study_is_left_alone_and_the_trunk_series_
                        StudyDescription="Polytrauma")
     _receive(sqlite_engine, tmp_path, [p.read_bytes() for p in head + trunk], t0)
 
-    tick = _scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
     assert len(tick.enqueued) == 1 and tick.ignored == (_series_uid(head),)
     rows = {s.series_instance_uid: s for s in list_series(sqlite_engine)}
