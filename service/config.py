@@ -30,6 +30,7 @@ from typing import Any
 from service.calibration.settings import BmdSettings
 from service.config_loader import ENV_CONFIG_FILE, ConfigError, apply_env, build_section, merge_file, to_plain
 from service.logging import LoggingSettings
+from service.results.settings import ResultsSettings
 from service.segmentation.settings import SegmentationSettings
 from service.series.settings import SeriesSettings
 from service.site_models.settings import SiteModelsSettings
@@ -106,8 +107,12 @@ class WorkerSettings:
     backoff_multiplier: float = 2.0
     backoff_max_seconds: float = 900.0
     poll_seconds: float = 1.0
+    memory_limit_mb: int = 4096
+    """Peak memory one job may use; a series whose estimated need is larger is rejected with its reason."""
 
     def __post_init__(self) -> None:
+        if self.memory_limit_mb < 256:
+            raise ConfigError(f"worker.memory_limit_mb: must be >= 256, got {self.memory_limit_mb}")
         if self.processes < 0:
             raise ConfigError(f"worker.processes: must be >= 0, got {self.processes}")
         _check_positive("worker.lease_seconds", self.lease_seconds)
@@ -169,6 +174,7 @@ class Config:
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     bmd: BmdSettings = field(default_factory=BmdSettings)
     site_models: SiteModelsSettings = field(default_factory=SiteModelsSettings)
+    results: ResultsSettings = field(default_factory=ResultsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str = "embedded defaults"
     """Where the values came from (file path and/or env), for the start-up log."""
@@ -228,6 +234,7 @@ _SECTIONS: dict[str, type] = {
     "segmentation": SegmentationSettings,
     "bmd": BmdSettings,
     "site_models": SiteModelsSettings,
+    "results": ResultsSettings,
     "logging": LoggingSettings,
 }
 
