@@ -74,7 +74,7 @@ def cmd_series_list(args: argparse.Namespace) -> int:
     rows = list_series(engine_of(config_of(args)), limit=args.limit)
     print_rows(("series", "modality", "instances", "status", "last received", "reason"),
                [(s.series_instance_uid, s.modality, s.instance_count, s.status, timestamp(s.last_received_at),
-                 s.reason or "") for s in rows])
+                 "; ".join(filter(None, (s.reason, s.indeterminate_report)))) for s in rows])
     return 0
 
 

@@ -12,6 +12,7 @@ A move the table does not allow raises ``SeriesStateError`` before anything is w
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.db.engine import read_session, write_session
-from service.db.tables import Export, Instance, Job, Series, utcnow
+from service.db.tables import Export, IndeterminateReport, Instance, Job, Series, utcnow
 from service.domain.status import InstanceStatus, SeriesStatus, can_series_transition, series_sources
 
 log = logging.getLogger(__name__)
@@ -220,13 +221,31 @@ class SeriesRow:
     status: str
     reason: str | None
     last_received_at: datetime
+    indeterminate_report: str | None = None
+    """"indeterminate report 4 (stored)" when an indeterminate report names this series; "pending" before its
+    objects are stored and queued for export."""
 
 
 def list_series(engine: sqlalchemy.Engine, *, limit: int = 100) -> list[SeriesRow]:
     with read_session(engine) as session:
         rows = session.scalars(select(Series).order_by(Series.last_received_at.desc()).limit(limit)).all()
+        reports = _indeterminate_reports_naming(session, {r.study_instance_uid for r in rows})
         return [SeriesRow(r.series_instance_uid, r.study_instance_uid, r.modality, r.instance_count, r.status,
-                          r.reason, r.last_received_at) for r in rows]
+                          r.reason, r.last_received_at, reports.get(r.series_instance_uid)) for r in rows]
+
+
+def _indeterminate_reports_naming(session: Session, study_uids: set[str]) -> dict[str, str]:
+    """Series Instance UID -> the latest indeterminate report naming it, as a short text."""
+    if not study_uids:
+        return {}
+    named: dict[str, str] = {}
+    for report in session.scalars(select(IndeterminateReport)
+                                  .where(IndeterminateReport.study_instance_uid.in_(sorted(study_uids)))
+                                  .order_by(IndeterminateReport.id)):
+        state = "stored" if report.stored_at is not None else "pending"
+        for item in json.loads(report.reasons_json):
+            named[str(item["series_instance_uid"])] = f"indeterminate report {report.id} ({state})"
+    return named
 
 
 def stored_instance_paths(engine: sqlalchemy.Engine, series_instance_uid: str) -> list[str]:

@@ -203,7 +203,11 @@ class ResultObject(Base):
     __tablename__ = "result_objects"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=True)
+    """The job whose results this is; None for an object of an indeterminate report (``indeterminate_report_id``)."""
+    indeterminate_report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("indeterminate_reports.id", ondelete="CASCADE"), index=True, nullable=True)
+    """The indeterminate report this object belongs to (its SR or key image); None for a job's results."""
     kind: Mapped[str] = mapped_column(String(16))
     """sr | seg | key_image."""
     sop_class_uid: Mapped[str] = mapped_column(UID)
@@ -215,6 +219,37 @@ class ResultObject(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     superseded_by_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+
+
+class IndeterminateReport(Base):
+    """An "indeterminate" SR + key image the node sends when a study, or its selected series, cannot be assessed
+    (``[results] report_unassessable``). Written only by queue/job_results.py.
+
+    One row per cause, ``dedup_key`` unique: ``study:<study UID>:<digest of the rejected series' UIDs>`` (no series of
+    a chest/abdomen study could be used) or ``no-vertebra:<series UID>`` (the selected series' job found no vertebra),
+    so a study re-sent with the same unusable series gets no second report. Pending while ``stored_at`` is None:
+    the objects are built, written and queued for export (result_objects + exports) in one transaction that sets
+    ``stored_at``; a build that fails is retried by the scheduler up to a few ``attempts``."""
+
+    __tablename__ = "indeterminate_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(160), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    """study (no series of the study usable) | series (no vertebra found in the selected series)."""
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    """scope series: the series whose job found no vertebra."""
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    """scope series: that job (it ends failed with its reason)."""
+    reasons_json: Mapped[str] = mapped_column(Text)
+    """JSON list of {"series_instance_uid", "reason"}: the series the report names, in order (no patient data)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Builds tried and failed."""
+    stored_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When its objects were stored and queued for export; None while pending."""
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Export(Base):

@@ -5,6 +5,10 @@ lazily so that importing the pipeline stays cheap and the CLI starts fast.
     SegmentStep(segmentation settings)(volume)               -> SpineSegmentation   (model loaded once)
     assess(volume, segmentation, Config.bmd, site model)     -> BmdAssessment (ScreeningResult + ROI labels)
     build_objects(series, segmentation, assessment, ...)     -> tuple[EncodedObject, ...]  (SEG, SR, key image)
+    build_indeterminate_objects(series named with reasons)   -> tuple[EncodedObject, ...]  (SR, key image)
+
+A series in which the segmentation finds no vertebra raises NoVertebraFoundError (a PipelineRejectedError): the
+job ends rejected, and with ``[results] report_unassessable`` the worker sends the indeterminate report for it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from service import __version__
 from service.calibration.assess import BmdAssessment, assess_bmd
@@ -32,6 +39,15 @@ from service.site_models.registry import load_active_predictor
 from service.site_models.settings import SiteModelsSettings
 
 log = logging.getLogger(__name__)
+
+NO_VERTEBRA_REASON = "no vertebra found in the series"
+
+
+class NoVertebraFoundError(PipelineRejectedError):
+    """The segmentation found no vertebra in the series: a permanent rejection that an indeterminate report names."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_VERTEBRA_REASON)
 
 
 def load_series(paths: Sequence[Path], settings: SeriesSettings) -> LoadedSeries:
@@ -68,7 +84,7 @@ class SegmentStep:
     def __call__(self, volume: CTVolume) -> SpineSegmentation:
         segmentation: SpineSegmentation = self.segmenter.segment(volume)
         if not segmentation.vertebrae:
-            raise PipelineRejectedError("no vertebra found in the series")
+            raise NoVertebraFoundError
         return segmentation
 
 
@@ -124,3 +140,52 @@ def build_objects(series: LoadedSeries, segmentation: SpineSegmentation, assessm
     # in sending order: SEG first (the SR references it), then SR, then key image; exports keep this order
     return tuple(encode_dataset(kind, dataset)
                  for kind, dataset in (("seg", built.seg), ("sr", built.sr), ("key_image", built.key_image)))
+
+
+def _first_readable_header(paths: Sequence[Path]) -> pydicom.Dataset | None:
+    """The header of the first readable instance (SOP UIDs taken from the file meta when the dataset lacks them)."""
+    for path in sorted(paths):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            log.warning("indeterminate report: cannot read %s: %s", Path(path).name, type(exc).__name__)
+            continue
+        meta = getattr(ds, "file_meta", None)
+        for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                      ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not ds.get(keyword) and meta is not None and meta.get(meta_keyword):
+                setattr(ds, keyword, meta.get(meta_keyword))
+        return ds
+    return None
+
+
+def build_indeterminate_objects(named: Sequence[tuple[str, str, Sequence[Path]]], *, summary: str,
+                                predecessor_sr: tuple[str, str, str, str] | None = None
+                                ) -> tuple[EncodedObject, ...]:
+    """The indeterminate SR and key image naming each series. ``named``: (Series Instance UID, reason, stored
+    instance paths) per series; one instance of each gives its number and description, the first readable one the
+    patient and study. ``predecessor_sr``: (study, series, SOP class, SOP instance) UIDs of an earlier
+    indeterminate SR this one replaces."""
+    # highdicom, as in predecessor_ref
+    from service.results.build import PredecessorRef  # noqa: PLC0415
+    from service.results.common import AlgorithmInfo  # noqa: PLC0415
+    from service.results.unassessable import UnusableSeries  # noqa: PLC0415
+    from service.results.unassessable import build_indeterminate_objects as build  # noqa: PLC0415
+
+    headers: list[pydicom.Dataset] = []
+    unusable: list[Any] = []
+    for series_uid, reason, paths in named:
+        header = _first_readable_header(paths)
+        if header is not None:
+            headers.append(header)
+        unusable.append(UnusableSeries(
+            series_instance_uid=series_uid, reason=reason,
+            series_number=str(header.get("SeriesNumber", "") or "") if header is not None else "",
+            series_description=str(header.get("SeriesDescription", "") or "") if header is not None else ""))
+    if not headers:
+        raise ValueError(f"no stored instance of the {len(named)} series named could be read")
+    predecessor = PredecessorRef(*predecessor_sr).to_item() if predecessor_sr is not None else None
+    # No segmentation model ran for a study none of whose series was used; for "no vertebra" its name is not kept.
+    algorithm = AlgorithmInfo(version=__version__, model_name="not applicable", model_version="-")
+    built = build(headers, unusable, algorithm, summary=summary, predecessor=predecessor)
+    return tuple(encode_dataset(kind, dataset) for kind, dataset in (("sr", built.sr), ("key_image", built.key_image)))

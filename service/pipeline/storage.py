@@ -61,3 +61,8 @@ def clear_dir(folder: Path) -> None:
     """Remove leftovers of an earlier, uncommitted attempt of the same job."""
     if folder.exists():
         shutil.rmtree(folder)
+
+
+def indeterminate_dir(storage_dir: Path, report_id: int) -> Path:
+    """Folder of the objects of one indeterminate report (never cleared: each build writes new file names)."""
+    return Path(storage_dir) / "results" / f"indeterminate-{report_id}"

@@ -17,6 +17,13 @@ one (series/selection.py) gets a job; the others are recorded as not selected wi
 is written through the one writer, db/queries.decide_series, whose guarded UPDATE skips a series that changed
 meanwhile (decided next tick).
 
+When the decision leaves a study with no usable series (every series with stored CT instances rejected or ignored,
+at least one rejected) and ``[results] report_unassessable`` is on, a pending "indeterminate" report naming each
+series and its reason is recorded in the same transaction (queue/job_results.py; one per study and set of rejected
+series, so a study re-sent with the same unusable series gets no second one). A study whose series are all ignored
+(localizers, head CT, ...) is not chest/abdomen CT and gets none. At the end of each tick the pending reports are
+built and queued for export (the scheduler thread builds them; the first one loads highdicom).
+
 More instances arriving for a series after its job finished make it 'changed' again: once quiet it gets a new job,
 whose results replace the earlier ones (queue/jobs.finish supersedes them). While the series still has an active
 job, the decision waits until that job ends (at most one active job per series).
@@ -43,6 +50,14 @@ from service.db.queries import SeriesStateError, decide_series, stored_instance_
 from service.db.tables import Series, utcnow
 from service.domain.status import SeriesStatus
 from service.queue import jobs
+from service.queue.job_results import (
+    SCOPE_STUDY,
+    NamedReason,
+    pending_report_ids,
+    produce_indeterminate_report,
+    record_indeterminate_report,
+    study_report_key,
+)
 from service.series.body_part import body_part_decision
 from service.series.checks import check_series
 from service.series.planes import NON_AXIAL_PLANES, SlicePlane, reformat_reason
@@ -53,6 +68,9 @@ log = logging.getLogger(__name__)
 
 PASSED_BEFORE = (SeriesStatus.QUEUED, SeriesStatus.NOT_SELECTED)
 LOCALIZER_REASON = "localizer (scout)"
+REPORT_SETTLE_SECONDS = 120.0
+"""A "no vertebra" report is built by its worker at once; the scheduler builds it only when still pending this
+long after (the worker died before building it)."""
 
 
 def not_screened_reason(headers: Sequence[pydicom.Dataset]) -> str | None:
@@ -87,6 +105,8 @@ class SchedulerTick:
     """Series whose decision waits for an active job of the same series to end."""
     ignored: tuple[str, ...] = ()
     """Series left alone: localizers and body parts the node does not screen."""
+    reports: tuple[int, ...] = ()
+    """Indeterminate reports recorded: studies left with no usable series."""
 
 
 class Scheduler:
@@ -125,6 +145,7 @@ class Scheduler:
         not_selected: list[str] = []
         waiting: list[str] = []
         ignored: list[str] = []
+        reports: list[int] = []
         for study_uid in studies:
             series_rows = by_study[study_uid]
             if any(s.last_received_at > quiet_before for s in series_rows):
@@ -135,7 +156,17 @@ class Scheduler:
             not_selected += result.not_selected
             waiting += result.waiting
             ignored += result.ignored
-        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored))
+            reports += result.reports
+        if self.config.results.report_unassessable:
+            self._produce_reports(now)
+        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored),
+                             tuple(reports))
+
+    def _produce_reports(self, now: datetime) -> None:
+        peers = [p.name for p in self.config.result_destinations]
+        for report_id in pending_report_ids(self.engine, now=now, settle_seconds=REPORT_SETTLE_SECONDS):
+            produce_indeterminate_report(self.engine, report_id, storage_dir=self.config.node.storage_dir,
+                                         peer_names=peers, now=now)
 
     def _decide_study(self, series_rows: list[Series], now: datetime) -> SchedulerTick:
         checked: dict[str, _Checked] = {}
@@ -177,7 +208,11 @@ class Scheduler:
                             log.info("series %s not selected: %s", uid, reason)
                 except SeriesStateError as exc:  # refused before anything was written: the others go on
                     log.error("series %s: %s", uid, exc)
-        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored))
+            report = None
+            if self.config.results.report_unassessable and rejected and not enqueued and not waiting:
+                report = _record_unassessable(session, series_rows[0].study_instance_uid, now)
+        return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored),
+                             (report,) if report is not None else ())
 
     def _queue(self, session: Session, uid: str, count: int, now: datetime, enqueued: list[int],
                waiting: list[str]) -> None:
@@ -235,6 +270,28 @@ def _failure(result: _Checked, selection: Selection,
     axial = checked.get(axial_uid)
     name = axial.series_number if axial is not None and axial.series_number else axial_uid
     return SeriesStatus.IGNORED, reformat_reason(result.plane, name)
+
+
+def _record_unassessable(session: Session, study_uid: str, now: datetime) -> int | None:
+    """A pending indeterminate report when no series of the study is usable: every series with stored CT instances
+    is rejected or ignored, and at least one is rejected (so the study is chest/abdomen CT or names no body part).
+    It names the rejected series, then the ignored ones. None when a series is usable, still undecided, or the same
+    rejected series were reported before."""
+    rows = session.scalars(select(Series).where(Series.study_instance_uid == study_uid, Series.instance_count > 0)
+                           .order_by(Series.first_received_at, Series.id)).all()
+    rejected = [r for r in rows if r.status == SeriesStatus.REJECTED]
+    ignored = [r for r in rows if r.status == SeriesStatus.IGNORED]
+    if not rejected or len(rejected) + len(ignored) != len(rows):
+        return None
+    reasons = [NamedReason(r.series_instance_uid, r.reason or "series check failed") for r in rejected]
+    reasons += [NamedReason(r.series_instance_uid, f"not screened: {r.reason or 'left alone'}") for r in ignored]
+    report_id = record_indeterminate_report(
+        session, scope=SCOPE_STUDY, dedup_key=study_report_key(study_uid, [r.series_instance_uid for r in rejected]),
+        study_instance_uid=study_uid, reasons=reasons, now=now)
+    if report_id is not None:
+        log.info("study %s: no usable series (%d rejected); indeterminate report %s", study_uid, len(rejected),
+                 report_id)
+    return report_id
 
 
 def run_scheduler(config: Config, engine: sqlalchemy.Engine, stop_event: threading.Event) -> None:

@@ -3,6 +3,10 @@
 Result files are written (atomically) before the job's success is committed; the success transaction
 (queue/jobs.finish) records them with their exports. A crash before that commit leaves only orphan files in the
 job's result folder, which the next attempt clears; nothing of that attempt is ever exported.
+
+A job whose series holds no vertebra (steps.NoVertebraFoundError) ends failed with that reason; with
+``[results] report_unassessable`` the worker first records and sends an "indeterminate" report naming the series
+(queue/job_results.py; one per series, so a re-run or a crash before the failure is recorded sends no second one).
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ import sqlalchemy
 from sqlalchemy import select
 
 from service.config import Config
-from service.db.engine import make_engine, read_session
+from service.db.engine import make_engine, read_session, write_session
 from service.db.queries import stored_instance_paths
-from service.db.tables import ResultObject
+from service.db.tables import ResultObject, utcnow
 from service.logging import setup_logging
 from service.pipeline import storage
 from service.pipeline.types import JobInput, PipelineRejectedError, PreviousResult, ScreeningPipeline
 from service.queue import jobs
-from service.queue.job_results import JobSuccess, StoredObject
+from service.queue.job_results import (
+    SCOPE_SERIES,
+    JobSuccess,
+    NamedReason,
+    StoredObject,
+    no_vertebra_report_key,
+    produce_indeterminate_report,
+    record_indeterminate_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +125,8 @@ class Worker:
         except PipelineRejectedError as exc:
             log.warning("job %s: input rejected: %s", job_id, exc.reason)
             self._discard(written)
+            if self.config.results.report_unassessable and _is_no_vertebra(exc):
+                self._report_no_vertebra(claimed, exc.reason)  # before the failure: a crash between sends no twin
             jobs.fail(self.engine, job_id, worker_id=self.worker_id, error=exc.reason, retryable=False)
         except Exception as exc:
             log.exception("job %s: attempt %d failed", job_id, claimed.attempts)
@@ -143,6 +157,22 @@ class Worker:
             return PreviousResult(job_id, Path(sr.path), sr.sop_instance_uid, sr.sop_class_uid,
                                   sr.study_instance_uid, sr.series_instance_uid)
 
+    def _report_no_vertebra(self, claimed: jobs.ClaimedJob, reason: str) -> None:
+        """Record and send the indeterminate report of the series (once per series); never stops the failure."""
+        try:
+            with write_session(self.engine) as session:
+                report_id = record_indeterminate_report(
+                    session, scope=SCOPE_SERIES, dedup_key=no_vertebra_report_key(claimed.series_instance_uid),
+                    study_instance_uid=claimed.study_instance_uid, series_instance_uid=claimed.series_instance_uid,
+                    job_id=claimed.job_id, reasons=[NamedReason(claimed.series_instance_uid, reason)], now=utcnow())
+            if report_id is None:
+                log.info("job %s: the series' indeterminate report was recorded before; none added", claimed.job_id)
+                return
+            produce_indeterminate_report(self.engine, report_id, storage_dir=self.config.node.storage_dir,
+                                         peer_names=[p.name for p in self.config.result_destinations])
+        except Exception:  # the scheduler builds a report left pending; the job's failure is recorded regardless
+            log.exception("job %s: indeterminate report not sent", claimed.job_id)
+
     def _heartbeat(self, job_id: int, stop: threading.Event, lost: threading.Event) -> None:
         settings = self.config.worker
         while not stop.wait(settings.heartbeat_seconds):
@@ -160,6 +190,13 @@ class Worker:
         for path in paths:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _is_no_vertebra(exc: PipelineRejectedError) -> bool:
+    # Deferred: the steps module loads the calibration stack; a worker process has it loaded with its pipeline.
+    from service.pipeline.steps import NoVertebraFoundError  # noqa: PLC0415
+
+    return isinstance(exc, NoVertebraFoundError)
 
 
 def load_pipeline_factory(spec: str | None) -> PipelineFactory:

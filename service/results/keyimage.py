@@ -73,7 +73,8 @@ EXCLUDED_COLOR = (255, 150, 60)
 
 
 @functools.cache
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+def text_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans at ``size`` pixels (shared by the key images)."""
     path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal"))
     return ImageFont.truetype(path, size)
 
@@ -171,11 +172,12 @@ def _draw_panel(canvas: Image.Image, reformat: _Reformat, origin: tuple[int, int
     y0 = origin[1] + 44
     canvas.paste(panel, (x0, y0))
     draw = ImageDraw.Draw(canvas)
-    draw.text((origin[0] + PANEL_WIDTH // 2, origin[1] + 4), title, font=_font(30, bold=True), fill=TEXT, anchor="mt")
-    draw.text((x0 + 6, y0 + panel.height // 2), left_label, font=_font(26, bold=True), fill=MUTED, anchor="lm")
-    draw.text((x0 + panel.width - 6, y0 + panel.height // 2), right_label, font=_font(26, bold=True), fill=MUTED,
+    draw.text((origin[0] + PANEL_WIDTH // 2, origin[1] + 4), title, font=text_font(30, bold=True), fill=TEXT,
+              anchor="mt")
+    draw.text((x0 + 6, y0 + panel.height // 2), left_label, font=text_font(26, bold=True), fill=MUTED, anchor="lm")
+    draw.text((x0 + panel.width - 6, y0 + panel.height // 2), right_label, font=text_font(26, bold=True), fill=MUTED,
               anchor="rm")
-    font = _font(30, bold=True)
+    font = text_font(30, bold=True)
     for value in levels:
         rr, cc = np.nonzero(reformat.body == value)
         row = int(np.median(rr))
@@ -223,24 +225,24 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     draw = ImageDraw.Draw(canvas)
     summary = result.summary
     category_color = CATEGORY_COLORS[summary.category]
-    draw.text((x, y), summary.category.value.upper(), font=_font(56, bold=True), fill=category_color)
+    draw.text((x, y), summary.category.value.upper(), font=text_font(56, bold=True), fill=category_color)
     y += 72
     bmd_text = f"BMD {_fmt(summary.bmd_mg_cm3, 0)} mg/cm³"
     levels = "–".join([summary.levels_used[0].name, summary.levels_used[-1].name]) if len(summary.levels_used) > 1 \
         else (summary.levels_used[0].name if summary.levels_used else "no level")
-    draw.text((x, y), f"{bmd_text}   ({levels})", font=_font(36, bold=True), fill=TEXT)
+    draw.text((x, y), f"{bmd_text}   ({levels})", font=text_font(36, bold=True), fill=TEXT)
     y += 50
     if summary.lumbar_equivalent:
-        draw.text((x, y), "lumbar equivalent from thoracolumbar curve", font=_font(24), fill=MUTED)
+        draw.text((x, y), "lumbar equivalent from thoracolumbar curve", font=text_font(24), fill=MUTED)
         y += 32
     legend = category_legend(summary)
-    draw.text((x, y), legend[0], font=_font(21), fill=MUTED)
+    draw.text((x, y), legend[0], font=text_font(21), fill=MUTED)
     y += 27
-    draw.text((x, y), legend[1], font=_font(21), fill=MUTED)
+    draw.text((x, y), legend[1], font=text_font(21), fill=MUTED)
     y += 36
 
     columns = (("Level", 0), ("HU", 130), ("BMD", 250), ("Status", 380))
-    header_font, row_font = _font(28, bold=True), _font(28)
+    header_font, row_font = text_font(28, bold=True), text_font(28)
     for label, dx in columns:
         draw.text((x + dx, y), label, font=header_font, fill=MUTED)
     y += 38
@@ -251,11 +253,11 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     for m in result.vertebrae:
         color = level_color_rgb(m.level)
         draw.rectangle((x, y + 6, x + 18, y + 26), fill=color)
-        draw.text((x + 28, y), m.level.name, font=_font(28, bold=True), fill=TEXT)
+        draw.text((x + 28, y), m.level.name, font=text_font(28, bold=True), fill=TEXT)
         draw.text((x + 130, y), _fmt(m.trabecular_hu_mean), font=row_font, fill=TEXT)
         draw.text((x + 250, y), _fmt(m.bmd_mg_cm3), font=row_font, fill=TEXT)
         status, status_color = _status(m, m.level in used)
-        draw.text((x + 380, y), status, font=_font(24), fill=status_color)
+        draw.text((x + 380, y), status, font=text_font(24), fill=status_color)
         y += row_height
     y += 12
     draw.line((x, y, x + width, y), fill=MUTED, width=1)
@@ -272,7 +274,7 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
         lines.append(f"Thoracolumbar curve: k {result.curve_fit.k:.2f} HU/level, R² {result.curve_fit.r2:.2f}")
     lines.append(f"Thresholds: {summary.threshold_set}")
     lines += [f"Note: {note}" for note in summary.notes]
-    font = _font(22)
+    font = text_font(22)
     footer_y = CANVAS_HEIGHT - 40
     draw.text((x, footer_y), f"{algorithm.name} {algorithm.version} · model {algorithm.model_name} "
               f"{algorithm.model_version}", font=font, fill=TEXT)
@@ -291,10 +293,10 @@ def render_key_image(volume: CTVolume, segmentation: SpineSegmentation, roi_labe
     canvas = Image.new("RGB", (CANVAS_WIDTH, CANVAS_HEIGHT), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     draw.rectangle((0, 0, CANVAS_WIDTH, BANNER_HEIGHT), fill=BANNER_BG)
-    draw.text((MARGIN + 4, BANNER_HEIGHT // 2), "AI result, to be reviewed", font=_font(50, bold=True),
+    draw.text((MARGIN + 4, BANNER_HEIGHT // 2), "AI result, to be reviewed", font=text_font(50, bold=True),
               fill=BANNER_FG, anchor="lm")
     draw.text((CANVAS_WIDTH - MARGIN - 4, BANNER_HEIGHT // 2), "Vertebral trabecular bone density (QCT)",
-              font=_font(34, bold=True), fill=(255, 255, 255), anchor="rm")
+              font=text_font(34, bold=True), fill=(255, 255, 255), anchor="rm")
 
     body = segmentation.body_labels
     top = BANNER_HEIGHT + 16
@@ -312,7 +314,7 @@ def render_key_image(volume: CTVolume, segmentation: SpineSegmentation, roi_labe
         _draw_panel(canvas, sagittal, (MARGIN, top), "Sagittal", "A", "P", name_side="left")
         _draw_panel(canvas, coronal, (MARGIN * 2 + PANEL_WIDTH, top), "Coronal", "R", "L", name_side="right")
     else:
-        draw.text((MARGIN + 20, top + 80), "no vertebra segmented", font=_font(36, bold=True), fill=EXCLUDED_COLOR)
+        draw.text((MARGIN + 20, top + 80), "no vertebra segmented", font=text_font(36, bold=True), fill=EXCLUDED_COLOR)
     table_x = MARGIN * 4 + 2 * PANEL_WIDTH
     _draw_table(canvas, result, algorithm, table_x, top + 8, CANVAS_WIDTH - table_x - MARGIN)
     return np.asarray(canvas, dtype=np.uint8)

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from io import BytesIO
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,6 +29,9 @@ from service.config import Config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Export, Instance, Job, ResultObject, Series, utcnow
+from service.pipeline.encode import encode_dataset
+from service.pipeline.steps import predecessor_ref
+from service.pipeline.types import JobInput, PipelineOutput, ScreeningPipeline
 from service.queue.scheduler import Scheduler
 from service.queue.worker import Worker
 from service.receive.scp import start_scp
@@ -78,8 +82,8 @@ class Node:
         storage = Path(self.config.node.storage_dir)
         return [p for p in storage.rglob("*.dcm") if p.is_file() and storage / "results" not in p.parents]
 
-    def run_worker_once(self) -> None:
-        worker = Worker(self.config, self.engine, MeanHuPipeline(), worker_id="arrival-worker")
+    def run_worker_once(self, pipeline: ScreeningPipeline | None = None) -> None:
+        worker = Worker(self.config, self.engine, pipeline or MeanHuPipeline(), worker_id="arrival-worker")
         assert worker.run_once(), "the worker found no job to claim"
 
 
@@ -153,6 +157,26 @@ def _send_interleaved(paths: Sequence[Path], port: int) -> None:
     assert statuses == {ae: [0] * len(half) for ae, half in halves.items()}
 
 
+class _PredecessorNamingPipeline(MeanHuPipeline):
+    """MeanHuPipeline whose SR names the earlier SR the worker hands it (JobInput.previous) in its Predecessor
+    Documents Sequence, through the item the screening recipe's SR gets (steps.predecessor_ref)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous: list[object] = []
+
+    def run(self, job: JobInput) -> PipelineOutput:
+        self.previous.append(job.previous)
+        output = super().run(job)
+        if job.previous is None:
+            return output
+        sr_object = next(o for o in output.objects if o.kind == "sr")
+        sr = pydicom.dcmread(BytesIO(sr_object.data))
+        sr.PredecessorDocumentsSequence = [predecessor_ref(job.previous).to_item()]
+        objects = tuple(encode_dataset("sr", sr) if o is sr_object else o for o in output.objects)
+        return PipelineOutput(output.result, objects)
+
+
 def _sop_uids(paths: Sequence[Path]) -> list[str]:
     return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
 
@@ -224,16 +248,17 @@ def test_series_that_grows_after_its_job_ran_gets_a_new_job_superseding_the_firs
         node: Node, tmp_path: Path) -> None:
     paths = write_series(tmp_path / "ct", 16)
     series_uid = _series_uid(paths[0])
+    pipeline = _PredecessorNamingPipeline()
     _send(paths[:12], node.port)
     (first,) = wait_until(node.jobs, "the first job")
     assert first.instance_count == 12
-    node.run_worker_once()
+    node.run_worker_once(pipeline)
 
     _send(paths[12:], node.port)  # four more slices of the same series, after its job succeeded
     second = wait_until(lambda: next((j for j in node.jobs() if j.id != first.id), None), "the second job")
     assert second.supersedes_job_id == first.id and second.instance_count == 16
     assert node.series(series_uid).instance_count == 16
-    node.run_worker_once()
+    node.run_worker_once(pipeline)
 
     jobs = {j.id: j for j in node.jobs()}
     assert set(jobs) == {first.id, second.id}
@@ -251,6 +276,16 @@ def test_series_that_grows_after_its_job_ran_gets_a_new_job_superseding_the_firs
     assert {exports[o.id].status for o in by_job[first.id]} == {"cancelled"}
     assert {exports[o.id].status for o in by_job[second.id]} == {"pending"}
     assert {e.peer_name for e in exports.values()} == {"pacs"}
+    # the new SR names the earlier one as its predecessor (the worker hands the second run the first job's SR)
+    (old_sr,) = [o for o in by_job[first.id] if o.kind == "sr"]
+    (new_sr,) = [o for o in by_job[second.id] if o.kind == "sr"]
+    assert pipeline.previous[0] is None and getattr(pipeline.previous[1], "job_id", None) == first.id
+    item = pydicom.dcmread(new_sr.path).PredecessorDocumentsSequence[0]
+    assert item.StudyInstanceUID == old_sr.study_instance_uid
+    assert item.ReferencedSeriesSequence[0].SeriesInstanceUID == old_sr.series_instance_uid
+    assert item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+        old_sr.sop_instance_uid
+    assert len(node.instances()) == 16 and node.series(series_uid).status == "queued"
 
 
 def test_late_slices_while_the_job_is_still_queued_are_taken_over_by_that_job(node: Node, tmp_path: Path) -> None:
@@ -271,3 +306,28 @@ def test_late_slices_while_the_job_is_still_queued_are_taken_over_by_that_job(no
     with read_session(node.engine) as session:
         objects = list(session.scalars(select(ResultObject)))
     assert len(objects) == 2 and all(o.job_id == job.id and o.superseded_by_job_id is None for o in objects)
+
+
+def test_a_study_with_no_usable_series_sent_over_the_network_gets_one_indeterminate_report(
+        node: Node, tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "ct", 4)  # fewer slices than [series] min_slices (10): rejected
+    series_uid = _series_uid(paths[0])
+    _send(paths, node.port)
+    wait_until(lambda: node.series(series_uid).status == "rejected", "the rejection")
+
+    def report_objects() -> list[ResultObject]:
+        with read_session(node.engine) as session:
+            return list(session.scalars(select(ResultObject).where(ResultObject.indeterminate_report_id.is_not(None))))
+
+    objects = wait_until(report_objects, "the indeterminate report's objects")
+    assert sorted(o.kind for o in objects) == ["key_image", "sr"] and node.jobs() == []
+    sr = pydicom.dcmread(next(o.path for o in objects if o.kind == "sr"))
+    assert sr.StudyInstanceUID == pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
+
+    result = storescu(paths, port=node.port, calling_ae="PACS")  # the same study again
+    assert result.returncode == 0, result.stderr
+    _quiet_then_settled(node, series_uid)
+    with read_session(node.engine) as session:
+        assert session.scalar(select(sqlalchemy.func.count()).select_from(ResultObject)) == 2  # no second report
+        exports = list(session.scalars(select(Export)))
+    assert sorted((e.peer_name, e.status) for e in exports) == [("pacs", "pending")] * 2
