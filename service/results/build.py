@@ -21,6 +21,7 @@ from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
 from service.results.common import AlgorithmInfo, read_source_headers
 from service.results.keyimage import build_key_image
+from service.results.planar_roi import centre_slice_ellipses
 from service.results.seg import build_seg
 from service.results.sr import build_sr
 
@@ -108,8 +109,12 @@ def build_result_objects(
     when = dt.datetime.now().replace(microsecond=0)
     seg, numbers = build_seg(headers, segmentation.body_labels, roi_labels, algorithm, when,
                              summary_levels=result.summary.levels_used)
+    # Each level's ellipse is drawn from the mask its TID 1411 group references: the trabecular ROI, else the body.
+    levels = tuple(m.level for m in result.vertebrae)
+    planar = centre_slice_ellipses(segmentation.body_labels, levels)
+    planar.update(centre_slice_ellipses(roi_labels, levels))
     sr = build_sr(headers, seg, numbers, result, algorithm, when,
-                  predecessor=predecessor.to_item() if predecessor is not None else None)
+                  predecessor=predecessor.to_item() if predecessor is not None else None, planar_rois=planar)
     key_image = build_key_image(volume, segmentation, roi_labels, result, algorithm, headers[0], when)
     logger.info("result objects built for one series: SEG %d segments, SR %d levels, key image %dx%d",
                 len(seg.SegmentSequence), len(result.vertebrae), int(key_image.Columns), int(key_image.Rows))

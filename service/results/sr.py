@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -27,6 +27,7 @@ from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from service.domain.levels import VertebraLevel
 from service.domain.results import ScreeningResult, VertebraMeasurement
 from service.results import codes
 from service.results.common import (
@@ -36,10 +37,17 @@ from service.results.common import (
     contributing_equipment,
     copy_patient_study,
 )
+from service.results.planar_roi import PlanarEllipse
 from service.results.seg import SegmentNumbers
 
 logger = logging.getLogger(__name__)
 
+MIN_PLANAR_GROUPS = 2
+"""TID 1410 ellipses are written when at least this many levels have one. PixelMed's DicomSRValidator (20220618)
+decides whether to apply TID 1410 to the measurement groups by counting the SCOORD "Image Region" items of all groups
+together (``count(...) = 1``); with exactly one it checks every group, the TID 1411 ones too, against TID 1410 and
+reports them as missing an image region. The report would be valid DICOM, but the node promises 0 validator errors, so
+with a single measured level the SR keeps its TID 1411 group only (the SEG and key image still show that level)."""
 _MAX_TEXT_LENGTH = 1024  # TEXT content items are UT; keep parameters short enough for every viewer
 
 
@@ -70,7 +78,8 @@ def _algorithm_id(algorithm: AlgorithmInfo, parameters: Sequence[str]) -> hd.sr.
                                          parameters=clipped or None)
 
 
-_Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+_Group = (hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+          | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
 
 
 def _group(common: dict, seg: Dataset, segment_number: int | None, source_series_instance_uid: str) -> _Group:
@@ -87,13 +96,16 @@ def _group(common: dict, seg: Dataset, segment_number: int | None, source_series
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=referenced_segment, **common)
 
 
-def _vertebra_group(
+def _vertebra_groups(
     m: VertebraMeasurement,
     algorithm: AlgorithmInfo,
     seg: Dataset,
     segment_number: int | None,
     source_series_instance_uid: str,
-) -> _Group:
+    planar: tuple[Dataset, PlanarEllipse] | None,
+) -> list[_Group]:
+    """The level's TID 1411 group on its SEG segment and, when ``planar`` = (source image, ellipse) is given, a TID
+    1410 group with the ellipse on that image, so that viewers can draw it; both share one tracking UID."""
     method = codes.ROI_METHOD_CODES[m.roi_method]
     measurements: list[hd.sr.Measurement] = []
     for name, value, unit, derivation in (
@@ -114,8 +126,9 @@ def _vertebra_group(
     evaluations.append(_qualitative(codes.LEVEL_UNCERTAIN, codes.YES if m.level_uncertain else codes.NO))
 
     parameters = [f"exclusion detail: {m.exclusion_detail}"] if m.exclusion_detail else []
+    tracking_uid = generate_uid()
     common = {
-        "tracking_identifier": hd.sr.TrackingIdentifier(uid=generate_uid(),
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=tracking_uid,
                                                         identifier=f"{m.level.name} trabecular BMD"),
         "finding_type": codes.VERTEBRA_FINDING,
         "algorithm_id": _algorithm_id(algorithm, parameters),
@@ -123,7 +136,35 @@ def _vertebra_group(
         "measurements": measurements,
         "qualitative_evaluations": evaluations,
     }
-    return _group(common, seg, segment_number, source_series_instance_uid)
+    groups = [_group(common, seg, segment_number, source_series_instance_uid)]
+    if planar is not None and segment_number is not None:
+        groups.append(_planar_group(m, common, *planar))
+    return groups
+
+
+def _planar_group(m: VertebraMeasurement, common: dict, image: Dataset,
+                  ellipse: PlanarEllipse) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the level's ROI as an ellipse on the CT slice through its centre, with the numbers a reader looks
+    for first (BMD and mean HU), labelled with the level so that a viewer shows "L1 trabecular BMD"."""
+    shown = [item for item in common["measurements"]
+             if item.name == codes.QCT_VOLUMETRIC_BMD
+             or (item.name == codes.ATTENUATION_COEFFICIENT and _derivation_is(item, codes.MEAN))]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
+        graphic_data=ellipse.graphic_data(),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(image.SOPClassUID),
+            referenced_sop_instance_uid=str(image.SOPInstanceUID),
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=region, **{**common, "measurements": shown})
+
+
+def _derivation_is(item: hd.sr.Measurement, derivation: Code) -> bool:
+    found = item.derivation
+    return found is not None and found.value == derivation.value and found.scheme_designator == \
+        derivation.scheme_designator
 
 
 def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Dataset, segment_number: int | None,
@@ -203,17 +244,24 @@ def build_sr(
     algorithm: AlgorithmInfo,
     when: dt.datetime,
     predecessor: Dataset | None = None,
+    planar_rois: Mapping[VertebraLevel, PlanarEllipse] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report; ``predecessor`` is a Predecessor Documents Sequence item (built by results.py)."""
+    """The TID 1500 report; ``predecessor`` is a Predecessor Documents Sequence item (built by results.py);
+    ``planar_rois`` gives, per level, the ellipse that its TID 1410 group draws on source slice k."""
+    planar_rois = dict(planar_rois or {})
+    if len(planar_rois) < MIN_PLANAR_GROUPS:
+        if planar_rois:
+            logger.info("one level only: its TID 1410 ellipse is left out of the SR (see MIN_PLANAR_GROUPS)")
+        planar_rois = {}
     first = source_headers[0]
     source_series_uid = str(first.SeriesInstanceUID)
     # Each level references its trabecular-ROI segment, or its body segment when the ROI is empty (too small).
-    groups: list[_Group] = [
-        _vertebra_group(m, algorithm, seg,
-                        segment_numbers.trabecular_roi.get(m.level, segment_numbers.body.get(m.level)),
-                        source_series_uid)
-        for m in result.vertebrae
-    ]
+    groups: list[_Group] = []
+    for m in result.vertebrae:
+        ellipse = planar_rois.get(m.level)
+        groups += _vertebra_groups(
+            m, algorithm, seg, segment_numbers.trabecular_roi.get(m.level, segment_numbers.body.get(m.level)),
+            source_series_uid, None if ellipse is None else (source_headers[ellipse.k], ellipse))
     groups.append(_patient_group(result, algorithm, seg, segment_numbers.summary, source_series_uid))
     procedure = codes.procedure_code(str(first.get("BodyPartExamined", "")))
     report = hd.sr.MeasurementReport(

@@ -484,3 +484,67 @@ def test_jpeg2000_source_series(tmp_path: Path) -> None:
     assert dcentvfy([*volume.source_paths, *files.values()]).ok
     masks = _seg_masks_on_ct_grid(pydicom.dcmread(files["seg"]), volume)
     np.testing.assert_array_equal(masks[1], body > 0)
+
+
+# ------------------------------------------------------------------------------ TID 1410: what a viewer draws
+
+
+@pytest.mark.parametrize("which", ["head_first", "feet_first"])
+def test_sr_planar_groups_draw_each_roi_on_its_centre_slice(which: str, request: pytest.FixtureRequest) -> None:
+    """Per level a TID 1410 group: the same tracking UID as its TID 1411 group, an ELLIPSE on a CT slice that the
+    ROI crosses, centred on the ROI's cross-section there (checked in patient coordinates from the referenced CT
+    file's own header), and the BMD and mean HU of result.json."""
+    built: Built = request.getfixturevalue(which)
+    sr = hd.sr.srread(built.files["sr"])
+    document = built.case.result.to_json_dict()
+    volumetric = {g.tracking_uid: g for g in sr.content.get_volumetric_roi_measurement_groups()}
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert len(planar) == len(document["vertebrae"]) >= 2
+    ct_by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in built.case.paths}
+    roi_labels, volume = built.case.roi_labels, built.case.volume
+    for group in planar:
+        partner = volumetric[group.tracking_uid]
+        level = _group_level(group)
+        assert level is not None and _group_level(partner) == level
+        assert group.tracking_identifier == f"{level.name} trabecular BMD"
+        expected = next(v for v in document["vertebrae"] if v["level"] == level.name)
+        bmd = _value(group, codes.QCT_VOLUMETRIC_BMD)
+        assert (None if bmd is None else round(bmd, 2)) == expected["bmd_mg_cm3"]
+        assert round(_value(group, codes.ATTENUATION_COEFFICIENT, codes.MEAN), 2) == \
+            expected["trabecular_hu_mean"]  # type: ignore[arg-type]
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.ELLIPSE
+        points = region.value
+        assert points.shape == (4, 2)
+        image = pydicom.dcmread(ct_by_uid[region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID],
+                                stop_before_pixels=True)
+        iop = np.array(image.ImageOrientationPatient, dtype=float)
+        row_spacing, col_spacing = (float(v) for v in image.PixelSpacing)
+        column, row = points.mean(axis=0)
+        centre_lps = (np.array(image.ImagePositionPatient, dtype=float) + iop[:3] * col_spacing * (column - 0.5)
+                      + iop[3:] * row_spacing * (row - 0.5))
+        # the ROI voxels on that slice, in patient coordinates, from the volume's own affine
+        k = int(np.argmin([np.linalg.norm(volume.index_to_lps(np.array([0.0, 0.0, kk]))
+                                          - np.array(image.ImagePositionPatient, dtype=float))
+                           for kk in range(volume.shape[2])]))
+        on_slice = np.argwhere(roi_labels[:, :, k] == int(level))
+        assert len(on_slice) > 0
+        roi_lps = np.array([volume.index_to_lps(np.array([i, j, k], dtype=float)) for i, j in on_slice]).mean(0)
+        np.testing.assert_allclose(centre_lps, roi_lps, atol=0.5 * max(row_spacing, col_spacing))
+        ks = np.flatnonzero((roi_labels == int(level)).any(axis=(0, 1)))
+        assert ks.min() <= k <= ks.max()
+
+
+@pytest.mark.slow  # PixelMed's JVM
+def test_one_measured_level_keeps_the_sr_valid_without_a_planar_group(tmp_path: Path) -> None:
+    """With one level, the TID 1410 ellipse is left out (MIN_PLANAR_GROUPS: PixelMed would check every group against
+    TID 1410); the level's TID 1411 group and SEG stay, and both validators report no error."""
+    case = synthetic_case(tmp_path / "ct", HEAD_FIRST_SUPINE, levels=(VertebraLevel.L1,))
+    objects = build_result_objects(case.volume, case.segmentation, case.roi_labels, case.result, ALGORITHM)
+    files = save_objects(objects, tmp_path / "out")
+    assert dciodvfy(files["sr"]).ok
+    assert all(r.ok for r in pixelmed_sr([files["sr"]]).values())
+    content = hd.sr.srread(files["sr"]).content
+    assert content.get_planar_roi_measurement_groups() == []
+    assert [_group_level(g) for g in content.get_volumetric_roi_measurement_groups() if g.finding_sites
+            and g.tracking_identifier != "Patient BMD summary"] == [VertebraLevel.L1]
