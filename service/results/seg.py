@@ -152,7 +152,7 @@ def build_seg(
         series_description="AI vertebral segmentation (to be reviewed)",
         contributing_equipment=[contributing_equipment(algorithm, when)],
     )
-    seg = _fill_frames(template, source_headers, segments.masks)
+    seg = _fill_frames(template, source_headers, _even_length(segments.masks, rows * cols, len(source_headers)))
     copy_patient_study(seg, source_headers[0])
     add_private_scheme(seg)
     seg.ContentDate = when.strftime("%Y%m%d")
@@ -251,6 +251,36 @@ def _level_slice(labels: npt.NDArray[np.integer], value: int, k: int) -> npt.NDA
 
 def _union_slice(labels: npt.NDArray[np.integer], values: tuple[int, ...], k: int) -> npt.NDArray[np.bool_]:
     return np.isin(labels[:, :, k], values)
+
+
+def _packed_bytes(frame_count: int, pixels_per_frame: int) -> int:
+    return -(-frame_count * pixels_per_frame // 8)
+
+
+def _even_length(masks: Sequence[MaskSource], pixels_per_frame: int, n_slices: int) -> list[MaskSource]:
+    """The masks with empty (segment, slice) frames added until the bit-packed frames fill an even number of bytes.
+
+    DICOM pads odd-length Pixel Data with one byte, but OHIF's DICOMweb reader takes the value length as the frames'
+    length: it refuses a BINARY SEG whose packed frames end one byte short of the padded length ("calculated length
+    ... does not match the actual length"), and when a frame is a whole number of bytes it splits the value length by
+    the frame count. Both happen only with matrices whose Rows x Columns is not a multiple of 16 (never with 512 x
+    512); an empty frame of a segment on a slice where that segment has no pixel is valid and changes no mask.
+    """
+    out = [(mask_of, np.asarray(slices, dtype=np.intp)) for mask_of, slices in masks]
+    frames = sum(len(slices) for _, slices in out)
+    used = sorted({int(k) for _, slices in out for k in slices})
+    candidates = used + [k for k in (used[0] - 1, used[-1] + 1) if 0 <= k < n_slices] if used else []
+    while _packed_bytes(frames, pixels_per_frame) % 2:
+        spare = next(((number, k) for k in candidates for number, (_, slices) in enumerate(out)
+                      if k not in set(slices.tolist())), None)
+        if spare is None:
+            logger.warning("no empty (segment, slice) frame left to even out the SEG's pixel data length")
+            break
+        number, k = spare
+        mask_of, slices = out[number]
+        out[number] = (mask_of, np.sort(np.append(slices, k)))
+        frames += 1
+    return out
 
 
 def _code_item(value: str, scheme: str, meaning: str) -> Dataset:

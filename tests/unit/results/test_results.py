@@ -548,3 +548,23 @@ def test_one_measured_level_keeps_the_sr_valid_without_a_planar_group(tmp_path: 
     assert content.get_planar_roi_measurement_groups() == []
     assert [_group_level(g) for g in content.get_volumetric_roi_measurement_groups() if g.finding_sites
             and g.tracking_identifier != "Patient BMD summary"] == [VertebraLevel.L1]
+
+
+@pytest.mark.parametrize("shape", [(90, 100, 16), (61, 59, 16)], ids=["odd-bytes-per-frame", "odd-bits-per-frame"])
+def test_seg_pixel_data_needs_no_pad_byte_on_odd_matrices(tmp_path: Path, shape: tuple[int, int, int]) -> None:
+    """Rows x Columns not a multiple of 16: the bit-packed frames still fill an even number of bytes (no pad byte,
+    which OHIF's reader takes for frame data), and every mask reads back unchanged."""
+    case = synthetic_case(tmp_path / "ct", HEAD_FIRST_SUPINE, levels=(VertebraLevel.L1, VertebraLevel.L2),
+                          shape=shape)
+    objects = build_result_objects(case.volume, case.segmentation, case.roi_labels, case.result, ALGORITHM)
+    files = save_objects(objects, tmp_path / "out")
+    assert dciodvfy(files["seg"]).ok
+    seg = pydicom.dcmread(files["seg"])
+    bits = int(seg.NumberOfFrames) * int(seg.Rows) * int(seg.Columns)
+    assert len(seg.PixelData) == -(-bits // 8) and len(seg.PixelData) % 2 == 0
+    masks = _seg_masks_on_ct_grid(seg, case.volume)
+    for segment in seg.SegmentSequence:
+        name, kind = str(segment.SegmentLabel).split(" ", 1)
+        if name in VertebraLevel.__members__:
+            labels = case.segmentation.body_labels if kind == "vertebral body" else case.roi_labels
+            np.testing.assert_array_equal(masks[int(segment.SegmentNumber)], labels == VertebraLevel.from_name(name))
