@@ -88,6 +88,10 @@ def procedure_code(body_part_examined: str) -> Code:
     return CT_UNSPECIFIED_BODY_REGION
 
 
+# --- TID 1500 containers ----------------------------------------------------------------------------------------
+IMAGING_MEASUREMENTS: Code = codes.DCM.ImagingMeasurements  # (126010, DCM): the per-level groups
+DERIVED_IMAGING_MEASUREMENTS: Code = codes.DCM.DerivedImagingMeasurements  # (126011, DCM): the patient summary
+
 # --- measurements --------------------------------------------------------------------------------------------
 ATTENUATION_COEFFICIENT = codes.DCM.AttenuationCoefficient  # (112031, DCM), CID 7180 / TID 1419
 MEAN = codes.SCT.Mean  # (373098007, SCT) derivation, CID 7464 "General Region of Interest Measurement Modifiers"

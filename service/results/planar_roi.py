@@ -70,14 +70,18 @@ def _centre_slice(ks: npt.NDArray[np.integer]) -> int:
 
 
 def moment_ellipse(pixels_ij: npt.NDArray[np.float64], k: int) -> PlanarEllipse:
-    """The ellipse with the centroid and covariance of the pixel set (i = column, j = row), as a uniform-disc fit:
-    a uniformly filled ellipse with semi-axis a has variance a^2 / 4 along that axis, so a = 2 sqrt(eigenvalue).
-    Pixels are unit squares: their own variance (1/12 per axis) is added so that a single row still has width."""
+    """The ellipse with the centroid and the variances along columns and rows of the pixel set (i = column,
+    j = row), as a uniform-disc fit: a uniformly filled ellipse with semi-axis a has variance a^2 / 4 along that
+    axis, so a = 2 sqrt(variance). Pixels are unit squares: their own variance (1/12 per axis) is added so that a
+    single row still has width.
+
+    The axes are kept parallel to the image rows and columns: OHIF 3.13 does not draw an oblique SR ellipse
+    ("OBLIQUE ELLIPSE NOT YET SUPPORTED"). An axial vertebral body is near mirror-symmetric about the sagittal
+    plane, so its ROI's own axes are close to the image axes on a supine scan."""
     centre = pixels_ij.mean(axis=0) + 0.5
-    covariance = np.cov(pixels_ij.T, bias=True) + np.eye(2) / 12.0
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
-    minor_axis, major_axis = eigenvectors[:, 0], eigenvectors[:, 1]
-    semi_minor, semi_major = (2.0 * math.sqrt(max(float(v), 0.0)) for v in eigenvalues)
+    variances = pixels_ij.var(axis=0) + 1.0 / 12.0
+    axes = [(2.0 * math.sqrt(float(v)), np.eye(2)[axis]) for axis, v in enumerate(variances)]
+    (semi_minor, minor_axis), (semi_major, major_axis) = sorted(axes, key=lambda a: a[0])
     points = (
         tuple(centre - semi_major * major_axis), tuple(centre + semi_major * major_axis),
         tuple(centre - semi_minor * minor_axis), tuple(centre + semi_minor * minor_axis),

@@ -222,6 +222,23 @@ def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Datas
     return _group(common, seg, segment_number, source_series_instance_uid)
 
 
+def _move_to_derived_measurements(report: hd.sr.MeasurementReport, patient: _Group) -> None:
+    """Put the patient group into TID 1500's "Derived Imaging Measurements" container, after "Imaging Measurements".
+
+    The summary is derived from several levels' ROIs, and viewers draw every "Imaging Measurements" group from its
+    image coordinates: OHIF 3.13 stops with a TypeError (``_checkIfCanAddMeasurementsToDisplaySet`` reads
+    ``coords[0]``) on a group that has none, once the report holds groups that have them. The group keeps its
+    TID 1411 content (summary segment, category, numbers)."""
+    root = report[0].ContentSequence
+    imaging = next(i for i, item in enumerate(root)
+                   if item.ConceptNameCodeSequence[0].CodeValue == codes.IMAGING_MEASUREMENTS.value)
+    root[imaging].ContentSequence = [g for g in root[imaging].ContentSequence if g is not patient[0]]
+    derived = hd.sr.ContainerContentItem(name=codes.DERIVED_IMAGING_MEASUREMENTS,
+                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    derived.ContentSequence = [patient[0]]
+    root.insert(imaging + 1, derived)
+
+
 def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=algorithm.device_uid,
@@ -262,13 +279,14 @@ def build_sr(
         groups += _vertebra_groups(
             m, algorithm, seg, segment_numbers.trabecular_roi.get(m.level, segment_numbers.body.get(m.level)),
             source_series_uid, None if ellipse is None else (source_headers[ellipse.k], ellipse))
-    groups.append(_patient_group(result, algorithm, seg, segment_numbers.summary, source_series_uid))
+    patient = _patient_group(result, algorithm, seg, segment_numbers.summary, source_series_uid)
     procedure = codes.procedure_code(str(first.get("BodyPartExamined", "")))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=procedure,
-        imaging_measurements=groups,
+        imaging_measurements=[*groups, patient],
     )
+    _move_to_derived_measurements(report, patient)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source_headers, seg],
         content=report,

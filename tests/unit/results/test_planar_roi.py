@@ -21,9 +21,9 @@ def _raster_ellipse(shape: tuple[int, int], centre: tuple[float, float], semi_ax
     return (u / semi_axes[0]) ** 2 + (v / semi_axes[1]) ** 2 <= 1.0
 
 
-@pytest.mark.parametrize(("semi_axes", "angle_deg"), [((20.0, 12.0), 0.0), ((25.0, 9.0), 35.0), ((15.0, 15.0), 0.0),
-                                                      ((30.0, 18.0), 100.0)])
-def test_moment_ellipse_recovers_axes_and_centre(semi_axes: tuple[float, float], angle_deg: float) -> None:
+@pytest.mark.parametrize(("semi_axes", "angle_deg"), [((20.0, 12.0), 0.0), ((25.0, 9.0), 90.0), ((15.0, 15.0), 0.0),
+                                                      ((30.0, 18.0), 180.0)])
+def test_moment_ellipse_recovers_axis_aligned_ellipses(semi_axes: tuple[float, float], angle_deg: float) -> None:
     centre = (61.3, 47.8)
     mask = _raster_ellipse((128, 100), centre, semi_axes, math.radians(angle_deg))
     ellipse = moment_ellipse(np.argwhere(mask).astype(np.float64), k=4)
@@ -59,3 +59,18 @@ def test_centre_slice_skips_holes() -> None:
     labels[10:20, 10:20, 8:10] = int(VertebraLevel.T5)  # mean slice 5.5 holds nothing
     ellipse = centre_slice_ellipses(labels, (VertebraLevel.T5,))[VertebraLevel.T5]
     assert ellipse.k in (3, 8)
+
+
+def test_oblique_roi_gets_an_axis_aligned_ellipse_on_its_centroid() -> None:
+    """OHIF 3.13 draws no oblique SR ellipse: the axes stay on the image axes, the centre on the ROI's centroid, and
+    the extent along each image axis is the ROI's (a rotated 25 x 9 ellipse spans more than 9 along its minor image
+    axis)."""
+    centre = (64.2, 50.7)
+    mask = _raster_ellipse((128, 110), centre, (25.0, 9.0), math.radians(30.0))
+    points = np.asarray(moment_ellipse(np.argwhere(mask).astype(np.float64), k=0).points)
+    np.testing.assert_allclose(points.mean(axis=0), centre, atol=0.3)
+    for first, second in ((0, 1), (2, 3)):
+        assert np.count_nonzero(np.abs(points[second] - points[first]) > 1e-9) == 1  # parallel to an image axis
+    columns = np.argwhere(mask)[:, 0] + 0.5
+    half_width = (points[:, 0].max() - points[:, 0].min()) / 2
+    assert half_width == pytest.approx(2 * columns.std(), rel=0.02)

@@ -205,6 +205,16 @@ def _value(group: object, name: Code, derivation: Code | None = None) -> float |
     return None if not found else float(found[0].value)
 
 
+def _patient_group(path: Path) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """The patient summary group: the one item of TID 1500's "Derived Imaging Measurements" container (126010 holds
+    only the per-level groups)."""
+    document = pydicom.dcmread(path)
+    derived = [item for item in document.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126011"]
+    assert len(derived) == 1
+    assert len(derived[0].ContentSequence) == 1
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations.from_sequence(derived[0].ContentSequence)
+
+
 def _code(group: object, name: Code) -> list[str]:
     return [e.value.value for e in group.get_qualitative_evaluations(name=name)]  # type: ignore[attr-defined]
 
@@ -216,7 +226,7 @@ def test_sr_read_back_gives_the_result_json_numbers(which: str, request: pytest.
     seg = pydicom.dcmread(built.files["seg"])
     document = built.case.result.to_json_dict()
     groups = sr.content.get_volumetric_roi_measurement_groups()
-    assert len(groups) == len(document["vertebrae"]) + 1
+    assert len(groups) == len(document["vertebrae"])
     segment_labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
     uids = set()
     for expected in document["vertebrae"]:
@@ -248,7 +258,8 @@ def test_sr_read_back_gives_the_result_json_numbers(which: str, request: pytest.
         assert segment_labels[reference.referenced_segment_numbers[0]] == f"{level.name} trabecular ROI"
     assert len(uids) == len(document["vertebrae"])
 
-    patient = next(g for g in groups if g.tracking_identifier == "Patient BMD summary")
+    patient = _patient_group(built.files["sr"])
+    assert patient.tracking_identifier == "Patient BMD summary"
     summary = document["summary"]
     assert round(_value(patient, codes.QCT_VOLUMETRIC_BMD), 2) == summary["bmd_mg_cm3"]  # type: ignore[arg-type]
     assert patient.finding_type.value == codes.CATEGORY_CODES[Category(summary["category"])].value
@@ -391,8 +402,8 @@ def test_no_roi_at_all_still_gives_volumetric_groups(tmp_path: Path) -> None:
     assert dciodvfy(files["sr"]).ok and dciodvfy(files["seg"]).ok
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in objects.seg.SegmentSequence}
     groups = hd.sr.srread(files["sr"]).content.get_volumetric_roi_measurement_groups()
-    assert len(groups) == 3
-    patient = next(g for g in groups if g.tracking_identifier == "Patient BMD summary")
+    assert len(groups) == 2
+    patient = _patient_group(files["sr"])
     assert labels[patient.referenced_segment.referenced_segment_numbers[0]] == "Vertebral bodies assessed"
     assert patient.finding_type.value == "82334004"  # indeterminate
     masks = _seg_masks_on_ct_grid(objects.seg, case.volume)
@@ -546,8 +557,8 @@ def test_one_measured_level_keeps_the_sr_valid_without_a_planar_group(tmp_path: 
     assert all(r.ok for r in pixelmed_sr([files["sr"]]).values())
     content = hd.sr.srread(files["sr"]).content
     assert content.get_planar_roi_measurement_groups() == []
-    assert [_group_level(g) for g in content.get_volumetric_roi_measurement_groups() if g.finding_sites
-            and g.tracking_identifier != "Patient BMD summary"] == [VertebraLevel.L1]
+    assert [_group_level(g) for g in content.get_volumetric_roi_measurement_groups()] == [VertebraLevel.L1]
+    assert _patient_group(files["sr"]).tracking_identifier == "Patient BMD summary"
 
 
 @pytest.mark.parametrize("shape", [(90, 100, 16), (61, 59, 16)], ids=["odd-bytes-per-frame", "odd-bits-per-frame"])
