@@ -30,6 +30,7 @@ from service.db.queries import InstanceRecord
 from service.domain.identity import NODE_MANUFACTURER
 from service.domain.status import InstanceStatus
 from service.receive.spool import Spool, sanitize_uid
+from service.series.multiframe import MULTIFRAME_CT_SOP_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-"""Only single-frame CT Image Storage goes to the pipeline; Enhanced (multi-frame) CT is recorded as ignored."""
+PIPELINE_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, *MULTIFRAME_CT_SOP_CLASSES})
+"""What goes to the pipeline: CT Image Storage, Enhanced CT Image Storage and Legacy Converted Enhanced CT Image
+Storage (multi-frame, loaded through the per-frame functional groups by ``service.series``)."""
 CT_MODALITY = "CT"
 """Manufacturer the node writes into its SEG, SR and key image (General Equipment and Contributing Equipment)."""
 DOSE_REPORT_SOP_CLASSES = frozenset({
@@ -166,8 +169,8 @@ def ignore_reason(header: HeaderSummary) -> str | None:
 
 
 def non_ct_reason(header: HeaderSummary) -> str | None:
-    """Why an instance is not for the pipeline, or None when it is a CT image."""
-    if header.sop_class_uid != CT_IMAGE_STORAGE:
+    """Why an instance is not for the pipeline, or None when it is a CT image (single- or multi-frame)."""
+    if header.sop_class_uid not in PIPELINE_SOP_CLASSES:
         return f"not CT Image Storage (SOP class {UID(header.sop_class_uid).name})"
     if header.modality and header.modality != CT_MODALITY:
         return f"modality {header.modality} is not CT"

@@ -18,13 +18,15 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from service.series.multiframe import MULTIFRAME_CT_SOP_CLASSES, frame_number
 from service.series.planes import SlicePlane, non_axial_reason, slice_plane
 from service.series.stacks import Planes, StackLimits, choose_stack
 
 logger = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, *MULTIFRAME_CT_SOP_CLASSES})
+"""CT Image Storage, and the multi-frame CT classes as frames expanded by ``service.series.multiframe``."""
 
 MIN_SLICES_DEFAULT = 10
 """Fewer slices than this cannot hold a vertebral body at 5 mm (a lumbar body is ~25 mm high)."""
@@ -158,12 +160,11 @@ def _frame_of_reference(headers: Sequence[pydicom.Dataset], order: Sequence[int]
 
 
 def _kind_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
-    """Is it one classic CT Image Storage series of images? Nothing else is looked at if not."""
+    """Is it one CT series of images (CT Image Storage, or frames of Enhanced / Legacy Converted Enhanced CT)?
+    Nothing else is looked at if not."""
     reasons: list[str] = []
     sop_classes = {str(getattr(h, "SOPClassUID", "")) for h in headers}
-    if ENHANCED_CT_IMAGE_STORAGE in sop_classes:
-        reasons.append("Enhanced CT (multi-frame) is not supported; send the classic CT Image Storage series")
-    if sop_classes - {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE}:
+    if sop_classes - CT_SOP_CLASSES:
         reasons.append(f"not CT Image Storage: SOP classes {sorted(sop_classes)}")
     modalities = {str(getattr(h, "Modality", "")) for h in headers}
     if modalities != {"CT"}:
@@ -180,13 +181,15 @@ def _is_localizer(header: pydicom.Dataset) -> bool:
 
 
 def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
-    """Unique single-frame instances with a rescale to HU, one image size."""
+    """Unique slices (single-frame instances, or frames of multi-frame instances) with a rescale to HU, one image
+    size."""
     reasons: list[str] = []
-    sop_uids = [str(getattr(h, "SOPInstanceUID", "")) for h in headers]
-    if len(set(sop_uids)) != len(headers):
+    slice_ids = {(str(getattr(h, "SOPInstanceUID", "")), frame_number(h)) for h in headers}
+    if len(slice_ids) != len(headers):
         reasons.append("duplicate SOP Instance UIDs")
     if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
-        reasons.append("multi-frame images")
+        reasons.append("multi-frame images not expanded into frames (read them with "
+                       "service.series.volume_loader.read_headers)")
     if any(getattr(h, "RescaleSlope", None) is None or getattr(h, "RescaleIntercept", None) is None for h in headers):
         reasons.append("RescaleSlope/RescaleIntercept missing: HU cannot be computed")
     shapes = {(int(getattr(h, "Rows", 0)), int(getattr(h, "Columns", 0))) for h in headers}

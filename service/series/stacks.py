@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from service.series.multiframe import frame_number
 from service.series.selection import candidate_from_header, select_series
 
 SPACING_TOLERANCE_MM = 0.05
@@ -134,14 +135,20 @@ def _clusters(sorted_values: npt.NDArray[np.float64], gap: float) -> list[tuple[
 
 def _same_instance(a: pydicom.Dataset, b: pydicom.Dataset) -> tuple[bool, bool]:
     """(a is a copy of b, pixel data compared). Pixel data decides when both datasets carry it; headers only
-    (InstanceNumber, AcquisitionNumber, times) otherwise: the loader checks again with the pixel data."""
+    (InstanceNumber, AcquisitionNumber, times) otherwise: the loader checks again with the pixel data. Two frames
+    of one multi-frame instance are never copies; frames of two instances are compared by header (and frame
+    number)."""
+    if frame_number(a) is not None and frame_number(b) is not None \
+            and str(a.get("SOPInstanceUID", "")) == str(b.get("SOPInstanceUID", "")):
+        return False, False
     keys = ("RescaleSlope", "RescaleIntercept", "Rows", "Columns")
     if any(str(a.get(k, "")) != str(b.get(k, "")) for k in keys):
         return False, False
     if "PixelData" in a and "PixelData" in b:
         return bytes(a.PixelData) == bytes(b.PixelData), True
     keys = ("InstanceNumber", "AcquisitionNumber", *_TIME_KEYWORDS)
-    return all(str(a.get(k, "")) == str(b.get(k, "")) for k in keys), False
+    same = all(str(a.get(k, "")) == str(b.get(k, "")) for k in keys) and frame_number(a) == frame_number(b)
+    return same, False
 
 
 def drop_resent_copies(headers: Sequence[pydicom.Dataset], indices: Sequence[int],

@@ -3,7 +3,9 @@
 Each file is parsed once: ``read_series`` reads every header with the pixel data deferred, checks the series,
 decodes the pixels from the same datasets and releases them, and hands the headers on (``LoadedSeries``) so that
 the result objects (SEG, SR, key image) need not read the files again. Decoding goes through pydicom's pixel
-handlers (pylibjpeg / GDCM for compressed transfer syntaxes).
+handlers (pylibjpeg / GDCM for compressed transfer syntaxes). A multi-frame CT instance (Enhanced CT, Legacy
+Converted Enhanced CT) becomes one ``FrameHeader`` per frame (``service.series.multiframe``); its frames are decoded
+from its file one at a time (``pydicom.pixels.iter_pixels``), never the whole pixel data at once.
 
 Pixel quirks handled here: signed or unsigned stored values with any BitsStored (pydicom masks and sign-extends to
 BitsStored), RescaleSlope other than 1 (per slice), non-square pixels (PixelSpacing per axis in the affine), and
@@ -20,17 +22,19 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.pixels
 from pydicom.errors import InvalidDicomError
 
 from service.domain.volume import CTVolume
 from service.series.checks import SeriesCheck, check_series, slice_normal
+from service.series.multiframe import FrameHeader, MultiFrameError, expand_frames, frame_number, is_multiframe_ct
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +59,16 @@ class SeriesRejectedError(Exception):
 
 def read_headers(paths: Sequence[Path], *, defer_pixels: bool = False) -> list[pydicom.Dataset]:
     """Headers only (no pixel data), or with ``defer_pixels`` the whole datasets with the pixel data read on first
-    access. Raises SeriesRejectedError naming the unreadable file."""
-    headers = []
+    access. A multi-frame CT instance (Enhanced CT, Legacy Converted Enhanced CT) gives one ``FrameHeader`` per
+    frame, in frame order (``service.series.multiframe``). Raises SeriesRejectedError naming the unreadable file."""
+    return read_slice_headers(paths, defer_pixels=defer_pixels)[0]
+
+
+def read_slice_headers(paths: Sequence[Path], *,
+                       defer_pixels: bool = False) -> tuple[list[pydicom.Dataset], list[Path]]:
+    """``read_headers`` with the file of each header (a multi-frame file once per frame)."""
+    headers: list[pydicom.Dataset] = []
+    header_paths: list[Path] = []
     for path in paths:
         try:
             if defer_pixels:
@@ -66,8 +78,16 @@ def read_headers(paths: Sequence[Path], *, defer_pixels: bool = False) -> list[p
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             raise SeriesRejectedError(f"cannot read {Path(path).name}: {type(exc).__name__}: {exc}") from exc
         _fill_uids_from_file_meta(ds)
-        headers.append(ds)
-    return headers
+        if is_multiframe_ct(ds):
+            try:
+                frames: list[pydicom.Dataset] = list(expand_frames(ds, Path(path)))
+            except (MultiFrameError, AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise SeriesRejectedError(f"multi-frame CT {Path(path).name}: {type(exc).__name__}: {exc}") from exc
+        else:
+            frames = [ds]
+        headers += frames
+        header_paths += [Path(path)] * len(frames)
+    return headers, header_paths
 
 
 def _fill_uids_from_file_meta(ds: pydicom.Dataset) -> None:
@@ -153,12 +173,29 @@ def patient_age(ds: pydicom.Dataset) -> tuple[float | None, str]:
 class LoadedSeries:
     volume: CTVolume
     headers: tuple[pydicom.Dataset, ...]
-    """The header of each slice k, in the volume's slice order, pixel data released."""
+    """The header of each slice k, in the volume's slice order, pixel data released. For a multi-frame CT instance
+    slice k's header is a ``FrameHeader``: SOPClassUID and SOPInstanceUID of the instance, ``frame_number``."""
 
     def __post_init__(self) -> None:
         if len(self.headers) != self.volume.shape[2]:
             raise ValueError(f"headers must have one entry per slice ({self.volume.shape[2]}), got "
                              f"{len(self.headers)}")
+
+    @property
+    def frame_numbers(self) -> tuple[int | None, ...]:
+        """The frame (1-based) of each slice k in its instance (``volume.sop_instance_uids[k]``); None for a
+        single-frame slice."""
+        return tuple(frame_number(h) for h in self.headers)
+
+    @property
+    def multiframe_headers(self) -> tuple[pydicom.Dataset, ...]:
+        """The multi-frame instances' own headers (functional groups kept, pixel data released), in the order of
+        their first slice; empty for a single-frame series."""
+        found: dict[str, pydicom.Dataset] = {}
+        for header in self.headers:
+            if isinstance(header, FrameHeader):
+                found.setdefault(str(header.multiframe.SOPInstanceUID), header.multiframe)
+        return tuple(found.values())
 
 
 def load_series(
@@ -180,7 +217,7 @@ def read_series(
     """``load_series`` that also returns the slice headers; every file is parsed once."""
     if not paths:
         raise SeriesRejectedError("no files")
-    headers = read_headers(paths, defer_pixels=True)
+    headers, header_paths = read_slice_headers(paths, defer_pixels=True)
     kwargs: dict[str, float | int] = {}
     if min_slices is not None:
         kwargs["min_slices"] = min_slices
@@ -189,7 +226,7 @@ def read_series(
     check: SeriesCheck = check_series(headers, **kwargs)  # type: ignore[arg-type]
     if not check.ok:
         raise SeriesRejectedError(check.reason)
-    ordered_paths = [Path(paths[i]) for i in check.order]
+    ordered_paths = [header_paths[i] for i in check.order]
     ordered_headers = [headers[i] for i in check.order]
     hu = _decode_hu(ordered_headers)
     volume = _volume(hu, ordered_headers, ordered_paths, check)
@@ -197,19 +234,14 @@ def read_series(
 
 
 def _decode_hu(ordered_headers: Sequence[pydicom.Dataset]) -> np.ndarray:
-    """HU of every slice, shape (columns, rows, slices); each dataset's pixel data is released once decoded."""
+    """HU of every slice, shape (columns, rows, slices); each dataset's pixel data is released once decoded, and a
+    multi-frame instance is decoded one frame at a time from its file."""
     first = ordered_headers[0]
     rows, columns = int(first.Rows), int(first.Columns)
     hu = np.empty((columns, rows, len(ordered_headers)), dtype=np.float32)
     padded_slices = 0
-    for k, ds in enumerate(ordered_headers):
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # decoder errors come in many types; the reason is recorded, not raised raw
-            raise SeriesRejectedError(f"cannot decode pixel data of slice {k}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if "PixelData" in ds:
-                del ds.PixelData  # also drops pydicom's cached array: only the HU copy stays in memory
+    for k, pixels in _slice_pixels(ordered_headers):
+        ds = ordered_headers[k]
         if pixels.shape != (rows, columns):
             raise SeriesRejectedError(f"slice {k} has shape {pixels.shape}, expected {(rows, columns)}")
         slope, intercept = _rescale(ds, k)
@@ -225,6 +257,42 @@ def _decode_hu(ordered_headers: Sequence[pydicom.Dataset]) -> np.ndarray:
         logger.warning("PixelPaddingValue pixels would read as tissue or air on %d slices; set to %.0f HU",
                        padded_slices, PADDING_HU)
     return hu
+
+
+def _slice_pixels(ordered_headers: Sequence[pydicom.Dataset]) -> Iterator[tuple[int, np.ndarray]]:
+    """(k, stored pixels of slice k) for every slice: single-frame slices in slice order, then the frames of each
+    multi-frame instance in frame order (one frame decoded at a time; the instance's pixel data released)."""
+    frames: dict[int, list[tuple[int, int]]] = {}  # id(instance header) -> (frame index, k)
+    instances: dict[int, FrameHeader] = {}
+    for k, ds in enumerate(ordered_headers):
+        if isinstance(ds, FrameHeader):
+            frames.setdefault(id(ds.multiframe), []).append((ds.frame_number - 1, k))
+            instances.setdefault(id(ds.multiframe), ds)
+            continue
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # decoder errors come in many types; the reason is recorded, not raised raw
+            raise SeriesRejectedError(f"cannot decode pixel data of slice {k}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if "PixelData" in ds:
+                del ds.PixelData  # also drops pydicom's cached array: only the HU copy stays in memory
+        yield k, pixels
+    for key, wanted in frames.items():
+        frame = instances[key]
+        wanted.sort()
+        source = frame.path if frame.path is not None else frame.multiframe
+        name = frame.path.name if frame.path is not None else "multi-frame instance"
+        try:
+            decoded = pydicom.pixels.iter_pixels(source, indices=[index for index, _ in wanted])
+            for (_, k), pixels in zip(wanted, decoded, strict=True):
+                yield k, pixels
+        except SeriesRejectedError:
+            raise
+        except Exception as exc:  # as above
+            raise SeriesRejectedError(f"cannot decode the frames of {name}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if "PixelData" in frame.multiframe:
+                del frame.multiframe.PixelData  # the header the result objects get holds no pixel data
 
 
 def _rescale(ds: pydicom.Dataset, k: int) -> tuple[float, float]:

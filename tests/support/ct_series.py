@@ -9,7 +9,7 @@ given one by one (gantry tilt, gaps, duplicates).  ``ct_slice`` builds one slice
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from highdicom.legacy import LegacyConvertedEnhancedCTImage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
+    EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -175,18 +178,203 @@ def write_ct_series(folder: Path, frames: Iterable[npt.NDArray[Any]], header: CT
     ``frames`` may be a generator (a large series is never held in memory) or a 3-D array ``(slices, rows,
     columns)``, i.e. ``stored.T`` of a CTVolume-ordered ``(columns, rows, slices)`` array.
     """
-    header = header or CTSeriesHeader()
     folder.mkdir(parents=True, exist_ok=True)
-    step = header.slice_thickness_mm if slice_step_mm is None else slice_step_mm
-    origin = np.asarray(origin_lps_mm, dtype=float)
     paths = []
-    for k, frame in enumerate(frames):
-        position = positions_lps_mm[k] if positions_lps_mm is not None else origin + header.normal * (step * k)
-        sop_instance_uid = sop_instance_uids[k] if sop_instance_uids is not None else None
-        slice_header = header if slice_extra is None else replace(header, extra={**header.extra, **slice_extra[k]})
-        ds = ct_slice(frame, slice_header, instance_number=k + 1, position_lps_mm=position,
-                      sop_instance_uid=sop_instance_uid)
+    for k, ds in enumerate(ct_slices(frames, header, origin_lps_mm=origin_lps_mm, slice_step_mm=slice_step_mm,
+                                     positions_lps_mm=positions_lps_mm, sop_instance_uids=sop_instance_uids,
+                                     slice_extra=slice_extra)):
         path = folder / file_name(k)
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def ct_slices(frames: Iterable[npt.NDArray[Any]], header: CTSeriesHeader | None = None, *,
+              origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0), slice_step_mm: float | None = None,
+              positions_lps_mm: Sequence[Sequence[float]] | None = None,
+              sop_instance_uids: Sequence[str] | None = None,
+              slice_extra: Sequence[Mapping[str, Any]] | None = None) -> Iterator[Dataset]:
+    """The datasets ``write_ct_series`` writes (same arguments), one at a time."""
+    header = header or CTSeriesHeader()
+    step = header.slice_thickness_mm if slice_step_mm is None else slice_step_mm
+    origin = np.asarray(origin_lps_mm, dtype=float)
+    for k, frame in enumerate(frames):
+        position = positions_lps_mm[k] if positions_lps_mm is not None else origin + header.normal * (step * k)
+        sop_instance_uid = sop_instance_uids[k] if sop_instance_uids is not None else None
+        slice_header = header if slice_extra is None else replace(header, extra={**header.extra, **slice_extra[k]})
+        yield ct_slice(frame, slice_header, instance_number=k + 1, position_lps_mm=position,
+                       sop_instance_uid=sop_instance_uid)
+
+
+MULTIFRAME_KINDS = ("enhanced", "legacy")
+"""``write_multiframe_ct_series`` kinds: Enhanced CT Image Storage written here with pydicom (shared and per-frame
+functional groups), or Legacy Converted Enhanced CT Image Storage made by highdicom's converter (an independent
+implementation) from the single-frame datasets."""
+_PER_FRAME_KEYWORDS = (
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleIntercept",
+    "RescaleSlope", "RescaleType", "InstanceNumber", "ImageType", "AcquisitionNumber", "AcquisitionDate",
+    "AcquisitionTime", "KVP", "ConvolutionKernel", "PixelData", "SOPInstanceUID", "SOPClassUID",
+    "ContrastBolusAgent", "ContrastBolusRoute", "ContentDate", "ContentTime", "WindowCenter", "WindowWidth",
+)
+"""Single-frame attributes that live in functional groups (or are replaced) in an Enhanced CT instance."""
+
+
+def write_multiframe_ct_series(folder: Path, frames: Iterable[npt.NDArray[Any]],
+                               header: CTSeriesHeader | None = None, *, kind: str = "enhanced",
+                               instances: Sequence[Sequence[int]] | None = None,
+                               origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0), slice_step_mm: float | None = None,
+                               positions_lps_mm: Sequence[Sequence[float]] | None = None,
+                               slice_extra: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
+    """The series ``write_ct_series`` writes with the same arguments (same slices: pixels, positions, rescale,
+    ``slice_extra``), stored as multi-frame instances ``0001.dcm`` ...: file i holds the slices ``instances[i]``
+    as its frames, in that order (default: one instance, slices in order). Native (uncompressed) pixel data or, for
+    ``enhanced``, ``header.transfer_syntax_uid`` compressed per frame. The legacy converter orders the frames
+    itself."""
+    if kind not in MULTIFRAME_KINDS:
+        raise ValueError(f"kind must be one of {MULTIFRAME_KINDS}, got {kind!r}")
+    header = header or CTSeriesHeader()
+    slices = list(ct_slices(frames, replace(header, transfer_syntax_uid=ExplicitVRLittleEndian),
+                            origin_lps_mm=origin_lps_mm, slice_step_mm=slice_step_mm,
+                            positions_lps_mm=positions_lps_mm, slice_extra=slice_extra))
+    groups = [list(g) for g in instances] if instances is not None else [list(range(len(slices)))]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, group in enumerate(groups):
+        if not group:
+            raise ValueError(f"instances[{i}] is empty")
+        sources = [slices[k] for k in group]
+        if kind == "legacy":
+            ds: Dataset = LegacyConvertedEnhancedCTImage(
+                sources, series_instance_uid=header.series_instance_uid,
+                series_number=int(sources[0].get("SeriesNumber", 1) or 1), sop_instance_uid=generate_uid(),
+                instance_number=i + 1)
+        else:
+            ds = enhanced_ct_instance(sources, header, instance_number=i + 1)
+        path = folder / instance_file_name(i)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _item(**attributes: Any) -> Dataset:
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
+
+
+def _frame_datetime(ds: Dataset) -> str:
+    date = str(ds.get("AcquisitionDate", "") or ds.get("StudyDate", "") or "20260101")
+    time = str(ds.get("AcquisitionTime", "") or ds.get("StudyTime", "") or "120000")
+    return date + time
+
+
+def _shared_groups(first: Dataset) -> Dataset:
+    """What every frame shares: orientation, pixel measures, anatomy and the CT acquisition/reconstruction macros
+    (required for ORIGINAL frames)."""
+    return _item(
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=list(first.ImageOrientationPatient))],
+        PixelMeasuresSequence=[_item(PixelSpacing=list(first.PixelSpacing), SliceThickness=first.SliceThickness)],
+        FrameAnatomySequence=[_item(AnatomicRegionSequence=[_code("818981001", "SCT", "Abdomen")],
+                                    FrameLaterality="U")],
+        CTAcquisitionTypeSequence=[_item(AcquisitionType="SPIRAL", ConstantVolumeFlag="NO", FluoroscopyFlag="NO")],
+        CTAcquisitionDetailsSequence=[_item(DataCollectionDiameter=500.0, RotationDirection="CW",
+                                            RevolutionTime=0.5, SingleCollimationWidth=0.625,
+                                            TotalCollimationWidth=40.0, TableHeight=150.0,
+                                            GantryDetectorTilt=0.0)],
+        CTTableDynamicsSequence=[_item(TableSpeed=80.0, TableFeedPerRotation=40.0, SpiralPitchFactor=1.0)],
+        CTGeometrySequence=[_item(DistanceSourceToDetector=1040.0, DistanceSourceToDataCollectionCenter=570.0)],
+        CTReconstructionSequence=[_item(ReconstructionAlgorithm="FILTER_BACK_PROJ",
+                                        ConvolutionKernel=str(first.get("ConvolutionKernel", "") or "B30f"),
+                                        ConvolutionKernelGroup="SOFT_TISSUE", ReconstructionDiameter=500.0,
+                                        ReconstructionPixelSpacing=list(first.PixelSpacing),
+                                        ReconstructionAngle=360.0, ImageFilter="NONE")],
+        CTExposureSequence=[_item(ExposureTimeInms=500.0, XRayTubeCurrentInmA=200.0, ExposureInmAs=100.0,
+                                  ExposureModulationType="NONE")],
+        CTXRayDetailsSequence=[_item(KVP=float(first.get("KVP", 120) or 120), FocalSpots=[1.2],
+                                     FilterType="BODY", FilterMaterial=["ALUMINUM"])],
+        FrameVOILUTSequence=[_item(WindowCenter=40.0, WindowWidth=400.0)],
+    )
+
+
+def _per_frame_groups(ds: Dataset, stack_of: Mapping[str, int], in_stack: int, events: Mapping[str, str]) -> Dataset:
+    acquisition = str(ds.get("AcquisitionNumber", "") or "1")
+    image_type = [str(v) for v in ds.ImageType][:3]
+    frame_type = [*image_type, *(["AXIAL"] if len(image_type) < 3 else []), "NONE"]
+    content = _item(FrameAcquisitionNumber=int(acquisition), FrameAcquisitionDateTime=_frame_datetime(ds),
+                    FrameReferenceDateTime=_frame_datetime(ds), FrameAcquisitionDuration=500.0,
+                    StackID=str(stack_of[acquisition]), InStackPositionNumber=in_stack,
+                    DimensionIndexValues=[stack_of[acquisition], in_stack])
+    groups = _item(
+        FrameContentSequence=[content],
+        PlanePositionSequence=[_item(ImagePositionPatient=list(ds.ImagePositionPatient))],
+        CTImageFrameTypeSequence=[_item(FrameType=frame_type, PixelPresentation="MONOCHROME",
+                                        VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE")],
+        IrradiationEventIdentificationSequence=[_item(IrradiationEventUID=events[acquisition])],
+        CTPositionSequence=[_item(TablePosition=-float(ds.ImagePositionPatient[2]),
+                                  ReconstructionTargetCenterPatient=[0.0, 0.0, float(ds.ImagePositionPatient[2])],
+                                  DataCollectionCenterPatient=[0.0, 0.0, float(ds.ImagePositionPatient[2])])],
+    )
+    if "RescaleSlope" in ds:
+        groups.PixelValueTransformationSequence = [_item(RescaleIntercept=ds.RescaleIntercept,
+                                                         RescaleSlope=ds.RescaleSlope, RescaleType="HU")]
+    return groups
+
+
+def enhanced_ct_instance(sources: Sequence[Dataset], header: CTSeriesHeader, *, instance_number: int) -> Dataset:
+    """One Enhanced CT Image Storage instance holding ``sources`` (single-frame slices) as frames in that order:
+    top-level attributes from the first slice, geometry and rescale in the functional groups, one stack per
+    AcquisitionNumber (InStackPositionNumber in frame order)."""
+    first = sources[0]
+    if int(first.BitsAllocated) != 16:
+        raise ValueError("Enhanced CT needs 16-bit pixels (uint16 or int16 frames)")
+    ds = Dataset()
+    for element in first:
+        if element.keyword not in _PER_FRAME_KEYWORDS:
+            ds.add(element)
+    acquisitions = list(dict.fromkeys(str(s.get("AcquisitionNumber", "") or "1") for s in sources))
+    stack_of = {a: n + 1 for n, a in enumerate(acquisitions)}
+    events = {a: generate_uid() for a in acquisitions}
+    counters = dict.fromkeys(acquisitions, 0)
+    per_frame = []
+    for source in sources:
+        acquisition = str(source.get("AcquisitionNumber", "") or "1")
+        counters[acquisition] += 1
+        per_frame.append(_per_frame_groups(source, stack_of, counters[acquisition], events))
+    dimension_uid = generate_uid()
+    attributes: dict[str, Any] = {
+        "SOPClassUID": EnhancedCTImageStorage, "SOPInstanceUID": generate_uid(), "InstanceNumber": instance_number,
+        "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"], "ContentDate": str(first.StudyDate),
+        "ContentTime": str(first.StudyTime), "AcquisitionDateTime": _frame_datetime(first),
+        "AcquisitionDuration": 5.0, "AcquisitionNumber": int(acquisitions[0]),
+        "PixelPresentation": "MONOCHROME", "VolumetricProperties": "VOLUME",
+        "VolumeBasedCalculationTechnique": "NONE", "PresentationLUTShape": "IDENTITY", "BurnedInAnnotation": "NO",
+        "LossyImageCompression": "00", "ContentQualification": "PRODUCT", "Manufacturer": "TEST",
+        "ManufacturerModelName": "PHANTOM", "DeviceSerialNumber": "1", "SoftwareVersions": "1",
+        "PatientPosition": "HFS", "PositionReferenceIndicator": "", "AcquisitionContextSequence": [],
+        "NumberOfFrames": len(sources),
+        "DimensionOrganizationSequence": [_item(DimensionOrganizationUID=dimension_uid)],
+        "DimensionIndexSequence": [
+            _item(DimensionOrganizationUID=dimension_uid, DimensionIndexPointer=0x00209056,
+                  FunctionalGroupPointer=0x00209111, DimensionDescriptionLabel="Stack ID"),
+            _item(DimensionOrganizationUID=dimension_uid, DimensionIndexPointer=0x00209057,
+                  FunctionalGroupPointer=0x00209111, DimensionDescriptionLabel="In-Stack Position Number")],
+        "SharedFunctionalGroupsSequence": [_shared_groups(first)], "PerFrameFunctionalGroupsSequence": per_frame,
+    }
+    attributes.update({k: v for k, v in header.extra.items() if k in ("Manufacturer", "ManufacturerModelName")})
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    stack = np.stack([s.pixel_array for s in sources])
+    if header.transfer_syntax_uid in UNCOMPRESSED:
+        ds.file_meta.TransferSyntaxUID = UID(header.transfer_syntax_uid)
+        ds.PixelData = stack.tobytes()
+    else:
+        ds.compress(header.transfer_syntax_uid, stack)
+    return ds

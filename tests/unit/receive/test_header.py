@@ -9,8 +9,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
     EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
     EnhancedSRStorage,
     EnhancedXRayRadiationDoseSRStorage,
+    LegacyConvertedEnhancedCTImageStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
     XRayRadiationDoseSRStorage,
@@ -70,7 +72,9 @@ def test_missing_series_uid_is_undecodable() -> None:
         (CTImageStorage, "", True),
         (CTImageStorage, "MR", False),
         (SecondaryCaptureImageStorage, "CT", False),
-        (EnhancedCTImageStorage, "CT", False),
+        (EnhancedCTImageStorage, "CT", True),
+        (LegacyConvertedEnhancedCTImageStorage, "CT", True),
+        (EnhancedCTImageStorage, "MR", False),
     ],
 )
 def test_non_ct_reason(sop_class: str, modality: str, is_ct: bool) -> None:
@@ -103,7 +107,9 @@ def test_uid_with_leading_zero_component_is_tolerated_but_letters_are_not() -> N
         (EnhancedXRayRadiationDoseSRStorage, "SR", "", "radiation dose report"),
         (SecondaryCaptureImageStorage, "CT", "PHILIPS", "secondary capture (Secondary Capture Image Storage, e.g."),
         (EnhancedSRStorage, "SR", "", "structured report (Enhanced SR Storage): not CT"),
-        (EnhancedCTImageStorage, "CT", "", "not CT Image Storage"),
+        (EnhancedCTImageStorage, "CT", "", None),
+        (LegacyConvertedEnhancedCTImageStorage, "CT", "", None),
+        (EnhancedMRImageStorage, "MR", "", "not CT Image Storage (SOP class Enhanced MR Image Storage)"),
     ],
 )
 def test_ignore_reason_names_the_kind_of_object(sop_class: str, modality: str, manufacturer: str,
