@@ -52,8 +52,13 @@ CHEST_300 = PhantomRecipe("chest300", {"seed": 3, "region": "chest", "slice_thic
 ABDOMEN_5MM = PhantomRecipe("abdomen5mm", {"seed": 5, "region": "abdomen", "slice_thickness_mm": 5.0})
 CHEST_ABDOMEN_600 = PhantomRecipe("chestabd600", {"seed": 6, "region": "chest-abdomen", "slice_thickness_mm": 1.0},
                                   slices=600)
+THIN_1500 = PhantomRecipe("thin1500", {"seed": 8, "region": "chest-abdomen", "slice_thickness_mm": 0.5}, slices=1500)
+"""0.5 mm over 750 mm (1500 x 512 x 512): the long thin series of issue 17; the anatomy may end before the range."""
 QUICK_ABDOMEN = PhantomRecipe("quick_abdomen", {"seed": 5, "region": "abdomen", "slice_thickness_mm": 5.0,
                                                 "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8})
+QUICK_ABDOMEN_THIN = PhantomRecipe("quick_abdomen_thin", {"seed": 5, "region": "abdomen", "slice_thickness_mm": 2.5,
+                                                          "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8})
+"""The quick run's second size for the memory fit."""
 
 
 @dataclass(frozen=True)

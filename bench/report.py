@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import Figure, fmt
+from service.config import WorkerSettings
 
 # Targets of issue 8.
 INGEST_VS_ORTHANC_MIN = 1.0
@@ -20,6 +21,9 @@ GPU_E2E_CHEST_MAX_S = 10.0
 WORKER_PEAK_600_MAX_BYTES = 4e9
 """Worker peak memory for a 600-slice study: 4 GB (decimal, strict)."""
 MIB = 1024 * 1024
+# Target of issue 17: a 0.5 mm series of 1500+ slices stays under the default [worker] memory_limit_mb (MiB).
+THIN_SERIES_KEY = "memory.worker_peak.thin1500"
+WORKER_MEMORY_LIMIT_MIB = float(WorkerSettings.memory_limit_mb)
 
 SECTION_TITLES = {
     "ingest": "Ingest (C-STORE receive rate, storescu sender)",
@@ -109,6 +113,29 @@ def check_targets(figures: Mapping[str, Figure], gpu_available: bool) -> list[Ta
         checks.append(TargetCheck("Worker peak memory, 600-slice study", "<= 4 GB",
                                   f"{mem.max * MIB / 1e9:.2f} GB peak ({fmt(mem.max)} MiB)",
                                   mem.max * MIB <= WORKER_PEAK_600_MAX_BYTES))
+    checks.extend(memory_targets(figures))
+    return checks
+
+
+def memory_targets(figures: Mapping[str, Figure]) -> list[TargetCheck]:
+    """Issue 17: the 1500-slice 0.5 mm series under [worker] memory_limit_mb, and the admission estimate at or
+    above every measured peak (a job the estimate admits does not outgrow the limit)."""
+    limit = f"<= {WORKER_MEMORY_LIMIT_MIB:.0f} MiB ([worker] memory_limit_mb default)"
+    thin = figures.get(THIN_SERIES_KEY)
+    checks = [TargetCheck("Worker peak memory, 0.5 mm 1500 x 512 x 512 series", limit, "-", None,
+                          "not measured in this run") if thin is None else
+              TargetCheck("Worker peak memory, 0.5 mm 1500 x 512 x 512 series", limit,
+                          f"{fmt(thin.max)} MiB peak ({thin.max * MIB / 1e9:.2f} GB)",
+                          thin.max <= WORKER_MEMORY_LIMIT_MIB)]
+    pairs = [(key.removeprefix("memory.estimate."), est, figures.get("memory.worker_peak." + key.split(".")[-1]))
+             for key, est in sorted(figures.items()) if key.startswith("memory.estimate.")]
+    pairs = [(name, est, peak) for name, est, peak in pairs if peak is not None]
+    if pairs:
+        worst = min(pairs, key=lambda p: p[1].median / p[2].max)
+        checks.append(TargetCheck("Admission estimate >= measured worker peak", "every study of the memory section",
+                                  f"lowest estimate/peak {worst[1].median / worst[2].max:.2f} ({worst[0]})",
+                                  all(est.median >= peak.max for _, est, peak in pairs),
+                                  "service/pipeline/memory.py"))
     return checks
 
 
@@ -155,6 +182,12 @@ METHOD = """\
   labelling/refinement stage then runs on an empty prediction and is faster than with a trained model.
 * **Throughput**: K studies queued in a fresh PostgreSQL database (real server, fsync on), drained by N
   `bmd-node worker` processes; studies/hour = K / (first claim -> last finish).
+* **Memory**: `python -m bench.run --only memory --merge` (this section alone, ~10 min on 2 cores once the phantoms
+  exist). Each series (1 mm 300 and 600 slices, 0.5 mm 1500 slices, 512 x 512, rendered by service/offline/phantom
+  into bench/work/data) runs in a fresh child that is a worker (bench/stages.py: model loaded, then read_series ->
+  segmentation -> measurement -> SEG/SR/key image, as service/pipeline/screening.py); the peak is the child's
+  ru_maxrss. A line peak = base + bytes x voxels is fitted over the series and set against the admission estimate of
+  service/pipeline/memory.py (what the worker checks against `[worker] memory_limit_mb`, read as MiB).
 * **GPU projection**: no GPU measurement unless one is present; the projection is the CPU end-to-end time without the
   network stage (a lower bound: the other stages run on the CPU either way).
 """

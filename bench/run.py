@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO_ROOT, data, machine, procs, receive, report
+from bench import memory as bench_memory
 from bench.e2e import STABLE_SECONDS, run_e2e
 from bench.model import ModelChoice, choose_model
 from bench.stages import run_stages
@@ -63,20 +64,22 @@ class Plan:
     throughput_recipe: data.PhantomRecipe
     throughput_studies: int
     workers: tuple[int, ...]
-    big_study: data.PhantomRecipe
+    memory_studies: tuple[data.PhantomRecipe, ...]
+    """Growing series for the worker's peak memory and the admission estimate's fit (largest last)."""
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
         q = data.QUICK_ABDOMEN
         return Plan(True, args.repeats or 1, 1, 16, 128, 2, (q,), ((q, 1),), q, args.throughput_studies or 2,
-                    tuple(args.workers or (1,)), q)
+                    tuple(args.workers or (1,)), (q, data.QUICK_ABDOMEN_THIN))
     repeats = args.repeats or 3
     # the stages section runs each study once (worker memory, object-writer split); the repeated per-stage times
     # come from the end-to-end runs, which time the same stages inside the node's worker
     return Plan(False, repeats, 1, 300, 512, 4, (data.CHEST_300, data.ABDOMEN_5MM),
                 ((data.CHEST_300, repeats), (data.ABDOMEN_5MM, repeats)), data.ABDOMEN_5MM,
-                args.throughput_studies or 4, tuple(args.workers or (1, 2, 4)), data.CHEST_ABDOMEN_600)
+                args.throughput_studies or 4, tuple(args.workers or (1, 2, 4)),
+                (data.CHEST_300, data.CHEST_ABDOMEN_600, data.THIN_1500))
 
 
 @dataclass
@@ -263,19 +266,13 @@ def section_throughput(ctx: Context) -> dict[str, Any]:
 
 
 def section_memory(ctx: Context) -> dict[str, Any]:
-    recipe = ctx.plan.big_study
-    series = ctx.phantom(recipe)
-    log.info("memory: worker on %s (%d slices)", recipe.name, series.slices)
-    result = run_stages(series, ctx.work / "memory" / recipe.name, bundle_dir=ctx.model.bundle_dir, repeats=1,
-                        truth_map=ctx.truth_map, threads=None, pacs=False)
-    record = result["records"][0]
-    label = f"{recipe.name} ({series.slices} slices)"
-    figures = [_figure(f"memory.worker_peak.{recipe.name}", f"worker peak RSS, {label}", "MiB",
-                       [result["max_rss_mib"]], "whole worker process incl. torch + model"),
-               _figure(f"stages.{recipe.name}.pipeline", f"{label}: pipeline time", "s", [record["pipeline_s"]])]
-    notes = []
-    if record["truth_fallback"]:
-        notes.append("later stages on the phantom's true labels (no trained model)")
+    runs = []
+    for recipe in ctx.plan.memory_studies:
+        series = ctx.phantom(recipe)
+        log.info("memory: worker on %s (%d slices)", recipe.name, series.slices)
+        runs.append(bench_memory.measure(series, recipe, ctx.work / "memory", bundle_dir=ctx.model.bundle_dir,
+                                         truth_map=ctx.truth_map))
+    figures, notes = bench_memory.memory_figures(runs, _figure)
     return {"figures": figures, "notes": notes}
 
 
@@ -296,6 +293,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-studies", type=int, default=None, help="studies per throughput run (4)")
     parser.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",")], default=None,
                         help="worker counts for the throughput runs (default 1,2,4)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sections of the existing results file that this run does not measure")
     parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                         help="measure nothing: rewrite the markdown (--doc) from an existing results.json")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / "work")
@@ -356,6 +355,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
+def merge_sections(document: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Sections of an earlier results file that ``document`` did not measure, each marked with its run's date, go
+    into ``document`` (in SECTIONS order); the targets are checked again over all figures."""
+    measured = dict(document["sections"])
+    merged: dict[str, Any] = {}
+    for name in SECTIONS:
+        if name in measured:
+            merged[name] = measured[name]
+        elif name in earlier.get("sections", {}):
+            section = dict(earlier["sections"][name])
+            section["notes"] = [*section.get("notes", []), f"figures of the run of {earlier.get('date', '?')} "
+                                f"(git {earlier.get('versions', {}).get('git_commit', '?')}), kept by --merge"]
+            merged[name] = section
+    document["sections"] = merged
+    document["notes"].append(f"sections {', '.join(n for n in merged if n not in measured) or 'none'} kept from the "
+                             f"run of {earlier.get('date', '?')}; measured now: {', '.join(measured)}")
+    figures = report.all_figures(merged)
+    document["targets"] = [t.to_dict() for t in report.check_targets(figures, document["machine"]["gpu"]["available"])]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -368,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {doc} from {args.render}")
         return 0
     document = run(args)
+    if args.merge and results.is_file():
+        merge_sections(document, json.loads(results.read_text()))
     report.write_results(results, document)
     report.write_markdown(doc, document)
     print(f"wrote {results} and {doc} in {document['duration_s']:.0f} s")

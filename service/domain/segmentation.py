@@ -42,7 +42,10 @@ class SpineSegmentation:
     """Free-text labelling notes (e.g. 'last rib-bearing vertebra found: T12 anchor')."""
 
     def __post_init__(self) -> None:
-        present = {int(v) for v in np.unique(self.body_labels) if v != 0}
+        present: set[int] = set()
+        for k in range(0, self.body_labels.shape[2], 64):  # by slabs: np.unique copies and sorts what it gets
+            slab = self.body_labels[:, :, k:k + 64]
+            present.update(int(v) for v in np.unique(slab[slab != 0]))
         listed = {int(v.level) for v in self.vertebrae}
         if present != listed:
             raise ValueError(f"vertebrae must list exactly the label values present: present={sorted(present)}, "

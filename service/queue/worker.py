@@ -30,7 +30,7 @@ from service.db.engine import make_engine, read_session, write_session
 from service.db.queries import stored_instance_paths
 from service.db.tables import ResultObject, utcnow
 from service.logging import setup_logging
-from service.pipeline import storage
+from service.pipeline import memory, storage
 from service.pipeline.types import JobInput, PipelineRejectedError, PreviousResult, ScreeningPipeline
 from service.queue import jobs
 from service.queue.job_results import (
@@ -104,6 +104,8 @@ class Worker:
         written: list[Path] = []
         try:
             job_input = self._job_input(claimed)
+            estimate = memory.check_job_fits(job_input.paths, self.config.worker.memory_limit_mb)
+            log.info("job %s: estimated peak %.0f MiB", job_id, estimate.peak_mib)
             output = self.pipeline.run(job_input)
             stored = []
             for obj in output.objects:

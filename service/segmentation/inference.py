@@ -312,8 +312,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             if refined is None:
                 continue
             bbox, mask = refined
-            region = body_can[bbox]
-            region[mask & (region == 0)] = int(d.level)
+            body_can[bbox][mask & (body_can[bbox] == 0)] = int(d.level)  # a view: no name keeps body_can alive
             used.add(int(d.level))
             boxes[int(d.level)] = bbox
         # centroids and cut flags from the native masks (within each body's box: no full-volume scans)
@@ -337,12 +336,22 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
     present = {int(v.level) for v in vertebrae}
     if used - present:
         body_can[np.isin(body_can, list(used - present))] = 0
-    posterior_can = _posterior_native(probs[cls.POSTERIOR] > 0.5, grid, canon_shape)
-    body_labels = frame.to_native(body_can).astype(np.int16)
-    posterior = frame.to_native(posterior_can).astype(bool)
-    posterior &= body_labels == 0
+    # native-grid arrays, one at a time: a canonical array is dropped as soon as its native copy exists (to_native
+    # returns the array itself when the grid is already canonical), so a 1500-slice series holds no spare copy
+    body_labels = frame.to_native(body_can).astype(np.int16, copy=False)
+    del body_can
+    posterior = frame.to_native(_posterior_native(probs[cls.POSTERIOR] > 0.5, grid, canon_shape)).astype(
+        bool, copy=False)
+    clear_where_labelled(posterior, body_labels)
     return SpineSegmentation(body_labels=body_labels, posterior_mask=posterior, vertebrae=tuple(vertebrae),
                              model_name=name, model_version=version, notes=tuple(notes))
+
+
+def clear_where_labelled(mask: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer],
+                         slab_slices: int = 64) -> None:
+    """``mask &= labels == 0`` in place, a slab of slices at a time (no whole-volume temporary)."""
+    for k in range(0, mask.shape[2], slab_slices):
+        mask[:, :, k:k + slab_slices] &= labels[:, :, k:k + slab_slices] == 0
 
 
 def _posterior_native(coarse_mask: npt.NDArray[np.bool_], grid: CoarseGrid,

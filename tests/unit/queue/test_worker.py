@@ -106,6 +106,22 @@ def test_rejected_input_fails_without_retry(tmp_path: Path, sqlite_engine: sqlal
     assert pipeline.runs == 1
 
 
+def test_series_over_the_memory_limit_is_rejected_before_the_pipeline_runs(
+        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
+    """[worker] memory_limit_mb: the estimate (worker base alone is over 256 MiB) is checked before any pixel is
+    decoded; the job fails without retry and its reason names the estimate and the limit."""
+    config = _config(tmp_path, sqlite_url, memory_limit_mb=256)
+    _, job_id = _queue_series(sqlite_engine, tmp_path)
+    pipeline = MeanHuPipeline()
+    worker = Worker(config, sqlite_engine, pipeline, worker_id="w1")
+    assert worker.run_once()
+    assert not worker.run_once()
+    view = jobs.get_job(sqlite_engine, job_id)
+    assert view is not None and view.status == "failed"
+    assert "12 x 16 x 16" in (view.last_error or "") and "memory_limit_mb is 256" in (view.last_error or "")
+    assert pipeline.runs == 0
+
+
 class _LoseLeaseDuringRun(MeanHuPipeline):
     """While the job runs, the reaper (another process in real life) takes the job away."""
 
