@@ -97,7 +97,7 @@ def build_result_objects(
     if volume.series_instance_uid and result.series_instance_uid \
             and volume.series_instance_uid != result.series_instance_uid:
         raise ValueError("result.series_instance_uid differs from volume.series_instance_uid")
-    headers = list(source_headers) if source_headers is not None else read_source_headers(volume.source_paths)
+    headers = list(source_headers) if source_headers is not None else read_source_headers(volume)
     study_uids = {str(h.get("StudyInstanceUID", "") or "") for h in headers}
     if "" in study_uids:
         raise ValueError("a source image has no StudyInstanceUID: result objects cannot join its study")

@@ -8,17 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from service.domain.identity import NODE_MANUFACTURER
+from service.domain.volume import CTVolume
 from service.results import codes
-from service.series.volume_loader import read_headers
+from service.series.multiframe import frame_number
+from service.series.volume_loader import read_slice_headers
 
 # Series numbers of the result series (one series per object type, same study as the CT).
 SEG_SERIES_NUMBER = 9801
 SR_SERIES_NUMBER = 9802
 KEY_IMAGE_SERIES_NUMBER = 9803
+
+_SAME_POSITION_MM = 0.01
+"""Two frames of one instance whose ImagePositionPatient differ by less than this are at the same position."""
 
 # Patient and study attributes that must be identical in every object of the study (dcentvfy checks them).
 PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
@@ -79,13 +85,52 @@ class AlgorithmInfo:
         return str(generate_uid(entropy_srcs=["bmd-node device", self.name, self.version]))
 
 
-def read_source_headers(paths: Sequence[Path]) -> list[Dataset]:
-    """The source CT headers in slice order (pixel data not read)."""
+def read_source_headers(volume: CTVolume) -> list[Dataset]:
+    """The source CT headers in slice order (pixel data not read), one per slice k of ``volume``.
+
+    Each file is read once: ``volume.source_paths`` repeats a multi-frame instance's file for each of its frames, and
+    the reader expands such an instance into one header per frame (``service.series.multiframe.FrameHeader``).
+    Slice k's frame is the frame of instance ``volume.sop_instance_uids[k]`` whose ImagePositionPatient is slice k's
+    position on the volume grid. The pipeline passes the loader's own headers (``LoadedSeries.headers``) instead.
+    """
+    paths = volume.source_paths
     if not paths:
         raise ValueError("source_paths is empty: result objects need the source CT files")
     # The loader's reader: it also takes SOP Class/Instance UIDs from the file meta when a de-identified file left
     # them empty in the dataset (e.g. ../shared/data/ts_abdomen_slab_j2k), as the volume did.
-    return read_headers(paths)
+    unique = list(dict.fromkeys(Path(p) for p in paths))
+    headers, header_paths = read_slice_headers(unique)
+    by_path: dict[Path, list[Dataset]] = {}
+    for header, path in zip(headers, header_paths, strict=True):
+        by_path.setdefault(path, []).append(header)
+    if all(len(found) == 1 and frame_number(found[0]) is None for found in by_path.values()):
+        return [by_path[Path(p)][0] for p in paths]  # single-frame: one file per slice, as given
+    positions = {path: np.array([h.ImagePositionPatient for h in found], dtype=float).reshape(-1, 3)
+                 for path, found in by_path.items()}
+    return [_frame_at_slice(volume, k, by_path[Path(p)], positions[Path(p)]) for k, p in enumerate(paths)]
+
+
+def _frame_at_slice(volume: CTVolume, k: int, candidates: Sequence[Dataset],
+                    positions_mm: np.ndarray) -> Dataset:
+    """The header among one file's (``candidates``, at ``positions_mm``) whose position is slice k's; ValueError
+    when none or two are."""
+    if len(candidates) == 1 and frame_number(candidates[0]) is None:
+        return candidates[0]
+    distances = np.linalg.norm(positions_mm - volume.index_to_lps([0.0, 0.0, float(k)]), axis=1)
+    order = np.argsort(distances, kind="stable")
+    best = candidates[int(order[0])]
+    if distances[order[0]] > 0.5 * volume.spacing_mm[2]:
+        raise ValueError(f"slice {k}: no frame of instance {best.SOPInstanceUID} lies at its position "
+                         f"(nearest {distances[order[0]]:.2f} mm away)")
+    other = candidates[int(order[1])] if len(order) > 1 else None
+    if other is not None and np.linalg.norm(positions_mm[order[1]] - positions_mm[order[0]]) < _SAME_POSITION_MM:
+        raise ValueError(f"slice {k}: frames {frame_number(best)} and {frame_number(other)} of instance "
+                         f"{best.SOPInstanceUID} are both at its position (two acquisitions in one instance); pass "
+                         "the loader's headers (LoadedSeries.headers) as source_headers")
+    if volume.sop_instance_uids and str(best.SOPInstanceUID) != volume.sop_instance_uids[k]:
+        raise ValueError(f"slice {k}: its file holds instance {best.SOPInstanceUID}, the volume names "
+                         f"{volume.sop_instance_uids[k]}")
+    return best
 
 
 def contributing_equipment(algorithm: AlgorithmInfo, when: dt.datetime) -> hd.ContributingEquipment:

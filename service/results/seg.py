@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, generate_uid
 
 from service.domain.levels import VertebraLevel
 from service.results import codes
@@ -29,6 +29,7 @@ from service.results.common import (
     contributing_equipment,
     copy_patient_study,
 )
+from service.series.multiframe import frame_number
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def build_seg(
     # CT); the frames are then written here, one (segment, slice) frame at a time, with highdicom's frame layout.
     template_ks = [k0, k0 + 1] if k1 - k0 >= 2 else [k0]
     template = hd.seg.Segmentation(
-        source_images=[source_headers[k] for k in template_ks],
+        source_images=[_template_source(source_headers[k]) for k in template_ks],
         pixel_array=np.ones((len(template_ks), rows, cols, len(segments.descriptions)), dtype=bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments.descriptions,
@@ -152,7 +153,8 @@ def build_seg(
         series_description="AI vertebral segmentation (to be reviewed)",
         contributing_equipment=[contributing_equipment(algorithm, when)],
     )
-    seg = _fill_frames(template, source_headers, _even_length(segments.masks, rows * cols, len(source_headers)))
+    masks = _even_length(segments.masks, rows * cols, len(source_headers))
+    seg = _fill_frames(template, source_headers, template_ks, masks)
     copy_patient_study(seg, source_headers[0])
     add_private_scheme(seg)
     seg.ContentDate = when.strftime("%Y%m%d")
@@ -160,6 +162,21 @@ def build_seg(
     logger.info("SEG built: %d segments over slices %d..%d, %d frames", len(segments.descriptions), k0, k1 - 1,
                 int(seg.NumberOfFrames))
     return seg, SegmentNumbers(body=body_numbers, trabecular_roi=roi_numbers, summary=summary_number)
+
+
+def _template_source(header: Dataset) -> Dataset:
+    """The source slice as highdicom's template sees it. A frame of a multi-frame CT instance (``FrameHeader``) looks
+    like a classic slice header (position, orientation, pixel measures at the top level) but names the multi-frame
+    SOP class, for which highdicom wants the instance's functional groups and a pixel array of all its frames; the
+    template gets it as a classic CT image instead. Every reference to the source is rewritten by ``_fill_frames``
+    (instance, class and frame number), so the template's own references to it are never written out."""
+    if frame_number(header) is None:
+        return header
+    classic = Dataset()
+    classic.update(header)  # the same element objects: replace SOPClassUID, never assign into the shared one
+    del classic.SOPClassUID
+    classic.SOPClassUID = CTImageStorage
+    return classic
 
 
 def _check_shapes(source_headers: Sequence[Dataset], body_labels: npt.NDArray[np.integer],
@@ -291,16 +308,34 @@ def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
+def _image_references(headers: Sequence[Dataset], *, frames: bool) -> list[Dataset]:
+    """One reference item per instance in first-seen order (a multi-frame instance once); with ``frames`` the items
+    of multi-frame instances name their frames (ReferencedFrameNumber, type 1C)."""
+    items: dict[str, Dataset] = {}
+    numbers: dict[str, list[int]] = {}
+    for header in headers:
+        uid = str(header.SOPInstanceUID)
+        item = items.setdefault(uid, Dataset())
+        item.ReferencedSOPClassUID = header.SOPClassUID
+        item.ReferencedSOPInstanceUID = header.SOPInstanceUID
+        if frames and (frame := frame_number(header)) is not None:
+            numbers.setdefault(uid, []).append(frame)
+            item.ReferencedFrameNumber = numbers[uid] if len(numbers[uid]) > 1 else frame
+    return list(items.values())
+
+
 def _fill_frames(
     template: hd.seg.Segmentation,
     source_headers: Sequence[Dataset],
+    template_ks: Sequence[int],
     masks: Sequence[tuple[Callable[[int], npt.NDArray[np.bool_]], npt.NDArray[np.intp]]],
 ) -> Dataset:
     """A plain Dataset copy of ``template`` with one frame per non-empty (segment, slice), segment-major.
 
-    Per-frame items follow highdicom's layout: Derivation Image (source slice, "Source image for image processing
-    operation", derivation "Segmentation"), Frame Content (Dimension Index Values = segment number, position index),
-    Plane Position (the source slice's Image Position (Patient)), Segment Identification.
+    Per-frame items follow highdicom's layout: Derivation Image (source slice, with its ReferencedFrameNumber when it
+    is a frame of a multi-frame CT, "Source image for image processing operation", derivation "Segmentation"), Frame
+    Content (Dimension Index Values = segment number, position index), Plane Position (the source slice's Image
+    Position (Patient)), Segment Identification. ``template_ks``: the slices the template was built over.
     """
     frame_items: list[Dataset] = []
     packed: list[bytes] = []  # frames packed one by one when a frame is a whole number of bytes
@@ -318,6 +353,8 @@ def _fill_frames(
             source = Dataset()
             source.ReferencedSOPClassUID = header.SOPClassUID
             source.ReferencedSOPInstanceUID = header.SOPInstanceUID
+            if (source_frame := frame_number(header)) is not None:
+                source.ReferencedFrameNumber = source_frame  # the frame of a multi-frame CT instance
             source.SpatialLocationsPreserved = "YES"
             source.PurposeOfReferenceCodeSequence = [
                 _code_item("121322", "DCM", "Source image for image processing operation")]
@@ -349,11 +386,8 @@ def _fill_frames(
     data = b"".join(packed) if packed else np.packbits(np.stack(unpacked).reshape(-1), bitorder="little").tobytes()
     seg.PixelData = data + (b"\0" if len(data) % 2 else b"")
     seg["PixelData"].VR = "OB"
-    referenced = []
-    for k in used_ks:
-        instance = Dataset()
-        instance.ReferencedSOPClassUID = source_headers[k].SOPClassUID
-        instance.ReferencedSOPInstanceUID = source_headers[k].SOPInstanceUID
-        referenced.append(instance)
-    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence = referenced
+    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence = _image_references(
+        [source_headers[k] for k in used_ks], frames=False)
+    # General Reference: the template's source slices (as highdicom lists them), with their frames when multi-frame
+    seg.SourceImageSequence = _image_references([source_headers[k] for k in template_ks], frames=True)
     return seg

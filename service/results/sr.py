@@ -39,6 +39,7 @@ from service.results.common import (
 )
 from service.results.planar_roi import PlanarEllipse
 from service.results.seg import SegmentNumbers
+from service.series.multiframe import frame_number
 
 logger = logging.getLogger(__name__)
 
@@ -149,12 +150,14 @@ def _planar_group(m: VertebraMeasurement, common: dict, image: Dataset,
     shown = [item for item in common["measurements"]
              if item.name == codes.QCT_VOLUMETRIC_BMD
              or (item.name == codes.ATTENUATION_COEFFICIENT and _derivation_is(item, codes.MEAN))]
+    frame = frame_number(image)  # a slice of a multi-frame CT instance is one of its frames
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
         graphic_data=ellipse.graphic_data(),
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=str(image.SOPClassUID),
             referenced_sop_instance_uid=str(image.SOPInstanceUID),
+            referenced_frame_numbers=None if frame is None else [frame],
         ),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -288,7 +291,7 @@ def build_sr(
     )
     _move_to_derived_measurements(report, patient)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*source_headers, seg],
+        evidence=[*{str(h.SOPInstanceUID): h for h in source_headers}.values(), seg],  # a multi-frame CT once
         content=report,
         series_instance_uid=generate_uid(),
         series_number=SR_SERIES_NUMBER,
