@@ -109,13 +109,13 @@ def _vertebra_groups(
     1410 group with the ellipse on that image, so that viewers can draw it; both share one tracking UID."""
     method = codes.ROI_METHOD_CODES[m.roi_method]
     measurements: list[hd.sr.Measurement] = []
+    # Three numbers, BMD first: a viewer that draws the level's ellipse labels it with the NUMs of both groups of the
+    # tracking UID and then the finding site, and OHIF 3.13 shows 5 lines; with more NUMs the level's name is cut.
+    # Median, SD and voxel count are in result.json.
     for name, value, unit, derivation in (
-        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_mean, codes.UNIT_HU, codes.MEAN),
-        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_median, codes.UNIT_HU, codes.MEDIAN),
-        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_sd, codes.UNIT_HU, codes.STANDARD_DEVIATION),
         (codes.QCT_VOLUMETRIC_BMD, m.bmd_mg_cm3, codes.UNIT_MG_CM3, None),
+        (codes.ATTENUATION_COEFFICIENT, m.trabecular_hu_mean, codes.UNIT_HU, codes.MEAN),
         (codes.VOLUME, m.roi_volume_mm3, codes.UNIT_MM3, None),
-        (codes.VOXEL_COUNT, float(m.voxel_count), codes.UNIT_VOXELS, None),
     ):
         finite = _finite(value)
         if finite is not None:
@@ -139,17 +139,15 @@ def _vertebra_groups(
     }
     groups = [_group(common, seg, segment_number, source_series_instance_uid)]
     if planar is not None and segment_number is not None:
-        groups.append(_planar_group(m, common, *planar))
+        groups.append(_planar_group(common, *planar))
     return groups
 
 
-def _planar_group(m: VertebraMeasurement, common: dict, image: Dataset,
+def _planar_group(common: dict, image: Dataset,
                   ellipse: PlanarEllipse) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410: the level's ROI as an ellipse on the CT slice through its centre, with the numbers a reader looks
-    for first (BMD and mean HU), labelled with the level so that a viewer shows "L1 trabecular BMD"."""
-    shown = [item for item in common["measurements"]
-             if item.name == codes.QCT_VOLUMETRIC_BMD
-             or (item.name == codes.ATTENUATION_COEFFICIENT and _derivation_is(item, codes.MEAN))]
+    """TID 1410: where the level's ROI is, as an ellipse on the CT slice through its centre; same tracking
+    identifier, UID, finding and site as its TID 1411 group, and no numbers of its own: they are measured on the 3D
+    ROI, and a viewer that merges the two groups by tracking UID shows the TID 1411 group's numbers on the ellipse."""
     frame = frame_number(image)  # a slice of a multi-frame CT instance is one of its frames
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
@@ -161,13 +159,7 @@ def _planar_group(m: VertebraMeasurement, common: dict, image: Dataset,
         ),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        referenced_region=region, **{**common, "measurements": shown})
-
-
-def _derivation_is(item: hd.sr.Measurement, derivation: Code) -> bool:
-    found = item.derivation
-    return found is not None and found.value == derivation.value and found.scheme_designator == \
-        derivation.scheme_designator
+        referenced_region=region, **{**common, "measurements": None, "qualitative_evaluations": None})
 
 
 def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Dataset, segment_number: int | None,
