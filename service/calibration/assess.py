@@ -25,7 +25,7 @@ import pydicom
 from service.calibration import summary
 from service.calibration.contrast import ContrastFinding, detect_contrast
 from service.calibration.internal import internal_calibration
-from service.calibration.level_curve import fit_level_curve, lumbar_equivalent_hu
+from service.calibration.level_curve import curve_gate, fit_level_curve, lumbar_equivalent_hu
 from service.calibration.linear import default_calibration, with_contrast_correction, with_flags
 from service.calibration.settings import BmdSettings
 from service.calibration.store import CalibrationStore, ScannerKey, scanner_label
@@ -267,7 +267,10 @@ def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[Verte
             method=f"{'+'.join(lv.name for lv in levels)} mean (standard {target_names}), {method}",
             threshold_set=thresholds.identifier, thresholds=thresholds, notes=(*notes, *extra_notes),
         )
-    if curve is not None:
+    curve_refused = None if curve is None else curve_gate(curve, hu_by_level)
+    if curve_refused is not None:
+        extra_notes.append(f"thoracolumbar curve not used: {curve_refused}")
+    if curve is not None and curve_refused is None:
         hu_eq = lumbar_equivalent_hu(curve)
         value = calibration.bmd_mg_cm3(hu_eq)
         first, last = curve.levels_used[0].name, curve.levels_used[-1].name
@@ -288,7 +291,8 @@ def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[Verte
         )
     return PatientSummary(
         bmd_mg_cm3=None, levels_used=(), category=Category.INDETERMINATE,
-        method=f"no evaluable level for {target_names} and no thoracolumbar curve, {method}",
+        method=(f"no evaluable level for {target_names} and no usable thoracolumbar curve"
+                + (f" ({curve_refused})" if curve_refused else "") + f", {method}"),
         threshold_set=thresholds.identifier, thresholds=thresholds, notes=(*notes, *extra_notes),
     )
 

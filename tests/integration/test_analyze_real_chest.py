@@ -1,7 +1,7 @@
 """The whole screening pipeline (the production recipe, through the CLI) on the real chest CT of ../shared/data.
 
 The case is a 99 x 3 mm chest CT (about T1..L1, 100 kVp, IV contrast) with no lumbar coverage: the result must
-carry a lumbar-equivalent value from the thoracolumbar curve with its fit, thoracic levels in order, per-level
+carry the thoracolumbar curve's fit, and a lumbar-equivalent value only when the curve passes its gates, thoracic levels in order, per-level
 trabecular HU in the range of adult bone, and result objects that pass the DICOM validators.
 """
 
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from service.domain.levels import VertebraLevel
 from service.results.validators import dcentvfy, dciodvfy
@@ -47,15 +48,25 @@ def test_levels_in_order_and_thoracic(analysed: tuple[Path, dict]) -> None:
     assert z == sorted(z, reverse=True), "centroids must descend (S decreases) from the first to the last level"
 
 
-def test_lumbar_equivalent_from_the_curve(analysed: tuple[Path, dict]) -> None:
+def test_lumbar_equivalent_only_through_a_gated_curve(analysed: tuple[Path, dict]) -> None:
+    """No L1-L2 in view: the summary is the curve's lumbar-equivalent value only when the per-patient slope is
+    determined (t test of the slope, p < 0.05, computed here with scipy); otherwise the summary comes from the levels
+    at the thoracolumbar junction (or is indeterminate), with the curve's refusal in the notes."""
     _, result = analysed
     summary, curve = result["summary"], result["curve_fit"]
-    assert summary["lumbar_equivalent"] is True
-    assert summary["bmd_mg_cm3"] is not None and summary["category"] in ("normal", "osteopenia", "osteoporosis")
-    assert "thoracolumbar curve" in summary["method"]
     assert curve is not None and len(curve["levels_used"]) >= 3
     assert all(VertebraLevel.T5 <= VertebraLevel.from_name(n) <= VertebraLevel.L2 for n in curve["levels_used"])
     assert 0.0 <= curve["r2"] <= 1.0
+    hu = {v["level"]: v["trabecular_hu_mean"] for v in result["vertebrae"]}
+    x = [VertebraLevel.from_name(n).xiong_index for n in curve["levels_used"]]
+    p_value = stats.linregress(x, [hu[n] for n in curve["levels_used"]]).pvalue
+    if p_value < 0.05 and len(x) >= 4:
+        assert summary["lumbar_equivalent"] is True and "thoracolumbar curve" in summary["method"]
+    else:
+        # not the curve's value: a level next to L1-L2 (T12 standing in for L1) or indeterminate
+        assert summary["lumbar_equivalent"] is False and "thoracolumbar curve" not in summary["method"]
+        assert set(summary["levels_used"]) <= {"T12", "L1", "L2", "L3"}
+        assert any("thoracolumbar curve not used" in note for note in summary["notes"]), summary
     assert "contrast_enhanced" in result["calibration"]["flags"]  # the study is contrast-enhanced (aorta)
 
 
