@@ -3,11 +3,13 @@
 Every ``series.scheduler_poll_seconds`` it looks at series with stored instances not yet decided about
 (``instance_count != checked_instance_count``). A study is considered once every one of its series has been quiet
 for ``node.series_stable_seconds``. Then each changed series is checked (service.series.checks.check_series on the
-headers: one orientation and Frame of Reference, an axial stack, regular spacing, no duplicates, rescale, enough
-slices, thickness limit; localizer images among the slices are left out); failures are recorded as rejected with
-their reasons. A sagittal or coronal series (a reformat) is recorded as ignored when an axial series of the same
-study is selected in the same decision ("sagittal reformat; the axial series 3 of the study is screened"), and as
-rejected otherwise (analysing non-axial series is not supported yet). Before the checks, a series the node
+headers: one orientation and Frame of Reference, an axial, sagittal or coronal stack, regular spacing, no duplicates,
+rescale, enough slices, thickness limit; localizer images among the slices are left out); failures are recorded as
+rejected with their reasons. A sagittal or coronal series is recorded as ignored when an axial series of the same
+study is selected in the same decision ("sagittal reformat; the axial series 3 of the study is screened"), whether
+it passed the checks or not; without a usable axial series it is a candidate like any other (sagittal before
+coronal, series/selection.py) and, when selected, queued with the reason "sagittal series analysed: no usable axial
+series in the study". Before the checks, a series the node
 does not screen at all is recorded as ignored with its reason and never fails the study: a localizer (every image
 ImageType LOCALIZER: "localizer (scout)") and a series of a body part outside chest/abdomen/spine
 (series/body_part.py). Objects that are not CT images (dose reports, secondary captures, the node's own SEG/SR/key
@@ -60,7 +62,7 @@ from service.queue.job_results import (
 )
 from service.series.body_part import body_part_decision
 from service.series.checks import check_series
-from service.series.planes import NON_AXIAL_PLANES, SlicePlane, reformat_reason
+from service.series.planes import NON_AXIAL_PLANES, SlicePlane, non_axial_queued_reason, reformat_reason
 from service.series.selection import Selection, SeriesCandidate, candidate_from_header, select_series
 from service.series.volume_loader import SeriesRejectedError, read_headers
 
@@ -198,14 +200,12 @@ class Scheduler:
                             (ignored if failed_as == SeriesStatus.IGNORED else rejected).append(uid)
                             log.info("series %s %s: %s", uid, failed_as, why)
                     elif selection.selected is not None and selection.selected.series_instance_uid == uid:
-                        self._queue(session, uid, count, now, enqueued, waiting)
+                        self._queue(session, row, count, now, enqueued, waiting, plane=result.plane)
                     else:
-                        reason = next((why for c, why in selection.not_selected if c.series_instance_uid == uid),
-                                      "another series of the study was preferred")
-                        if decide_series(session, row, SeriesStatus.NOT_SELECTED, instance_count=count,
-                                         reason=reason, now=now):
-                            not_selected.append(uid)
-                            log.info("series %s not selected: %s", uid, reason)
+                        status, reason = _not_chosen(uid, result, selection, checked)
+                        if decide_series(session, row, status, instance_count=count, reason=reason, now=now):
+                            (ignored if status == SeriesStatus.IGNORED else not_selected).append(uid)
+                            log.info("series %s %s: %s", uid, status, reason)
                 except SeriesStateError as exc:  # refused before anything was written: the others go on
                     log.error("series %s: %s", uid, exc)
             report = None
@@ -214,13 +214,18 @@ class Scheduler:
         return SchedulerTick(tuple(enqueued), tuple(rejected), tuple(not_selected), tuple(waiting), tuple(ignored),
                              (report,) if report is not None else ())
 
-    def _queue(self, session: Session, uid: str, count: int, now: datetime, enqueued: list[int],
-               waiting: list[str]) -> None:
-        """The selected series gets a job, or its queued job takes the new instances over."""
+    def _queue(self, session: Session, row: Series, count: int, now: datetime, enqueued: list[int],
+               waiting: list[str], *, plane: SlicePlane | None = None) -> None:
+        """The selected series gets a job, or its queued job takes the new instances over. A sagittal or coronal
+        series is queued with the reason it is analysed (no usable axial series)."""
+        uid = row.series_instance_uid
         job_id = jobs.enqueue_in_session(session, uid, max_attempts=self.config.worker.max_attempts, now=now)
         if job_id is not None:
             enqueued.append(job_id)
             log.info("series %s: job %s queued (%d instances)", uid, job_id, count)
+            if plane in NON_AXIAL_PLANES:
+                decide_series(session, row, SeriesStatus.QUEUED, instance_count=count,
+                              reason=non_axial_queued_reason(plane), now=now)  # type: ignore[arg-type]
             return
         absorbed = jobs.absorb_into_queued_job(session, uid, now=now)
         if absorbed is None:
@@ -256,20 +261,42 @@ class Scheduler:
             return _Checked(False, check.reason or "series check failed", None, plane=check.plane,
                             series_number=number)
         return _Checked(True, None, candidate_from_header(headers[check.order[0]], check.slice_count,
-                                                     check.slice_thickness_mm), plane=check.plane,
-                        series_number=number)
+                                                     check.slice_thickness_mm, plane=check.plane or SlicePlane.AXIAL),
+                        plane=check.plane, series_number=number)
+
+
+def _reformat_of_selected_axial(result: _Checked, selection: Selection, checked: dict[str, _Checked]) -> str | None:
+    """The reason a sagittal or coronal series is left alone because an axial series of the study is selected in
+    the same decision; None when that is not the case."""
+    if result.plane not in NON_AXIAL_PLANES or selection.selected is None:
+        return None
+    if selection.selected.plane != SlicePlane.AXIAL:
+        return None
+    axial_uid = selection.selected.series_instance_uid
+    axial = checked.get(axial_uid)
+    name = axial.series_number if axial is not None and axial.series_number else axial_uid
+    return reformat_reason(result.plane, name)  # type: ignore[arg-type]  # plane is sagittal or coronal here
 
 
 def _failure(result: _Checked, selection: Selection,
              checked: dict[str, _Checked]) -> tuple[SeriesStatus, str | None]:
     """How a series that is not ok is recorded: a sagittal or coronal series is ignored as a reformat when an axial
     series of the study is selected in the same decision, and rejected with its reason otherwise."""
-    if result.plane is None or result.plane not in NON_AXIAL_PLANES or selection.selected is None:
-        return result.failed_as, result.reason
-    axial_uid = selection.selected.series_instance_uid
-    axial = checked.get(axial_uid)
-    name = axial.series_number if axial is not None and axial.series_number else axial_uid
-    return SeriesStatus.IGNORED, reformat_reason(result.plane, name)
+    reformat = _reformat_of_selected_axial(result, selection, checked)
+    if reformat is not None:
+        return SeriesStatus.IGNORED, reformat
+    return result.failed_as, result.reason
+
+
+def _not_chosen(uid: str, result: _Checked, selection: Selection,
+                checked: dict[str, _Checked]) -> tuple[SeriesStatus, str]:
+    """How a series that passed but was not selected is recorded: a sagittal or coronal series next to a selected
+    axial series is ignored as its reformat; any other is not selected, with the reason another was preferred."""
+    reformat = _reformat_of_selected_axial(result, selection, checked)
+    if reformat is not None:
+        return SeriesStatus.IGNORED, reformat
+    return SeriesStatus.NOT_SELECTED, next((why for c, why in selection.not_selected if c.series_instance_uid == uid),
+                                           "another series of the study was preferred")
 
 
 def _record_unassessable(session: Session, study_uid: str, now: datetime) -> int | None:

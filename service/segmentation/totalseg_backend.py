@@ -62,15 +62,16 @@ class TotalSegmentatorSegmenter:
         body_native = frame.to_native(body)
         posterior = (cls.totalseg_vertebra_levels(lab) > 0) & (body_native == 0)
         vertebrae = []
+        head_foot, _ = volume.superior_axis()  # the slice axis only on an axial series; a sagittal one has it in-plane
         for v in np.unique(body_native):
             if v == 0:
                 continue
             coords = np.argwhere(body_native == v)
-            k = coords[:, 2]
+            k = coords[:, head_foot]
             vertebrae.append(LabelledVertebra(
                 level=VertebraLevel(int(v)),
                 centroid_lps_mm=tuple(float(c) for c in volume.index_to_lps(coords.mean(axis=0))),  # type: ignore[arg-type]
-                cut_by_fov=bool(k.min() == 0 or k.max() == volume.shape[2] - 1)))
+                cut_by_fov=bool(k.min() == 0 or k.max() == volume.shape[head_foot] - 1)))
         return SpineSegmentation(body_labels=body_native.astype(np.int16), posterior_mask=posterior,
                                  vertebrae=tuple(vertebrae), model_name=self.name, model_version=self.version,
                                  notes=("levels as named by TotalSegmentator (no anatomical checks)",))

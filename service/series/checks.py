@@ -4,8 +4,9 @@
 carry it) and returns the geometry the loader needs, or the reasons the series cannot be used. Which instances form
 the stack (copies, two acquisitions, missing slices, tilt) is decided in ``service.series.stacks``; the loader loads
 ``order``, which may be a subset, each left-out part named in ``warnings`` (localizer images among the slices are
-left out too). A sagittal or coronal series is named as such (``service.series.planes``): the node analyses axial
-stacks only. A failure is a recorded reason, never a crash.
+left out too). Axial, sagittal and coronal stacks pass (``plane`` names which, ``service.series.planes``; a sagittal
+or coronal one carries a note into the result); an oblique stack is rejected. A failure is a recorded reason, never
+a crash.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import numpy.typing as npt
 import pydicom
 
 from service.series.multiframe import MULTIFRAME_CT_SOP_CLASSES, frame_number
-from service.series.planes import SlicePlane, non_axial_reason, slice_plane
+from service.series.planes import (
+    ANALYSED_PLANES,
+    NON_AXIAL_PLANES,
+    SlicePlane,
+    non_axial_note,
+    oblique_reason,
+    slice_plane,
+)
 from service.series.stacks import Planes, StackLimits, choose_stack
 
 logger = logging.getLogger(__name__)
@@ -87,8 +95,9 @@ def check_series(
     min_slices: int = MIN_SLICES_DEFAULT,
     max_slice_thickness_mm: float = MAX_SLICE_THICKNESS_MM_DEFAULT,
 ) -> SeriesCheck:
-    """Check that the datasets form one regular, untilted, axial-stack CT volume. Localizer (scout) images among
-    the slices are left out (named in ``warnings``); a series of localizers only is rejected."""
+    """Check that the datasets form one regular, untilted CT stack in the axial, sagittal or coronal plane.
+    Localizer (scout) images among the slices are left out (named in ``warnings``); a series of localizers only is
+    rejected."""
     n = len(headers)
     if n == 0:
         return SeriesCheck(ok=False, reasons=("no instances",))
@@ -116,7 +125,7 @@ def _check_images(headers: Sequence[pydicom.Dataset], min_slices: int,
     if planes is None:
         return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n)
     plane = slice_plane(planes.normal)
-    if plane != SlicePlane.AXIAL:  # stack limits are for axial stacks: the plane is the reason
+    if plane not in ANALYSED_PLANES:  # an oblique stack: the plane is the reason, the stack is not looked at
         return SeriesCheck(ok=False, reasons=tuple(reasons), slice_count=n, plane=plane)
     stack = choose_stack(headers, planes, StackLimits(min_slices, max_slice_thickness_mm))
     reasons += stack.reasons
@@ -130,7 +139,8 @@ def _check_images(headers: Sequence[pydicom.Dataset], min_slices: int,
         slice_thickness_mm=stack.thickness_mm,
         slice_spacing_mm=stack.spacing_mm,
         order=stack.indices,
-        warnings=(*stack.warnings, *frame_warnings),
+        warnings=(*stack.warnings, *frame_warnings, *([non_axial_note(plane)] if ok and plane in NON_AXIAL_PLANES
+                                                      else [])),
         plane=plane,
     )
 
@@ -199,7 +209,7 @@ def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
 
 
 def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], Planes | None]:
-    """One orientation and pixel spacing, an axial stack; None planes when the geometry cannot be read at all."""
+    """One orientation and pixel spacing, not oblique; None planes when the geometry cannot be read at all."""
     reasons: list[str] = []
     orientations: list[list[float]] = []
     positions: list[list[float]] = []
@@ -226,7 +236,6 @@ def _read_planes(headers: Sequence[pydicom.Dataset]) -> tuple[list[str], Planes 
         reasons.append("ImageOrientationPatient is not two orthogonal unit vectors")
         return reasons, None
     normal = slice_normal(iop_array[0])
-    plane = slice_plane(normal)
-    if plane != SlicePlane.AXIAL:
-        reasons.append(non_axial_reason(plane))
+    if slice_plane(normal) not in ANALYSED_PLANES:
+        reasons.append(oblique_reason())
     return reasons, Planes(normal=normal, positions=np.asarray(positions))

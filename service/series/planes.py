@@ -1,9 +1,11 @@
 """Which anatomical plane a series' slices lie in (issue 17: sagittal and coronal series).
 
-A scanner or archive often sends, next to the axial stack, sagittal and coronal reformats of the same acquisition.
-The node analyses axial stacks only; ``slice_plane`` names the plane from the slice normal (LPS) so that the checks
-can give a clear reason and the scheduler can tell a reformat of a screened study from a study without an axial
-series. Analysing sagittal or coronal series themselves is future work.
+A scanner or archive often sends, next to the axial stack, sagittal and coronal reformats of the same acquisition;
+a targeted spine reconstruction often comes as a sagittal series alone. ``slice_plane`` names the plane from the
+slice normal (LPS). Axial, sagittal and coronal stacks all pass the checks (the loader's affine and every later
+stage work in patient coordinates); an oblique stack is rejected. The scheduler screens an axial series when the
+study has a usable one and ignores the sagittal and coronal series then (reformats of it); without one it
+analyses a sagittal series, else a coronal one (``PLANE_PREFERENCE``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ class SlicePlane(StrEnum):
 
 
 NON_AXIAL_PLANES = frozenset({SlicePlane.SAGITTAL, SlicePlane.CORONAL})
-"""Planes of reformats the node recognises but does not analyse yet."""
+"""Planes of series analysed only when the study has no usable axial series."""
+ANALYSED_PLANES = frozenset({SlicePlane.AXIAL, *NON_AXIAL_PLANES})
+"""Planes whose stacks pass the checks."""
+PLANE_PREFERENCE: dict[SlicePlane, int] = {SlicePlane.AXIAL: 0, SlicePlane.SAGITTAL: 1, SlicePlane.CORONAL: 2}
+"""Lower is preferred. Axial first: the studies measured on axial series, and a study's sagittal and coronal series
+are mostly reformats of it. Sagittal before coronal: the view of the spine a radiologist reads, and a vertebral
+body spans more sagittal slices (its left-right width, 40-50 mm) than coronal ones (its depth, 30-35 mm)."""
+_NORMAL_DIRECTION = {SlicePlane.AXIAL: "head-foot", SlicePlane.SAGITTAL: "left-right",
+                     SlicePlane.CORONAL: "anterior-posterior"}
 
 
 def slice_plane(normal: Sequence[float] | np.ndarray) -> SlicePlane:
@@ -51,14 +61,18 @@ def slice_plane(normal: Sequence[float] | np.ndarray) -> SlicePlane:
     return SlicePlane.OBLIQUE
 
 
-def non_axial_reason(plane: SlicePlane) -> str:
-    """Why a series in this plane is not analysed (the check's reason; it names 'not an axial stack')."""
-    if plane in NON_AXIAL_PLANES:
-        return (f"{plane} series: analysis of non-axial series is not supported yet (not an axial stack: slice "
-                f"normal is {'left-right' if plane == SlicePlane.SAGITTAL else 'anterior-posterior'})")
-    if plane == SlicePlane.OBLIQUE:
-        return "not an axial stack (slice normal is not head-foot)"
-    raise ValueError(f"{plane} is axial")
+def oblique_reason() -> str:
+    """Why a stack whose slice normal lies along no patient axis is not analysed (the check's reason)."""
+    return ("oblique series: the slice normal is not along a patient axis (more than about 37 degrees from "
+            "head-foot, left-right and anterior-posterior); only axial, sagittal and coronal stacks are analysed")
+
+
+def non_axial_note(plane: SlicePlane) -> str:
+    """The warning a sagittal or coronal series carries into the result's notes when it is analysed."""
+    if plane not in NON_AXIAL_PLANES:
+        raise ValueError(f"only sagittal or coronal series get this note, got {plane}")
+    return (f"{plane} series: measured on its {plane} slices (slice normal {_NORMAL_DIRECTION[plane]}); the "
+            f"node prefers an axial series when the study has a usable one")
 
 
 def reformat_reason(plane: SlicePlane, axial_series: str) -> str:
@@ -67,3 +81,10 @@ def reformat_reason(plane: SlicePlane, axial_series: str) -> str:
     if plane not in NON_AXIAL_PLANES:
         raise ValueError(f"only sagittal or coronal series are reformats, got {plane}")
     return f"{plane} reformat; the axial series {axial_series} of the study is screened"
+
+
+def non_axial_queued_reason(plane: SlicePlane) -> str:
+    """The reason recorded with a sagittal or coronal series that gets the study's job."""
+    if plane not in NON_AXIAL_PLANES:
+        raise ValueError(f"only sagittal or coronal series get this reason, got {plane}")
+    return f"{plane} series analysed: no usable axial series in the study"

@@ -1,12 +1,18 @@
-"""Which series of a study to screen: among the series that passed the checks, prefer
-non-contrast, then a soft-tissue (smooth) kernel, then thin slices, then more slices.
+"""Which series of a study to screen: among the series that passed the checks, prefer an axial series, then
+non-contrast, then a soft-tissue (smooth) kernel, then thin slices, then sagittal over coronal, then more slices.
 
 Order of preference and why:
+0. Axial: a sagittal or coronal series is screened only when no axial series of the study passed the checks (the
+   studies measured on axial series; a study's sagittal and coronal series are mostly reformats of its axial one:
+   the scheduler records them as ignored then).
 1. Non-contrast: iodinated contrast raises trabecular HU (Pan 2020, Xiong 2025 report ~+10-30 HU in portal-venous
    phase), so an unenhanced series gives BMD closest to the QCT reference.
 2. Soft kernel: sharp (bone/lung) kernels raise the noise and shift the mean HU of trabecular bone; the studies
    measured on standard soft-tissue reconstructions.
 3. Thin slices: less partial volume at the endplates and a larger usable trabecular ROI.
+4. Among sagittal and coronal series that tie on 1-3 (e.g. two reformats of one acquisition): sagittal first
+   (``service.series.planes.PLANE_PREFERENCE``). The plane comes after the rules that change the measured HU, and
+   before the slice count, which is not comparable across planes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import pydicom
+
+from service.series.planes import NON_AXIAL_PLANES, PLANE_PREFERENCE, SlicePlane
 
 
 class KernelClass(IntEnum):
@@ -75,18 +83,26 @@ class SeriesCandidate:
     convolution_kernel: str = ""
     contrast: bool = False
     series_description: str = ""
+    plane: SlicePlane = SlicePlane.AXIAL
+    """The plane of the slices (axial, sagittal or coronal: the planes that pass the checks)."""
+
+    def __post_init__(self) -> None:
+        if self.plane not in PLANE_PREFERENCE:
+            raise ValueError(f"plane must be one of {sorted(PLANE_PREFERENCE)}, got {self.plane!r}")
 
     @property
     def kernel_class(self) -> KernelClass:
         return classify_kernel(self.convolution_kernel)
 
-    def sort_key(self) -> tuple[int, int, float, int, str]:
+    def sort_key(self) -> tuple[int, int, int, float, int, int, str]:
         thickness = self.slice_thickness_mm if self.slice_thickness_mm is not None else 99.0
-        return (int(self.contrast), int(self.kernel_class), thickness, -self.slice_count, self.series_instance_uid)
+        return (int(self.plane in NON_AXIAL_PLANES), int(self.contrast), int(self.kernel_class), thickness,
+                PLANE_PREFERENCE[self.plane], -self.slice_count, self.series_instance_uid)
 
     def describe(self) -> str:
         thickness = f"{self.slice_thickness_mm:g} mm" if self.slice_thickness_mm is not None else "unknown thickness"
-        return (f"{thickness}, kernel {self.convolution_kernel or '?'} ({self.kernel_class.name.lower()}), "
+        plane = f"{self.plane}, " if self.plane in NON_AXIAL_PLANES else ""
+        return (f"{plane}{thickness}, kernel {self.convolution_kernel or '?'} ({self.kernel_class.name.lower()}), "
                 f"{'contrast' if self.contrast else 'non-contrast'}, {self.slice_count} slices")
 
 
@@ -110,8 +126,8 @@ def has_contrast(header: pydicom.Dataset) -> bool:
     return bool(_CONTRAST_WORDS.search(description))
 
 
-def candidate_from_header(header: pydicom.Dataset, slice_count: int,
-                          slice_thickness_mm: float | None = None) -> SeriesCandidate:
+def candidate_from_header(header: pydicom.Dataset, slice_count: int, slice_thickness_mm: float | None = None,
+                          plane: SlicePlane = SlicePlane.AXIAL) -> SeriesCandidate:
     thickness = slice_thickness_mm
     if thickness is None and header.get("SliceThickness") not in (None, ""):
         try:
@@ -125,6 +141,7 @@ def candidate_from_header(header: pydicom.Dataset, slice_count: int,
         convolution_kernel=_multi(header.get("ConvolutionKernel", "")),
         contrast=has_contrast(header),
         series_description=_multi(header.get("SeriesDescription", "")),
+        plane=plane,
     )
 
 

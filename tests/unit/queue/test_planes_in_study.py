@@ -1,20 +1,24 @@
 """Sagittal/coronal reformats and scout images in a study, at the scheduler's decision (issue 17).
 
 A study often holds, next to the axial stack, sagittal and coronal reformats. When an axial series of the study is
-selected, a reformat is ignored with a reason naming that series; without one it is rejected: analysing non-axial
-series is not supported yet. A localizer inside the axial series is left out and the series is queued.
+selected, a reformat is ignored with a reason naming that series; without one a sagittal or coronal series is
+analysed (a targeted spine reconstruction often comes as a sagittal series alone): sagittal before coronal. A
+localizer inside the axial series is left out and the series is queued.
 """
 
 from __future__ import annotations
 
+import argparse
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import sqlalchemy
 from pydicom.uid import generate_uid
 
+from service.cli.jobs import cmd_series_list
 from service.db.queries import list_series
 from service.db.tables import utcnow
 from service.domain.status import SeriesStatus
@@ -23,7 +27,7 @@ from tests.support.ct_series import CTSeriesHeader, write_ct_series
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
-NOT_SUPPORTED = "series: analysis of non-axial series is not supported yet"
+ANALYSED = "series analysed: no usable axial series in the study"
 
 
 def _series(folder: Path, study_uid: str, number: int, *, orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
@@ -76,7 +80,7 @@ def test_a_reformat_arriving_after_the_axial_series_was_queued_is_ignored(
     assert rows[coronal].reason == "coronal reformat; the axial series 2 of the study is screened"
 
 
-def test_a_reformat_without_a_usable_axial_series_is_rejected_as_not_supported(
+def test_a_reformat_without_a_usable_axial_series_is_queued(
         tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
     study, t0 = generate_uid(), utcnow()
     too_thick = record_files(sqlite_engine, _series(tmp_path / "ax", study, 3, thickness_mm=8.0), t0)
@@ -84,23 +88,79 @@ def test_a_reformat_without_a_usable_axial_series_is_rejected_as_not_supported(
 
     tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
-    assert tick.enqueued == () and tick.ignored == ()
-    assert sorted(tick.rejected) == sorted([too_thick, sagittal])
+    assert len(tick.enqueued) == 1 and tick.ignored == () and tick.rejected == (too_thick,)
     rows = {s.series_instance_uid: s for s in list_series(sqlite_engine)}
-    assert rows[sagittal].status == SeriesStatus.REJECTED
-    assert (rows[sagittal].reason or "").startswith(f"sagittal {NOT_SUPPORTED}")
+    assert rows[sagittal].status == SeriesStatus.QUEUED and rows[sagittal].reason == f"sagittal {ANALYSED}"
+    assert rows[too_thick].status == SeriesStatus.REJECTED and "8" in (rows[too_thick].reason or "")
 
 
-def test_a_study_of_a_coronal_series_only_is_rejected_as_not_supported(
-        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
+@pytest.mark.parametrize(("orientation", "plane"), [(SAGITTAL, "sagittal"), (CORONAL, "coronal")])
+def test_a_study_of_one_sagittal_or_coronal_series_only_is_queued(
+        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str, orientation: tuple[float, ...],
+        plane: str) -> None:
     study, t0 = generate_uid(), utcnow()
-    coronal = record_files(sqlite_engine, _series(tmp_path / "cor", study, 4, orientation=CORONAL), t0)
+    uid = record_files(sqlite_engine, _series(tmp_path / "s", study, 4, orientation=orientation), t0)
 
     tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
 
-    assert tick.rejected == (coronal,) and tick.ignored == ()
+    assert len(tick.enqueued) == 1 and tick.rejected == () and tick.ignored == () and tick.reports == ()
     (row,) = list_series(sqlite_engine)
-    assert row.status == SeriesStatus.REJECTED and (row.reason or "").startswith(f"coronal {NOT_SUPPORTED}")
+    assert row.series_instance_uid == uid
+    assert (row.status, row.reason) == (SeriesStatus.QUEUED, f"{plane} {ANALYSED}")
+
+
+def test_without_an_axial_series_sagittal_is_preferred_over_coronal(
+        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
+    study, t0 = generate_uid(), utcnow()
+    # the coronal series has more slices: the plane decides before the slice count
+    coronal = record_files(sqlite_engine, _series(tmp_path / "cor", study, 602, orientation=CORONAL, n_slices=20), t0)
+    sagittal = record_files(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL), t0)
+
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+
+    assert len(tick.enqueued) == 1 and tick.not_selected == (coronal,) and tick.ignored == ()
+    rows = {s.series_instance_uid: s for s in list_series(sqlite_engine)}
+    assert rows[sagittal].status == SeriesStatus.QUEUED
+    assert rows[coronal].status == SeriesStatus.NOT_SELECTED
+    assert rows[coronal].reason == (f"series {sagittal} preferred (sagittal, 2 mm, kernel B30f (soft), non-contrast, "
+                                    f"12 slices over coronal, 2 mm, kernel B30f (soft), non-contrast, 20 slices)")
+
+
+def test_a_thinner_coronal_series_is_preferred_over_a_thicker_sagittal_one(
+        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str) -> None:
+    """The selection rules that change the measured HU (contrast, kernel, thickness) come before the plane."""
+    study, t0 = generate_uid(), utcnow()
+    coronal = record_files(sqlite_engine, _series(tmp_path / "cor", study, 602, orientation=CORONAL,
+                                                  thickness_mm=1.0), t0)
+    sagittal = record_files(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL,
+                                                   thickness_mm=3.0), t0)
+
+    tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+
+    assert len(tick.enqueued) == 1 and tick.not_selected == (sagittal,)
+    rows = {s.series_instance_uid: s for s in list_series(sqlite_engine)}
+    assert rows[coronal].status == SeriesStatus.QUEUED and rows[coronal].reason == f"coronal {ANALYSED}"
+
+
+def test_series_list_shows_each_planes_decision_and_reason(
+        tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    study, t0 = generate_uid(), utcnow()
+    axial = record_files(sqlite_engine, _series(tmp_path / "ax", study, 3), t0)
+    sagittal = record_files(sqlite_engine, _series(tmp_path / "sag", study, 601, orientation=SAGITTAL), t0)
+    other_study = generate_uid()
+    alone = record_files(sqlite_engine, _series(tmp_path / "alone", other_study, 7, orientation=SAGITTAL), t0)
+    quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
+    monkeypatch.setenv("BMD_NODE_NODE__DATABASE_URL", sqlite_url)
+    monkeypatch.delenv("BMD_NODE_CONFIG", raising=False)
+
+    assert cmd_series_list(argparse.Namespace(config=None, limit=100)) == 0
+
+    by_series = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert " queued " in by_series[axial]
+    assert " ignored " in by_series[sagittal]
+    assert by_series[sagittal].endswith("sagittal reformat; the axial series 3 of the study is screened")
+    assert " queued " in by_series[alone] and by_series[alone].endswith(f"sagittal {ANALYSED}")
 
 
 def test_an_axial_series_holding_its_scout_is_queued(tmp_path: Path, sqlite_engine: sqlalchemy.Engine,

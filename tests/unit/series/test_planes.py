@@ -1,8 +1,8 @@
 """Scout images inside a series and sagittal/coronal series at the check level (issue 17).
 
 A scanner may put the localizer (topogram) into the series of the axial stack: the localizer images are left out of
-the stack with a warning, the axial slices are used. A sagittal or coronal series (a reformat) is named as such: the
-node analyses axial stacks only.
+the stack with a warning, the axial slices are used. A sagittal or coronal stack passes the checks like an axial one
+(its plane named, a note for the result); an oblique stack is rejected.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from service.series.checks import check_series
-from service.series.planes import SlicePlane, non_axial_reason, reformat_reason, slice_plane
+from service.series.planes import (
+    SlicePlane,
+    non_axial_note,
+    non_axial_queued_reason,
+    oblique_reason,
+    reformat_reason,
+    slice_plane,
+)
 from service.series.volume_loader import load_series, read_headers
 from tests.support.ct_series import CTSeriesHeader, write_ct_series
 
@@ -58,14 +65,16 @@ def test_slice_plane_refuses_what_is_no_normal(normal: tuple[float, ...]) -> Non
 
 
 def test_reasons_name_the_plane() -> None:
-    assert non_axial_reason(SlicePlane.SAGITTAL).startswith(
-        "sagittal series: analysis of non-axial series is not supported yet")
-    assert non_axial_reason(SlicePlane.OBLIQUE) == "not an axial stack (slice normal is not head-foot)"
+    assert oblique_reason().startswith("oblique series: the slice normal is not along a patient axis")
     assert reformat_reason(SlicePlane.CORONAL, "3") == "coronal reformat; the axial series 3 of the study is screened"
-    with pytest.raises(ValueError, match="axial"):
-        non_axial_reason(SlicePlane.AXIAL)
-    with pytest.raises(ValueError, match="reformats"):
-        reformat_reason(SlicePlane.OBLIQUE, "3")
+    assert non_axial_queued_reason(SlicePlane.SAGITTAL) == (
+        "sagittal series analysed: no usable axial series in the study")
+    assert non_axial_note(SlicePlane.CORONAL).startswith(
+        "coronal series: measured on its coronal slices (slice normal anterior-posterior)")
+    for refuses in (lambda: non_axial_note(SlicePlane.AXIAL), lambda: reformat_reason(SlicePlane.OBLIQUE, "3"),
+                    lambda: non_axial_queued_reason(SlicePlane.AXIAL)):
+        with pytest.raises(ValueError, match="only sagittal or coronal"):
+            refuses()
 
 
 def test_localizer_images_in_an_axial_series_are_left_out_of_the_stack(tmp_path: Path) -> None:
@@ -105,19 +114,47 @@ def test_left_out_localizers_do_not_hide_the_reasons_of_the_axial_part(tmp_path:
 
 
 @pytest.mark.parametrize(("orientation", "plane"), [(SAGITTAL, SlicePlane.SAGITTAL), (CORONAL, SlicePlane.CORONAL)])
-def test_sagittal_and_coronal_series_are_named_not_supported(tmp_path: Path, orientation: tuple[float, ...],
-                                                             plane: SlicePlane) -> None:
+def test_sagittal_and_coronal_stacks_pass_the_checks_and_name_their_plane(
+        tmp_path: Path, orientation: tuple[float, ...], plane: SlicePlane) -> None:
     paths = _series(tmp_path / "s", CTSeriesHeader(orientation=orientation), 12)
     check = check_series(read_headers(paths))
-    assert not check.ok and check.plane == plane
-    assert check.reasons == (non_axial_reason(plane),)
-    assert check.reason.startswith(f"{plane} series: analysis of non-axial series is not supported yet")
-    assert "not an axial stack" in check.reason
+    assert check.ok, check.reason
+    assert check.plane == plane and check.slice_count == 12 and check.slice_spacing_mm == pytest.approx(2.0)
+    assert check.warnings == (non_axial_note(plane),)
+    # the stack is ordered along the slice normal, as for an axial stack: the writer put slice k at k x 2 mm
+    # along it, and wrote the files in that order
+    assert check.order == tuple(range(12))
 
 
-def test_an_oblique_series_is_not_an_axial_stack(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("orientation", "reason"), [
+    (SAGITTAL, "only 4 slices"),
+    (CORONAL, "only 4 slices"),
+])
+def test_the_stack_limits_apply_to_sagittal_and_coronal_stacks(tmp_path: Path, orientation: tuple[float, ...],
+                                                              reason: str) -> None:
+    paths = _series(tmp_path / "s", CTSeriesHeader(orientation=orientation), 4)
+    check = check_series(read_headers(paths))
+    assert not check.ok and reason in check.reason
+    assert all("measured on" not in w for w in check.warnings)
+
+
+def test_a_sagittal_series_loads_with_its_slice_normal_along_left_right(tmp_path: Path) -> None:
+    """Known geometry: rows towards posterior at 0.5 mm per column, columns towards the feet at 0.8 mm per row,
+    slices 2 mm apart towards patient right (normal -L): voxel (i, j, k) lies at origin + (-2k, 0.5 i, -0.8 j)."""
+    frames = [np.arange(6 * 8, dtype=np.int16).reshape(6, 8) + 100 * k for k in range(12)]  # (rows, columns)
+    header = CTSeriesHeader(orientation=SAGITTAL, pixel_spacing_mm=(0.8, 0.5), slice_thickness_mm=2.0)
+    volume = load_series(write_ct_series(tmp_path / "s", frames, header))
+    assert volume.shape == (8, 6, 12)
+    origin = volume.index_to_lps([0.0, 0.0, 0.0])
+    np.testing.assert_allclose(volume.index_to_lps([7.0, 5.0, 11.0]) - origin, [-22.0, 3.5, -4.0], atol=1e-6)
+    assert volume.superior_axis() == (1, -1)
+    # HU = stored - 1024: frame k, row j, column i holds 8 j + i + 100 k
+    assert volume.hu[3, 2, 5] == pytest.approx(8 * 2 + 3 + 500 - 1024)
+
+
+def test_an_oblique_series_is_rejected_naming_the_plane(tmp_path: Path) -> None:
     c = float(np.sqrt(0.5))
     paths = _series(tmp_path / "s", CTSeriesHeader(orientation=(c, 0.0, -c, 0.0, 1.0, 0.0)), 12)
     check = check_series(read_headers(paths))
     assert not check.ok and check.plane == SlicePlane.OBLIQUE
-    assert check.reason == "not an axial stack (slice normal is not head-foot)"
+    assert check.reason == oblique_reason()

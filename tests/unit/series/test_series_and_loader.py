@@ -78,7 +78,7 @@ def test_rotated_in_plane_orientation(tmp_path: Path) -> None:
         ({"image_type": ("ORIGINAL", "PRIMARY", "LOCALIZER")}, "localizer"),
         ({"n": 4}, "only 4 slices"),
         ({"spacing_mm": 6.0}, "exceeds 5.0 mm"),
-        ({"orientation": (1, 0, 0, 0, 0, -1)}, "not an axial stack"),
+        ({"orientation": (0.7071068, 0, -0.7071068, 0, 1, 0)}, "oblique series"),  # sagittal/coronal pass: test_planes
     ],
 )
 def test_rejections_name_the_reason(tmp_path: Path, kwargs: dict, reason: str) -> None:
