@@ -2,7 +2,7 @@
 
 Reference HU of the tissues (unenhanced, by tube voltage):
     air   -1000 at every kVp (definition of the HU scale)
-    fat   -108 / -100 / -95 at 100 / 120 / 140 kVp (adipose tissue -90..-120 HU, more negative at lower kVp;
+    fat   -120 / -108 / -100 / -95 at 80 / 100 / 120 / 140 kVp (adipose tissue -90..-120 HU, more negative at lower kVp;
           e.g. Lamba et al., AJR 2014, soft-tissue HU on unenhanced abdominal CT)
     muscle +50, blood +42 (skeletal muscle 40-60 HU, unenhanced blood 35-50 HU by haematocrit; Lamba 2014; 42 is
           also the phantom's blood); with IV contrast
@@ -19,8 +19,8 @@ which is the same as fitting measured tissue HU to their equivalent densities.
 
 What it can and cannot do: it corrects the scanner's HU scale (offset, gain) as seen in soft tissue and air; it
 cannot measure the energy dependence of mineral, which comes from the documented kVp factor of the reference line.
-On the project's phantom (tissues rendered at these reference HU, bone on the declared line) it recovers the declared
-line at every supported kVp (tests). Contrast-enhanced scans leave blood out.
+Its accuracy on the physics phantom (tissues and bone from their composition, not from these constants) is measured
+by service/offline/evaluation/calibration_accuracy.py. Contrast-enhanced scans leave blood out.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from service.domain.results import CalibrationKind, LinearCalibration
 logger = logging.getLogger(__name__)
 
 AIR_HU = -1000.0
-FAT_HU_BY_KVP: dict[float, float] = {100.0: -108.0, 120.0: -100.0, 140.0: -95.0}
+FAT_HU_BY_KVP: dict[float, float] = {80.0: -120.0, 100.0: -108.0, 120.0: -100.0, 140.0: -95.0}
+"""80 kVp: subcutaneous fat on the low-kVp images of dual-energy CT reads about -110..-125 HU (fat grows more
+negative as the beam softens); -120 continues the 100-140 kVp trend. No single source: see docs/phantom/README.md."""
 MUSCLE_HU = 50.0
 MUSCLE_CONTRAST_RISE_HU_120KVP = 8.0
 """Portal-venous enhancement of skeletal muscle (~ +5-15 HU), scaled by the iodine kVp factor."""
@@ -60,7 +62,7 @@ TISSUE_TOLERANCE_HU: dict[str, float] = {"air": 120.0, "fat": 30.0, "muscle": 40
 GAIN_PRIOR_SD = 0.05
 GAIN_LIMITS = (0.90, 1.10)
 OFFSET_LIMIT_HU = 40.0
-SOURCE = ("internal calibration: air -1000, fat -108/-100/-95 (100/120/140 kVp), muscle +50, blood +42 HU "
+SOURCE = ("internal calibration: air -1000, fat -120/-108/-100/-95 (80/100/120/140 kVp), muscle +50, blood +42 HU "
           "(Lamba 2014); reference line at scan kVp")
 
 

@@ -7,8 +7,9 @@ The reference relation (120 kVp, unenhanced trabecular bone, mg/cm3 calcium-hydr
 Phantomless and internally calibrated relations published for 120 kVp put BMD at about 0.7-0.8 * HU with an
 intercept between about -5 and +20 mg/cm3 (asynchronous / internal calibration literature summarised by Pan 2020 and
 Wang 2024, ``BMD = a * HU + b``); 0.75 / +5 maps the 80 and 120 mg/cm3 thresholds to 100 and 153 HU, close to the
-L1 HU cut-offs in wide use (~100-110 HU osteoporosis, ~150-160 HU normal; Pickhardt 2013). It is the same relation
-the project's synthetic phantom declares (service/phantom/density.py), which the tests check.
+L1 HU cut-offs in wide use (~100-110 HU osteoporosis, ~150-160 HU normal; Pickhardt 2013). The synthetic phantom does
+not share it: its HU come from X-ray physics (service/offline/phantom/physics.py), and
+service/offline/evaluation/calibration_accuracy.py measures this line's error per kVp against it.
 
 kVp: the mineral part of bone HU scales with tube voltage relative to 120 kVp by MINERAL_KVP_FACTOR (100 kVp x1.12,
 140 kVp x0.93; the order of published spectral shifts of trabecular HU, Garner 2017: ~ +10-15 % at 100 kVp); the

@@ -1,7 +1,8 @@
 """The whole screening pipeline (the production recipe, through the CLI) on the real chest CT of ../shared/data.
 
 The case is a 99 x 3 mm chest CT (about T1..L1, 100 kVp, IV contrast) with no lumbar coverage: the result must
-carry the thoracolumbar curve's fit, and a lumbar-equivalent value only when the curve passes its gates, thoracic levels in order, per-level
+carry the thoracolumbar curve's fit, and a lumbar-equivalent value only when the curve passes its gates, thoracic
+levels in order, per-level
 trabecular HU in the range of adult bone, and result objects that pass the DICOM validators.
 """
 

@@ -2,9 +2,9 @@
 
 Noise model: standard-dose noise SD at 120 kVp for a 1 mm slice of an average adult ~ 25 HU with a soft
 kernel, scaling with 1/sqrt(slice thickness); low dose x2.5 (low-dose lung screening, Pan 2020 ~ 35-60 HU);
-100 kVp x1.2, 140 kVp x0.85; larger patients noisier. The noise is spatially correlated (reconstruction
-kernel texture). Partial volume: in-plane blur of about half a pixel, through-plane Gaussian slice-sensitivity
-profile with FWHM = slice thickness.
+80 kVp x1.45, 100 kVp x1.2, 140 kVp x0.85; larger patients noisier. The noise is spatially correlated
+(reconstruction kernel texture). Partial volume: in-plane blur of about half a pixel, through-plane Gaussian
+slice-sensitivity profile with FWHM = slice thickness.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ HU_MAX = 3071.0
 """12-bit stored range with RescaleIntercept -1024."""
 BASE_NOISE_SD_HU = 25.0
 """Noise SD at 120 kVp, 1 mm slice, standard dose, average adult, soft kernel."""
-KVP_NOISE_FACTOR: dict[int, float] = {100: 1.2, 120: 1.0, 140: 0.85}
+KVP_NOISE_FACTOR: dict[int, float] = {80: 1.45, 100: 1.2, 120: 1.0, 140: 0.85}
+"""At equal dose, fewer photons reach the detector at lower kVp: 80 kVp (low-dose protocols) is noisier."""
 LOW_DOSE_NOISE_FACTOR = 2.5
 
 

@@ -119,7 +119,8 @@ class Anatomy:
     kidney_shift_mm: float
     arms_in_fov: bool
     osteophytes: bool
-    cortical_hu_120: float
+    cortical_mineral_mg_cm3: float
+    """Apparent HA density of the vertebral cortical shell (density.CORTICAL_MINERAL_RANGE_MG_CM3)."""
     lumbar_variant: str
     extras: dict[str, float] = field(default_factory=dict)
 

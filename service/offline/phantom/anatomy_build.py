@@ -23,6 +23,7 @@ from service.offline.phantom.anatomy import (
     unit_vector,
 )
 from service.offline.phantom.anatomy_torso import build_ribs, build_torso
+from service.offline.phantom.density import CORTICAL_MINERAL_RANGE_MG_CM3
 
 V = VertebraLevel
 
@@ -284,7 +285,7 @@ def _with_organs(rng: np.random.Generator, opts: AnatomyOptions, vertebrae: dict
         kidney_shift_mm=float(rng.normal(0, 10)),
         arms_in_fov=opts.arms_in_fov,
         osteophytes=opts.osteophytes,
-        cortical_hu_120=float(rng.uniform(700.0, 1100.0)),
+        cortical_mineral_mg_cm3=float(rng.uniform(*CORTICAL_MINERAL_RANGE_MG_CM3)),
         lumbar_variant=opts.lumbar_variant,
         extras={**extras, "breast_size": float(rng.uniform(0.3, 1.3)) if opts.sex == "F" else 0.0},
     )

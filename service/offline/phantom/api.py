@@ -28,11 +28,12 @@ from pydicom.uid import generate_uid
 
 from service.domain.levels import VertebraLevel
 from service.domain.volume import CTVolume
-from service.offline.phantom import density
+from service.offline.phantom import density, physics
 from service.offline.phantom import labels as L  # noqa: N812
 from service.offline.phantom.acquisition import finish, noise_sd_hu, to_dicom_order
 from service.offline.phantom.anatomy import Anatomy
 from service.offline.phantom.anatomy_build import build_anatomy
+from service.offline.phantom.canvas import Canvas
 from service.offline.phantom.dicom_writer import write_labels_nifti, write_series
 from service.offline.phantom.grid import Grid
 from service.offline.phantom.layout import (
@@ -45,7 +46,7 @@ from service.offline.phantom.layout import (
 )
 from service.offline.phantom.render import RenderOptions, render
 from service.offline.phantom.spec import MANUFACTURER, PhantomSpec, random_spec
-from service.offline.phantom.subject import Subject, draw_subject, streams
+from service.offline.phantom.subject import Subject, draw_scanner, draw_subject, streams, water_path_cm
 from service.offline.phantom.truth import AcquisitionRecord, phantom_truth, vertebra_truth
 
 logger = logging.getLogger(__name__)
@@ -100,14 +101,20 @@ def generate(
     anat = build_anatomy(rs["anatomy"], subject.anatomy_options(spec))
     z_range = z_range_mm(spec, anat, rs["defaults"])
     grid, fov_offset = acquisition_grid(spec, anat, rs["defaults"], z_range, spacing_mm, shape)
-    trab_hu = {lv: subject.patient.trabecular_hu(lv, spec.kvp, spec.contrast) for lv in density.PHANTOM_LEVELS}
-    calibration = calibration_setup(spec, anat, z_range)
+    size_factor = _size_factor(anat)
+    beam = physics.beam(spec.kvp, water_path_cm(size_factor))
+    scanner = draw_scanner(spec, rs["scanner"])
+    raw_trab = {lv: subject.patient.trabecular_hu(lv, beam, spec.contrast) for lv in density.PHANTOM_LEVELS}
+    trab_hu = {lv: scanner.apply(hu) for lv, hu in raw_trab.items()}
+    calibration = calibration_setup(spec, anat, z_range, beam, scanner)
     island = bone_island(spec, anat, rs["findings"])
     kernel, blur_mm = reconstruction_kernel(spec.noise_scale)
-    cv = render(anat, grid, _render_options(spec, grid, trab_hu, calibration, island, blur_mm), rs["render"])
+    opts = _render_options(spec, grid, raw_trab, calibration, island, blur_mm, beam.water_path_cm)
+    cv = render(anat, grid, opts, rs["render"])
+    _apply_scanner(cv, scanner)
     t_render = time.perf_counter() - t0
     coarse = spacing_mm is not None or shape is not None
-    noise = _noise_sd(spec, anat, grid, coarse)
+    noise = _noise_sd(spec, size_factor, grid, coarse)
     acquired = finish(cv, rs["acquisition"], slice_thickness_mm=spec.slice_thickness_mm, noise_sd=noise,
                       in_plane_blur_mm=blur_mm)
     vertebrae = vertebra_truth(anat, grid, acquired.labels, subject.patient, trab_hu, spec, island)
@@ -120,7 +127,8 @@ def generate(
     uids = _uids(spec, nz, spacing_mm, shape)
     volume = _volume(spec, subject, hu_arr, affine, uids, kernel)
     acq = AcquisitionRecord(grid=grid, affine_lps=affine, shape=tuple(hu_arr.shape), z_range_mm=z_range,
-                            fov_offset_mm=fov_offset, noise_sd_hu=noise, convolution_kernel=kernel, coarse_grid=coarse)
+                            fov_offset_mm=fov_offset, noise_sd_hu=noise, convolution_kernel=kernel, coarse_grid=coarse,
+                            beam=beam, scanner=scanner)
     truth = phantom_truth(spec, subject, acq, vertebrae, calibration.truth, island, uids)
     logger.info("phantom seed %d rendered in %.2f s (%.2f s anatomy+paint), grid %s", spec.seed,
                 time.perf_counter() - t0, t_render, grid.shape)
@@ -128,18 +136,36 @@ def generate(
 
 
 def _render_options(spec: PhantomSpec, grid: Grid, trab_hu: dict[VertebraLevel, float],
-                    calibration: CalibrationSetup, island: BoneIsland | None, blur_mm: float) -> RenderOptions:
+                    calibration: CalibrationSetup, island: BoneIsland | None, blur_mm: float,
+                    water_path: float) -> RenderOptions:
     return RenderOptions(
         kvp=spec.kvp, contrast=spec.contrast, trabecular_hu=trab_hu, table=spec.table,
         calibration_rods=calibration.rods, calibration_box=calibration.box, calibration_z=calibration.z_mm,
         table_y=calibration.table_y_mm, bone_island=island, screw_levels=spec.pedicle_screw_levels,
         blur_xy_mm=blur_mm, blur_z_mm=max(spec.slice_thickness_mm, grid.spacing_mm[2]) / 2.355,
+        water_path_cm=water_path,
     )
 
 
-def _noise_sd(spec: PhantomSpec, anat: Anatomy, grid: Grid, coarse: bool) -> float:
+def _size_factor(anat: Anatomy) -> float:
+    """Patient size relative to an average adult (max torso half width / 165 mm): noise and beam hardening."""
+    return float(np.max(anat.torso.half_width) / 165.0)
+
+
+def _apply_scanner(cv: Canvas, scanner: physics.Scanner) -> None:
+    """The scanner's HU scale on every rendered value but metal (saturated) and the declared core HU."""
+    if scanner.gain == 1.0 and scanner.offset_hu == 0.0:
+        return
+    keep = cv.labels == L.METAL
+    metal = cv.hu[keep]
+    cv.hu *= np.float32(scanner.gain)
+    cv.hu += np.float32(scanner.offset_hu)
+    cv.hu[keep] = metal
+    cv.core_hu = {label: scanner.apply(hu) for label, hu in cv.core_hu.items()}
+
+
+def _noise_sd(spec: PhantomSpec, size_factor: float, grid: Grid, coarse: bool) -> float:
     """Noise SD (HU) of the acquisition; on a coarse grid lowered as averaging the acquired voxels would."""
-    size_factor = float(np.max(anat.torso.half_width) / 165.0)
     noise = 0.0 if spec.noise_free else noise_sd_hu(spec.kvp, spec.slice_thickness_mm, spec.low_dose, size_factor,
                                                     spec.noise_scale)
     if coarse:

@@ -11,12 +11,19 @@ import numpy as np
 import numpy.typing as npt
 
 from service.domain.levels import VertebraLevel
+from service.offline.phantom import physics
 from service.offline.phantom.anatomy import Anatomy, cavity
-from service.offline.phantom.density import FAT_HU_BY_KVP, IODINE_KVP_FACTOR, MINERAL_KVP_FACTOR
+from service.offline.phantom.density import BLOOD_IODINE_MG_ML
 from service.offline.phantom.grid import F32, Block, Grid
 
 METAL_HU = 3071.0
 """12-bit CT scale maximum; metal saturates as on most clinical reconstructions."""
+PORTAL_VENOUS_IODINE_MG_ML: dict[str, float] = {
+    "blood": BLOOD_IODINE_MG_ML, "muscle": 0.3, "myocardium": 2.4, "liver": 2.0, "spleen": 2.6,
+    "kidney_cortex": 5.5, "kidney_medulla": 3.2, "bowel_wall": 2.4,
+}
+"""Iodine (mg/mL) in each tissue in the portal-venous phase: at 120 kVp (~25 HU per mg/mL) blood +125, liver +50,
+spleen +65, kidney cortex +140, muscle +8 HU, the usual portal-venous enhancement."""
 
 
 @dataclass(frozen=True)
@@ -43,29 +50,32 @@ class TissueHU:
     air: float = -1000.0
 
     @staticmethod
-    def for_acquisition(kvp: int, contrast: bool, cortical_hu_120: float) -> TissueHU:
-        iodine = IODINE_KVP_FACTOR[kvp] if contrast else 0.0
-        mineral = MINERAL_KVP_FACTOR[kvp]
-        # unenhanced values: fat -100, muscle ~50, blood ~40, liver ~55, spleen ~45, kidney ~30 (standard CT
-        # attenuation tables); portal-venous enhancement: blood +130, liver +50, spleen +65, kidney cortex +140.
+    def for_acquisition(beam: physics.Beam, contrast: bool, cortical_mineral_mg_cm3: float) -> TissueHU:
+        """HU of every tissue from its composition (``physics.MATERIALS``) in ``beam``; with contrast each tissue
+        holds ``PORTAL_VENOUS_IODINE_MG_ML`` of iodine."""
+        iodine_hu = beam.hu_per_mg("iodine") if contrast else 0.0
+
+        def hu(material: str, tissue: str = "", density: float | None = None) -> float:
+            return beam.hu(material, density) + iodine_hu * PORTAL_VENOUS_IODINE_MG_ML.get(tissue, 0.0)
+
         return TissueHU(
-            fat=FAT_HU_BY_KVP[kvp],
-            muscle=50.0 + 8.0 * iodine,
-            skin=35.0,
-            lung=-855.0,
-            blood=42.0 + 130.0 * iodine,
-            myocardium=45.0 + 60.0 * iodine,
-            liver=56.0 + 50.0 * iodine,
-            spleen=46.0 + 65.0 * iodine,
-            kidney_cortex=32.0 + 140.0 * iodine,
-            kidney_medulla=30.0 + 80.0 * iodine,
-            bowel_wall=40.0 + 60.0 * iodine,
-            bowel_content=15.0,
-            disc_annulus=95.0,
-            disc_nucleus=75.0,
-            csf=12.0,
-            cartilage=110.0,
-            cortical=cortical_hu_120 * mineral,
+            fat=hu("adipose"),
+            muscle=hu("muscle", "muscle"),
+            skin=hu("skin"),
+            lung=hu("lung"),
+            blood=hu("blood", "blood"),
+            myocardium=hu("muscle", "myocardium"),
+            liver=hu("liver", "liver"),
+            spleen=hu("spleen", "spleen"),
+            kidney_cortex=hu("kidney", "kidney_cortex"),
+            kidney_medulla=hu("kidney", "kidney_medulla"),
+            bowel_wall=hu("gi_tract", "bowel_wall"),
+            bowel_content=hu("water", density=1.015),
+            disc_annulus=hu("cartilage"),
+            disc_nucleus=hu("cartilage", density=1.07),
+            csf=hu("csf"),
+            cartilage=hu("cartilage"),
+            cortical=beam.hu_solution("hydroxyapatite", cortical_mineral_mg_cm3),
         )
 
 
@@ -128,6 +138,8 @@ class RenderOptions:
     """In-plane Gaussian sigma of the acquisition blur (the core margin depends on it)."""
     blur_z_mm: float = 0.42
     """Through-plane Gaussian sigma of the slice profile."""
+    water_path_cm: float = physics.REFERENCE_WATER_PATH_CM
+    """Water-equivalent path of the patient (beam hardening, see physics)."""
 
 
 def slice_blocks(cv: Canvas, z_lo: float = -1e9, z_hi: float = 1e9) -> Iterator[tuple[int, Block]]:

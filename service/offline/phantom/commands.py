@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from service.offline.phantom import density
 from service.offline.phantom.api import PhantomSpec, generate, random_spec, write_phantom
 
 
@@ -34,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-spacing", type=float, default=0.7, metavar="MM", help="0.5-0.98 mm (default 0.7)")
     p.add_argument("--rows", type=int, default=512)
     p.add_argument("--columns", type=int, default=512)
-    p.add_argument("--kvp", type=int, choices=[100, 120, 140], default=120)
+    p.add_argument("--kvp", type=int, choices=density.SUPPORTED_KVP, default=density.REFERENCE_KVP,
+                   help="tube voltage; 80 kVp as in low-dose protocols (noisier)")
     p.add_argument("--contrast", action="store_true", help="portal-venous IV contrast")
     p.add_argument("--low-dose", action="store_true", help="low-dose noise level")
     p.add_argument("--noise-free", action="store_true", help="no quantum noise (tests)")
@@ -60,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arms-in-fov", action="store_true", default=None)
     p.add_argument("--no-table", action="store_true")
     p.add_argument("--noise-scale", type=float, default=1.0)
+    p.add_argument("--scanner-gain", type=float, default=None, metavar="G",
+                   help="HU scale of the scanner (HU' = G * HU + offset; default drawn from the seed, ~1 +- 0.01)")
+    p.add_argument("--scanner-offset", type=float, default=None, metavar="HU",
+                   help="HU offset of the scanner (default drawn from the seed, ~0 +- 3 HU)")
     p.add_argument("--random", action="store_true",
                    help="draw every unspecified option at random from the seed (training-style variety)")
 
@@ -93,6 +99,8 @@ def spec_from_args(args: argparse.Namespace) -> PhantomSpec:
         "arms_in_fov": args.arms_in_fov,
         "table": not args.no_table,
         "noise_scale": args.noise_scale,
+        "scanner_gain": args.scanner_gain,
+        "scanner_offset_hu": args.scanner_offset,
     }
     if args.random:
         return random_spec(np.random.default_rng(args.seed), seed=args.seed)

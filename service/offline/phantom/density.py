@@ -1,39 +1,26 @@
-"""Patient and bone-density model of the synthetic CT phantom (pure numpy).
+"""Patient and bone-density model of the synthetic CT phantom (pure numpy), and the HU of its bone.
 
-Everything the phantom says about bone density is derived here, so the renderer, the calibration rods and
-``truth.json`` share one declared relation.
+The phantom's truth is the BMD it puts in: mg/cm3 of calcium hydroxyapatite (HA) per cm3 of trabecular bone, the QCT
+scale of the ACR 2018 / Chinese 2018 QCT guidelines. The HU of that bone are computed by ``physics`` from the
+composition, never from the calibration's line (service/calibration/linear.py), so a calibration error shows.
 
-HU <-> BMD (the declared relation)
-    At 120 kVp, without contrast, trabecular bone of ``bmd`` mg/cm3 (calcium-hydroxyapatite equivalent, the
-    QCT scale of the ACR 2018 / Chinese 2018 QCT guidelines) has
-
-        bmd = BMD_SLOPE_PER_HU * hu + BMD_INTERCEPT_MG_CM3      (0.75 * hu + 5)
-
-    i.e. ``hu = HU_SLOPE_PER_MG_CM3 * bmd + HU_INTERCEPT``  (1.333 * bmd - 6.7).
-    Choice: phantomless / internally calibrated relations published for 120 kVp put BMD at about
-    0.7-0.8 * HU with an intercept between about -5 and +20 mg/cm3 (e.g. the asynchronous / internal calibration
-    literature summarised in Pan 2020 and Wang 2024: ``BMD = a * HU + b``); 0.75 / +5 sits in the middle and maps
-    the 80 and 120 mg/cm3 thresholds to 100 and 153 HU, close to the widely used L1 HU cut-offs (~100-110 HU for
-    osteoporosis, ~150-160 HU for normal, Pickhardt 2013). The marrow (0 mg/cm3) is then -6.7 HU.
-
-kVp dependence
-    Mineral attenuation rises at lower tube voltage. The mineral part of bone HU (trabecular and cortical, and
-    the calibration rods) is multiplied by ``MINERAL_KVP_FACTOR[kvp]`` (100 kVp: x1.12, 140 kVp: x0.93 relative to
-    120 kVp; the order of the published spectral shifts of trabecular HU, e.g. Garner 2017 ~ +10-15 % at 100 kVp).
-    Consequently the HU->BMD line at another kVp has slope ``BMD_SLOPE_PER_HU / factor`` and the same intercept
-    (``hu_to_bmd_line(kvp)``).
-
-IV contrast
-    Portal-venous contrast raises vertebral trabecular HU by about 10-15 HU at 120 kVp (Pickhardt 2011:
-    +11 HU at L1; Pompe 2015: ~ +10-20 HU). ``CONTRAST_TRABECULAR_HU_RISE_120KVP = 12`` is added to the
-    trabecular HU, scaled by the iodine kVp factor ``IODINE_KVP_FACTOR`` (iodine enhancement ~ +25 % at 100 kVp,
-    ~ -15 % at 140 kVp). The HU->BMD line is that of the unenhanced bone: a contrast phantom overestimates BMD,
-    as real contrast CT does.
+Bone (``bone_hu``)
+    Trabecular bone = HA at ``bmd`` mg/cm3 dissolved in a water-equivalent base (red marrow and organic matrix taken
+    as water-equivalent, the convention of the HA-equivalent QCT scale and of HA phantoms such as the ESP; marrow fat,
+    a known QCT error source, is not modelled). With IV contrast the marrow holds ``MARROW_IODINE_MG_ML`` of iodine
+    (a vascular fraction of ~9 % of blood at ``BLOOD_IODINE_MG_ML``); its HU follow from iodine's attenuation.
+    Cortical bone: HA at the anatomy's apparent shell mineral density in the same base.
+Calibration rods (``rod_hu``)
+    'hydroxyapatite': HA at the declared density in water-equivalent resin. 'k2hpo4': dipotassium phosphate whose
+    declared density is on the HA (BMD) scale, as the phantom definitions declare it: the rod holds
+    ``K2HPO4_MG_PER_HA_MG`` mg of K2HPO4 per declared mg, the amount that matches HA in the reference beam
+    (120 kVp, average patient). At other tube voltages and sizes K2HPO4 and HA differ slightly, as real rods do.
+Scanner and beam: ``physics.Beam`` (kVp, patient size: beam hardening) and ``physics.Scanner`` (gain, offset).
 
 Cohort and thoracolumbar gradient
     Category mix of the Xiong 2025 cohort (Table 1, training set): 21.8 % normal, 41.8 % osteopenia, 36.4 %
     osteoporosis; 62.4 % women; median age 66 (IQR 57-73). Categories by the L1-L2 mean BMD with the QCT
-    guideline thresholds of ``service.domain.guidelines`` (>120 normal, 80-120 osteopenia, <80 osteoporosis).
+    guideline thresholds of ``service.domain.guidelines``.
     Trabecular BMD is higher in thoracic than in lumbar vertebrae and decreases roughly linearly from T5 to L2
     (the Xiong 2025 thoracolumbar calibration curve ``HU = k * n + intercept``, n = 1 (T5) .. 10 (L2), k < 0).
     The relative drop per level is drawn per patient (mean 1.8 % of the L1-L2 BMD per level, i.e. ~ +15 %
@@ -49,31 +36,18 @@ import numpy as np
 
 from service.domain.guidelines import NORMAL_ABOVE_MG_CM3, OSTEOPOROSIS_BELOW_MG_CM3, Category, categorize
 from service.domain.levels import VertebraLevel
+from service.offline.phantom import physics
 
 logger = logging.getLogger(__name__)
 
-# --- the declared HU <-> BMD relation at 120 kVp (see module docstring for the source of the choice) ---
-BMD_SLOPE_PER_HU = 0.75
-BMD_INTERCEPT_MG_CM3 = 5.0
-HU_SLOPE_PER_MG_CM3 = 1.0 / BMD_SLOPE_PER_HU
-HU_INTERCEPT = -BMD_INTERCEPT_MG_CM3 / BMD_SLOPE_PER_HU
-"""HU of marrow without mineral (0 mg/cm3) at 120 kVp: -6.67 HU."""
-
 REFERENCE_KVP = 120
-SUPPORTED_KVP: tuple[int, ...] = (100, 120, 140)
-MINERAL_KVP_FACTOR: dict[int, float] = {100: 1.12, 120: 1.0, 140: 0.93}
-"""Multiplier of the mineral part of bone HU relative to 120 kVp (Garner 2017-like spectral shift)."""
-IODINE_KVP_FACTOR: dict[int, float] = {100: 1.25, 120: 1.0, 140: 0.85}
-"""Multiplier of iodine enhancement relative to 120 kVp."""
-FAT_HU_BY_KVP: dict[int, float] = {100: -108.0, 120: -100.0, 140: -95.0}
-"""Adipose tissue HU: more negative at lower kVp."""
-
-CONTRAST_TRABECULAR_HU_RISE_120KVP = 12.0
-"""Portal-venous rise of vertebral trabecular HU (Pickhardt 2011 ~ +11 HU; Pompe 2015 ~ +10-20 HU)."""
-
-# Cortical bone: compact bone is ~1.8-1.9 g/cm3; vertebral shells measure 400-1000 HU on clinical CT depending
-# on thickness (partial volume). The shell is drawn from this range (120 kVp, before partial-volume blur).
-CORTICAL_HU_RANGE_120KVP: tuple[float, float] = (650.0, 1100.0)
+SUPPORTED_KVP: tuple[int, ...] = physics.SUPPORTED_KVP
+BLOOD_IODINE_MG_ML = 5.0
+"""Portal-venous blood iodine: ~ +125 HU over unenhanced blood at 120 kVp (aorta ~ 170 HU)."""
+MARROW_IODINE_MG_ML = 0.45
+"""Vertebral marrow iodine in the portal-venous phase: ~ 9 % vascular fraction of ``BLOOD_IODINE_MG_ML``."""
+CORTICAL_MINERAL_RANGE_MG_CM3: tuple[float, float] = (525.0, 825.0)
+"""Apparent HA density of the vertebral shell before partial-volume blur (vertebral shells measure ~ 400-1000 HU)."""
 
 # --- QCT categories: the guideline thresholds (ACR 2018 / Chinese QCT guideline 2018, used by Xiong 2025) are the
 # clinical definition in service.domain.guidelines (NORMAL_ABOVE_MG_CM3 / OSTEOPOROSIS_BELOW_MG_CM3 come from there);
@@ -107,25 +81,32 @@ def category_of(bmd_mg_cm3: float) -> str:
     return category.value
 
 
-def _check_kvp(kvp: int) -> int:
-    if int(kvp) not in MINERAL_KVP_FACTOR:
-        raise ValueError(f"kvp must be one of {SUPPORTED_KVP}, got {kvp}")
-    return int(kvp)
+def _beam(kvp: int, water_path_cm: float) -> physics.Beam:
+    return physics.beam(int(kvp), water_path_cm)
 
 
-def hu_to_bmd_line(kvp: int = REFERENCE_KVP) -> tuple[float, float]:
-    """(slope, intercept) with ``bmd_mg_cm3 = slope * hu + intercept`` for unenhanced bone at ``kvp``."""
-    factor = MINERAL_KVP_FACTOR[_check_kvp(kvp)]
-    return BMD_SLOPE_PER_HU / factor, BMD_INTERCEPT_MG_CM3
-
-
-def bmd_to_hu(bmd_mg_cm3: float, kvp: int = REFERENCE_KVP, contrast: bool = False) -> float:
-    """Trabecular HU of bone with ``bmd_mg_cm3`` at ``kvp``, with the contrast rise when ``contrast``."""
-    slope, intercept = hu_to_bmd_line(kvp)
-    hu = (bmd_mg_cm3 - intercept) / slope
+def bone_hu(bmd_mg_cm3: float, beam: physics.Beam, contrast: bool = False) -> float:
+    """Trabecular HU (before the scanner's gain and offset) of bone with ``bmd_mg_cm3`` HA in ``beam``."""
+    hu = beam.hu_solution("hydroxyapatite", bmd_mg_cm3)
     if contrast:
-        hu += contrast_trabecular_rise_hu(kvp)
+        hu += MARROW_IODINE_MG_ML * beam.hu_per_mg("iodine")
     return float(hu)
+
+
+def hu_to_bmd_line(kvp: int = REFERENCE_KVP, water_path_cm: float = physics.REFERENCE_WATER_PATH_CM,
+                   scanner: physics.Scanner | None = None) -> tuple[float, float]:
+    """(slope, intercept) with ``bmd_mg_cm3 = slope * hu + intercept`` for unenhanced bone in this acquisition."""
+    sc = scanner or physics.Scanner()
+    beam = _beam(kvp, water_path_cm)
+    hu0 = sc.apply(bone_hu(0.0, beam))
+    per_mg = sc.gain * beam.hu_per_mg("hydroxyapatite")
+    return 1.0 / per_mg, -hu0 / per_mg
+
+
+def bmd_to_hu(bmd_mg_cm3: float, kvp: int = REFERENCE_KVP, contrast: bool = False,
+              water_path_cm: float = physics.REFERENCE_WATER_PATH_CM) -> float:
+    """Trabecular HU of bone with ``bmd_mg_cm3`` at ``kvp`` (average patient, ideal scanner)."""
+    return bone_hu(bmd_mg_cm3, _beam(kvp, water_path_cm), contrast)
 
 
 def bmd_from_hu(hu: float, kvp: int = REFERENCE_KVP) -> float:
@@ -134,25 +115,28 @@ def bmd_from_hu(hu: float, kvp: int = REFERENCE_KVP) -> float:
     return float(slope * hu + intercept)
 
 
-def contrast_trabecular_rise_hu(kvp: int = REFERENCE_KVP) -> float:
-    return CONTRAST_TRABECULAR_HU_RISE_120KVP * IODINE_KVP_FACTOR[_check_kvp(kvp)]
+def contrast_trabecular_rise_hu(kvp: int = REFERENCE_KVP,
+                                water_path_cm: float = physics.REFERENCE_WATER_PATH_CM) -> float:
+    return float(MARROW_IODINE_MG_ML * _beam(kvp, water_path_cm).hu_per_mg("iodine"))
 
 
-def mineral_hu(base_hu: float, mineral_hu_120: float, kvp: int) -> float:
-    """HU of a material whose mineral part measures ``mineral_hu_120`` above ``base_hu`` at 120 kVp."""
-    return float(base_hu + mineral_hu_120 * MINERAL_KVP_FACTOR[_check_kvp(kvp)])
+_REFERENCE_BEAM = physics.beam(REFERENCE_KVP)
+K2HPO4_MG_PER_HA_MG = _REFERENCE_BEAM.hu_per_mg("hydroxyapatite") / _REFERENCE_BEAM.hu_per_mg("k2hpo4")
+"""mg of K2HPO4 that attenuate like 1 mg of HA in the reference beam (120 kVp, average patient)."""
+HU_SLOPE_PER_MG_CM3 = _REFERENCE_BEAM.hu_per_mg("hydroxyapatite")
+HU_INTERCEPT = bmd_to_hu(0.0)
+"""HU of the mineral-free base (0 mg/cm3) at 120 kVp: water-equivalent, 0 HU."""
 
 
-def rod_hu(density_mg_cm3: float, material: str, kvp: int = REFERENCE_KVP) -> float:
-    """HU of a QCT calibration rod of ``density_mg_cm3`` of ``material`` ('k2hpo4' or 'hydroxyapatite').
-
-    Both materials are rendered on the patient's BMD scale (the rods define it, as in QCT), so a synchronous
-    calibration fitted on the rods recovers ``hu_to_bmd_line(kvp)`` exactly. The 0 mg/cm3 rod (water-equivalent
-    resin / solution) measures the marrow HU of the line, -6.7 HU at 120 kVp.
-    """
-    if material not in ("k2hpo4", "hydroxyapatite"):
-        raise ValueError(f"material must be 'k2hpo4' or 'hydroxyapatite', got {material!r}")
-    return bmd_to_hu(density_mg_cm3, kvp, contrast=False)
+def rod_hu(density_mg_cm3: float, material: str, kvp: int = REFERENCE_KVP,
+           water_path_cm: float = physics.REFERENCE_WATER_PATH_CM) -> float:
+    """HU (ideal scanner) of a QCT calibration rod of declared ``density_mg_cm3`` ('k2hpo4' or 'hydroxyapatite')."""
+    beam = _beam(kvp, water_path_cm)
+    if material == "hydroxyapatite":
+        return float(beam.hu_solution("hydroxyapatite", density_mg_cm3))
+    if material == "k2hpo4":
+        return float(beam.hu_solution("k2hpo4", density_mg_cm3 * K2HPO4_MG_PER_HA_MG))
+    raise ValueError(f"material must be 'k2hpo4' or 'hydroxyapatite', got {material!r}")
 
 
 @dataclass(frozen=True)
@@ -181,8 +165,9 @@ class PatientDensity:
         if category_of(self.l1_l2_bmd_mg_cm3) != self.category:
             raise ValueError(f"category {self.category!r} does not match L1-L2 BMD {self.l1_l2_bmd_mg_cm3:.1f}")
 
-    def trabecular_hu(self, level: VertebraLevel, kvp: int = REFERENCE_KVP, contrast: bool = False) -> float:
-        return bmd_to_hu(self.bmd_by_level[level], kvp, contrast)
+    def trabecular_hu(self, level: VertebraLevel, beam: physics.Beam, contrast: bool = False) -> float:
+        """HU of the level's trabecular bone in ``beam`` (before the scanner's gain and offset)."""
+        return bone_hu(self.bmd_by_level[level], beam, contrast)
 
 
 def _normalise_sex(sex: str | None) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.domain.levels import VertebraLevel
-from service.offline.phantom import density
+from service.offline.phantom import density, physics
 from service.offline.phantom import labels as L  # noqa: N812
 from service.offline.phantom.anatomy import Anatomy
 from service.offline.phantom.grid import Grid
@@ -110,8 +110,12 @@ class CalibrationSetup:
     table_y_mm: float
 
 
-def calibration_setup(spec: PhantomSpec, anat: Anatomy, z_range: tuple[float, float]) -> CalibrationSetup:
-    """Rods along z under the back (centred on L1, or T8 for a chest), the table below them (or below the back)."""
+def calibration_setup(spec: PhantomSpec, anat: Anatomy, z_range: tuple[float, float], beam: physics.Beam,
+                      scanner: physics.Scanner) -> CalibrationSetup:
+    """Rods along z under the back (centred on L1, or T8 for a chest), the table below them (or below the back).
+
+    Rod HU come from the rod material in ``beam`` (density.rod_hu); the painted value is before the scanner's gain and
+    offset (applied to the whole canvas), the truth's ``hu`` after them."""
     zz = np.linspace(z_range[0], z_range[1], 50)
     back_max = float(np.max(anat.torso.at(zz, "back_y")))
     if spec.calibration_phantom is None:
@@ -126,13 +130,16 @@ def calibration_setup(spec: PhantomSpec, anat: Anatomy, z_range: tuple[float, fl
     rod_specs: list[tuple[float, float, float, float]] = []
     rods = []
     for k, (x, dens) in enumerate(zip(xs, CALIBRATION_DENSITIES_MG_CM3, strict=True)):
-        hu = density.rod_hu(dens, spec.calibration_phantom, spec.kvp)
+        hu = density.rod_hu(dens, spec.calibration_phantom, spec.kvp, beam.water_path_cm)
         rod_specs.append((x, (y0 + y1) / 2, CALIBRATION_ROD_RADIUS_MM, hu))
-        rods.append({"label": L.CALIBRATION_ROD_BASE + k, "density_mg_cm3": dens, "hu": round(hu, 2),
+        rods.append({"label": L.CALIBRATION_ROD_BASE + k, "density_mg_cm3": dens,
+                     "hu": round(scanner.apply(hu), 2),
                      "centre_lps_mm": [round(x, 2), round((y0 + y1) / 2, 2)],
                      "z_range_mm": [round(cal_z[0], 2), round(cal_z[1], 2)],
                      "radius_mm": CALIBRATION_ROD_RADIUS_MM})
+    k2hpo4 = spec.calibration_phantom == "k2hpo4"
     truth = {"material": spec.calibration_phantom, "body_label": L.CALIBRATION_BODY, "rods": rods,
+             "k2hpo4_mg_per_declared_mg": round(density.K2HPO4_MG_PER_HA_MG, 5) if k2hpo4 else None,
              "note": "rods run along z; centre_lps_mm is (x, y); HU of the noise-free rod"}
     return CalibrationSetup(truth=truth, rods=tuple(rod_specs), box=(xs[0] - 30.0, xs[-1] + 30.0, y0, y1),
                             z_mm=cal_z, table_y_mm=y1 + 1.0)

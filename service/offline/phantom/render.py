@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.offline.phantom import physics
 from service.offline.phantom.anatomy import Anatomy
 from service.offline.phantom.canvas import METAL_HU, Canvas, RenderOptions, TissueHU
 from service.offline.phantom.grid import Grid
@@ -30,7 +31,8 @@ from service.offline.phantom.render_torso import paint_arms, paint_breasts, pain
 
 def render(anat: Anatomy, grid: Grid, opts: RenderOptions, rng: np.random.Generator) -> Canvas:
     """Paint all structures; returns the canvas (labels, unblurred HU, texture amplitudes, core HU)."""
-    tissue = TissueHU.for_acquisition(opts.kvp, opts.contrast, anat.cortical_hu_120)
+    tissue = TissueHU.for_acquisition(physics.beam(opts.kvp, opts.water_path_cm), opts.contrast,
+                                      anat.cortical_mineral_mg_cm3)
     cv = Canvas.empty(grid)
     if opts.table:
         paint_table(cv, opts)

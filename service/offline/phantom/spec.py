@@ -25,6 +25,8 @@ CALIBRATION_HEIGHT_MM = 34.0
 MANUFACTURER = "bmd-node phantom"
 GENERATOR_VERSION = "1"
 FRACTURE_LOSS_RANGE = (0.2, 0.5)
+SCANNER_GAIN_RANGE = (0.95, 1.05)
+SCANNER_OFFSET_LIMIT_HU = 20.0
 
 
 def _level(value: VertebraLevel | str | int) -> VertebraLevel:
@@ -77,6 +79,10 @@ class PhantomSpec:
     fov_bottom_level: VertebraLevel | None = None
     fov_offset_mm: tuple[float, float] | None = None
     """(x, y) shift of the reconstruction centre from the patient centre; None = drawn (a few mm)."""
+    scanner_gain: float | None = None
+    """HU scale of the scanner, ``HU' = gain * HU + offset`` (physics.Scanner); None = drawn (SD 1 %, within 3 %)."""
+    scanner_offset_hu: float | None = None
+    """None = drawn (SD 3 HU, within 8 HU)."""
 
     def __post_init__(self) -> None:
         def fix(name: str, value: Any) -> None:
@@ -141,6 +147,11 @@ class PhantomSpec:
         top, bottom = self.fov_top_level, self.fov_bottom_level
         if top is not None and bottom is not None and top > bottom:
             raise ValueError("fov_top_level must be cranial to fov_bottom_level")
+        if self.scanner_gain is not None and not SCANNER_GAIN_RANGE[0] <= self.scanner_gain <= SCANNER_GAIN_RANGE[1]:
+            raise ValueError(f"scanner_gain must be within {SCANNER_GAIN_RANGE}, got {self.scanner_gain}")
+        if self.scanner_offset_hu is not None and not abs(self.scanner_offset_hu) <= SCANNER_OFFSET_LIMIT_HU:
+            raise ValueError(f"scanner_offset_hu must be within +-{SCANNER_OFFSET_LIMIT_HU}, "
+                             f"got {self.scanner_offset_hu}")
         if self.fov_offset_mm is not None:
             fix("fov_offset_mm", (float(self.fov_offset_mm[0]), float(self.fov_offset_mm[1])))
 
@@ -174,7 +185,7 @@ def random_spec(rng: np.random.Generator, **overrides: Any) -> PhantomSpec:
         "region": region,
         "slice_thickness_mm": thickness,
         "pixel_spacing_mm": float(rng.uniform(0.5, 0.98)),
-        "kvp": int(rng.choice([100, 120, 140], p=[0.25, 0.6, 0.15])),
+        "kvp": int(rng.choice(density.SUPPORTED_KVP, p=[0.1, 0.25, 0.5, 0.15])),
         "contrast": bool(rng.random() < 0.35),
         "low_dose": bool(rng.random() < 0.25),
         "feet_first": bool(rng.random() < 0.1),

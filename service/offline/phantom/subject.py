@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.domain.levels import VertebraLevel
-from service.offline.phantom import density
+from service.offline.phantom import density, physics
 from service.offline.phantom.anatomy import FRACTURE_TYPES, AnatomyOptions, Fracture
 from service.offline.phantom.spec import FRACTURE_LOSS_RANGE, HABITUS, PhantomSpec
 
-STREAMS = ("patient", "anatomy", "findings", "render", "acquisition", "defaults")
-"""Names of the independent random streams of one phantom, in the order they are spawned from the seed."""
+STREAMS = ("patient", "anatomy", "findings", "render", "acquisition", "defaults", "scanner")
+"""Names of the independent random streams of one phantom, in the order they are spawned from the seed (a new
+stream goes at the end, so that the existing ones keep their numbers)."""
 
 
 def streams(spec: PhantomSpec) -> dict[str, np.random.Generator]:
@@ -65,3 +66,22 @@ def draw_subject(spec: PhantomSpec, rs: dict[str, np.random.Generator]) -> Subje
         fractures[lv] = Fracture(kind, loss)
     return Subject(patient=patient, habitus=habitus, curvature_scale=curvature, arms_in_fov=arms,
                    osteophytes=osteo, fractures=fractures)
+
+
+SCANNER_GAIN_SD = 0.01
+SCANNER_OFFSET_SD_HU = 3.0
+
+
+def draw_scanner(spec: PhantomSpec, rng: np.random.Generator) -> physics.Scanner:
+    """The scanner's HU scale: what the spec fixes, else gain ~ N(1, 1 %) within 3 %, offset ~ N(0, 3 HU) within 8 HU
+    (between-scanner differences of water and soft-tissue HU of a few HU and a few per cent)."""
+    gain = float(np.clip(rng.normal(1.0, SCANNER_GAIN_SD), 0.97, 1.03))
+    offset = float(np.clip(rng.normal(0.0, SCANNER_OFFSET_SD_HU), -8.0, 8.0))
+    return physics.Scanner(gain=spec.scanner_gain if spec.scanner_gain is not None else round(gain, 4),
+                           offset_hu=spec.scanner_offset_hu if spec.scanner_offset_hu is not None else round(offset, 2))
+
+
+def water_path_cm(size_factor: float) -> float:
+    """The patient's water-equivalent path for the spectrum: the reference path scaled by the size factor (max torso
+    half width / 165 mm), within 15..45 cm."""
+    return float(np.clip(physics.REFERENCE_WATER_PATH_CM * size_factor, 15.0, 45.0))

@@ -3,14 +3,14 @@ the acquired label map), calibration phantom, findings, label scheme and UIDs.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.domain.levels import VertebraLevel
-from service.offline.phantom import density
+from service.offline.phantom import density, physics
 from service.offline.phantom import labels as L  # noqa: N812
 from service.offline.phantom.anatomy import Anatomy, Fracture
 from service.offline.phantom.grid import Grid
@@ -34,6 +34,8 @@ class AcquisitionRecord:
     noise_sd_hu: float
     convolution_kernel: str
     coarse_grid: bool
+    beam: physics.Beam = field(default_factory=lambda: physics.beam(density.REFERENCE_KVP))
+    scanner: physics.Scanner = field(default_factory=physics.Scanner)
 
     def __post_init__(self) -> None:
         if self.affine_lps.shape != (4, 4):
@@ -100,8 +102,8 @@ def phantom_truth(spec: PhantomSpec, subject: Subject, acq: AcquisitionRecord, v
                   uids: dict[str, Any]) -> dict[str, Any]:
     """The truth.json content (without its ``files`` entry, added when written)."""
     patient = subject.patient
-    slope, intercept = density.hu_to_bmd_line(spec.kvp)
-    s120, i120 = density.hu_to_bmd_line(120)
+    slope, intercept = density.hu_to_bmd_line(spec.kvp, acq.beam.water_path_cm, acq.scanner)
+    s120, i120 = density.hu_to_bmd_line(120, acq.beam.water_path_cm, acq.scanner)
     return {
         "generator": {"name": MANUFACTURER, "version": GENERATOR_VERSION},
         "seed": spec.seed,
@@ -115,10 +117,11 @@ def phantom_truth(spec: PhantomSpec, subject: Subject, acq: AcquisitionRecord, v
             "habitus": subject.habitus,
         },
         "hu_to_bmd": {"slope": slope, "intercept": intercept, "kvp": spec.kvp,
-                      "applies_to": "unenhanced trabecular bone at this kVp; bmd = slope * hu + intercept"},
+                      "applies_to": "unenhanced trabecular bone of this acquisition (kVp, patient size, scanner "
+                                    "gain and offset), from the phantom's physics; bmd = slope * hu + intercept"},
         "hu_to_bmd_120kvp": {"slope": s120, "intercept": i120},
-        "contrast_trabecular_rise_hu": round(density.contrast_trabecular_rise_hu(spec.kvp), 3) if spec.contrast
-        else 0.0,
+        "contrast_trabecular_rise_hu": round(acq.scanner.gain * density.contrast_trabecular_rise_hu(
+            spec.kvp, acq.beam.water_path_cm), 3) if spec.contrast else 0.0,
         "acquisition": _acquisition_truth(spec, acq),
         "variants": _variants_truth(spec, subject),
         "vertebrae": vertebrae,
@@ -157,6 +160,10 @@ def _acquisition_truth(spec: PhantomSpec, acq: AcquisitionRecord) -> dict[str, A
         "fov_z_range_mm": [round(acq.z_range_mm[0], 3), round(acq.z_range_mm[1], 3)],
         "fov_offset_mm": list(acq.fov_offset_mm),
         "coarse_grid": acq.coarse_grid,
+        "water_path_cm": round(acq.beam.water_path_cm, 3),
+        "mean_detected_energy_kev": round(acq.beam.mean_energy_kev, 2),
+        "scanner_gain": acq.scanner.gain,
+        "scanner_offset_hu": acq.scanner.offset_hu,
     }
 
 

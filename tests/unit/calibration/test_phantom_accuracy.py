@@ -1,5 +1,10 @@
 """Accuracy on synthetic phantoms with known truth (service/phantom), using the truth labels as segmentation.
 
+The phantom's HU come from physics, not from the calibration's line: tests of the measurement (ROI, HU) convert the
+node's trabecular HU with the phantom's own truth line (``truth["hu_to_bmd"]``), so a calibration error does not hide
+an ROI error; tests of contrast handling and of the thoracolumbar curve give the phantom calibration rods. The
+calibration's own accuracy per kVp is test_calibration_accuracy.py.
+
 Grids are coarse crops (a few vertebrae, 1-3 mm) so each phantom renders in about a second.
 """
 
@@ -13,14 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from service.calibration.assess import assess_bmd
+from service.calibration.level_curve import lumbar_equivalent_hu
 from service.calibration.phantom import calibrate_from_volume, load_definition
 from service.calibration.settings import BmdSettings
 from service.calibration.store import CalibrationStore
 from service.cli.calibrate import register_calibrate
+from service.domain.guidelines import categorize
 from service.domain.levels import VertebraLevel as V
-from service.domain.results import CalibrationKind, Category, ExclusionReason, RoiMethod
+from service.domain.results import CalibrationKind, Category, ExclusionReason, RoiMethod, ScreeningResult
 from service.offline.phantom.api import Phantom, PhantomSpec, generate
 from service.offline.phantom.dicom_writer import write_series
 from tests.unit.calibration.phantom_cases import truth_segmentation
@@ -30,12 +38,21 @@ NO_SYNC = BmdSettings(detect_synchronous_phantom=False)
 KVPS = (100, 120, 140)
 
 
+def _measured_bmd(phantom: Phantom, result: ScreeningResult) -> float:
+    """The node's summary levels, their trabecular HU converted with the phantom's truth line (contrast rise off)."""
+    line, rise = phantom.truth["hu_to_bmd"], phantom.truth["contrast_trabecular_rise_hu"]
+    by_level = {m.level: m.trabecular_hu_mean for m in result.vertebrae}
+    assert result.summary.levels_used, result.summary
+    return float(np.mean([line["slope"] * (by_level[lv] - rise) + line["intercept"]
+                          for lv in result.summary.levels_used]))
+
+
 def _l1_l2_error(spec: PhantomSpec, spacing: tuple[float, float, float], settings: BmdSettings = NO_SYNC
                  ) -> tuple[float, Category, str]:
     phantom = generate(spec, spacing_mm=spacing)
     result = assess_bmd(phantom.volume, truth_segmentation(phantom), settings).result
-    assert result.summary.bmd_mg_cm3 is not None, result.summary
-    return (result.summary.bmd_mg_cm3 - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"], result.summary.category,
+    measured = _measured_bmd(phantom, result)
+    return (measured - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"], categorize(measured),
             phantom.truth["patient"]["category"])
 
 
@@ -60,7 +77,7 @@ def test_noise_free_l1_l2_mae(method: RoiMethod, max_mae: float, noise_free_phan
     for phantom in noise_free_phantoms:
         result = assess_bmd(phantom.volume, truth_segmentation(phantom), settings).result
         assert result.summary.levels_used == (V.L1, V.L2)
-        errors.append(result.summary.bmd_mg_cm3 - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"])
+        errors.append(_measured_bmd(phantom, result) - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"])
     mae = float(np.mean(np.abs(errors)))
     assert mae <= max_mae, f"MAE {mae:.2f} mg/cm3, errors {np.round(errors, 2)}"
 
@@ -133,24 +150,36 @@ def test_fractured_level_is_excluded_and_neighbours_used() -> None:
 
 
 def test_contrast_is_detected_corrected_and_flagged() -> None:
-    spec = PhantomSpec(seed=41, region="abdomen", contrast=True, fov_top_level=V.T12, fov_bottom_level=V.L3)
+    spec = PhantomSpec(seed=41, region="abdomen", contrast=True, fov_top_level=V.T12, fov_bottom_level=V.L3,
+                       calibration_phantom="hydroxyapatite")
     phantom = generate(spec, spacing_mm=(1.0, 1.0, 2.0))
-    result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
+    result = assess_bmd(phantom.volume, truth_segmentation(phantom), BmdSettings()).result
+    assert result.calibration.kind is CalibrationKind.SYNCHRONOUS_PHANTOM
     assert "contrast_enhanced" in result.calibration.flags
     error = result.summary.bmd_mg_cm3 - phantom.truth["patient"]["l1_l2_bmd_mg_cm3"]
     assert abs(error) <= 3.0
 
 
-def test_chest_ct_gives_lumbar_equivalent_from_the_curve() -> None:
+def test_chest_ct_curve_is_accurate_and_gated() -> None:
     spec = PhantomSpec(seed=51, region="chest", fov_top_level=V.T5, fov_bottom_level=V.T11)
     phantom = generate(spec, spacing_mm=(1.5, 1.5, 3.0))
     result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
-    assert result.summary.lumbar_equivalent
     assert result.curve_fit is not None and len(result.curve_fit.levels_used) >= 5
     assert result.curve_fit.k < 0  # thoracic BMD higher than lumbar (Xiong 2025)
-    assert "thoracolumbar curve" in result.summary.method
+    # The summary takes the curve's value only when its slope passes the t test (scipy here, not the gate's code);
+    # this patient's levels are nearly flat, so the nearest level stands in for L1 and the refusal is noted.
+    hu = {m.level: m.trabecular_hu_mean for m in result.vertebrae}
+    used = result.curve_fit.levels_used
+    p_value = stats.linregress([lv.xiong_index for lv in used], [hu[lv] for lv in used]).pvalue
+    if p_value < 0.05:
+        assert result.summary.lumbar_equivalent and "thoracolumbar curve" in result.summary.method
+    else:
+        assert not result.summary.lumbar_equivalent
+        assert any(note.startswith("thoracolumbar curve not used") for note in result.summary.notes)
     truth = phantom.truth["patient"]["l1_l2_bmd_mg_cm3"]
-    assert abs(result.summary.bmd_mg_cm3 - truth) <= 0.2 * truth
+    line = phantom.truth["hu_to_bmd"]  # the curve, not the calibration, is under test here
+    lumbar = line["slope"] * lumbar_equivalent_hu(result.curve_fit) + line["intercept"]
+    assert abs(lumbar - truth) <= 0.2 * truth
 
 
 def test_bone_island_and_pedicle_screws_are_excluded() -> None:

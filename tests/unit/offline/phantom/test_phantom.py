@@ -302,8 +302,10 @@ def test_random_spec_varies_and_validates() -> None:
     coarse = generate(specs[0], spacing_mm=(4.0, 4.0, 4.0))
     assert coarse.volume.spacing_mm == pytest.approx((4.0, 4.0, 4.0))
     assert coarse.labels.shape == coarse.volume.shape
-    for bad in ({"region": "head"}, {"kvp": 80}, {"rib_pairs": 10}, {"lumbar_variant": "x"},
-                {"fracture_levels": ("Q3",)}, {"calibration_phantom": "gold"}):
+    assert PhantomSpec(seed=1, kvp=80).kvp == 80  # low-dose protocols
+    for bad in ({"region": "head"}, {"kvp": 90}, {"rib_pairs": 10}, {"lumbar_variant": "x"},
+                {"fracture_levels": ("Q3",)}, {"calibration_phantom": "gold"}, {"scanner_gain": 1.2},
+                {"scanner_offset_hu": 40.0}):
         with pytest.raises(ValueError):
             PhantomSpec(seed=1, **bad)  # type: ignore[arg-type]
 
