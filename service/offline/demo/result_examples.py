@@ -38,7 +38,7 @@ from service.series.volume_loader import load_series, load_series_folder
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # service/offline/demo/ -> the repository
 CPTAC_CHEST = REPO_ROOT.parent / "shared" / "data" / "cptac_lscc_chest"
 
 

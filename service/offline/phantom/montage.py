@@ -204,7 +204,7 @@ def comparison(real_dir: Path, out: Path, seed: int = 7) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("docs/phantom"))
-    parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
                         / "cptac_lscc_chest")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
