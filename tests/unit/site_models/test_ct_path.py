@@ -23,7 +23,6 @@ from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.offline.cohort.features import extract_features, hu_from_screening_result, series_files
 from service.offline.cohort.synthetic import SYNTHETIC_CT_SOURCE, synthetic_rows, write_synthetic_cohort
 from service.offline.phantom import labels as phantom_labels
-from service.offline.phantom.density import bmd_to_hu
 from service.series.volume_loader import load_series
 from service.site_models.cohort import load_cohort
 from service.site_models.feature_models import train_feature_model
@@ -66,10 +65,12 @@ def test_phantom_ct_row_features_match_the_phantom_truth(cohort_csv: Path) -> No
     assert all(r.hu_by_level for r in cohort.rows[1:])
     extracted = extract_features(cohort, ct_pipeline=_truth_pipeline)
     hu = extracted.rows[0].hu_by_level
-    truth = json.loads((ct_row.ct_series_dir.parent / "truth.json").read_text())["patient"]
+    document = json.loads((ct_row.ct_series_dir.parent / "truth.json").read_text())
+    truth, line = document["patient"], document["hu_to_bmd"]  # the physics line of this very acquisition
     assert {VertebraLevel.T5, VertebraLevel.L1, VertebraLevel.L2} <= set(hu)
     for level, value in hu.items():
-        assert value == pytest.approx(bmd_to_hu(truth["bmd_by_level_mg_cm3"][level.name]), abs=15.0), level.name
+        expected_hu = (truth["bmd_by_level_mg_cm3"][level.name] - line["intercept"]) / line["slope"]
+        assert value == pytest.approx(expected_hu, abs=15.0), level.name
     # the QCT reference of the CT row is the phantom's L1-L2 truth plus QCT noise
     assert ct_row.qct_bmd_mg_cm3 == pytest.approx(truth["l1_l2_bmd_mg_cm3"], rel=0.2)
     # rows that already carry HU columns are untouched
