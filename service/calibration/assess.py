@@ -72,6 +72,7 @@ class _LevelWork:
     roi: CroppedMask | None = None
     exclusion: tuple[ExclusionReason, str] | None = None
     level_uncertain: bool = False
+    level_cues: tuple[str, ...] = ()
 
 
 def _scan_date(volume: CTVolume) -> date:
@@ -132,7 +133,8 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
     heights: dict[VertebraLevel, VertebralHeights] = {}
     for v in sorted(segmentation.vertebrae, key=lambda x: x.level):
         body = crops.get(int(v.level))
-        work = _LevelWork(level=v.level, centroid=v.centroid_lps_mm, body=body, level_uncertain=v.level_uncertain)
+        work = _LevelWork(level=v.level, centroid=v.centroid_lps_mm, body=body, level_uncertain=v.level_uncertain,
+                         level_cues=v.level_cues)
         works.append(work)
         if body is None:
             work.exclusion = (ExclusionReason.ROI_TOO_SMALL, "no body voxels")
@@ -213,7 +215,7 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
             evaluable=evaluable,
             exclusion_reason=None if evaluable else work.exclusion[0] if work.exclusion else None,
             exclusion_detail=None if evaluable else work.exclusion[1] if work.exclusion else None,
-            level_uncertain=work.level_uncertain,
+            level_uncertain=work.level_uncertain, level_cues=work.level_cues,
         ))
 
     curve = fit_level_curve(hu_by_level, site_k=settings.curve_site_k)

@@ -97,6 +97,8 @@ class VertebraMeasurement:
     exclusion_detail: str | None = None
     """Human-readable detail, e.g. 'anterior height 62 % of neighbours'."""
     level_uncertain: bool = False
+    level_cues: tuple[str, ...] = ()
+    """The labelling cues that agreed on this level's name (empty: not recorded)."""
 
     def __post_init__(self) -> None:
         if self.evaluable and self.exclusion_reason is not None:
@@ -166,6 +168,7 @@ class ScreeningResult:
                     "exclusion_reason": m.exclusion_reason.value if m.exclusion_reason else None,
                     "exclusion_detail": m.exclusion_detail,
                     "level_uncertain": m.level_uncertain,
+                    "level_cues": list(m.level_cues),
                 }
             )
         calibration = asdict(self.calibration)

@@ -20,6 +20,8 @@ class LabelledVertebra:
     uncertainty_reason: str | None = None
     cut_by_fov: bool = False
     """True when the body touches the first or last slice (not fully in the field of view)."""
+    level_cues: tuple[str, ...] = ()
+    """The labelling cues that agreed on this name (e.g. the T12 rib anchor and the thoracic/lumbar appearance)."""
 
     def __post_init__(self) -> None:
         if len(self.centroid_lps_mm) != 3:

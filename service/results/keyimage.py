@@ -156,8 +156,13 @@ def _outline(mask: npt.NDArray[np.bool_], width: int = 2) -> npt.NDArray[np.bool
     return mask & ~inner
 
 
+def level_text(level: VertebraLevel, uncertain: bool) -> str:
+    """A level's name as drawn: "T12", or "T12?" when labelling could not confirm the name."""
+    return level.name + ("?" if uncertain else "")
+
+
 def _draw_panel(canvas: Image.Image, reformat: _Reformat, origin: tuple[int, int], title: str,
-                left_label: str, right_label: str, name_side: str) -> None:
+                left_label: str, right_label: str, name_side: str, uncertain: frozenset[int] = frozenset()) -> None:
     rgb = reformat.ct_rgb.astype(np.float32)
     levels = sorted({int(v) for v in np.unique(reformat.body) if v != 0})
     for value in levels:
@@ -185,7 +190,7 @@ def _draw_panel(canvas: Image.Image, reformat: _Reformat, origin: tuple[int, int
             x, anchor = x0 + int(cc.min()) - 12, "rm"
         else:
             x, anchor = x0 + int(cc.max()) + 12, "lm"
-        text = VertebraLevel(value).name
+        text = level_text(VertebraLevel(value), value in uncertain)
         box = draw.textbbox((x, y0 + row), text, font=font, anchor=anchor)
         draw.rectangle((box[0] - 4, box[1] - 3, box[2] + 4, box[3] + 3), fill=(0, 0, 0))
         draw.text((x, y0 + row), text, font=font, fill=level_color_rgb(VertebraLevel(value)), anchor=anchor)
@@ -253,7 +258,7 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     for m in result.vertebrae:
         color = level_color_rgb(m.level)
         draw.rectangle((x, y + 6, x + 18, y + 26), fill=color)
-        draw.text((x + 28, y), m.level.name, font=text_font(28, bold=True), fill=TEXT)
+        draw.text((x + 28, y), level_text(m.level, m.level_uncertain), font=text_font(28, bold=True), fill=TEXT)
         draw.text((x + 130, y), _fmt(m.trabecular_hu_mean), font=row_font, fill=TEXT)
         draw.text((x + 250, y), _fmt(m.bmd_mg_cm3), font=row_font, fill=TEXT)
         status, status_color = _status(m, m.level in used)
@@ -311,8 +316,9 @@ def render_key_image(volume: CTVolume, segmentation: SpineSegmentation, roi_labe
         sagittal = _reformat(volume, body, roi_labels, lps, posterior, right, s_range, half_width,
                              SAGITTAL_POSTERIOR_SHIFT_MM)
         coronal = _reformat(volume, body, roi_labels, lps, right, posterior, s_range, half_width)
-        _draw_panel(canvas, sagittal, (MARGIN, top), "Sagittal", "A", "P", name_side="left")
-        _draw_panel(canvas, coronal, (MARGIN * 2 + PANEL_WIDTH, top), "Coronal", "R", "L", name_side="right")
+        uncertain = frozenset(int(v.level) for v in segmentation.vertebrae if v.level_uncertain)
+        _draw_panel(canvas, sagittal, (MARGIN, top), "Sagittal", "A", "P", "left", uncertain)
+        _draw_panel(canvas, coronal, (MARGIN * 2 + PANEL_WIDTH, top), "Coronal", "R", "L", "right", uncertain)
     else:
         draw.text((MARGIN + 20, top + 80), "no vertebra segmented", font=text_font(36, bold=True), fill=EXCLUDED_COLOR)
     table_x = MARGIN * 4 + 2 * PANEL_WIDTH

@@ -193,3 +193,31 @@ def upsample_region(coarse: npt.NDArray[np.float32], grid: CoarseGrid,
 def nearest_native_indices(grid: CoarseGrid, axis: int, native_index: npt.NDArray) -> npt.NDArray[np.intp]:
     c = np.rint(grid.coarse_coordinate(axis, native_index)).astype(np.intp)
     return np.clip(c, 0, grid.shape[axis] - 1)
+
+
+FIELD_MIN_HU = -1100.0
+"""A coarse voxel reading below this is outside the reconstructed field of view: padding and the corners outside
+the reconstruction circle read -1024 HU or lower (often -2000 or -3024), and averaging over a 3 mm voxel pulls a
+voxel that is partly padding well below air (-1000 HU, whose noise averages out at 3 mm)."""
+
+
+def field_extent_mm(in_field: npt.NDArray[np.bool_], centre_index: npt.NDArray[np.float64],
+                    spacing_mm: tuple[float, float, float]) -> tuple[float, float, float]:
+    """(left, right, posterior) distance in mm from a point (fractional canonical index, +L +P +S) to the edge of
+    the reconstructed field in its axial slice: the edge of the grid or the first voxel outside the field (padding,
+    outside the reconstruction circle) along the row through the point."""
+    shape = in_field.shape
+    i, j, k = (int(np.clip(round(float(c)), 0, s - 1)) for c, s in zip(centre_index, shape, strict=True))
+    if not in_field[i, j, k]:
+        return 0.0, 0.0, 0.0
+
+    def run(line: npt.NDArray[np.bool_]) -> int:
+        """Index of the last in-field voxel of a line starting at the point (line[0] is the point)."""
+        out = np.flatnonzero(~line)
+        return int(out[0]) - 1 if len(out) else len(line) - 1
+
+    ci, cj = float(centre_index[0]), float(centre_index[1])
+    left = (i + run(in_field[i:, j, k]) + 0.5 - ci) * spacing_mm[0]
+    right = (ci - (i - run(in_field[i::-1, j, k])) + 0.5) * spacing_mm[0]
+    posterior = (j + run(in_field[i, j:, k]) + 0.5 - cj) * spacing_mm[1]
+    return float(left), float(right), float(posterior)

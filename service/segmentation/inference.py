@@ -34,6 +34,7 @@ from service.segmentation.fine_stage import (
     tube_box,
 )
 from service.segmentation.geometry import (
+    FIELD_MIN_HU,
     CanonicalFrame,
     CoarseGrid,
     canonical_frame,
@@ -139,9 +140,11 @@ class BmdNodeSegmenter:
 def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArray[np.float32],
                   grid: CoarseGrid, sacrum: npt.NDArray[np.bool_] | None = None,
                   rib_volumes_mm3: list[tuple[float, float]] | None = None,
+                  coarse_hu: npt.NDArray[np.float32] | None = None,
                   ) -> tuple[list[BodyFeatures], bool, float]:
     """``rib_volumes_mm3``: (left, right) rib volume per body measured elsewhere (the fine stage); default: from
-    the coarse rib class."""
+    the coarse rib class.  ``coarse_hu``: the CT on the coarse grid, for how far the reconstructed field of view
+    reaches around each body (default: the whole grid is in the field)."""
     argmax = probs.argmax(axis=0)
     if sacrum is None:
         sacrum = argmax == cls.SACRUM
@@ -149,7 +152,9 @@ def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArra
     for m in instance_masks:
         pt, pl = probs[cls.BODY_THORACIC][m], probs[cls.BODY_LUMBAR][m]
         votes.append(float(np.mean(pt / np.maximum(pt + pl, 1e-6))))
-    return features_from_masks(instance_masks, argmax == cls.RIB, sacrum, grid.spacing_mm, votes, rib_volumes_mm3)
+    in_field = None if coarse_hu is None else coarse_hu > FIELD_MIN_HU
+    return features_from_masks(instance_masks, argmax == cls.RIB, sacrum, grid.spacing_mm, votes, rib_volumes_mm3,
+                               in_field)
 
 
 def body_likeness(body: npt.NDArray[np.float32], disc: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -291,7 +296,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             # rib heads and necks at 1.25 mm (a short 12th rib is seen; lumbar transverse processes are not ribs)
             rib_volumes = rib_attachment(inst.fine_masks[: len(masks)], inst.field.rib > 0.5,
                                          inst.field.grid.spacing_mm)
-        feats, sac, fov_top = body_features(masks, probs, grid, sacrum, rib_volumes)
+        feats, sac, fov_top = body_features(masks, probs, grid, sacrum, rib_volumes, pred.coarse_hu)
         result = label_bodies(feats, sac, fov_top)
         notes.extend(result.notes)
         decisions = list(result.decisions)
@@ -300,7 +305,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             # the fine stage separates the S1 body from the L5/S1 disc and the sacrum below: report it as S1
             lowest = decisions[-1] if decisions else None
             if lowest is not None and lowest.level is not None and int(lowest.level) == int(VertebraLevel.L5):
-                decisions.append(LevelDecision(VertebraLevel.S1, lowest.uncertain, lowest.reason))
+                decisions.append(LevelDecision(VertebraLevel.S1, lowest.uncertain, lowest.reason, lowest.cues))
                 cut_flags.append(False)
         owner = ownership(inst.coarse_masks) if inst.field is None else None
         boxes: dict[int, tuple[slice, slice, slice]] = {}
@@ -331,7 +336,7 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             vertebrae.append(LabelledVertebra(
                 level=VertebraLevel(level), centroid_lps_mm=tuple(float(v) for v in centroid),  # type: ignore[arg-type]
                 level_uncertain=d.uncertain, uncertainty_reason=d.reason if d.uncertain else None,
-                cut_by_fov=cut))
+                cut_by_fov=cut, level_cues=d.cues))
     vertebrae.sort(key=lambda v: int(v.level))
     present = {int(v.level) for v in vertebrae}
     if used - present:

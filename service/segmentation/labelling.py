@@ -8,6 +8,10 @@ Anchors (each implies the level of every body):
   * T1 anchor: the first rib-bearing body, provided a body without ribs is seen above it (C7);
   * group anchor: the transition between bodies the network calls thoracic and lumbar (weaker, used only when
     no rib/sacrum anchor exists, and then reported as uncertain).
+An anchor counts only when the field of view can show it: a rib-free body is evidence of "no rib" only when the
+field reaches far enough around it (label_cues.RIB_FIELD_LATERAL_MM); else the anchor is dropped with a reason.
+A name is confident only when two independent cues agree: two anchors, or one anchor and the network's
+thoracic/lumbar appearance or the body-size progression (label_cues); a single cue -> uncertain.
 Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral vertebra: all levels uncertain);
 the spacing between neighbouring bodies must be regular (a gap means a missed body: the count across it is
 uncertain); no anchor at all (short field of view) -> best guess from body heights, reported uncertain.
@@ -23,19 +27,20 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from service.domain.levels import VertebraLevel
+from service.segmentation.geometry import field_extent_mm
+from service.segmentation.label_cues import (
+    BILATERAL_RIB_CUE,
+    VOTE_CUE,
+    anchor_agreeing_with_votes,
+    best_height_fit,
+    confirming_cues,
+    rib_field_shortfall,
+    votes_contradict,
+)
+from service.segmentation.ribs import rib_attachment
 
 logger = logging.getLogger(__name__)
 
-RIB_RING_MM = (12.0, 45.0)
-"""Horizontal distance from the body centre where rib heads / necks / costotransverse joints lie (bodies are
-~15-25 mm in radius; a floating 12th rib passing beside L1 is further out)."""
-RIB_ANTERIOR_TOLERANCE_MM = 5.0
-"""Rib heads and necks are posterolateral: rib voxels more than this anterior to the body centre do not count."""
-RIB_Z_MARGIN_MM = 0.0
-RIB_MIN_REACH_MM = 0.0
-"""How far (horizontally) a rib component must run from the body centre.  Off: at 3 mm the ribs fragment
-(a 70-voxel piece of rib 10 reaches only ~40 mm in the phantoms), so the check rejected true ribs; kept as a
-parameter for finer grids."""
 S1_FUSION_CONTACT_VOXELS = 20
 """Face-adjacent voxels between the lowest body and the sacrum class for the body to count as fused (S1): a
 disc (>= 1 voxel at 3 mm) separates L5 from the sacrum."""
@@ -57,14 +62,6 @@ a misread lumbar body are far less)."""
 GAP_FACTOR = 1.6
 """Centroid distance above this times the local median spacing means a body was missed."""
 
-# Typical vertebral body heights (mm), used only for a best guess when no anchor is in the field of view.
-# Approximate mean anterior heights from morphometric series (e.g. Busscher 2010 / Zhou 2000): T1 ~15 ... L5 ~27.
-TYPICAL_HEIGHT_MM: dict[int, float] = {
-    8: 15.0, 9: 16.0, 10: 16.5, 11: 17.0, 12: 17.5, 13: 18.0, 14: 18.5, 15: 19.0, 16: 20.0, 17: 21.0,
-    18: 22.0, 19: 23.0, 20: 24.5, 21: 25.5, 22: 26.5, 23: 27.0, 24: 27.0,
-}
-
-
 @dataclass(frozen=True)
 class BodyFeatures:
     centroid_mm: tuple[float, float, float]
@@ -79,6 +76,10 @@ class BodyFeatures:
     rib_right_mm3: float = 0.0
     cut_top: bool = False
     cut_bottom: bool = False
+    field_left_mm: float | None = None
+    """How far the reconstructed field of view reaches to the left of the body centre (mm); None: not measured."""
+    field_right_mm: float | None = None
+    field_posterior_mm: float | None = None
 
     @property
     def rib_bearing(self) -> bool:
@@ -90,6 +91,8 @@ class LevelDecision:
     level: VertebraLevel | None
     uncertain: bool
     reason: str | None
+    cues: tuple[str, ...] = ()
+    """The cues that put this body at this level (anchors, appearance, size progression)."""
 
 
 @dataclass
@@ -127,8 +130,16 @@ T1_ANCHOR_FOV_MARGIN_MM = 40.0
 one (otherwise that body's rib may simply leave the field of view)."""
 
 
+T12_ANCHOR = "T12 (last rib-bearing body)"
+T1_ANCHOR = "T1 (first rib-bearing body)"
+L5_ANCHOR = "L5 (body on the sacrum)"
+
+
 def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: float | None = None) -> LabellingResult:
-    """Name each body (cranial -> caudal order). ``fov_top_mm``: top of the field of view (canonical z, mm)."""
+    """Name each body (cranial -> caudal order). ``fov_top_mm``: top of the field of view (canonical z, mm).
+
+    A name is confident only when two independent cues agree (two anchors, or an anchor and the thoracic/lumbar
+    appearance or the body-size progression); a single cue, disagreeing cues or no anchor: uncertain."""
     n = len(bodies)
     notes: list[str] = []
     if n == 0:
@@ -140,88 +151,156 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
         pos.append(pos[-1] + 1 + m)
     if any(missing):
         notes.append(f"gap in the detected bodies: {sum(missing)} body(ies) presumably missed")
+    anchors, unseen = _anchors(bodies, pos, sacrum_below, fov_top_mm)
+    dropped = [reason for _, reason in unseen.values()]
+    notes.extend(dropped)
+    values = set(anchors.values())
+    # a count the field of view cannot confirm still disagrees with a counted anchor when it differs from it
+    stray = {k: v for k, (v, _) in unseen.items() if v not in values}
+    if len(values) == 1 and stray:
+        return LabellingResult(_disagreeing_anchors(bodies, pos, {**anchors, **stray}, notes, dropped), notes)
+    if len(values) == 1:
+        first_level = values.pop()
+        decisions = _agreeing_anchors(bodies, pos, anchors, dropped, notes)
+        if any(missing):
+            ribs = [b.rib_bearing for b in bodies]
+            decisions = _gap_uncertain(decisions, missing, anchors, pos, first_level, ribs)
+        return LabellingResult(decisions, notes)
+    if len(values) > 1:
+        return LabellingResult(_disagreeing_anchors(bodies, pos, anchors, notes), notes)
+    return LabellingResult(_without_anchor(bodies, pos, unseen, notes), notes)
+
+
+def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool, fov_top_mm: float | None,
+             ) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
+    """(anchor name -> implied level value of position 0, and for anchors the field of view cannot show: name ->
+    (the value they would imply, the reason they do not count))."""
+    n = len(bodies)
     ribs = [b.rib_bearing for b in bodies]
     anchors: dict[str, int] = {}
-    """anchor name -> implied level value of position 0."""
-    # T12: last rib-bearing body with a rib-free body below it
+    dropped: dict[str, tuple[int, str]] = {}
     rib_idx = [i for i, r in enumerate(ribs) if r]
     if rib_idx:
         last = rib_idx[-1]
         # the pair must not be a slab through both (upper cut at the top, lower cut at the bottom): such a slab
-        # cannot show that the lower body has no ribs
+        # cannot show that the lower body has no ribs; nor a field too narrow to show where its rib would be
         if last < n - 1 and not any(ribs[last + 1:]) and not (bodies[last].cut_top and bodies[last + 1].cut_bottom):
-            anchors["T12 (last rib-bearing body)"] = int(VertebraLevel.T12) - pos[last]
+            short = rib_field_shortfall(bodies[last + 1])
+            value = int(VertebraLevel.T12) - pos[last]
+            if short is None:
+                anchors[T12_ANCHOR] = value
+            else:
+                dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
         first = rib_idx[0]
         above = bodies[first - 1] if first > 0 else None
         if (above is not None and not above.cut_by_fov and not ribs[first - 1] and fov_top_mm is not None
                 and fov_top_mm - above.centroid_mm[2] >= T1_ANCHOR_FOV_MARGIN_MM):
-            anchors["T1 (first rib-bearing body)"] = int(VertebraLevel.T1) - pos[first]
+            short = rib_field_shortfall(above)
+            value = int(VertebraLevel.T1) - pos[first]
+            if short is None:
+                anchors[T1_ANCHOR] = value
+            else:
+                dropped[T1_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether C7 carries a rib")
     if sacrum_below and not bodies[-1].cut_by_fov:
-        anchors["L5 (body on the sacrum)"] = int(VertebraLevel.L5) - pos[-1]
-    values = set(anchors.values())
-    if len(values) == 1:
-        first_level = values.pop()
-        notes.append("anchors: " + ", ".join(anchors))
-        decisions = [_decide(first_level + pos[i], False, None) for i in range(n)]
-        if any(missing):
-            decisions = _gap_uncertain(decisions, missing, anchors, pos, first_level, ribs)
-        return LabellingResult(decisions, notes)
-    if len(values) > 1:
-        # Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
-        # Every level is reported uncertain; the names follow the anchor whose count agrees best with the
-        # network's thoracic/lumbar appearance, by default the rib anchor (Pan 2020 counts from T12).
-        key = _anchor_agreeing_with_votes(anchors, bodies, pos)
-        first_level = anchors[key]
-        detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
-        n_lumbar_like = None
-        if "L5 (body on the sacrum)" in anchors and "T12 (last rib-bearing body)" in anchors:
-            n_lumbar_like = anchors["T12 (last rib-bearing body)"] - anchors["L5 (body on the sacrum)"] + 5
-        reason = "anchors disagree (" + detail + ")"
-        if n_lumbar_like is not None:
-            reason += (f": {n_lumbar_like} rib-free vertebrae above the sacrum; transitional lumbosacral vertebra "
-                       "or 11/13 rib pairs")
-        else:
-            reason += ": 11 or 13 rib pairs"
-        notes.append(reason)
-        return LabellingResult([_decide(first_level + pos[i], True, reason) for i in range(n)], notes)
-    # No rib/sacrum anchor: the network's thoracic/lumbar groups, else body heights. Always uncertain.
+        anchors[L5_ANCHOR] = int(VertebraLevel.L5) - pos[-1]
+    return anchors, dropped
+
+
+def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int], dropped: list[str],
+                      notes: list[str]) -> list[LevelDecision]:
+    """One count from every anchor: confident when a second independent cue agrees, else uncertain."""
+    first_level = next(iter(anchors.values()))
+    cues = (*anchors, *confirming_cues(bodies, pos, first_level))
+    # a lone anchor that the network's thoracic/lumbar appearance contradicts is never confident
+    contradicted = len(anchors) == 1 and votes_contradict(bodies, pos, first_level)
+    if len(cues) == 1 and _bilateral_rib_anchor(bodies, cues[0]) and not contradicted:
+        cues = (*cues, BILATERAL_RIB_CUE)
+    notes.append("anchors: " + ", ".join(anchors) + "; cues agreeing: " + ", ".join(cues))
+    if len(cues) >= 2 and not contradicted:
+        return [_decide(first_level + p, False, None, cues) for p in pos]
+    reason = (f"a single cue places the count ({cues[0]}); neither the thoracic/lumbar appearance nor the body "
+              "sizes confirm it")
+    if contradicted:
+        reason = f"the thoracic/lumbar appearance of the vertebrae contradicts the count from {cues[0]}"
+    reason = "; ".join([*dropped, reason])
+    notes.append(reason)
+    return [_decide(first_level + p, True, reason, cues) for p in pos]
+
+
+def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
+    """A rib anchor whose rib-bearing body carries a rib on both sides (its rib-free neighbour's field was checked
+    by ``_anchors``): a rib on each side is two observations, where a one-sided "rib" may be a transverse process
+    or a stray stub.  Such an anchor stands alone unless the thoracic/lumbar appearance contradicts it."""
+    rib_idx = [i for i, b in enumerate(bodies) if b.rib_bearing]
+    if anchor == T12_ANCHOR:
+        body = bodies[rib_idx[-1]]
+    elif anchor == T1_ANCHOR:
+        body = bodies[rib_idx[0]]
+    else:
+        return False
+    return body.rib_left and body.rib_right
+
+
+def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],
+                         notes: list[str], dropped: list[str] | None = None) -> list[LevelDecision]:
+    """Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
+    Every level is reported uncertain; the names follow the anchor whose count agrees best with the network's
+    thoracic/lumbar appearance, by default the rib anchor (Pan 2020 counts from T12)."""
+    key = anchor_agreeing_with_votes(anchors, bodies, pos)
+    first_level = anchors[key]
+    detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
+    reason = "anchors disagree (" + detail + ")"
+    if L5_ANCHOR in anchors and T12_ANCHOR in anchors:
+        n_lumbar_like = anchors[T12_ANCHOR] - anchors[L5_ANCHOR] + 5
+        reason += (f": {n_lumbar_like} rib-free vertebrae above the sacrum; transitional lumbosacral vertebra "
+                   "or 11/13 rib pairs")
+    else:
+        reason += ": 11 or 13 rib pairs"
+    reason = "; ".join([*(dropped or []), reason])
+    notes.append(reason)
+    cues = (key, *confirming_cues(bodies, pos, first_level))
+    return [_decide(first_level + p, True, reason, cues) for p in pos]
+
+
+def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str, tuple[int, str]],
+                    notes: list[str]) -> list[LevelDecision]:
+    """No rib/sacrum anchor that counts: a best guess, always uncertain.  Candidates: the count of a rib anchor the
+    field of view cannot confirm and the network's thoracic/lumbar groups (the rib count unless the groups fit
+    clearly better); else body heights."""
+    n = len(bodies)
     votes = [b.thoracic_vote for b in bodies]
+    candidates = {k: v for k, (v, _) in unseen.items()}
     trans = [i for i in range(n - 1) if votes[i] > 0.5 >= votes[i + 1]]
     if len(trans) == 1 and all(v > 0.5 for v in votes[: trans[0] + 1]) and all(v <= 0.5 for v in votes[trans[0] + 1:]):
-        first_level = int(VertebraLevel.T12) - pos[trans[0]]
-        reason = "no rib or sacrum anchor in the field of view; named from the thoracic/lumbar appearance"
+        candidates[VOTE_CUE] = int(VertebraLevel.T12) - pos[trans[0]]
+    if candidates:
+        key = anchor_agreeing_with_votes(candidates, bodies, pos)
+        first_level = candidates[key]
+        cues = tuple(k for k, v in candidates.items() if v == first_level)
+        reason = ("no rib or sacrum anchor in the field of view; named from the thoracic/lumbar appearance"
+                  if key == VOTE_CUE else f"named from the {key} count, which the field of view cannot confirm")
     else:
-        first_level = _best_height_fit(bodies, pos, votes)
+        first_level = best_height_fit(bodies, pos, votes)
         reason = "no anchor in the field of view (too short to see the last rib or the sacrum); best guess"
+        cues = ("best guess from body sizes",)
+    field = [r for _, r in unseen.values()]
+    if not field:
+        short = next((s for b in bodies if not b.rib_bearing and (s := rib_field_shortfall(b)) is not None), None)
+        if short is not None:
+            field.append(f"field of view too narrow ({short}) to see the ribs")
+    reason = "; ".join([*field, reason])
     notes.append(reason)
-    return LabellingResult([_decide(first_level + pos[i], True, reason) for i in range(n)], notes)
-
-
-ANCHOR_VOTE_MARGIN = 0.5
-"""When anchors disagree, another anchor replaces the rib anchor only if its names disagree with the thoracic/lumbar
-vote by at least this much less (sum over bodies of |vote - thoracic name|; one body fully on the other side = 1)."""
-
-
-def _anchor_agreeing_with_votes(anchors: dict[str, int], bodies: list[BodyFeatures], pos: list[int]) -> str:
-    def disagreement(first_level: int) -> float:
-        return sum(abs(b.thoracic_vote - (1.0 if first_level + p <= int(VertebraLevel.T12) else 0.0))
-                   for b, p in zip(bodies, pos, strict=True) if not b.cut_by_fov)
-
-    default = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
-    best = min(anchors, key=lambda k: disagreement(anchors[k]))
-    if disagreement(anchors[best]) <= disagreement(anchors[default]) - ANCHOR_VOTE_MARGIN:
-        return best
-    return default
+    return [_decide(first_level + p, True, reason, cues) for p in pos]
 
 
 def _name(v: int) -> str:
     return VertebraLevel(v).name if 1 <= v <= 25 else f"level {v}"
 
 
-def _decide(v: int, uncertain: bool, reason: str | None) -> LevelDecision:
+def _decide(v: int, uncertain: bool, reason: str | None, cues: tuple[str, ...] = ()) -> LevelDecision:
     if not 1 <= v <= 25:
-        return LevelDecision(None, True, reason or "count runs outside C1-S1")
-    return LevelDecision(VertebraLevel(v), uncertain, reason if uncertain else None)
+        return LevelDecision(None, True, reason or "count runs outside C1-S1", cues)
+    return LevelDecision(VertebraLevel(v), uncertain, reason if uncertain else None, cues)
 
 
 def _gap_uncertain(decisions: list[LevelDecision], missing: list[int], anchors: dict[str, int], pos: list[int],
@@ -237,77 +316,15 @@ def _gap_uncertain(decisions: list[LevelDecision], missing: list[int], anchors: 
         crosses_all = all(
             any(missing[j] for j in range(len(missing)) if min(p, a) <= pos[j] < max(p, a)) for a in anchor_positions)
         if crosses_all and d.level is not None:
-            out.append(LevelDecision(d.level, True, "a body between this one and the anchor was not detected"))
+            out.append(LevelDecision(d.level, True, "a body between this one and the anchor was not detected",
+                                     d.cues))
         else:
             out.append(d)
     return out
 
 
-def _best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[float]) -> int:
-    heights = [b.height_mm for b in bodies]
-    best, best_cost = int(VertebraLevel.T12) - pos[-1], float("inf")
-    # the model knows T1-L5 context (phantoms cover C7-S1): guess within T1..L5
-    for first in range(int(VertebraLevel.T1), int(VertebraLevel.L5) + 1 - pos[-1]):
-        cost = 0.0
-        for i, h in enumerate(heights):
-            v = first + pos[i]
-            # weak prior: short scans of the spine are mostly centred near the thoracolumbar junction
-            cost += 0.3 * abs(v - int(VertebraLevel.T12)) / 12.0
-            if bodies[i].cut_by_fov:
-                continue
-            cost += (h - TYPICAL_HEIGHT_MM.get(v, 25.0)) ** 2 / 9.0
-            # group vote agreement
-            is_thoracic = v <= int(VertebraLevel.T12)
-            cost += 4.0 * abs(votes[i] - (1.0 if is_thoracic else 0.0))
-            if bodies[i].rib_bearing and not is_thoracic:
-                cost += 10.0
-            if not bodies[i].rib_bearing and 9 <= v <= 18 and not bodies[i].cut_by_fov:
-                cost += 10.0
-        if cost < best_cost:
-            best, best_cost = first, cost
-    return best
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Feature extraction on a canonical grid (shared by inference on predictions and tests on phantom truth).
-
-def rib_attachment(body_masks: list[npt.NDArray[np.bool_]], rib_mask: npt.NDArray[np.bool_],
-                   spacing_mm: tuple[float, float, float]) -> list[tuple[float, float]]:
-    """(left, right) rib volume (mm3) attached to each body: rib voxels in the posterolateral ring where rib
-    heads and necks meet the vertebra (RIB_RING_MM from the body centre, not anterior of it, within its height),
-    counted only for rib components that also run out laterally (RIB_MIN_REACH_MM): a lumbar transverse process
-    read as rib stays short."""
-    sp = np.asarray(spacing_mm, dtype=np.float64)
-    out: list[tuple[float, float]] = []
-    if not rib_mask.any():
-        return [(0.0, 0.0) for _ in body_masks]
-    # bridge one-voxel gaps (rib heads and necks fragment at 3 mm) before measuring how far a rib runs
-    lab, _ = ndimage.label(ndimage.binary_dilation(rib_mask), structure=np.ones((3, 3, 3)))
-    rib_idx = np.argwhere(rib_mask)
-    rib_pts = rib_idx * sp
-    rib_lab = lab[tuple(rib_idx.T)]
-    voxel_mm3 = float(np.prod(sp))
-    for m in body_masks:
-        coords = np.argwhere(m) * sp
-        c = coords.mean(axis=0)
-        z0, z1 = coords[:, 2].min() - RIB_Z_MARGIN_MM, coords[:, 2].max() + RIB_Z_MARGIN_MM
-        dx = rib_pts[:, 0] - c[0]
-        dy = rib_pts[:, 1] - c[1]
-        horiz = np.hypot(dx, dy)
-        near = ((horiz >= RIB_RING_MM[0]) & (horiz <= RIB_RING_MM[1]) & (dy >= -RIB_ANTERIOR_TOLERANCE_MM)
-                & (rib_pts[:, 2] >= z0) & (rib_pts[:, 2] <= z1))
-        vols = []
-        for side in (dx > 0, dx < 0):
-            sel = near & side
-            total = 0.0
-            for comp in np.unique(rib_lab[sel]):
-                reach = float(horiz[rib_lab == comp].max())
-                if reach >= RIB_MIN_REACH_MM:
-                    total += float(np.count_nonzero(sel & (rib_lab == comp))) * voxel_mm3
-            vols.append(total)
-        out.append((vols[0], vols[1]))
-    return out
-
 
 def fused_with_sacrum(body: npt.NDArray[np.bool_], sacrum_mask: npt.NDArray[np.bool_]) -> bool:
     """True when the body touches the sacrum without a disc in between (it is S1, not L5)."""
@@ -340,10 +357,12 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
                         sacrum_mask: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
                         thoracic_votes: list[float] | None = None,
                         rib_volumes_mm3: list[tuple[float, float]] | None = None,
+                        in_field: npt.NDArray[np.bool_] | None = None,
                         ) -> tuple[list[BodyFeatures], bool, float]:
     """(features, sacrum below the lowest body, top of the field of view in mm) from masks on a canonical grid
     (instances ordered cranial -> caudal).  ``rib_volumes_mm3``: (left, right) per body when measured elsewhere
-    (the fine stage), else from ``rib_mask``."""
+    (the fine stage), else from ``rib_mask``.  ``in_field``: voxels inside the reconstructed field of view on the
+    same grid (default: the whole grid), for how far the field reaches around each body."""
     sp = np.asarray(spacing_mm, dtype=np.float64)
     ribs = rib_volumes_mm3 if rib_volumes_mm3 is not None else rib_attachment(instance_masks, rib_mask, spacing_mm)
     bearing = [max(left, right) for left, right in ribs if max(left, right) >= MIN_RIB_ATTACH_MM3]
@@ -351,17 +370,20 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
     if len(bearing) >= MIN_BODIES_FOR_RELATIVE:
         min_rib_mm3 = max(MIN_RIB_ATTACH_MM3, RIB_RELATIVE_FRACTION * float(np.median(bearing)))
     feats = []
+    shape = instance_masks[0].shape if instance_masks else (1, 1, 1)
+    whole = in_field if in_field is not None else np.ones(shape, dtype=bool)
     for i, (m, (left, right)) in enumerate(zip(instance_masks, ribs, strict=True)):
         coords = np.argwhere(m)
         zs = coords[:, 2]
         cut_bottom, cut_top = bool(zs.min() == 0), bool(zs.max() == m.shape[2] - 1)
         cut = cut_bottom or cut_top
+        field = field_extent_mm(whole, coords.mean(axis=0), spacing_mm)
         feats.append(BodyFeatures(
             centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
             height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= min_rib_mm3,
             rib_right=right >= min_rib_mm3, rib_left_mm3=left, rib_right_mm3=right,
             thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut, cut_top=cut_top,
-            cut_bottom=cut_bottom))
+            cut_bottom=cut_bottom, field_left_mm=field[0], field_right_mm=field[1], field_posterior_mm=field[2]))
     sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False
     fov_top_mm = float((rib_mask.shape[2] - 0.5) * sp[2])
     return feats, sac, fov_top_mm

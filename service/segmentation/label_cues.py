@@ -1,0 +1,150 @@
+"""Cues that confirm (or fail to confirm) a level count, and whether the field of view can show a rib anchor.
+
+A rib anchor says "this body has a rib, the one below has none".  The "none" is only evidence when the field of
+view shows where that rib would be: a targeted spine reconstruction (90-200 mm field centred on the spine) cuts
+the ribs a few centimetres from their heads, so a 12th rib can be outside it, or its stub too small to count.
+Independent cues used to confirm a count (each names the first body's level value):
+  * the network's thoracic/lumbar appearance (the vote transition sits where the count puts T12/L1);
+  * the body-size progression (heights grow caudally; decisive only when the fit clearly prefers this count).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from service.domain.levels import VertebraLevel
+
+if TYPE_CHECKING:
+    from service.segmentation.labelling import BodyFeatures
+
+RIB_FIELD_LATERAL_MM = 65.0
+"""The field must reach this far left and right of the body centre for a rib-free body to count as rib-free: rib
+heads, necks and tubercles (where rib attachment is measured, ribs.RIB_RING_MM) lie within 45 mm of the body
+centre, even for a short 12th rib; 20 mm more shows the rib leaving that region, so a rib cut at the edge of the
+field is not mistaken for no rib.  A 105 mm targeted field centred on the spine (~52 mm each side) fails."""
+RIB_FIELD_POSTERIOR_MM = 50.0
+"""... and this far posterior of the body centre (the costotransverse joints lie ~30-45 mm behind it)."""
+VOTE_CUE_MARGIN = 0.3
+"""The thoracic/lumbar appearance confirms a count when every other count within +-3 levels disagrees with the
+votes by at least this much more (sum of |vote - thoracic name|; the T12 body voting 0.65 thoracic and L1 0.35
+gives 0.3 against a shift by one)."""
+HEIGHT_CUE_MARGIN = 2.0
+"""The body-size progression confirms a count when every other count within +-3 levels costs at least this much
+more (squared height residuals / (3 mm)^2: about two bodies each 3 mm further from their typical height)."""
+SHIFTS = (-3, -2, -1, 1, 2, 3)
+
+VOTE_CUE = "thoracic/lumbar appearance"
+BILATERAL_RIB_CUE = "ribs on both sides, field wide enough to show them"
+HEIGHT_CUE = "body size progression"
+
+# Typical vertebral body heights (mm), used for the size cue and for a best guess when no anchor is in the field.
+# Approximate mean anterior heights from morphometric series (e.g. Busscher 2010 / Zhou 2000): T1 ~15 ... L5 ~27.
+TYPICAL_HEIGHT_MM: dict[int, float] = {
+    8: 15.0, 9: 16.0, 10: 16.5, 11: 17.0, 12: 17.5, 13: 18.0, 14: 18.5, 15: 19.0, 16: 20.0, 17: 21.0,
+    18: 22.0, 19: 23.0, 20: 24.5, 21: 25.5, 22: 26.5, 23: 27.0, 24: 27.0,
+}
+
+
+def rib_field_shortfall(body: BodyFeatures) -> str | None:
+    """None when the field of view shows this body's rib region on both sides; else how far it reaches (for a
+    reason a radiologist reads, e.g. "52 mm each side of the spine").  Unmeasured extents (None) do not limit."""
+    left, right, post = body.field_left_mm, body.field_right_mm, body.field_posterior_mm
+    short_lr = [v for v in (left, right) if v is not None and v < RIB_FIELD_LATERAL_MM]
+    short_p = post is not None and post < RIB_FIELD_POSTERIOR_MM
+    if not short_lr and not short_p:
+        return None
+    parts = []
+    if short_lr and left is not None and right is not None and abs(left - right) <= 10.0:
+        parts.append(f"{min(left, right):.0f} mm each side of the spine")
+    elif short_lr:
+        parts.extend(f"{v:.0f} mm to the {side}" for side, v in (("left", left), ("right", right))
+                     if v is not None and v < RIB_FIELD_LATERAL_MM)
+    if short_p:
+        parts.append(f"{post:.0f} mm behind the vertebral body centre")
+    return ", ".join(parts)
+
+
+def _vote_cost(bodies: list[BodyFeatures], pos: list[int], first_level: int) -> float:
+    return sum(abs(b.thoracic_vote - (1.0 if first_level + p <= int(VertebraLevel.T12) else 0.0))
+               for b, p in zip(bodies, pos, strict=True) if not b.cut_by_fov)
+
+
+def votes_confirm(bodies: list[BodyFeatures], pos: list[int], first_level: int) -> bool:
+    """The network's thoracic/lumbar appearance puts the transition where this count puts T12/L1 (the count must
+    name at least one complete body on each side of it, else the votes cannot place it)."""
+    names = [first_level + p for b, p in zip(bodies, pos, strict=True) if not b.cut_by_fov]
+    if not any(v <= int(VertebraLevel.T12) for v in names) or not any(v > int(VertebraLevel.T12) for v in names):
+        return False
+    cost = _vote_cost(bodies, pos, first_level)
+    return all(_vote_cost(bodies, pos, first_level + s) >= cost + VOTE_CUE_MARGIN for s in SHIFTS)
+
+
+def votes_contradict(bodies: list[BodyFeatures], pos: list[int], first_level: int) -> bool:
+    """The network's thoracic/lumbar appearance fits another count (within +-3 levels) clearly better."""
+    cost = _vote_cost(bodies, pos, first_level)
+    return any(_vote_cost(bodies, pos, first_level + s) <= cost - VOTE_CUE_MARGIN for s in SHIFTS)
+
+
+def _height_cost(bodies: list[BodyFeatures], pos: list[int], first_level: int) -> float:
+    return sum((b.height_mm - TYPICAL_HEIGHT_MM.get(first_level + p, 25.0)) ** 2 / 9.0
+               for b, p in zip(bodies, pos, strict=True) if not b.cut_by_fov)
+
+
+def heights_confirm(bodies: list[BodyFeatures], pos: list[int], first_level: int) -> bool:
+    """The heights of the complete bodies fit this count clearly better than a count shifted by 1-3 levels."""
+    if sum(not b.cut_by_fov for b in bodies) < 3:
+        return False
+    cost = _height_cost(bodies, pos, first_level)
+    return all(_height_cost(bodies, pos, first_level + s) >= cost + HEIGHT_CUE_MARGIN for s in SHIFTS
+               if int(VertebraLevel.C1) <= first_level + s and first_level + s + pos[-1] <= int(VertebraLevel.S1))
+
+
+def confirming_cues(bodies: list[BodyFeatures], pos: list[int], first_level: int) -> tuple[str, ...]:
+    """The independent (non-anchor) cues that put the count where ``first_level`` does."""
+    out = []
+    if votes_confirm(bodies, pos, first_level):
+        out.append(VOTE_CUE)
+    if heights_confirm(bodies, pos, first_level):
+        out.append(HEIGHT_CUE)
+    return tuple(out)
+
+
+ANCHOR_VOTE_MARGIN = 0.5
+"""When anchors disagree, another anchor replaces the rib anchor only if its names disagree with the thoracic/lumbar
+vote by at least this much less (sum over bodies of |vote - thoracic name|; one body fully on the other side = 1)."""
+
+
+def anchor_agreeing_with_votes(anchors: dict[str, int], bodies: list[BodyFeatures], pos: list[int]) -> str:
+    def disagreement(first_level: int) -> float:
+        return _vote_cost(bodies, pos, first_level)
+
+    default = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
+    best = min(anchors, key=lambda k: disagreement(anchors[k]))
+    if disagreement(anchors[best]) <= disagreement(anchors[default]) - ANCHOR_VOTE_MARGIN:
+        return best
+    return default
+
+
+def best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[float]) -> int:
+    heights = [b.height_mm for b in bodies]
+    best, best_cost = int(VertebraLevel.T12) - pos[-1], float("inf")
+    # the model knows T1-L5 context (phantoms cover C7-S1): guess within T1..L5
+    for first in range(int(VertebraLevel.T1), int(VertebraLevel.L5) + 1 - pos[-1]):
+        cost = 0.0
+        for i, h in enumerate(heights):
+            v = first + pos[i]
+            # weak prior: short scans of the spine are mostly centred near the thoracolumbar junction
+            cost += 0.3 * abs(v - int(VertebraLevel.T12)) / 12.0
+            if bodies[i].cut_by_fov:
+                continue
+            cost += (h - TYPICAL_HEIGHT_MM.get(v, 25.0)) ** 2 / 9.0
+            # group vote agreement
+            is_thoracic = v <= int(VertebraLevel.T12)
+            cost += 4.0 * abs(votes[i] - (1.0 if is_thoracic else 0.0))
+            if bodies[i].rib_bearing and not is_thoracic:
+                cost += 10.0
+            if not bodies[i].rib_bearing and 9 <= v <= 18 and not bodies[i].cut_by_fov:
+                cost += 10.0
+        if cost < best_cost:
+            best, best_cost = first, cost
+    return best
