@@ -1,0 +1,87 @@
+"""Narrow-field set for the labelling confidence of issue 16: normal phantoms written whole, and the same volumes cut
+in-plane to a square field centred on the spine (a targeted spine reconstruction's field of view), plus a summary of
+``bmd-node evaluate segmentation`` reports (complete levels, identified, confident share, confident and wrong).
+
+    python -m service.offline.evaluation.narrow_fov write var/narrow_fov --cases 4 --field-mm 100
+    bmd-node evaluate segmentation var/narrow_fov/wide --out var/narrow_fov_wide --device cpu
+    bmd-node evaluate segmentation var/narrow_fov/narrow --out var/narrow_fov_narrow --device cpu
+    python -m service.offline.evaluation.narrow_fov summary var/narrow_fov_narrow/report.json
+
+Case i: ``random_spec(default_rng([777, i]))`` with 12 rib pairs, a normal lumbosacral junction, abdomen or
+chest-abdomen in turn, 256 x 256 at 1.4 mm. The cut keeps the phantom's own grid and shifts the affine's origin, so
+the narrow volume is the same voxels as the wide one inside the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.offline.phantom.api import generate, random_spec, write_phantom
+from service.segmentation.classes import phantom_body_levels
+
+SEED = 777
+
+
+def write_sets(out: Path, cases: int, field_mm: float) -> None:
+    for i in range(cases):
+        spec = random_spec(np.random.default_rng([SEED, i]), rib_pairs=12, lumbar_variant="normal",
+                           region=("abdomen", "chest-abdomen")[i % 2], rows=256, columns=256, pixel_spacing_mm=1.4,
+                           feet_first=False)
+        phantom = generate(spec)
+        write_phantom(phantom, out / "wide" / f"case_{i:02d}")
+        volume, labels = phantom.volume, phantom.labels
+        centre = np.argwhere(phantom_body_levels(labels) > 0)[:, :2].mean(axis=0).astype(int)
+        spacing = np.linalg.norm(volume.affine_lps[:3, :3], axis=0)
+        half = (int(field_mm / 2 / spacing[0]), int(field_mm / 2 / spacing[1]))
+        start = (max(0, int(centre[0]) - half[0]), max(0, int(centre[1]) - half[1]))
+        cut = (slice(start[0], int(centre[0]) + half[0]), slice(start[1], int(centre[1]) + half[1]), slice(None))
+        affine = volume.affine_lps.copy()
+        affine[:3, 3] = affine[:3, :3] @ np.array([start[0], start[1], 0]) + affine[:3, 3]
+        narrow = dataclasses.replace(volume, hu=np.ascontiguousarray(volume.hu[cut]), affine_lps=affine)
+        write_phantom(dataclasses.replace(phantom, volume=narrow, labels=np.ascontiguousarray(labels[cut])),
+                      out / "narrow" / f"case_{i:02d}")
+        print(f"case {i}: {spec.region}, {volume.shape} -> {narrow.hu.shape}")
+
+
+def summarise(report: dict[str, Any]) -> dict[str, float]:
+    """Complete (fully visible) levels: how many, identified, confident, confident and wrong."""
+    complete = identified = confident = wrong = 0
+    for case in report["per_case"].values():
+        for entry in case["per_level"].values():
+            if not entry.get("fully_visible"):
+                continue
+            complete += 1
+            if entry.get("predicted"):
+                identified += bool(entry.get("identified"))
+                if not entry.get("uncertain"):
+                    confident += 1
+                    wrong += not entry.get("identified")
+    return {"complete": complete, "identified": identified, "confident": confident, "confident_wrong": wrong,
+            "confident_share": confident / max(complete, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    write = commands.add_parser("write")
+    write.add_argument("out", type=Path)
+    write.add_argument("--cases", type=int, default=4)
+    write.add_argument("--field-mm", type=float, default=100.0)
+    summary = commands.add_parser("summary")
+    summary.add_argument("metrics", type=Path, help="report.json of bmd-node evaluate segmentation")
+    args = parser.parse_args(argv)
+    if args.command == "write":
+        write_sets(args.out, args.cases, args.field_mm)
+    else:
+        print(json.dumps(summarise(json.loads(args.metrics.read_text())), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
