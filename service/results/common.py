@@ -179,3 +179,66 @@ def set_equipment(ds: Dataset, algorithm: AlgorithmInfo) -> None:
     ds.ManufacturerModelName = algorithm.name
     ds.SoftwareVersions = [algorithm.software_versions, f"{algorithm.model_name} {algorithm.model_version}"]
     ds.DeviceSerialNumber = algorithm.device_serial_number
+
+
+def report_sr(content: hd.sr.MeasurementReport, *, evidence: Sequence[Dataset], source_header: Dataset,
+              series_number: int, series_description: str, procedure: object, algorithm: AlgorithmInfo,
+              when: dt.datetime) -> hd.sr.Comprehensive3DSR:
+    """A node report as Comprehensive 3D SR in its own series of the source study: COMPLETE, PRELIMINARY,
+    UNVERIFIED, the algorithm as contributing equipment, patient/study copied, the private scheme declared."""
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
+        content=content,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        performed_procedure_codes=[procedure],
+        contributing_equipment=[contributing_equipment(algorithm, when)],
+        series_description=series_description,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.software_versions,
+        device_serial_number=algorithm.device_serial_number,
+        content_date=when.date(),
+        content_time=when.time().replace(microsecond=0),
+    )
+    copy_patient_study(sr, source_header)
+    add_private_scheme(sr)
+    return sr
+
+
+def secondary_capture(pixels: np.ndarray, *, source_header: Dataset, series_number: int, series_description: str,
+                      patient_orientation: tuple[str, str], algorithm: AlgorithmInfo,
+                      when: dt.datetime) -> hd.sc.SCImage:
+    """An RGB Secondary Capture in its own series of the source study, with the node as equipment; Patient
+    Orientation emptied (type 2C: a composite or a page of text has no single orientation; highdicom needs one to
+    build a PATIENT image), derived / secondary, no laterality, no burned-in patient data."""
+    sc = hd.sc.SCImage(
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        patient_orientation=patient_orientation,
+        study_instance_uid=str(source_header.StudyInstanceUID),
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        series_description=series_description,
+        contributing_equipment=[contributing_equipment(algorithm, when)],
+        content_date=when.date(),
+        content_time=when.time(),
+    )
+    sc.PatientOrientation = None
+    copy_patient_study(sc, source_header)
+    set_equipment(sc, algorithm)
+    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    sc.Laterality = None  # type 2C in General Series; the spine is unpaired (empty value)
+    sc.BurnedInAnnotation = "NO"
+    sc.RecognizableVisualFeatures = "NO"
+    return sc

@@ -21,7 +21,6 @@ import numpy.typing as npt
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from service.domain.guidelines import Thresholds, thresholds_from_record
@@ -32,9 +31,7 @@ from service.domain.volume import CTVolume
 from service.results.common import (
     KEY_IMAGE_SERIES_NUMBER,
     AlgorithmInfo,
-    contributing_equipment,
-    copy_patient_study,
-    set_equipment,
+    secondary_capture,
 )
 from service.results.seg import TRABECULAR_ROI_RGB, level_color_rgb
 
@@ -331,31 +328,10 @@ def build_key_image(volume: CTVolume, segmentation: SpineSegmentation, roi_label
                     when: dt.datetime) -> hd.sc.SCImage:
     """The key image as a Secondary Capture instance in its own series of the source study."""
     pixels = render_key_image(volume, segmentation, roi_labels, result, algorithm)
-    sc = hd.sc.SCImage(
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        # Two reformats side by side: both have rows toward the feet; columns differ, so only F is stated.
-        patient_orientation=("P", "F"),
-        study_instance_uid=str(source_header.StudyInstanceUID),
-        series_instance_uid=generate_uid(),
-        series_number=KEY_IMAGE_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        series_description="AI bone density key image (to be reviewed)",
-        contributing_equipment=[contributing_equipment(algorithm, when)],
-        content_date=when.date(),
-        content_time=when.time(),
-    )
-    sc.PatientOrientation = None  # composite of two views (type 2C, no single orientation applies)
-    copy_patient_study(sc, source_header)
-    set_equipment(sc, algorithm)
-    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.Laterality = None  # type 2C in General Series; the spine is unpaired (empty value)
-    sc.BurnedInAnnotation = "NO"
-    sc.RecognizableVisualFeatures = "NO"
+    # Two reformats side by side: both have rows toward the feet; columns differ, so only F is stated.
+    sc = secondary_capture(pixels, source_header=source_header, series_number=KEY_IMAGE_SERIES_NUMBER,
+                           series_description="AI bone density key image (to be reviewed)",
+                           patient_orientation=("P", "F"), algorithm=algorithm, when=when)
     sc.DerivationDescription = "Sagittal and coronal reformats with AI vertebral segmentation and BMD table"
     sc.ImageComments = "AI result, to be reviewed"
     return sc

@@ -33,9 +33,7 @@ from service.results import codes
 from service.results.common import (
     SR_SERIES_NUMBER,
     AlgorithmInfo,
-    add_private_scheme,
-    contributing_equipment,
-    copy_patient_study,
+    report_sr,
 )
 from service.results.planar_roi import PlanarEllipse
 from service.results.seg import SegmentNumbers
@@ -282,28 +280,10 @@ def build_sr(
         imaging_measurements=[*groups, patient],
     )
     _move_to_derived_measurements(report, patient)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[*{str(h.SOPInstanceUID): h for h in source_headers}.values(), seg],  # a multi-frame CT once
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        performed_procedure_codes=[procedure],
-        contributing_equipment=[contributing_equipment(algorithm, when)],
-        series_description="AI bone mineral density report (to be reviewed)",
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.software_versions,
-        device_serial_number=algorithm.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time().replace(microsecond=0),
-    )
-    copy_patient_study(sr, first)
-    add_private_scheme(sr)
+    sr = report_sr(report, evidence=[*{str(h.SOPInstanceUID): h for h in source_headers}.values(), seg],  # a
+                   source_header=first, series_number=SR_SERIES_NUMBER,  # multi-frame CT once
+                   series_description="AI bone mineral density report (to be reviewed)", procedure=procedure,
+                   algorithm=algorithm, when=when)
     if predecessor is not None:
         sr.PredecessorDocumentsSequence = [predecessor]
     logger.info("SR built: %d vertebra groups, category %s", len(result.vertebrae), result.summary.category.value)

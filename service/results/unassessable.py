@@ -40,10 +40,8 @@ from service.domain.results import Category
 from service.results import codes
 from service.results.common import (
     AlgorithmInfo,
-    add_private_scheme,
-    contributing_equipment,
-    copy_patient_study,
-    set_equipment,
+    report_sr,
+    secondary_capture,
 )
 from service.results.keyimage import (
     BACKGROUND,
@@ -195,28 +193,10 @@ def _build_sr(source_headers: Sequence[Dataset], unusable: Sequence[UnusableSeri
         [_text_item(NOT_ASSESSED, _in_character_set(summary, charset)),
          *(_text_item(UNUSABLE_SERIES, _in_character_set(u.line, charset)) for u in unusable)])
     report[0].ContentSequence.append(evaluations)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(source_headers),
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=INDETERMINATE_SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        performed_procedure_codes=[procedure],
-        contributing_equipment=[contributing_equipment(algorithm, when)],
-        series_description="AI bone density: indeterminate (to be reviewed)",
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.software_versions,
-        device_serial_number=algorithm.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time(),
-    )
-    copy_patient_study(sr, first)
-    add_private_scheme(sr)
+    sr = report_sr(report, evidence=source_headers, source_header=first,
+                   series_number=INDETERMINATE_SR_SERIES_NUMBER,
+                   series_description="AI bone density: indeterminate (to be reviewed)", procedure=procedure,
+                   algorithm=algorithm, when=when)
     if predecessor is not None:
         sr.PredecessorDocumentsSequence = [predecessor]
     return sr
@@ -260,30 +240,10 @@ def render_indeterminate_image(unusable: Sequence[UnusableSeries], summary: str,
 
 def _build_key_image(source_header: Dataset, unusable: Sequence[UnusableSeries], algorithm: AlgorithmInfo,
                      summary: str, when: dt.datetime) -> hd.sc.SCImage:
-    sc = hd.sc.SCImage(
-        pixel_array=render_indeterminate_image(unusable, summary, algorithm),
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        patient_orientation=("L", "F"),  # required by highdicom for PATIENT; emptied below
-        study_instance_uid=str(source_header.StudyInstanceUID),
-        series_instance_uid=generate_uid(),
-        series_number=INDETERMINATE_KEY_IMAGE_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        series_description="AI bone density: indeterminate, reasons (to be reviewed)",
-        contributing_equipment=[contributing_equipment(algorithm, when)],
-        content_date=when.date(),
-        content_time=when.time(),
-    )
-    sc.PatientOrientation = None  # a page of text: no orientation applies (type 2C, empty)
-    copy_patient_study(sc, source_header)
-    set_equipment(sc, algorithm)
-    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.Laterality = None
-    sc.BurnedInAnnotation = "NO"
-    sc.RecognizableVisualFeatures = "NO"
+    sc = secondary_capture(render_indeterminate_image(unusable, summary, algorithm), source_header=source_header,
+                           series_number=INDETERMINATE_KEY_IMAGE_SERIES_NUMBER,
+                           series_description="AI bone density: indeterminate, reasons (to be reviewed)",
+                           patient_orientation=("L", "F"), algorithm=algorithm, when=when)
     sc.DerivationDescription = "Reasons why bone mineral density could not be assessed"
     sc.ImageComments = "AI result, to be reviewed: indeterminate"
     return sc
