@@ -7,6 +7,13 @@ formatted:
   group 0010 (``(0010,0010) Patient's Name  PN: 'DOE^JOHN'``) keep their key and lose the value;
 - DICOM person names (``FAMILY^GIVEN``) are replaced.
 UIDs, AE titles, counts and file names are kept: they are needed to operate the node and identify no patient.
+
+Python warnings (pydicom's "invalid value for VR ..." carries the value) go through logging
+(``logging.captureWarnings``) and so through the same filter. Two more filters keep the log usable under a flood of
+bad input (a fuzzing run wrote 27,513 lines, some of 409 kB): ``RepeatLimitFilter`` lets at most
+``repeat_limit_per_minute`` lines of one kind through per minute (a kind = logger, level and the message with its
+numbers and quoted values blanked) and says how many it held back; ``LineCapFilter`` cuts every line, traceback
+included, to ``max_line_chars``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +39,18 @@ class LoggingSettings:
 
     level: str = "INFO"
     json: bool = False
+    max_line_chars: int = 4000
+    """Longer lines (message and traceback together) are cut, with the count of characters left out."""
+    repeat_limit_per_minute: int = 30
+    """Lines of one kind let through per minute; 0 = no limit."""
 
     def __post_init__(self) -> None:
         if self.level.upper() not in LOG_LEVELS:
             raise ValueError(f"logging.level: must be one of {LOG_LEVELS}, got {self.level!r}")
+        if self.max_line_chars < 200:
+            raise ValueError(f"logging.max_line_chars: must be >= 200, got {self.max_line_chars}")
+        if self.repeat_limit_per_minute < 0:
+            raise ValueError(f"logging.repeat_limit_per_minute: must be >= 0, got {self.repeat_limit_per_minute}")
 
 # DICOM attribute keywords (and common spellings) whose values identify a patient.
 PATIENT_KEYWORDS = (
@@ -95,6 +113,64 @@ class PatientDataFilter(logging.Filter):
         return True
 
 
+_KIND_VALUES_RE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+
+
+class RepeatLimitFilter(logging.Filter):
+    """At most ``per_minute`` records of one kind per 60 s window; the first record let through after a window with
+    held-back records says how many were held back.  Runs before ``PatientDataFilter`` (it reads the unformatted
+    message)."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, int, str], list[float]] = {}  # kind -> [window start, count, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.per_minute <= 0:
+            return True
+        kind = (record.name, record.levelno, _KIND_VALUES_RE.sub("#", str(record.msg))[:200])
+        now = self.clock()
+        with self._lock:
+            if len(self._windows) > 10_000:  # many kinds (e.g. values the regex missed): start afresh
+                self._windows.clear()
+            window = self._windows.setdefault(kind, [now, 0, 0])
+            if now - window[0] >= self.WINDOW_S:
+                held = int(window[2])
+                window[:] = [now, 0, 0]
+                if held:
+                    record.msg = f"[{held} similar lines held back in the last minute] {record.msg}"
+            window[1] += 1
+            if window[1] > self.per_minute:
+                window[2] += 1
+                return False
+        return True
+
+
+class LineCapFilter(logging.Filter):
+    """Cuts the (already redacted and formatted) message and the traceback to ``max_chars`` together."""
+
+    def __init__(self, max_chars: int) -> None:
+        super().__init__()
+        self.max_chars = max_chars
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg) if record.args is None else record.getMessage()
+        if len(message) > self.max_chars:
+            record.msg = f"{message[: self.max_chars]}... [{len(message) - self.max_chars} characters cut]"
+            record.args = None
+            message = record.msg
+        room = max(200, self.max_chars - len(message))
+        if record.exc_text and len(record.exc_text) > room:
+            # keep the end of a traceback: the exception and the frames nearest to it
+            record.exc_text = f"[{len(record.exc_text) - room} characters cut]...{record.exc_text[-room:]}"
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
@@ -114,11 +190,14 @@ def setup_logging(settings: LoggingSettings | None = None) -> None:
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler._bmd_node = True  # type: ignore[attr-defined]
+    handler.addFilter(RepeatLimitFilter(settings.repeat_limit_per_minute))
     handler.addFilter(PatientDataFilter())
+    handler.addFilter(LineCapFilter(settings.max_line_chars))
     if settings.json:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn(...) -> logger "py.warnings" -> this handler and its filters
     for noisy in ("pynetdicom", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

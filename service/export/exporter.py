@@ -16,8 +16,6 @@ after its lease expires, which a PACS treats as the same object (the duplicate i
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from typing import Any
 
 import sqlalchemy
 
+from service.db.lease_owner import current_owner
 from service.domain.retry import RetryPolicy
 from service.domain.status import ExportStatus
 from service.export.cstore_scu import DicomStoreTransport
@@ -52,7 +51,7 @@ def transport_for(peer: Any) -> Transport | None:
 
 
 def default_exporter_id() -> str:
-    return f"exporter@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return str(current_owner("exporter"))
 
 
 def _apply(engine: sqlalchemy.Engine, task: ExportTask, outcome: DeliveryOutcome, policy: RetryPolicy,

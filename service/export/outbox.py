@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.config import ExporterSettings
 from service.db.engine import is_sqlite, read_session, write_session
+from service.db.lease_owner import holder_is_gone
 from service.db.tables import Export, ResultObject, utcnow
 from service.domain.retry import RetryPolicy
 from service.domain.status import ExportStatus
@@ -111,6 +112,26 @@ def claim_due_exports(engine: sqlalchemy.Engine, *, exporter_id: str, limit: int
             tasks.append(ExportTask(row.id, row.peer_name, obj.path, obj.sop_class_uid, obj.sop_instance_uid,
                                     row.attempts))
     return tasks
+
+
+def reclaim_orphaned_exports(engine: sqlalchemy.Engine, *, now: datetime | None = None) -> list[int]:
+    """Exports being sent by a holder known to be gone (db.lease_owner): their lease is ended now, so the next claim
+    takes them up at once instead of after the lease runs out.  The send may have reached the peer before the holder
+    died: it is sent again with the same SOP Instance UID (at-least-once delivery)."""
+    now = now or utcnow()
+    sending = select(Export.id, Export.lease_owner).where(Export.status == ExportStatus.SENDING)
+    with read_session(engine) as session:
+        gone = [row.id for row in session.execute(sending) if holder_is_gone(row.lease_owner)]
+    if not gone:
+        return []
+    with write_session(engine) as session:
+        session.execute(
+            update(Export).where(Export.id.in_(gone), Export.status == ExportStatus.SENDING)
+            .values(lease_expires_at=now - timedelta(seconds=1))
+            .execution_options(synchronize_session=False)
+        )
+    log.warning("reclaimed %d export(s) from lease holders that are gone: %s", len(gone), gone)
+    return gone
 
 
 def mark_export_sent(engine: sqlalchemy.Engine, export_id: int, *, status_code: int,

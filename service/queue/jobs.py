@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from service.config import WorkerSettings
 from service.db.engine import is_sqlite, read_session, write_session
+from service.db.lease_owner import holder_is_gone
 from service.db.queries import decide_series, ensure_series_transition
 from service.db.tables import Job, JobEvent, Series, utcnow
 from service.domain.retry import RetryPolicy
@@ -236,21 +237,49 @@ def reap_expired(engine: sqlalchemy.Engine, *, now: datetime | None = None, acto
     reaped: list[int] = []
     with write_session(engine) as session:
         for job in session.scalars(query).all():
-            owner = job.lease_owner
-            target = JobStatus.DEAD if job.attempts >= job.max_attempts else JobStatus.QUEUED
-            detail = f"lease of {owner} expired at {job.lease_expires_at:%Y-%m-%dT%H:%M:%SZ} (attempt {job.attempts})"
-            _transition(session, job, target, actor, detail, now)
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.last_error = detail
-            if target == JobStatus.QUEUED:
-                job.run_after = now
-            else:
-                job.finished_at = now
+            _requeue(session, job, f"lease of {job.lease_owner} expired at {job.lease_expires_at:%Y-%m-%dT%H:%M:%SZ} "
+                                   f"(attempt {job.attempts})", actor, now)
             reaped.append(job.id)
     if reaped:
         log.warning("reaped %d job(s) with expired leases: %s", len(reaped), reaped)
     return reaped
+
+
+def reclaim_orphaned(engine: sqlalchemy.Engine, *, now: datetime | None = None, actor: str = "reclaim") -> list[int]:
+    """Running jobs whose lease holder is known to be gone (a killed worker or node on this host, see
+    db.lease_owner): re-queued at once, or dead after max_attempts, without waiting for the lease to expire."""
+    now = now or utcnow()
+    running = select(Job.id, Job.lease_owner).where(Job.status == JobStatus.RUNNING, Job.lease_owner.is_not(None))
+    with read_session(engine) as session:
+        gone = [row.id for row in session.execute(running) if holder_is_gone(row.lease_owner)]
+    if not gone:
+        return []
+    query = select(Job).where(Job.id.in_(gone), Job.status == JobStatus.RUNNING).order_by(Job.id)
+    if not is_sqlite(engine):
+        query = query.with_for_update(skip_locked=True)
+    reclaimed: list[int] = []
+    with write_session(engine) as session:
+        for job in session.scalars(query).all():
+            if not holder_is_gone(job.lease_owner):  # re-checked under the lock
+                continue
+            _requeue(session, job, f"lease holder {job.lease_owner} is gone (attempt {job.attempts})", actor, now)
+            reclaimed.append(job.id)
+    if reclaimed:
+        log.warning("reclaimed %d job(s) from lease holders that are gone: %s", len(reclaimed), reclaimed)
+    return reclaimed
+
+
+def _requeue(session: Session, job: Job, detail: str, actor: str, now: datetime) -> None:
+    """A running job whose worker is gone: queued again now, or dead after max_attempts."""
+    target = JobStatus.DEAD if job.attempts >= job.max_attempts else JobStatus.QUEUED
+    _transition(session, job, target, actor, detail, now)
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.last_error = detail
+    if target == JobStatus.QUEUED:
+        job.run_after = now
+    else:
+        job.finished_at = now
 
 
 def retry(engine: sqlalchemy.Engine, job_id: int, *, now: datetime | None = None, actor: str = "cli") -> None:

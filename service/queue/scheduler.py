@@ -51,6 +51,7 @@ from service.db.engine import read_session, write_session
 from service.db.queries import SeriesStateError, decide_series, stored_instance_paths
 from service.db.tables import Series, utcnow
 from service.domain.status import SeriesStatus
+from service.export.outbox import reclaim_orphaned_exports
 from service.queue import jobs
 from service.queue.job_results import (
     SCOPE_STUDY,
@@ -131,6 +132,8 @@ class Scheduler:
 
     def tick(self, now: datetime | None = None) -> SchedulerTick:
         now = now or utcnow()
+        jobs.reclaim_orphaned(self.engine, now=now)
+        reclaim_orphaned_exports(self.engine, now=now)
         jobs.reap_expired(self.engine, now=now)
         quiet_before = now - timedelta(seconds=self.config.node.series_stable_seconds)
         with read_session(self.engine) as session:

@@ -15,7 +15,6 @@ import contextlib
 import importlib
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from sqlalchemy import select
 
 from service.config import Config
 from service.db.engine import make_engine, read_session, write_session
+from service.db.lease_owner import current_owner
 from service.db.queries import stored_instance_paths
 from service.db.tables import ResultObject, utcnow
 from service.logging import setup_logging
@@ -51,7 +51,9 @@ PipelineFactory = Callable[[Config], ScreeningPipeline]
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Host, boot, PID and process start time: a restarted node reclaims this worker's lease at once when it is
+    gone (db.lease_owner)."""
+    return str(current_owner("worker"))
 
 
 class Worker:

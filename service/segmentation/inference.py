@@ -141,7 +141,7 @@ def body_features(instance_masks: list[npt.NDArray[np.bool_]], probs: npt.NDArra
                   grid: CoarseGrid, sacrum: npt.NDArray[np.bool_] | None = None,
                   rib_volumes_mm3: list[tuple[float, float]] | None = None,
                   coarse_hu: npt.NDArray[np.float32] | None = None,
-                  ) -> tuple[list[BodyFeatures], bool, float]:
+                  ) -> tuple[list[BodyFeatures], bool]:
     """``rib_volumes_mm3``: (left, right) rib volume per body measured elsewhere (the fine stage); default: from
     the coarse rib class.  ``coarse_hu``: the CT on the coarse grid, for how far the reconstructed field of view
     reaches around each body (default: the whole grid is in the field)."""
@@ -296,8 +296,8 @@ def assemble_segmentation(volume: CTVolume, pred: CoarsePrediction, name: str, v
             # rib heads and necks at 1.25 mm (a short 12th rib is seen; lumbar transverse processes are not ribs)
             rib_volumes = rib_attachment(inst.fine_masks[: len(masks)], inst.field.rib > 0.5,
                                          inst.field.grid.spacing_mm)
-        feats, sac, fov_top = body_features(masks, probs, grid, sacrum, rib_volumes, pred.coarse_hu)
-        result = label_bodies(feats, sac, fov_top)
+        feats, sac = body_features(masks, probs, grid, sacrum, rib_volumes, pred.coarse_hu)
+        result = label_bodies(feats, sac)
         notes.extend(result.notes)
         decisions = list(result.decisions)
         cut_flags = [f.cut_by_fov for f in feats]

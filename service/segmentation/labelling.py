@@ -125,9 +125,13 @@ def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
     return out
 
 
-T1_ANCHOR_FOV_MARGIN_MM = 40.0
-"""The T1 anchor needs the field of view to extend this far above the rib-free body over the first rib-bearing
-one (otherwise that body's rib may simply leave the field of view)."""
+def _first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
+    """Index of the T1 candidate: the first complete body with a rib on both sides.  The first rib pair is the
+    largest of the upper ribs and always bilateral; a body cut by the top of the field (its rib region partly
+    outside) or a one-sided "rib" (a cervical transverse process, the clavicle or the first rib passing beside C6/C7
+    on a coarse grid) does not count.  Rib attachment is read in a ring within the body's own height
+    (ribs.RIB_RING_MM), so a complete rib-free body above it shows that C7 has no rib."""
+    return next((i for i, b in enumerate(bodies) if b.rib_left and b.rib_right and not b.cut_by_fov), None)
 
 
 T12_ANCHOR = "T12 (last rib-bearing body)"
@@ -135,8 +139,8 @@ T1_ANCHOR = "T1 (first rib-bearing body)"
 L5_ANCHOR = "L5 (body on the sacrum)"
 
 
-def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: float | None = None) -> LabellingResult:
-    """Name each body (cranial -> caudal order). ``fov_top_mm``: top of the field of view (canonical z, mm).
+def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingResult:
+    """Name each body (cranial -> caudal order).
 
     A name is confident only when two independent cues agree (two anchors, or an anchor and the thoracic/lumbar
     appearance or the body-size progression); a single cue, disagreeing cues or no anchor: uncertain."""
@@ -151,7 +155,7 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
         pos.append(pos[-1] + 1 + m)
     if any(missing):
         notes.append(f"gap in the detected bodies: {sum(missing)} body(ies) presumably missed")
-    anchors, unseen = _anchors(bodies, pos, sacrum_below, fov_top_mm)
+    anchors, unseen = _anchors(bodies, pos, sacrum_below)
     dropped = [reason for _, reason in unseen.values()]
     notes.extend(dropped)
     values = set(anchors.values())
@@ -171,7 +175,7 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool, fov_top_mm: flo
     return LabellingResult(_without_anchor(bodies, pos, unseen, notes), notes)
 
 
-def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool, fov_top_mm: float | None,
+def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
              ) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
     """(anchor name -> implied level value of position 0, and for anchors the field of view cannot show: name ->
     (the value they would imply, the reason they do not count))."""
@@ -191,10 +195,9 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool, fov
                 anchors[T12_ANCHOR] = value
             else:
                 dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
-        first = rib_idx[0]
-        above = bodies[first - 1] if first > 0 else None
-        if (above is not None and not above.cut_by_fov and not ribs[first - 1] and fov_top_mm is not None
-                and fov_top_mm - above.centroid_mm[2] >= T1_ANCHOR_FOV_MARGIN_MM):
+        first = _first_rib_pair(bodies)
+        above = bodies[first - 1] if first is not None and first > 0 else None
+        if first is not None and above is not None and not above.cut_by_fov and not ribs[first - 1]:
             short = rib_field_shortfall(above)
             value = int(VertebraLevel.T1) - pos[first]
             if short is None:
@@ -358,8 +361,8 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
                         thoracic_votes: list[float] | None = None,
                         rib_volumes_mm3: list[tuple[float, float]] | None = None,
                         in_field: npt.NDArray[np.bool_] | None = None,
-                        ) -> tuple[list[BodyFeatures], bool, float]:
-    """(features, sacrum below the lowest body, top of the field of view in mm) from masks on a canonical grid
+                        ) -> tuple[list[BodyFeatures], bool]:
+    """(features, sacrum below the lowest body) from masks on a canonical grid
     (instances ordered cranial -> caudal).  ``rib_volumes_mm3``: (left, right) per body when measured elsewhere
     (the fine stage), else from ``rib_mask``.  ``in_field``: voxels inside the reconstructed field of view on the
     same grid (default: the whole grid), for how far the field reaches around each body."""
@@ -385,5 +388,4 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
             thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut, cut_top=cut_top,
             cut_bottom=cut_bottom, field_left_mm=field[0], field_right_mm=field[1], field_posterior_mm=field[2]))
     sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False
-    fov_top_mm = float((rib_mask.shape[2] - 0.5) * sp[2])
-    return feats, sac, fov_top_mm
+    return feats, sac

@@ -179,7 +179,7 @@ def test_features_carry_the_field_extent() -> None:
     body[18:23, 18:23, 10:18] = True  # centre (20, 20)
     in_field = np.zeros(shape, dtype=bool)
     in_field[5:36, 3:38, :] = True
-    feats, _, _ = features_from_masks([body], np.zeros(shape, bool), np.zeros(shape, bool), (3.0, 3.0, 3.0),
+    feats, _ = features_from_masks([body], np.zeros(shape, bool), np.zeros(shape, bool), (3.0, 3.0, 3.0),
                                       in_field=in_field)
     f = feats[0]
     assert (f.field_left_mm, f.field_right_mm, f.field_posterior_mm) == pytest.approx((46.5, 46.5, 52.5))

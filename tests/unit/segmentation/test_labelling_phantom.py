@@ -33,8 +33,8 @@ def _label_truth(**overrides: object) -> tuple[list[V], LabellingResult]:
     order = np.argsort([-np.argwhere(m)[:, 2].mean() for m in masks])
     masks = [masks[i] for i in order]
     names = [names[i] for i in order]
-    feats, sac, fov_top = features_from_masks(masks, target == cls.RIB, target == cls.SACRUM, frame.spacing_mm)
-    return names, label_bodies(feats, sac, fov_top)
+    feats, sac = features_from_masks(masks, target == cls.RIB, target == cls.SACRUM, frame.spacing_mm)
+    return names, label_bodies(feats, sac)
 
 
 @pytest.mark.slow

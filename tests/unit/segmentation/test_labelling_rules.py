@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.domain.levels import VertebraLevel as V
-from service.segmentation.labelling import BodyFeatures, label_bodies
+from service.segmentation.labelling import T1_ANCHOR, T12_ANCHOR, BodyFeatures, label_bodies
 
 
 def _spine(levels: list[V], rib_levels: set[V], spacing_mm: float = 27.0, cut: set[V] | None = None,
@@ -47,7 +47,7 @@ def test_thirteen_rib_pairs_with_sacrum_is_uncertain() -> None:
 def test_eleven_rib_pairs_with_t1_visible_is_uncertain() -> None:
     levels = [V(v) for v in range(V.C6, V.L1 + 1)]
     ribs = {V(v) for v in range(V.T1, V.T11 + 1)}
-    res = label_bodies(_spine(levels, ribs), sacrum_below=False, fov_top_mm=60.0)
+    res = label_bodies(_spine(levels, ribs), sacrum_below=False)
     assert all(d.uncertain for d in res.decisions)
 
 
@@ -108,3 +108,40 @@ def test_disagreeing_anchors_without_a_clear_vote_follow_the_rib_anchor() -> Non
     res = label_bodies(bodies, sacrum_below=True)
     assert all(d.uncertain for d in res.decisions)
     assert res.decisions[3].level == V.T12  # the rib-bearing L1 is named T12 (Pan 2020 counts from the last rib)
+
+
+def _chest_c6_to_l1(first_body: BodyFeatures, c7_rib_left: bool = False) -> list[BodyFeatures]:
+    """A chest CT from a C6 cut by the top of the field to L1 cut by the bottom; the T12 rib is one-sided (short 12th
+    rib on the right) and the thoracic/lumbar appearance cannot place the transition (L1 is cut)."""
+    levels = [V(v) for v in range(V.C7, V.L1 + 1)]
+    bodies = [first_body]
+    for i, lv in enumerate(levels, start=1):
+        ribs = V.T1 <= lv <= V.T12
+        bodies.append(BodyFeatures(
+            centroid_mm=(0.0, 0.0, -i * 24.0), height_mm=22.0, rib_left=ribs or (lv == V.C7 and c7_rib_left),
+            rib_right=ribs and lv != V.T12, thoracic_vote=1.0 if lv <= V.T12 else 0.2,
+            cut_by_fov=lv == V.L1, cut_bottom=lv == V.L1))
+    return bodies
+
+
+def test_first_rib_pair_under_a_rib_free_c7_confirms_the_last_rib() -> None:
+    """The real CPTAC chest pattern: the cut C6 at the top reads a one-sided "rib" (first rib or clavicle passing
+    beside it on a coarse grid). T1 is still the first complete body with ribs on both sides, C7 above it is complete
+    and rib-free: the T1 anchor agrees with the T12 anchor and the names are confident."""
+    c6 = BodyFeatures(centroid_mm=(0.0, 0.0, 0.0), height_mm=14.0, rib_left=True, rib_right=False, thoracic_vote=0.9,
+                      cut_by_fov=True, cut_top=True)
+    res = label_bodies(_chest_c6_to_l1(c6), sacrum_below=False)
+    assert [d.level for d in res.decisions] == [V(v) for v in range(V.C6, V.L1 + 1)]
+    assert not any(d.uncertain for d in res.decisions)
+    assert {T1_ANCHOR, T12_ANCHOR} <= set(res.decisions[5].cues)
+
+
+def test_one_sided_cervical_rib_on_c7_drops_the_t1_anchor() -> None:
+    """A one-sided cervical rib on C7: C7 is not rib-free, so there is no T1 anchor; the one-sided T12 rib alone does
+    not make the names confident."""
+    c6 = BodyFeatures(centroid_mm=(0.0, 0.0, 0.0), height_mm=14.0, rib_left=False, rib_right=False, thoracic_vote=0.9,
+                      cut_by_fov=True, cut_top=True)
+    res = label_bodies(_chest_c6_to_l1(c6, c7_rib_left=True), sacrum_below=False)
+    assert [d.level for d in res.decisions] == [V(v) for v in range(V.C6, V.L1 + 1)]
+    assert all(d.uncertain for d in res.decisions)
+    assert T1_ANCHOR not in res.decisions[5].cues

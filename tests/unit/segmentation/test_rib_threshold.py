@@ -31,7 +31,7 @@ def test_small_rib_like_volume_below_thoracic_ribs_is_not_rib_bearing() -> None:
     # below the relative one: a transverse process or a floating rib tip read as rib)
     per_side = [112, 112, 112, 27]
     bodies, ribs = _column(4, per_side)
-    feats, _, _ = features_from_masks(bodies, ribs, np.zeros_like(ribs), SPACING)
+    feats, _ = features_from_masks(bodies, ribs, np.zeros_like(ribs), SPACING)
     vols = [f.rib_left_mm3 for f in feats]
     assert vols[3] >= MIN_RIB_ATTACH_MM3
     assert vols[3] < RIB_RELATIVE_FRACTION * vols[0]
@@ -40,5 +40,5 @@ def test_small_rib_like_volume_below_thoracic_ribs_is_not_rib_bearing() -> None:
 
 def test_absolute_minimum_alone_when_few_rib_bearing_bodies() -> None:
     bodies, ribs = _column(2, [112, 27])
-    feats, _, _ = features_from_masks(bodies, ribs, np.zeros_like(ribs), SPACING)
+    feats, _ = features_from_masks(bodies, ribs, np.zeros_like(ribs), SPACING)
     assert [f.rib_bearing for f in feats] == [True, True]
