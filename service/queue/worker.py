@@ -132,6 +132,16 @@ class Worker:
             if self.config.results.report_unassessable and _is_no_vertebra(exc):
                 self._report_no_vertebra(claimed, exc.reason)  # before the failure: a crash between sends no twin
             jobs.fail(self.engine, job_id, worker_id=self.worker_id, error=exc.reason, retryable=False)
+        except MemoryError:
+            # not retried blindly: only a first attempt on a node with several workers (another job may have held
+            # the memory) runs again; a job that does not fit alone fails with a reason an operator can act on
+            self._discard(written)
+            retry = claimed.attempts < 2 and self.config.worker.processes > 1
+            reason = (f"out of memory (attempt {claimed.attempts}; [worker] memory_limit_mb is "
+                      f"{self.config.worker.memory_limit_mb}): {'retried once' if retry else 'not retried'}")
+            log.error("job %s: %s", job_id, reason)
+            jobs.fail(self.engine, job_id, worker_id=self.worker_id, error=reason, retryable=retry,
+                      policy=self.retry_policy)
         except Exception as exc:
             log.exception("job %s: attempt %d failed", job_id, claimed.attempts)
             self._discard(written)

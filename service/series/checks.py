@@ -39,6 +39,9 @@ CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, *MULTIFRAME_CT_SOP_CLASSES})
 MIN_SLICES_DEFAULT = 10
 """Fewer slices than this cannot hold a vertebral body at 5 mm (a lumbar body is ~25 mm high)."""
 MAX_SLICE_THICKNESS_MM_DEFAULT = 5.0
+MAX_MATRIX = 4096
+"""Largest Rows or Columns analysed: CT is reconstructed at 512 x 512, high-resolution scanners at 1024 or 2048;
+a larger value is a corrupt or hostile header (a 30000 x 30000 slice alone would need 1.8 GB as int16)."""
 """Thicker slices blur trabecular HU too much (the studies used <= 5 mm reconstructions)."""
 ORIENTATION_TOLERANCE = 1e-3
 """Max difference between direction cosines of slices of one series."""
@@ -205,6 +208,10 @@ def _instance_reasons(headers: Sequence[pydicom.Dataset]) -> list[str]:
     shapes = {(int(getattr(h, "Rows", 0)), int(getattr(h, "Columns", 0))) for h in headers}
     if len(shapes) != 1:
         reasons.append(f"slices differ in size: {sorted(shapes)}")
+    too_large = sorted(shape for shape in shapes if max(shape) > MAX_MATRIX)
+    if too_large:
+        reasons.append(f"image size {too_large[-1][0]} x {too_large[-1][1]} exceeds {MAX_MATRIX} x {MAX_MATRIX} "
+                       "(no CT reconstruction is that large: refused before loading)")
     return reasons
 
 

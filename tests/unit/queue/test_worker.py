@@ -173,3 +173,25 @@ def test_rerun_after_more_instances_gets_previous_sr(tmp_path: Path, sqlite_engi
 def test_worker_settings_validate(bad: int) -> None:
     with pytest.raises(ValueError, match=r"worker\.max_attempts"):
         WorkerSettings(max_attempts=bad)
+
+
+class _OutOfMemory(MeanHuPipeline):
+    def run(self, job):  # type: ignore[no-untyped-def]
+        self.runs += 1
+        raise MemoryError
+
+
+@pytest.mark.parametrize(("processes", "runs", "status"), [(1, 1, "failed"), (2, 2, "failed")])
+def test_memory_error_is_not_retried_blindly(tmp_path: Path, sqlite_engine: sqlalchemy.Engine, sqlite_url: str,
+                                             processes: int, runs: int, status: str) -> None:
+    """One worker: the job cannot fit, so it fails at once with a reason. Several workers: one more run (another
+    job may have held the memory), then it fails for good, not dead after max_attempts of blind retries."""
+    config = _config(tmp_path, sqlite_url, max_attempts=5, processes=processes)
+    _, job_id = _queue_series(sqlite_engine, tmp_path)
+    pipeline = _OutOfMemory()
+    worker = Worker(config, sqlite_engine, pipeline, worker_id="w1")
+    while worker.run_once():
+        pass
+    view = jobs.get_job(sqlite_engine, job_id)
+    assert view is not None and view.status == status and "out of memory" in (view.last_error or "")
+    assert pipeline.runs == runs

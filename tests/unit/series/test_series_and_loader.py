@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from service.series.checks import check_series
@@ -112,6 +113,18 @@ def test_gantry_tilt_rejected(tmp_path: Path) -> None:
     paths = write_series(tmp_path / "s", positions=positions)
     check = check_series(read_headers(paths))
     assert not check.ok and "gantry tilt" in check.reason
+
+
+def test_impossible_image_size_is_refused_from_the_headers(tmp_path: Path) -> None:
+    """A header claiming 30000 x 30000 (corrupt or hostile) is refused by the series check, before any pixel is
+    read, so no job is queued to run out of memory."""
+    paths = write_series(tmp_path / "s")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.Rows = ds.Columns = 30000
+        ds.save_as(path)
+    check = check_series(read_headers(paths))
+    assert not check.ok and "image size 30000 x 30000 exceeds 4096 x 4096" in check.reason
 
 
 def test_mixed_series_rejected(tmp_path: Path) -> None:
