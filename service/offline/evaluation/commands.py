@@ -7,6 +7,7 @@ modules are imported inside the command that needs them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -87,6 +88,12 @@ def register_evaluate(evaluate_subparsers: argparse._SubParsersAction) -> None: 
     p.add_argument("--backend", default="bmd-node", choices=["bmd-node", "totalsegmentator"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_evaluate)
+    b = evaluate_subparsers.add_parser(
+        "bmd", help="the whole pipeline over phantom (and real) cases: BMD error, category agreement, fractures")
+    b.add_argument("dataset", type=Path, help="a case folder or a folder of case folders (dicom/ + truth.json)")
+    b.add_argument("--out", type=Path, required=True, help="folder for metrics.json, index.html and key images")
+    b.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="override [segmentation] device")
+    b.set_defaults(func=_evaluate_bmd)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -107,4 +114,20 @@ def _evaluate(args: argparse.Namespace) -> int:
                             if k in e} for lv, e in r["per_level"].items()}}
         for name, r in summary["per_case"].items()}
     print(json.dumps(short, indent=2, default=str))
+    return 0
+
+
+def _evaluate_bmd(args: argparse.Namespace) -> int:
+    # heavy: the screening recipe (torch, MONAI, highdicom) loads only when this command runs
+    from service.config import load_config  # noqa: PLC0415
+    from service.offline.evaluation.bmd import evaluate  # noqa: PLC0415
+    from service.pipeline.screening import build_screening_pipeline  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(getattr(args, "config", None))  # the CLI's --config option
+    if args.device is not None:
+        config = dataclasses.replace(config, segmentation=dataclasses.replace(config.segmentation,
+                                                                              device=args.device))
+    metrics = evaluate(args.dataset, args.out, config, build_screening_pipeline(config))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_case", "per_level")}, indent=2))
     return 0

@@ -1,0 +1,277 @@
+"""``bmd-node evaluate bmd DATASET --out REPORT``: the whole screening pipeline (trained segmenter, not truth labels)
+over case folders, compared with each phantom's own truth.
+
+A case folder holds ``dicom/`` (or DICOM files) and, for phantoms, ``truth.json`` (the generator's record: per-level
+BMD, the fracture geometry, the patient's L1-L2 BMD). Real cases without truth are run too: their exclusions are
+listed with the key image, which shows each one and its reason.
+
+Per phantom case, every predicted vertebra is matched to the truth vertebra nearest its centroid (within
+MATCH_DISTANCE_MM; the VerSe identification rule without the level name, so a misnamed level still counts for its
+BMD). Figures (``metrics.json``):
+  * per-level BMD error (evaluable predicted levels against their matched truth level), MAE and bias, per kVp;
+  * patient summary: error against the truth L1-L2 BMD for the cases whose summary used L1 and L2, and for every
+    numeric summary; category agreement (ACR: < 80, 80-120, > 120 mg/cm3 from the truth L1-L2 BMD; an
+    "indeterminate" summary counts as a disagreement and is also counted apart);
+  * the exclusion confusion table over complete truth levels: fractured (the phantom's geometry: Genant grade from
+    its height loss) or not, against called fractured or not; sensitivity per grade; the share of unfractured
+    levels excluded as fracture, and excluded for any reason.
+The truth comes from the phantom generator; nothing here reads the pipeline's constants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.config import Config
+from service.pipeline.types import JobInput, PipelineRejectedError, ScreeningPipeline
+from service.series.volume_loader import dicom_files, read_headers
+
+log = logging.getLogger(__name__)
+
+MATCH_DISTANCE_MM = 20.0
+"""VerSe identification distance: a predicted centroid within this of a truth centroid is that vertebra."""
+ACR_OSTEOPOROSIS_BELOW = 80.0
+ACR_NORMAL_ABOVE = 120.0
+"""ACR 2018 / ISCD QCT thresholds (mg/cm3), the truth's category rule."""
+GENANT_GRADE_LOSS = ((0.40, 3), (0.25, 2), (0.20, 1))
+"""Genant 1993: height loss >= 40 % grade 3, 25-40 % grade 2, 20-25 % grade 1."""
+
+
+@dataclass(frozen=True)
+class LevelRow:
+    case: str
+    truth_level: str
+    predicted_level: str
+    name_right: bool
+    level_uncertain: bool
+    evaluable: bool
+    exclusion_reason: str | None
+    exclusion_detail: str | None
+    bmd_predicted: float | None
+    bmd_truth: float
+    fracture_grade_truth: int
+    called_fracture: bool
+    kvp: int
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    case: str
+    kvp: int | None
+    status: str
+    """"ok", "rejected: ..." or "failed: ..."."""
+    summary_bmd: float | None
+    summary_levels: tuple[str, ...]
+    summary_category: str | None
+    truth_l1_l2_bmd: float | None
+    truth_category: str | None
+    seconds: float
+    key_image: str | None
+    exclusions: tuple[tuple[str, str, str], ...]
+    """(level, reason, detail) of every excluded level."""
+
+
+def genant_grade(height_loss: float | None) -> int:
+    if height_loss is None:
+        return 0
+    return next((grade for limit, grade in GENANT_GRADE_LOSS if height_loss >= limit - 1e-9), 0)
+
+
+def acr_category(bmd_mg_cm3: float) -> str:
+    if bmd_mg_cm3 < ACR_OSTEOPOROSIS_BELOW:
+        return "osteoporosis"
+    return "normal" if bmd_mg_cm3 > ACR_NORMAL_ABOVE else "osteopenia"
+
+
+def case_folders(dataset: Path) -> list[Path]:
+    """``dataset`` itself when it holds DICOM files directly or in dicom/, else its sub-folders that do."""
+    def is_case(folder: Path) -> bool:
+        return (folder / "dicom").is_dir() or any(p.suffix == ".dcm" for p in folder.iterdir() if p.is_file())
+
+    if is_case(dataset):
+        return [dataset]
+    return sorted(p for p in dataset.iterdir() if p.is_dir() and is_case(p))
+
+
+def _called_fracture(vertebra: dict[str, Any]) -> bool:
+    return vertebra.get("fracture_status") == "fractured" or vertebra.get("exclusion_reason") == "fracture"
+
+
+def match_levels(case: str, result: dict[str, Any], truth: dict[str, Any]) -> list[LevelRow]:
+    """One row per complete truth vertebra that a predicted vertebra matches (nearest centroid within 20 mm)."""
+    kvp = int(truth["acquisition"]["kvp"])
+    complete = [t for t in truth["vertebrae"] if not t.get("cut_by_fov")]
+    if not complete:
+        return []
+    centres = np.array([t["centroid_lps_mm"] for t in complete], dtype=float)
+    rows = []
+    used: set[int] = set()
+    for v in result.get("vertebrae", []):
+        d = np.linalg.norm(centres - np.asarray(v["centroid_lps_mm"], dtype=float), axis=1)
+        k = int(np.argmin(d))
+        if d[k] > MATCH_DISTANCE_MM or k in used:
+            continue
+        used.add(k)
+        t = complete[k]
+        fracture = t.get("fracture") or {}
+        rows.append(LevelRow(
+            case=case, truth_level=t["level"], predicted_level=v["level"], name_right=v["level"] == t["level"],
+            level_uncertain=bool(v.get("level_uncertain")), evaluable=bool(v.get("evaluable")),
+            exclusion_reason=v.get("exclusion_reason"), exclusion_detail=v.get("exclusion_detail"),
+            bmd_predicted=v.get("bmd_mg_cm3"), bmd_truth=float(t["bmd_mg_cm3"]),
+            fracture_grade_truth=genant_grade(fracture.get("height_loss")) if t.get("fractured") else 0,
+            called_fracture=_called_fracture(v), kvp=kvp))
+    return rows
+
+
+def run_case(folder: Path, pipeline: ScreeningPipeline, out: Path) -> tuple[CaseRow, list[LevelRow]]:
+    """The pipeline on one case; result.json and key_image.png under ``out``/cases/NAME."""
+    name = folder.name
+    truth_path = folder / "truth.json"
+    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+    dicom = folder / "dicom" if (folder / "dicom").is_dir() else folder
+    paths = dicom_files(dicom)
+    header = read_headers(paths[:1])[0]
+    job = JobInput(job_id=0, study_instance_uid=str(header.StudyInstanceUID),
+                   series_instance_uid=str(header.SeriesInstanceUID), paths=tuple(paths))
+    case_out = out / "cases" / name
+    case_out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    result: dict[str, Any] | None = None
+    key_image = None
+    try:
+        output = pipeline.run(job)
+        result = output.result.to_json_dict()
+        (case_out / "result.json").write_text(json.dumps(result, indent=1))
+        key = next((o for o in output.objects if o.kind == "key_image"), None)
+        if key is not None:
+            key_image = _key_image_png(key.data, case_out / "key_image.png")
+        status = "ok"
+    except PipelineRejectedError as exc:
+        status = f"rejected: {exc.reason}"
+    except Exception as exc:  # an evaluation reports every case, failed ones included
+        log.exception("case %s failed", name)
+        status = f"failed: {type(exc).__name__}: {exc}"
+    seconds = time.monotonic() - started
+    patient = (truth or {}).get("patient") or {}
+    truth_bmd = patient.get("l1_l2_bmd_mg_cm3")
+    summary = (result or {}).get("summary") or {}
+    exclusions = tuple((v["level"], v.get("exclusion_reason") or "", v.get("exclusion_detail") or "")
+                       for v in (result or {}).get("vertebrae", []) if not v.get("evaluable"))
+    row = CaseRow(
+        case=name, kvp=int(truth["acquisition"]["kvp"]) if truth else None, status=status,
+        summary_bmd=summary.get("bmd_mg_cm3"), summary_levels=tuple(summary.get("levels_used") or ()),
+        summary_category=summary.get("category"), truth_l1_l2_bmd=truth_bmd,
+        truth_category=acr_category(float(truth_bmd)) if truth_bmd is not None else None,
+        seconds=round(seconds, 1), key_image=str(key_image.relative_to(out)) if key_image else None,
+        exclusions=exclusions)
+    levels = match_levels(name, result, truth) if result is not None and truth is not None else []
+    return row, levels
+
+
+def _key_image_png(data: bytes, path: Path) -> Path:
+    import io  # noqa: PLC0415 - only the evaluation writes PNGs
+
+    import pydicom  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    Image.fromarray(ds.pixel_array).save(path)
+    return path
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 2) if values else None
+
+
+def bmd_errors(levels: list[LevelRow]) -> dict[str, Any]:
+    scored = [lv for lv in levels if lv.evaluable and lv.bmd_predicted is not None]
+    errors = [float(lv.bmd_predicted) - lv.bmd_truth for lv in scored]  # type: ignore[arg-type]
+    by_kvp = {}
+    for kvp in sorted({lv.kvp for lv in scored}):
+        e = [float(lv.bmd_predicted) - lv.bmd_truth for lv in scored if lv.kvp == kvp]  # type: ignore[arg-type]
+        by_kvp[str(kvp)] = {"levels": len(e), "mae": _mean([abs(x) for x in e]), "bias": _mean(e)}
+    return {"levels": len(errors), "mae": _mean([abs(x) for x in errors]), "bias": _mean(errors),
+            "p95_abs": round(float(np.percentile(np.abs(errors), 95)), 2) if errors else None, "by_kvp": by_kvp}
+
+
+def summary_errors(cases: list[CaseRow]) -> dict[str, Any]:
+    truthful = [c for c in cases if c.truth_l1_l2_bmd is not None and c.status == "ok"]
+    numeric = [c for c in truthful if c.summary_bmd is not None]
+    l1l2 = [c for c in numeric if set(c.summary_levels) == {"L1", "L2"}]
+    agree = [c for c in truthful if c.summary_category == c.truth_category]
+    return {
+        "cases_with_truth": len(truthful),
+        "l1_l2_cases": len(l1l2),
+        "l1_l2_mae": _mean([abs(c.summary_bmd - c.truth_l1_l2_bmd) for c in l1l2]),  # type: ignore[operator]
+        "numeric_summaries": len(numeric),
+        "all_numeric_mae": _mean([abs(c.summary_bmd - c.truth_l1_l2_bmd) for c in numeric]),  # type: ignore[operator]
+        "category_agreement": round(len(agree) / len(truthful), 4) if truthful else None,
+        "indeterminate": sum(c.summary_category == "indeterminate" for c in truthful),
+        "failed_or_rejected": sum(c.status != "ok" for c in cases),
+    }
+
+
+def exclusion_table(levels: list[LevelRow]) -> dict[str, Any]:
+    fractured = [lv for lv in levels if lv.fracture_grade_truth > 0]
+    intact = [lv for lv in levels if lv.fracture_grade_truth == 0]
+    by_grade = {}
+    for grade in (1, 2, 3):
+        g = [lv for lv in fractured if lv.fracture_grade_truth == grade]
+        by_grade[str(grade)] = {"levels": len(g), "called": sum(lv.called_fracture for lv in g),
+                                "sensitivity": round(sum(lv.called_fracture for lv in g) / len(g), 4) if g else None}
+    reasons: dict[str, int] = {}
+    for lv in intact:
+        if lv.exclusion_reason:
+            reasons[lv.exclusion_reason] = reasons.get(lv.exclusion_reason, 0) + 1
+    return {
+        "confusion": {"fractured_called": sum(lv.called_fracture for lv in fractured),
+                      "fractured_missed": sum(not lv.called_fracture for lv in fractured),
+                      "intact_called": sum(lv.called_fracture for lv in intact),
+                      "intact_not_called": sum(not lv.called_fracture for lv in intact)},
+        "sensitivity_by_grade": by_grade,
+        "intact_levels": len(intact),
+        "false_fracture_share": round(sum(lv.called_fracture for lv in intact) / len(intact), 4) if intact else None,
+        "intact_excluded_share": round(sum(lv.exclusion_reason is not None for lv in intact) / len(intact), 4)
+        if intact else None,
+        "intact_exclusion_reasons": reasons,
+    }
+
+
+def naming(levels: list[LevelRow]) -> dict[str, Any]:
+    return {"matched_levels": len(levels), "named_right": sum(lv.name_right for lv in levels),
+            "confident_wrong": sum(not lv.name_right and not lv.level_uncertain for lv in levels)}
+
+
+def evaluate(dataset: Path, out: Path, config: Config, pipeline: ScreeningPipeline) -> dict[str, Any]:
+    """Run every case, write ``metrics.json`` and ``index.html`` (bmd_report) under ``out``; return the metrics."""
+    from service.offline.evaluation.bmd_report import write_report  # noqa: PLC0415 - matplotlib only here
+
+    out.mkdir(parents=True, exist_ok=True)
+    cases: list[CaseRow] = []
+    levels: list[LevelRow] = []
+    for folder in _progress(case_folders(dataset)):
+        row, rows = run_case(folder, pipeline, out)
+        cases.append(row)
+        levels.extend(rows)
+    metrics = {"dataset": str(dataset), "cases": len(cases), "level_bmd": bmd_errors(levels),
+               "summary": summary_errors(cases), "fracture": exclusion_table(levels), "naming": naming(levels),
+               "calibration_config": config.bmd.__class__.__name__,
+               "per_case": [asdict(c) for c in cases], "per_level": [asdict(lv) for lv in levels]}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    write_report(out, metrics)
+    return metrics
+
+
+def _progress(folders: list[Path]) -> Iterator[Path]:
+    from tqdm import tqdm  # noqa: PLC0415 - a progress bar on the command line only
+
+    yield from tqdm(folders, desc="evaluate bmd", unit="case")

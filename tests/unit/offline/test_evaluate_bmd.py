@@ -1,0 +1,79 @@
+"""``bmd-node evaluate bmd``: the matching and tables on hand-made documents, and a two-case smoke run of the
+committed command (the 60-case set runs outside ``make test``: docs/evaluation/bmd)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.offline.evaluation.bmd import acr_category, exclusion_table, genant_grade, match_levels
+from service.offline.evaluation.bmd_set import write_set
+
+
+def _truth(levels: list[tuple[str, float, bool, float | None]]) -> dict:
+    return {"acquisition": {"kvp": 120}, "vertebrae": [
+        {"level": name, "centroid_lps_mm": [0.0, 0.0, -30.0 * i], "bmd_mg_cm3": bmd, "fractured": fractured,
+         "fracture": {"kind": "wedge", "height_loss": loss} if fractured else None, "cut_by_fov": False}
+        for i, (name, bmd, fractured, loss) in enumerate(levels)]}
+
+
+def test_levels_match_by_position_not_by_name() -> None:
+    truth = _truth([("T12", 100.0, False, None), ("L1", 95.0, True, 0.33), ("L2", 90.0, False, None)])
+    result = {"vertebrae": [  # named one level too low, 4 mm off: still the same vertebrae
+        {"level": "L1", "centroid_lps_mm": [0.0, 4.0, 0.0], "evaluable": True, "bmd_mg_cm3": 104.0},
+        {"level": "L2", "centroid_lps_mm": [0.0, 0.0, -30.0], "evaluable": False, "bmd_mg_cm3": None,
+         "exclusion_reason": "fracture", "level_uncertain": True},
+        {"level": "L3", "centroid_lps_mm": [0.0, 0.0, -85.0], "evaluable": True, "bmd_mg_cm3": 80.0},  # 25 mm off
+    ]}
+    rows = match_levels("c", result, truth)
+    assert [(r.truth_level, r.predicted_level, r.name_right) for r in rows] == [("T12", "L1", False),
+                                                                                 ("L1", "L2", False)]
+    assert rows[1].fracture_grade_truth == 2 and rows[1].called_fracture
+    table = exclusion_table(rows)
+    assert table["confusion"] == {"fractured_called": 1, "fractured_missed": 0, "intact_called": 0,
+                                  "intact_not_called": 1}
+    assert table["sensitivity_by_grade"]["2"]["sensitivity"] == 1.0
+
+
+def test_genant_grades_and_acr_categories() -> None:
+    assert [genant_grade(x) for x in (None, 0.1, 0.2, 0.249, 0.25, 0.39, 0.4, 0.6)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [acr_category(x) for x in (79.9, 80.0, 120.0, 120.1)] == ["osteoporosis", "osteopenia", "osteopenia",
+                                                                     "normal"]
+
+
+def test_the_set_holds_the_mix_the_issue_asks_for(tmp_path: Path) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from service.offline.evaluation.bmd_set import case_overrides  # noqa: PLC0415
+
+    specs = [case_overrides(i, np.random.default_rng(i), rods=True, rows=None) for i in range(60)]
+    assert {s["kvp"] for s in specs} == {80, 100, 120, 140}
+    assert sum(s["contrast"] for s in specs) >= 15 and sum(s["low_dose"] for s in specs) >= 10
+    assert {s["slice_thickness_mm"] for s in specs} >= {1.0, 2.0, 3.0, 5.0}
+    assert sum(s.get("noise_scale", 0) >= 2.0 for s in specs) >= 15
+    losses = [s.get("fracture_height_loss") for s in specs if s["fracture_levels"]]
+    assert [genant_grade(x) for x in losses].count(1) == 10
+    assert [genant_grade(x) for x in losses].count(2) == 10 and [genant_grade(x) for x in losses].count(3) == 10
+
+
+@pytest.mark.slow
+def test_two_case_smoke_run(tmp_path: Path) -> None:
+    write_set(tmp_path / "set", 2, rows=160)
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "service", "evaluate", "bmd", str(tmp_path / "set"), "--out",
+                           str(out), "--device", "cpu"], capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cases"] == 2 and metrics["summary"]["failed_or_rejected"] == 0
+    assert metrics["naming"]["matched_levels"] >= 10  # two abdomen-sized fields, most bodies found and matched
+    assert metrics["level_bmd"]["levels"] >= 4
+    # a working pipeline: a wrong calibration (e.g. rods read as another material) gives errors of 50+ mg/cm3
+    assert metrics["level_bmd"]["mae"] < 30.0, metrics["level_bmd"]
+    assert sum(metrics["fracture"]["sensitivity_by_grade"][g]["levels"] for g in "123") == 1  # case_00's fracture
+    page = (out / "index.html").read_text()
+    for case in metrics["per_case"]:
+        assert (out / case["key_image"]).is_file() and case["key_image"] in page
