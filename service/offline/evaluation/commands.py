@@ -110,8 +110,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     short["per_case"] = {
         name: {k: r[k] for k in ("identification_rate", "mean_dice_fully_visible", "wrong_and_confident",
                                  "seconds", "notes")} | {
-            "levels": {lv: {k: e.get(k) for k in ("identified", "uncertain", "centroid_error_mm", "dice")
-                            if k in e} for lv, e in r["per_level"].items()}}
+            "levels": {lv: {k: e.get(k) for k in ("identified", "uncertain", "centroid_error_mm", "dice",
+                                                  "body_dice_any_name") if k in e} for lv, e in r["per_level"].items()}}
         for name, r in summary["per_case"].items()}
     print(json.dumps(short, indent=2, default=str))
     return 0

@@ -48,8 +48,13 @@ class Reference:
     fully_visible: dict[int, bool] = field(default_factory=dict)
 
 
+VERSE_BODY_SUBREGIONS = (49, 50)
+"""VerSe / TPTBox subregion labels of the vertebral body: 49 border (cortex and endplates), 50 interior."""
+
+
 def is_case_dir(path: Path) -> bool:
-    return (path / "labels.nii.gz").is_file() or (path / "totalseg_labels.nii.gz").is_file()
+    return any((path / name).is_file() for name in ("labels.nii.gz", "totalseg_labels.nii.gz",
+                                                     "vertebra_labels.nii.gz"))
 
 
 def has_ct(path: Path) -> bool:
@@ -118,6 +123,13 @@ def load_reference(case: Path, volume: CTVolume) -> Reference:
         lab = labels_on_ct_grid(case / "labels.nii.gz", volume)
         body = cls.phantom_body_levels(lab)
         ref = Reference(body, "phantom")
+    elif (case / "vertebra_labels.nii.gz").is_file():
+        # VerSe numbering (1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5) is the node's VertebraLevel numbering; the body is
+        # the subregions 49 + 50 within each vertebra (an annotation made outside this project)
+        verse = labels_on_ct_grid(case / "vertebra_labels.nii.gz", volume)
+        sub = labels_on_ct_grid(case / "subregion_labels.nii.gz", volume)
+        body = np.where(np.isin(sub, VERSE_BODY_SUBREGIONS) & (verse >= 1) & (verse <= 25), verse, 0)
+        ref = Reference(body.astype(np.int16), "VerSe vertebra labels, body subregions 49 + 50")
     else:
         lab = labels_on_ct_grid(case / "totalseg_labels.nii.gz", volume)
         ref = Reference(totalseg_body_reference(lab, volume), "totalsegmentator (body part derived)")
@@ -138,7 +150,8 @@ def totalseg_body_reference(lab: npt.NDArray[np.int16], volume: CTVolume) -> npt
 
 
 def _slice_axis(volume: CTVolume) -> int:
-    return 2
+    """The array axis closest to head-foot (a NIfTI crop may store it first, e.g. TPTBox's P-I-R)."""
+    return int(np.argmax(np.abs(volume.affine_lps[2, :3])))
 
 
 def _reference_centroids(ref: Reference, volume: CTVolume) -> None:
@@ -155,6 +168,16 @@ def _reference_centroids(ref: Reference, volume: CTVolume) -> None:
 def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def _best_overlap_dice(pred_labels: npt.NDArray[np.int16], ref_body: npt.NDArray[np.bool_]) -> float:
+    """Dice of the reference body with the predicted body that overlaps it most, whatever its name: how well the
+    body is segmented, apart from how it is named (an uncertain best-guess name may be off by one)."""
+    under = pred_labels[ref_body]
+    under = under[under > 0]
+    if under.size == 0:
+        return 0.0
+    return dice(pred_labels == int(np.bincount(under).argmax()), ref_body)
 
 
 def identification(pred: dict[int, npt.NDArray[np.float64]], ref: dict[int, npt.NDArray[np.float64]],
@@ -185,6 +208,7 @@ def evaluate_case(seg: SpineSegmentation, ref: Reference) -> dict[str, Any]:
                                  "fully_visible": ref.fully_visible.get(v)}
         if v in ref.centroids_lps:
             entry["dice"] = dice(seg.body_labels == v, ref.body_labels == v)
+            entry["body_dice_any_name"] = _best_overlap_dice(seg.body_labels, ref.body_labels == v)
         if v in ref.centroids_lps and v in pred_centroids:
             entry["centroid_error_mm"] = float(np.linalg.norm(pred_centroids[v] - ref.centroids_lps[v]))
         if v in pred_centroids:

@@ -15,7 +15,7 @@ from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import ExclusionReason
-from service.offline.evaluation.segmentation import load_ct
+from service.offline.evaluation.segmentation import evaluate_case, load_ct, load_reference
 from service.offline.phantom.api import PhantomSpec, generate
 from service.results.keyimage import level_text
 from service.segmentation.classes import phantom_body_levels
@@ -206,6 +206,20 @@ def test_real_narrow_crop_every_level_uncertain() -> None:
     assert seg.vertebrae, seg.notes
     assert all(v.level_uncertain for v in seg.vertebrae), [(v.level, v.uncertainty_reason) for v in seg.vertebrae]
     assert all("field of view too narrow" in (v.uncertainty_reason or "") for v in seg.vertebrae), seg.notes
+
+
+def test_real_narrow_crop_l3_body_is_segmented() -> None:
+    """Issue 16: the L3 body of tptbox_l3_crop is still segmented: Dice >= 0.85 against the union of its body
+    subregions (49 + 50) within VerSe label 22, for the predicted body that overlaps it most (its uncertain
+    best-guess name may be off by one)."""
+    if not CROP.is_dir():
+        pytest.fail(f"real test data missing: {CROP}")
+    volume = load_ct(CROP)
+    seg = _segmenter().segment(volume)
+    ref = load_reference(CROP, volume)
+    entry = evaluate_case(seg, ref)["per_level"]["L3"]
+    assert entry["fully_visible"]
+    assert entry["body_dice_any_name"] >= 0.85, entry
 
 
 def test_cues_reach_result_json_and_uncertain_levels_are_still_measured() -> None:
