@@ -98,6 +98,18 @@ def tree_pids(pid: int) -> list[int]:
     return pids
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Summed VmRSS (MiB) of a process and its descendants now (e.g. the SCP and its receiver processes)."""
+    return sum(_status_kib(p, "VmRSS") or 0 for p in tree_pids(pid)) / 1024
+
+
 class RssSampler:
     """Samples the summed VmRSS of a process and its descendants every ``interval_s``; ``peak_mib`` is the max.
 

@@ -14,16 +14,19 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import procs
 from bench.data import SeriesSet
-from bench.scp_probe import NO_FSYNC_ENV, PROBE_ENV
+from bench.scp_probe import NO_FSYNC_ENV, PROBE_ENV, PROFILE_ENV
 from tests.support.net import free_port
 
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
 
 TARGETS = ("bmd-node", "storescp", "orthanc")
 NO_FSYNC = "bmd-node-no-fsync"
@@ -52,34 +55,124 @@ def _send(studies: Sequence[SeriesSet], port: int, called_ae: str) -> float:
     return procs.send_parallel([s.files for s in studies], port, called_ae)
 
 
-def node_scp_config(folder: Path, port: int) -> Path:
+def node_scp_config(folder: Path, port: int, receive_processes: int = 0) -> Path:
     return procs.write_toml(folder / "bmd-node.toml", {
         "node": {"ae_title": procs.NODE_AE, "host": "127.0.0.1", "port": port, "http_port": 0,
                  "storage_dir": str(folder / "storage"), "database_url": f"sqlite:///{folder / 'node.db'}",
-                 "series_stable_seconds": 3600},
+                 "series_stable_seconds": 3600, "receive_processes": receive_processes},
     }, [{"name": "sender", "ae_title": procs.SENDER_AE, "host": "127.0.0.1", "port": 104, "send_results": False}])
 
 
-def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True) -> ReceiveRun:
+def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True, receive_processes: int = 0,
+             profile_out: Path | None = None) -> ReceiveRun:
     port = free_port()
-    config = node_scp_config(folder, port)
+    config = node_scp_config(folder, port, receive_processes)
     shutil.copyfile(_template_database(folder.parent), folder / "node.db")
     probe_out = folder / "probe.json"
-    env = procs.node_env(extra={PROBE_ENV: str(probe_out), NO_FSYNC_ENV: "0" if fsync else "1"})
+    extra = {PROBE_ENV: str(probe_out), NO_FSYNC_ENV: "0" if fsync else "1"}
+    env = procs.node_env(extra={**extra, **({PROFILE_ENV: str(profile_out)} if profile_out else {})})
     boot = [sys.executable, "-m", "bench.scp_probe"]
     with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, command=boot, env=env) as proc, \
             procs.RssSampler(proc.pid) as sampler:
         seconds = _send(studies, port, procs.NODE_AE)
-        peak = procs.peak_rss_mib(proc.pid) or sampler.peak_mib
     with sqlite3.connect(folder / "node.db") as conn:
         stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
-    probe = None
-    if probe_out.is_file():
-        raw = json.loads(probe_out.read_text())
-        images = max(1, int(raw["calls"].get("handler", 0)))
-        probe = {k: v * 1000 / images for k, v in raw["seconds"].items()}
     return ReceiveRun("bmd-node" if fsync else NO_FSYNC, len(studies), sum(s.slices for s in studies), seconds,
-                      stored, peak, probe)
+                      stored, sampler.peak_mib, _probe_ms_per_image(probe_out))
+
+
+def _probe_ms_per_image(probe_out: Path) -> dict[str, float] | None:
+    """Mean ms per instance of each probed part, over the SCP's processes (one probe file each)."""
+    files = [probe_out, *probe_out.parent.glob(probe_out.name + ".*")]
+    seconds: dict[str, float] = {}
+    calls = 0
+    for path in (p for p in files if p.is_file()):
+        raw = json.loads(path.read_text())
+        calls += int(raw["calls"].get("handler", 0))
+        for key, value in raw["seconds"].items():
+            seconds[key] = seconds.get(key, 0.0) + float(value)
+    if not seconds:
+        return None
+    return {k: v * 1000 / max(1, calls) for k, v in seconds.items()}
+
+
+@dataclass(frozen=True)
+class ScpMemory:
+    """Resident memory of the node's SCP (all its receiver processes) after one study, then after N more at once."""
+
+    after_one_mib: float
+    after_many_mib: float
+    many: int
+    peak_mib: float
+    receive_processes: int
+
+    @property
+    def growth_mib(self) -> float:
+        return self.after_many_mib - self.after_one_mib
+
+
+SETTLE_S = 1.0
+"""Wait after a send before reading RSS (the recorder's last batch, association threads ending)."""
+
+
+def scp_memory(one: SeriesSet, many: Sequence[SeriesSet], work: Path) -> ScpMemory:
+    """The SCP's summed RSS after receiving ``one`` study, then after ``many`` studies over concurrent
+    associations (issue 18: at most 50 MB more after 8 than after 1). Runs in ``work/scp-memory`` (removed
+    afterwards)."""
+    folder = work / "scp-memory"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        return _scp_memory(one, many, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _scp_memory(one: SeriesSet, many: Sequence[SeriesSet], folder: Path) -> ScpMemory:
+    port = free_port()
+    config = node_scp_config(folder, port)
+    shutil.copyfile(_template_database(folder.parent), folder / "node.db")
+    with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, env=procs.node_env()) as proc, \
+            procs.RssSampler(proc.pid) as sampler:
+        processes = 1 + sum("spawn_main" in procs.cmdline(p) for p in procs.tree_pids(proc.pid)[1:])
+        _send([one], port, procs.NODE_AE)
+        time.sleep(SETTLE_S)
+        after_one = procs.tree_rss_mib(proc.pid)
+        _send(many, port, procs.NODE_AE)
+        time.sleep(SETTLE_S)
+        after_many = procs.tree_rss_mib(proc.pid)
+    return ScpMemory(after_one, after_many, len(many), sampler.peak_mib, processes)
+
+
+SCP_MEMORY_GROWTH_MAX_MB = 50.0
+"""Issue 18: the SCP's RSS after 8 concurrent studies at most 50 MB (decimal) above that after 1."""
+
+
+def memory_figures(runs: Sequence[ScpMemory], figure: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """Figures of ``scp_memory`` runs (``figure`` = bench.run._figure)."""
+    if not runs:
+        return []
+    n, processes = runs[0].many, runs[0].receive_processes
+    note = f"all {processes} receiver process(es) summed"
+    return [
+        figure("memory.scp.after_1", "SCP resident memory after 1 study", "MiB", [r.after_one_mib for r in runs],
+               note),
+        figure(f"memory.scp.after_{n}", f"SCP resident memory after {n} more studies at once", "MiB",
+               [r.after_many_mib for r in runs], note),
+        figure("memory.scp.growth", f"SCP resident memory growth, {n} concurrent studies vs 1", "MB",
+               [r.growth_mib * MIB / 1e6 for r in runs], f"target <= {SCP_MEMORY_GROWTH_MAX_MB:g} MB (issue 18)"),
+        figure("memory.scp.peak", "SCP peak resident memory over both sends", "MiB", [r.peak_mib for r in runs],
+               note),
+    ]
+
+
+BREAKDOWN_BEFORE_RUN = "make bench of 2026-11-21 (commit bbc3500), before issue 18"
+BREAKDOWN_BEFORE_MS = {
+    "node_ms_per_image": 9.73, "node_ms.handler": 5.95, "node_ms.spool_write": 2.77, "node_ms.db_record": 2.24,
+    "node_ms.parse_header": 0.37, "node_ms.outside_handler": 3.72, "durable_write_ms": 0.92,
+}
+"""Medians of the per-image breakdown (1 association, ms) of that run's bench/results.json: the database commit
+was on the association thread then (db_record inside the handler)."""
 
 
 def _template_database(work: Path) -> Path:

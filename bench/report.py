@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.receive import BREAKDOWN_BEFORE_MS, BREAKDOWN_BEFORE_RUN, SCP_MEMORY_GROWTH_MAX_MB
 from bench.stats import Figure, fmt
 from service.config import WorkerSettings
 
@@ -81,6 +82,11 @@ def check_targets(figures: Mapping[str, Figure], gpu_available: bool) -> list[Ta
             n = key.split(".")[1].removeprefix("concurrent")
             checks.append(TargetCheck(f"Ingest vs Orthanc 1.10, {n} associations", f">= {INGEST_VS_ORTHANC_MIN}x",
                                       _spread(figure), figure.median >= INGEST_VS_ORTHANC_MIN))
+    growth = figures.get("memory.scp.growth")
+    if growth is not None:
+        checks.append(TargetCheck("SCP memory flat: RSS after 8 concurrent studies vs after 1",
+                                  f"<= {SCP_MEMORY_GROWTH_MAX_MB:g} MB more", _spread(growth),
+                                  growth.max <= SCP_MEMORY_GROWTH_MAX_MB, "issue 18; every receiver process summed"))
     storescp = figures.get("ingest.single.ratio_node_storescp")
     if storescp is not None:
         checks.append(TargetCheck("Ingest vs DCMTK storescp, 1 association", "reported (pure-Python PDU ceiling "
@@ -139,6 +145,25 @@ def memory_targets(figures: Mapping[str, Figure]) -> list[TargetCheck]:
     return checks
 
 
+def receive_breakdown_lines(figures: Mapping[str, Figure]) -> list[str]:
+    """Issue 18: the node's time per image with one association, before the receive path was reworked (the
+    figures committed then) and in this run (medians, ms)."""
+    rows = []
+    for part, label in (("node_ms_per_image", "storescu wall time per image"),
+                        ("node_ms.handler", "C-STORE handler on the association thread"),
+                        ("node_ms.spool_write", "  of which: spool write (temp file, fsync, rename, dir fsync)"),
+                        ("node_ms.parse_header", "  of which: header parse"),
+                        ("node_ms.db_record", "database bookkeeping (before: in the handler; after: batched, "
+                                              "recorder thread)"),
+                        ("node_ms.outside_handler", "outside the handler (pynetdicom network, PDU/DIMSE)"),
+                        ("durable_write_ms", "disk alone: one file written durably (separate probe; the machine's "
+                                             "state)")):
+        after = figures.get(f"ingest.single.{part}" if part.startswith("node_") else f"ingest.{part}")
+        rows.append((label, fmt(BREAKDOWN_BEFORE_MS[part]), "-" if after is None else fmt(after.median)))
+    return ["", f"Per image, 1 association, ms: before = {BREAKDOWN_BEFORE_RUN}; after = this run.", "",
+            *_table(("part", "before", "after"), rows)]
+
+
 def write_results(path: Path, document: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
@@ -161,12 +186,16 @@ METHOD = """\
 * **Ingest**: DCMTK `storescu` (TCP_NODELAY=1) sends the same synthetic CT series (300 x 512 x 512, 16-bit,
   Explicit VR Little Endian, ~0.5 MB per image) over one association, then N studies over N concurrent associations,
   to three receivers started fresh for every run, in turn within each repeat: the node's SCP (`bmd-node scp`,
-  pynetdicom, atomic write + fsync per instance + SQLite bookkeeping), DCMTK `storescp` (writes files, no fsync, no
-  database; `--fork` for concurrent associations) and Orthanc 1.10 (Debian package, default SQLite index, storage in a
-  temp dir, loopback). The time is storescu's wall time; every instance is checked stored afterwards. The node's SCP
-  is started through `bench/scp_probe.py`, which wraps the C-STORE handler, the spool write and the SQLite
-  bookkeeping with clocks (~1 us per call) for the per-image breakdown; a diagnostic run with fsync disabled shows
-  what durability costs (not a deployable setting, never compared with a target).
+  pynetdicom, `[node] receive_processes` processes on the port (default min(4, cores)), each file written to a
+  temporary name, fsynced, renamed, directory fsynced before the C-STORE response; SQLite rows written afterwards in
+  batched transactions by a recorder thread, the spool reconciled at start-up), DCMTK `storescp` (writes files, no
+  fsync, no database; `--fork` for concurrent associations) and Orthanc 1.10 (Debian package, default SQLite index,
+  storage in a temp dir, loopback). The time is storescu's wall time; every instance is checked stored afterwards.
+  The node's SCP is started through `bench/scp_probe.py`, which wraps the C-STORE handler, the spool write and the
+  SQLite bookkeeping with clocks (~1 us per call; every receiver process summed) for the per-image breakdown; a
+  diagnostic run with fsync disabled shows what durability costs (not a deployable setting, never compared with a
+  target). SCP memory: the summed RSS of the receiver processes after one study, then after 8 more studies sent at
+  once over 8 associations (`bench.receive.scp_memory`).
 * **Stages**: a child process that is what a worker is (loads the model once, then screens the study) with clocks
   around each step of the screening recipe (`bench/pipeline.py` calls the same steps as
   `service/pipeline/screening.py`), plus writing the result files (fsync) and sending them to a DCMTK storescp. Its
@@ -228,6 +257,8 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             lines += _table(("figure", "unit", "min", "median", "max", "n", "note"),
                             [(f.label, f.unit, fmt(f.min), fmt(f.median), fmt(f.max), str(f.repeats), f.note)
                              for f in figures])
+        if name == "ingest":
+            lines += receive_breakdown_lines({f.key: f for f in figures})
         for note in section.get("notes", []):
             lines += ["", f"* {note}"]
     lines += ["", METHOD]

@@ -59,16 +59,24 @@ class NodeSettings:
     ae_title: str = "BMDNODE"
     host: str = "0.0.0.0"
     port: int = 11112
+    http_host: str = "127.0.0.1"
+    """Address of the web dashboard, /health and /metrics; loopback unless a site chooses otherwise."""
     http_port: int = 8080
     storage_dir: Path = Path("var/storage")
     database_url: str = "sqlite:///var/bmd-node.db"
     series_stable_seconds: float = 10.0
+    receive_processes: int = 0
+    """Processes that receive C-STORE on the one port (SO_REUSEPORT); 0 = min(4, CPU count)."""
 
     def __post_init__(self) -> None:
         _check_ae_title("node.ae_title", self.ae_title)
+        if not 0 <= self.receive_processes <= 64:
+            raise ConfigError(f"node.receive_processes: must be 0 (automatic) to 64, got {self.receive_processes}")
         if not self.host:
             raise ConfigError("node.host: must not be empty")
         _check_port("node.port", self.port, allow_zero=True)  # 0 = any free port (tests, demo)
+        if not self.http_host:
+            raise ConfigError("node.http_host: must not be empty")
         _check_port("node.http_port", self.http_port, allow_zero=True)
         _check_positive("node.series_stable_seconds", self.series_stable_seconds, allow_zero=True)
         if not (self.database_url.startswith("sqlite") or self.database_url.startswith("postgresql")):
@@ -165,6 +173,27 @@ class ExporterSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The web dashboard on ``node.http_port`` (service/web)."""
+
+    show_patient_names: bool = False
+    """Patient names in list pages; result pages (behind login) may always show them."""
+    session_secret_file: Path = Path("var/dashboard-session.key")
+    """Key that signs the session cookies; created (mode 0600) at the first start when missing."""
+    session_max_age_seconds: int = 28800
+    """A login lasts this long (8 h: one shift)."""
+    secure_cookie: bool = False
+    """Mark the session cookie Secure (sent over HTTPS only): set it when users reach the dashboard through a TLS
+    reverse proxy."""
+
+    def __post_init__(self) -> None:
+        if not str(self.session_secret_file):
+            raise ConfigError("dashboard.session_secret_file: must not be empty")
+        if self.session_max_age_seconds < 60:
+            raise ConfigError(f"dashboard.session_max_age_seconds: must be >= 60, got {self.session_max_age_seconds}")
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSettings = field(default_factory=NodeSettings)
     peers: tuple[PeerSettings, ...] = ()
@@ -176,6 +205,7 @@ class Config:
     site_models: SiteModelsSettings = field(default_factory=SiteModelsSettings)
     results: ResultsSettings = field(default_factory=ResultsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     source: str = "embedded defaults"
     """Where the values came from (file path and/or env), for the start-up log."""
 
@@ -213,10 +243,12 @@ DEFAULTS_TOML = """
 ae_title = "BMDNODE"
 host = "0.0.0.0"
 port = 11112
+http_host = "127.0.0.1"
 http_port = 8080
 storage_dir = "var/storage"
 database_url = "sqlite:///var/bmd-node.db"
 series_stable_seconds = 10
+receive_processes = 0
 
 [[peers]]
 name = "pacs"
@@ -236,6 +268,7 @@ _SECTIONS: dict[str, type] = {
     "site_models": SiteModelsSettings,
     "results": ResultsSettings,
     "logging": LoggingSettings,
+    "dashboard": DashboardSettings,
 }
 
 

@@ -1,6 +1,7 @@
 """``bmd-node serve``: the whole node as one process tree.
 
-Main process threads: the SCP (network side), the scheduler, the exporter and the HTTP health endpoint.
+Main process threads: the SCP (network side), the scheduler, the exporter and the HTTP server (dashboard, /health,
+/metrics; service/web).
 Child processes (spawned, not forked: torch and the SCP's threads do not survive fork): N workers, each loading
 the segmentation model once. A worker that dies (e.g. killed by the OOM killer) is restarted; its job's lease
 expires and the reaper re-queues it. SIGTERM / SIGINT stop everything: workers finish the job in hand.
@@ -24,7 +25,7 @@ from service.export.exporter import run_exporter
 from service.queue.scheduler import run_scheduler
 from service.queue.worker import run_worker_process
 from service.receive.scp import run_scp
-from service.web.health import run_http
+from service.web.server import run_http
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ def serve(config: Config, *, workers: int | None = None, pipeline_spec: str | No
     if threading.current_thread() is threading.main_thread():
         install_stop_signals(stop, worker_stop)
 
-    log.info("bmd-node %s serving: AE %s on %s:%s, HTTP :%s, %d worker(s), %d result destination(s)",
-             __version__, config.node.ae_title, config.node.host, config.node.port,
+    log.info("bmd-node %s serving: AE %s on %s:%s, HTTP %s:%s, %d worker(s), %d result destination(s)",
+             __version__, config.node.ae_title, config.node.host, config.node.port, config.node.http_host,
              config.node.http_port, n_workers, len(config.result_destinations))
     engine = make_engine(config.node.database_url)
     failed: list[str] = []

@@ -2,8 +2,9 @@
 
 Node roles (node.py): ``serve`` (everything in one process tree), or separately ``scp``, ``scheduler``, ``worker``,
 ``exporter``. Operations: ``db upgrade|downgrade|current`` (db.py), ``jobs list|show|retry``, ``series list``,
-``exports list|retry`` (jobs.py), ``echo PEER``, ``send DIR --to PEER`` (peers.py), ``analyze INPUT --out DIR``
-(analyze.py), ``calibrate phantom DIR`` (calibrate.py), ``config show``. The offline tools' commands (``train``,
+``exports list|retry`` (jobs.py), ``users add|passwd|role|remove|list`` (users.py: the dashboard's accounts),
+``echo PEER``, ``send DIR --to PEER`` (peers.py), ``analyze INPUT --out DIR`` (analyze.py), ``calibrate phantom DIR``
+(calibrate.py), ``config show``. The offline tools' commands (``train``,
 ``evaluate``, ``cohort``, ``phantom``, ``models``) come from ``service.offline.*`` and are loaded only when they
 run (offline_commands.py). ``--config`` and ``--log-level`` go before or after the command.
 """
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from service import __version__
-from service.cli import analyze, db, jobs, node, offline_commands, peers
+from service.cli import analyze, db, jobs, node, offline_commands, peers, users
 from service.cli.calibrate import register_calibrate
 from service.cli.common import CommandParser, add_common_options, config_of
 from service.config import load_config
@@ -46,7 +47,7 @@ def build_parser(load_offline: str | None = None) -> argparse.ArgumentParser:
     add_common_options(parser, default=None)
     parser.add_argument("--version", action="version", version=f"bmd-node {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
-    for module in (node, db, jobs, peers, analyze):
+    for module in (node, db, jobs, peers, analyze, users):
         module.register(sub)
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", metavar="ACTION",
                                                                            required=True)

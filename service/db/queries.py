@@ -77,11 +77,53 @@ def record_instance(engine: sqlalchemy.Engine, record: InstanceRecord, *, now: d
     return False  # unreachable
 
 
-def _record_instance(session: Session, record: InstanceRecord, now: datetime) -> bool:
+def record_instances(engine: sqlalchemy.Engine, records: Sequence[InstanceRecord], *,
+                     now: datetime | None = None) -> list[bool]:
+    """``record_instance`` for several instances in ONE transaction (the receiver's batched recorder); per record,
+    True if new. A concurrent insert (PostgreSQL, another receiver process) retries the whole batch."""
+    for attempt in range(3):
+        try:
+            with write_session(engine) as session:
+                when = now or utcnow()
+                batch = _Batch.prefetch(session, records)
+                return [_record_instance(session, record, when, batch) for record in records]
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            log.debug("record_instances: concurrent insert, retrying")
+    return []  # unreachable
+
+
+def recorded_instance_paths(engine: sqlalchemy.Engine) -> set[str]:
+    """Paths of every instance row that has a file (the start-up reconciliation of the receive spool)."""
+    with read_session(engine) as session:
+        return set(session.scalars(select(Instance.path).where(Instance.path.is_not(None))))
+
+
+@dataclass
+class _Batch:
+    """The rows a batch of ``record_instances`` touches, looked up once per batch instead of once per instance."""
+
+    series: dict[str, Series]
+    instances: dict[str, Instance]
+
+    @classmethod
+    def prefetch(cls, session: Session, records: Sequence[InstanceRecord]) -> _Batch:
+        uids = sorted({r.sop_instance_uid for r in records})
+        series_uids = sorted({r.series_instance_uid for r in records if r.series_instance_uid})
+        instances = {i.sop_instance_uid: i for i in session.scalars(
+            select(Instance).where(Instance.sop_instance_uid.in_(uids)))}
+        series = {s.series_instance_uid: s for s in session.scalars(
+            select(Series).where(Series.series_instance_uid.in_(series_uids)))}
+        return cls(series, instances)
+
+
+def _record_instance(session: Session, record: InstanceRecord, now: datetime, batch: _Batch | None = None) -> bool:
     stored = record.status == InstanceStatus.STORED
     series: Series | None = None
     if record.series_instance_uid:
-        series = session.scalar(select(Series).where(Series.series_instance_uid == record.series_instance_uid))
+        series = (batch.series.get(record.series_instance_uid) if batch is not None else
+                  session.scalar(select(Series).where(Series.series_instance_uid == record.series_instance_uid)))
     if series is None and record.series_instance_uid:
         series = Series(
             series_instance_uid=record.series_instance_uid,
@@ -96,11 +138,14 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
         )
         session.add(series)
         session.flush()
+        if batch is not None:
+            batch.series[series.series_instance_uid] = series
     if series is not None:
         # a rejected instance without a Series Instance UID belongs to no series
         series.last_received_at = now
 
-    existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid))
+    existing = (batch.instances.get(record.sop_instance_uid) if batch is not None else
+                session.scalar(select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)))
     if existing is not None:
         if existing.status == InstanceStatus.STORED or not stored:
             return False
@@ -112,7 +157,7 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
         existing.transfer_syntax_uid = record.transfer_syntax_uid
         existing.received_at = now
     else:
-        session.add(Instance(
+        session.add(added := Instance(
             sop_instance_uid=record.sop_instance_uid,
             sop_class_uid=record.sop_class_uid,
             study_instance_uid=record.study_instance_uid,
@@ -127,10 +172,13 @@ def _record_instance(session: Session, record: InstanceRecord, now: datetime) ->
             reason=record.reason,
             received_at=now,
         ))
+        if batch is not None:
+            batch.instances[record.sop_instance_uid] = added
     if stored and series is not None:
         series.instance_count += 1
         _mark_receiving(session, series)
-    session.flush()
+    if batch is None:
+        session.flush()  # a batch is flushed once, at its commit
     return True
 
 

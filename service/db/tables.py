@@ -277,3 +277,21 @@ class Export(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     result_object: Mapped[ResultObject] = relationship()
+
+
+class User(Base):
+    """A local account of the web dashboard (service/web/users.py writes it; ``bmd-node users`` manages it)."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("username", name="uq_users_username"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    """viewer (reads) | admin (reads, retries, re-runs)."""
+    password_hash: Mapped[str] = mapped_column(Text)
+    """``scrypt$n$r$p$salt-hex$hash-hex`` (hashlib.scrypt); never the password."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    """A session issued before this moment is no longer valid (password change logs every session out)."""
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

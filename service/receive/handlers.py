@@ -178,11 +178,17 @@ def non_ct_reason(header: HeaderSummary) -> str | None:
 
 
 class StoreHandler:
-    """The EVT_C_STORE handler, bound to a spool and a recorder."""
+    """The EVT_C_STORE handler, bound to a spool and a recorder.
 
-    def __init__(self, spool: Spool, recorder: Recorder) -> None:
+    ``deferred``, when given, records the rows of instances whose file is in the spool (``status`` stored): it may
+    return before the row is committed (the SCP's batched recorder), because the fsynced spool file is the truth
+    and the start-up reconciliation records a file whose row was lost. Rows without a file (ignored, rejected) go
+    through ``recorder``, which must have committed them when it returns."""
+
+    def __init__(self, spool: Spool, recorder: Recorder, deferred: Recorder | None = None) -> None:
         self.spool = spool
         self.recorder = recorder
+        self.deferred = deferred
 
     def __call__(self, event: Any) -> int:
         request = event.request
@@ -194,6 +200,8 @@ class StoreHandler:
 
         def record(**fields: Any) -> bool:
             row = ReceivedInstance(transfer_syntax_uid=transfer_syntax, calling_ae_title=calling_ae_title, **fields)
+            if self.deferred is not None and row.status == InstanceStatus.STORED:
+                return self.deferred(row)
             return self.recorder(row)
 
         try:
@@ -232,6 +240,8 @@ class StoreHandler:
             else:
                 logger.error("spool write failed (%s); answering 0xA700 to %s", type(exc).__name__, calling_ae_title)
             return STATUS_OUT_OF_RESOURCES
+        if written.already_present:
+            logger.info("duplicate SOP instance from %s: the spool already holds it", calling_ae_title)
 
         try:
             is_new = record(

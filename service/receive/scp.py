@@ -12,9 +12,15 @@ the address and AE title only (no patient data is available or logged at that po
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
+import multiprocessing
+import os
+import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,12 +47,18 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from service.db.queries import record_instance
+from service.db.engine import make_engine
+from service.db.queries import record_instance, record_instances, recorded_instance_paths
+from service.logging import setup_logging
 from service.receive.handlers import ReceivedInstance, Recorder, StoreHandler, handle_echo
-from service.receive.spool import Spool, remove_stale_partials
+from service.receive.latency import LowLatencyRequestHandler
+from service.receive.reconcile import reconcile_spool
+from service.receive.recorder import BatchRecorder
+from service.receive.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +83,11 @@ SUPPORTED_TRANSFER_SYNTAXES = (
 MAX_ASSOCIATIONS = 32
 # A-ASSOCIATE-RJ: result 1 rejected-permanent, source 1 service-user, reason 3 calling AE title not recognised.
 REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AET_NOT_RECOGNISED = 0x01, 0x01, 0x03
+PR_SET_PDEATHSIG = 1
+RECEIVE_SWITCH_INTERVAL_S = 0.0005
+"""The interpreter's thread switch interval in a receiving process (default 5 ms). Every syscall of the spool
+write (open, write, fsync, rename) releases the interpreter lock; getting it back behind a busy association thread
+took up to the full interval each time, which made a 1 ms durable write cost 5-20 ms with several associations."""
 
 
 def normalise_ip(address: str) -> str:
@@ -124,9 +141,25 @@ class PeerAllowList:
 
 
 class AllowListAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the IP allow-list applied as soon as a connection is accepted."""
+    """pynetdicom's threaded server with the IP allow-list applied as soon as a connection is accepted.
+
+    The listening socket has SO_REUSEPORT (where the platform has it), so that several receiver processes listen on
+    the one port and the kernel spreads the connections over them. ``shutdown()`` also flushes and stops the
+    batched recorder of the server (when it has one)."""
 
     allow_list: PeerAllowList = PeerAllowList(frozenset())
+    allow_reuse_port = hasattr(socket, "SO_REUSEPORT")
+    batch_recorder: BatchRecorder | None = None
+
+    def server_bind(self) -> None:
+        if self.allow_reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self.batch_recorder is not None:
+            self.batch_recorder.stop()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         address = str(client_address[0])
@@ -174,41 +207,68 @@ def db_recorder(engine: Any) -> Recorder:
     return record
 
 
+def db_batch_recorder(engine: Any) -> BatchRecorder:
+    """The SCP's background recorder: rows committed in batches through node-core's query API."""
+    return BatchRecorder(lambda rows: record_instances(engine, rows), db_recorder(engine)).start()
+
+
+def _release_barrier(event: Any, recorder: BatchRecorder) -> None:
+    """EVT_ACSE_RECV: before the A-RELEASE-RP goes out, wait until the rows of every instance acknowledged so far
+    are committed, so that a sender whose association ended cleanly finds its instances in the database."""
+    primitive = event.primitive
+    if isinstance(primitive, A_RELEASE) and primitive.result is None and not recorder.wait_recorded():
+        logger.warning("association released before its instances were recorded (database slow or down); "
+                       "their spool files are recorded later")
+
+
+def reconcile(storage_dir: Path, engine: Any) -> None:
+    """Start-up: record spool files whose database row was lost (the process died before the recorder's commit)."""
+    reconcile_spool(storage_dir, lambda: recorded_instance_paths(engine),
+                    lambda rows: record_instances(engine, rows))
+
+
 def start_scp(
     config: Any,
     engine: Any,
     *,
     recorder: Recorder | None = None,
     spool: Spool | None = None,
+    reconcile_at_start: bool = True,
 ) -> AllowListAssociationServer:
     """Start the SCP in a background thread and return the running server (``server.shutdown()`` stops it).
 
-    ``recorder`` and ``spool`` default to the database behind ``engine`` and ``config.node.storage_dir``; tests
-    may inject others (e.g. a spool whose disk is full).
+    ``recorder`` and ``spool`` default to the database behind ``engine`` (batched recorder, see
+    service/receive/recorder.py) and ``config.node.storage_dir``; tests may inject others (e.g. a spool whose disk
+    is full; an injected recorder is called synchronously for every row). ``reconcile_at_start``: first remove
+    temporary files and record the spool files the database lacks (service/receive/reconcile.py); the extra
+    receiver processes, started after it, skip it.
     """
     storage_dir = Path(config.node.storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_partials(storage_dir)
-    if removed:
-        logger.info("removed %d partial files left by an interrupted write", removed)
+    if reconcile_at_start and engine is not None:
+        reconcile(storage_dir, engine)
     spool = spool or Spool(storage_dir)
-    recorder = recorder or db_recorder(engine)
+    batch = None if recorder is not None else db_batch_recorder(engine)
     allow_list = PeerAllowList.from_peers(config.peers)
     if not allow_list.entries:
         logger.warning("no [[peers]] configured: every association will be refused")
 
     ae = build_ae(config)
+    store = StoreHandler(spool, recorder) if batch is None else StoreHandler(spool, batch.record_and_wait, batch)
     handlers = [
-        (evt.EVT_C_STORE, StoreHandler(spool, recorder)),
+        (evt.EVT_C_STORE, store),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_REQUESTED, _check_calling_peer, [allow_list]),
+        *([] if batch is None else [(evt.EVT_ACSE_RECV, _release_barrier, [batch])]),
     ]
     server = ae.make_server(
         (str(config.node.host), int(config.node.port)),
         evt_handlers=handlers,
         server_class=AllowListAssociationServer,
+        request_handler=LowLatencyRequestHandler,
     )
     server.allow_list = allow_list
+    server.batch_recorder = batch
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True)
     thread.start()
@@ -218,11 +278,88 @@ def start_scp(
     return server
 
 
-def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
-    """Serve until ``stop_event`` is set."""
-    server = start_scp(config, engine)
+@dataclass
+class ReceiverProcess:
+    process: Any
+    stop: Any
+    """A multiprocessing Event: set to stop the process (it flushes its recorder first)."""
+
+
+def start_receiver_processes(config: Any, port: int, count: int) -> list[ReceiverProcess]:
+    """``count`` receiver processes (spawned) listening on ``port`` next to this process's SCP."""
+    context = multiprocessing.get_context("spawn")
+    out = []
+    for _ in range(count):
+        stop = context.Event()
+        process = context.Process(target=receiver_process_main, args=(config, port, os.getpid(), stop),
+                                  name="receiver", daemon=True)
+        process.start()
+        out.append(ReceiverProcess(process, stop))
+    return out
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A receiver process must not outlive the node's process (it would keep answering on the port): on Linux
+    the kernel kills it when its parent dies (PR_SET_PDEATHSIG); the caller also polls the parent's pid."""
     try:
-        stop_event.wait()
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def receiver_process_main(config: Any, port: int, parent_pid: int, stop: Any) -> None:
+    """An extra receiver process: the SCP on the node's port, its own recorder and database connection."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent decides when to stop
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
+    setup_logging(config.logging)
+    sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
+    engine = make_engine(str(config.node.database_url))
+    server = start_scp(config.with_node(port=port), engine, reconcile_at_start=False)
+    try:
+        while not stop.wait(0.25):
+            if os.getppid() != parent_pid:
+                logger.error("the node's process is gone: receiver process stopping")
+                break
     finally:
         server.shutdown()
+        engine.dispose()
+
+
+def receive_process_count(config: Any) -> int:
+    """``[node] receive_processes``; 0 means min(4, CPU count)."""
+    configured = int(getattr(config.node, "receive_processes", 1))
+    return configured if configured > 0 else max(1, min(4, os.cpu_count() or 1))
+
+
+def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
+    """Serve until ``stop_event`` is set: the SCP in this process (after the spool reconciliation) plus
+    ``receive_processes - 1`` receiver processes on the same port (SO_REUSEPORT), each with its own recorder and
+    database connection, so that receiving scales with cores instead of sharing one interpreter lock."""
+    sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
+    server = start_scp(config, engine)
+    extra = receive_process_count(config) - 1
+    if extra > 0 and not AllowListAssociationServer.allow_reuse_port:
+        logger.warning("receive_processes > 1 needs SO_REUSEPORT, which this platform lacks: one process receives")
+        extra = 0
+    port = int(server.server_address[1])
+    children = start_receiver_processes(config, port, extra)
+    try:
+        while not stop_event.wait(1.0):
+            for index, child in enumerate(children):
+                if not child.process.is_alive() and not stop_event.is_set():
+                    logger.error("receiver process %d exited with code %s; restarting it", index + 1,
+                                 child.process.exitcode)
+                    children[index] = start_receiver_processes(config, port, 1)[0]
+    finally:
+        for child in children:
+            child.stop.set()
+        server.shutdown()
+        for child in children:
+            child.process.join(timeout=30)
+            if child.process.is_alive():
+                child.process.terminate()
         logger.info("SCP stopped")

@@ -1,1 +1,1 @@
-"""Web: health and metrics over HTTP."""
+"""Web: the dashboard, /health and Prometheus /metrics over HTTP (Starlette on uvicorn; see app.py, server.py)."""

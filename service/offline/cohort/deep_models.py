@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
+from tqdm import tqdm
 
 from service.domain.levels import VertebraLevel
 from service.offline.cohort.features import series_files
@@ -331,7 +332,7 @@ def train_deep_model(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
     n = len(X)
     history = []
-    for epoch in range(options.epochs):
+    for epoch in tqdm(range(options.epochs), desc=f"training {architecture}", unit="epoch", disable=None):
         network.train()
         order = rng.permutation(n)
         total = 0.0

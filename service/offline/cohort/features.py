@@ -21,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel
@@ -119,7 +121,7 @@ def extract_features(
     pipeline = ct_pipeline
     n_json = n_ct = 0
     failed: list[int] = []
-    for r in cohort.rows:
+    for r in tqdm(cohort.rows, desc="cohort features", unit="row", disable=None):  # no bar when not a terminal
         if r.hu_by_level:
             rows.append(r)
             continue

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Config
+from service.domain.guidelines import categorize
 from service.pipeline.types import JobInput, PipelineRejectedError, ScreeningPipeline
 from service.series.volume_loader import dicom_files, read_headers
 
@@ -38,9 +39,6 @@ log = logging.getLogger(__name__)
 
 MATCH_DISTANCE_MM = 20.0
 """VerSe identification distance: a predicted centroid within this of a truth centroid is that vertebra."""
-ACR_OSTEOPOROSIS_BELOW = 80.0
-ACR_NORMAL_ABOVE = 120.0
-"""ACR 2018 / ISCD QCT thresholds (mg/cm3), the truth's category rule."""
 GENANT_GRADE_LOSS = ((0.40, 3), (0.25, 2), (0.20, 1))
 """Genant 1993: height loss >= 40 % grade 3, 25-40 % grade 2, 20-25 % grade 1."""
 
@@ -86,9 +84,9 @@ def genant_grade(height_loss: float | None) -> int:
 
 
 def acr_category(bmd_mg_cm3: float) -> str:
-    if bmd_mg_cm3 < ACR_OSTEOPOROSIS_BELOW:
-        return "osteoporosis"
-    return "normal" if bmd_mg_cm3 > ACR_NORMAL_ABOVE else "osteopenia"
+    """The category of the truth's L1-L2 BMD under the node's default thresholds (ACR 2018 / ISCD: the thresholds
+    are the clinical rule being applied, not a quantity under test)."""
+    return categorize(bmd_mg_cm3).value
 
 
 def case_folders(dataset: Path) -> list[Path]:

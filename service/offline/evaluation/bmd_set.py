@@ -24,9 +24,10 @@ import numpy as np
 
 from service.domain.levels import VertebraLevel
 from service.offline.phantom.api import generate, random_spec, write_phantom
+from service.offline.phantom.density import SUPPORTED_KVP
 
 SEED = 2612
-KVPS = (80, 100, 120, 140)
+KVPS = SUPPORTED_KVP
 THICKNESS_MM = (1.0, 2.0, 3.0, 5.0, 1.25, 2.5)
 GRADE_HEIGHT_LOSS = {1: 0.225, 2: 0.32, 3: 0.45}
 """Mid-range height loss of each Genant grade (20-25 %, 25-40 %, >= 40 %)."""

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+from tqdm import tqdm
 
 from service.domain.levels import VertebraLevel
 from service.domain.segmentation import SpineSegmentation
@@ -319,7 +320,7 @@ def evaluate_dataset(dataset: Path, out: Path | None, segmenter: Any) -> dict[st
     all_dice: dict[str, list[float]] = {}
     n_vis = n_id = n_id_unc = 0
     wrong: list[str] = []
-    for case in cases:
+    for case in tqdm(cases, desc="evaluating", unit="case", disable=None):  # no bar when not a terminal
         volume = load_ct(case)
         ref = load_reference(case, volume) if is_case_dir(case) else None
         t0 = time.perf_counter()

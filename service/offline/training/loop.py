@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from tqdm import tqdm
 
 from service.segmentation.classes import IGNORE
 from service.segmentation.model import HU_CLIP, HU_SCALE
@@ -72,7 +73,7 @@ def fit(net: torch.nn.Module, next_batch: Callable[[], Batch], *, iterations: in
     losses: list[float] = []
     it = 0
     net.train()
-    for it in range(iterations):
+    for it in tqdm(range(iterations), desc="training", unit="it", disable=None):  # no bar when not a terminal
         xs, ys = next_batch()
         x = torch.from_numpy(xs).to(device)
         y = torch.from_numpy(ys).to(device)

@@ -58,7 +58,7 @@ def test_config_file_option_and_show(node_env: Path, capsys: pytest.CaptureFixtu
 
 def test_db_upgrade_jobs_and_series(node_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "0005" in capsys.readouterr().out
+    assert "0006" in capsys.readouterr().out
     engine = make_engine(f"sqlite:///{node_env / 'node.db'}")
     record_instance(engine, record("1.2.3", "1.2.3.1"))
     record_instance(engine, record("7.7", "7.7.1", status="ignored", modality="MR"))
@@ -261,7 +261,7 @@ def test_serve_health_and_sigterm(node_env: Path) -> None:
         assert body is not None and body["status"] == "ok" and body["database"] == "ok"
         assert {"scp", "scheduler", "exporter", "http", "worker-0"} <= set(body["components"])  # type: ignore[arg-type]
         assert all(body["components"].values())  # type: ignore[union-attr]
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics.json", timeout=2) as response:
             assert set(json.loads(response.read())) == {"jobs", "exports", "series", "instances"}
         time.sleep(2)  # let the worker process start
         proc.send_signal(signal.SIGTERM)

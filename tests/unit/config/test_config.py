@@ -142,7 +142,8 @@ def test_deploy_example_lists_every_key_with_its_default() -> None:
     raw = tomllib.loads(example.read_text())
     from_example = load_config(example, env={})
     assert dataclasses.replace(from_example, source="") == dataclasses.replace(load_config(env={}), source="")
-    for section in ("node", "worker", "exporter", "series", "segmentation", "bmd", "site_models", "logging"):
+    for section in ("node", "worker", "exporter", "series", "segmentation", "bmd", "site_models", "logging",
+                    "dashboard"):
         expected = set(toml_keys(type(getattr(from_example, section))))
         assert set(raw[section]) == expected, section
 
