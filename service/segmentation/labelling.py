@@ -129,9 +129,25 @@ def _first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
     """Index of the T1 candidate: the first complete body with a rib on both sides.  The first rib pair is the
     largest of the upper ribs and always bilateral; a body cut by the top of the field (its rib region partly
     outside) or a one-sided "rib" (a cervical transverse process, the clavicle or the first rib passing beside C6/C7
-    on a coarse grid) does not count.  Rib attachment is read in a ring within the body's own height
-    (ribs.RIB_RING_MM), so a complete rib-free body above it shows that C7 has no rib."""
+    on a coarse grid) does not count."""
     return next((i for i, b in enumerate(bodies) if b.rib_left and b.rib_right and not b.cut_by_fov), None)
+
+
+C7_MIN_VISIBLE_FRACTION = 0.6
+"""A body above the first rib pair that the top of the field cuts still shows whether it carries a rib pair when
+at least this fraction of the first rib-bearing body's height is in view: rib heads meet the upper half of their
+body, and attachment is read in a ring within the body's own visible height (ribs.RIB_RING_MM)."""
+
+
+def _shows_no_rib_pair(above: BodyFeatures, first: BodyFeatures) -> bool:
+    """The body above the first rib pair shows that it has no rib pair: it is in view (complete, or cut by the top of
+    the field with most of its height visible) and carries no rib on at least one side.  A one-sided "rib" there is
+    a cervical rib or the clavicle / first rib passing beside it: either way the first pair below it is T1's."""
+    if above.rib_left and above.rib_right:
+        return False
+    if not above.cut_by_fov:
+        return True
+    return above.cut_top and not above.cut_bottom and above.height_mm >= C7_MIN_VISIBLE_FRACTION * first.height_mm
 
 
 T12_ANCHOR = "T12 (last rib-bearing body)"
@@ -197,7 +213,7 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
                 dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
         first = _first_rib_pair(bodies)
         above = bodies[first - 1] if first is not None and first > 0 else None
-        if first is not None and above is not None and not above.cut_by_fov and not ribs[first - 1]:
+        if first is not None and above is not None and _shows_no_rib_pair(above, bodies[first]):
             short = rib_field_shortfall(above)
             value = int(VertebraLevel.T1) - pos[first]
             if short is None:

@@ -136,12 +136,29 @@ def test_first_rib_pair_under_a_rib_free_c7_confirms_the_last_rib() -> None:
     assert {T1_ANCHOR, T12_ANCHOR} <= set(res.decisions[5].cues)
 
 
-def test_one_sided_cervical_rib_on_c7_drops_the_t1_anchor() -> None:
-    """A one-sided cervical rib on C7: C7 is not rib-free, so there is no T1 anchor; the one-sided T12 rib alone does
-    not make the names confident."""
+def test_one_sided_cervical_rib_on_c7_keeps_the_t1_anchor() -> None:
+    """A one-sided cervical rib on C7: the first rib pair is still T1's, so the T1 anchor stands and agrees with the
+    last rib."""
     c6 = BodyFeatures(centroid_mm=(0.0, 0.0, 0.0), height_mm=14.0, rib_left=False, rib_right=False, thoracic_vote=0.9,
                       cut_by_fov=True, cut_top=True)
     res = label_bodies(_chest_c6_to_l1(c6, c7_rib_left=True), sacrum_below=False)
     assert [d.level for d in res.decisions] == [V(v) for v in range(V.C6, V.L1 + 1)]
+    assert not any(d.uncertain for d in res.decisions)
+    assert T1_ANCHOR in res.decisions[5].cues
+
+
+def test_eleven_rib_pairs_under_a_cut_c7_are_not_named_confidently() -> None:
+    """The held-out set's failure (labelling_set case_40): a chest CT whose top cuts C7 (21 of ~24 mm in view, no
+    rib), T1-T11 bilateral ribs, T12 rib-free: the last rib alone named T11 'T12' with confidence. The cut C7 shows
+    no rib pair, so the T1 anchor counts and disagrees with the last rib: every name uncertain."""
+    levels = [V(v) for v in range(V.C7, V.L1 + 1)]
+    bodies = [BodyFeatures(centroid_mm=(0.0, 0.0, -i * 24.0), height_mm=21.0 if lv == V.C7 else 24.0,
+                           rib_left=V.T1 <= lv <= V.T11, rib_right=V.T1 <= lv <= V.T11,
+                           thoracic_vote=1.0 if lv <= V.T12 else 0.2, cut_by_fov=lv == V.C7, cut_top=lv == V.C7)
+              for i, lv in enumerate(levels)]
+    res = label_bodies(bodies, sacrum_below=False)
     assert all(d.uncertain for d in res.decisions)
-    assert T1_ANCHOR not in res.decisions[5].cues
+    assert "disagree" in (res.decisions[1].reason or "")
+    # a sliver of C7 (a third of its height) cannot show that: no T1 anchor from it
+    sliver = [bodies[0].__class__(**{**bodies[0].__dict__, "height_mm": 8.0}), *bodies[1:]]
+    assert T1_ANCHOR not in label_bodies(sliver, sacrum_below=False).decisions[1].cues
