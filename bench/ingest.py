@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.ingest --slices 100 --runs 1 --json out.json
 
 What is measured: the wall time of ``storescu`` sending every file of the series over one association to a running
-node SCP (pynetdicom, ``maximum_pdu_size = 0``) that spools each instance atomically (temp file, fsync, rename) and
+node SCP (pynetdicom, ``[node] max_pdu_bytes``) that spools each instance atomically (temp file, fsync, rename) and
 records it in a real SQLite database, i.e. the full receive path of ``bmd-node scp``. Every run uses a fresh
 database and spool so that no instance is a duplicate. The files are generated once with pydicom (uncompressed
 Explicit VR Little Endian, 16-bit, ~0.5 MB each). TCP_NODELAY=1 is set for storescu (DCMTK otherwise stalls).

@@ -30,6 +30,8 @@ from typing import Any
 from service.calibration.settings import BmdSettings
 from service.config_loader import ENV_CONFIG_FILE, ConfigError, apply_env, build_section, merge_file, to_plain
 from service.logging import LoggingSettings
+from service.receive.settings import NetworkLimits, QuarantineSettings, StorageSettings
+from service.receive.tls import TlsSettings
 from service.results.settings import ResultsSettings
 from service.segmentation.settings import SegmentationSettings
 from service.series.settings import SeriesSettings
@@ -55,7 +57,10 @@ def _check_positive(key: str, value: float, *, allow_zero: bool = False) -> None
 
 
 @dataclass(frozen=True)
-class NodeSettings:
+class NodeSettings(NetworkLimits):
+    """[node]; the DICOM port's limits (max_pdu_bytes, timeouts, connection caps, check_called_ae) are the fields of
+    service.receive.settings.NetworkLimits."""
+
     ae_title: str = "BMDNODE"
     host: str = "0.0.0.0"
     port: int = 11112
@@ -67,8 +72,11 @@ class NodeSettings:
     series_stable_seconds: float = 10.0
     receive_processes: int = 0
     """Processes that receive C-STORE on the one port (SO_REUSEPORT); 0 = min(4, CPU count)."""
+    tls: TlsSettings = field(default_factory=TlsSettings, metadata={"toml": False})
+    """The ``[node.tls]`` table (DICOM TLS, service/receive/tls.py), built by ``build_config``."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_ae_title("node.ae_title", self.ae_title)
         if not 0 <= self.receive_processes <= 64:
             raise ConfigError(f"node.receive_processes: must be 0 (automatic) to 64, got {self.receive_processes}")
@@ -93,8 +101,16 @@ class PeerSettings:
     host: str
     port: int
     send_results: bool = True
+    tls: bool = False
+    """Results go to this peer over DICOM TLS (its certificate verified against [node.tls] ca_certificates)."""
+    certificate_sha256: str = ""
+    """SHA-256 (hex) of the TLS client certificate this peer presents; with [node.tls]
+    require_client_certificate a certificate tied to no peer is refused."""
 
     def __post_init__(self) -> None:
+        if self.certificate_sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", self.certificate_sha256.replace(":", "")):
+            raise ConfigError(f"peers[{self.name}].certificate_sha256: expected 64 hex digits")
+        object.__setattr__(self, "certificate_sha256", self.certificate_sha256.replace(":", "").lower())
         if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
             raise ConfigError(f"peers.name: must be letters, digits, '_', '.', '-', got {self.name!r}")
         _check_ae_title(f"peers[{self.name}].ae_title", self.ae_title)
@@ -206,6 +222,8 @@ class Config:
     results: ResultsSettings = field(default_factory=ResultsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     source: str = "embedded defaults"
     """Where the values came from (file path and/or env), for the start-up log."""
 
@@ -214,6 +232,9 @@ class Config:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"peers.name: duplicate peer name(s) {dupes}")
+        tls_peers = [p.name for p in self.peers if p.tls]
+        if tls_peers and self.node.tls.ca_certificates is None:
+            raise ConfigError(f"peers.tls: peer(s) {tls_peers} use TLS, which needs [node.tls] ca_certificates")
 
     def peer(self, name: str) -> PeerSettings:
         for p in self.peers:
@@ -249,6 +270,22 @@ storage_dir = "var/storage"
 database_url = "sqlite:///var/bmd-node.db"
 series_stable_seconds = 10
 receive_processes = 0
+max_pdu_bytes = 1048576
+max_request_pdu_bytes = 65536
+association_request_timeout_seconds = 10.0
+idle_timeout_seconds = 60.0
+dimse_timeout_seconds = 60.0
+max_connections_per_address = 8
+max_connections = 32
+check_called_ae = true
+
+[storage]
+min_free_mb = 64
+
+[quarantine]
+max_bytes = 1073741824
+max_age_days = 30.0
+cleanup_interval_seconds = 3600.0
 
 [[peers]]
 name = "pacs"
@@ -269,6 +306,8 @@ _SECTIONS: dict[str, type] = {
     "results": ResultsSettings,
     "logging": LoggingSettings,
     "dashboard": DashboardSettings,
+    "storage": StorageSettings,
+    "quarantine": QuarantineSettings,
 }
 
 
@@ -317,7 +356,13 @@ def build_config(raw: Mapping[str, Any], *, source: str = "dict") -> Config:
         elif section in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{section}: expected a table ([{section}])")
-            kwargs[section] = build_section(_SECTIONS[section], value, section)
+            values = dict(value)
+            tls = values.pop("tls", None) if section == "node" else None
+            kwargs[section] = build_section(_SECTIONS[section], values, section)
+            if tls is not None:
+                if not isinstance(tls, Mapping):
+                    raise ConfigError("node.tls: expected a table ([node.tls])")
+                kwargs[section] = dataclasses.replace(kwargs[section], tls=build_section(TlsSettings, tls, "node.tls"))
         else:
             raise ConfigError(f"{section}: unknown section; known: {sorted([*_SECTIONS, 'peers'])}")
     return Config(**kwargs, source=source)

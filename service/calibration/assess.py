@@ -2,7 +2,8 @@
 
 Order of work:
 1. per level (every vertebra of the segmentation): trabecular ROI (configured method), HU stats, exclusion checks
-   (level uncertain, cut by the field of view, metal, fracture by heights, ROI too small, sclerosis);
+   (level uncertain, cut by the field of view, metal, fracture when mask and image heights agree, ROI too small,
+   sclerosis);
 2. calibration, first available of: synchronous phantom rods in this scan > stored phantom calibration for this
    scanner (manufacturer, model, station, kVp; valid on the scan date) > internal (air, fat, muscle, blood) >
    default reference line ('uncalibrated'); then IV contrast (header or iodine-bright aorta): corrected and flagged;
@@ -36,6 +37,7 @@ from service.domain.results import (
     Category,
     CurveFit,
     ExclusionReason,
+    FractureStatus,
     LinearCalibration,
     PatientSummary,
     RoiMethod,
@@ -45,8 +47,17 @@ from service.domain.results import (
 from service.domain.segmentation import SpineSegmentation
 from service.domain.site_model import SiteModelPredictor
 from service.domain.volume import CTVolume
-from service.measurement.exclusions import hu_exclusion
-from service.measurement.fracture import VertebralHeights, assess_fractures, vertebral_heights
+from service.measurement.exclusions import check_roi
+from service.measurement.fracture import VertebralHeights
+from service.measurement.fracture_check import (
+    FIRST_CHECKED,
+    LAST_CHECKED,
+    FractureAssessment,
+    LevelHeights,
+    classify_fractures,
+    measure_level,
+    not_checked,
+)
 from service.measurement.geometry import CroppedMask, crop_labels, vertebra_frame
 from service.measurement.hu_stats import hu_stats
 from service.measurement.roi import trabecular_roi
@@ -73,6 +84,8 @@ class _LevelWork:
     exclusion: tuple[ExclusionReason, str] | None = None
     level_uncertain: bool = False
     level_cues: tuple[str, ...] = ()
+    fracture: FractureAssessment | None = None
+    roi_note: str | None = None
 
 
 def _scan_date(volume: CTVolume) -> date:
@@ -131,6 +144,7 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
     centroids = {v.level: v.centroid_lps_mm for v in segmentation.vertebrae if not v.cut_by_fov}
     works: list[_LevelWork] = []
     heights: dict[VertebraLevel, VertebralHeights] = {}
+    measured: dict[VertebraLevel, LevelHeights] = {}
     for v in sorted(segmentation.vertebrae, key=lambda x: x.level):
         body = crops.get(int(v.level))
         work = _LevelWork(level=v.level, centroid=v.centroid_lps_mm, body=body, level_uncertain=v.level_uncertain,
@@ -141,25 +155,34 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
             continue
         frame = vertebra_frame(v.level, v.centroid_lps_mm, centroids)
         work.roi = trabecular_roi(settings.roi_method, volume, body, frame, settings.erosion_mm)
-        if not v.cut_by_fov and VertebraLevel.T1 <= v.level <= VertebraLevel.L5:  # S1/cervical shapes differ
-            h = vertebral_heights(volume, body, frame)
-            if h is not None:
-                heights[v.level] = h
+        if v.cut_by_fov:
+            work.fracture = not_checked(v.level, "body cut by the field of view")
+        elif not FIRST_CHECKED <= v.level <= LAST_CHECKED:  # S1/cervical shapes differ
+            work.fracture = not_checked(v.level, "the fracture check covers T1-L5")
+        else:
+            measured[v.level] = level_heights = measure_level(volume, body, frame)
+            if level_heights.mask is not None:
+                heights[v.level] = level_heights.mask
         if v.level_uncertain:
             work.exclusion = (ExclusionReason.LEVEL_UNCERTAIN, v.uncertainty_reason or "level uncertain")
         elif v.cut_by_fov:
             work.exclusion = (ExclusionReason.CUT_BY_FOV, "body touches the first or last slice")
-    fractures = assess_fractures(heights, settings.fracture_height_loss)
+    fractures = classify_fractures(measured, settings.fracture_height_loss)
     for work in works:
+        work.fracture = fractures.get(work.level, work.fracture)
+        if work.fracture is None and work.body is None:
+            work.fracture = not_checked(work.level, "no body voxels")
         if work.exclusion is not None or work.body is None or work.roi is None:
             continue
-        hu_ex = hu_exclusion(volume, work.body, work.roi, min_roi_volume_mm3=settings.min_roi_volume_mm3,
-                             metal_hu=settings.metal_hu, sclerosis_hu=settings.sclerosis_hu,
-                             sclerosis_max_fraction=settings.sclerosis_max_fraction)
+        check = check_roi(volume, work.body, work.roi, min_roi_volume_mm3=settings.min_roi_volume_mm3,
+                          metal_hu=settings.metal_hu, sclerosis_hu=settings.sclerosis_hu,
+                          sclerosis_max_fraction=settings.sclerosis_max_fraction)
+        hu_ex = check.exclusion
+        work.roi, work.roi_note = check.roi, check.note  # a bone island cut out: the trimmed ROI is measured
         finding = fractures.get(work.level)
         if hu_ex is not None and hu_ex.reason is ExclusionReason.METAL:
             work.exclusion = (hu_ex.reason, hu_ex.detail)
-        elif finding is not None and finding.fractured:
+        elif finding is not None and finding.status is FractureStatus.FRACTURED:
             work.exclusion = (ExclusionReason.FRACTURE, finding.detail)
         elif hu_ex is not None:
             work.exclusion = (hu_ex.reason, hu_ex.detail)
@@ -216,6 +239,11 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
             exclusion_reason=None if evaluable else work.exclusion[0] if work.exclusion else None,
             exclusion_detail=None if evaluable else work.exclusion[1] if work.exclusion else None,
             level_uncertain=work.level_uncertain, level_cues=work.level_cues,
+            fracture_status=work.fracture.status if work.fracture else None,
+            genant_grade=work.fracture.genant_grade if work.fracture else None,
+            height_loss=work.fracture.height_loss if work.fracture else None,
+            fracture_detail=work.fracture.detail if work.fracture else None,
+            roi_note=work.roi_note,
         ))
 
     curve = fit_level_curve(hu_by_level, site_k=settings.curve_site_k)

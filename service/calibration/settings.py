@@ -47,7 +47,8 @@ class BmdSettings:
     correct_contrast: bool = True
     """True: subtract the documented contrast rise of trabecular HU; false: only flag the result."""
     fracture_height_loss: float = 0.20
-    """Genant: height loss >= 20 % against neighbours excludes a level."""
+    """Genant: a height loss >= 20 % (plus the measurement's quantisation margin) on the image endplates, confirmed by
+    the body mask, is a fracture and excludes the level (service/measurement/fracture_check.py)."""
     use_site_curve: bool = False
     curve_site_k_hu_per_level: float = 0.0
     """Site-trained thoracolumbar slope k (HU per level, T5 = 1 ... L2 = 10); used when use_site_curve is true."""

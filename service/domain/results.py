@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -11,8 +12,8 @@ from service.domain.levels import VertebraLevel
 
 # Category is defined with the thresholds (service.domain.guidelines) and re-exported here.
 __all__ = [
-    "CalibrationKind", "Category", "CurveFit", "ExclusionReason", "LinearCalibration", "PatientSummary", "RoiMethod",
-    "ScreeningResult", "SitePrediction", "VertebraMeasurement",
+    "CalibrationKind", "Category", "CurveFit", "ExclusionReason", "FractureStatus", "LinearCalibration",
+    "PatientSummary", "RoiMethod", "ScreeningResult", "SitePrediction", "VertebraMeasurement", "genant_grade",
 ]
 
 
@@ -25,6 +26,24 @@ class ExclusionReason(StrEnum):
     ROI_TOO_SMALL = "roi_too_small"
     LEVEL_UNCERTAIN = "level_uncertain"
     CUT_BY_FOV = "cut_by_fov"
+
+
+class FractureStatus(StrEnum):
+    """Outcome of the vertebral fracture check of a level (strings written to result.json)."""
+
+    FRACTURED = "fractured"  # mask and image both show a Genant height loss: a finding, and the level is excluded
+    NOT_FRACTURED = "not_fractured"
+    NOT_MEASURABLE = "not_measurable"  # height not measurable (poor mask, cut, endplates not found, disagreement)
+
+
+GENANT_GRADE_LOWER_BOUNDS = (0.20, 0.25, 0.40)
+"""Genant 1993 semi-quantitative method: grade 1 (mild) 20-25 %, grade 2 (moderate) 25-40 %, grade 3 (severe)
+> 40 % reduction of anterior, middle or posterior height."""
+
+
+def genant_grade(height_loss: float) -> int:
+    """Genant grade 0-3 of a relative height loss (0.32 -> 2)."""
+    return sum(1 for bound in GENANT_GRADE_LOWER_BOUNDS if height_loss >= bound)
 
 
 class RoiMethod(StrEnum):
@@ -99,8 +118,27 @@ class VertebraMeasurement:
     level_uncertain: bool = False
     level_cues: tuple[str, ...] = ()
     """The labelling cues that agreed on this level's name (empty: not recorded)."""
+    fracture_status: FractureStatus | None = None
+    """The fracture check's outcome (None: not checked)."""
+    genant_grade: int | None = None
+    """0-3 when the heights were measured (0: under 20 % loss), None when not measurable or not checked."""
+    height_loss: float | None = None
+    """Largest relative height loss measured on the image (0.32 = 32 %), None when not measured."""
+    fracture_detail: str | None = None
+    """How the outcome was reached (columns, percentages, why not measurable)."""
+    roi_note: str | None = None
+    """What was done to the ROI before measuring, e.g. a bone island cut out (None: nothing)."""
 
     def __post_init__(self) -> None:
+        if self.genant_grade is not None and self.genant_grade not in (0, 1, 2, 3):
+            raise ValueError(f"genant_grade must be 0-3 or None, got {self.genant_grade}")
+        if self.fracture_status is FractureStatus.FRACTURED and not self.genant_grade:
+            raise ValueError(f"level {self.level.name}: a fractured level needs genant_grade 1-3, "
+                             f"got {self.genant_grade}")
+        if self.fracture_status is FractureStatus.NOT_MEASURABLE and self.genant_grade is not None:
+            raise ValueError(f"level {self.level.name}: genant_grade must be None when the height is not measurable")
+        if self.height_loss is not None and not (math.isfinite(self.height_loss) and self.height_loss < 1):
+            raise ValueError(f"height_loss must be finite and < 1, got {self.height_loss}")
         if self.evaluable and self.exclusion_reason is not None:
             raise ValueError("an evaluable level cannot have an exclusion_reason")
         if not self.evaluable and self.exclusion_reason is None:
@@ -169,6 +207,11 @@ class ScreeningResult:
                     "exclusion_detail": m.exclusion_detail,
                     "level_uncertain": m.level_uncertain,
                     "level_cues": list(m.level_cues),
+                    "fracture_status": m.fracture_status.value if m.fracture_status else None,
+                    "genant_grade": m.genant_grade,
+                    "height_loss": _round(m.height_loss, 3),
+                    "fracture_detail": m.fracture_detail,
+                    "roi_note": m.roi_note,
                 }
             )
         calibration = asdict(self.calibration)

@@ -18,6 +18,7 @@ Transfer syntax policy (decided here, see also the conformance notes in the repo
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from service.export.transport import DeliveryOutcome, OutcomeKind
+from service.receive.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,17 @@ def _make_ae(config: Any) -> AE:
     return ae
 
 
+def tls_args(peer: PeerLike, config: Any) -> tuple[ssl.SSLContext, None] | None:
+    """pynetdicom's ``tls_args`` for a peer with ``tls = true``: DICOM TLS (BCP 195), the peer's certificate
+    verified against ``[node.tls] ca_certificates``, the node's own certificate sent as the client's."""
+    if not getattr(peer, "tls", False):
+        return None
+    tls = config.node.tls
+    if tls.ca_certificates is None:
+        raise ValueError(f"peer {peer.name} has tls = true but [node.tls] ca_certificates is not set")
+    return client_context(tls.ca_certificates, tls.certificate, tls.private_key), None
+
+
 def association_failure(assoc: Association) -> DeliveryOutcome:
     """Outcome for an association that did not get established."""
     if assoc.is_rejected:
@@ -155,7 +168,7 @@ def echo(peer: PeerLike, config: Any) -> bool:
     """C-ECHO the peer; True when it answered success."""
     ae = _make_ae(config)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title)
+    assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args(peer, config))
     if not assoc.is_established:
         logger.warning("echo %s: %s", peer.name, association_failure(assoc).detail)
         return False
@@ -254,7 +267,8 @@ class StoreSession:
         for sop_class, ts in pairs:
             ae.add_requested_context(sop_class, ts)
         try:
-            assoc = ae.associate(self.peer.host, int(self.peer.port), ae_title=self.peer.ae_title)
+            assoc = ae.associate(self.peer.host, int(self.peer.port), ae_title=self.peer.ae_title,
+                                 tls_args=tls_args(self.peer, self._config))
         except Exception as exc:  # pynetdicom raises on bad addresses etc.: treat as transient
             self.failure = DeliveryOutcome(OutcomeKind.TRANSIENT, None, f"association failed: {type(exc).__name__}")
             return

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from service.domain.levels import VertebraLevel
 from service.domain.volume import CTVolume
@@ -65,8 +66,40 @@ class VertebralHeights:
         return (self.anterior_mm, self.middle_mm, self.posterior_mm)
 
 
-def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame) -> VertebralHeights | None:
-    """Anterior, middle and posterior heights of a body mask (None when the mask is too small to measure)."""
+@dataclass(frozen=True, eq=False)
+class MaskColumns:
+    """A body mask cut into columns parallel to the axis (frame coordinates, mm): what both height measurements
+    (mask and image) read their three bands from."""
+
+    v: npt.NDArray[np.float64]
+    """Anterior coordinate of each column."""
+    w: npt.NDArray[np.float64]
+    """Lateral coordinate of each column."""
+    u_min: npt.NDArray[np.float64]
+    """Lowest voxel centre of the column along the axis."""
+    u_max: npt.NDArray[np.float64]
+    rel: npt.NDArray[np.float64]
+    """0 at the posterior wall ... 1 at the anterior wall (walls of the middle third of the height)."""
+    central: npt.NDArray[np.bool_]
+    """Columns in the mid-sagittal band and between the walls."""
+    step_u_mm: float
+    pixel_mm: float
+
+    def band(self, lo: float, hi: float) -> npt.NDArray[np.bool_]:
+        """Central columns with ``lo <= rel <= hi``, widened to the nearest ones on thin bodies (empty: none)."""
+        sel = self.central & (self.rel >= lo) & (self.rel <= hi)
+        if not np.any(sel) and np.any(self.central):
+            mid = 0.5 * (lo + hi)
+            sel = self.central & (np.abs(self.rel - mid) <= np.min(np.abs(self.rel[self.central] - mid)) + 1e-9)
+        return sel
+
+    @property
+    def heights_mm(self) -> npt.NDArray[np.float64]:
+        return self.u_max - self.u_min + self.step_u_mm
+
+
+def mask_columns(volume: CTVolume, body: CroppedMask, frame: VertebraFrame) -> MaskColumns | None:
+    """The body's columns (see MaskColumns; None when the mask is too small to measure)."""
     idx = body.indices()
     if idx.shape[0] < 8:
         return None
@@ -84,7 +117,6 @@ def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame)
     starts = np.flatnonzero(np.r_[True, col_s[1:] != col_s[:-1]])
     u_max = np.maximum.reduceat(u_s, starts)
     u_min = np.minimum.reduceat(u_s, starts)
-    heights = u_max - u_min + step_u
     col_ids = col_s[starts]
     col_v = v.min() + (col_ids // n_w) * pixel
     col_w = w.min() + (col_ids % n_w) * pixel
@@ -99,24 +131,33 @@ def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame)
     v_mid = v[mid_third] if np.any(mid_third) else v
     v_post = float(v_mid.min()) - 0.5 * step_v
     v_ant = float(v_mid.max()) + 0.5 * step_v
-    depth = v_ant - v_post
-    rel = (col_v - v_post) / depth  # 0 posterior wall ... 1 anterior wall
+    rel = (col_v - v_post) / (v_ant - v_post)  # 0 posterior wall ... 1 anterior wall
     central &= (rel >= 0.0) & (rel <= 1.0)
-    if not np.any(central):
-        return None
+    return MaskColumns(v=col_v, w=col_w, u_min=u_min, u_max=u_max, rel=rel, central=central,
+                       step_u_mm=float(step_u), pixel_mm=pixel)
 
-    def band(lo: float, hi: float) -> float | None:
-        sel = central & (rel >= lo) & (rel <= hi)
-        if not np.any(sel):  # thin bodies: widen to the nearest columns
-            sel = central & (np.abs(rel - 0.5 * (lo + hi)) <= np.min(np.abs(rel[central] - 0.5 * (lo + hi))) + 1e-9)
-        return float(np.mean(heights[sel])) if np.any(sel) else None
 
-    ha = band(*ANTERIOR_BAND)
-    hm = band(*MIDDLE_BAND)
-    hp = band(*POSTERIOR_BAND)
-    if ha is None or hm is None or hp is None or min(ha, hm, hp) <= 0:
+BANDS: dict[str, tuple[float, float]] = {"anterior": ANTERIOR_BAND, "middle": MIDDLE_BAND,
+                                         "posterior": POSTERIOR_BAND}
+
+
+def vertebral_heights(volume: CTVolume, body: CroppedMask, frame: VertebraFrame,
+                      columns: MaskColumns | None = None) -> VertebralHeights | None:
+    """Anterior, middle and posterior heights of a body mask (None when the mask is too small to measure)."""
+    columns = columns if columns is not None else mask_columns(volume, body, frame)
+    if columns is None or not np.any(columns.central):
         return None
-    return VertebralHeights(anterior_mm=ha, middle_mm=hm, posterior_mm=hp, resolution_mm=float(step_u))
+    heights = columns.heights_mm
+    out: list[float] = []
+    for lo, hi in BANDS.values():
+        sel = columns.band(lo, hi)
+        if not np.any(sel):
+            return None
+        out.append(float(np.mean(heights[sel])))
+    if min(out) <= 0:
+        return None
+    return VertebralHeights(anterior_mm=out[0], middle_mm=out[1], posterior_mm=out[2],
+                            resolution_mm=columns.step_u_mm)
 
 
 @dataclass(frozen=True)
@@ -126,6 +167,11 @@ class FractureFinding:
     max_height_loss: float
     """Largest relative loss found (0.25 = 25 %)."""
     detail: str
+
+
+def quantisation_margin(h: VertebralHeights) -> float:
+    """One measurement step as a share of the tallest height: what quantisation alone can make of a loss."""
+    return QUANTISATION_MARGIN * h.resolution_mm / max(h.posterior_mm, h.anterior_mm, h.middle_mm)
 
 
 def assess_fractures(
@@ -162,7 +208,7 @@ def assess_fractures(
         worst_loss, worst_detail = max(losses, key=lambda t: t[0])
         # thick slices quantise heights (this level and its references): the loss must exceed the threshold by one
         # voxel step as a share of the height
-        margin = QUANTISATION_MARGIN * h.resolution_mm / max(h.posterior_mm, h.anterior_mm, h.middle_mm)
+        margin = quantisation_margin(h)
         fractured = worst_loss >= height_loss + margin
         detail = f"{worst_detail}; height loss {100 * worst_loss:.0f} %"
         if margin > 0.01:

@@ -3,18 +3,20 @@
 Who may talk to us: an association is accepted only when the calling AE title AND the remote IP address match the
 same ``[[peers]]`` entry. The IP is checked in the accept loop (``verify_request`` of the socketserver, right after
 ``accept()``), so a socket from an unknown address is closed before a single byte of it is read. The AE title is
-known only once the A-ASSOCIATE-RQ has been read; an AE title / IP pair that matches no peer is rejected with
+known only once the A-ASSOCIATE-RQ has been read; it must match a peer's exactly as sent (trailing padding aside:
+' TESTSCU' is not 'TESTSCU'); an AE title / IP pair that matches no peer is rejected with
 A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised), except an association that
 proposes only the Verification SOP class (C-ECHO) from an allowed address: it is accepted, so that `echoscu` with
 any AE title can check the node from a peer's host; nothing can be stored on it. Rejections are logged with
-the address and AE title only (no patient data is available or logged at that point).
+the address and AE title only (no patient data is available or logged at that point). With ``[node]
+check_called_ae`` (default) a called AE title other than the node's is rejected first (reason: called AE title not
+recognised), echo included. Connection caps, PDU size limits and read deadlines: service/receive/limits.py.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import ipaddress
 import logging
 import multiprocessing
 import os
@@ -22,7 +24,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,10 +56,16 @@ from service.db.engine import make_engine
 from service.db.queries import record_instance, record_instances, recorded_instance_paths
 from service.logging import setup_logging
 from service.receive.handlers import ReceivedInstance, Recorder, StoreHandler, handle_echo
-from service.receive.latency import LowLatencyRequestHandler
+from service.receive.limits import ConnectionSlots, GuardedRequestHandler
+from service.receive.peers import PeerAllowList
+from service.receive.peers import normalise_ip as normalise_ip  # re-exported (tests, callers)
+from service.receive.peers import resolve_host as resolve_host
+from service.receive.quarantine import QuarantineCleaner
 from service.receive.reconcile import reconcile_spool
 from service.receive.recorder import BatchRecorder
+from service.receive.settings import NetworkLimits
 from service.receive.spool import Spool
+from service.receive.tls import TlsSettings, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -80,64 +87,15 @@ SUPPORTED_TRANSFER_SYNTAXES = (
     HTJ2K,
     RLELossless,
 )
-MAX_ASSOCIATIONS = 32
-# A-ASSOCIATE-RJ: result 1 rejected-permanent, source 1 service-user, reason 3 calling AE title not recognised.
+# A-ASSOCIATE-RJ: result 1 rejected-permanent, source 1 service-user, reason 3 calling / 7 called AE title not
+# recognised.
 REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AET_NOT_RECOGNISED = 0x01, 0x01, 0x03
+REASON_CALLED_AET_NOT_RECOGNISED = 0x07
 PR_SET_PDEATHSIG = 1
 RECEIVE_SWITCH_INTERVAL_S = 0.0005
 """The interpreter's thread switch interval in a receiving process (default 5 ms). Every syscall of the spool
 write (open, write, fsync, rename) releases the interpreter lock; getting it back behind a busy association thread
 took up to the full interval each time, which made a 1 ms durable write cost 5-20 ms with several associations."""
-
-
-def normalise_ip(address: str) -> str:
-    """Canonical text of an IP address; IPv4-mapped IPv6 (::ffff:a.b.c.d) becomes a.b.c.d."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
-def resolve_host(host: str) -> frozenset[str]:
-    """All IP addresses of a configured peer host (literal IP or name resolved once at start-up)."""
-    try:
-        return frozenset({normalise_ip(host)})
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        logger.error("peer host %r does not resolve (%s); it cannot connect", host, exc)
-        return frozenset()
-    return frozenset(normalise_ip(str(info[4][0])) for info in infos)
-
-
-@dataclass(frozen=True)
-class PeerAllowList:
-    """(AE title, IP) pairs allowed to associate."""
-
-    entries: frozenset[tuple[str, str]]
-
-    @classmethod
-    def from_peers(cls, peers: Iterable[Any]) -> PeerAllowList:
-        pairs = {(str(p.ae_title).strip(), ip) for p in peers for ip in resolve_host(str(p.host))}
-        return cls(frozenset(pairs))
-
-    @property
-    def ips(self) -> frozenset[str]:
-        return frozenset(ip for _, ip in self.entries)
-
-    def ip_allowed(self, address: str) -> bool:
-        try:
-            return normalise_ip(address) in self.ips
-        except ValueError:
-            return False
-
-    def allowed(self, ae_title: str, address: str) -> bool:
-        try:
-            return (ae_title.strip(), normalise_ip(address)) in self.entries
-        except ValueError:
-            return False
 
 
 class AllowListAssociationServer(ThreadedAssociationServer):
@@ -148,6 +106,13 @@ class AllowListAssociationServer(ThreadedAssociationServer):
     batched recorder of the server (when it has one)."""
 
     allow_list: PeerAllowList = PeerAllowList(frozenset())
+    limits: NetworkLimits = NetworkLimits()
+    slots: ConnectionSlots | None = None
+    tls_context: Any = None
+    """DICOM TLS: an ssl.SSLContext (service/receive/tls.py); the handshake runs in the connection's thread."""
+    tls_fingerprints: dict[str, frozenset[str]] | None = None
+    companions: tuple[AllowListAssociationServer, ...] = ()
+    """The TLS server next to the plain one (same handlers, recorder and slots), shut down with it."""
     allow_reuse_port = hasattr(socket, "SO_REUSEPORT")
     batch_recorder: BatchRecorder | None = None
 
@@ -157,23 +122,53 @@ class AllowListAssociationServer(ThreadedAssociationServer):
         super().server_bind()
 
     def shutdown(self) -> None:
+        for companion in self.companions:
+            companion.shutdown()
         super().shutdown()
         if self.batch_recorder is not None:
             self.batch_recorder.stop()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         address = str(client_address[0])
-        if self.allow_list.ip_allowed(address):
-            return True
-        logger.warning("connection from %s refused: address is not a configured peer", address)
-        return False
+        if not self.allow_list.ip_allowed(address):
+            logger.warning("connection from %s refused: address is not a configured peer", address)
+            return False
+        return self.slots is None or self.slots.acquire(address)
 
 
-def _check_calling_peer(event: Any, allow_list: PeerAllowList) -> None:
-    """EVT_REQUESTED: reject an association whose calling AE title / IP pair is not a configured peer."""
+def _raw_ae_titles(assoc: Any) -> tuple[str, str]:
+    """(called, calling) AE titles as sent (service/receive/limits.py keeps them); pynetdicom's stripped values
+    when the socket did not keep them."""
+    sock, primitive = assoc.dul.socket, assoc.requestor.primitive
+    called = getattr(sock, "raw_called_ae", None)
+    calling = getattr(sock, "raw_calling_ae", None)
+    return (str(primitive.called_ae_title) if called is None else called,
+            str(primitive.calling_ae_title) if calling is None else calling)
+
+
+def _reject(assoc: Any, reason: int) -> None:
+    assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, reason)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ, then stops
+
+
+def _check_calling_peer(event: Any, allow_list: PeerAllowList, called_ae: str | None = None) -> None:
+    """EVT_REQUESTED: reject an association whose calling AE title / IP pair is not a configured peer, or (when
+    ``called_ae`` is given) whose called AE title is not ``called_ae``."""
     assoc = event.assoc
-    ae_title = str(assoc.requestor.primitive.calling_ae_title).strip()
+    called, ae_title = _raw_ae_titles(assoc)
     address = str(assoc.requestor.address)
+    if called_ae is not None and called != called_ae.rstrip():
+        logger.warning("association from AE %r at %s rejected: called AE title %r is not this node's", ae_title,
+                       address, called)
+        _reject(assoc, REASON_CALLED_AET_NOT_RECOGNISED)
+        return
+    tls_print = getattr(assoc.dul.socket, "tls_fingerprint", None)
+    if tls_print is not None and not allow_list.certificate_matches(ae_title, address, tls_print):
+        logger.warning("association from AE %r at %s rejected: its TLS certificate is not this peer's", ae_title,
+                       address)
+        _reject(assoc, REASON_CALLING_AET_NOT_RECOGNISED)
+        return
     if allow_list.allowed(ae_title, address):
         return
     proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.primitive.presentation_context_definition_list}
@@ -183,15 +178,17 @@ def _check_calling_peer(event: Any, allow_list: PeerAllowList) -> None:
         logger.info("echo-only association from AE %r at %s accepted", ae_title, address)
         return
     logger.warning("association from AE %r at %s rejected: not a configured peer", ae_title, address)
-    assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AET_NOT_RECOGNISED)
-    evt.trigger(assoc, evt.EVT_REJECTED, {})
-    assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ, then stops
+    _reject(assoc, REASON_CALLING_AET_NOT_RECOGNISED)
 
 
 def build_ae(config: Any) -> AE:
+    limits = config.node if isinstance(config.node, NetworkLimits) else NetworkLimits()
     ae = AE(ae_title=str(config.node.ae_title))
-    ae.maximum_pdu_size = 0  # unlimited: ~15-20 % faster receive with pynetdicom
-    ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.maximum_pdu_size = limits.max_pdu_bytes  # announced; bigger PDUs are refused (service/receive/limits.py)
+    ae.maximum_associations = limits.max_connections
+    ae.acse_timeout = limits.association_request_timeout_seconds
+    ae.network_timeout = limits.idle_timeout_seconds
+    ae.dimse_timeout = limits.dimse_timeout_seconds
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, list(SUPPORTED_TRANSFER_SYNTAXES))
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -247,7 +244,7 @@ def start_scp(
     storage_dir.mkdir(parents=True, exist_ok=True)
     if reconcile_at_start and engine is not None:
         reconcile(storage_dir, engine)
-    spool = spool or Spool(storage_dir)
+    spool = spool or Spool(storage_dir, reserve_bytes=config.storage.min_free_bytes)
     batch = None if recorder is not None else db_batch_recorder(engine)
     allow_list = PeerAllowList.from_peers(config.peers)
     if not allow_list.entries:
@@ -258,23 +255,41 @@ def start_scp(
     handlers = [
         (evt.EVT_C_STORE, store),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_REQUESTED, _check_calling_peer, [allow_list]),
+        (evt.EVT_REQUESTED, _check_calling_peer,
+         [allow_list, str(config.node.ae_title) if config.node.check_called_ae else None]),
         *([] if batch is None else [(evt.EVT_ACSE_RECV, _release_barrier, [batch])]),
     ]
-    server = ae.make_server(
-        (str(config.node.host), int(config.node.port)),
-        evt_handlers=handlers,
-        server_class=AllowListAssociationServer,
-        request_handler=LowLatencyRequestHandler,
-    )
-    server.allow_list = allow_list
+    slots = ConnectionSlots(config.node.max_connections_per_address, config.node.max_connections)
+    tls: TlsSettings = getattr(config.node, "tls", TlsSettings())
+    servers = []
+    if tls.plain:
+        servers.append(_serve(ae, config, int(config.node.port), handlers, allow_list, slots))
+    if tls.enabled:
+        servers.append(_serve(ae, config, tls.port, handlers, allow_list, slots, tls))
+    server = servers[0]
+    server.companions = tuple(servers[1:])
     server.batch_recorder = batch
+    return server
+
+
+def _serve(ae: AE, config: Any, port: int, handlers: list[Any], allow_list: PeerAllowList, slots: ConnectionSlots,
+           tls: TlsSettings | None = None) -> AllowListAssociationServer:
+    """One listening server (plain, or DICOM TLS with the handshake in each connection's thread)."""
+    server = ae.make_server((str(config.node.host), port), evt_handlers=handlers,
+                            server_class=AllowListAssociationServer, request_handler=GuardedRequestHandler)
+    server.allow_list = allow_list
+    server.limits = config.node
+    server.slots = slots
+    if tls is not None:
+        server.tls_context = server_context(tls)
+        if tls.require_client_certificate:
+            server.tls_fingerprints = allow_list.fingerprints_by_address()
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True)
     thread.start()
     ae._servers.append(server)  # so that server.shutdown() (which removes it) and ae.shutdown() work
-    host, port = server.server_address[:2]
-    logger.info("SCP %s listening on %s:%s", config.node.ae_title, host, port)
+    host, bound = server.server_address[:2]
+    logger.info("SCP %s listening on %s:%s%s", config.node.ae_title, host, bound, " (DICOM TLS)" if tls else "")
     return server
 
 
@@ -340,6 +355,8 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
     ``receive_processes - 1`` receiver processes on the same port (SO_REUSEPORT), each with its own recorder and
     database connection, so that receiving scales with cores instead of sharing one interpreter lock."""
     sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
+    quarantine = QuarantineCleaner(Path(config.node.storage_dir), config.quarantine)
+    quarantine.run_if_due()  # at start-up, then every cleanup_interval_seconds
     server = start_scp(config, engine)
     extra = receive_process_count(config) - 1
     if extra > 0 and not AllowListAssociationServer.allow_reuse_port:
@@ -349,6 +366,7 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
     children = start_receiver_processes(config, port, extra)
     try:
         while not stop_event.wait(1.0):
+            quarantine.run_if_due()
             for index, child in enumerate(children):
                 if not child.process.is_alive() and not stop_event.is_set():
                     logger.error("receiver process %d exited with code %s; restarting it", index + 1,

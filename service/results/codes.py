@@ -16,7 +16,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from service.domain.levels import VertebraLevel
-from service.domain.results import CalibrationKind, Category, ExclusionReason, RoiMethod
+from service.domain.results import CalibrationKind, Category, ExclusionReason, FractureStatus, RoiMethod
 
 # --- private coding scheme -------------------------------------------------------------------------------------
 PRIVATE_SCHEME = "99BMDNODE"
@@ -132,6 +132,26 @@ EXCLUSION_REASON_CODES: dict[ExclusionReason, Code] = {
     ExclusionReason.ROI_TOO_SMALL: _private("EXCL-ROI-SMALL", "Trabecular region of interest too small"),
     ExclusionReason.LEVEL_UNCERTAIN: _private("EXCL-LEVEL", "Vertebral level uncertain"),
     ExclusionReason.CUT_BY_FOV: _private("EXCL-CUT-BY-FOV", "Vertebra not fully in field of view"),
+}
+
+# --- vertebral fracture finding (issue 15) ----------------------------------------------------------------------
+VERTEBRAL_FRACTURE = Code("125605004", "SCT", "Fracture of bone")
+"""SNOMED CT 125605004 |Fracture of bone (disorder)| (International Edition; the top concept of the fracture
+sub-hierarchy, e.g. in SNOMED's ECL examples ``<< 125605004``). Written as the concept name of a qualitative
+evaluation in the level's group, whose finding site is the vertebra (SCT, CID 7304): "fracture of bone" at "L1
+vertebra" = a vertebral body fracture. Value: Yes / No / Indeterminate (height not measurable)."""
+FRACTURE_STATUS_CODES: dict[FractureStatus, Code] = {
+    FractureStatus.FRACTURED: YES,
+    FractureStatus.NOT_FRACTURED: NO,
+    FractureStatus.NOT_MEASURABLE: codes.SCT.Indeterminate,  # (82334004, SCT): height not measurable
+}
+GENANT_GRADE = _private("GENANT-GRADE", "Genant semiquantitative vertebral fracture grade")
+"""Genant HK et al., J Bone Miner Res 1993;8:1137-48. No SNOMED CT or DICOM code exists for the grade: private."""
+GENANT_GRADE_CODES: dict[int, Code] = {
+    0: _private("GENANT-0", "Genant grade 0, normal (height loss under 20 %)"),
+    1: _private("GENANT-1", "Genant grade 1, mild (20-25 % height loss)"),
+    2: _private("GENANT-2", "Genant grade 2, moderate (25-40 % height loss)"),
+    3: _private("GENANT-3", "Genant grade 3, severe (over 40 % height loss)"),
 }
 
 CATEGORY_CODES: dict[Category, Code] = {

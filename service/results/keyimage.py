@@ -1,7 +1,9 @@
 """Key image: a Secondary Capture (RGB) a viewer without SR/SEG support still shows.
 
 Left: sagittal reformat through the spine, right of it a coronal one (patient right on screen left), each level
-filled in its colour and named, trabecular ROIs outlined in white. Right column: table level / HU / BMD / status,
+filled in its colour and named, trabecular ROIs outlined in white. Right column: table level / HU / BMD / status
+(a suspected fracture as "fracture G2 (32 %)", and under the table "Suspected vertebral fracture: L1 fracture G2
+(32 %)"),
 the patient category, summary BMD and method, calibration, and a banner "AI result, to be reviewed".
 Reformats are sampled in patient (LPS) coordinates, so any acquisition orientation gives the same picture.
 No patient identifiers are burned in (Burned In Annotation NO); the viewer shows them from the header.
@@ -25,7 +27,13 @@ from scipy import ndimage
 
 from service.domain.guidelines import Thresholds, thresholds_from_record
 from service.domain.levels import VertebraLevel
-from service.domain.results import Category, PatientSummary, ScreeningResult, VertebraMeasurement
+from service.domain.results import (
+    Category,
+    FractureStatus,
+    PatientSummary,
+    ScreeningResult,
+    VertebraMeasurement,
+)
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
 from service.results.common import (
@@ -67,6 +75,7 @@ CATEGORY_COLORS: dict[Category, tuple[int, int, int]] = {
     Category.INDETERMINATE: (180, 180, 180),
 }
 EXCLUDED_COLOR = (255, 150, 60)
+FRACTURE_COLOR = (255, 90, 90)
 
 
 @functools.cache
@@ -193,7 +202,18 @@ def _draw_panel(canvas: Image.Image, reformat: _Reformat, origin: tuple[int, int
         draw.text((x, y0 + row), text, font=font, fill=level_color_rgb(VertebraLevel(value)), anchor=anchor)
 
 
+def fracture_text(m: VertebraMeasurement) -> str | None:
+    """"L1 fracture G2 (32 %)" for a level the check called fractured, else None."""
+    if m.fracture_status is not FractureStatus.FRACTURED or m.genant_grade is None:
+        return None
+    loss = "" if m.height_loss is None else f" ({100 * m.height_loss:.0f} %)"
+    return f"{m.level.name} fracture G{m.genant_grade}{loss}"
+
+
 def _status(m: VertebraMeasurement, used: bool) -> tuple[str, tuple[int, int, int]]:
+    fracture = fracture_text(m)
+    if fracture is not None:
+        return fracture.split(" ", 1)[1], FRACTURE_COLOR
     if not m.evaluable:
         reason = m.exclusion_reason.value.replace("_", " ") if m.exclusion_reason else "excluded"
         return f"excluded: {reason}", EXCLUDED_COLOR
@@ -264,6 +284,11 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     y += 12
     draw.line((x, y, x + width, y), fill=MUTED, width=1)
     y += 12
+    fractures = [t for m in result.vertebrae if (t := fracture_text(m)) is not None]
+    if fractures:
+        for wrapped in textwrap.wrap("Suspected vertebral fracture: " + ", ".join(fractures), width=40):
+            draw.text((x, y), wrapped, font=text_font(28, bold=True), fill=FRACTURE_COLOR)
+            y += 36
     cal = result.calibration
     lines = [
         f"Method: {summary.method}",

@@ -3,7 +3,8 @@
 Per vertebra (TID 1411 Volumetric ROI group when its trabecular-ROI segment exists, else TID 1501): tracking
 identifier + UID, finding site = the vertebra (SNOMED CT), method = ROI method, reference to the ROI segment,
 mean/median/SD attenuation [hnsf'U], QCT volumetric BMD mg/cm3 (private code), ROI volume mm3, voxel count,
-evaluable yes/no, exclusion reason, level-uncertain flag.
+evaluable yes/no, exclusion reason, level-uncertain flag, the fracture finding (SCT "Fracture of bone" at the
+vertebra: yes / no / indeterminate = height not measurable) with its Genant grade (private codes).
 
 Patient (TID 1411 on the SEG's "summary" segment = union of the ROIs used): finding = category (SNOMED CT), summary
 BMD, levels used, calibration kind/slope/intercept, curve fit, with method text, threshold set and calibration
@@ -35,9 +36,8 @@ from service.results.common import (
     AlgorithmInfo,
     report_sr,
 )
-from service.results.planar_roi import PlanarEllipse
+from service.results.planar_roi import PlanarEllipse, planar_roi_group, viewer_label
 from service.results.seg import SegmentNumbers
-from service.series.multiframe import frame_number
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,18 @@ def _group(common: dict, seg: Dataset, segment_number: int | None, source_series
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=referenced_segment, **common)
 
 
+def _fracture_evaluations(m: VertebraMeasurement) -> list[hd.sr.QualitativeEvaluation]:
+    """The fracture finding of a level: fracture of bone (at the group's vertebra) yes / no / indeterminate (height
+    not measurable), and the Genant grade when the heights were measured. The percentage is in the parameters
+    ("fracture check: ...") and result.json: a further NUM would push the level's name off a viewer's label."""
+    if m.fracture_status is None:
+        return []
+    out = [_qualitative(codes.VERTEBRAL_FRACTURE, codes.FRACTURE_STATUS_CODES[m.fracture_status])]
+    if m.genant_grade is not None:
+        out.append(_qualitative(codes.GENANT_GRADE, codes.GENANT_GRADE_CODES[m.genant_grade]))
+    return out
+
+
 def _vertebra_groups(
     m: VertebraMeasurement,
     algorithm: AlgorithmInfo,
@@ -103,8 +115,9 @@ def _vertebra_groups(
     source_series_instance_uid: str,
     planar: tuple[Dataset, PlanarEllipse] | None,
 ) -> list[_Group]:
-    """The level's TID 1411 group on its SEG segment and, when ``planar`` = (source image, ellipse) is given, a TID
-    1410 group with the ellipse on that image, so that viewers can draw it; both share one tracking UID."""
+    """The level's TID 1411 group on its SEG segment and, when ``planar`` = (source image, ellipse) is given, before
+    it a TID 1410 group with the ellipse on that image, so that viewers can draw it and OHIF can track it
+    (``planar_roi_group``); both share one tracking UID."""
     method = codes.ROI_METHOD_CODES[m.roi_method]
     measurements: list[hd.sr.Measurement] = []
     # Three numbers, BMD first: a viewer that draws the level's ellipse labels it with the NUMs of both groups of the
@@ -123,12 +136,14 @@ def _vertebra_groups(
     if m.exclusion_reason is not None:
         evaluations.append(_qualitative(codes.EXCLUSION_REASON, codes.EXCLUSION_REASON_CODES[m.exclusion_reason]))
     evaluations.append(_qualitative(codes.LEVEL_UNCERTAIN, codes.YES if m.level_uncertain else codes.NO))
+    evaluations += _fracture_evaluations(m)
 
     parameters = [f"exclusion detail: {m.exclusion_detail}"] if m.exclusion_detail else []
-    tracking_uid = generate_uid()
+    if m.fracture_detail and m.fracture_detail != m.exclusion_detail:
+        parameters.append(f"fracture check: {m.fracture_detail}")
+    tracking_uid, identifier = generate_uid(), f"{m.level.name} trabecular BMD"
     common = {
-        "tracking_identifier": hd.sr.TrackingIdentifier(uid=tracking_uid,
-                                                        identifier=f"{m.level.name} trabecular BMD"),
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
         "finding_type": codes.VERTEBRA_FINDING,
         "algorithm_id": _algorithm_id(algorithm, parameters),
         "finding_sites": [hd.sr.FindingSite(anatomic_location=codes.vertebra_code(m.level))],
@@ -137,27 +152,9 @@ def _vertebra_groups(
     }
     groups = [_group(common, seg, segment_number, source_series_instance_uid)]
     if planar is not None and segment_number is not None:
-        groups.append(_planar_group(common, *planar))
+        # First: OHIF names a tracking UID after the first group that carries it (service/results/planar_roi.py).
+        groups.insert(0, planar_roi_group(common, tracking_uid, identifier, *planar, viewer_label(m)))
     return groups
-
-
-def _planar_group(common: dict, image: Dataset,
-                  ellipse: PlanarEllipse) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410: where the level's ROI is, as an ellipse on the CT slice through its centre; same tracking
-    identifier, UID, finding and site as its TID 1411 group, and no numbers of its own: they are measured on the 3D
-    ROI, and a viewer that merges the two groups by tracking UID shows the TID 1411 group's numbers on the ellipse."""
-    frame = frame_number(image)  # a slice of a multi-frame CT instance is one of its frames
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-        graphic_data=ellipse.graphic_data(),
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=str(image.SOPClassUID),
-            referenced_sop_instance_uid=str(image.SOPInstanceUID),
-            referenced_frame_numbers=None if frame is None else [frame],
-        ),
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        referenced_region=region, **{**common, "measurements": None, "qualitative_evaluations": None})
 
 
 def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Dataset, segment_number: int | None,

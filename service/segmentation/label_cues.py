@@ -148,3 +148,28 @@ def best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[floa
         if cost < best_cost:
             best, best_cost = first, cost
     return best
+
+
+def first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
+    """Index of the T1 candidate: the first complete body with a rib on both sides.  The first rib pair is the
+    largest of the upper ribs and always bilateral; a body cut by the top of the field (its rib region partly
+    outside) or a one-sided "rib" (a cervical transverse process, the clavicle or the first rib passing beside C6/C7
+    on a coarse grid) does not count."""
+    return next((i for i, b in enumerate(bodies) if b.rib_left and b.rib_right and not b.cut_by_fov), None)
+
+
+C7_MIN_VISIBLE_FRACTION = 0.6
+"""A body above the first rib pair that the top of the field cuts still shows whether it carries a rib pair when
+at least this fraction of the first rib-bearing body's height is in view: rib heads meet the upper half of their
+body, and attachment is read in a ring within the body's own visible height (ribs.RIB_RING_MM)."""
+
+
+def shows_no_rib_pair(above: BodyFeatures, first: BodyFeatures) -> bool:
+    """The body above the first rib pair shows that it has no rib pair: it is in view (complete, or cut by the top of
+    the field with most of its height visible) and carries no rib on at least one side.  A one-sided "rib" there is
+    a cervical rib or the clavicle / first rib passing beside it: either way the first pair below it is T1's."""
+    if above.rib_left and above.rib_right:
+        return False
+    if not above.cut_by_fov:
+        return True
+    return above.cut_top and not above.cut_bottom and above.height_mm >= C7_MIN_VISIBLE_FRACTION * first.height_mm

@@ -34,7 +34,9 @@ from service.segmentation.label_cues import (
     anchor_agreeing_with_votes,
     best_height_fit,
     confirming_cues,
+    first_rib_pair,
     rib_field_shortfall,
+    shows_no_rib_pair,
     votes_contradict,
 )
 from service.segmentation.ribs import rib_attachment
@@ -125,31 +127,6 @@ def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
     return out
 
 
-def _first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
-    """Index of the T1 candidate: the first complete body with a rib on both sides.  The first rib pair is the
-    largest of the upper ribs and always bilateral; a body cut by the top of the field (its rib region partly
-    outside) or a one-sided "rib" (a cervical transverse process, the clavicle or the first rib passing beside C6/C7
-    on a coarse grid) does not count."""
-    return next((i for i, b in enumerate(bodies) if b.rib_left and b.rib_right and not b.cut_by_fov), None)
-
-
-C7_MIN_VISIBLE_FRACTION = 0.6
-"""A body above the first rib pair that the top of the field cuts still shows whether it carries a rib pair when
-at least this fraction of the first rib-bearing body's height is in view: rib heads meet the upper half of their
-body, and attachment is read in a ring within the body's own visible height (ribs.RIB_RING_MM)."""
-
-
-def _shows_no_rib_pair(above: BodyFeatures, first: BodyFeatures) -> bool:
-    """The body above the first rib pair shows that it has no rib pair: it is in view (complete, or cut by the top of
-    the field with most of its height visible) and carries no rib on at least one side.  A one-sided "rib" there is
-    a cervical rib or the clavicle / first rib passing beside it: either way the first pair below it is T1's."""
-    if above.rib_left and above.rib_right:
-        return False
-    if not above.cut_by_fov:
-        return True
-    return above.cut_top and not above.cut_bottom and above.height_mm >= C7_MIN_VISIBLE_FRACTION * first.height_mm
-
-
 T12_ANCHOR = "T12 (last rib-bearing body)"
 T1_ANCHOR = "T1 (first rib-bearing body)"
 L5_ANCHOR = "L5 (body on the sacrum)"
@@ -211,9 +188,9 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
                 anchors[T12_ANCHOR] = value
             else:
                 dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
-        first = _first_rib_pair(bodies)
+        first = first_rib_pair(bodies)
         above = bodies[first - 1] if first is not None and first > 0 else None
-        if first is not None and above is not None and _shows_no_rib_pair(above, bodies[first]):
+        if first is not None and above is not None and shows_no_rib_pair(above, bodies[first]):
             short = rib_field_shortfall(above)
             value = int(VertebraLevel.T1) - pos[first]
             if short is None:

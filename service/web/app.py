@@ -36,7 +36,7 @@ from service.web.auth import (
     start_session,
 )
 from service.web.common import WebContext, context_of, render, safe_next
-from service.web.health import health_body, metrics_json
+from service.web.health import disk_status, health_body, metrics_json
 from service.web.metrics import NodeCollector, metrics_registry, render_metrics
 from service.web.users import UserView, authenticate
 
@@ -54,8 +54,9 @@ SECURITY_HEADERS = {
 
 async def health(request: Request) -> Response:
     ctx = context_of(request)
-    code, body = await run_in_threadpool(health_body, ctx.engine, ctx.config.node.ae_title, ctx.started_monotonic,
-                                         ctx.components)
+    code, body = await run_in_threadpool(
+        health_body, ctx.engine, ctx.config.node.ae_title, ctx.started_monotonic, ctx.components,
+        lambda: disk_status(ctx.config.node.storage_dir, ctx.config.storage.min_free_bytes))
     return JSONResponse(body, status_code=code)
 
 

@@ -21,7 +21,7 @@ import pytest
 from service.domain.levels import VertebraLevel
 from service.offline.phantom.api import PhantomSpec, generate, write_phantom
 from service.offline.viewer.ohif import OhifPage
-from service.offline.viewer.readings import SEG_MIN_NEW_PIXELS, SrReading, read_seg, read_sr
+from service.offline.viewer.readings import SEG_MIN_NEW_PIXELS, SrReading, read_seg, read_sr, track_sr
 from service.offline.viewer.site import ViewerSite
 from tests.viewer.conftest import console_report
 
@@ -69,12 +69,7 @@ def test_our_seg_overlay_appears(opened: tuple[OhifPage, Path, dict[str, Any]]) 
 
 def test_our_sr_draws_each_level_with_its_name_hu_and_bmd(opened: tuple[OhifPage, Path, dict[str, Any]]) -> None:
     """OHIF draws each level's ROI ellipse from the SR and labels it with the level's name, mean HU and BMD; the
-    values must be result.json's (BMD within 0.5 mg/cm3, HU within 0.01).
-
-    OHIF's measurement *panel* stays empty: it lists only measurements it can turn into its own editable tools,
-    which needs the Cornerstone tracking-identifier convention ("Cornerstone3DTools@^0.1.0:EllipticalROI") and
-    then shows OHIF's own statistics of the ellipse, not the node's numbers. The node keeps standard tracking
-    identifiers ("L1 trabecular BMD"); the labels on the image carry its numbers."""
+    values must be result.json's (BMD within 0.5 mg/cm3, HU within 0.01)."""
     page, _, result = opened
     expected = _measured_levels(result)
     assert expected, "the phantom must give at least one measured level"
@@ -89,3 +84,22 @@ def test_our_sr_draws_each_level_with_its_name_hu_and_bmd(opened: tuple[OhifPage
             continue
         label = next(t for t in sr.annotation_texts if re.search(rf"\b{vertebra['level']}\b", t))
         assert f"{vertebra['trabecular_hu_mean']:.2f} [hnsf'U]" in label, label
+
+
+def test_our_sr_tracked_lists_each_level_with_its_bmd_in_the_panel(
+        opened: tuple[OhifPage, Path, dict[str, Any]]) -> None:
+    """What a reader does to get the SR into OHIF's measurement panel: open the study, open the SR, answer Yes to
+    "Do you want to continue tracking measurements for this study?". The panel must then list each measured level
+    by name with the BMD of result.json (within 0.5 mg/cm3), and no other BMD for that level."""
+    page, out, result = opened
+    expected = _measured_levels(result)
+    study = str(pydicom.dcmread(out / "sr.dcm", stop_before_pixels=True).StudyInstanceUID)
+    tracked = track_sr(page, study, expected_measurements=len(expected))
+    assert tracked.prompt_answered, ("OHIF did not offer to track the SR's measurements", tracked.console[-20:],
+                                     console_report(page, 20))
+    listed = tracked.panel_bmd(list(expected))
+    wrong = {level: (bmd, listed[level]) for level, bmd in expected.items()
+             if not listed[level] or any(abs(value - bmd) > BMD_TOLERANCE_MG_CM3 for value in listed[level])}
+    assert not wrong, (f"panel BMD (expected, listed) per level: {wrong}; panel: {tracked.panel_text!r}; "
+                       f"console: {tracked.console[-20:]}")
+    assert tracked.panel_count >= len(expected), tracked.panel_text

@@ -3,7 +3,8 @@
 Selectors are OHIF's own ``data-cy`` attributes: ``study-browser-thumbnail*`` (series list, with
 ``series-modality-label``), ``viewport-pane``, ``viewport-action-arrows-right`` (next SR measurement),
 ``trackedMeasurements-btn`` (the measurement panel). SEG and SR loads end with OHIF's prompt ("Do you want to open
-this Segmentation?", "track measurements?"), answered Yes as a reader would.
+this Segmentation?", "Do you want to continue tracking measurements for this study?"), answered Yes as a reader
+would. The SR prompt goes away (as "No") at the first click elsewhere, e.g. on the viewport's measurement arrows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LIT_FRACTION_MIN = 0.02
 VIEWPORT_MARGIN_PX = 80
 """Left out at the viewport's edges when counting colour: active-viewport border, corner icons, overlay text."""
 BMD_VALUE = re.compile(r"(-?\d+(?:\.\d+)?)\s*mg/cm3")
+PANEL_COUNT = re.compile(r"Measurements \((\d+)\)")
 
 
 @dataclass
@@ -122,6 +124,20 @@ class OhifPage:
             time.sleep(settle_s)
         panels = self.driver.find_elements(By.CSS_SELECTOR, MEASUREMENT_PANEL)
         return str(panels[0].text) if panels else ""
+
+    def panel_measurement_count(self) -> int:
+        """The count in the measurement panel's header ("Measurements (6)"); 0 while it lists none."""
+        found = PANEL_COUNT.search(self.measurement_panel_text(settle_s=0.5))
+        return int(found.group(1)) if found else 0
+
+    def wait_for_panel_measurements(self, at_least: int, timeout_s: float) -> int:
+        """The panel's measurement count once it reaches ``at_least``; else the last count seen."""
+        deadline = time.monotonic() + timeout_s
+        count = self.panel_measurement_count()
+        while count < at_least and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            count = self.panel_measurement_count()
+        return count
 
     def click_if_present(self, selector: str, by: str = By.XPATH) -> bool:
         for element in self.driver.find_elements(by, selector):

@@ -1,9 +1,12 @@
 """What OHIF shows of our result objects, read the same way by the viewer tests and the screenshot command.
 
 ``read_seg`` loads the SEG over the CT and counts coloured viewport pixels before and after (the CT is grey, the
-segment overlay is coloured). ``read_sr`` loads the SR, steps through the measurements OHIF draws (their on-image
-labels), accepts OHIF's offer to track them and reads the measurement panel. Both keep the browser console lines
-that mention SEG, SR or SCOORD, which is where OHIF says why an object does not display.
+segment overlay is coloured). ``read_sr`` loads the SR and steps through the measurements OHIF draws (their on-image
+labels). ``track_sr`` does what a reader does to get the SR's measurements into OHIF's measurement panel: open the
+study afresh, open the SR, answer Yes to "Do you want to continue tracking measurements for this study?"; it then
+reads the panel. (The two are separate visits: stepping through the SR's measurements dismisses OHIF's prompt.) All
+keep the browser console lines that mention SEG, SR or SCOORD, which is where OHIF says why an object does not
+display.
 """
 
 from __future__ import annotations
@@ -38,16 +41,25 @@ class SegReading:
 class SrReading:
     description: str
     annotation_texts: list[str]
-    panel_text: str
-    prompt_answered: bool
     console: list[str] = field(default_factory=list)
-
-    def panel_bmd(self, levels: list[str]) -> dict[str, list[float]]:
-        """Per level, the mg/cm3 values the measurement panel lists next to the level's name."""
-        return bmd_values_by_level(self.panel_text.splitlines(), levels)
 
     def annotation_bmd(self, levels: list[str]) -> dict[str, list[float]]:
         return bmd_values_by_level(self.annotation_texts, levels)
+
+
+@dataclass
+class TrackedReading:
+    """OHIF's measurement panel after the reader accepted to track the SR's measurements."""
+
+    description: str
+    prompt_answered: bool
+    panel_count: int
+    panel_text: str
+    console: list[str] = field(default_factory=list)
+
+    def panel_bmd(self, levels: list[str]) -> dict[str, list[float]]:
+        """Per level, the mg/cm3 values the measurement panel lists on lines that name the level."""
+        return bmd_values_by_level(self.panel_text.splitlines(), levels)
 
 
 def _console(page: OhifPage, since: int) -> list[str]:
@@ -83,10 +95,22 @@ def read_sr(page: OhifPage, max_measurements: int, screenshot_dir: Path | None =
                                                                   by="css selector"):
             break
         time.sleep(settle_s / 2)
-    answered = page.answer_prompt_yes(timeout_s=5.0)
-    time.sleep(settle_s / 2)
-    panel = page.measurement_panel_text()
-    return SrReading(description, texts, panel, answered, _console(page, since))
+    return SrReading(description, texts, _console(page, since))
+
+
+def track_sr(page: OhifPage, study_instance_uid: str, expected_measurements: int,
+             screenshot: Path | None = None, timeout_s: float = 90.0) -> TrackedReading:
+    """Open the study, open the SR, answer Yes to OHIF's tracking prompt; the panel once it lists
+    ``expected_measurements`` (or at ``timeout_s``)."""
+    since = len(page.console.lines)
+    page.open_study(study_instance_uid, timeout_s=timeout_s)
+    description = page.load_series("SR")
+    answered = page.answer_prompt_yes(timeout_s=min(60.0, timeout_s))
+    count = page.wait_for_panel_measurements(expected_measurements, timeout_s) if answered else 0
+    time.sleep(1.0)  # let the last rows render before the picture
+    if screenshot is not None:
+        page.driver.save_screenshot(str(screenshot))
+    return TrackedReading(description, answered, count, page.measurement_panel_text(), _console(page, since))
 
 
 def readings_json(**parts: Any) -> dict[str, Any]:
@@ -95,7 +119,7 @@ def readings_json(**parts: Any) -> dict[str, Any]:
     for name, part in parts.items():
         if isinstance(part, SegReading):
             out[name] = {**asdict(part), "overlay_shown": part.overlay_shown}
-        elif isinstance(part, SrReading):
+        elif isinstance(part, (SrReading, TrackedReading)):
             out[name] = asdict(part)
         else:
             out[name] = part

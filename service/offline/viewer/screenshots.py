@@ -7,7 +7,8 @@
 2. Orthanc with its DICOMweb plugin and OHIF on one origin (``service.offline.viewer.site``) receive the CT and the
    three objects (REST upload);
 3. headless Chromium opens the study: ``ct.png``; loads the SEG over the CT: ``seg_overlay.png``; loads the SR and
-   steps through its measurements: ``sr_roi_NN.png``; then reads OHIF's measurement panel;
+   steps through its measurements: ``sr_roi_NN.png``; opens the study again, opens the SR and answers Yes to
+   OHIF's "track measurements" prompt: ``sr_panel.png`` (the measurement panel listing the levels);
 4. ``viewer_readings.json`` in OUT: what OHIF showed (coloured overlay pixels, SR labels, panel text, console lines
    about SEG/SR/SCOORD) beside the per-level BMD of result.json.
 
@@ -28,7 +29,7 @@ import pydicom
 
 from service.offline.viewer.browser import chromium, save_png
 from service.offline.viewer.ohif import OhifPage
-from service.offline.viewer.readings import read_seg, read_sr, readings_json
+from service.offline.viewer.readings import read_seg, read_sr, readings_json, track_sr
 from service.offline.viewer.site import viewer_site
 
 ANALYZE_TIMEOUT_S = 1800
@@ -53,6 +54,14 @@ def ct_files(input_dir: Path) -> list[Path]:
     return files
 
 
+def planar_groups(sr_path: Path) -> int:
+    """How many measurement groups of the SR carry an image region (what OHIF can track and list in its panel)."""
+    report = pydicom.dcmread(sr_path)
+    return sum(1 for item in report.ContentSequence if item.ValueType == "CONTAINER"
+               for group in item.get("ContentSequence", [])
+               if any(child.ValueType == "SCOORD" for child in group.get("ContentSequence", [])))
+
+
 def capture(input_dir: Path, out_dir: Path, work_dir: Path, config: Path | None = None) -> dict[str, Any]:
     """Run the whole sequence; returns (and writes) the readings."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,11 +77,13 @@ def capture(input_dir: Path, out_dir: Path, work_dir: Path, config: Path | None 
         seg = read_seg(page, screenshot=out_dir / "seg_overlay.png", timeout_s=300.0)
         sr = read_sr(page, max_measurements=len(result["vertebrae"]) + 2, screenshot_dir=out_dir)
         driver.save_screenshot(str(out_dir / "viewer_window.png"))
+        tracked = track_sr(page, study, expected_measurements=planar_groups(analysis / "sr.dcm"),
+                           screenshot=out_dir / "sr_panel.png", timeout_s=300.0)
     levels = [v["level"] for v in result["vertebrae"]]
     readings = readings_json(
-        input=str(input_dir), study_instance_uid=study, seg=seg, sr=sr,
+        input=str(input_dir), study_instance_uid=study, seg=seg, sr=sr, tracked=tracked,
         result_json_bmd_mg_cm3={v["level"]: v.get("bmd_mg_cm3") for v in result["vertebrae"]},
-        panel_bmd_mg_cm3=sr.panel_bmd(levels), on_image_bmd_mg_cm3=sr.annotation_bmd(levels),
+        panel_bmd_mg_cm3=tracked.panel_bmd(levels), on_image_bmd_mg_cm3=sr.annotation_bmd(levels),
     )
     (out_dir / "viewer_readings.json").write_text(json.dumps(readings, indent=2) + "\n")
     return readings
@@ -91,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bmd-viewer-") as work:
             readings = capture(args.input, args.out, Path(work), args.config)
-    seg, sr = readings["seg"], readings["sr"]
+    seg, sr, tracked = readings["seg"], readings["sr"], readings["tracked"]
     print(f"SEG overlay shown: {seg['overlay_shown']} ({seg['coloured_before']} -> {seg['coloured_after']} px)")
-    print(f"SR labels on the image: {len(sr['annotation_texts'])}; panel BMD: {readings['panel_bmd_mg_cm3']}")
+    print(f"SR labels on the image: {len(sr['annotation_texts'])}; panel: {tracked['panel_count']} measurements, "
+          f"BMD {readings['panel_bmd_mg_cm3']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -182,16 +182,21 @@ def test_chest_ct_curve_is_accurate_and_gated() -> None:
     assert abs(lumbar - truth) <= 0.2 * truth
 
 
-def test_bone_island_and_pedicle_screws_are_excluded() -> None:
+def test_bone_island_is_cut_out_and_pedicle_screws_are_excluded() -> None:
+    """Issue 15 point 2: a focal bone island is cut out of the ROI and the rest of the level measured (its HU then
+    matches the phantom's trabecular HU, not raised by the island); metal still excludes its level."""
     spec = PhantomSpec(seed=61, region="abdomen", bone_island_level=V.L2, pedicle_screw_levels=(V.L4,),
                        fov_top_level=V.T12, fov_bottom_level=V.L5)
     phantom = generate(spec, spacing_mm=(1.0, 1.0, 2.0))
     result = assess_bmd(phantom.volume, truth_segmentation(phantom), NO_SYNC).result
     by_level = {m.level: m for m in result.vertebrae}
-    assert by_level[V.L2].exclusion_reason is ExclusionReason.SCLEROSIS, by_level[V.L2]
+    l2 = by_level[V.L2]
+    assert l2.evaluable and l2.roi_note is not None and "bone island" in l2.roi_note, l2
+    truth_hu = next(v["trabecular_hu"] for v in phantom.truth["vertebrae"] if v["level"] == "L2")
+    assert l2.trabecular_hu_mean is not None and abs(l2.trabecular_hu_mean - truth_hu) <= 10.0, (l2, truth_hu)
     assert by_level[V.L4].exclusion_reason is ExclusionReason.METAL, by_level[V.L4]
     assert by_level[V.L1].evaluable and by_level[V.L3].evaluable
-    assert result.summary.levels_used == (V.L1, V.L3)
+    assert result.summary.levels_used == (V.L1, V.L2)
 
 
 def test_calibrate_phantom_command_on_a_written_phantom_series(tmp_path: Path,

@@ -143,7 +143,7 @@ def test_deploy_example_lists_every_key_with_its_default() -> None:
     from_example = load_config(example, env={})
     assert dataclasses.replace(from_example, source="") == dataclasses.replace(load_config(env={}), source="")
     for section in ("node", "worker", "exporter", "series", "segmentation", "bmd", "site_models", "logging",
-                    "dashboard"):
+                    "dashboard", "storage", "quarantine"):
         expected = set(toml_keys(type(getattr(from_example, section))))
         assert set(raw[section]) == expected, section
 

@@ -502,8 +502,9 @@ def test_jpeg2000_source_series(tmp_path: Path) -> None:
 @pytest.mark.parametrize("which", ["head_first", "feet_first"])
 def test_sr_planar_groups_draw_each_roi_on_its_centre_slice(which: str, request: pytest.FixtureRequest) -> None:
     """Per level a TID 1410 group: the same tracking UID as its TID 1411 group (which holds the numbers of
-    result.json), no numbers of its own, an ELLIPSE on a CT slice that the ROI crosses, centred on the ROI's
-    cross-section there (checked in patient coordinates from the referenced CT file's own header)."""
+    result.json), only the area of its outline (for OHIF's tracking), an ELLIPSE on a CT slice that the ROI crosses,
+    centred on the ROI's cross-section there (checked in patient coordinates from the referenced CT file's own
+    header)."""
     built: Built = request.getfixturevalue(which)
     sr = hd.sr.srread(built.files["sr"])
     document = built.case.result.to_json_dict()
@@ -516,9 +517,12 @@ def test_sr_planar_groups_draw_each_roi_on_its_centre_slice(which: str, request:
         partner = volumetric[group.tracking_uid]
         level = _group_level(group)
         assert level is not None and _group_level(partner) == level
-        assert group.tracking_identifier == f"{level.name} trabecular BMD"
+        assert group.tracking_identifier == f"Cornerstone3DTools@^0.1.0:PlanarFreehandROI:{level.name} trabecular BMD"
+        assert partner.tracking_identifier == f"{level.name} trabecular BMD"
         expected = next(v for v in document["vertebrae"] if v["level"] == level.name)
-        assert group.get_measurements() == [] and group.get_qualitative_evaluations() == []
+        (area,) = group.get_measurements()
+        assert area.unit.value == "mm2" and area.value > 0  # type: ignore[union-attr]
+        assert group.get_qualitative_evaluations() == []
         assert _value(partner, codes.QCT_VOLUMETRIC_BMD) is None or \
             round(_value(partner, codes.QCT_VOLUMETRIC_BMD), 2) == expected["bmd_mg_cm3"]  # type: ignore[arg-type]
         region = group.roi

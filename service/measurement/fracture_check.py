@@ -1,0 +1,260 @@
+"""The vertebral fracture check: a fracture is called only when the mask and the image agree.
+
+Per level (T1-L5, not cut by the field of view):
+
+1. heights from the body mask (``fracture.vertebral_heights``) and from the endplates found on the image
+   (``endplates.image_heights``), in the same anterior / middle / posterior columns, along the normal of the mask's
+   mean endplate plane (``measure_level``);
+2. a level whose mask and image heights differ by more than ``MAX_MASK_IMAGE_DISAGREEMENT`` in a column is not
+   measurable, and no reference for its neighbours; the others' mask and image heights are each judged against
+   their own neighbours (``fracture.assess_fractures``: Genant height loss >= 20 % against the neighbours' heights
+   or ratios, plus one quantisation step of the measurement as margin);
+3. the outcome:
+
+   * **fractured** when the image shows the loss (threshold plus its sub-voxel margin) and the mask agrees (its loss
+     reaches the threshold within one voxel step of its quantisation); the Genant grade and percentage come from
+     the image heights (the mask is quantised by whole voxels);
+   * **fractured** also when the image finds no endplates in the anterior or middle column (a collapsed endplate
+     may show no cortical rim), matches the mask within ``PARTIAL_AGREEMENT`` in a column it does read, and the
+     mask shows a loss of grade 2 or more with its full margin, against neighbours the image confirmed in full;
+   * **not measurable** when the image heights or the mask heights are missing otherwise (endplates not found,
+     mask too small, cut by the field of view), when mask and image differ in a column by more than
+     ``MAX_MASK_IMAGE_DISAGREEMENT`` of the image height (the mask does not follow the body), or when the image
+     shows a loss that the mask does not (the fracture cannot be confirmed);
+   * **not fractured** otherwise, including a mask that shows a loss the image endplates do not (blocky or jagged
+     masks).
+
+Only "fractured" excludes a level from the BMD; "not measurable" does not exclude it by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.domain.levels import VertebraLevel
+from service.domain.results import FractureStatus, genant_grade
+from service.domain.volume import CTVolume
+from service.measurement.endplates import image_heights
+from service.measurement.fracture import (
+    GENANT_HEIGHT_LOSS,
+    FractureFinding,
+    MaskColumns,
+    VertebralHeights,
+    assess_fractures,
+    mask_columns,
+    quantisation_margin,
+    vertebral_heights,
+)
+from service.measurement.geometry import CroppedMask, VertebraFrame
+
+MAX_MASK_IMAGE_DISAGREEMENT = 0.35
+"""Mask and image heights of a column differing by more than this share of the smaller of the two: the mask does not
+follow the body (or the endplate found is not the body's), and the height is not measurable. A corner cut off the
+mask by a quarter of the height stays within it and is read as 'not fractured' from the image."""
+SQUARE_FRAME_DEG = 8.0
+"""Parallel endplates leaning more than this against the axis (a spine that bends away from the line between the
+neighbours' centroids, or a level without neighbours): the heights are measured square to them instead."""
+MAX_TILT_DEG = 15.0
+"""Still leaning more than this after squaring the frame (twice): not measurable ("tilted")."""
+PARALLEL_MAX_DEG = 8.5
+"""Upper and lower surfaces differing in slope by more than this are not a lean of the whole body (a Genant grade 1
+wedge of a 30 mm deep body already differs by 12 deg; so does a corner cut off a mask) and leave the frame as it is.
+Normal endplates are not exactly parallel: the TotalSegmentator-derived L1 of ts_abdomen_t11_l2, 21 deg off patient
+superior, has surfaces at 10 and 17 deg to it."""
+PARTIAL_AGREEMENT = 0.15
+"""Where the image cannot read the anterior or middle column, a column it does read must match the mask within 15 %
+(the blocky corner of the tests differs by 30 % or more) for the mask's own call to stand."""
+PARTIAL_MIN_LOSS = 0.25
+"""... and the mask must show at least a grade 2 loss (with its full quantisation margin as well)."""
+MAX_POSTERIOR_SHORTFALL = 1.5
+"""An anterior or middle height more than 1.5 times the posterior one is a measuring failure (posterior wall and
+pedicles read as the body's end), not a Genant pattern (wedge and biconcave deformities shorten the anterior and
+middle heights; a crush all three): the height is not measurable. L5, the tallest anterior, is ~1.2 times its
+posterior height."""
+FIRST_CHECKED, LAST_CHECKED = VertebraLevel.T1, VertebraLevel.L5
+"""Cervical and sacral shapes differ from the Genant model of a thoracolumbar body."""
+
+
+@dataclass(frozen=True)
+class FractureAssessment:
+    level: VertebraLevel
+    status: FractureStatus
+    genant_grade: int | None
+    height_loss: float | None
+    """Largest relative height loss on the image (None when not measured)."""
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.status is FractureStatus.FRACTURED and not self.genant_grade:
+            raise ValueError(f"genant_grade must be 1-3 for a fracture, got {self.genant_grade}")
+
+
+@dataclass(frozen=True)
+class LevelHeights:
+    """What one level's heights are, read from the mask and from the image (None: not measured, see ``reason``)."""
+
+    mask: VertebralHeights | None
+    image: VertebralHeights | None
+    reason: str = ""
+    image_columns: tuple[float | None, float | None, float | None] = (None, None, None)
+    """The image height of each column (anterior, middle, posterior) where its endplates were found."""
+
+
+def endplate_tilt(columns: MaskColumns) -> tuple[float, float] | None:
+    """Mean slope (du/dv, du/dw) of the mask's upper and lower surfaces over the central columns, when the two are
+    parallel (within PARALLEL_MAX_DEG): how far a whole body leans against the frame's axis. None when they are not
+    (a wedge, or a corner missing from the mask: a lean of the body cannot be told from it)."""
+    # columns of the central 60 % of the depth: near a leaning wall a column's ends are on the wall, not an endplate
+    sel = columns.central & (columns.rel >= 0.2) & (columns.rel <= 0.8)
+    if np.count_nonzero(sel) < 6:
+        return None
+    design = np.column_stack([np.ones(np.count_nonzero(sel)), columns.v[sel], columns.w[sel]])
+    top = np.linalg.lstsq(design, columns.u_max[sel], rcond=None)[0][1:]
+    bottom = np.linalg.lstsq(design, columns.u_min[sel], rcond=None)[0][1:]
+    mean = 0.5 * (top + bottom)
+    if float(np.hypot(*(top - bottom))) > np.tan(np.radians(PARALLEL_MAX_DEG)):
+        return None
+    return float(mean[0]), float(mean[1])
+
+
+def _tilt_deg(slopes: tuple[float, float] | None) -> float:
+    return 0.0 if slopes is None else float(np.degrees(np.arctan(np.hypot(*slopes))))
+
+
+def square_frame(frame: VertebraFrame, slopes: tuple[float, float]) -> VertebraFrame:
+    """The frame turned so that its axis is normal to the mean endplate plane of ``slopes``."""
+    axis, ant, lat = (np.asarray(d) for d in (frame.axis, frame.anterior, frame.lateral))
+    new_axis = axis - slopes[0] * ant - slopes[1] * lat
+    new_axis /= np.linalg.norm(new_axis)
+    new_ant = ant - (ant @ new_axis) * new_axis
+    new_ant /= np.linalg.norm(new_ant)
+    return VertebraFrame(origin_lps_mm=frame.origin_lps_mm, axis=(float(new_axis[0]), float(new_axis[1]),
+                         float(new_axis[2])), anterior=(float(new_ant[0]), float(new_ant[1]), float(new_ant[2])))
+
+
+def measure_level(volume: CTVolume, body: CroppedMask, frame: VertebraFrame) -> LevelHeights:
+    """Mask and image heights of one body, along the normal of its mean endplate plane.
+
+    The frame's axis comes from the neighbours' centroids (or patient superior without neighbours); a body whose
+    mask's two endplates lean in parallel more than ``SQUARE_FRAME_DEG`` against it is measured in a frame turned
+    square to them (Genant heights are perpendicular to the endplates), and one that still leans more than
+    ``MAX_TILT_DEG`` after that is not measurable ("tilted")."""
+    columns = mask_columns(volume, body, frame)
+    if columns is None:
+        return LevelHeights(None, None, "body mask too small to measure heights")
+    for _ in range(2):
+        slopes = endplate_tilt(columns)
+        if slopes is None or _tilt_deg(slopes) <= SQUARE_FRAME_DEG:
+            break
+        frame = square_frame(frame, slopes)
+        columns = mask_columns(volume, body, frame)
+        if columns is None:
+            return LevelHeights(None, None, "body mask too small to measure heights")
+    tilt = _tilt_deg(endplate_tilt(columns))
+    if tilt > MAX_TILT_DEG:
+        return LevelHeights(None, None, f"body tilted {tilt:.0f} deg against its axis")
+    mask = vertebral_heights(volume, body, frame, columns)
+    if mask is None:
+        return LevelHeights(None, None, "no anterior, middle or posterior column in the body mask")
+    image = image_heights(volume, frame, columns)
+    return LevelHeights(mask, image.heights, image.reason, image.columns_mm)
+
+
+def _columns_disagree(mask: VertebralHeights, image: VertebralHeights) -> str:
+    worst = ""
+    worst_share = MAX_MASK_IMAGE_DISAGREEMENT
+    for name, m, i in zip(("anterior", "middle", "posterior"), mask.as_tuple(), image.as_tuple(), strict=True):
+        share = abs(m - i) / min(m, i)
+        if share > worst_share:
+            worst_share = share
+            worst = f"{name} height {m:.1f} mm on the mask, {i:.1f} mm between the image endplates"
+    return worst
+
+
+def _decide(level: VertebraLevel, mask: FractureFinding, image: FractureFinding, mask_h: VertebralHeights,
+            height_loss: float) -> FractureAssessment:
+    loss = image.max_height_loss
+    # The image measures (sub-voxel edges, threshold raised by its small margin); the mask confirms when its loss
+    # reaches the threshold within one voxel step of its own quantisation.
+    mask_agrees = mask.max_height_loss >= height_loss - quantisation_margin(mask_h)
+    mask_text = f"mask height loss {100 * mask.max_height_loss:.0f} %"
+    if image.fractured and mask_agrees:
+        grade = max(1, genant_grade(loss))
+        return FractureAssessment(level, FractureStatus.FRACTURED, grade, loss,
+                                  f"Genant grade {grade} ({100 * loss:.0f} % height loss): {image.detail}; "
+                                  f"{mask_text}")
+    if image.fractured:
+        return FractureAssessment(level, FractureStatus.NOT_MEASURABLE, None, None,
+                                  f"height not measurable: the image shows a loss the mask does not ({image.detail}; "
+                                  f"{mask_text})")
+    if mask.fractured:
+        return FractureAssessment(level, FractureStatus.NOT_FRACTURED, genant_grade(loss), loss,
+                                  f"not fractured on the image endplates ({image.detail}); {mask_text} "
+                                  f"not confirmed by the image")
+    return FractureAssessment(level, FractureStatus.NOT_FRACTURED, genant_grade(loss), loss, image.detail)
+
+
+def _partly_confirmed(h: LevelHeights) -> bool:
+    """The image found no endplates in the anterior or the middle column (a collapsed endplate may show no cortical
+    rim) and, in a column it did read, matches the mask within PARTIAL_AGREEMENT."""
+    if h.mask is None or h.image is not None or (h.image_columns[0] is not None and h.image_columns[1] is not None):
+        return False
+    return any(i is not None and abs(m - i) / min(m, i) <= PARTIAL_AGREEMENT
+               for m, i in zip(h.mask.as_tuple(), h.image_columns, strict=True))
+
+
+def _confirmed_text(h: LevelHeights) -> str:
+    assert h.mask is not None
+    names = ("anterior", "middle", "posterior")
+    return " and ".join(n for n, m, i in zip(names, h.mask.as_tuple(), h.image_columns, strict=True)
+                        if i is not None and abs(m - i) / min(m, i) <= PARTIAL_AGREEMENT)
+
+
+def classify_fractures(heights: Mapping[VertebraLevel, LevelHeights],
+                       height_loss: float = GENANT_HEIGHT_LOSS) -> dict[VertebraLevel, FractureAssessment]:
+    """The outcome of every level in ``heights`` (see the module doc)."""
+    out: dict[VertebraLevel, FractureAssessment] = {}
+    both: dict[VertebraLevel, tuple[VertebralHeights, VertebralHeights]] = {}
+    for level, h in heights.items():
+        if h.mask is None or h.image is None:
+            reason = h.reason or "heights not measured"
+            out[level] = FractureAssessment(level, FractureStatus.NOT_MEASURABLE, None, None,
+                                            f"height not measurable: {reason}")
+        elif disagree := _columns_disagree(h.mask, h.image):
+            # neither height can be trusted: the level is no reference for its neighbours either
+            out[level] = FractureAssessment(level, FractureStatus.NOT_MEASURABLE, None, None,
+                                            f"height not measurable: mask and image disagree ({disagree})")
+        else:
+            both[level] = (h.mask, h.image)
+    mask_found = assess_fractures({lv: m for lv, (m, _) in both.items()}, height_loss)
+    image_found = assess_fractures({lv: i for lv, (_, i) in both.items()}, height_loss)
+    for level, h in heights.items():
+        if level in both or h.mask is None or not _partly_confirmed(h):
+            continue
+        # judged against the neighbours whose masks the image confirmed in full
+        finding = assess_fractures({**{lv: m for lv, (m, _) in both.items()}, level: h.mask}, height_loss)[level]
+        if finding.fractured and finding.max_height_loss >= PARTIAL_MIN_LOSS:
+            loss = finding.max_height_loss
+            grade = max(1, genant_grade(loss))
+            out[level] = FractureAssessment(
+                level, FractureStatus.FRACTURED, grade, loss,
+                f"Genant grade {grade} ({100 * loss:.0f} % height loss) on the mask: {finding.detail}; the image "
+                f"confirms the mask's {_confirmed_text(h)} height and finds no endplate where the mask is short "
+                f"({h.reason})")
+    for level, (mask_h, image_h) in both.items():
+        out[level] = _decide(level, mask_found[level], image_found[level], mask_h, height_loss)
+        if image_h.posterior_mm * MAX_POSTERIOR_SHORTFALL < max(image_h.anterior_mm, image_h.middle_mm) and \
+                out[level].status is not FractureStatus.FRACTURED:
+            out[level] = FractureAssessment(
+                level, FractureStatus.NOT_MEASURABLE, None, None,
+                f"height not measurable: posterior height {image_h.posterior_mm:.1f} mm against anterior "
+                f"{image_h.anterior_mm:.1f} mm and middle {image_h.middle_mm:.1f} mm (not a deformity pattern)")
+    return out
+
+
+def not_checked(level: VertebraLevel, reason: str) -> FractureAssessment:
+    """The outcome of a level the check does not measure (cut by the field of view, outside T1-L5, no body)."""
+    return FractureAssessment(level, FractureStatus.NOT_MEASURABLE, None, None, f"height not measurable: {reason}")

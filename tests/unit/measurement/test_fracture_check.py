@@ -1,0 +1,116 @@
+"""The fracture check on rendered vertebral stacks: known deformities (truth = the rendered geometry) are graded,
+blocky masks over normal bodies are not called fractured, and what cannot be measured says so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.domain.levels import VertebraLevel as V
+from service.domain.results import FractureStatus, genant_grade
+from service.domain.volume import CTVolume
+from service.measurement.fracture import assess_fractures
+from service.measurement.fracture_check import FractureAssessment, LevelHeights, classify_fractures, measure_level
+from tests.unit.measurement.fracture_phantom import (
+    Deformity,
+    Stack,
+    Tissue,
+    bodies_and_frames,
+    corrupt_corner,
+    render_stack,
+    staircase,
+)
+
+LEVELS = (V.T11, V.T12, V.L1, V.L2, V.L3)
+OSTEOPOROTIC = Tissue(cancellous_hu=80.0, disc_hu=90.0, noise_hu=30.0)  # cancellous bone darker than the disc
+
+
+def _check(stack: Stack) -> tuple[dict[V, LevelHeights], dict[V, FractureAssessment]]:
+    heights = {lv: measure_level(stack.volume, body, frame) for lv, (body, frame) in bodies_and_frames(stack).items()}
+    return heights, classify_fractures(heights)
+
+
+@pytest.mark.parametrize(("kind", "loss"), [("wedge", 0.32), ("crush", 0.45), ("wedge", 0.27)])
+def test_known_deformity_at_1mm_is_fractured_with_its_grade(kind: str, loss: float) -> None:
+    stack = render_stack(LEVELS, {V.L1: Deformity(kind, loss)}, slice_mm=1.0, tissue=OSTEOPOROTIC)
+    _, found = _check(stack)
+    assert found[V.L1].status is FractureStatus.FRACTURED, found[V.L1].detail
+    assert found[V.L1].height_loss == pytest.approx(loss, abs=0.03)
+    assert found[V.L1].genant_grade == genant_grade(loss)  # grade of the rendered geometry (Genant bands)
+    for lv in LEVELS:
+        if lv != V.L1:
+            assert found[lv].status is FractureStatus.NOT_FRACTURED, (lv.name, found[lv].detail)
+
+
+def test_biconcave_deformity_is_fractured() -> None:
+    stack = render_stack(LEVELS, {V.T12: Deformity("biconcave", 0.35)}, slice_mm=1.0, tissue=OSTEOPOROTIC)
+    _, found = _check(stack)
+    assert found[V.T12].status is FractureStatus.FRACTURED, found[V.T12].detail
+    assert "middle" in found[V.T12].detail
+    assert found[V.T12].genant_grade is not None and found[V.T12].genant_grade >= 1
+
+
+def test_collapsed_endplate_without_rim_is_read_from_a_confirmed_mask() -> None:
+    """A 40 % wedge whose collapsed upper endplate has no cortical rim (cancellous bone darker than the disc): the
+    image finds no anterior endplate, confirms the mask's posterior height, and the mask's loss (grade 2+) stands."""
+    stack = render_stack(LEVELS, {V.L1: Deformity("wedge", 0.40, rimless=True)}, slice_mm=1.0, tissue=OSTEOPOROTIC)
+    heights, found = _check(stack)
+    assert heights[V.L1].image is None and heights[V.L1].image_columns[0] is None
+    assert found[V.L1].status is FractureStatus.FRACTURED, found[V.L1].detail
+    assert "on the mask" in found[V.L1].detail
+    assert found[V.L1].genant_grade is not None and found[V.L1].genant_grade >= 2
+
+
+@pytest.mark.parametrize("slice_mm", [1.0, 3.0])
+def test_normal_spine_has_no_fracture(slice_mm: float) -> None:
+    stack = render_stack(LEVELS, slice_mm=slice_mm, tissue=OSTEOPOROTIC, seed=3)
+    heights, found = _check(stack)
+    for lv in LEVELS:
+        assert found[lv].status is FractureStatus.NOT_FRACTURED, (lv.name, found[lv].detail)
+        assert heights[lv].image is not None
+        # 25 mm bodies: the image heights within 1.5 mm wherever the body sits on the slice grid
+        assert heights[lv].image.as_tuple() == pytest.approx((25.0, 25.0, 25.0), abs=1.5)
+
+
+@pytest.mark.parametrize("slice_mm", [1.0, 3.0])
+@pytest.mark.parametrize("corruption", ["corner", "staircase", "lower corner"])
+def test_blocky_mask_over_a_normal_body_is_not_a_fracture(slice_mm: float, corruption: str) -> None:
+    stack = render_stack(LEVELS, slice_mm=slice_mm, tissue=OSTEOPOROTIC, seed=5)
+    cut = round(6.0 / slice_mm)
+    labels = {"corner": lambda: corrupt_corner(stack.labels, V.L1, cut, 0.5),
+              "staircase": lambda: staircase(stack.labels, V.L1, round(3.0 / slice_mm)),
+              "lower corner": lambda: corrupt_corner(stack.labels, V.L1, cut, 0.5, superior=False)}[corruption]()
+    blocky = Stack(stack.volume, labels, stack.levels)
+    heights, found = _check(blocky)
+    # the mask alone shows a Genant loss: the old mask-only check excluded such levels
+    mask_only = assess_fractures({lv: h.mask for lv, h in heights.items() if h.mask is not None})
+    assert mask_only[V.L1].max_height_loss >= 0.2
+    assert found[V.L1].status in (FractureStatus.NOT_FRACTURED, FractureStatus.NOT_MEASURABLE), found[V.L1].detail
+    assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
+
+
+def test_image_loss_without_the_mask_is_not_measurable() -> None:
+    """A crushed body under a mask of a normal one (the segmenter filled it): the image shows the loss, the mask
+    does not: the fracture cannot be confirmed, and the level is not measurable (not 'not fractured')."""
+    crushed = render_stack(LEVELS, {V.L1: Deformity("crush", 0.4)}, slice_mm=1.0, tissue=OSTEOPOROTIC)
+    normal = render_stack(LEVELS, slice_mm=1.0, tissue=OSTEOPOROTIC)
+    _, found = _check(Stack(crushed.volume, normal.labels, LEVELS))
+    assert found[V.L1].status is FractureStatus.NOT_MEASURABLE, found[V.L1].detail
+    assert found[V.L1].genant_grade is None
+
+
+def test_body_cut_by_the_scan_has_no_image_height() -> None:
+    stack = render_stack(LEVELS, slice_mm=1.0, tissue=OSTEOPOROTIC)
+    labels = np.argwhere(stack.labels == int(V.T11))
+    k_cut = int(labels[:, 2].max()) - 2  # the scan ends 2 mm under T11's upper endplate
+    vol = stack.volume
+    cut = Stack(CTVolume(hu=np.ascontiguousarray(vol.hu[:, :, :k_cut]), affine_lps=vol.affine_lps),
+                np.ascontiguousarray(stack.labels[:, :, :k_cut]), LEVELS)
+    heights, found = _check(cut)
+    assert heights[V.T11].image is None
+    assert found[V.T11].status is FractureStatus.NOT_MEASURABLE
+    assert "endplates not found" in found[V.T11].detail
+
+
+def test_genant_bands() -> None:
+    assert [genant_grade(x) for x in (0.0, 0.199, 0.20, 0.249, 0.25, 0.399, 0.40, 0.8)] == [0, 0, 1, 1, 2, 2, 3, 3]
