@@ -18,15 +18,14 @@ Case i draws ``random_spec(default_rng([seed, i]), ...)`` on a 256 x 256 grid at
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.domain.levels import VertebraLevel as V
+from service.offline.evaluation.narrow_fov import cut_in_plane
 from service.offline.phantom.api import generate, random_spec, write_phantom
-from service.segmentation.classes import phantom_body_levels
 
 SEED = 16016
 FIELDS_MM = (90.0, 105.0, 120.0, 150.0, 200.0)
@@ -60,20 +59,6 @@ def case_overrides(i: int, rng: np.random.Generator) -> dict[str, Any]:
     return o
 
 
-def _cut_in_plane(phantom: Any, field_mm: float, shift_mm: float) -> Any:
-    volume, labels = phantom.volume, phantom.labels
-    centre = np.argwhere(phantom_body_levels(labels) > 0)[:, :2].mean(axis=0)
-    centre[0] += shift_mm / PIXEL_MM
-    half = int(field_mm / 2 / PIXEL_MM)
-    start = [max(0, int(c) - half) for c in centre]
-    stop = [min(n, int(c) + half) for c, n in zip(centre, volume.shape[:2], strict=True)]
-    cut = (slice(start[0], stop[0]), slice(start[1], stop[1]), slice(None))
-    affine = volume.affine_lps.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.array([start[0], start[1], 0]) + affine[:3, 3]
-    narrow = dataclasses.replace(volume, hu=np.ascontiguousarray(volume.hu[cut]), affine_lps=affine)
-    return dataclasses.replace(phantom, volume=narrow, labels=np.ascontiguousarray(labels[cut]))
-
-
 def write_set(out: Path, cases: int, seed: int = SEED) -> None:
     for i in range(cases):
         narrow = i % 2 == 1
@@ -90,7 +75,7 @@ def write_set(out: Path, cases: int, seed: int = SEED) -> None:
         if narrow:
             field = FIELDS_MM[(i // 2) % len(FIELDS_MM)]
             shift = float(rng.uniform(10.0, 25.0)) * (1 if rng.random() < 0.5 else -1) if i % 3 == 0 else 0.0
-            phantom = _cut_in_plane(phantom, field, shift)
+            phantom = cut_in_plane(phantom, field, shift)
         write_phantom(phantom, folder)
         print(f"case {i}: {'narrow' if narrow else 'whole'} {overrides.get('region')} {phantom.volume.hu.shape}")
 

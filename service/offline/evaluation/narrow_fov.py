@@ -22,10 +22,26 @@ from typing import Any
 
 import numpy as np
 
-from service.offline.phantom.api import generate, random_spec, write_phantom
+from service.offline.phantom.api import Phantom, generate, random_spec, write_phantom
 from service.segmentation.classes import phantom_body_levels
 
 SEED = 777
+
+
+def cut_in_plane(phantom: Phantom, field_mm: float, shift_mm: float = 0.0) -> Phantom:
+    """The phantom cut in-plane to a square field of ``field_mm`` centred on the spine (shifted ``shift_mm`` along
+    the first array axis): the same voxels on the phantom's own grid, the affine's origin moved to the cut."""
+    volume, labels = phantom.volume, phantom.labels
+    spacing = np.linalg.norm(volume.affine_lps[:3, :3], axis=0)
+    centre = np.argwhere(phantom_body_levels(labels) > 0)[:, :2].mean(axis=0)
+    centre[0] += shift_mm / spacing[0]
+    half = (int(field_mm / 2 / spacing[0]), int(field_mm / 2 / spacing[1]))
+    start = (max(0, int(centre[0]) - half[0]), max(0, int(centre[1]) - half[1]))
+    cut = (slice(start[0], int(centre[0]) + half[0]), slice(start[1], int(centre[1]) + half[1]), slice(None))
+    affine = volume.affine_lps.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([start[0], start[1], 0]) + affine[:3, 3]
+    narrow = dataclasses.replace(volume, hu=np.ascontiguousarray(volume.hu[cut]), affine_lps=affine)
+    return dataclasses.replace(phantom, volume=narrow, labels=np.ascontiguousarray(labels[cut]))
 
 
 def write_sets(out: Path, cases: int, field_mm: float) -> None:
@@ -35,18 +51,9 @@ def write_sets(out: Path, cases: int, field_mm: float) -> None:
                            feet_first=False)
         phantom = generate(spec)
         write_phantom(phantom, out / "wide" / f"case_{i:02d}")
-        volume, labels = phantom.volume, phantom.labels
-        centre = np.argwhere(phantom_body_levels(labels) > 0)[:, :2].mean(axis=0).astype(int)
-        spacing = np.linalg.norm(volume.affine_lps[:3, :3], axis=0)
-        half = (int(field_mm / 2 / spacing[0]), int(field_mm / 2 / spacing[1]))
-        start = (max(0, int(centre[0]) - half[0]), max(0, int(centre[1]) - half[1]))
-        cut = (slice(start[0], int(centre[0]) + half[0]), slice(start[1], int(centre[1]) + half[1]), slice(None))
-        affine = volume.affine_lps.copy()
-        affine[:3, 3] = affine[:3, :3] @ np.array([start[0], start[1], 0]) + affine[:3, 3]
-        narrow = dataclasses.replace(volume, hu=np.ascontiguousarray(volume.hu[cut]), affine_lps=affine)
-        write_phantom(dataclasses.replace(phantom, volume=narrow, labels=np.ascontiguousarray(labels[cut])),
-                      out / "narrow" / f"case_{i:02d}")
-        print(f"case {i}: {spec.region}, {volume.shape} -> {narrow.hu.shape}")
+        narrow = cut_in_plane(phantom, field_mm)
+        write_phantom(narrow, out / "narrow" / f"case_{i:02d}")
+        print(f"case {i}: {spec.region}, {phantom.volume.shape} -> {narrow.volume.hu.shape}")
 
 
 def summarise(report: dict[str, Any]) -> dict[str, float]:
