@@ -72,6 +72,9 @@ class NodeSettings(NetworkLimits):
     series_stable_seconds: float = 10.0
     receive_processes: int = 0
     """Processes that receive C-STORE on the one port (SO_REUSEPORT); 0 = min(4, CPU count)."""
+    max_queue_lag_seconds: float = 3600.0
+    """/health says "degraded" when the oldest queued job or the oldest unsent export is older than this (1 h: a
+    screening result later than that is no longer read with the CT it belongs to)."""
     tls: TlsSettings = field(default_factory=TlsSettings, metadata={"toml": False})
     """The ``[node.tls]`` table (DICOM TLS, service/receive/tls.py), built by ``build_config``."""
 
@@ -87,6 +90,7 @@ class NodeSettings(NetworkLimits):
             raise ConfigError("node.http_host: must not be empty")
         _check_port("node.http_port", self.http_port, allow_zero=True)
         _check_positive("node.series_stable_seconds", self.series_stable_seconds, allow_zero=True)
+        _check_positive("node.max_queue_lag_seconds", self.max_queue_lag_seconds)
         if not (self.database_url.startswith("sqlite") or self.database_url.startswith("postgresql")):
             raise ConfigError(f"node.database_url: only sqlite:/// and postgresql:// URLs are supported, "
                               f"got {redact_url(self.database_url)!r}")
@@ -106,8 +110,12 @@ class PeerSettings:
     certificate_sha256: str = ""
     """SHA-256 (hex) of the TLS client certificate this peer presents; with [node.tls]
     require_client_certificate a certificate tied to no peer is refused."""
+    max_associations: int = 0
+    """Open associations of this peer at once (over all receiver processes); 0 = [node] max_associations_per_peer."""
 
     def __post_init__(self) -> None:
+        if self.max_associations < 0:
+            raise ConfigError(f"peers[{self.name}].max_associations: must be >= 0, got {self.max_associations}")
         if self.certificate_sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", self.certificate_sha256.replace(":", "")):
             raise ConfigError(f"peers[{self.name}].certificate_sha256: expected 64 hex digits")
         object.__setattr__(self, "certificate_sha256", self.certificate_sha256.replace(":", "").lower())
@@ -270,6 +278,7 @@ storage_dir = "var/storage"
 database_url = "sqlite:///var/bmd-node.db"
 series_stable_seconds = 10
 receive_processes = 0
+max_queue_lag_seconds = 3600.0
 max_pdu_bytes = 1048576
 max_request_pdu_bytes = 65536
 association_request_timeout_seconds = 10.0
@@ -277,6 +286,7 @@ idle_timeout_seconds = 60.0
 dimse_timeout_seconds = 60.0
 max_connections_per_address = 8
 max_connections = 32
+max_associations_per_peer = 8
 check_called_ae = true
 
 [storage]

@@ -52,6 +52,10 @@ class BmdSettings:
     use_site_curve: bool = False
     curve_site_k_hu_per_level: float = 0.0
     """Site-trained thoracolumbar slope k (HU per level, T5 = 1 ... L2 = 10); used when use_site_curve is true."""
+    precision_percent: float = 3.0
+    """Precision error (CV, %) of this site's BMD measurement; the trend since a prior study is flagged beyond the
+    least significant change LSC = 2.77 x precision (ISCD). 3 %: upper end of the 1-3 % short-term precision of spine
+    QCT in Engelke 2008 (J Clin Densitom 11:123, ISCD official positions); see service/domain/trend.py."""
 
     threshold_version: str = field(default=guidelines.DEFAULT_THRESHOLD_VERSION, metadata=NOT_IN_TOML)
     """Appended to threshold_set in the recorded identifier unless the name already ends with it."""
@@ -76,6 +80,8 @@ class BmdSettings:
                              f"({self.normal_above_mg_cm3}), got {self.osteoporosis_below_mg_cm3}")
         if not 0 < self.fracture_height_loss < 1:
             raise ValueError(f"bmd.fracture_height_loss: must be in (0, 1), got {self.fracture_height_loss}")
+        if not 0 < self.precision_percent <= 20:
+            raise ValueError(f"bmd.precision_percent: must be in (0, 20], got {self.precision_percent}")
         if self.min_roi_volume_mm3 < 0:
             raise ValueError(f"bmd.min_roi_volume_mm3: must be >= 0, got {self.min_roi_volume_mm3}")
 

@@ -8,12 +8,13 @@ section of db/queries.py). SQL text that names statuses is derived from those en
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -122,6 +123,7 @@ class Job(Base):
         Index("uq_jobs_active_series", "series_instance_uid", unique=True,
               sqlite_where=text(ACTIVE_JOB_STATUSES_SQL), postgresql_where=text(ACTIVE_JOB_STATUSES_SQL)),
         Index("ix_jobs_status_run_after", "status", "run_after"),
+        Index("ix_jobs_patient", "patient_id", "issuer_of_patient_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -153,6 +155,17 @@ class Job(Base):
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     """The result.json document of the run."""
     result_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # patient identity and study facts for the BMD trend (issue 20; recorded by the worker from the series headers)
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Patient ID (0010,0020): PATIENT DATA, erased after ``[results] patient_identity_retention_days``."""
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Issuer of Patient ID (0010,0021), "" when the header has none; erased with ``patient_id``."""
+    patient_identity_recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the identifiers were recorded (the retention clock); None once erased or never recorded."""
+    study_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    """Study Date (0008,0020) of the series' study."""
+    kvp: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """KVP (0018,0060) of the series (the trend warns when it differs from the prior's)."""
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 
@@ -195,6 +208,12 @@ class VertebraResult(Base):
     exclusion_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     exclusion_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     level_uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
+    fracture_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """A domain.results.FractureStatus (fractured / not_fractured / not_measurable); None: not checked."""
+    genant_grade: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Genant grade 0-3; None when the height was not measurable or not checked."""
+    height_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Largest relative height loss (fraction, 0.32 = 32 %); None when not measured."""
 
 
 class ResultObject(Base):

@@ -10,12 +10,14 @@ The segmentation model and the site model are loaded once per process (first job
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from service.config import Config
 from service.pipeline import steps
+from service.pipeline.timings import TIMINGS_KEY
 from service.pipeline.types import JobInput, PipelineOutput
 
 log = logging.getLogger(__name__)
@@ -46,19 +48,24 @@ class ScreeningRecipe:
         t = time.monotonic()
         series = steps.load_series(job.paths, self.config.series)
         volume = series.volume
-        timings["load_s"] = time.monotonic() - t
+        timings["load"] = time.monotonic() - t
         t = time.monotonic()
         segmentation = self.segment(volume)
-        timings["segment_s"] = time.monotonic() - t
+        timings["segment"] = time.monotonic() - t
         t = time.monotonic()
         assessment = steps.assess(volume, segmentation, self.config.bmd, self.site_model)
-        timings["assess_s"] = time.monotonic() - t
+        assessment = steps.with_trend(assessment, series, job.prior, self.config.bmd)
+        timings["assess"] = time.monotonic() - t
         t = time.monotonic()
         objects = steps.build_objects(series, segmentation, assessment, job.previous)
-        timings["objects_s"] = time.monotonic() - t
+        timings["objects"] = time.monotonic() - t
         log.info("job %s: screening done (%s)", job.job_id,
-                 ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-        return PipelineOutput(assessment.result, objects)
+                 ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+        # the step durations travel in the result document (result.json and the job's result_json: "extra" ->
+        # TIMINGS_KEY), from which /metrics builds bmd_node_stage_duration_seconds{stage=...}
+        result = dataclasses.replace(assessment.result, extra={
+            **assessment.result.extra, TIMINGS_KEY: {step: round(seconds, 3) for step, seconds in timings.items()}})
+        return PipelineOutput(result, objects)
 
 
 def build_screening_pipeline(config: Config) -> ScreeningRecipe:

@@ -29,6 +29,7 @@ from service.calibration.settings import BmdSettings
 from service.domain.paths import resolve_model_path
 from service.domain.segmentation import SpineSegmentation
 from service.domain.site_model import SiteModelPredictor
+from service.domain.trend import TREND_KEY, TrendPoint, compute_trend, dicom_date, trend_point_of
 from service.domain.volume import CTVolume
 from service.pipeline.encode import encode_dataset
 from service.pipeline.types import EncodedObject, PipelineRejectedError, PreviousResult
@@ -71,12 +72,14 @@ class SegmentStep:
     @property
     def segmenter(self) -> Any:
         if self._segmenter is None:
-            # torch and MONAI (seconds to import) load with the model, on the first job, not with the pipeline
-            from service.segmentation.inference import load_segmenter  # noqa: PLC0415
+            # torch and MONAI (seconds to import) load with the model (warm_up or the first job), not with the
+            # pipeline. Loaded through the start-up check: a missing or broken bundle file raises
+            # ModelPreflightError naming it, and a tiny forward pass has run before the first job (issue 19 pt 6).
+            from service.segmentation.preflight import load_checked_segmenter  # noqa: PLC0415
 
             started = time.monotonic()
             settings = dataclasses.replace(self.settings, bundle_dir=resolve_model_path(self.settings.bundle_dir))
-            self._segmenter = load_segmenter(settings)
+            self._segmenter = load_checked_segmenter(settings)
             log.info("segmenter %s %s loaded in %.1f s", getattr(self._segmenter, "name", "?"),
                      getattr(self._segmenter, "version", "?"), time.monotonic() - started)
         return self._segmenter
@@ -107,6 +110,23 @@ def assess(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdSetti
            site_model: SiteModelPredictor | None) -> BmdAssessment:
     """``settings`` is ``Config.bmd`` as loaded; the result records this node's version as its algorithm version."""
     return assess_bmd(volume, segmentation, settings, site_model=site_model, algorithm_version=__version__)
+
+
+def with_trend(assessment: BmdAssessment, series: LoadedSeries, prior: TrendPoint | None,
+               settings: BmdSettings) -> BmdAssessment:
+    """The assessment whose result carries the trend since ``prior`` (``extra["trend"]``, so result.json, the SR,
+    the key image and the dashboard show it); unchanged without a prior or without this study's Study Date."""
+    if prior is None:
+        return assessment
+    result = assessment.result
+    study_date = dicom_date(str(series.headers[0].get("StudyDate", "") or "")) if series.headers else None
+    if study_date is None or study_date <= prior.study_date or prior.study_instance_uid == result.study_instance_uid:
+        log.warning("prior study given but this study's date is missing or not later: no trend")
+        return assessment
+    trend = compute_trend(trend_point_of(result, study_date, series.volume.kvp), prior, settings.precision_percent)
+    log.info("trend since %s: %s", trend.prior_study_date, trend.comparison)
+    extra = {**result.extra, TREND_KEY: trend.to_json_dict()}
+    return dataclasses.replace(assessment, result=dataclasses.replace(result, extra=extra))
 
 
 def predecessor_ref(previous: PreviousResult | None) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.domain.results import ScreeningResult
+from service.domain.trend import TrendPoint
 
 RESULT_KINDS = ("sr", "seg", "key_image")
 
@@ -39,6 +40,8 @@ class JobInput:
     paths: tuple[Path, ...]
     """The stored instances of the series (any order)."""
     previous: PreviousResult | None = None
+    prior: TrendPoint | None = None
+    """The patient's prior study on this node (an earlier Study Date), for the BMD trend; None: no prior."""
 
     def __post_init__(self) -> None:
         if not self.paths:

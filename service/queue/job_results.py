@@ -83,7 +83,9 @@ def record_results(session: Session, job: Job, success: JobSuccess, peer_names: 
             trabecular_hu_sd=m.trabecular_hu_sd, voxel_count=m.voxel_count,
             roi_volume_mm3=m.roi_volume_mm3, bmd_mg_cm3=m.bmd_mg_cm3, evaluable=m.evaluable,
             exclusion_reason=m.exclusion_reason.value if m.exclusion_reason else None,
-            exclusion_detail=m.exclusion_detail, level_uncertain=m.level_uncertain))
+            exclusion_detail=m.exclusion_detail, level_uncertain=m.level_uncertain,
+            fracture_status=m.fracture_status.value if m.fracture_status else None, genant_grade=m.genant_grade,
+            height_loss=m.height_loss))
     _supersede_earlier(session, job)
     for obj in success.objects:
         row = ResultObject(job_id=job.id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,

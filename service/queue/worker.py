@@ -12,6 +12,7 @@ A job whose series holds no vertebra (steps.NoVertebraFoundError) ends failed wi
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib
 import logging
 import os
@@ -21,14 +22,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import sqlalchemy
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from service.config import Config
 from service.db.engine import make_engine, read_session, write_session
 from service.db.lease_owner import current_owner
+from service.db.patient_identity import StudyFacts, erase_expired_identity, find_prior_study, record_job_facts
 from service.db.queries import stored_instance_paths
 from service.db.tables import ResultObject, utcnow
+from service.domain.trend import TrendPoint, dicom_date
 from service.logging import setup_logging
 from service.pipeline import memory, storage
 from service.pipeline.types import JobInput, PipelineRejectedError, PreviousResult, ScreeningPipeline
@@ -42,10 +47,14 @@ from service.queue.job_results import (
     produce_indeterminate_report,
     record_indeterminate_report,
 )
+from service.segmentation.preflight import ModelPreflightError
 
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL_SECONDS = 5.0
+IDENTITY_CLEANUP_INTERVAL_SECONDS = 3600.0
+"""How often a worker erases patient identifiers older than ``[results] patient_identity_retention_days``."""
+_FACT_TAGS = ("PatientID", "IssuerOfPatientID", "StudyDate", "KVP")
 
 PipelineFactory = Callable[[Config], ScreeningPipeline]
 
@@ -65,6 +74,7 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.retry_policy = jobs.job_retry_policy(config.worker)
         self._next_reap = 0.0
+        self._next_identity_cleanup = 0.0
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Process jobs until ``stop_event`` is set (the job in hand is finished first)."""
@@ -85,6 +95,9 @@ class Worker:
         if time.monotonic() >= self._next_reap:
             jobs.reap_expired(self.engine)
             self._next_reap = time.monotonic() + REAP_INTERVAL_SECONDS
+        if time.monotonic() >= self._next_identity_cleanup:
+            self._erase_expired_identity()
+            self._next_identity_cleanup = time.monotonic() + IDENTITY_CLEANUP_INTERVAL_SECONDS
         claimed = jobs.claim_next(self.engine, worker_id=self.worker_id,
                                   lease_seconds=self.config.worker.lease_seconds)
         if claimed is None:
@@ -158,7 +171,32 @@ class Worker:
             raise PipelineRejectedError("the series has no stored instances")
         return JobInput(job_id=claimed.job_id, study_instance_uid=claimed.study_instance_uid,
                         series_instance_uid=claimed.series_instance_uid, paths=paths,
-                        previous=self._previous_result(claimed.supersedes_job_id))
+                        previous=self._previous_result(claimed.supersedes_job_id),
+                        prior=self._prior_study(claimed, paths))
+
+    def _prior_study(self, claimed: jobs.ClaimedJob, paths: tuple[Path, ...]) -> TrendPoint | None:
+        """Record the job's study facts (and, unless retention is 0, the patient's identifiers) and return the
+        patient's prior study on this node, for the BMD trend. Never fails the job: a problem only means no trend."""
+        try:
+            facts = _study_facts(paths)
+            if facts is None:
+                return None
+            record_job_facts(self.engine, claimed.job_id, facts,
+                             store_identity=self.config.results.patient_identity_retention_days > 0, now=utcnow())
+            prior = find_prior_study(self.engine, facts, claimed.study_instance_uid)
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+            log.warning("job %s: no trend (prior study lookup failed: %s)", claimed.job_id, type(exc).__name__)
+            return None
+        if prior is not None:
+            log.info("job %s: prior study of %s found for the trend", claimed.job_id, prior.study_date)
+        return prior
+
+    def _erase_expired_identity(self) -> None:
+        days = self.config.results.patient_identity_retention_days
+        try:
+            erase_expired_identity(self.engine, recorded_before=utcnow() - dt.timedelta(days=days))
+        except sqlalchemy.exc.OperationalError as exc:
+            log.warning("patient identity cleanup failed: %s", exc.orig)
 
     def _previous_result(self, job_id: int | None) -> PreviousResult | None:
         if job_id is None:
@@ -206,6 +244,24 @@ class Worker:
                 path.unlink()
 
 
+def _study_facts(paths: tuple[Path, ...]) -> StudyFacts | None:
+    """Patient ID, issuer, Study Date and kVp from the first readable header of the series."""
+    for path in sorted(paths)[:3]:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_FACT_TAGS))
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        kvp = ds.get("KVP")
+        try:
+            kvp_value = float(kvp) if kvp not in (None, "") and float(kvp) > 0 else None
+        except (TypeError, ValueError):
+            kvp_value = None
+        return StudyFacts(patient_id=str(ds.get("PatientID", "") or "").strip()[:64],
+                          issuer_of_patient_id=str(ds.get("IssuerOfPatientID", "") or "").strip()[:64],
+                          study_date=dicom_date(str(ds.get("StudyDate", "") or "")), kvp=kvp_value)
+    return None
+
+
 def _is_no_vertebra(exc: PipelineRejectedError) -> bool:
     # Deferred: the steps module loads the calibration stack; a worker process has it loaded with its pipeline.
     from service.pipeline.steps import NoVertebraFoundError  # noqa: PLC0415
@@ -243,6 +299,9 @@ def run_worker_process(config: Config, stop_event: threading.Event | None = None
         if callable(warm_up):
             try:
                 warm_up()
+            except ModelPreflightError as exc:  # a missing or broken model file: every job would fail; stop here
+                log.critical("model check failed: %s; worker not started", exc)
+                raise SystemExit(3) from exc
             except Exception as exc:  # jobs will fail (and retry) with the same error; the worker keeps polling
                 log.error("pipeline warm-up failed: %s: %s", type(exc).__name__, exc)
         Worker(config, engine, pipeline, worker_id=worker_id).run(stop_event)

@@ -2,8 +2,13 @@
 
 * ``ConnectionSlots``: at most ``max_connections_per_address`` open connections from one IP address and
   ``max_connections`` in all, counted from accept() (the check runs in the accept loop, after accept) until the
-  association's thread ends. A refused connection is closed at once, before any byte of it is read. The counts are
-  per receiver process: each process enforces the limits on the connections the kernel gives it.
+  connection is closed or the association's thread ends; and at most ``max_associations_per_peer`` (or the
+  peer's ``max_associations``) associations of one ``[[peers]]`` entry, taken once its A-ASSOCIATE-RQ names it
+  (service/receive/admission.py). A refused connection is closed at once, before any byte of it is read. The counts
+  are shared by all receiver processes (service/receive/shared_limits.py), so the caps hold for the port, not per
+  process.
+* ``AssociationOutcome``: what became of each connection, counted once for /metrics (accepted, rejected with its
+  reason; an accepted association the node ends for a limit also counts as aborted).
 * ``GuardedSocket`` (pynetdicom's association socket, via ``BulkRecvSocket``): pynetdicom reads every PDU as a
   6-byte header, then ``recv(length)``. The header is checked as it arrives: a P-DATA-TF longer than
   ``max_pdu_bytes`` (the Maximum Length we announce, plus the PDV item headers) or any other PDU longer than
@@ -20,17 +25,19 @@
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections.abc import Mapping
 from typing import Any, cast
 
 from pynetdicom.association import Association
 
 from service.receive.latency import BulkRecvSocket, LowLatencyRequestHandler, QueueWaitAssociation
 from service.receive.settings import NetworkLimits
+from service.receive.shared_limits import ABORTED, ACCEPTED, REJECTED, SharedReceiveState
 from service.receive.tls import fingerprint, handshake
 
 logger = logging.getLogger(__name__)
@@ -47,41 +54,117 @@ CALLED_AE_OFFSET, CALLING_AE_OFFSET = 4, 20
 """Offsets of the AE titles in an A-ASSOCIATE-RQ body (after the 6-byte header: version 2 bytes, reserved 2)."""
 
 
+TRANSPORT_CLOSED = object()
+"""Put on the DUL's queue for the association thread when the connection closes before its A-ASSOCIATE-RQ."""
+
+
 def raw_ae_title(field: bytes) -> str:
     """An AE title field as sent: trailing padding (spaces, NULs) removed, leading spaces kept."""
     return field.decode("ascii", errors="replace").rstrip(" \x00")
 
 
 class ConnectionSlots:
-    """Open connections per address and in all (thread-safe)."""
+    """This process's row of the shared caps (thread- and process-safe); on its own (``shared`` None) a state of
+    one process. Refusals are logged and counted."""
 
-    def __init__(self, per_address: int, total: int) -> None:
-        self.per_address = per_address
-        self.total = total
-        self._open: Counter[str] = Counter()
-        self._lock = threading.Lock()
+    def __init__(self, per_address: int, total: int, peer_caps: Mapping[str, int] | None = None, *,
+                 shared: SharedReceiveState | None = None, row: int = 0) -> None:
+        self.state = shared or SharedReceiveState(rows=1, per_address=per_address, total=total, peer_caps=peer_caps)
+        self.row = row
+        self.per_address, self.total = self.state.per_address, self.state.total
 
     def acquire(self, address: str) -> bool:
-        with self._lock:
-            if self._open[address] >= self.per_address:
-                reason = f"{self.per_address} connections from this address already open"
-            elif sum(self._open.values()) >= self.total:
-                reason = f"{self.total} connections already open"
-            else:
-                self._open[address] += 1
-                return True
-        logger.warning("connection from %s refused: %s", address, reason)
+        reason = self.state.acquire_connection(self.row, address)
+        if reason is None:
+            return True
+        limit = self.per_address if reason == "too_many_per_address" else self.total
+        where = "from this address" if reason == "too_many_per_address" else "in all"
+        logger.warning("connection from %s refused: %d connections %s already open", address, limit, where)
+        self.count(REJECTED, reason)
         return False
 
     def release(self, address: str) -> None:
-        with self._lock:
-            self._open[address] -= 1
-            if self._open[address] <= 0:
-                del self._open[address]
+        self.state.release_connection(self.row, address)
+
+    def acquire_peer(self, peer: str) -> bool:
+        return self.state.acquire_peer(self.row, peer)
+
+    def release_peer(self, peer: str) -> None:
+        self.state.release_peer(self.row, peer)
 
     def open_count(self, address: str | None = None) -> int:
+        """Open connections over all processes sharing the state."""
+        return self.state.open_connections(address)
+
+    def count(self, outcome: str, reason: str) -> None:
+        self.state.count(outcome, reason)
+
+
+class AssociationOutcome:
+    """What became of one connection, counted once: accepted (``accepted_as``: peer or echo_only) or rejected with
+    a reason; an accepted association the node ends for a limit counts as aborted too. Holds the association's
+    peer slot (taken in EVT_REQUESTED) and its connection slot (``release_connection``), given back once the
+    transport is closed (``transport_closed``) or the association's thread ends (``finish``), whichever is first:
+    pynetdicom keeps the thread of a connection closed before its A-ASSOCIATE-RQ until the request deadline."""
+
+    def __init__(self, slots: ConnectionSlots | None, release_connection: Any = None) -> None:
+        self.slots = slots
+        self.release_connection = release_connection
+        self.accepted_as = "peer"
+        self.peer: str | None = None
+        self.outcome: str | None = None
+        self.aborted = False
+        self.woken = False
+        self._lock = threading.Lock()
+
+    def _count(self, outcome: str, reason: str) -> None:
+        if self.slots is not None:
+            self.slots.count(outcome, reason)
+
+    def accept(self) -> None:
         with self._lock:
-            return self._open[address] if address is not None else sum(self._open.values())
+            if self.outcome is not None:
+                return
+            self.outcome = ACCEPTED
+        self._count(ACCEPTED, self.accepted_as)
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            if self.outcome is not None:
+                return
+            self.outcome = REJECTED
+        self._count(REJECTED, reason)
+
+    def limit(self, before: str, after: str) -> None:
+        """The node ends the connection for a limit: rejected (``before``) or, once accepted, aborted (``after``)."""
+        with self._lock:
+            if self.outcome == ACCEPTED and not self.aborted:
+                self.aborted = True
+                reason: tuple[str, str] | None = (ABORTED, after)
+            elif self.outcome is None:
+                self.outcome = REJECTED
+                reason = (REJECTED, before)
+            else:
+                reason = None
+        if reason is not None:
+            self._count(*reason)
+
+    def finish(self) -> None:
+        """The association's thread ends: a connection that never got an answer counts as request_timeout (no
+        complete A-ASSOCIATE-RQ in time, or the peer closed before one)."""
+        if self.outcome is None:
+            self.reject("request_timeout")
+        self.transport_closed()
+
+    def transport_closed(self) -> None:
+        """Give the peer and connection slots back (once)."""
+        with self._lock:
+            peer, self.peer = self.peer, None
+            release, self.release_connection = self.release_connection, None
+        if peer is not None and self.slots is not None:
+            self.slots.release_peer(peer)
+        if release is not None:
+            release()
 
 
 class GuardedSocket(BulkRecvSocket):
@@ -97,6 +180,7 @@ class GuardedSocket(BulkRecvSocket):
     raw_calling_ae: str | None
     tls_fingerprint: str | None = None
     """SHA-256 of the client's TLS certificate, when one was required (service/receive/tls.py)."""
+    outcome: AssociationOutcome | None = None
 
     def guard(self, limits: NetworkLimits, peer_address: str, accepted_monotonic: float | None = None) -> None:
         self.limits = limits
@@ -129,17 +213,31 @@ class GuardedSocket(BulkRecvSocket):
             except TimeoutError:
                 phase = "association request" if not self.first_pdu_read else "PDU"
                 logger.warning("connection from %s closed: %s not received in time", self.peer_address, phase)
+                if self.outcome is not None:
+                    self.outcome.limit("request_timeout", "idle_timeout")
                 self._shut(abort=False)
                 n = 0
             except OSError:
                 n = 0
             if not n:
+                self._closed()  # by the peer, or above
                 del view
                 return buffer[:read]
             read += n
         return buffer
 
+    def _closed(self) -> None:
+        """The connection is over: its slots go back now; before the A-ASSOCIATE-RQ the association thread is
+        woken (GuardedAssociation.run) instead of waiting out the request deadline."""
+        if self.outcome is None:
+            return
+        self.outcome.transport_closed()
+        if not self.first_pdu_read and not self.outcome.woken:
+            self.outcome.woken = True
+            self.assoc.dul.to_user_queue.put(cast(Any, TRANSPORT_CLOSED))
+
     def _shut(self, *, abort: bool) -> None:
+        self._closed()
         sock = cast(socket.socket, self.socket)
         try:
             if abort:
@@ -158,6 +256,8 @@ class GuardedSocket(BulkRecvSocket):
             return True
         logger.warning("association from %s aborted: PDU type 0x%02X of %d bytes, over the limit of %d",
                        self.peer_address, pdu_type, length, limit)
+        if self.outcome is not None:
+            self.outcome.limit("pdu_too_large", "pdu_too_large")
         self._shut(abort=True)
         return False
 
@@ -179,17 +279,46 @@ class GuardedSocket(BulkRecvSocket):
 
 
 class GuardedAssociation(QueueWaitAssociation):
-    """Gives its connection slot back when its thread ends."""
+    """Counts its outcome and gives its peer and connection slots back (if its socket has not) when its thread
+    ends."""
 
-    slot_release: Any = None
+    outcome: AssociationOutcome | None = None
 
     def run(self) -> None:
         try:
-            super().run()
+            # the thread's target is pynetdicom's run_reactor (bound before the class was swapped); it finds the DUL
+            # started and the A-ASSOCIATE-RQ waiting
+            if not self.is_acceptor or self._started_dul or self._first_request_arrived():
+                super().run()
         finally:
-            release, self.slot_release = self.slot_release, None
-            if release is not None:
-                release()
+            if self.outcome is not None:
+                self.outcome.finish()
+
+    def _peer_finished(self) -> bool:
+        idle = self.dul.idle_timer_expired()
+        finished = super()._peer_finished()
+        if finished and idle and self.is_aborted and self.outcome is not None:
+            self.outcome.limit("request_timeout", "idle_timeout")  # pynetdicom's network timeout aborted it
+        return finished
+
+    def _first_request_arrived(self) -> bool:
+        """pynetdicom's wait for the A-ASSOCIATE-RQ, except that a connection closed before it ends the thread at
+        once: pynetdicom waits out the request deadline, so a connect-and-close loop would pile up threads."""
+        self.dul.start()
+        self._started_dul = True
+        self._dul_ready.wait()
+        try:
+            primitive = self.dul.to_user_queue.get(timeout=self.acse_timeout)
+        except queue.Empty:
+            primitive = None
+        if primitive is not None and primitive is not TRANSPORT_CLOSED:
+            self.dul.to_user_queue.put(primitive)  # pynetdicom's reactor takes it from here
+            return True
+        self.kill()
+        sock = self.dul.socket
+        if self._server is not None and sock is not None and sock.socket is not None:
+            self._server.shutdown_request(sock.socket)
+        return False
 
 
 class GuardedRequestHandler(LowLatencyRequestHandler):
@@ -201,10 +330,12 @@ class GuardedRequestHandler(LowLatencyRequestHandler):
         limits = cast(NetworkLimits, getattr(self.server, "limits", NetworkLimits()))
         address = str(self.client_address[0])
         assoc.__class__ = GuardedAssociation
-        cast(GuardedAssociation, assoc).slot_release = self._release
+        outcome = AssociationOutcome(getattr(self.server, "slots", None), self._release)
+        cast(GuardedAssociation, assoc).outcome = outcome
         assoc.dul.socket.__class__ = GuardedSocket
         guarded = cast(GuardedSocket, assoc.dul.socket)
         guarded.guard(limits, address, getattr(self, "accepted_monotonic", None))
+        guarded.outcome = outcome
         guarded.tls_fingerprint = getattr(self, "tls_fingerprint", None)
         assoc.acse_timeout = limits.association_request_timeout_seconds
         assoc.network_timeout = limits.idle_timeout_seconds
@@ -216,6 +347,11 @@ class GuardedRequestHandler(LowLatencyRequestHandler):
         if slots is not None:
             slots.release(str(self.client_address[0]))
 
+    def _count_rejected(self, reason: str) -> None:
+        slots = getattr(self.server, "slots", None)
+        if slots is not None:
+            slots.count(REJECTED, reason)
+
     def _start_tls(self, context: Any) -> bool:
         """TLS handshake in this connection's thread, under the association request deadline; with
         ``require_client_certificate`` the certificate must be tied to a peer at this address."""
@@ -223,6 +359,7 @@ class GuardedRequestHandler(LowLatencyRequestHandler):
         address = str(self.client_address[0])
         tls = handshake(self.request, context, limits.association_request_timeout_seconds, address)
         if tls is None:
+            self._count_rejected("tls_handshake_failed")
             return False
         tied = getattr(self.server, "tls_fingerprints", None)
         if tied is not None:
@@ -231,6 +368,7 @@ class GuardedRequestHandler(LowLatencyRequestHandler):
                 logger.warning("TLS connection from %s refused: client certificate tied to no peer at that address",
                                address)
                 tls.close()
+                self._count_rejected("client_certificate_refused")
                 return False
             self.tls_fingerprint = print_
         self.request = tls

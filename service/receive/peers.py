@@ -41,6 +41,8 @@ class PeerAllowList:
     entries: frozenset[tuple[str, str]]
     certificates: frozenset[tuple[str, str, str]] = frozenset()
     """(AE title, IP, SHA-256 of the peer's TLS client certificate) of the peers that have one."""
+    names: frozenset[tuple[str, str, str]] = frozenset()
+    """(AE title, IP, name of the ``[[peers]]`` entry): which peer an allowed association is (per-peer caps)."""
 
     @classmethod
     def from_peers(cls, peers: Iterable[Any]) -> PeerAllowList:
@@ -48,7 +50,17 @@ class PeerAllowList:
         pairs = {(str(p.ae_title).rstrip(), ip) for p, ip in resolved}
         prints = {(str(p.ae_title).rstrip(), ip, str(getattr(p, "certificate_sha256", "")).lower())
                   for p, ip in resolved if getattr(p, "certificate_sha256", "")}
-        return cls(frozenset(pairs), frozenset(prints))
+        names = {(str(p.ae_title).rstrip(), ip, str(getattr(p, "name", p.ae_title))) for p, ip in resolved}
+        return cls(frozenset(pairs), frozenset(prints), frozenset(names))
+
+    def peer_name(self, ae_title: str, address: str) -> str | None:
+        """The ``[[peers]]`` entry of an allowed (AE title, address) pair; the first by name when several match."""
+        try:
+            ip = normalise_ip(address)
+        except ValueError:
+            return None
+        matches = sorted(name for ae, peer_ip, name in self.names if ae == ae_title.rstrip() and peer_ip == ip)
+        return matches[0] if matches else None
 
     def fingerprints_by_address(self) -> dict[str, frozenset[str]]:
         out: dict[str, set[str]] = {}

@@ -10,7 +10,11 @@ proposes only the Verification SOP class (C-ECHO) from an allowed address: it is
 any AE title can check the node from a peer's host; nothing can be stored on it. Rejections are logged with
 the address and AE title only (no patient data is available or logged at that point). With ``[node]
 check_called_ae`` (default) a called AE title other than the node's is rejected first (reason: called AE title not
-recognised), echo included. Connection caps, PDU size limits and read deadlines: service/receive/limits.py.
+recognised), echo included. An allowed peer at its cap of open associations (``max_associations_per_peer`` or
+its own ``max_associations``, over all receiver processes) is rejected transiently (local-limit-exceeded), so that
+it retries later (these checks: service/receive/admission.py). Connection caps, PDU size limits and read
+deadlines: service/receive/limits.py; the caps and the association counters are shared by all receiver processes:
+service/receive/shared_limits.py.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from service.db.engine import make_engine
 from service.db.queries import record_instance, record_instances, recorded_instance_paths
 from service.logging import setup_logging
+from service.receive.admission import check_calling_peer, count_accepted, count_rejected
 from service.receive.handlers import ReceivedInstance, Recorder, StoreHandler, handle_echo
 from service.receive.limits import ConnectionSlots, GuardedRequestHandler
 from service.receive.peers import PeerAllowList
@@ -64,6 +69,7 @@ from service.receive.quarantine import QuarantineCleaner
 from service.receive.reconcile import reconcile_spool
 from service.receive.recorder import BatchRecorder
 from service.receive.settings import NetworkLimits
+from service.receive.shared_limits import REJECTED, SharedReceiveState, publish
 from service.receive.spool import Spool
 from service.receive.tls import TlsSettings, server_context
 
@@ -87,10 +93,6 @@ SUPPORTED_TRANSFER_SYNTAXES = (
     HTJ2K,
     RLELossless,
 )
-# A-ASSOCIATE-RJ: result 1 rejected-permanent, source 1 service-user, reason 3 calling / 7 called AE title not
-# recognised.
-REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AET_NOT_RECOGNISED = 0x01, 0x01, 0x03
-REASON_CALLED_AET_NOT_RECOGNISED = 0x07
 PR_SET_PDEATHSIG = 1
 RECEIVE_SWITCH_INTERVAL_S = 0.0005
 """The interpreter's thread switch interval in a receiving process (default 5 ms). Every syscall of the spool
@@ -132,53 +134,10 @@ class AllowListAssociationServer(ThreadedAssociationServer):
         address = str(client_address[0])
         if not self.allow_list.ip_allowed(address):
             logger.warning("connection from %s refused: address is not a configured peer", address)
+            if self.slots is not None:
+                self.slots.count(REJECTED, "address_not_allowed")
             return False
         return self.slots is None or self.slots.acquire(address)
-
-
-def _raw_ae_titles(assoc: Any) -> tuple[str, str]:
-    """(called, calling) AE titles as sent (service/receive/limits.py keeps them); pynetdicom's stripped values
-    when the socket did not keep them."""
-    sock, primitive = assoc.dul.socket, assoc.requestor.primitive
-    called = getattr(sock, "raw_called_ae", None)
-    calling = getattr(sock, "raw_calling_ae", None)
-    return (str(primitive.called_ae_title) if called is None else called,
-            str(primitive.calling_ae_title) if calling is None else calling)
-
-
-def _reject(assoc: Any, reason: int) -> None:
-    assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, reason)
-    evt.trigger(assoc, evt.EVT_REJECTED, {})
-    assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ, then stops
-
-
-def _check_calling_peer(event: Any, allow_list: PeerAllowList, called_ae: str | None = None) -> None:
-    """EVT_REQUESTED: reject an association whose calling AE title / IP pair is not a configured peer, or (when
-    ``called_ae`` is given) whose called AE title is not ``called_ae``."""
-    assoc = event.assoc
-    called, ae_title = _raw_ae_titles(assoc)
-    address = str(assoc.requestor.address)
-    if called_ae is not None and called != called_ae.rstrip():
-        logger.warning("association from AE %r at %s rejected: called AE title %r is not this node's", ae_title,
-                       address, called)
-        _reject(assoc, REASON_CALLED_AET_NOT_RECOGNISED)
-        return
-    tls_print = getattr(assoc.dul.socket, "tls_fingerprint", None)
-    if tls_print is not None and not allow_list.certificate_matches(ae_title, address, tls_print):
-        logger.warning("association from AE %r at %s rejected: its TLS certificate is not this peer's", ae_title,
-                       address)
-        _reject(assoc, REASON_CALLING_AET_NOT_RECOGNISED)
-        return
-    if allow_list.allowed(ae_title, address):
-        return
-    proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.primitive.presentation_context_definition_list}
-    if proposed == {Verification}:
-        # C-ECHO only, from an allowed address (checked at accept): answer it whatever the AE title, so that a
-        # plain `echoscu HOST PORT` can check the node; nothing can be stored on such an association.
-        logger.info("echo-only association from AE %r at %s accepted", ae_title, address)
-        return
-    logger.warning("association from AE %r at %s rejected: not a configured peer", ae_title, address)
-    _reject(assoc, REASON_CALLING_AET_NOT_RECOGNISED)
 
 
 def build_ae(config: Any) -> AE:
@@ -231,6 +190,8 @@ def start_scp(
     recorder: Recorder | None = None,
     spool: Spool | None = None,
     reconcile_at_start: bool = True,
+    shared: SharedReceiveState | None = None,
+    row: int = 0,
 ) -> AllowListAssociationServer:
     """Start the SCP in a background thread and return the running server (``server.shutdown()`` stops it).
 
@@ -238,7 +199,9 @@ def start_scp(
     service/receive/recorder.py) and ``config.node.storage_dir``; tests may inject others (e.g. a spool whose disk
     is full; an injected recorder is called synchronously for every row). ``reconcile_at_start``: first remove
     temporary files and record the spool files the database lacks (service/receive/reconcile.py); the extra
-    receiver processes, started after it, skip it.
+    receiver processes, started after it, skip it. ``shared``, ``row``: the caps and counters of all receiver
+    processes and this process's row in them (service/receive/shared_limits.py); by default a state of this process
+    alone. Row 0 (the node's own process) publishes its state for /metrics.
     """
     storage_dir = Path(config.node.storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
@@ -250,16 +213,21 @@ def start_scp(
     if not allow_list.entries:
         logger.warning("no [[peers]] configured: every association will be refused")
 
+    shared = shared or SharedReceiveState.for_node(config.node, config.peers, rows=1)
+    if row == 0:
+        publish(shared)
     ae = build_ae(config)
     store = StoreHandler(spool, recorder) if batch is None else StoreHandler(spool, batch.record_and_wait, batch)
     handlers = [
         (evt.EVT_C_STORE, store),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_REQUESTED, _check_calling_peer,
+        (evt.EVT_REQUESTED, check_calling_peer,
          [allow_list, str(config.node.ae_title) if config.node.check_called_ae else None]),
+        (evt.EVT_ACCEPTED, count_accepted),
+        (evt.EVT_REJECTED, count_rejected),
         *([] if batch is None else [(evt.EVT_ACSE_RECV, _release_barrier, [batch])]),
     ]
-    slots = ConnectionSlots(config.node.max_connections_per_address, config.node.max_connections)
+    slots = ConnectionSlots(shared.per_address, shared.total, shared=shared, row=row)
     tls: TlsSettings = getattr(config.node, "tls", TlsSettings())
     servers = []
     if tls.plain:
@@ -300,14 +268,17 @@ class ReceiverProcess:
     """A multiprocessing Event: set to stop the process (it flushes its recorder first)."""
 
 
-def start_receiver_processes(config: Any, port: int, count: int) -> list[ReceiverProcess]:
-    """``count`` receiver processes (spawned) listening on ``port`` next to this process's SCP."""
+def start_receiver_processes(config: Any, port: int, count: int, shared: SharedReceiveState | None = None,
+                             first_row: int = 1) -> list[ReceiverProcess]:
+    """``count`` receiver processes (spawned) listening on ``port`` next to this process's SCP; with ``shared``,
+    they take rows ``first_row``.. of it."""
     context = multiprocessing.get_context("spawn")
     out = []
-    for _ in range(count):
+    for index in range(count):
         stop = context.Event()
-        process = context.Process(target=receiver_process_main, args=(config, port, os.getpid(), stop),
-                                  name="receiver", daemon=True)
+        row = first_row + index if shared is not None else 0
+        process = context.Process(target=receiver_process_main,
+                                  args=(config, port, os.getpid(), stop, shared, row), name="receiver", daemon=True)
         process.start()
         out.append(ReceiverProcess(process, stop))
     return out
@@ -325,15 +296,17 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def receiver_process_main(config: Any, port: int, parent_pid: int, stop: Any) -> None:
-    """An extra receiver process: the SCP on the node's port, its own recorder and database connection."""
+def receiver_process_main(config: Any, port: int, parent_pid: int, stop: Any,
+                          shared: SharedReceiveState | None = None, row: int = 0) -> None:
+    """An extra receiver process: the SCP on the node's port, its own recorder and database connection, its row
+    ``row`` of the shared caps."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
     setup_logging(config.logging)
     sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
     engine = make_engine(str(config.node.database_url))
-    server = start_scp(config.with_node(port=port), engine, reconcile_at_start=False)
+    server = start_scp(config.with_node(port=port), engine, reconcile_at_start=False, shared=shared, row=row)
     try:
         while not stop.wait(0.25):
             if os.getppid() != parent_pid:
@@ -357,13 +330,14 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
     sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
     quarantine = QuarantineCleaner(Path(config.node.storage_dir), config.quarantine)
     quarantine.run_if_due()  # at start-up, then every cleanup_interval_seconds
-    server = start_scp(config, engine)
     extra = receive_process_count(config) - 1
     if extra > 0 and not AllowListAssociationServer.allow_reuse_port:
         logger.warning("receive_processes > 1 needs SO_REUSEPORT, which this platform lacks: one process receives")
         extra = 0
+    shared = SharedReceiveState.for_node(config.node, config.peers, rows=1 + extra)
+    server = start_scp(config, engine, shared=shared)
     port = int(server.server_address[1])
-    children = start_receiver_processes(config, port, extra)
+    children = start_receiver_processes(config, port, extra, shared)
     try:
         while not stop_event.wait(1.0):
             quarantine.run_if_due()
@@ -371,7 +345,8 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
                 if not child.process.is_alive() and not stop_event.is_set():
                     logger.error("receiver process %d exited with code %s; restarting it", index + 1,
                                  child.process.exitcode)
-                    children[index] = start_receiver_processes(config, port, 1)[0]
+                    shared.clear_row(index + 1)  # its connections died with it
+                    children[index] = start_receiver_processes(config, port, 1, shared, first_row=index + 1)[0]
     finally:
         for child in children:
             child.stop.set()
@@ -380,4 +355,5 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
             child.process.join(timeout=30)
             if child.process.is_alive():
                 child.process.terminate()
+        shared.close()
         logger.info("SCP stopped")

@@ -24,7 +24,13 @@ class NetworkLimits:
     longest a PDU that has started may stall between two reads."""
     dimse_timeout_seconds: float = 60.0
     max_connections_per_address: int = 8
+    """Open connections from one IP address, counted over all receiver processes (service/receive/shared_limits.py)."""
     max_connections: int = 32
+    """Open connections in all, over all receiver processes."""
+    max_associations_per_peer: int = 8
+    """Open associations of one [[peers]] entry (its calling AE title at its address), over all receiver processes;
+    a peer's own ``max_associations`` overrides it. More are refused with A-ASSOCIATE-RJ (rejected-transient,
+    local-limit-exceeded)."""
     check_called_ae: bool = True
 
     def __post_init__(self) -> None:
@@ -40,6 +46,9 @@ class NetworkLimits:
         if not 1 <= self.max_connections_per_address <= self.max_connections:
             raise ValueError(f"node.max_connections_per_address: must be 1..node.max_connections "
                              f"({self.max_connections}), got {self.max_connections_per_address}")
+        if not 1 <= self.max_associations_per_peer <= self.max_connections:
+            raise ValueError(f"node.max_associations_per_peer: must be 1..node.max_connections "
+                             f"({self.max_connections}), got {self.max_associations_per_peer}")
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,16 @@ GENANT_GRADE_CODES: dict[int, Code] = {
     3: _private("GENANT-3", "Genant grade 3, severe (over 40 % height loss)"),
 }
 
+# --- BMD trend since the prior study (issue 20) -----------------------------------------------------------------
+BMD_CHANGE = _private("BMD-CHANGE", "Change in QCT BMD since prior study")
+"""Current minus prior value (mg/cm3) of the levels compared (the summary levels, or the levels measured in both)."""
+BMD_CHANGE_PERCENT_PER_YEAR = _private("BMD-CHANGE-RATE", "Annualized percent change in QCT BMD since prior study")
+BEYOND_LSC = _private("BEYOND-LSC", "Change beyond least significant change")
+"""Yes / No, or Indeterminate when the studies are not comparable (no level measured in both)."""
+BEYOND_LSC_CODES: dict[bool | None, Code] = {True: YES, False: NO, None: codes.SCT.Indeterminate}
+PRIOR_STUDY_DATE = codes.DCM.StudyDate  # (111060, DCM, "Study Date"): of the prior study, on the change NUM
+UNIT_PERCENT_PER_YEAR = Code("%/a", "UCUM", "percent per year")  # UCUM "a" = Julian year
+
 CATEGORY_CODES: dict[Category, Code] = {
     Category.NORMAL: codes.SCT.Normal,  # (17621005, SCT)
     Category.OSTEOPENIA: Code("312894000", "SCT", "Osteopenia"),

@@ -35,6 +35,7 @@ from service.domain.results import (
     VertebraMeasurement,
 )
 from service.domain.segmentation import SpineSegmentation
+from service.domain.trend import trend_of
 from service.domain.volume import CTVolume
 from service.results.common import (
     KEY_IMAGE_SERIES_NUMBER,
@@ -42,6 +43,7 @@ from service.results.common import (
     secondary_capture,
 )
 from service.results.seg import TRABECULAR_ROI_RGB, level_color_rgb
+from service.results.trend_plot import draw_trend
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +291,9 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
         for wrapped in textwrap.wrap("Suspected vertebral fracture: " + ", ".join(fractures), width=40):
             draw.text((x, y), wrapped, font=text_font(28, bold=True), fill=FRACTURE_COLOR)
             y += 36
+    trend = trend_of(result.extra)
+    if trend is not None:  # the change since the patient's prior study (service/results/trend_plot.py)
+        y = draw_trend(canvas, trend, x, y, width, CANVAS_HEIGHT - 76, text_font)
     cal = result.calibration
     lines = [
         f"Method: {summary.method}",

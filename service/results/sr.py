@@ -30,6 +30,7 @@ from pydicom.uid import generate_uid
 
 from service.domain.levels import VertebraLevel
 from service.domain.results import ScreeningResult, VertebraMeasurement
+from service.domain.trend import Trend, trend_of
 from service.results import codes
 from service.results.common import (
     SR_SERIES_NUMBER,
@@ -157,6 +158,45 @@ def _vertebra_groups(
     return groups
 
 
+def _trend_content(trend: Trend) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation], list[str]]:
+    """The change since the prior study: NUM mg/cm3 (with the prior's Study Date as a DATE property), NUM %/year,
+    "beyond least significant change" yes / no (indeterminate when not comparable), and parameters with the prior's
+    levels, calibration and the warnings."""
+    measurements: list[hd.sr.Measurement] = []
+    change, rate = _finite(trend.change_mg_cm3), _finite(trend.percent_per_year)
+    if change is not None:
+        measurements.append(_measurement(codes.BMD_CHANGE, change, codes.UNIT_MG_CM3))
+    if rate is not None:
+        measurements.append(_measurement(codes.BMD_CHANGE_PERCENT_PER_YEAR, rate, codes.UNIT_PERCENT_PER_YEAR))
+    flag = trend.beyond_lsc if trend.comparable else None
+    evaluations = [_qualitative(codes.BEYOND_LSC, codes.BEYOND_LSC_CODES[flag])]
+    prior = (f"trend: prior study {trend.prior_study_date.isoformat()}, levels {'-'.join(trend.prior_levels)}, "
+             f"calibration {trend.prior_calibration_kind or 'unknown'}"
+             + (f", {trend.prior_kvp:g} kVp" if trend.prior_kvp else "")
+             + (", contrast-enhanced" if trend.prior_contrast_enhanced else ""))
+    compared = (f"trend: {trend.comparison} ({'-'.join(trend.levels_compared)}), "
+                + (f"{trend.change_percent:+.1f} % in {trend.interval_days} days, " if trend.change_percent is not None
+                   else "")
+                + f"least significant change {trend.lsc_percent:.1f} % "
+                  f"(2.77 x precision {trend.precision_percent:g} %)")
+    parameters = [prior, compared, *(f"trend warning: {w}" for w in trend.warnings)]
+    return measurements, evaluations, parameters
+
+
+def _add_prior_study_date(group: _Group, trend: Trend) -> None:
+    """The prior's Study Date as a DATE item (HAS PROPERTIES) of the group's "change since prior" NUM."""
+    change = next((item for item in group[0].ContentSequence
+                   if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == codes.BMD_CHANGE.value),
+                  None)
+    if change is None:
+        return
+    date_item = hd.sr.DateContentItem(name=codes.PRIOR_STUDY_DATE, value=trend.prior_study_date,
+                                      relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)
+    if "ContentSequence" not in change:
+        change.ContentSequence = []
+    change.ContentSequence.append(date_item)
+
+
 def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Dataset, segment_number: int | None,
                    source_series_instance_uid: str) -> _Group:
     summary, calibration = result.summary, result.calibration
@@ -199,6 +239,12 @@ def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Datas
             + ", ".join(level.name for level in result.curve_fit.levels_used)
         )
     parameters += [f"note: {note}" for note in summary.notes]
+    trend = trend_of(result.extra)
+    if trend is not None:
+        trend_measurements, trend_evaluations, trend_parameters = _trend_content(trend)
+        measurements += trend_measurements
+        evaluations += trend_evaluations
+        parameters += trend_parameters
 
     common = dict(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Patient BMD summary"),
@@ -209,7 +255,10 @@ def _patient_group(result: ScreeningResult, algorithm: AlgorithmInfo, seg: Datas
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
-    return _group(common, seg, segment_number, source_series_instance_uid)
+    group = _group(common, seg, segment_number, source_series_instance_uid)
+    if trend is not None:
+        _add_prior_study_date(group, trend)
+    return group
 
 
 def _move_to_derived_measurements(report: hd.sr.MeasurementReport, patient: _Group) -> None:

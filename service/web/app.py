@@ -55,8 +55,9 @@ SECURITY_HEADERS = {
 async def health(request: Request) -> Response:
     ctx = context_of(request)
     code, body = await run_in_threadpool(
-        health_body, ctx.engine, ctx.config.node.ae_title, ctx.started_monotonic, ctx.components,
-        lambda: disk_status(ctx.config.node.storage_dir, ctx.config.storage.min_free_bytes))
+        lambda: health_body(ctx.engine, ctx.config.node.ae_title, ctx.started_monotonic, ctx.components,
+                            lambda: disk_status(ctx.config.node.storage_dir, ctx.config.storage.min_free_bytes),
+                            max_queue_lag_seconds=ctx.config.node.max_queue_lag_seconds))
     return JSONResponse(body, status_code=code)
 
 

@@ -10,7 +10,12 @@ reads what the database knows when Prometheus scrapes, and every process's work 
 * ``bmd_node_exports{peer,status}``: exports by outcome, per peer (sent, dead, pending, sending, cancelled);
 * ``bmd_node_queue_depth{queue}``: jobs queued, exports pending or sending;
 * ``bmd_node_stage_duration_seconds{stage}``: histograms from the job events: ``queue_wait`` (queued -> running)
-  and ``run`` (running -> succeeded / failed / dead / queued again);
+  and ``run`` (running -> succeeded / failed / dead / queued again); and of the screening recipe's steps
+  ``load``, ``segment``, ``assess``, ``objects`` from the step durations each succeeded job's result document
+  carries (service/pipeline/timings.py; read in SQL, the documents are not parsed here);
+* ``bmd_node_oldest_queued_job_age_seconds``, ``bmd_node_oldest_pending_export_age_seconds``: seconds since the
+  oldest queued job / unsent export was created (0 when none waits), the lag /health compares with
+  ``[node] max_queue_lag_seconds``;
 * ``bmd_node_disk_free_bytes``, ``bmd_node_database_up``, ``bmd_node_component_up{component}``, ``bmd_node_info``.
 
 No metric carries patient data: labels are statuses, peer names and component names only. Results are cached for
@@ -27,23 +32,27 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import Float, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from service import __version__
 from service.db.engine import read_session
 from service.db.tables import Export, Instance, Job, JobEvent, Series
 from service.domain.status import ExportStatus, InstanceStatus, JobStatus, SeriesStatus
-from service.web.health import disk_free_bytes
+from service.pipeline.timings import EXTRA_KEY, SCREENING_STEPS, TIMINGS_KEY
+from service.web.association_metrics import AssociationCollector
+from service.web.health import QueueLag, disk_free_bytes, read_queue_lag
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 5.0
-DURATION_BUCKETS_SECONDS: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+DURATION_BUCKETS_SECONDS: tuple[float, ...] = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class DbSnapshot:
     exports: dict[tuple[str, str], int] = field(default_factory=dict)
     """(peer, status) -> count."""
     durations: dict[str, Histogram] = field(default_factory=dict)
+    lag: QueueLag | None = None
 
 
 def stage_durations(rows: Sequence[tuple[int, str, datetime]]) -> dict[str, list[float]]:
@@ -108,8 +118,28 @@ def read_snapshot(engine: sqlalchemy.Engine) -> DbSnapshot:
             select(Export.peer_name, Export.status, func.count()).group_by(Export.peer_name, Export.status))}
         events = session.execute(select(JobEvent.job_id, JobEvent.to_status, JobEvent.at)
                                  .order_by(JobEvent.job_id, JobEvent.id)).tuples().all()
-    durations = {stage: Histogram.of(values) for stage, values in stage_durations(events).items()}
-    return DbSnapshot(instances, series, jobs, exports, durations)
+        steps = step_durations(session.execute(select(*_step_columns(engine.dialect.name)).where(
+            Job.status == JobStatus.SUCCEEDED, Job.result_json.is_not(None))).tuples().all())
+    durations = {stage: Histogram.of(values) for stage, values in (stage_durations(events) | steps).items()}
+    return DbSnapshot(instances, series, jobs, exports, durations, read_queue_lag(engine))
+
+
+def _step_columns(dialect: str) -> list[sqlalchemy.ColumnElement[Any]]:
+    """One column per screening step: its seconds from the result document, NULL where it has none."""
+    if dialect == "postgresql":
+        document = sqlalchemy.cast(Job.result_json, JSONB)
+        return [document[(EXTRA_KEY, TIMINGS_KEY, step)].astext.cast(Float) for step in SCREENING_STEPS]
+    return [func.json_extract(Job.result_json, f"$.{EXTRA_KEY}.{TIMINGS_KEY}.{step}") for step in SCREENING_STEPS]
+
+
+def step_durations(rows: Sequence[Sequence[Any]]) -> dict[str, list[float]]:
+    """Seconds per screening step (rows: one value per SCREENING_STEPS entry, None where a job has none)."""
+    out: dict[str, list[float]] = {step: [] for step in SCREENING_STEPS}
+    for row in rows:
+        for step, value in zip(SCREENING_STEPS, row, strict=True):
+            if isinstance(value, int | float) and value >= 0:
+                out[step].append(float(value))
+    return out
 
 
 class NodeCollector(Collector):
@@ -192,9 +222,19 @@ def _db_metrics(s: DbSnapshot) -> Iterator[Metric]:
     depth.add_metric(["exports"], float(sum(n for (_, status), n in s.exports.items()
                                             if status in (ExportStatus.PENDING, ExportStatus.SENDING))))
     yield depth
+    if s.lag is not None:
+        for name, doc, age in (
+                ("bmd_node_oldest_queued_job_age_seconds", "Seconds since the oldest queued job was created (0: "
+                 "none queued)", s.lag.oldest_queued_job_age_seconds),
+                ("bmd_node_oldest_pending_export_age_seconds", "Seconds since the oldest result object not yet sent "
+                 "was queued for a peer (0: none)", s.lag.oldest_pending_export_age_seconds)):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], age or 0.0)
+            yield gauge
     durations = HistogramMetricFamily("bmd_node_stage_duration_seconds",
                                       "Time of a job in a stage: queue_wait (queued to running), run (running to "
-                                      "its outcome)", labels=["stage"])
+                                      "its outcome); the screening steps load, segment, assess, objects of each "
+                                      "succeeded job", labels=["stage"])
     for stage, histogram in sorted(s.durations.items()):
         durations.add_metric([stage], histogram.buckets(), histogram.total_seconds)
     yield durations
@@ -204,6 +244,7 @@ def metrics_registry(collector: NodeCollector) -> CollectorRegistry:
     """A registry of its own (not prometheus_client's global one, which holds this process's internals only)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    registry.register(AssociationCollector())  # the SCP's association counts, summed over its receiver processes
     return registry
 
 

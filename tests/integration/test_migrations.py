@@ -58,17 +58,17 @@ def _schema_diff(url: str) -> list[object]:
 
 
 def test_single_head_and_linear_history() -> None:
-    assert heads() == ["0006"]
-    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert heads() == ["0007"]
+    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
 
 
 def _round_trip(url: str) -> None:
     upgrade(url)
-    assert current_revision(url) == "0006"
+    assert current_revision(url) == "0007"
     assert _schema_diff(url) == []
     _use(url, "a")
     # down one revision at a time, each leaves a working schema below it
-    for expected in ("0005", "0004", "0003", "0002", "0001"):
+    for expected in ("0006", "0005", "0004", "0003", "0002", "0001"):
         downgrade(url, "-1")
         assert current_revision(url) == expected
     engine = make_engine(url)
@@ -115,11 +115,11 @@ def _schema_check(url: str, *, created_when_empty: bool) -> None:
             ensure_schema(url, create_empty_sqlite=True)
         assert current_revision(url) is None
         upgrade(url)
-    assert current_revision(url) == "0006"
+    assert current_revision(url) == "0007"
     assert not ensure_schema(url, create_empty_sqlite=True)  # at head: nothing to do
     downgrade(url, "0002")
     for create in (True, False):
-        with pytest.raises(SchemaError, match=r"revision 0002, this version of bmd-node needs 0006.*db upgrade"):
+        with pytest.raises(SchemaError, match=r"revision 0002, this version of bmd-node needs 0007.*db upgrade"):
             ensure_schema(url, create_empty_sqlite=create)
     assert current_revision(url) == "0002"
 

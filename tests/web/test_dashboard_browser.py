@@ -32,7 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from service.offline.viewer.browser import chromium
-from tests.integration.dicom_net_support import storescp_process, storescu
+from tests.integration.dicom_net_support import echoscu, storescp_process, storescu
 from tests.support.net import free_port, wait_for_port
 from tests.support.waiting import wait_until
 from tests.web.support import PATIENT_NAME_SHOWN, REJECT_ONCE_ENV, csrf_of, write_study
@@ -175,6 +175,19 @@ def test_metrics_counters_move_when_a_study_is_sent(node: Node, tmp_path: Path) 
     assert after[("bmd_node_stage_duration_seconds_count", (("stage", "run"),))] >= 1
     assert after[("bmd_node_component_up", (("component", "worker-0"),))] == 1
     assert "Doe" not in urllib.request.urlopen(node.http + "/metrics", timeout=5).read().decode()
+
+
+def test_metrics_count_associations_with_their_reason(node: Node) -> None:
+    """The serving node's /metrics carries the SCP's association counts (accepted, and rejected by reason)."""
+    accepted = ("bmd_node_associations_total", (("outcome", "accepted"), ("reason", "peer")))
+    wrong_ae = ("bmd_node_associations_total", (("outcome", "rejected"), ("reason", "wrong_called_ae")))
+    before = _metrics(node)
+    assert echoscu(port=node.dicom_port, calling_ae="PACS").returncode == 0
+    assert echoscu(port=node.dicom_port, calling_ae="PACS", called_ae="NOTTHENODE").returncode != 0
+    after = wait_until(lambda: m if (m := _metrics(node))[wrong_ae] > before[wrong_ae]
+                       and m[accepted] > before[accepted] else None, "both associations in /metrics", timeout_s=20)
+    assert after[accepted] == before[accepted] + 1
+    assert after[wrong_ae] == before[wrong_ae] + 1
 
 
 def test_dashboard_in_a_browser(node: Node, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_config_file_option_and_show(node_env: Path, capsys: pytest.CaptureFixtu
 
 def test_db_upgrade_jobs_and_series(node_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "0006" in capsys.readouterr().out
+    assert "0007" in capsys.readouterr().out
     engine = make_engine(f"sqlite:///{node_env / 'node.db'}")
     record_instance(engine, record("1.2.3", "1.2.3.1"))
     record_instance(engine, record("7.7", "7.7.1", status="ignored", modality="MR"))

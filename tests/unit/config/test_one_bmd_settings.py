@@ -22,7 +22,7 @@ SERVICE = Path(__file__).resolve().parents[3] / "service"
 
 BMD_TOML_KEYS = ["roi_method", "erosion_mm", "summary_levels", "threshold_set", "osteoporosis_below_mg_cm3",
                  "normal_above_mg_cm3", "calibration_store_dir", "detect_synchronous_phantom", "correct_contrast",
-                 "fracture_height_loss", "use_site_curve", "curve_site_k_hu_per_level"]
+                 "fracture_height_loss", "use_site_curve", "curve_site_k_hu_per_level", "precision_percent"]
 """The [bmd] keys sites' files and BMD_NODE_BMD__* variables use: they must keep working."""
 
 
