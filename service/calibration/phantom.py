@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage, signal
 
-from service.calibration.linear import LineFit, fit_line
+from service.calibration.linear import LineFit, fit_line, reference_line
 from service.calibration.store import scanner_label
 from service.domain.results import CalibrationKind, LinearCalibration
 from service.domain.segmentation import SpineSegmentation
@@ -209,11 +209,22 @@ def _collinear(rods: list[FoundRod], radius_mm: float) -> bool:
     return bool(off_line <= COLLINEAR_TOLERANCE * radius_mm)
 
 
-def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all: bool = False
-               ) -> RodCalibration | None:
+AMBIGUOUS_SLOPE_RATIO = 1.25
+"""Two pairings of the same rods whose slopes differ by more than this factor are different readings of the row."""
+PLAUSIBLE_SLOPE_RATIO = 1.5
+"""An ambiguous row is resolved to the pairing nearest the reference line only within this factor of it."""
+
+
+def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all: bool = False,
+               expected_slope: float | None = None) -> RodCalibration | None:
     """Best monotone pairing of found rods (by HU) with declared densities (see module doc).
 
     ``require_all``: at most one declared rod may be missing (synchronous search in a patient scan).
+    ``expected_slope``: the reference line's slope at the scan's kVp (the calibration's own literature constants).
+    With a rod missing, the row can fit two pairings equally well: 0/100/200 read as 0/50/100 (slope halved) and
+    the reverse, since both sets are evenly spaced. When the pairings that pass every check disagree on the slope
+    by more than ``AMBIGUOUS_SLOPE_RATIO``, the one nearest ``expected_slope`` is taken when it lies within
+    ``PLAUSIBLE_SLOPE_RATIO`` of it; otherwise (or without an expected slope) there is no calibration.
     """
     dens = sorted(definition.densities_mg_cm3)
     if rods:  # rods run the length of the phantom: keep the most persistent candidates
@@ -221,31 +232,48 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
         rods = [r for r in rods if r.n_slices >= PERSISTENCE_FRACTION * most]
         rods = sorted(sorted(rods, key=lambda r: -r.n_slices)[:MAX_CANDIDATES], key=lambda r: r.hu)
     radius = definition.rod_diameter_mm / 2
-    best: tuple[float, RodCalibration] | None = None
     m = min(len(rods), len(dens))
     smallest = max(3, len(dens) - 1) if require_all else 3
     for size in range(m, smallest - 1, -1):
-        for rsub in itertools.combinations(range(len(rods)), size):
-            for dsub in itertools.combinations(range(len(dens)), size):
-                hu = [rods[i].hu for i in rsub]
-                dd = [dens[i] for i in dsub]
-                try:
-                    fit = fit_line(hu, dd)
-                except ValueError:
-                    continue
-                if not (SLOPE_RANGE[0] <= fit.slope <= SLOPE_RANGE[1]) or fit.r2 < MIN_R2:
-                    continue
-                zero_hu = -fit.intercept / fit.slope
-                if not (ZERO_DENSITY_HU_RANGE[0] <= zero_hu <= ZERO_DENSITY_HU_RANGE[1]):
-                    continue
-                if not _collinear([rods[i] for i in rsub], radius):
-                    continue
-                score = fit.r2 - 0.001 * (len(dens) - size)
-                if best is None or score > best[0]:
-                    best = (score, RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit))
-        if best is not None:
-            break  # prefer the largest set of rods that fits
-    return None if best is None else best[1]
+        passing = [cal for rsub in itertools.combinations(range(len(rods)), size)
+                   for dsub in itertools.combinations(range(len(dens)), size)
+                   if (cal := _pairing([rods[i] for i in rsub], [dens[i] for i in dsub], definition, radius))]
+        if passing:  # prefer the largest set of rods that fits
+            return _resolve(passing, expected_slope)
+    return None
+
+
+def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinition, radius: float
+             ) -> RodCalibration | None:
+    hu = [r.hu for r in rods]
+    try:
+        fit = fit_line(hu, dd)
+    except ValueError:
+        return None
+    if not (SLOPE_RANGE[0] <= fit.slope <= SLOPE_RANGE[1]) or fit.r2 < MIN_R2:
+        return None
+    zero_hu = -fit.intercept / fit.slope
+    if not (ZERO_DENSITY_HU_RANGE[0] <= zero_hu <= ZERO_DENSITY_HU_RANGE[1]) or not _collinear(rods, radius):
+        return None
+    return RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit)
+
+
+def _resolve(passing: list[RodCalibration], expected_slope: float | None) -> RodCalibration | None:
+    """The best-fitting pairing, unless the passing pairings read the row with different slopes (see match_rods)."""
+    slopes = [c.fit.slope for c in passing]
+    if max(slopes) / min(slopes) <= AMBIGUOUS_SLOPE_RATIO:
+        return max(passing, key=lambda c: c.fit.r2)
+    if expected_slope is None:
+        logger.warning("phantom rows read with slopes %.3f..%.3f: ambiguous, not used", min(slopes), max(slopes))
+        return None
+    nearest = min(passing, key=lambda c: (abs(np.log(c.fit.slope / expected_slope)), -c.fit.r2))
+    if abs(np.log(nearest.fit.slope / expected_slope)) > np.log(PLAUSIBLE_SLOPE_RATIO):
+        logger.warning("phantom rows read with slopes %.3f..%.3f, none near the reference %.3f: not used",
+                       min(slopes), max(slopes), expected_slope)
+        return None
+    logger.info("phantom row ambiguous (slopes %.3f..%.3f): the pairing nearest the reference slope %.3f taken",
+                min(slopes), max(slopes), expected_slope)
+    return nearest
 
 
 def _rod_hu_at(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float) -> float | None:
@@ -307,11 +335,12 @@ def calibrate_from_volume(volume: CTVolume, definition: PhantomDefinition,
     logger.info("phantom %s: %d rod candidates", definition.name, len(rods))
     if len(rods) < 3:
         return None
-    cal = match_rods(rods, definition)
+    expected = reference_line(volume.kvp)[0]
+    cal = match_rods(rods, definition, expected_slope=expected)
     if cal is None:
         return None
     if len(cal.rods) < len(definition.densities_mg_cm3):
-        completed = match_rods(_complete_row(cal, rods, volume), definition, require_all)
+        completed = match_rods(_complete_row(cal, rods, volume), definition, require_all, expected)
         if completed is not None and len(completed.rods) >= len(cal.rods):
             cal = completed
     if require_all and len(cal.rods) < max(3, len(definition.densities_mg_cm3) - 1):

@@ -117,3 +117,17 @@ def test_calibrate_phantom_command_stores_the_line(tmp_path: Path, capsys: pytes
     found = CalibrationStore(tmp_path / "store").find(ScannerKey("ACME", "Phantom CT", "QA1", 120.0),
                                                       date(2026, 1, 20))
     assert found is not None and found.slope == pytest.approx(out["slope"], abs=1e-4)
+
+
+def test_a_row_missing_its_50_rod_is_ambiguous_unless_an_expected_slope_resolves_it() -> None:
+    """0/100/200 mg/cm3 rods (50 unseen) fit 0/50/100 just as well with half the slope: both rows are evenly spaced."""
+    definition = load_definition(DEFINITION)
+    rods = [FoundRod((40.0 * n, 100.0), density.bmd_to_hu(d), 5) for n, d in ((0, 0.0), (2, 100.0), (3, 200.0))]
+    assert match_rods(rods, definition) is None  # two readings, nothing to tell them apart: no calibration
+    true_slope = density.hu_to_bmd_line(120)[0]  # the phantom's physics, not the calibration's reference line
+    cal = match_rods(rods, definition, expected_slope=1.2 * true_slope)
+    assert cal is not None and [d for d, _ in cal.rods] == [0.0, 100.0, 200.0]
+    assert cal.fit.slope == pytest.approx(true_slope, rel=0.02)
+    low = match_rods(rods, definition, expected_slope=0.55 * true_slope)  # nearer the halved reading
+    assert low is not None and [d for d, _ in low.rods] == [0.0, 50.0, 100.0]
+    assert match_rods(rods, definition, expected_slope=4.0 * true_slope) is None  # neither reading plausible
