@@ -4,8 +4,9 @@ sharp kernels, calibration rods, and one fracture in every other case, the grade
     python -m service.offline.evaluation.bmd_set var/bmd_set --cases 60 --seed 2612
     bmd-node evaluate bmd var/bmd_set --out docs/evaluation/bmd --device cpu
 
-Case i (``random_spec(default_rng([seed, i]), ...)`` with these fixed): kVp 80/100/120/140 by i % 4; contrast when
-i % 3 == 1; low dose when i % 5 == 2; slice thickness 1, 2, 3, 5, 1.25, 2.5 mm by i % 6; a sharp kernel (noise
+Case i (``random_spec(default_rng([seed, i]), ...)`` with these fixed): kVp 80/100/120/140 and slice thickness 1,
+2, 3, 5, 1.25, 2.5 mm by ``acquisition_indices`` (balanced over fracture grades); contrast when i % 3 == 1; low dose
+when i % 5 == 2; a sharp kernel (noise
 scale 2.0, which the phantom writes as ConvolutionKernel SHARP) when (i // 4) % 3 == 0; K2HPO4 rods (the node's
 default synchronous phantom definition: a site has one phantom, and the node reads the rods as that one) in every
 case unless --no-rods; region abdomen or chest-abdomen in turn; 12 rib pairs and a
@@ -36,10 +37,23 @@ RODS = "k2hpo4"
 FRACTURE_LEVELS = tuple(VertebraLevel(v) for v in range(VertebraLevel.T11, VertebraLevel.L4 + 1))
 
 
+def acquisition_indices(i: int) -> tuple[int, int]:
+    """(slice thickness index, kVp index) of case i. Fracture cases (even i, j = i // 2, grade j % 3 + 1) step
+    through thickness and kVp by m = j // 3, so that every grade meets every thickness and every kVp; the others
+    cycle apart. (Sets s5 and before used i % 6 and i % 4: grade was then tied to thickness and kVp, e.g. every
+    grade 2 fracture at 3 mm.)"""
+    j = i // 2
+    if i % 2 == 0:
+        m = j // 3
+        return m % len(THICKNESS_MM), (m + j % 3) % len(KVPS)
+    return j % len(THICKNESS_MM), (j + 1) % len(KVPS)
+
+
 def case_overrides(i: int, rng: np.random.Generator, *, rods: bool, rows: int | None) -> dict[str, Any]:
+    thickness, kvp = acquisition_indices(i)
     overrides: dict[str, Any] = {
-        "kvp": KVPS[i % 4], "contrast": i % 3 == 1, "low_dose": i % 5 == 2,
-        "slice_thickness_mm": THICKNESS_MM[i % 6], "region": ("abdomen", "chest-abdomen")[(i // 2) % 2],
+        "kvp": KVPS[kvp], "contrast": i % 3 == 1, "low_dose": i % 5 == 2,
+        "slice_thickness_mm": THICKNESS_MM[thickness], "region": ("abdomen", "chest-abdomen")[(i // 2) % 2],
         "rib_pairs": 12, "lumbar_variant": "normal", "calibration_phantom": RODS if rods else None,
         "fracture_levels": (), "feet_first": False,
     }

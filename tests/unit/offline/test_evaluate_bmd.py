@@ -58,6 +58,10 @@ def test_the_set_holds_the_mix_the_issue_asks_for(tmp_path: Path) -> None:
     losses = [s.get("fracture_height_loss") for s in specs if s["fracture_levels"]]
     assert [genant_grade(x) for x in losses].count(1) == 10
     assert [genant_grade(x) for x in losses].count(2) == 10 and [genant_grade(x) for x in losses].count(3) == 10
+    for grade in (1, 2, 3):  # a grade tied to one thickness or kVp would measure the acquisition, not the grade
+        cases = [s for s in specs if s["fracture_levels"] and genant_grade(s["fracture_height_loss"]) == grade]
+        assert {s["slice_thickness_mm"] for s in cases} >= {1.0, 2.0, 3.0, 5.0}
+        assert {s["kvp"] for s in cases} == {80, 100, 120, 140}
 
 
 @pytest.mark.slow
