@@ -22,6 +22,8 @@ from typing import Any
 from bench import procs
 from bench.data import SeriesSet
 from bench.scp_probe import NO_FSYNC_ENV, PROBE_ENV, PROFILE_ENV
+from service.config import NodeSettings
+from service.receive.spool import SPOOL_MODES
 from tests.support.net import free_port
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ MIB = 1024 * 1024
 TARGETS = ("bmd-node", "storescp", "orthanc")
 NO_FSYNC = "bmd-node-no-fsync"
 """Diagnostic only: the node's SCP with os.fsync made a no-op (shows what durability costs; never a target)."""
+DEFAULT_SPOOL_MODE = NodeSettings().spool_mode
+OTHER_SPOOL_MODE = next(mode for mode in SPOOL_MODES if mode != DEFAULT_SPOOL_MODE)
+OTHER_SPOOL = f"bmd-node-spool-{OTHER_SPOOL_MODE}"
+"""A/B: the node's SCP with the ``[node] spool_mode`` that is not the default, in the same round (both durable)."""
 
 
 @dataclass(frozen=True)
@@ -55,18 +61,19 @@ def _send(studies: Sequence[SeriesSet], port: int, called_ae: str) -> float:
     return procs.send_parallel([s.files for s in studies], port, called_ae)
 
 
-def node_scp_config(folder: Path, port: int, receive_processes: int = 0) -> Path:
+def node_scp_config(folder: Path, port: int, receive_processes: int = 0, spool_mode: str | None = None) -> Path:
     return procs.write_toml(folder / "bmd-node.toml", {
         "node": {"ae_title": procs.NODE_AE, "host": "127.0.0.1", "port": port, "http_port": 0,
                  "storage_dir": str(folder / "storage"), "database_url": f"sqlite:///{folder / 'node.db'}",
-                 "series_stable_seconds": 3600, "receive_processes": receive_processes},
+                 "series_stable_seconds": 3600, "receive_processes": receive_processes,
+                 "spool_mode": spool_mode or DEFAULT_SPOOL_MODE},
     }, [{"name": "sender", "ae_title": procs.SENDER_AE, "host": "127.0.0.1", "port": 104, "send_results": False}])
 
 
 def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True, receive_processes: int = 0,
-             profile_out: Path | None = None) -> ReceiveRun:
+             profile_out: Path | None = None, spool_mode: str | None = None) -> ReceiveRun:
     port = free_port()
-    config = node_scp_config(folder, port, receive_processes)
+    config = node_scp_config(folder, port, receive_processes, spool_mode)
     shutil.copyfile(_template_database(folder.parent), folder / "node.db")
     probe_out = folder / "probe.json"
     extra = {PROBE_ENV: str(probe_out), NO_FSYNC_ENV: "0" if fsync else "1"}
@@ -77,7 +84,8 @@ def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True, 
         seconds = _send(studies, port, procs.NODE_AE)
     with sqlite3.connect(folder / "node.db") as conn:
         stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
-    return ReceiveRun("bmd-node" if fsync else NO_FSYNC, len(studies), sum(s.slices for s in studies), seconds,
+    target = NO_FSYNC if not fsync else OTHER_SPOOL if spool_mode not in (None, DEFAULT_SPOOL_MODE) else "bmd-node"
+    return ReceiveRun(target, len(studies), sum(s.slices for s in studies), seconds,
                       stored, sampler.peak_mib, _probe_ms_per_image(probe_out))
 
 
@@ -193,6 +201,10 @@ def run_node_no_fsync(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     return run_node(studies, folder, fsync=False)
 
 
+def run_node_other_spool(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
+    return run_node(studies, folder, spool_mode=OTHER_SPOOL_MODE)
+
+
 def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     port = free_port()
     out = folder / "received"
@@ -211,7 +223,8 @@ def run_orthanc(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     return ReceiveRun("orthanc", len(studies), sum(s.slices for s in studies), seconds, stored, peak)
 
 
-RUNNERS = {"bmd-node": run_node, "storescp": run_storescp, "orthanc": run_orthanc, NO_FSYNC: run_node_no_fsync}
+RUNNERS = {"bmd-node": run_node, "storescp": run_storescp, "orthanc": run_orthanc, NO_FSYNC: run_node_no_fsync,
+           OTHER_SPOOL: run_node_other_spool}
 
 
 def durable_write_ms(folder: Path, size_bytes: int, n: int = 40) -> float:

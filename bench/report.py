@@ -151,7 +151,8 @@ def receive_breakdown_lines(figures: Mapping[str, Figure]) -> list[str]:
     rows = []
     for part, label in (("node_ms_per_image", "storescu wall time per image"),
                         ("node_ms.handler", "C-STORE handler on the association thread"),
-                        ("node_ms.spool_write", "  of which: spool write (temp file, fsync, rename, dir fsync)"),
+                        ("node_ms.spool_write", "  of which: spool write, durable before the response (before: "
+                                                "temp file, fsync, rename, dir fsync; after: see spool_mode)"),
                         ("node_ms.parse_header", "  of which: header parse"),
                         ("node_ms.db_record", "database bookkeeping (before: in the handler; after: batched, "
                                               "recorder thread)"),
@@ -186,9 +187,13 @@ METHOD = """\
 * **Ingest**: DCMTK `storescu` (TCP_NODELAY=1) sends the same synthetic CT series (300 x 512 x 512, 16-bit,
   Explicit VR Little Endian, ~0.5 MB per image) over one association, then N studies over N concurrent associations,
   to three receivers started fresh for every run, in turn within each repeat: the node's SCP (`bmd-node scp`,
-  pynetdicom, `[node] receive_processes` processes on the port (default min(4, cores)), each file written to a
-  temporary name, fsynced, renamed, directory fsynced before the C-STORE response; SQLite rows written afterwards in
-  batched transactions by a recorder thread, the spool reconciled at start-up), DCMTK `storescp` (writes files, no
+  pynetdicom, `[node] receive_processes` processes on the port (default min(4, cores)), each instance durable before
+  the C-STORE response: `[node] spool_mode = "pool"` (default) writes it into an empty file created and
+  directory-fsynced ahead of need and fdatasyncs it (one flush), the renames into place and their directory fsyncs
+  batched on the recorder thread before the rows' commit; `"direct"` writes a temporary file, fsyncs, renames and
+  fsyncs the directory (two flushes); the mode that is not the default runs in the same rounds as an A/B figure;
+  SQLite rows written afterwards in batched transactions by a recorder thread, the spool and the pools reconciled
+  at start-up), DCMTK `storescp` (writes files, no
   fsync, no database; `--fork` for concurrent associations) and Orthanc 1.10 (Debian package, default SQLite index,
   storage in a temp dir, loopback). The time is storescu's wall time; every instance is checked stored afterwards.
   The node's SCP is started through `bench/scp_probe.py`, which wraps the C-STORE handler, the spool write and the

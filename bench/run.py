@@ -111,6 +111,9 @@ class Context:
         return out
 
 
+SPOOL_WRITE = {"direct": "temp file, fsync, rename, dir fsync", "pool": "one fdatasync into a pool file"}
+
+
 def _figure(key: str, label: str, unit: str, values: Sequence[float], note: str = "") -> dict[str, Any]:
     return Figure(key, label, unit, tuple(values), note).to_dict()
 
@@ -123,7 +126,8 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
     studies = data.ingest_studies(ctx.data_dir, plan.concurrent, plan.ingest_slices, plan.ingest_size)
     receive.warm_page_cache(studies)
     work = ctx.work / "ingest"
-    targets = {1: (*receive.TARGETS, receive.NO_FSYNC), plan.concurrent: receive.TARGETS}
+    targets = {1: (*receive.TARGETS, receive.OTHER_SPOOL, receive.NO_FSYNC),
+               plan.concurrent: (*receive.TARGETS, receive.OTHER_SPOOL)}
     rounds: dict[int, list[list[receive.ReceiveRun]]] = {1: [], plan.concurrent: []}
     for repeat in range(plan.repeats):
         for n in rounds:
@@ -148,15 +152,18 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
             figures.append(_figure("ingest.single.node_ms_per_image", "bmd-node, per image: storescu wall time",
                                    "ms", wall))
             for part, label in (("handler", "C-STORE handler (after pynetdicom has the dataset)"),
-                                ("spool_write", "  of which: spool write (temp file, fsync, rename, dir fsync)"),
+                                ("spool_write", f"  of which: spool write ({SPOOL_WRITE[receive.DEFAULT_SPOOL_MODE]})"),
                                 ("db_record", "  of which: SQLite bookkeeping (batched on the recorder thread, "
                                               "not in the handler)"),
-                                ("parse_header", "  of which: header parse")):
+                                ("parse_header", "  of which: header parse"),
+                                ("spool_settle", "pool mode: renames + directory fsyncs, batched on the recorder "
+                                                 "thread (not in the handler)")):
                 figures.append(_figure(f"ingest.single.node_ms.{part}", f"bmd-node, per image: {label}", "ms",
                                        [p.get(part, 0.0) for p in probes]))
             figures.append(_figure("ingest.single.node_ms.outside_handler", "bmd-node, per image: outside the "
                                    "handler (pynetdicom network, PDU/DIMSE, dataset assembly)", "ms",
                                    [w - p.get("handler", 0.0) for w, p in zip(wall, probes, strict=True)]))
+        figures += _spool_ab_figures(tag, n, rates)
         if receive.NO_FSYNC in rates:
             figures.append(_figure(f"ingest.{tag}.{receive.NO_FSYNC}", f"diagnostic: bmd-node with fsync disabled, "
                                    f"{n} association(s)", "images/s", rates[receive.NO_FSYNC],
@@ -177,9 +184,29 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
                            "(write, fsync, rename, dir fsync)", "ms", probe,
                            f"alone caps one association at ~{1000 / statistics.median(probe):.0f} images/s"))
     return {"figures": figures, "notes": [
-        "bmd-node fsyncs every instance (file + directory) before the C-STORE response and records its row in "
-        "SQLite (WAL) in batches after it, on a recorder thread; the spool is reconciled with the database at "
-        "start-up; storescp does neither; Orthanc 1.10 writes the file and its SQLite index without fsync."]}
+        "bmd-node makes every instance durable before the C-STORE response (spool_mode \"direct\": file fsync, "
+        "rename, directory fsync; \"pool\": one fdatasync into an already-durable empty file, the renames and "
+        "directory fsyncs batched on the recorder thread before the rows' commit) and records its row in SQLite (WAL) "
+        "in batches after it; the spool is reconciled with the database at start-up; storescp does neither; Orthanc "
+        "1.10 writes the file and its SQLite index without fsync.",
+        f"default spool_mode: \"{receive.DEFAULT_SPOOL_MODE}\"; {receive.OTHER_SPOOL} is the other mode, "
+        "measured in the same rounds (A/B)."]}
+
+
+def _spool_ab_figures(tag: str, n: int, rates: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The A/B of ``[node] spool_mode``: the mode that is not the default, measured in the same rounds."""
+    default, other = receive.DEFAULT_SPOOL_MODE, receive.OTHER_SPOOL_MODE
+    return [
+        _figure(f"ingest.{tag}.{receive.OTHER_SPOOL}", f"A/B: bmd-node with spool_mode = \"{other}\" (not the "
+                f"default), {n} association(s)", "images/s", rates[receive.OTHER_SPOOL],
+                "same rounds, same files; durable too"),
+        _figure(f"ingest.{tag}.ratio_node_orthanc_{other}", f"bmd-node spool_mode \"{other}\" / Orthanc, {n} "
+                "association(s)", "x", ratio_values(rates[receive.OTHER_SPOOL], rates["orthanc"]),
+                "per repeat, same round"),
+        _figure(f"ingest.{tag}.ratio_spool_{default}_{other}", f"bmd-node spool_mode \"{default}\" / \"{other}\", "
+                f"{n} association(s)", "x", ratio_values(rates["bmd-node"], rates[receive.OTHER_SPOOL]),
+                "per repeat, same round"),
+    ]
 
 
 def section_stages(ctx: Context) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Start the node's SCP (``python -m bench.scp_probe --config CFG scp``) with clocks around the C-STORE handler and
 its parts, for the ingest benchmark's "where the time goes". The node's code is unchanged: the probe wraps, in
 the SCP's processes, StoreHandler.__call__ (everything the node does per instance once pynetdicom has the dataset),
-Spool.write (temp file, fsync, rename, directory fsync), record_instances (the SQLite bookkeeping, in batches on the
-recorder thread since issue 18) and parse_header. The wrappers cost about a microsecond per call. At exit the totals
-go to ``$BMD_BENCH_SCP_PROBE`` (JSON), those of each extra receiver process to ``$BMD_BENCH_SCP_PROBE.<pid>``.
-``BMD_BENCH_NO_FSYNC=1`` makes os.fsync a no-op (diagnostic run only). ``BMD_BENCH_SCP_PROFILE=FILE``: cProfile
-in every thread, merged statistics in FILE (pstats; FILE.<pid> for the extra receiver processes).
+Spool.write (direct mode: temp file, fsync, rename, directory fsync; pool mode: one fdatasync), Spool.settle (pool
+mode: the batched renames and directory fsyncs, on the recorder thread), record_instances (the SQLite bookkeeping, in
+batches on the recorder thread since issue 18) and parse_header. The wrappers cost about a microsecond per call. At
+exit the totals go to ``$BMD_BENCH_SCP_PROBE`` (JSON), those of each extra receiver process to
+``$BMD_BENCH_SCP_PROBE.<pid>``. ``BMD_BENCH_NO_FSYNC=1`` makes os.fsync and os.fdatasync no-ops (diagnostic run
+only). ``BMD_BENCH_SCP_PROFILE=FILE``: cProfile in every thread, merged statistics in FILE (pstats; FILE.<pid> for
+the extra receiver processes).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def install(out: Path) -> None:
     totals = _Totals()
     _wrap(handlers.StoreHandler, "__call__", "handler", totals)
     _wrap(spool.Spool, "write", "spool_write", totals)
+    _wrap(spool.Spool, "settle", "spool_settle", totals)
     _wrap(queries, "record_instances", "db_record", totals)
     _wrap(handlers, "parse_header", "parse_header", totals)
 
@@ -99,6 +102,7 @@ def _install_from_env(suffix: str = "") -> None:
         install_profiler(Path(os.environ[PROFILE_ENV] + suffix))
     if os.environ.get(NO_FSYNC_ENV) == "1":
         os.fsync = lambda fd: None
+        os.fdatasync = lambda fd: None
     if os.environ.get(PROBE_ENV):
         install(Path(os.environ[PROBE_ENV] + suffix))
 

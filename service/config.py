@@ -31,6 +31,7 @@ from service.calibration.settings import BmdSettings
 from service.config_loader import ENV_CONFIG_FILE, ConfigError, apply_env, build_section, merge_file, to_plain
 from service.logging import LoggingSettings
 from service.receive.settings import NetworkLimits, QuarantineSettings, StorageSettings
+from service.receive.spool import SPOOL_MODE_POOL, SPOOL_MODES
 from service.receive.tls import TlsSettings
 from service.results.settings import ResultsSettings
 from service.segmentation.settings import SegmentationSettings
@@ -72,6 +73,10 @@ class NodeSettings(NetworkLimits):
     series_stable_seconds: float = 10.0
     receive_processes: int = 0
     """Processes that receive C-STORE on the one port (SO_REUSEPORT); 0 = min(4, CPU count)."""
+    spool_mode: str = SPOOL_MODE_POOL
+    """How a received instance is made durable before its C-STORE response (service/receive/spool.py): "direct"
+    (temporary file, fsync, rename, directory fsync) or "pool" (one fdatasync into an already-durable empty file,
+    the rename and directory fsync batched after the response)."""
     max_queue_lag_seconds: float = 3600.0
     """/health says "degraded" when the oldest queued job or the oldest unsent export is older than this (1 h: a
     screening result later than that is no longer read with the CT it belongs to)."""
@@ -83,6 +88,8 @@ class NodeSettings(NetworkLimits):
         _check_ae_title("node.ae_title", self.ae_title)
         if not 0 <= self.receive_processes <= 64:
             raise ConfigError(f"node.receive_processes: must be 0 (automatic) to 64, got {self.receive_processes}")
+        if self.spool_mode not in SPOOL_MODES:
+            raise ConfigError(f"node.spool_mode: must be one of {', '.join(SPOOL_MODES)}, got {self.spool_mode!r}")
         if not self.host:
             raise ConfigError("node.host: must not be empty")
         _check_port("node.port", self.port, allow_zero=True)  # 0 = any free port (tests, demo)
@@ -278,6 +285,7 @@ storage_dir = "var/storage"
 database_url = "sqlite:///var/bmd-node.db"
 series_stable_seconds = 10
 receive_processes = 0
+spool_mode = "pool"
 max_queue_lag_seconds = 3600.0
 max_pdu_bytes = 1048576
 max_request_pdu_bytes = 65536

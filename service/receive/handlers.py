@@ -183,12 +183,20 @@ class StoreHandler:
     ``deferred``, when given, records the rows of instances whose file is in the spool (``status`` stored): it may
     return before the row is committed (the SCP's batched recorder), because the fsynced spool file is the truth
     and the start-up reconciliation records a file whose row was lost. Rows without a file (ignored, rejected) go
-    through ``recorder``, which must have committed them when it returns."""
+    through ``recorder``, which must have committed them when it returns.
+
+    A pool-mode spool (service/receive/spool_pool.py) answers before the file is at its path: its ``settle`` runs on
+    the batched recorder's thread before each commit (``add_before_commit``), or here, before the row is recorded,
+    when there is no batched recorder."""
 
     def __init__(self, spool: Spool, recorder: Recorder, deferred: Recorder | None = None) -> None:
         self.spool = spool
         self.recorder = recorder
         self.deferred = deferred
+        add_before_commit = getattr(deferred, "add_before_commit", None)
+        self._settle_inline = spool.pooled and add_before_commit is None
+        if spool.pooled and add_before_commit is not None:
+            add_before_commit(spool.settle)
 
     def __call__(self, event: Any) -> int:
         request = event.request
@@ -242,6 +250,8 @@ class StoreHandler:
             return STATUS_OUT_OF_RESOURCES
         if written.already_present:
             logger.info("duplicate SOP instance from %s: the spool already holds it", calling_ae_title)
+        if written.pending and self._settle_inline and written.path in self.spool.settle():
+            return STATUS_OUT_OF_RESOURCES  # durable in the pool, recorded at the next start-up
 
         try:
             is_new = record(

@@ -5,7 +5,10 @@ The spool is the source of truth for stored instances: a C-STORE is acknowledged
 process died in between, the file has no row. At start-up, before the SCP accepts anything, every spool file is
 compared with the recorded paths and each file without a row is recorded (its header parsed from the file), so that
 the scheduler sees it and it goes through a job like any other. Temporary files of interrupted writes are removed
-first (they were never acknowledged).
+first (they were never acknowledged). Before that, the pools of the pool-mode spool (service/receive/spool_pool.py)
+left by processes that are gone are drained: a pool file holding a whole instance (acknowledged, or at least
+complete) is moved to its spool path and so recorded here; an empty one is removed; a partly written one (a crash in
+the middle of its write, never acknowledged) goes to the quarantine (``_rejected``) with its reason logged.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from pydicom import dcmread
 from service.db.queries import InstanceRecord
 from service.domain.status import InstanceStatus
 from service.receive.handlers import (
+    REJECTED_SUBDIR,
     DatasetMismatchError,
     UndecodableDatasetError,
     ignore_reason,
     parse_header,
 )
-from service.receive.spool import remove_stale_partials
+from service.receive.spool import Spool, remove_stale_partials
+from service.receive.spool_pool import drain_pools
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +48,13 @@ class ReconcileReport:
     spool_files: int
     recorded: int
     unreadable: int
+    pool_moved: int = 0
+    """Whole instances moved from the pools of processes that are gone to their spool paths."""
+    pool_quarantined: int = 0
+    """Partly written pool files (never acknowledged) moved to the quarantine."""
 
     def __post_init__(self) -> None:
-        for name in ("partials_removed", "spool_files", "recorded", "unreadable"):
+        for name in ("partials_removed", "spool_files", "recorded", "unreadable", "pool_moved", "pool_quarantined"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -93,10 +102,29 @@ def record_for_file(path: Path) -> InstanceRecord | None:
     )
 
 
+def pool_final_path(storage_dir: Path) -> Callable[[bytes], Path | None]:
+    """The spool path of a pool file's instance, from its header (None: it does not decode or is not for the
+    pipeline, so the receiver did not store it; it goes to the quarantine)."""
+    spool_paths = Spool(storage_dir)
+
+    def final_path(encoded: bytes) -> Path | None:
+        try:
+            header = parse_header(encoded)
+        except (UndecodableDatasetError, DatasetMismatchError):
+            return None
+        if ignore_reason(header) is not None:
+            return None
+        return spool_paths.path_for(header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
+
+    return final_path
+
+
 def reconcile_spool(storage_dir: Path, recorded_paths: Callable[[], set[str]],
                     record: Callable[[Sequence[InstanceRecord]], object], *, batch: int = 256) -> ReconcileReport:
     """Remove temporary files, then record every spool file that has no row (``recorded_paths``: the paths the
-    database holds; ``record``: records rows in one transaction)."""
+    database holds; ``record``: records rows in one transaction). The pools of processes that are gone are drained
+    first."""
+    drained = drain_pools(storage_dir, pool_final_path(storage_dir), storage_dir / REJECTED_SUBDIR)
     removed = remove_stale_partials(storage_dir)
     known = recorded_paths()
     files = 0
@@ -119,7 +147,7 @@ def reconcile_spool(storage_dir: Path, recorded_paths: Callable[[], set[str]],
     if missing:
         record(missing)
         recorded += len(missing)
-    report = ReconcileReport(removed, files, recorded, unreadable)
+    report = ReconcileReport(removed, files, recorded, unreadable, drained.moved, drained.quarantined)
     if removed or recorded or unreadable:
         logger.info("spool reconciliation: %d temporary files removed, %d of %d files recorded, %d unreadable",
                     removed, recorded, files, unreadable)

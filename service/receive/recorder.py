@@ -10,6 +10,10 @@ have no row, so nothing acknowledged is lost.
 returns once the row's batch is committed. ``wait_recorded`` is the barrier the SCP uses before it answers an
 A-RELEASE-RQ: a sender whose association was released cleanly finds every instance it sent in the database.
 
+Before each commit the recorder runs its ``before_commit`` hooks: the pool-mode spool moves the files of the rows
+into place there (``Spool.settle``), so that a committed row never names a file that is not yet at its path; a row
+whose file could not be moved is not committed (its file is moved and recorded at the next start-up).
+
 A batch that fails (database briefly unavailable, a concurrent insert of the same series by another receiver
 process) is retried row by row; a row that still fails is logged and left to the next start-up's reconciliation.
 """
@@ -22,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.db.queries import InstanceRecord
 
@@ -31,6 +36,8 @@ BatchWriter = Callable[[Sequence[InstanceRecord]], Sequence[bool]]
 """Records rows in one transaction; returns, per row, True when new (raises when the transaction fails)."""
 RowWriter = Callable[[InstanceRecord], bool]
 """Records one row in its own transaction (the fall-back when a batch fails)."""
+BeforeCommit = Callable[[], set[Path]]
+"""Run on the recorder thread before a batch is committed; returns the paths whose rows must not be committed."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class BatchRecorder:
         self._failed: set[int] = set()
         self._waiters = 0
         self._stopping = False
+        self._before_commit: list[BeforeCommit] = []
         self._thread = threading.Thread(target=self._run, name="instance-recorder", daemon=True)
         self.batches = 0
         self.rows = 0
@@ -82,6 +90,10 @@ class BatchRecorder:
     def start(self) -> BatchRecorder:
         self._thread.start()
         return self
+
+    def add_before_commit(self, hook: BeforeCommit) -> None:
+        """Run ``hook`` on the recorder thread before every commit (e.g. ``Spool.settle``); call before use."""
+        self._before_commit.append(hook)
 
     def submit(self, row: InstanceRecord) -> int:
         """Queue ``row``; returns its ticket (for ``wait_for``)."""
@@ -167,13 +179,17 @@ class BatchRecorder:
 
     def _record(self, batch: list[tuple[int, InstanceRecord]]) -> set[int]:
         """Record ``batch``; returns the tickets that could not be recorded."""
+        held = self._run_before_commit()
+        failed = {ticket for ticket, row in batch if row.path is not None and Path(row.path) in held}
+        batch = [(ticket, row) for ticket, row in batch if ticket not in failed]
+        if not batch:
+            return failed
         try:
             self._write_batch([row for _, row in batch])
-            return set()
+            return failed
         except Exception as exc:
             logger.warning("recording a batch of %d instances failed (%s); recording them one by one",
                            len(batch), type(exc).__name__)
-        failed = set()
         for ticket, row in batch:
             try:
                 self._write_row(row)
@@ -182,3 +198,12 @@ class BatchRecorder:
                                  row.sop_instance_uid)
                 failed.add(ticket)
         return failed
+
+    def _run_before_commit(self) -> set[Path]:
+        held: set[Path] = set()
+        for hook in self._before_commit:
+            try:
+                held |= hook()
+            except Exception:  # the recorder thread must go on; the spool is reconciled at the next start-up
+                logger.exception("before-commit step failed")
+        return held

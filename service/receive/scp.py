@@ -70,7 +70,7 @@ from service.receive.reconcile import reconcile_spool
 from service.receive.recorder import BatchRecorder
 from service.receive.settings import NetworkLimits
 from service.receive.shared_limits import REJECTED, SharedReceiveState, publish
-from service.receive.spool import Spool
+from service.receive.spool import SPOOL_MODE_DIRECT, Spool
 from service.receive.tls import TlsSettings, server_context
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,8 @@ def start_scp(
     storage_dir.mkdir(parents=True, exist_ok=True)
     if reconcile_at_start and engine is not None:
         reconcile(storage_dir, engine)
-    spool = spool or Spool(storage_dir, reserve_bytes=config.storage.min_free_bytes)
+    spool = spool or Spool(storage_dir, reserve_bytes=config.storage.min_free_bytes,
+                           mode=getattr(config.node, "spool_mode", SPOOL_MODE_DIRECT))
     batch = None if recorder is not None else db_batch_recorder(engine)
     allow_list = PeerAllowList.from_peers(config.peers)
     if not allow_list.entries:

@@ -1,0 +1,173 @@
+"""Issue 18, ``[node] spool_mode = "pool"``: SIGKILL between the C-STORE response and the move into place.
+
+In pool mode an instance is acknowledged once its bytes are fdatasynced into an already-durable empty file of the
+receiving process's pool (``<storage_dir>-pool/``); the rename to ``<study>/<series>/<sop>.dcm`` happens later, in
+batches, before the rows are committed. Four associations (pynetdicom senders: exactly which C-STOREs were
+acknowledged 0x0000 is known) send to ``bmd-node scp`` with two receiver processes; the node's process is killed
+with SIGKILL mid-stream while acknowledged instances are still in the pools (checked), and started again. Then
+every acknowledged SOP Instance UID is recorded exactly once with its whole file at its spool path; nothing is
+recorded that was not sent, and at most one unacknowledged instance per association (the one in flight at the
+kill, complete on disk but not yet answered) is recorded; no pool file with data and no temporary file remains.
+The senders re-send what was not acknowledged, and each series goes through exactly one job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+import sqlalchemy
+from sqlalchemy import select
+
+from service.config import load_config
+from service.db.engine import make_engine, read_session
+from service.db.migrate import upgrade
+from service.db.tables import Instance, Job
+from service.queue.scheduler import Scheduler
+from service.receive.spool_pool import pool_roots
+from tests.integration.test_receive_kill import (
+    KILL_AFTER_ACKS,
+    SLICES,
+    STUDIES,
+    Sender,
+    _nothing_listens,
+    _start_receiver,
+    receiver_logs,  # noqa: F401 (fixture)
+    studies,  # noqa: F401 (fixture)
+)
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _write_config(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(f"""
+[node]
+ae_title = "BMDNODE"
+host = "127.0.0.1"
+port = {port}
+http_port = 0
+storage_dir = "{tmp_path / 'storage'}"
+database_url = "sqlite:///{tmp_path / 'node.db'}"
+series_stable_seconds = 1
+receive_processes = 2
+spool_mode = "pool"
+
+[series]
+min_slices = 10
+scheduler_poll_seconds = 0.1
+
+[[peers]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 4242
+send_results = false
+""")
+    return path
+
+
+def _filled_pool_files(storage: Path) -> list[Path]:
+    return [p for root in pool_roots(storage) for p in root.rglob("*.pool") if p.stat().st_size > 0]
+
+
+def _pool_uids(storage: Path) -> set[str]:
+    """SOP Instance UIDs of the instances in the pools (a file cut short in its header is skipped)."""
+    out = set()
+    for path in _filled_pool_files(storage):
+        try:
+            out.add(_sop_uid(path))
+        except Exception:  # a partly written file: never acknowledged
+            continue
+    return out
+
+
+def _stored_rows(engine: sqlalchemy.Engine) -> list[Instance]:
+    with read_session(engine) as session:
+        return list(session.scalars(select(Instance).where(Instance.status == "stored")))
+
+
+def _jobs(engine: sqlalchemy.Engine) -> list[Job]:
+    with read_session(engine) as session:
+        return list(session.scalars(select(Job).order_by(Job.id)))
+
+
+def _sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
+        tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
+    port = free_port()
+    config_path = _write_config(tmp_path, port)
+    config = load_config(config_path, env={})
+    upgrade(config.node.database_url)
+    storage = Path(config.node.storage_dir)
+    sent = {_sop_uid(p) for paths in studies for p in paths}
+
+    receiver = _start_receiver(config_path, port, receiver_logs)
+    senders = [Sender(paths, port) for paths in studies]
+    for sender in senders:
+        sender.start()
+    wait_until(lambda: sum(len(s.acknowledged) for s in senders) >= KILL_AFTER_ACKS, "acknowledgements",
+               timeout_s=120.0)
+    os.kill(receiver.pid, signal.SIGKILL)
+    receiver.wait(timeout=30)
+    for sender in senders:
+        sender.join(timeout=60)
+    acknowledged = {uid for s in senders for uid in s.acknowledged}
+    assert KILL_AFTER_ACKS <= len(acknowledged) < STUDIES * SLICES, "the kill did not land mid-stream"
+    wait_until(lambda: _nothing_listens(port), "the receiver child to die with the node's process", timeout_s=10.0)
+    assert _pool_uids(storage) & acknowledged, "no acknowledged instance waited in a pool: the kill missed the window"
+
+    receiver = _start_receiver(config_path, port, receiver_logs)  # drains the pools and reconciles, then listens
+    engine = make_engine(config.node.database_url)
+    try:
+        rows = _stored_rows(engine)
+        counts = Counter(row.sop_instance_uid for row in rows)
+        assert not sorted(acknowledged - set(counts)), "acknowledged instances are not in the database"
+        assert [uid for uid, n in counts.items() if n > 1] == [], "an instance is recorded twice"
+        assert set(counts) <= sent, "something that was never sent is recorded"
+        assert len(set(counts) - acknowledged) <= STUDIES, "more unacknowledged instances than were in flight"
+        for row in rows:
+            ds = pydicom.dcmread(str(row.path))  # whole file: pixel data read to the end, preamble restored
+            assert str(ds.SOPInstanceUID) == row.sop_instance_uid and len(ds.PixelData) == ds.Rows * ds.Columns * 2
+            assert ds.preamble == b"\x00" * 128
+        assert not _filled_pool_files(storage), "a received instance was left in a pool"
+        assert not list(storage.rglob(".incoming-*")), "a temporary (half-written) file remains"
+        spool_files = sorted(str(p) for p in storage.rglob("*.dcm"))
+        assert spool_files == sorted(str(row.path) for row in rows), "spool files and database rows differ"
+
+        resend = [Sender([p for p in paths if _sop_uid(p) not in acknowledged], port) for paths in studies]
+        for sender in resend:
+            sender.run()
+            assert len(sender.acknowledged) == len(sender.paths), "a re-sent instance was not acknowledged"
+        assert len(_stored_rows(engine)) == STUDIES * SLICES
+        assert len(list(storage.rglob("*.dcm"))) == STUDIES * SLICES
+
+        stop = threading.Event()
+        scheduler = threading.Thread(target=Scheduler(config, engine).run, args=(stop,), daemon=True)
+        scheduler.start()
+        try:
+            wait_until(lambda: len(_jobs(engine)) >= STUDIES, "a job per series", timeout_s=60.0)
+            time.sleep(3 * config.node.series_stable_seconds)  # a second job would have been queued by now
+        finally:
+            stop.set()
+            scheduler.join(timeout=30)
+        jobs = _jobs(engine)
+        series_uids = {str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+                       for paths in studies}
+        assert sorted(j.series_instance_uid for j in jobs) == sorted(series_uids)
+        assert all(j.instance_count == SLICES for j in jobs)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=60)
+        engine.dispose()
