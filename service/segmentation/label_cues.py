@@ -150,12 +150,51 @@ def best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[floa
     return best
 
 
+T1_PAIR_FRACTION = 0.65
+"""A complete body with a rib on both sides is not T1 when its weaker side carries less than this fraction of the
+weaker side of the rib pair directly below (and less than T1_TYPICAL_FRACTION of the scan's typical pair): it is
+C7, whose ring (ribs.RIB_RING_MM within its own height) catches the head and neck of the first rib, or a
+rudimentary cervical rib.  Held-out set 2 whole fields (0.625-5 mm slices): complete C7s 0.44-0.76 of T1's volume,
+T1s 0.60-1.15 of T2's; this ratio alone does not separate them."""
+T1_TYPICAL_FRACTION = 0.55
+"""... and less than this fraction of the median weaker side of the scan's complete rib pairs, the ratio that
+separates them (set 2: C7 0.37-0.47 and one 0.63, which stays a pair and gives no T1 anchor; T1 0.63-0.97; a T3
+above a missed T4 0.67).  Both ratios must call the pair weak."""
+
+
+def _is_pair(body: BodyFeatures) -> bool:
+    return body.rib_left and body.rib_right and not body.cut_by_fov
+
+
+def _pair_mm3(body: BodyFeatures) -> float:
+    return min(body.rib_left_mm3, body.rib_right_mm3)
+
+
+def typical_pair_mm3(bodies: list[BodyFeatures]) -> float:
+    """Median weaker-side rib volume of the complete rib pairs (0 when none or not measured)."""
+    pairs = sorted(_pair_mm3(b) for b in bodies if _is_pair(b))
+    return pairs[len(pairs) // 2] if pairs else 0.0
+
+
+def weak_pair_above(upper: BodyFeatures, lower: BodyFeatures, typical_mm3: float) -> bool:
+    """``upper`` (complete) carries a rib pair much smaller than ``lower``'s and than the scan's typical pair
+    (T1_PAIR_FRACTION, T1_TYPICAL_FRACTION; never when volumes were not measured): C7 reading the first rib's
+    head, or a cervical rib."""
+    upper_mm3 = _pair_mm3(upper)
+    return (not upper.cut_by_fov and _pair_mm3(lower) > 0.0 and typical_mm3 > 0.0
+            and upper_mm3 < T1_PAIR_FRACTION * _pair_mm3(lower) and upper_mm3 < T1_TYPICAL_FRACTION * typical_mm3)
+
+
 def first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
     """Index of the T1 candidate: the first complete body with a rib on both sides.  The first rib pair is the
     largest of the upper ribs and always bilateral; a body cut by the top of the field (its rib region partly
     outside) or a one-sided "rib" (a cervical transverse process, the clavicle or the first rib passing beside C6/C7
-    on a coarse grid) does not count."""
-    return next((i for i, b in enumerate(bodies) if b.rib_left and b.rib_right and not b.cut_by_fov), None)
+    on a coarse grid) does not count, nor a pair much smaller than the pair below it (``weak_pair_above``)."""
+    first = next((i for i, b in enumerate(bodies) if _is_pair(b)), None)
+    if first is not None and first + 1 < len(bodies) and _is_pair(bodies[first + 1]) and weak_pair_above(
+            bodies[first], bodies[first + 1], typical_pair_mm3(bodies)):
+        return first + 1
+    return first
 
 
 C7_MIN_VISIBLE_FRACTION = 0.6
@@ -164,12 +203,31 @@ at least this fraction of the first rib-bearing body's height is in view: rib he
 body, and attachment is read in a ring within the body's own visible height (ribs.RIB_RING_MM)."""
 
 
-def shows_no_rib_pair(above: BodyFeatures, first: BodyFeatures) -> bool:
+def shows_no_rib_pair(above: BodyFeatures, first: BodyFeatures, typical_mm3: float = 0.0) -> bool:
     """The body above the first rib pair shows that it has no rib pair: it is in view (complete, or cut by the top of
     the field with most of its height visible) and carries no rib on at least one side.  A one-sided "rib" there is
-    a cervical rib or the clavicle / first rib passing beside it: either way the first pair below it is T1's."""
-    if above.rib_left and above.rib_right:
+    a cervical rib or the clavicle / first rib passing beside it, and so is a complete pair much smaller than the
+    first pair's (``weak_pair_above``): either way the first pair below it is T1's."""
+    if above.rib_left and above.rib_right and not weak_pair_above(above, first, typical_mm3):
         return False
     if not above.cut_by_fov:
         return True
     return above.cut_top and not above.cut_bottom and above.height_mm >= C7_MIN_VISIBLE_FRACTION * first.height_mm
+
+
+def rib_count_variant(t1_level: int | None, l5_level: int | None, t12_level: int | None,
+                      bodies: list[BodyFeatures], pos: list[int]) -> str | None:
+    """When the first rib pair (T1) and the sacrum (L5) put the count at the same place and the last rib (T12) one
+    level off, 11 or 13 rib pairs explain it: the reason for naming with confidence, or None.  A third cue must
+    side with the pair: the thoracic/lumbar appearance fits their count better than the last rib's by
+    ANCHOR_VOTE_MARGIN.  Without it the same anchors arise from a cervical rib pair (or a missed first rib) with a
+    transitional lumbosacral vertebra in the same direction, and 12 rib pairs."""
+    if t1_level is None or l5_level is None or t12_level is None:
+        return None
+    if t1_level != l5_level or abs(t12_level - t1_level) != 1:
+        return None
+    if _vote_cost(bodies, pos, t12_level) - _vote_cost(bodies, pos, t1_level) < ANCHOR_VOTE_MARGIN:
+        return None
+    pairs = 11 if t12_level > t1_level else 13
+    return (f"{pairs} rib pairs: the first rib pair and the sacrum agree, the last rib is one level off, and the "
+            "thoracic/lumbar appearance sides with the first rib pair and the sacrum")

@@ -12,7 +12,9 @@ An anchor counts only when the field of view can show it: a rib-free body is evi
 field reaches far enough around it (label_cues.RIB_FIELD_LATERAL_MM); else the anchor is dropped with a reason.
 A name is confident only when two independent cues agree: two anchors, or one anchor and the network's
 thoracic/lumbar appearance or the body-size progression (label_cues); a single cue -> uncertain.
-Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral vertebra: all levels uncertain);
+Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral vertebra: all levels uncertain),
+except that the first rib pair and the sacrum agreeing, the last rib one level off and the thoracic/lumbar appearance
+siding with the pair name confidently (11/13 rib pairs, label_cues.rib_count_variant);
 the spacing between neighbouring bodies must be regular (a gap means a missed body: the count across it is
 uncertain); no anchor at all (short field of view) -> best guess from body heights, reported uncertain.
 """
@@ -35,8 +37,10 @@ from service.segmentation.label_cues import (
     best_height_fit,
     confirming_cues,
     first_rib_pair,
+    rib_count_variant,
     rib_field_shortfall,
     shows_no_rib_pair,
+    typical_pair_mm3,
     votes_contradict,
 )
 from service.segmentation.ribs import rib_attachment
@@ -163,6 +167,12 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
             ribs = [b.rib_bearing for b in bodies]
             decisions = _gap_uncertain(decisions, missing, anchors, pos, first_level, ribs)
         return LabellingResult(decisions, notes)
+    variant = None if any(missing) else rib_count_variant(
+        anchors.get(T1_ANCHOR), anchors.get(L5_ANCHOR), anchors.get(T12_ANCHOR), bodies, pos)
+    if variant is not None:  # three cues against one: 11 or 13 rib pairs
+        notes.append(f"anchors: {', '.join(anchors)}; {variant}")
+        cues = (T1_ANCHOR, L5_ANCHOR, VOTE_CUE)
+        return LabellingResult([_decide(anchors[T1_ANCHOR] + p, False, None, cues) for p in pos], notes)
     if len(values) > 1:
         return LabellingResult(_disagreeing_anchors(bodies, pos, anchors, notes), notes)
     return LabellingResult(_without_anchor(bodies, pos, unseen, notes), notes)
@@ -190,7 +200,8 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
                 dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
         first = first_rib_pair(bodies)
         above = bodies[first - 1] if first is not None and first > 0 else None
-        if first is not None and above is not None and shows_no_rib_pair(above, bodies[first]):
+        typical = typical_pair_mm3(bodies)
+        if first is not None and above is not None and shows_no_rib_pair(above, bodies[first], typical):
             short = rib_field_shortfall(above)
             value = int(VertebraLevel.T1) - pos[first]
             if short is None:
