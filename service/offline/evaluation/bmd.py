@@ -104,21 +104,33 @@ def _called_fracture(vertebra: dict[str, Any]) -> bool:
 
 
 def match_levels(case: str, result: dict[str, Any], truth: dict[str, Any]) -> list[LevelRow]:
-    """One row per complete truth vertebra that a predicted vertebra matches (nearest centroid within 20 mm)."""
+    """One row per complete truth vertebra that a predicted vertebra matches: one-to-one, nearest centroids first,
+    within 20 mm; truth bodies cut by the field take part in the matching but give no row."""
     kvp = int(truth["acquisition"]["kvp"])
-    complete = [t for t in truth["vertebrae"] if not t.get("cut_by_fov")]
-    if not complete:
+    every = list(truth["vertebrae"])
+    predicted = list(result.get("vertebrae", []))
+    if not every or not predicted:
         return []
-    centres = np.array([t["centroid_lps_mm"] for t in complete], dtype=float)
+    # nearest pairs first over every truth body, cut ones included: a body the field cuts (its centroid half a
+    # body off) must not take a complete neighbour's place; rows only for complete truth bodies
+    centres = np.array([t["centroid_lps_mm"] for t in every], dtype=float)
+    found = np.array([v["centroid_lps_mm"] for v in predicted], dtype=float)
+    d = np.linalg.norm(found[:, None, :] - centres[None, :, :], axis=-1)
+    pairs: list[tuple[int, int]] = []
+    taken_v: set[int] = set()
+    taken_t: set[int] = set()
+    for i, k in sorted(np.ndindex(*d.shape), key=lambda ik: d[ik]):
+        if d[i, k] > MATCH_DISTANCE_MM:
+            break
+        if i not in taken_v and k not in taken_t:
+            taken_v.add(i)
+            taken_t.add(k)
+            pairs.append((i, k))
     rows = []
-    used: set[int] = set()
-    for v in result.get("vertebrae", []):
-        d = np.linalg.norm(centres - np.asarray(v["centroid_lps_mm"], dtype=float), axis=1)
-        k = int(np.argmin(d))
-        if d[k] > MATCH_DISTANCE_MM or k in used:
+    for i, k in sorted(pairs):
+        v, t = predicted[i], every[k]
+        if t.get("cut_by_fov"):
             continue
-        used.add(k)
-        t = complete[k]
         fracture = t.get("fracture") or {}
         rows.append(LevelRow(
             case=case, truth_level=t["level"], predicted_level=v["level"], name_right=v["level"] == t["level"],
@@ -251,8 +263,6 @@ def naming(levels: list[LevelRow]) -> dict[str, Any]:
 
 def evaluate(dataset: Path, out: Path, config: Config, pipeline: ScreeningPipeline) -> dict[str, Any]:
     """Run every case, write ``metrics.json`` and ``index.html`` (bmd_report) under ``out``; return the metrics."""
-    from service.offline.evaluation.bmd_report import write_report  # noqa: PLC0415 - matplotlib only here
-
     out.mkdir(parents=True, exist_ok=True)
     cases: list[CaseRow] = []
     levels: list[LevelRow] = []
@@ -260,9 +270,30 @@ def evaluate(dataset: Path, out: Path, config: Config, pipeline: ScreeningPipeli
         row, rows = run_case(folder, pipeline, out)
         cases.append(row)
         levels.extend(rows)
+    return _write_metrics(dataset, out, cases, levels, config.bmd.__class__.__name__)
+
+
+def rescore(dataset: Path, out: Path) -> dict[str, Any]:
+    """The figures of an earlier run again from its saved result.json files (no pipeline run), with this module's
+    matching and scoring: ``python -m service.offline.evaluation.bmd DATASET REPORT``."""
+    old = json.loads((out / "metrics.json").read_text())
+    cases = [CaseRow(**{**c, "summary_levels": tuple(c["summary_levels"]),
+                        "exclusions": tuple(tuple(e) for e in c["exclusions"])}) for c in old["per_case"]]
+    levels: list[LevelRow] = []
+    for c in cases:
+        result_path, truth_path = out / "cases" / c.case / "result.json", dataset / c.case / "truth.json"
+        if result_path.is_file() and truth_path.is_file():
+            levels += match_levels(c.case, json.loads(result_path.read_text()), json.loads(truth_path.read_text()))
+    return _write_metrics(dataset, out, cases, levels, old.get("calibration_config", ""))
+
+
+def _write_metrics(dataset: Path, out: Path, cases: list[CaseRow], levels: list[LevelRow],
+                   calibration_config: str) -> dict[str, Any]:
+    from service.offline.evaluation.bmd_report import write_report  # noqa: PLC0415 - matplotlib only here
+
     metrics = {"dataset": str(dataset), "cases": len(cases), "level_bmd": bmd_errors(levels),
                "summary": summary_errors(cases), "fracture": exclusion_table(levels), "naming": naming(levels),
-               "calibration_config": config.bmd.__class__.__name__,
+               "calibration_config": calibration_config,
                "per_case": [asdict(c) for c in cases], "per_level": [asdict(lv) for lv in levels]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
     write_report(out, metrics)
@@ -273,3 +304,10 @@ def _progress(folders: list[Path]) -> Iterator[Path]:
     from tqdm import tqdm  # noqa: PLC0415 - a progress bar on the command line only
 
     yield from tqdm(folders, desc="evaluate bmd", unit="case")
+
+
+if __name__ == "__main__":
+    import sys
+
+    figures = rescore(Path(sys.argv[1]), Path(sys.argv[2]))
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("per_case", "per_level")}, indent=1))

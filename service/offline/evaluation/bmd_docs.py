@@ -54,6 +54,19 @@ def _picked(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return picked
 
 
+def _fractures_by_thickness(m: dict[str, Any]) -> dict[float, tuple[int, int]]:
+    """Fractured truth levels and how many were called, by the case's slice thickness (from its truth.json)."""
+    out: dict[float, tuple[int, int]] = {}
+    for lv in m["per_level"]:
+        truth = Path(m["dataset"]) / lv["case"] / "truth.json"
+        if not lv["fracture_grade_truth"] or not truth.is_file():
+            continue
+        th = float(json.loads(truth.read_text())["spec"]["slice_thickness_mm"])
+        n, called = out.get(th, (0, 0))
+        out[th] = (n + 1, called + bool(lv["called_fracture"]))
+    return out
+
+
 def _figures(m: dict[str, Any]) -> list[str]:
     lb, s, fr, nm = m["level_bmd"], m["summary"], m["fracture"], m["naming"]
     c = fr["confusion"]
@@ -76,6 +89,8 @@ def _figures(m: dict[str, Any]) -> list[str]:
                                                                f"{nm['confident_wrong']}"),
     ]
     out = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    out += ["", "| slice thickness (mm) | fractured levels | called |", "|---|---|---|"]
+    out += [f"| {th} | {n} | {called} |" for th, (n, called) in sorted(_fractures_by_thickness(m).items())]
     out += ["", "| kVp | levels | MAE | bias |", "|---|---|---|---|"]
     out += [f"| {k} | {v['levels']} | {v['mae']} | {v['bias']} |" for k, v in lb["by_kvp"].items()]
     return out

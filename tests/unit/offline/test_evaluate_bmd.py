@@ -39,6 +39,21 @@ def test_levels_match_by_position_not_by_name() -> None:
     assert table["sensitivity_by_grade"]["2"]["sensitivity"] == 1.0
 
 
+def test_a_body_cut_at_the_top_does_not_take_its_complete_neighbours_row() -> None:
+    """The field cuts T9: its predicted centroid sits half a body low, 14 mm from T10's. T10's own body, named T10,
+    must be T10's row (set s6 read 9 'confidently wrong' names from such cut top bodies before this)."""
+    truth = _truth([("T9", 120.0, False, None), ("T10", 110.0, False, None), ("T11", 100.0, False, None)])
+    truth["vertebrae"][0]["cut_by_fov"] = True
+    result = {"vertebrae": [
+        {"level": "T9", "centroid_lps_mm": [0.0, 0.0, -16.0], "evaluable": False, "bmd_mg_cm3": None,
+         "exclusion_reason": "cut_by_fov"},
+        {"level": "T10", "centroid_lps_mm": [0.0, 0.0, -30.0], "evaluable": True, "bmd_mg_cm3": 111.0},
+        {"level": "T11", "centroid_lps_mm": [0.0, 0.0, -60.0], "evaluable": True, "bmd_mg_cm3": 99.0},
+    ]}
+    rows = match_levels("c", result, truth)
+    assert [(r.truth_level, r.predicted_level) for r in rows] == [("T10", "T10"), ("T11", "T11")]
+
+
 def test_genant_grades_and_acr_categories() -> None:
     assert [genant_grade(x) for x in (None, 0.1, 0.2, 0.249, 0.25, 0.39, 0.4, 0.6)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [acr_category(x) for x in (79.9, 80.0, 120.0, 120.1)] == ["osteoporosis", "osteopenia", "osteopenia",
