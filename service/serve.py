@@ -13,12 +13,13 @@ Start-up preflight (issue 19 pt 6): the node does not listen on its DICOM port b
    stops ``serve`` within a second or two.
 2. Each worker, as it starts, builds its pipeline and warms it (for the screening recipe: the weights opened by
    torch, the model loaded, one forward pass on a small block) and reports ready or the error to this process
-   through a pipe, then runs its loop; the pipeline is then built again by the worker loop (imports are cached:
-   the second load of the ~3 MB bundles costs about a second). No model is loaded in this process (torch would
-   stay in the SCP's process for its whole life: ~400 MB) and none in a throw-away process (one more ~6 s load).
+   through a pipe, then runs its loop with that same pipeline (loaded once). No model is loaded in this process
+   (torch would stay in the SCP's process for its whole life: ~400 MB) and none in a throw-away process (one more
+   ~6 s load).
 Only when every worker is ready do the SCP, scheduler, exporter and HTTP server start; a failure stops ``serve``
 with EXIT_PREFLIGHT_FAILED and a message naming the file. With ``--workers 0`` this node runs no pipeline and
-checks none. A worker restarted after a crash is not checked again (run_worker_process logs a failed warm-up).
+checks none. A worker restarted after a crash is not checked through the pipe; its own warm-up stops it on a
+broken model.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from service.db.engine import make_engine
 from service.db.migrate import ensure_schema
 from service.export.exporter import run_exporter
 from service.logging import setup_logging
+from service.pipeline.types import ScreeningPipeline
 from service.queue.scheduler import run_scheduler
 from service.queue.worker import load_pipeline_factory, run_worker_process
 from service.receive.scp import run_scp
@@ -77,29 +79,31 @@ def _worker_child(config: Config, stop_event: Any, pipeline_spec: str | None, re
     error; a worker whose pipeline cannot run exits with EXIT_PREFLIGHT_FAILED instead of failing every job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop_event.set, daemon=True).start())
+    checked: ScreeningPipeline | None = None
     if ready is not None:
         setup_logging(config.logging)
-        problem = check_pipeline(config, pipeline_spec)
+        checked, problem = check_pipeline(config, pipeline_spec)
         ready.send(problem)
         ready.close()
         if problem is not None:
             sys.exit(EXIT_PREFLIGHT_FAILED)
-    run_worker_process(config, stop_event, pipeline_spec)
+    run_worker_process(config, stop_event, pipeline_spec, pipeline=checked)  # the checked pipeline: loaded once
 
 
-def check_pipeline(config: Config, pipeline_spec: str | None) -> str | None:
+def check_pipeline(config: Config, pipeline_spec: str | None) -> tuple[ScreeningPipeline | None, str | None]:
     """Build the configured pipeline and warm it as a worker does (the screening recipe: model loaded and one
-    forward pass); None when it can run, else what is wrong (a ModelPreflightError names the file)."""
+    forward pass): (the pipeline, None) when it can run, else (None, what is wrong; a ModelPreflightError names the
+    file)."""
     try:
         pipeline = load_pipeline_factory(pipeline_spec)(config)
         warm_up = getattr(pipeline, "warm_up", None)
         if callable(warm_up):
             warm_up()
     except ModelPreflightError as exc:
-        return str(exc)
+        return None, str(exc)
     except Exception as exc:  # whatever stops the pipeline from loading stops the node, with its type and message
-        return f"the pipeline cannot be loaded: {type(exc).__name__}: {exc}"
-    return None
+        return None, f"the pipeline cannot be loaded: {type(exc).__name__}: {exc}"
+    return pipeline, None
 
 
 def preflight_model_files(config: Config, pipeline_spec: str | None, n_workers: int) -> str | None:

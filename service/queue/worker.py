@@ -289,13 +289,17 @@ def load_pipeline_factory(spec: str | None) -> PipelineFactory:
 
 
 def run_worker_process(config: Config, stop_event: threading.Event | None = None,
-                       pipeline_spec: str | None = None, worker_id: str | None = None) -> None:
-    """Entry point of one worker process (``bmd-node worker`` / ``serve``): own engine, pipeline loaded once."""
+                       pipeline_spec: str | None = None, worker_id: str | None = None,
+                       pipeline: ScreeningPipeline | None = None) -> None:
+    """Entry point of one worker process (``bmd-node worker`` / ``serve``): own engine, pipeline loaded once.
+    ``pipeline``: one already built and warmed (``serve``'s start-up check), used as it is."""
     setup_logging(config.logging)
     engine = make_engine(config.node.database_url)
     try:
-        pipeline = load_pipeline_factory(pipeline_spec)(config)
-        warm_up = getattr(pipeline, "warm_up", None)
+        warm_up = None
+        if pipeline is None:
+            pipeline = load_pipeline_factory(pipeline_spec)(config)
+            warm_up = getattr(pipeline, "warm_up", None)
         if callable(warm_up):
             try:
                 warm_up()

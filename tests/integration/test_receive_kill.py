@@ -5,7 +5,8 @@ studies to ``bmd-node scp`` running as its own process with two receiver process
 is killed with SIGKILL in the middle of the stream (its receiver child dies with it) and started again. Then every
 acknowledged instance is on disk, whole, and in the database; no temporary file is left; files and rows agree. The
 senders then re-send what was not acknowledged (as an archive retries), and the scheduler gives each series exactly
-one job covering all its instances.
+one job covering all its instances. This file runs ``spool_mode = "direct"`` (file and directory fsynced before the
+response); test_receive_kill_pool.py runs the default pool mode with the same senders and the same re-send check.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from service.config import load_config
+from service.config import Config, load_config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Instance, Job
@@ -45,7 +46,7 @@ KILL_AFTER_ACKS = 70
 """SIGKILL once this many C-STOREs (of 240) were acknowledged: well inside the stream."""
 
 
-def _write_config(tmp_path: Path, port: int) -> Path:
+def _write_config(tmp_path: Path, port: int, spool_mode: str = "direct") -> Path:
     path = tmp_path / "node.toml"
     path.write_text(f"""
 [node]
@@ -56,6 +57,7 @@ http_port = 0
 storage_dir = "{tmp_path / 'storage'}"
 database_url = "sqlite:///{tmp_path / 'node.db'}"
 series_stable_seconds = 1
+spool_mode = "{spool_mode}"
 receive_processes = 2
 
 [series]
@@ -129,6 +131,34 @@ def _jobs(engine: sqlalchemy.Engine) -> list[Job]:
         return list(session.scalars(select(Job).order_by(Job.id)))
 
 
+def resend_completes_with_one_job_per_series(config: Config, engine: sqlalchemy.Engine, studies: list[list[Path]],
+                                             acknowledged: set[str], port: int) -> None:
+    """The archive re-sends what was not acknowledged; then every instance is stored once and every series goes
+    through exactly one job."""
+    storage = Path(config.node.storage_dir)
+    resend = [Sender([p for p in paths if str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                      not in acknowledged], port) for paths in studies]
+    for sender in resend:
+        sender.run()
+        assert len(sender.acknowledged) == len(sender.paths), "a re-sent instance was not acknowledged"
+    assert len(_stored_rows(engine)) == STUDIES * SLICES
+    assert len(list(storage.rglob("*.dcm"))) == STUDIES * SLICES
+
+    stop = threading.Event()
+    scheduler = threading.Thread(target=Scheduler(config, engine).run, args=(stop,), daemon=True)
+    scheduler.start()
+    try:
+        wait_until(lambda: len(_jobs(engine)) >= STUDIES, "a job per series", timeout_s=60.0)
+        time.sleep(3 * config.node.series_stable_seconds)  # a second job would have been queued by now
+    finally:
+        stop.set()
+        scheduler.join(timeout=30)
+    jobs = _jobs(engine)
+    series_uids = {str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID) for paths in studies}
+    assert sorted(j.series_instance_uid for j in jobs) == sorted(series_uids)
+    assert all(j.instance_count == SLICES for j in jobs)
+
+
 @pytest.fixture
 def studies(tmp_path: Path) -> list[list[Path]]:
     return [write_series(tmp_path / "src" / f"study{i}", SLICES, seed=100 * i) for i in range(STUDIES)]
@@ -177,29 +207,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_instance(tmp_path: Path, studi
         spool_files = sorted(str(p) for p in storage.rglob("*.dcm"))
         assert spool_files == sorted(row.path for row in rows.values()), "spool files and database rows differ"
 
-        # the archive retries what was not acknowledged; every series then goes through exactly one job
-        resend = [Sender([p for p in paths if str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                          not in acknowledged], port) for paths in studies]
-        for sender in resend:
-            sender.run()
-            assert len(sender.acknowledged) == len(sender.paths), "a re-sent instance was not acknowledged"
-        assert len(_stored_rows(engine)) == STUDIES * SLICES
-        assert len(list(storage.rglob("*.dcm"))) == STUDIES * SLICES
-
-        stop = threading.Event()
-        scheduler = threading.Thread(target=Scheduler(config, engine).run, args=(stop,), daemon=True)
-        scheduler.start()
-        try:
-            wait_until(lambda: len(_jobs(engine)) >= STUDIES, "a job per series", timeout_s=60.0)
-            time.sleep(3 * config.node.series_stable_seconds)  # a second job would have been queued by now
-        finally:
-            stop.set()
-            scheduler.join(timeout=30)
-        jobs = _jobs(engine)
-        series_uids = {str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
-                       for paths in studies}
-        assert sorted(j.series_instance_uid for j in jobs) == sorted(series_uids)
-        assert all(j.instance_count == SLICES for j in jobs)
+        resend_completes_with_one_job_per_series(config, engine, studies, acknowledged, port)
     finally:
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(timeout=60)

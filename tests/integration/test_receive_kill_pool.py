@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pydicom
 import pytest
-import sqlalchemy
-from sqlalchemy import select
 
 from service.config import load_config
-from service.db.engine import make_engine, read_session
+from service.db.engine import make_engine
 from service.db.migrate import upgrade
-from service.db.tables import Instance, Job
-from service.queue.scheduler import Scheduler
 from service.receive.spool_pool import pool_roots
 from tests.integration.test_receive_kill import (
     KILL_AFTER_ACKS,
@@ -38,41 +32,16 @@ from tests.integration.test_receive_kill import (
     Sender,
     _nothing_listens,
     _start_receiver,
+    _stored_rows,
+    _write_config,
     receiver_logs,  # noqa: F401 (fixture)
+    resend_completes_with_one_job_per_series,
     studies,  # noqa: F401 (fixture)
 )
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _write_config(tmp_path: Path, port: int) -> Path:
-    path = tmp_path / "node.toml"
-    path.write_text(f"""
-[node]
-ae_title = "BMDNODE"
-host = "127.0.0.1"
-port = {port}
-http_port = 0
-storage_dir = "{tmp_path / 'storage'}"
-database_url = "sqlite:///{tmp_path / 'node.db'}"
-series_stable_seconds = 1
-receive_processes = 2
-spool_mode = "pool"
-
-[series]
-min_slices = 10
-scheduler_poll_seconds = 0.1
-
-[[peers]]
-name = "pacs"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = 4242
-send_results = false
-""")
-    return path
 
 
 def _filled_pool_files(storage: Path) -> list[Path]:
@@ -90,16 +59,6 @@ def _pool_uids(storage: Path) -> set[str]:
     return out
 
 
-def _stored_rows(engine: sqlalchemy.Engine) -> list[Instance]:
-    with read_session(engine) as session:
-        return list(session.scalars(select(Instance).where(Instance.status == "stored")))
-
-
-def _jobs(engine: sqlalchemy.Engine) -> list[Job]:
-    with read_session(engine) as session:
-        return list(session.scalars(select(Job).order_by(Job.id)))
-
-
 def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
@@ -107,7 +66,7 @@ def _sop_uid(path: Path) -> str:
 def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
         tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
     port = free_port()
-    config_path = _write_config(tmp_path, port)
+    config_path = _write_config(tmp_path, port, spool_mode="pool")
     config = load_config(config_path, env={})
     upgrade(config.node.database_url)
     storage = Path(config.node.storage_dir)
@@ -146,27 +105,7 @@ def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
         spool_files = sorted(str(p) for p in storage.rglob("*.dcm"))
         assert spool_files == sorted(str(row.path) for row in rows), "spool files and database rows differ"
 
-        resend = [Sender([p for p in paths if _sop_uid(p) not in acknowledged], port) for paths in studies]
-        for sender in resend:
-            sender.run()
-            assert len(sender.acknowledged) == len(sender.paths), "a re-sent instance was not acknowledged"
-        assert len(_stored_rows(engine)) == STUDIES * SLICES
-        assert len(list(storage.rglob("*.dcm"))) == STUDIES * SLICES
-
-        stop = threading.Event()
-        scheduler = threading.Thread(target=Scheduler(config, engine).run, args=(stop,), daemon=True)
-        scheduler.start()
-        try:
-            wait_until(lambda: len(_jobs(engine)) >= STUDIES, "a job per series", timeout_s=60.0)
-            time.sleep(3 * config.node.series_stable_seconds)  # a second job would have been queued by now
-        finally:
-            stop.set()
-            scheduler.join(timeout=30)
-        jobs = _jobs(engine)
-        series_uids = {str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
-                       for paths in studies}
-        assert sorted(j.series_instance_uid for j in jobs) == sorted(series_uids)
-        assert all(j.instance_count == SLICES for j in jobs)
+        resend_completes_with_one_job_per_series(config, engine, studies, acknowledged, port)
     finally:
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(timeout=60)
