@@ -98,6 +98,19 @@ def tree_pids(pid: int) -> list[int]:
     return pids
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, with those of reaped children) of a process and its descendants so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / ticks
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -219,7 +232,8 @@ def node_process(config: Path, args: Sequence[str], log_path: Path, *, env: Mapp
                  wait_port: int | None = None, stop_timeout_s: float = 60.0,
                  command: Sequence[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m service --config CONFIG ARGS...`` (or ``command`` instead of ``python -m service``) as a
-    subprocess, stopped with SIGTERM at the end."""
+    subprocess, stopped with SIGTERM at the end. ``wait_port``: wait until the port is open and the node logged
+    ``RECEIVING_LOG`` (every receiver process accepts), then ``WARM_UP_S``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen([*(command or node_command()), "--config", str(config), *args], cwd=REPO_ROOT,
@@ -227,9 +241,31 @@ def node_process(config: Path, args: Sequence[str], log_path: Path, *, env: Mapp
         try:
             if wait_port is not None:
                 _wait_port_or_exit(proc, wait_port, log_path)
+                _wait_log_or_exit(proc, RECEIVING_LOG, log_path)
+                time.sleep(WARM_UP_S)
             yield proc
         finally:
             stop_process(proc, stop_timeout_s)
+
+
+RECEIVING_LOG = "receiving with"
+"""What service.receive.scp.run_scp logs once the node's process and every receiver process accept connections
+(the port is open before: connections wait in its backlog while the receiver processes start)."""
+WARM_UP_S = 2.0
+"""After that, before the clock starts: the processes finish their imports (a node runs for days; the benchmarks
+measure it running, not starting)."""
+
+
+def _wait_log_or_exit(proc: subprocess.Popen[Any], text: str, log_path: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before logging {text!r}: "
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
+        if text in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{log_path} has no {text!r} after {timeout_s} s")
 
 
 def _wait_port_or_exit(proc: subprocess.Popen[Any], port: int, log_path: Path, timeout_s: float = 120.0) -> None:

@@ -49,6 +49,8 @@ class ReceiveRun:
     peak_rss_mib: float
     probe_ms_per_image: dict[str, float] | None = None
     """bmd-node only: mean ms per instance inside the C-STORE handler and its parts (bench.scp_probe)."""
+    cpu_ms_per_image: float | None = None
+    """CPU time (user + system) of the receiver's processes during the send, per image (all its processes)."""
 
     @property
     def images_per_s(self) -> float:
@@ -81,12 +83,14 @@ def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True, 
     boot = [sys.executable, "-m", "bench.scp_probe"]
     with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, command=boot, env=env) as proc, \
             procs.RssSampler(proc.pid) as sampler:
+        cpu_before = procs.tree_cpu_s(proc.pid)
         seconds = _send(studies, port, procs.NODE_AE)
+        cpu_ms = (procs.tree_cpu_s(proc.pid) - cpu_before) * 1000 / sum(s.slices for s in studies)
     with sqlite3.connect(folder / "node.db") as conn:
         stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
     target = NO_FSYNC if not fsync else OTHER_SPOOL if spool_mode not in (None, DEFAULT_SPOOL_MODE) else "bmd-node"
     return ReceiveRun(target, len(studies), sum(s.slices for s in studies), seconds,
-                      stored, sampler.peak_mib, _probe_ms_per_image(probe_out))
+                      stored, sampler.peak_mib, _probe_ms_per_image(probe_out), cpu_ms)
 
 
 def _probe_ms_per_image(probe_out: Path) -> dict[str, float] | None:
@@ -210,17 +214,24 @@ def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     out = folder / "received"
     with procs.storescp(out, port, ae_title="STORESCP", fork=len(studies) > 1) as proc, \
             procs.RssSampler(proc.pid) as sampler:
+        cpu_before = procs.tree_cpu_s(proc.pid)
         seconds = _send(studies, port, "STORESCP")
+        cpu_ms = (procs.tree_cpu_s(proc.pid) - cpu_before) * 1000 / sum(s.slices for s in studies)
     stored = sum(1 for p in out.iterdir() if p.is_file())
-    return ReceiveRun("storescp", len(studies), sum(s.slices for s in studies), seconds, stored, sampler.peak_mib)
+    return ReceiveRun("storescp", len(studies), sum(s.slices for s in studies), seconds, stored, sampler.peak_mib,
+                      cpu_ms_per_image=cpu_ms)
 
 
 def run_orthanc(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     with procs.orthanc(folder) as server, procs.RssSampler(procs.orthanc_pid(server)) as sampler:
+        pid = procs.orthanc_pid(server)
+        cpu_before = procs.tree_cpu_s(pid)
         seconds = _send(studies, server.dicom_port, server.ae_title)
+        cpu_ms = (procs.tree_cpu_s(pid) - cpu_before) * 1000 / sum(s.slices for s in studies)
         stored = int(server.get("/statistics")["CountInstances"])
         peak = procs.peak_rss_mib(procs.orthanc_pid(server)) or sampler.peak_mib
-    return ReceiveRun("orthanc", len(studies), sum(s.slices for s in studies), seconds, stored, peak)
+    return ReceiveRun("orthanc", len(studies), sum(s.slices for s in studies), seconds, stored, peak,
+                      cpu_ms_per_image=cpu_ms)
 
 
 RUNNERS = {"bmd-node": run_node, "storescp": run_storescp, "orthanc": run_orthanc, NO_FSYNC: run_node_no_fsync,

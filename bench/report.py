@@ -187,7 +187,9 @@ METHOD = """\
 * **Ingest**: DCMTK `storescu` (TCP_NODELAY=1) sends the same synthetic CT series (300 x 512 x 512, 16-bit,
   Explicit VR Little Endian, ~0.5 MB per image) over one association, then N studies over N concurrent associations,
   to three receivers started fresh for every run, in turn within each repeat: the node's SCP (`bmd-node scp`,
-  pynetdicom, `[node] receive_processes` processes on the port (default min(4, cores)), each instance durable before
+  pynetdicom, `[node] receive_processes` processes (default min(4, cores)) accepting from one listening socket,
+  a new connection going to the least busy; the clock starts once all of them accept (the node logs "receiving
+  with N process(es)") and 2 s more have passed (bench/procs.py WARM_UP_S); each instance durable before
   the C-STORE response: `[node] spool_mode = "pool"` (default) writes it into an empty file created and
   directory-fsynced ahead of need and fdatasyncs it (one flush), the renames into place and their directory fsyncs
   batched on the recorder thread before the rows' commit; `"direct"` writes a temporary file, fsyncs, renames and
@@ -200,7 +202,8 @@ METHOD = """\
   SQLite bookkeeping with clocks (~1 us per call; every receiver process summed) for the per-image breakdown; a
   diagnostic run with fsync disabled shows what durability costs (not a deployable setting, never compared with a
   target). SCP memory: the summed RSS of the receiver processes after one study, then after 8 more studies sent at
-  once over 8 associations (`bench.receive.scp_memory`).
+  once over 8 associations (`bench.receive.scp_memory`). CPU per image: user + system time of the receiver's
+  processes (with reaped children: storescp --fork) during the send, from /proc, divided by the images sent.
 * **Stages**: a child process that is what a worker is (loads the model once, then screens the study) with clocks
   around each step of the screening recipe (`bench/pipeline.py` calls the same steps as
   `service/pipeline/screening.py`), plus writing the result files (fsync) and sending them to a DCMTK storescp. Its

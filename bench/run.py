@@ -169,6 +169,14 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
                                    f"{n} association(s)", "images/s", rates[receive.NO_FSYNC],
                                    "not a deployable setting: shows the cost of durability"))
         for target in receive.TARGETS:
+            cpu = [next(r for r in rr if r.target == target).cpu_ms_per_image for rr in runs]
+            if all(c is not None for c in cpu):
+                figures.append(_figure(f"ingest.{tag}.cpu_ms_per_image.{target}", f"CPU per image of the {target} "
+                                       f"receiver (user + system, all its processes), {n} association(s)", "ms",
+                                       [float(c or 0.0) for c in cpu],
+                                       f"{os.cpu_count()} cores: {n} association(s) can reach at most "
+                                       f"~{os.cpu_count() or 1} x 1000 / this images/s, less the senders' share"))
+        for target in receive.TARGETS:
             figures.append(_figure(f"memory.scp_peak.{tag}.{target}",
                                    f"peak RSS of the {target} receiver, {n} association(s)", "MiB",
                                    [next(r for r in rr if r.target == target).peak_rss_mib for rr in runs],
@@ -190,7 +198,12 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
         "in batches after it; the spool is reconciled with the database at start-up; storescp does neither; Orthanc "
         "1.10 writes the file and its SQLite index without fsync.",
         f"default spool_mode: \"{receive.DEFAULT_SPOOL_MODE}\"; {receive.OTHER_SPOOL} is the other mode, "
-        "measured in the same rounds (A/B)."]}
+        "measured in the same rounds (A/B).",
+        "the receive path (issue 18, service/receive/latency.py, scp.py): pynetdicom's two polling loops per "
+        "association replaced by threads that block until woken (WakingDUL, QueueWaitAssociation); pynetdicom's "
+        "\"standard\" event logging off (it copied every received dataset); the receiver processes share one "
+        "listening socket and a busier process leaves a new connection to a less busy one (SO_REUSEPORT hashed "
+        "4 associations onto 2 processes 3 + 1 or 4 + 0 half the time)."]}
 
 
 def _spool_ab_figures(tag: str, n: int, rates: dict[str, list[float]]) -> list[dict[str, Any]]:

@@ -72,7 +72,8 @@ class NodeSettings(NetworkLimits):
     database_url: str = "sqlite:///var/bmd-node.db"
     series_stable_seconds: float = 10.0
     receive_processes: int = 0
-    """Processes that receive C-STORE on the one port (SO_REUSEPORT); 0 = min(4, CPU count)."""
+    """Processes that receive C-STORE on the one port (one listening socket, connections spread evenly over
+    them); 0 = min(4, CPU count)."""
     spool_mode: str = SPOOL_MODE_POOL
     """How a received instance is made durable before its C-STORE response (service/receive/spool.py): "direct"
     (temporary file, fsync, rename, directory fsync) or "pool" (one fdatasync into an already-durable empty file,

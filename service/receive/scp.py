@@ -24,10 +24,13 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +54,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -94,6 +97,11 @@ SUPPORTED_TRANSFER_SYNTAXES = (
     RLELossless,
 )
 PR_SET_PDEATHSIG = 1
+PLAIN, TLS = "plain", "tls"
+RECEIVERS_READY_TIMEOUT_S = 60.0
+BALANCE_WAIT_S = 0.02
+"""How long a receiver process with more open connections than the least busy one leaves a new connection to the
+others before it accepts it itself."""
 RECEIVE_SWITCH_INTERVAL_S = 0.0005
 """The interpreter's thread switch interval in a receiving process (default 5 ms). Every syscall of the spool
 write (open, write, fsync, rename) releases the interpreter lock; getting it back behind a busy association thread
@@ -103,9 +111,14 @@ took up to the full interval each time, which made a 1 ms durable write cost 5-2
 class AllowListAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the IP allow-list applied as soon as a connection is accepted.
 
-    The listening socket has SO_REUSEPORT (where the platform has it), so that several receiver processes listen on
-    the one port and the kernel spreads the connections over them. ``shutdown()`` also flushes and stops the
-    batched recorder of the server (when it has one)."""
+    Several receiver processes serve one port through ONE listening socket: the node's process binds it and hands
+    it to each receiver process it spawns (``listening``: a subclass made by ``on_socket``), and every process
+    accepts from it. The socket is non-blocking, so a process that loses the race for a connection goes back to
+    waiting. ``balance`` (when set) runs before each accept: a process with more open connections than the least
+    busy one waits a moment, so that connections spread evenly over the processes. (SO_REUSEPORT, used before,
+    pins each connection to a process by a hash of its addresses: four associations often landed 3 + 1 or 4 + 0 on
+    two processes, and a second node started by mistake on the same port silently took a share of them.)
+    ``shutdown()`` also flushes and stops the batched recorder of the server (when it has one)."""
 
     allow_list: PeerAllowList = PeerAllowList(frozenset())
     limits: NetworkLimits = NetworkLimits()
@@ -115,18 +128,74 @@ class AllowListAssociationServer(ThreadedAssociationServer):
     tls_fingerprints: dict[str, frozenset[str]] | None = None
     companions: tuple[AllowListAssociationServer, ...] = ()
     """The TLS server next to the plain one (same handlers, recorder and slots), shut down with it."""
-    allow_reuse_port = hasattr(socket, "SO_REUSEPORT")
     batch_recorder: BatchRecorder | None = None
+    listening: socket.socket | None = None
+    """The listening socket of the node's process (receiver processes); None: bind one."""
+    balance: Callable[[], bool] | None = None
+    """True when this process holds more open connections than the least busy receiver process."""
+
+    @classmethod
+    def on_socket(cls, listening: socket.socket | None) -> type[AllowListAssociationServer]:
+        if listening is None:
+            return cls
+        return type(cls.__name__, (cls,), {"listening": listening})
 
     def server_bind(self) -> None:
-        if self.allow_reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.listening is None:
+            super().server_bind()
+        else:
+            self.socket.close()
+            self.socket = self.listening
+            self.server_address = self.socket.getsockname()
+        self.socket.setblocking(False)
+
+    def server_activate(self) -> None:
+        if self.listening is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listening is None:
+            super().server_close()
+        else:  # never shut down a socket the other processes still accept from
+            self.socket.close()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.balance is not None and self.balance():
+            self._leave_to_others(BALANCE_WAIT_S)
+        return super().get_request()  # BlockingIOError (OSError): another process took it; socketserver goes on
+
+    def _leave_to_others(self, seconds: float) -> None:
+        """Every process was woken by the new connection: leave it to the less busy ones for up to ``seconds``
+        (until it is gone from the accept queue), then take it if it is still there."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.socket], [], [], 0)
+            if not readable:
+                return
+            time.sleep(0.001)
+
+    serving = False
+    announce: Callable[[], None] | None = None
+    """Called once the accept loops run (marks this process accepting in the shared state)."""
+
+    def serve_in_thread(self) -> None:
+        """Start accepting (the accept loop in a daemon thread); the companion servers too."""
+        for server in (self, *self.companions):
+            timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+            server.serving = True
+            threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True).start()
+        if self.announce is not None:
+            self.announce()
 
     def shutdown(self) -> None:
         for companion in self.companions:
             companion.shutdown()
-        super().shutdown()
+        if self.serving:
+            super().shutdown()  # pynetdicom's: stops the accept loop, closes the socket, leaves ae._servers
+        else:  # it never served (the node stopped before its receiver processes were ready)
+            self.server_close()
+            if self in self.ae._servers:
+                self.ae._servers.remove(self)
         if self.batch_recorder is not None:
             self.batch_recorder.stop()
 
@@ -141,6 +210,10 @@ class AllowListAssociationServer(ThreadedAssociationServer):
 
 
 def build_ae(config: Any) -> AE:
+    # pynetdicom's "standard" event logging runs on every PDU and DIMSE message; for a C-STORE-RQ it copies the whole
+    # received dataset (to log "Data Set: Present") and formats a page of DEBUG lines: ~6 % of the receive path's
+    # CPU. The node logs associations itself (service/receive/admission.py); pynetdicom still logs its warnings.
+    _config.LOG_HANDLER_LEVEL = "none"
     limits = config.node if isinstance(config.node, NetworkLimits) else NetworkLimits()
     ae = AE(ae_title=str(config.node.ae_title))
     ae.maximum_pdu_size = limits.max_pdu_bytes  # announced; bigger PDUs are refused (service/receive/limits.py)
@@ -192,6 +265,8 @@ def start_scp(
     reconcile_at_start: bool = True,
     shared: SharedReceiveState | None = None,
     row: int = 0,
+    listening: Mapping[str, socket.socket] | None = None,
+    serve: bool = True,
 ) -> AllowListAssociationServer:
     """Start the SCP in a background thread and return the running server (``server.shutdown()`` stops it).
 
@@ -201,7 +276,10 @@ def start_scp(
     temporary files and record the spool files the database lacks (service/receive/reconcile.py); the extra
     receiver processes, started after it, skip it. ``shared``, ``row``: the caps and counters of all receiver
     processes and this process's row in them (service/receive/shared_limits.py); by default a state of this process
-    alone. Row 0 (the node's own process) publishes its state for /metrics.
+    alone. Row 0 (the node's own process) publishes its state for /metrics. ``listening``: the node's listening
+    sockets ("plain", "tls"; ``listening_sockets``), for a receiver process (it accepts from them instead of
+    binding); ``serve=False``: bound, not yet accepting (``server.serve_in_thread()`` starts it), so that the
+    node's process can start its receiver processes first.
     """
     storage_dir = Path(config.node.storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
@@ -230,35 +308,50 @@ def start_scp(
     ]
     slots = ConnectionSlots(shared.per_address, shared.total, shared=shared, row=row)
     tls: TlsSettings = getattr(config.node, "tls", TlsSettings())
+    sockets = dict(listening or {})
+    balance = None if shared.rows == 1 else lambda: shared.busier_than_least(row)
     servers = []
     if tls.plain:
-        servers.append(_serve(ae, config, int(config.node.port), handlers, allow_list, slots))
+        servers.append(_server(ae, config, int(config.node.port), handlers, allow_list, slots, sockets.get(PLAIN),
+                               balance))
     if tls.enabled:
-        servers.append(_serve(ae, config, tls.port, handlers, allow_list, slots, tls))
+        servers.append(_server(ae, config, tls.port, handlers, allow_list, slots, sockets.get(TLS), balance, tls))
     server = servers[0]
     server.companions = tuple(servers[1:])
     server.batch_recorder = batch
+    server.announce = lambda: shared.set_accepting(row)
+    for each in servers:
+        host, bound = each.server_address[:2]
+        logger.info("SCP %s listening on %s:%s%s", config.node.ae_title, host, bound,
+                    " (DICOM TLS)" if each.tls_context is not None else "")
+    if serve:
+        server.serve_in_thread()
     return server
 
 
-def _serve(ae: AE, config: Any, port: int, handlers: list[Any], allow_list: PeerAllowList, slots: ConnectionSlots,
-           tls: TlsSettings | None = None) -> AllowListAssociationServer:
-    """One listening server (plain, or DICOM TLS with the handshake in each connection's thread)."""
+def listening_sockets(server: AllowListAssociationServer) -> dict[str, socket.socket]:
+    """The listening socket of ``server`` and of its companion, by kind (what ``start_scp`` takes as
+    ``listening``)."""
+    return {TLS if each.tls_context is not None else PLAIN: each.socket for each in (server, *server.companions)}
+
+
+def _server(ae: AE, config: Any, port: int, handlers: list[Any], allow_list: PeerAllowList, slots: ConnectionSlots,
+            listening: socket.socket | None, balance: Callable[[], None] | None,
+            tls: TlsSettings | None = None) -> AllowListAssociationServer:
+    """One server, bound (or on ``listening``), not yet accepting (plain, or DICOM TLS with the handshake in each
+    connection's thread)."""
+    server_class = AllowListAssociationServer.on_socket(listening)
     server = ae.make_server((str(config.node.host), port), evt_handlers=handlers,
-                            server_class=AllowListAssociationServer, request_handler=GuardedRequestHandler)
+                            server_class=server_class, request_handler=GuardedRequestHandler)
     server.allow_list = allow_list
     server.limits = config.node
     server.slots = slots
+    server.balance = balance
     if tls is not None:
         server.tls_context = server_context(tls)
         if tls.require_client_certificate:
             server.tls_fingerprints = allow_list.fingerprints_by_address()
-    timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
-    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True)
-    thread.start()
     ae._servers.append(server)  # so that server.shutdown() (which removes it) and ae.shutdown() work
-    host, bound = server.server_address[:2]
-    logger.info("SCP %s listening on %s:%s%s", config.node.ae_title, host, bound, " (DICOM TLS)" if tls else "")
     return server
 
 
@@ -267,21 +360,24 @@ class ReceiverProcess:
     process: Any
     stop: Any
     """A multiprocessing Event: set to stop the process (it flushes its recorder first)."""
+    ready: Any
+    """A multiprocessing Event the process sets once it accepts connections."""
 
 
-def start_receiver_processes(config: Any, port: int, count: int, shared: SharedReceiveState | None = None,
-                             first_row: int = 1) -> list[ReceiverProcess]:
-    """``count`` receiver processes (spawned) listening on ``port`` next to this process's SCP; with ``shared``,
-    they take rows ``first_row``.. of it."""
+def start_receiver_processes(config: Any, listening: Mapping[str, socket.socket], count: int,
+                             shared: SharedReceiveState | None = None, first_row: int = 1) -> list[ReceiverProcess]:
+    """``count`` receiver processes (spawned) accepting from the node's ``listening`` sockets next to this
+    process's SCP; with ``shared``, they take rows ``first_row``.. of it."""
     context = multiprocessing.get_context("spawn")
     out = []
     for index in range(count):
-        stop = context.Event()
+        stop, ready = context.Event(), context.Event()
         row = first_row + index if shared is not None else 0
         process = context.Process(target=receiver_process_main,
-                                  args=(config, port, os.getpid(), stop, shared, row), name="receiver", daemon=True)
+                                  args=(config, dict(listening), os.getpid(), stop, shared, row, ready),
+                                  name="receiver", daemon=True)
         process.start()
-        out.append(ReceiverProcess(process, stop))
+        out.append(ReceiverProcess(process, stop, ready))
     return out
 
 
@@ -297,17 +393,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def receiver_process_main(config: Any, port: int, parent_pid: int, stop: Any,
-                          shared: SharedReceiveState | None = None, row: int = 0) -> None:
-    """An extra receiver process: the SCP on the node's port, its own recorder and database connection, its row
-    ``row`` of the shared caps."""
+def receiver_process_main(config: Any, listening: Mapping[str, socket.socket], parent_pid: int, stop: Any,
+                          shared: SharedReceiveState | None = None, row: int = 0, ready: Any = None) -> None:
+    """An extra receiver process: the SCP on the node's listening sockets, its own recorder and database
+    connection, its row ``row`` of the shared caps; sets ``ready`` once it accepts."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
     setup_logging(config.logging)
     sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
     engine = make_engine(str(config.node.database_url))
-    server = start_scp(config.with_node(port=port), engine, reconcile_at_start=False, shared=shared, row=row)
+    server = start_scp(config, engine, reconcile_at_start=False, shared=shared, row=row, listening=listening)
+    if ready is not None:
+        ready.set()
     try:
         while not stop.wait(0.25):
             if os.getppid() != parent_pid:
@@ -324,21 +422,31 @@ def receive_process_count(config: Any) -> int:
     return configured if configured > 0 else max(1, min(4, os.cpu_count() or 1))
 
 
-def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
+def run_scp(config: Any, engine: Any, stop_event: threading.Event, ready: threading.Event | None = None) -> None:
     """Serve until ``stop_event`` is set: the SCP in this process (after the spool reconciliation) plus
-    ``receive_processes - 1`` receiver processes on the same port (SO_REUSEPORT), each with its own recorder and
-    database connection, so that receiving scales with cores instead of sharing one interpreter lock."""
+    ``receive_processes - 1`` receiver processes accepting from the same listening socket, each with its own
+    recorder and database connection, so that receiving scales with cores instead of sharing one interpreter lock.
+    This process accepts only once its receiver processes do (or ``RECEIVERS_READY_TIMEOUT_S`` passed), so that the
+    first connections spread over all of them too; then it sets ``ready`` (when given)."""
     sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL_S)
     quarantine = QuarantineCleaner(Path(config.node.storage_dir), config.quarantine)
     quarantine.run_if_due()  # at start-up, then every cleanup_interval_seconds
     extra = receive_process_count(config) - 1
-    if extra > 0 and not AllowListAssociationServer.allow_reuse_port:
-        logger.warning("receive_processes > 1 needs SO_REUSEPORT, which this platform lacks: one process receives")
-        extra = 0
     shared = SharedReceiveState.for_node(config.node, config.peers, rows=1 + extra)
-    server = start_scp(config, engine, shared=shared)
-    port = int(server.server_address[1])
-    children = start_receiver_processes(config, port, extra, shared)
+    server = start_scp(config, engine, shared=shared, serve=False)
+    child_config = config.with_node(port=int(server.server_address[1]))  # the bound port, when 0 was configured
+    listening = listening_sockets(server)
+    children = start_receiver_processes(child_config, listening, extra, shared)
+    deadline = time.monotonic() + RECEIVERS_READY_TIMEOUT_S
+    for child in children:
+        if not child.ready.wait(max(0.0, deadline - time.monotonic())):
+            logger.warning("receiver processes not ready after %.0f s: accepting without them",
+                           RECEIVERS_READY_TIMEOUT_S)
+            break
+    server.serve_in_thread()
+    logger.info("receiving with %d process(es)", 1 + extra)
+    if ready is not None:
+        ready.set()
     try:
         while not stop_event.wait(1.0):
             quarantine.run_if_due()
@@ -347,7 +455,8 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event) -> None:
                     logger.error("receiver process %d exited with code %s; restarting it", index + 1,
                                  child.process.exitcode)
                     shared.clear_row(index + 1)  # its connections died with it
-                    children[index] = start_receiver_processes(config, port, 1, shared, first_row=index + 1)[0]
+                    children[index] = start_receiver_processes(child_config, listening, 1, shared,
+                                                               first_row=index + 1)[0]
     finally:
         for child in children:
             child.stop.set()

@@ -4,7 +4,8 @@ The node's process creates one ``SharedReceiveState`` before it spawns the recei
 of them as a Process argument: a block of shared memory (a ``RawArray`` of the spawn context, int64) and the path of
 a lock file. Layout: one row per process (row 0: the node's own SCP, row k: receiver process k), each
 
-    [open connections | open associations per peer (a column per [[peers]] entry, sorted by name) |
+    [open connections | accepting (1 once the process accepts connections) |
+     open associations per peer (a column per [[peers]] entry, sorted by name) |
      max_connections address entries: (address as two int64, open connections)]
 
 then one counter per (outcome, reason) of ``ASSOCIATION_OUTCOMES``. A check-and-take reads every row, so the caps
@@ -65,6 +66,8 @@ ASSOCIATION_OUTCOMES: tuple[tuple[str, str], ...] = (
 association that the node later aborts for a limit counts as aborted too."""
 _OUTCOME_INDEX = {key: index for index, key in enumerate(ASSOCIATION_OUTCOMES)}
 _ENTRY = 3  # address high, address low, open connections
+_ACCEPTING = 1  # the column of a row's accepting flag
+_PEERS_FROM = 2  # the first column of the per-peer association counts
 
 
 def address_key(address: str) -> tuple[int, int]:
@@ -95,7 +98,7 @@ class SharedReceiveState:
         self.peer_caps: tuple[int, ...] = tuple(caps[name] for name in self.peers)
         self.lock_path = lock_path
         """None: one process only (a threading lock suffices)."""
-        self._row_len = 1 + len(self.peers) + total * _ENTRY
+        self._row_len = _PEERS_FROM + len(self.peers) + total * _ENTRY
         self._array: Any = multiprocessing.get_context("spawn").RawArray("q", rows * self._row_len
                                                                          + len(ASSOCIATION_OUTCOMES))
         self._setup_process_locals()
@@ -150,7 +153,7 @@ class SharedReceiveState:
         return view[:self.rows * self._row_len].reshape(self.rows, self._row_len)
 
     def _entries(self, table: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return table[:, 1 + len(self.peers):].reshape(self.rows, self.total, _ENTRY)
+        return table[:, _PEERS_FROM + len(self.peers):].reshape(self.rows, self.total, _ENTRY)
 
     def _check_row(self, row: int) -> None:
         if not 0 <= row < self.rows:
@@ -193,10 +196,10 @@ class SharedReceiveState:
         self._check_row(row)
         if peer not in self.peers:
             return False
-        column = 1 + self.peers.index(peer)
+        column = _PEERS_FROM + self.peers.index(peer)
         with self._locked() as view:
             table = self._table(view)
-            if int(table[:, column].sum()) >= self.peer_caps[column - 1]:
+            if int(table[:, column].sum()) >= self.peer_caps[column - _PEERS_FROM]:
                 return False
             table[row, column] += 1
         return True
@@ -205,7 +208,7 @@ class SharedReceiveState:
         self._check_row(row)
         if peer not in self.peers:
             return
-        column = 1 + self.peers.index(peer)
+        column = _PEERS_FROM + self.peers.index(peer)
         with self._locked() as view:
             table = self._table(view)
             table[row, column] = max(0, int(table[row, column]) - 1)
@@ -215,6 +218,25 @@ class SharedReceiveState:
         self._check_row(row)
         with self._locked() as view:
             self._table(view)[row] = 0
+
+    def set_accepting(self, row: int) -> None:
+        """``row``'s process accepts connections now (``clear_row`` takes it back)."""
+        self._check_row(row)
+        with self._locked() as view:
+            self._table(view)[row, _ACCEPTING] = 1
+
+    def accepting(self) -> int:
+        """How many processes accept connections."""
+        with self._locked() as view:
+            return int(self._table(view)[:, _ACCEPTING].sum())
+
+    def busier_than_least(self, row: int) -> bool:
+        """Whether ``row`` holds more open connections than the accepting process that holds the fewest."""
+        self._check_row(row)
+        with self._locked() as view:
+            table = self._table(view)
+            counts = table[table[:, _ACCEPTING] == 1, 0]
+            return bool(counts.size and table[row, 0] > counts.min())
 
     def open_connections(self, address: str | None = None) -> int:
         """Open connections over all processes, from ``address`` or in all."""
@@ -231,7 +253,7 @@ class SharedReceiveState:
         if peer not in self.peers:
             return 0
         with self._locked() as view:
-            return int(self._table(view)[:, 1 + self.peers.index(peer)].sum())
+            return int(self._table(view)[:, _PEERS_FROM + self.peers.index(peer)].sum())
 
     def count(self, outcome: str, reason: str) -> None:
         index = self.rows * self._row_len + _OUTCOME_INDEX[(outcome, reason)]

@@ -5,6 +5,9 @@ pynetdicom requestor and raw sockets. 127.0.0.2 is a second allowed address (loo
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import shutil
 import socket
 import struct
@@ -183,28 +186,54 @@ def test_disk_under_the_configured_reserve_answers_a700(tmp_path: Path) -> None:
         assert not list((tmp_path / "storage").rglob("*.dcm"))
 
 
-def _listening_sockets(port: int) -> int:
-    """Listening TCP sockets on ``port`` (one per receiver process with SO_REUSEPORT), from /proc/net/tcp."""
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+def _node_side_owners(port: int) -> list[int]:
+    """The pid of the process holding the node's end of each established connection to ``port`` (this process or
+    one of its receiver processes), from /proc/net/tcp's socket inodes and /proc/<pid>/fd."""
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    inodes = {row[9] for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "01"}
+    owners = []
+    for pid in [os.getpid(), *(child.pid for child in multiprocessing.active_children())]:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    owners.append(int(pid))
+    return owners
 
 
-def test_every_receiver_process_enforces_the_pdu_limit(tmp_path: Path) -> None:
+def run_scp_until_ready(config: Config, engine: Any, stop: threading.Event) -> threading.Thread:
+    """``run_scp`` in a thread, returned once every receiver process accepts connections."""
+    ready = threading.Event()
+    thread = threading.Thread(target=run_scp, args=(config, engine, stop, ready), daemon=True)
+    thread.start()
+    assert ready.wait(60), "the receiver processes did not start"
+    return thread
+
+
+def test_every_receiver_process_takes_its_share_and_enforces_the_pdu_limit(tmp_path: Path) -> None:
+    """Three connections open at once land on three processes (each process with more open connections than the
+    least busy one leaves a new connection to it), and each process aborts a 4 GiB PDU."""
     port = free_port()
     config = node_config(tmp_path, port=port, peers=PEERS).with_node(receive_processes=3)
     upgrade(config.node.database_url)
     engine = make_engine(config.node.database_url)
     stop = threading.Event()
-    thread = threading.Thread(target=run_scp, args=(config, engine, stop), daemon=True)
-    thread.start()
+    thread = run_scp_until_ready(config, engine, stop)
+    sockets: list[socket.socket] = []
     try:
-        wait_until(lambda: _listening_sockets(port) == 3, "3 receiver processes listening", timeout_s=60)
-        for _ in range(12):  # the kernel spreads connections over the processes by their source port
-            with socket.create_connection(("127.0.0.1", port)) as sock:
-                sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF))
-                sock.settimeout(1.0)
-                assert sock.recv(100) == A_ABORT_INVALID_PARAMETER
+        for _ in range(3):
+            sockets.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(0.2)
+        wait_until(lambda: len(_node_side_owners(port)) == 3, "the node's end of 3 connections", timeout_s=10)
+        owners = _node_side_owners(port)
+        assert len(set(owners)) == 3, owners
+        for sock in sockets:
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF))
+            sock.settimeout(5.0)
+            assert sock.recv(100) == A_ABORT_INVALID_PARAMETER
     finally:
+        for sock in sockets:
+            sock.close()
         stop.set()
         thread.join(timeout=60)
         engine.dispose()

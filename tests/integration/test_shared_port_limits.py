@@ -2,7 +2,8 @@
 /metrics (issue 20 pt 2).
 
 The node is the real ``run_scp`` with ``receive_processes = 2`` (this process's SCP plus one spawned receiver
-process on the same port, SO_REUSEPORT: the kernel spreads connections over both by their source port). Peers are
+process accepting from the same listening socket; a process with more open connections leaves new ones to the
+other). Peers are
 DCMTK's storescu / echoscu, pynetdicom requestors and raw half-open sockets; 127.0.0.2 is a second allowed address
 (loopback has the whole 127/8). /metrics is the node's collector rendered in the exposition format and read back
 with prometheus_client's parser."""
@@ -30,11 +31,11 @@ from service.config import Config
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.receive.limits import A_ABORT_INVALID_PARAMETER
-from service.receive.scp import run_scp, start_scp
+from service.receive.scp import start_scp
 from service.receive.shared_limits import publish, published
 from service.web.association_metrics import AssociationCollector
 from tests.integration.dicom_net_support import echoscu, node_config, storescu, write_series
-from tests.integration.test_port_limits import _listening_sockets, _stream_until_closed
+from tests.integration.test_port_limits import _stream_until_closed, run_scp_until_ready
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
 
@@ -64,10 +65,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     upgrade(config.node.database_url)
     engine = make_engine(config.node.database_url)
     stop = threading.Event()
-    thread = threading.Thread(target=run_scp, args=(config, engine, stop), daemon=True)
-    thread.start()
+    thread = run_scp_until_ready(config, engine, stop)
     try:
-        wait_until(lambda: _listening_sockets(port) == 2, "2 receiver processes listening", timeout_s=60)
         yield Node(config, port, tmp_path)
     finally:
         stop.set()
@@ -174,7 +173,7 @@ def test_the_per_peer_cap_refuses_the_next_association_in_every_process(node: No
 
 def test_metrics_count_accepted_and_rejected_associations_of_both_processes(node: Node) -> None:
     before = _metrics()
-    for _ in range(6):  # the kernel spreads them over both processes; all are counted
+    for _ in range(6):  # whichever process takes each; all are counted
         assert echoscu(port=node.port, calling_ae="PACS").returncode == 0
     wrong = echoscu(port=node.port, calling_ae="PACS", called_ae="NOTME")
     assert wrong.returncode != 0
@@ -211,14 +210,15 @@ def _receiver_pids() -> set[int]:
 
 
 def test_a_killed_receiver_process_leaves_no_slot_counted(node: Node) -> None:
-    for _ in range(6):  # until the receiver process holds some of the sockets (the kernel chooses)
+    for _ in range(6):  # until the receiver process holds some of the sockets
         sockets = _half_open(node.port, PER_ADDRESS)
         try:
             held, _ = _split(sockets)
             assert len(held) == PER_ADDRESS
             (pid,) = _receiver_pids()
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda p=pid: _receiver_pids() not in (set(), {p}) and _listening_sockets(node.port) == 2,
+            wait_until(lambda p=pid: _receiver_pids() not in (set(), {p})
+                       and published().accepting() == 2,  # type: ignore[union-attr]
                        "the receiver process restarted", timeout_s=60)
             still_held, its_own = _split(held)
             refill = _half_open(node.port, 2 * PER_ADDRESS)
