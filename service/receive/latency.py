@@ -99,6 +99,8 @@ class WakingDUL(DULServiceProvider):
         self._reactor_target()
 
     def wake(self) -> None:
+        if threading.get_ident() == self.ident:
+            return  # the DUL thread itself (an event it queued while reading a PDU): it is awake
         # BlockingIOError: wake-ups already pending; closed: the thread has ended
         with contextlib.suppress(OSError):
             self._wake_send.send(b"\0")

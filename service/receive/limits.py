@@ -181,6 +181,7 @@ class GuardedSocket(BulkRecvSocket):
     tls_fingerprint: str | None = None
     """SHA-256 of the client's TLS certificate, when one was required (service/receive/tls.py)."""
     outcome: AssociationOutcome | None = None
+    _timeout_set: float | None = None
 
     def guard(self, limits: NetworkLimits, peer_address: str, accepted_monotonic: float | None = None) -> None:
         self.limits = limits
@@ -208,7 +209,9 @@ class GuardedSocket(BulkRecvSocket):
             try:
                 if timeout <= 0:
                     raise TimeoutError
-                sock.settimeout(timeout)
+                if timeout != self._timeout_set:  # after the first PDU it stays the idle timeout: set once
+                    sock.settimeout(timeout)
+                    self._timeout_set = timeout
                 n = sock.recv_into(view[read:], nr_bytes - read)
             except TimeoutError:
                 phase = "association request" if not self.first_pdu_read else "PDU"
@@ -242,6 +245,7 @@ class GuardedSocket(BulkRecvSocket):
         try:
             if abort:
                 sock.settimeout(1.0)
+                self._timeout_set = 1.0
                 sock.sendall(A_ABORT_INVALID_PARAMETER)
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
