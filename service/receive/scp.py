@@ -154,10 +154,8 @@ class AllowListAssociationServer(ThreadedAssociationServer):
             super().server_activate()
 
     def server_close(self) -> None:
-        if self.listening is None:
-            super().server_close()
-        else:  # never shut down a socket the other processes still accept from
-            self.socket.close()
+        # close only: pynetdicom's shutdown(SHUT_RDWR) would end the accepting of every process sharing the socket
+        self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         if self.balance is not None and self.balance():
