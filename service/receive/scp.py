@@ -14,7 +14,8 @@ recognised), echo included. An allowed peer at its cap of open associations (``m
 its own ``max_associations``, over all receiver processes) is rejected transiently (local-limit-exceeded), so that
 it retries later (these checks: service/receive/admission.py). Connection caps, PDU size limits and read
 deadlines: service/receive/limits.py; the caps and the association counters are shared by all receiver processes:
-service/receive/shared_limits.py.
+service/receive/shared_limits.py; the listening socket they share and the balancing of new connections over them:
+service/receive/server.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
-import select
 import signal
 import socket
 import sys
@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,6 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from service.db.engine import make_engine
 from service.db.queries import record_instance, record_instances, recorded_instance_paths
@@ -71,8 +69,9 @@ from service.receive.peers import resolve_host as resolve_host
 from service.receive.quarantine import QuarantineCleaner
 from service.receive.reconcile import reconcile_spool
 from service.receive.recorder import BatchRecorder
+from service.receive.server import PLAIN, TLS, AllowListAssociationServer, listening_sockets
 from service.receive.settings import NetworkLimits
-from service.receive.shared_limits import REJECTED, SharedReceiveState, publish
+from service.receive.shared_limits import SharedReceiveState, publish
 from service.receive.spool import SPOOL_MODE_DIRECT, Spool
 from service.receive.tls import TlsSettings, server_context
 
@@ -97,114 +96,11 @@ SUPPORTED_TRANSFER_SYNTAXES = (
     RLELossless,
 )
 PR_SET_PDEATHSIG = 1
-PLAIN, TLS = "plain", "tls"
 RECEIVERS_READY_TIMEOUT_S = 60.0
-BALANCE_WAIT_S = 0.02
-"""How long a receiver process with more open connections than the least busy one leaves a new connection to the
-others before it accepts it itself."""
 RECEIVE_SWITCH_INTERVAL_S = 0.0005
 """The interpreter's thread switch interval in a receiving process (default 5 ms). Every syscall of the spool
 write (open, write, fsync, rename) releases the interpreter lock; getting it back behind a busy association thread
 took up to the full interval each time, which made a 1 ms durable write cost 5-20 ms with several associations."""
-
-
-class AllowListAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the IP allow-list applied as soon as a connection is accepted.
-
-    Several receiver processes serve one port through ONE listening socket: the node's process binds it and hands
-    it to each receiver process it spawns (``listening``: a subclass made by ``on_socket``), and every process
-    accepts from it. The socket is non-blocking, so a process that loses the race for a connection goes back to
-    waiting. ``balance`` (when set) runs before each accept: a process with more open connections than the least
-    busy one waits a moment, so that connections spread evenly over the processes. (SO_REUSEPORT, used before,
-    pins each connection to a process by a hash of its addresses: four associations often landed 3 + 1 or 4 + 0 on
-    two processes, and a second node started by mistake on the same port silently took a share of them.)
-    ``shutdown()`` also flushes and stops the batched recorder of the server (when it has one)."""
-
-    allow_list: PeerAllowList = PeerAllowList(frozenset())
-    limits: NetworkLimits = NetworkLimits()
-    slots: ConnectionSlots | None = None
-    tls_context: Any = None
-    """DICOM TLS: an ssl.SSLContext (service/receive/tls.py); the handshake runs in the connection's thread."""
-    tls_fingerprints: dict[str, frozenset[str]] | None = None
-    companions: tuple[AllowListAssociationServer, ...] = ()
-    """The TLS server next to the plain one (same handlers, recorder and slots), shut down with it."""
-    batch_recorder: BatchRecorder | None = None
-    listening: socket.socket | None = None
-    """The listening socket of the node's process (receiver processes); None: bind one."""
-    balance: Callable[[], bool] | None = None
-    """True when this process holds more open connections than the least busy receiver process."""
-
-    @classmethod
-    def on_socket(cls, listening: socket.socket | None) -> type[AllowListAssociationServer]:
-        if listening is None:
-            return cls
-        return type(cls.__name__, (cls,), {"listening": listening})
-
-    def server_bind(self) -> None:
-        if self.listening is None:
-            super().server_bind()
-        else:
-            self.socket.close()
-            self.socket = self.listening
-            self.server_address = self.socket.getsockname()
-        self.socket.setblocking(False)
-
-    def server_activate(self) -> None:
-        if self.listening is None:
-            super().server_activate()
-
-    def server_close(self) -> None:
-        # close only: pynetdicom's shutdown(SHUT_RDWR) would end the accepting of every process sharing the socket
-        self.socket.close()
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        if self.balance is not None and self.balance():
-            self._leave_to_others(BALANCE_WAIT_S)
-        return super().get_request()  # BlockingIOError (OSError): another process took it; socketserver goes on
-
-    def _leave_to_others(self, seconds: float) -> None:
-        """Every process was woken by the new connection: leave it to the less busy ones for up to ``seconds``
-        (until it is gone from the accept queue), then take it if it is still there."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([self.socket], [], [], 0)
-            if not readable:
-                return
-            time.sleep(0.001)
-
-    serving = False
-    announce: Callable[[], None] | None = None
-    """Called once the accept loops run (marks this process accepting in the shared state)."""
-
-    def serve_in_thread(self) -> None:
-        """Start accepting (the accept loop in a daemon thread); the companion servers too."""
-        for server in (self, *self.companions):
-            timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
-            server.serving = True
-            threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True).start()
-        if self.announce is not None:
-            self.announce()
-
-    def shutdown(self) -> None:
-        for companion in self.companions:
-            companion.shutdown()
-        if self.serving:
-            super().shutdown()  # pynetdicom's: stops the accept loop, closes the socket, leaves ae._servers
-        else:  # it never served (the node stopped before its receiver processes were ready)
-            self.server_close()
-            if self in self.ae._servers:
-                self.ae._servers.remove(self)
-        if self.batch_recorder is not None:
-            self.batch_recorder.stop()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        address = str(client_address[0])
-        if not self.allow_list.ip_allowed(address):
-            logger.warning("connection from %s refused: address is not a configured peer", address)
-            if self.slots is not None:
-                self.slots.count(REJECTED, "address_not_allowed")
-            return False
-        return self.slots is None or self.slots.acquire(address)
 
 
 def build_ae(config: Any) -> AE:
@@ -325,12 +221,6 @@ def start_scp(
     if serve:
         server.serve_in_thread()
     return server
-
-
-def listening_sockets(server: AllowListAssociationServer) -> dict[str, socket.socket]:
-    """The listening socket of ``server`` and of its companion, by kind (what ``start_scp`` takes as
-    ``listening``)."""
-    return {TLS if each.tls_context is not None else PLAIN: each.socket for each in (server, *server.companions)}
 
 
 def _server(ae: AE, config: Any, port: int, handlers: list[Any], allow_list: PeerAllowList, slots: ConnectionSlots,

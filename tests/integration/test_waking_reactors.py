@@ -21,7 +21,8 @@ from pynetdicom import AE
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.receive.latency import WakingDUL
-from service.receive.scp import AllowListAssociationServer, start_scp
+from service.receive.scp import start_scp
+from service.receive.server import AllowListAssociationServer
 from tests.integration.dicom_net_support import node_config, write_series
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
