@@ -120,12 +120,15 @@ def pool_final_path(storage_dir: Path) -> Callable[[bytes], Path | None]:
 
 
 def reconcile_spool(storage_dir: Path, recorded_paths: Callable[[], set[str]],
-                    record: Callable[[Sequence[InstanceRecord]], object], *, batch: int = 256) -> ReconcileReport:
+                    record: Callable[[Sequence[InstanceRecord]], object], *, batch: int = 256,
+                    remove_partials: bool = True) -> ReconcileReport:
     """Remove temporary files, then record every spool file that has no row (``recorded_paths``: the paths the
     database holds; ``record``: records rows in one transaction). The pools of processes that are gone are drained
-    first."""
+    first. ``remove_partials=False`` while other receiver processes run (a receiver process died and the node goes
+    on): their temporary files are writes in progress; a file a live process moved into place but has not recorded
+    yet may be recorded here first (its own commit then finds it recorded: a duplicate, which is idempotent)."""
     drained = drain_pools(storage_dir, pool_final_path(storage_dir), storage_dir / REJECTED_SUBDIR)
-    removed = remove_stale_partials(storage_dir)
+    removed = remove_stale_partials(storage_dir) if remove_partials else 0
     known = recorded_paths()
     files = 0
     missing: list[InstanceRecord] = []

@@ -144,10 +144,12 @@ def _release_barrier(event: Any, recorder: BatchRecorder) -> None:
                        "their spool files are recorded later")
 
 
-def reconcile(storage_dir: Path, engine: Any) -> None:
-    """Start-up: record spool files whose database row was lost (the process died before the recorder's commit)."""
+def reconcile(storage_dir: Path, engine: Any, *, while_receiving: bool = False) -> None:
+    """Start-up: record spool files whose database row was lost (the process died before the recorder's commit).
+    ``while_receiving``: after a receiver process died, the node still running: its pool is drained and the files it
+    acknowledged are recorded now, not at the node's next start; the temporary files of the live processes stay."""
     reconcile_spool(storage_dir, lambda: recorded_instance_paths(engine),
-                    lambda rows: record_instances(engine, rows))
+                    lambda rows: record_instances(engine, rows), remove_partials=not while_receiving)
 
 
 def start_scp(
@@ -304,6 +306,15 @@ def receiver_process_main(config: Any, listening: Mapping[str, socket.socket], p
         engine.dispose()
 
 
+def _recover_after(row: int, config: Any, engine: Any) -> None:
+    """Receiver process ``row`` died: what it acknowledged and had not recorded (in its pool, or moved into place
+    without a row) is recorded now, not at the node's next start."""
+    try:
+        reconcile(Path(config.node.storage_dir), engine, while_receiving=True)
+    except Exception:  # the database is down, say: the next start-up reconciles (nothing is lost meanwhile)
+        logger.exception("receiver process %d: its spool could not be reconciled now; it is at the next start", row)
+
+
 def receive_process_count(config: Any) -> int:
     """``[node] receive_processes``; 0 means min(4, CPU count)."""
     configured = int(getattr(config.node, "receive_processes", 1))
@@ -345,6 +356,7 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event, ready: thread
                     shared.clear_row(index + 1)  # its connections died with it
                     children[index] = start_receiver_processes(child_config, listening, 1, shared,
                                                                first_row=index + 1)[0]
+                    _recover_after(index + 1, config, engine)
     finally:
         for child in children:
             child.stop.set()

@@ -110,3 +110,75 @@ def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(timeout=60)
         engine.dispose()
+
+
+def _receiver_child(node_pid: int) -> int | None:
+    """The spawned receiver process of the node's process (not multiprocessing's resource tracker)."""
+    for task in Path(f"/proc/{node_pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                return int(pid)
+    return None
+
+
+def _holds_connections(pid: int) -> bool:
+    """Whether ``pid`` holds an established TCP connection (the node's end of an association)."""
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    inodes = {row[9] for row in rows if row[3] == "01"}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
+def test_a_killed_receiver_process_loses_nothing_while_the_node_runs(
+        tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
+    """SIGKILL of one receiver process (not the node's): the node restarts it and, without a restart of its own,
+    records every instance the dead process acknowledged (from its pool, or moved into place without a row)."""
+    port = free_port()
+    config_path = _write_config(tmp_path, port, spool_mode="pool")
+    config = load_config(config_path, env={})
+    upgrade(config.node.database_url)
+    storage = Path(config.node.storage_dir)
+    sent = {_sop_uid(p) for paths in studies for p in paths}
+
+    node = _start_receiver(config_path, port, receiver_logs)
+    engine = make_engine(config.node.database_url)
+    try:
+        senders = [Sender(paths, port) for paths in studies]
+        for sender in senders:
+            sender.start()
+        child = wait_until(lambda: _receiver_child(node.pid), "the receiver process", timeout_s=60.0)
+        wait_until(lambda: _holds_connections(child), "associations on the receiver process", timeout_s=60.0)
+        wait_until(lambda: sum(len(s.acknowledged) for s in senders) >= KILL_AFTER_ACKS, "acknowledgements",
+                   timeout_s=120.0)
+        os.kill(child, signal.SIGKILL)
+        for sender in senders:
+            sender.join(timeout=120)
+        acknowledged = {uid for s in senders for uid in s.acknowledged}
+        assert len(acknowledged) < STUDIES * SLICES, "the kill did not cut an association short"
+        assert node.poll() is None, "the node's process died with its receiver process"
+
+        def recorded() -> Counter[str] | None:
+            counts = Counter(row.sop_instance_uid for row in _stored_rows(engine))
+            return counts if acknowledged <= set(counts) else None
+
+        counts = wait_until(recorded, "every acknowledged instance recorded, the node still running", timeout_s=60.0)
+        assert [uid for uid, n in counts.items() if n > 1] == [], "an instance is recorded twice"
+        assert set(counts) <= sent, "something that was never sent is recorded"
+        assert len(set(counts) - acknowledged) <= STUDIES, "more unacknowledged instances than were in flight"
+        wait_until(lambda: not _filled_pool_files(storage), "no received instance left in a pool", timeout_s=30.0)
+        for row in _stored_rows(engine):
+            ds = pydicom.dcmread(str(row.path))
+            assert str(ds.SOPInstanceUID) == row.sop_instance_uid and len(ds.PixelData) == ds.Rows * ds.Columns * 2
+        wait_until(lambda: _receiver_child(node.pid) not in (None, child), "the receiver process restarted",
+                   timeout_s=60.0)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+        engine.dispose()
