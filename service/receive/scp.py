@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +72,7 @@ from service.receive.server import PLAIN, TLS, AllowListAssociationServer, liste
 from service.receive.settings import NetworkLimits
 from service.receive.shared_limits import SharedReceiveState, publish
 from service.receive.spool import SPOOL_MODE_DIRECT, Spool
+from service.receive.supervision import ReceiverProcess, supervise
 from service.receive.tls import TlsSettings, server_context
 
 logger = logging.getLogger(__name__)
@@ -245,15 +245,6 @@ def _server(ae: AE, config: Any, port: int, handlers: list[Any], allow_list: Pee
     return server
 
 
-@dataclass
-class ReceiverProcess:
-    process: Any
-    stop: Any
-    """A multiprocessing Event: set to stop the process (it flushes its recorder first)."""
-    ready: Any
-    """A multiprocessing Event the process sets once it accepts connections."""
-
-
 def start_receiver_processes(config: Any, listening: Mapping[str, socket.socket], count: int,
                              shared: SharedReceiveState | None = None, first_row: int = 1) -> list[ReceiverProcess]:
     """``count`` receiver processes (spawned) accepting from the node's ``listening`` sockets next to this
@@ -349,14 +340,12 @@ def run_scp(config: Any, engine: Any, stop_event: threading.Event, ready: thread
     try:
         while not stop_event.wait(1.0):
             quarantine.run_if_due()
-            for index, child in enumerate(children):
-                if not child.process.is_alive() and not stop_event.is_set():
-                    logger.error("receiver process %d exited with code %s; restarting it", index + 1,
-                                 child.process.exitcode)
-                    shared.clear_row(index + 1)  # its connections died with it
-                    children[index] = start_receiver_processes(child_config, listening, 1, shared,
-                                                               first_row=index + 1)[0]
-                    _recover_after(index + 1, config, engine)
+            for index in range(len(children)):
+                if not stop_event.is_set():
+                    children[index] = supervise(children[index], index + 1, time.monotonic(), shared,
+                                                lambda row: start_receiver_processes(child_config, listening, 1,
+                                                                                     shared, first_row=row)[0],
+                                                lambda row: _recover_after(row, config, engine))
     finally:
         for child in children:
             child.stop.set()
