@@ -114,11 +114,15 @@ ANCHOR_VOTE_MARGIN = 0.5
 vote by at least this much less (sum over bodies of |vote - thoracic name|; one body fully on the other side = 1)."""
 
 
-def anchor_agreeing_with_votes(anchors: dict[str, int], bodies: list[BodyFeatures], pos: list[int]) -> str:
+def anchor_agreeing_with_votes(anchors: dict[str, int], bodies: list[BodyFeatures], pos: list[int],
+                               default: str | None = None) -> str:
+    """The anchor whose count the thoracic/lumbar appearance fits clearly better (by ANCHOR_VOTE_MARGIN) than the
+    ``default``'s, else the default (given, or the rib anchor T12)."""
     def disagreement(first_level: int) -> float:
         return _vote_cost(bodies, pos, first_level)
 
-    default = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
+    if default is None:
+        default = next((k for k in anchors if k.startswith("T12")), next(iter(anchors)))
     best = min(anchors, key=lambda k: disagreement(anchors[k]))
     if disagreement(anchors[best]) <= disagreement(anchors[default]) - ANCHOR_VOTE_MARGIN:
         return best

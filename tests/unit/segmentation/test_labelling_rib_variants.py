@@ -109,3 +109,24 @@ def test_eleven_rib_pairs_without_the_sacrum_stay_uncertain() -> None:
     levels = [V(v) for v in range(V.C7, V.L2 + 1)]
     res = label_bodies(_spine(levels, _ribs(V.T1, V.T11)), sacrum_below=False)
     assert all(d.uncertain for d in res.decisions)
+
+
+def test_without_a_clear_appearance_the_best_guess_follows_two_anchors_against_one() -> None:
+    """Held-out labelling set 4 case_20 (chest-abdomen, 11 rib pairs, C7 to the sacrum): the first rib pair and the
+    sacrum agree, the last rib is one level off, and the appearance sides with neither by the margin.  Every level
+    stays uncertain; the best-guess names follow the two agreeing anchors (before: the last rib, all one level off)."""
+    levels = [V(v) for v in range(V.C7, V.L5 + 1)]
+    bodies = [BodyFeatures(**{**b.__dict__, "thoracic_vote": 0.5})
+              for b in _spine(levels, {**_ribs(V.T1, V.T11), V.C7: 1050.0})]
+    res = label_bodies(bodies, sacrum_below=True)
+    assert all(d.uncertain for d in res.decisions)
+    assert [d.level for d in res.decisions] == levels
+
+
+def test_an_appearance_that_clearly_sides_with_the_last_rib_still_outweighs_two_anchors() -> None:
+    """The cervical-rib pair with a sacralised L5 (12 rib pairs): the first rib pair and the sacrum agree on a wrong
+    count; the appearance fits the last rib's count by a whole body, so the best guess follows the last rib."""
+    levels = [V(v) for v in range(V.C6, V.L4 + 1)]
+    res = label_bodies(_spine(levels, _ribs(V.C7, V.T12)), sacrum_below=True)
+    assert all(d.uncertain for d in res.decisions)
+    assert [d.level for d in res.decisions] == levels
