@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,17 @@ def tree_pids(pid: int) -> list[int]:
         pids.append(p)
         todo.extend(_children(p))
     return pids
+
+
+class CpuMeter:
+    """CPU time of a process tree since this meter was made (``tree_cpu_s``), per image."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start_s = tree_cpu_s(pid)
+
+    def ms_per_image(self, images: int) -> float:
+        return (tree_cpu_s(self.pid) - self.start_s) * 1000 / images
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -240,8 +251,9 @@ def node_process(config: Path, args: Sequence[str], log_path: Path, *, env: Mapp
                                 env=dict(env or node_env()), stdout=log, stderr=subprocess.STDOUT)
         try:
             if wait_port is not None:
-                _wait_port_or_exit(proc, wait_port, log_path)
-                _wait_log_or_exit(proc, RECEIVING_LOG, log_path)
+                _wait_or_exit(proc, lambda: _port_open(wait_port), f"listening on {wait_port}", log_path)
+                _wait_or_exit(proc, lambda: RECEIVING_LOG in log_path.read_text(errors="replace"),
+                              f"logging {RECEIVING_LOG!r}", log_path)
                 time.sleep(WARM_UP_S)
             yield proc
         finally:
@@ -256,30 +268,26 @@ WARM_UP_S = 2.0
 measure it running, not starting)."""
 
 
-def _wait_log_or_exit(proc: subprocess.Popen[Any], text: str, log_path: Path, timeout_s: float = 120.0) -> None:
+def _wait_or_exit(proc: subprocess.Popen[Any], ready: Callable[[], bool], what: str, log_path: Path,
+                  timeout_s: float = 120.0) -> None:
+    """Poll ``ready()`` until it holds; RuntimeError (with the log's tail) if the process exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before logging {text!r}: "
+            raise RuntimeError(f"process exited with {proc.returncode} before {what}: "
                                f"{log_path.read_text(errors='replace')[-3000:]}")
-        if text in log_path.read_text(errors="replace"):
+        if ready():
             return
         time.sleep(0.1)
-    raise TimeoutError(f"{log_path} has no {text!r} after {timeout_s} s")
+    raise TimeoutError(f"not {what} after {timeout_s} s")
 
 
-def _wait_port_or_exit(proc: subprocess.Popen[Any], port: int, log_path: Path, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}: "
-                               f"{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 # --- DICOM peers -------------------------------------------------------------------------------------------

@@ -83,9 +83,9 @@ def run_node(studies: Sequence[SeriesSet], folder: Path, *, fsync: bool = True, 
     boot = [sys.executable, "-m", "bench.scp_probe"]
     with procs.node_process(config, ["scp"], folder / "scp.log", wait_port=port, command=boot, env=env) as proc, \
             procs.RssSampler(proc.pid) as sampler:
-        cpu_before = procs.tree_cpu_s(proc.pid)
+        cpu = procs.CpuMeter(proc.pid)
         seconds = _send(studies, port, procs.NODE_AE)
-        cpu_ms = (procs.tree_cpu_s(proc.pid) - cpu_before) * 1000 / sum(s.slices for s in studies)
+        cpu_ms = cpu.ms_per_image(sum(s.slices for s in studies))
     with sqlite3.connect(folder / "node.db") as conn:
         stored = int(conn.execute("SELECT count(*) FROM instances WHERE status = 'stored'").fetchone()[0])
     target = NO_FSYNC if not fsync else OTHER_SPOOL if spool_mode not in (None, DEFAULT_SPOOL_MODE) else "bmd-node"
@@ -214,9 +214,9 @@ def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     out = folder / "received"
     with procs.storescp(out, port, ae_title="STORESCP", fork=len(studies) > 1) as proc, \
             procs.RssSampler(proc.pid) as sampler:
-        cpu_before = procs.tree_cpu_s(proc.pid)
+        cpu = procs.CpuMeter(proc.pid)
         seconds = _send(studies, port, "STORESCP")
-        cpu_ms = (procs.tree_cpu_s(proc.pid) - cpu_before) * 1000 / sum(s.slices for s in studies)
+        cpu_ms = cpu.ms_per_image(sum(s.slices for s in studies))
     stored = sum(1 for p in out.iterdir() if p.is_file())
     return ReceiveRun("storescp", len(studies), sum(s.slices for s in studies), seconds, stored, sampler.peak_mib,
                       cpu_ms_per_image=cpu_ms)
@@ -225,9 +225,9 @@ def run_storescp(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
 def run_orthanc(studies: Sequence[SeriesSet], folder: Path) -> ReceiveRun:
     with procs.orthanc(folder) as server, procs.RssSampler(procs.orthanc_pid(server)) as sampler:
         pid = procs.orthanc_pid(server)
-        cpu_before = procs.tree_cpu_s(pid)
+        cpu = procs.CpuMeter(pid)
         seconds = _send(studies, server.dicom_port, server.ae_title)
-        cpu_ms = (procs.tree_cpu_s(pid) - cpu_before) * 1000 / sum(s.slices for s in studies)
+        cpu_ms = cpu.ms_per_image(sum(s.slices for s in studies))
         stored = int(server.get("/statistics")["CountInstances"])
         peak = procs.peak_rss_mib(procs.orthanc_pid(server)) or sampler.peak_mib
     return ReceiveRun("orthanc", len(studies), sum(s.slices for s in studies), seconds, stored, peak,

@@ -105,8 +105,8 @@ took up to the full interval each time, which made a 1 ms durable write cost 5-2
 
 def build_ae(config: Any) -> AE:
     # pynetdicom's "standard" event logging runs on every PDU and DIMSE message; for a C-STORE-RQ it copies the whole
-    # received dataset (to log "Data Set: Present") and formats a page of DEBUG lines: ~6 % of the receive path's
-    # CPU. The node logs associations itself (service/receive/admission.py); pynetdicom still logs its warnings.
+    # received dataset (to log "Data Set: Present") and formats a page of DEBUG lines, for every image. The node
+    # logs associations itself (service/receive/admission.py); pynetdicom still logs its warnings.
     _config.LOG_HANDLER_LEVEL = "none"
     limits = config.node if isinstance(config.node, NetworkLimits) else NetworkLimits()
     ae = AE(ae_title=str(config.node.ae_title))

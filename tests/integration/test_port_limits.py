@@ -5,7 +5,6 @@ pynetdicom requestor and raw sockets. 127.0.0.2 is a second allowed address (loo
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import shutil
@@ -29,7 +28,7 @@ from service.db.migrate import upgrade
 from service.receive.limits import A_ABORT_INVALID_PARAMETER
 from service.receive.scp import run_scp, start_scp
 from tests.integration.dicom_net_support import echoscu, node_config, storescu, write_series
-from tests.support.net import free_port
+from tests.support.net import established_inodes, free_port, sockets_held
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -188,17 +187,10 @@ def test_disk_under_the_configured_reserve_answers_a700(tmp_path: Path) -> None:
 
 def _node_side_owners(port: int) -> list[int]:
     """The pid of the process holding the node's end of each established connection to ``port`` (this process or
-    one of its receiver processes), from /proc/net/tcp's socket inodes and /proc/<pid>/fd."""
-    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    inodes = {row[9] for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "01"}
-    owners = []
-    for pid in [os.getpid(), *(child.pid for child in multiprocessing.active_children())]:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    owners.append(int(pid))
-    return owners
+    one of its receiver processes)."""
+    inodes = established_inodes(port)
+    pids = [os.getpid(), *(int(child.pid) for child in multiprocessing.active_children() if child.pid)]
+    return [pid for pid in pids for _ in range(sockets_held(pid, inodes))]
 
 
 def run_scp_until_ready(config: Config, engine: Any, stop: threading.Event) -> threading.Thread:

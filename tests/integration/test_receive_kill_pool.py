@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from service.config import load_config
+from service.config import Config, load_config
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.receive.spool_pool import pool_roots
@@ -38,7 +38,7 @@ from tests.integration.test_receive_kill import (
     resend_completes_with_one_job_per_series,
     studies,  # noqa: F401 (fixture)
 )
-from tests.support.net import free_port
+from tests.support.net import established_inodes, free_port, sockets_held
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -59,17 +59,22 @@ def _pool_uids(storage: Path) -> set[str]:
     return out
 
 
+def _pool_node(tmp_path: Path) -> tuple[int, Path, Config, Path]:
+    """A pool-mode node's port, configuration file, configuration and spool, its database migrated."""
+    port = free_port()
+    config_path = _write_config(tmp_path, port, spool_mode="pool")
+    config = load_config(config_path, env={})
+    upgrade(config.node.database_url)
+    return port, config_path, config, Path(config.node.storage_dir)
+
+
 def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
         tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
-    port = free_port()
-    config_path = _write_config(tmp_path, port, spool_mode="pool")
-    config = load_config(config_path, env={})
-    upgrade(config.node.database_url)
-    storage = Path(config.node.storage_dir)
+    port, config_path, config, storage = _pool_node(tmp_path)
     sent = {_sop_uid(p) for paths in studies for p in paths}
 
     receiver = _start_receiver(config_path, port, receiver_logs)
@@ -122,29 +127,11 @@ def _receiver_child(node_pid: int) -> int | None:
     return None
 
 
-def _holds_connections(pid: int) -> bool:
-    """Whether ``pid`` holds an established TCP connection (the node's end of an association)."""
-    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    inodes = {row[9] for row in rows if row[3] == "01"}
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
-
-
 def test_a_killed_receiver_process_loses_nothing_while_the_node_runs(
         tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
     """SIGKILL of one receiver process (not the node's): the node restarts it and, without a restart of its own,
     records every instance the dead process acknowledged (from its pool, or moved into place without a row)."""
-    port = free_port()
-    config_path = _write_config(tmp_path, port, spool_mode="pool")
-    config = load_config(config_path, env={})
-    upgrade(config.node.database_url)
-    storage = Path(config.node.storage_dir)
+    port, config_path, config, storage = _pool_node(tmp_path)
     sent = {_sop_uid(p) for paths in studies for p in paths}
 
     node = _start_receiver(config_path, port, receiver_logs)
@@ -154,7 +141,8 @@ def test_a_killed_receiver_process_loses_nothing_while_the_node_runs(
         for sender in senders:
             sender.start()
         child = wait_until(lambda: _receiver_child(node.pid), "the receiver process", timeout_s=60.0)
-        wait_until(lambda: _holds_connections(child), "associations on the receiver process", timeout_s=60.0)
+        wait_until(lambda: sockets_held(child, established_inodes()), "associations on the receiver process",
+                   timeout_s=60.0)
         wait_until(lambda: sum(len(s.acknowledged) for s in senders) >= KILL_AFTER_ACKS, "acknowledgements",
                    timeout_s=120.0)
         os.kill(child, signal.SIGKILL)

@@ -1,11 +1,15 @@
-"""Loopback TCP ports for tests and benchmarks: the one place that asks the kernel for a free port."""
+"""Loopback TCP ports for tests and benchmarks: the one place that asks the kernel for a free port, and the one
+that reads which process holds which TCP connection (/proc)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
@@ -41,3 +45,22 @@ def wait_for_port(port: int, timeout_s: float = 20.0, host: str = LOOPBACK) -> N
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+def established_inodes(local_port: int | None = None) -> set[str]:
+    """Socket inodes of the established IPv4 TCP connections (whose local end is ``local_port``, when given), from
+    /proc/net/tcp."""
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {row[9] for row in rows if row[3] == "01"
+            and (local_port is None or row[1].endswith(f":{local_port:04X}"))}
+
+
+def sockets_held(pid: int, inodes: set[str]) -> int:
+    """How many of ``inodes`` process ``pid`` holds open (/proc/<pid>/fd)."""
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+    return held
