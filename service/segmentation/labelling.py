@@ -11,7 +11,9 @@ Anchors (each implies the level of every body):
 An anchor counts only when the field of view can show it: a rib-free body is evidence of "no rib" only when the
 field reaches far enough around it (label_cues.RIB_FIELD_LATERAL_MM); else the anchor is dropped with a reason.
 A name is confident only when two independent cues agree: two anchors, or one anchor and the network's
-thoracic/lumbar appearance or the body-size progression (label_cues); a single cue -> uncertain.
+thoracic/lumbar appearance or the body-size progression (label_cues); a single cue -> uncertain.  A lone rib anchor
+with a rib on both sides stands alone only when its count puts neither the first rib pair nor the lumbosacral
+junction in the field of view (there, that end must confirm it: 11 or 13 rib pairs shift the last rib's count).
 Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral vertebra: all levels uncertain),
 except that the first rib pair and the sacrum agreeing, the last rib one level off and the thoracic/lumbar appearance
 siding with the pair name confidently (11/13 rib pairs, label_cues.rib_count_variant);
@@ -220,13 +222,17 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     cues = (*anchors, *confirming_cues(bodies, pos, first_level))
     # a lone anchor that the network's thoracic/lumbar appearance contradicts is never confident
     contradicted = len(anchors) == 1 and votes_contradict(bodies, pos, first_level)
-    if len(cues) == 1 and _bilateral_rib_anchor(bodies, cues[0]) and not contradicted:
+    unconfirmed_end = _other_end_in_view(bodies, pos, first_level, cues[0]) if len(cues) == 1 else None
+    if len(cues) == 1 and _bilateral_rib_anchor(bodies, cues[0]) and not contradicted and unconfirmed_end is None:
         cues = (*cues, BILATERAL_RIB_CUE)
     notes.append("anchors: " + ", ".join(anchors) + "; cues agreeing: " + ", ".join(cues))
     if len(cues) >= 2 and not contradicted:
         return [_decide(first_level + p, False, None, cues) for p in pos]
     reason = (f"a single cue places the count ({cues[0]}); neither the thoracic/lumbar appearance nor the body "
               "sizes confirm it")
+    if unconfirmed_end is not None:
+        reason = (f"the field of view reaches {unconfirmed_end}, which does not confirm the count from {cues[0]}: "
+                  "11 or 13 rib pairs cannot be excluded")
     if contradicted:
         reason = f"the thoracic/lumbar appearance of the vertebrae contradicts the count from {cues[0]}"
     reason = "; ".join([*dropped, reason])
@@ -246,6 +252,29 @@ def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
     else:
         return False
     return body.rib_left and body.rib_right
+
+
+FIRST_PAIR_REACH = VertebraLevel.T2
+"""A count from the last rib that names a body this level or higher puts the first rib pair in the field of view
+(with 11 rib pairs it names the real T1 "T2", the real C7 "T1"): the first pair should then confirm it."""
+SACRUM_REACH = VertebraLevel.L5
+"""... and one that names a body this level or lower, not cut at its bottom, puts the sacrum in the field."""
+
+
+def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: int, anchor: str) -> str | None:
+    """A lone rib anchor's count puts the other end of the rib cage or the sacrum in the field of view, yet that
+    end gave no agreeing anchor: what it reaches (for the reason), else None.  A rib pair misread on C7 (the first
+    rib's head beside it) hides the first pair; a 12th rib missing from an 11-pair patient shifts the count from the
+    last rib by one.  Held-out labelling set 5: two chests with 11 rib pairs, C7 in view and read as rib-bearing,
+    were named one level off from a lone bilateral last rib."""
+    names = [first_level + p for p in pos]
+    if anchor == T12_ANCHOR and names[0] <= int(FIRST_PAIR_REACH):
+        return "the first rib pair"
+    if anchor == T1_ANCHOR and names[-1] > int(VertebraLevel.T12):
+        return "the last rib"
+    if any(v >= int(SACRUM_REACH) and not b.cut_bottom for v, b in zip(names, bodies, strict=True)):
+        return "the lumbosacral junction"
+    return None
 
 
 def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],

@@ -130,3 +130,38 @@ def test_an_appearance_that_clearly_sides_with_the_last_rib_still_outweighs_two_
     res = label_bodies(_spine(levels, _ribs(V.C7, V.T12)), sacrum_below=True)
     assert all(d.uncertain for d in res.decisions)
     assert [d.level for d in res.decisions] == levels
+
+
+def test_lone_last_rib_with_the_first_pair_in_view_but_unconfirmed_is_uncertain() -> None:
+    """Held-out labelling set 5 case_40 (chest, 11 rib pairs): C7 reads 1740 mm3 of the first rib's head per side, T1
+    3000, so no rib-free body shows above the first pair; T12 carries no rib and the network's appearance is
+    undecided there.  The lone bilateral last rib (on T11) named every body one level off with confidence.  Its
+    count names a body T1, so the field shows the first pair, which does not confirm it: uncertain."""
+    levels = [V(v) for v in range(V.C7, V.L2 + 1)]
+    bodies = _spine(levels, {**_ribs(V.T1, V.T11), V.C7: 1740.0}, votes={V.C7: 0.57, V.T12: 0.45})
+    res = label_bodies(bodies, sacrum_below=False)
+    assert [d.level for d in res.decisions][-3] == V.L1  # the last rib's count, one level off (T12 named L1) ...
+    assert all(d.uncertain for d in res.decisions)  # ... never confident
+    assert "reaches the first rib pair" in (res.decisions[0].reason or ""), res.notes
+
+
+def test_lone_last_rib_with_the_lumbosacral_junction_in_view_but_no_sacrum_is_uncertain() -> None:
+    """11 rib pairs, T8 to L4, the field ending below a complete L4 (no sacrum found): the last rib's count names L4
+    "L5" with nothing on which it would sit.  The sacrum's end of the count is in view and does not confirm it."""
+    levels = [V(v) for v in range(V.T8, V.L4 + 1)]
+    bodies = _spine(levels, _ribs(V.T8, V.T11), votes={V.T12: 0.5})
+    res = label_bodies(bodies, sacrum_below=False)
+    assert [d.level for d in res.decisions][-1] == V.L5
+    assert all(d.uncertain for d in res.decisions)
+    assert "lumbosacral junction" in (res.decisions[0].reason or ""), res.notes
+
+
+def test_lone_last_rib_whose_field_shows_neither_end_stays_confident() -> None:
+    """An abdomen from T10 to L3 (ts_abdomen_t11_l2 is such a field): the last rib on both sides in a wide field, the
+    appearance undecided.  Neither the first rib pair nor the sacrum could confirm or contradict: the bilateral
+    last rib stands (the residual risk of 11 rib pairs that no cue in such a field can show)."""
+    levels = [V(v) for v in range(V.T10, V.L3 + 1)]
+    bodies = _spine(levels, _ribs(V.T10, V.T12), votes={V.T12: 0.5, V.L1: 0.5})
+    res = label_bodies(bodies, sacrum_below=False)
+    assert [d.level for d in res.decisions] == levels
+    assert not any(d.uncertain for d in res.decisions)
