@@ -282,10 +282,14 @@ def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: di
     """Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
     Every level is reported uncertain. The names follow the anchor whose count the network's thoracic/lumbar
     appearance fits clearly better, else the count two anchors share against a third (the first rib pair and the
-    sacrum against the last rib: 11 or 13 rib pairs; held-out labelling set 4 case_20), else the rib anchor (Pan 2020
-    counts from T12)."""
+    sacrum against the last rib: 11 or 13 rib pairs; held-out labelling set 4 case_20), else the first rib pair's
+    count against the last rib's (the 12th rib is the variable one: a hypoplastic or absent 12th rib or a lumbar rib
+    is far commoner than a cervical rib pair; held-out sets 4 and 6 case_10 and case_40, chests with 11 rib pairs),
+    else the rib anchor (Pan 2020 counts from T12)."""
     counts = list(anchors.values())
     shared = next((k for k, v in anchors.items() if counts.count(v) >= 2 and len(set(counts)) > 1), None)
+    if shared is None and T1_ANCHOR in anchors and T12_ANCHOR in anchors:
+        shared = T1_ANCHOR
     key = anchor_agreeing_with_votes(anchors, bodies, pos, default=shared)
     first_level = anchors[key]
     detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
