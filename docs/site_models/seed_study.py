@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from service.site_models.cohort import Cohort
 from service.offline.cohort.evaluate import acceptance, evaluate_model
-from service.site_models.feature_models import fit_feature_spec, train_feature_model
 from service.offline.cohort.synthetic import synthetic_rows
+from service.site_models.cohort import Cohort
+from service.site_models.feature_models import fit_feature_spec, train_feature_model
 
 
 def main(first: int, last: int) -> None:
