@@ -25,6 +25,7 @@ from service.domain.segmentation import LabelledVertebra, SpineSegmentation
 from service.domain.volume import CTVolume
 from service.segmentation import classes as cls
 from service.segmentation.bundle import load_bundle, softmax_sliding_window
+from service.segmentation.features import features_from_masks, fused_with_sacrum
 from service.segmentation.fine_stage import (
     FineField,
     coarse_on_fine,
@@ -43,15 +44,9 @@ from service.segmentation.geometry import (
     resample_to_coarse,
 )
 from service.segmentation.instances import FINE_RULES, MIN_BODY_VOLUME_MM3, find_bodies
-from service.segmentation.labelling import (
-    BodyFeatures,
-    LevelDecision,
-    features_from_masks,
-    fused_with_sacrum,
-    label_bodies,
-    rib_attachment,
-)
+from service.segmentation.labelling import BodyFeatures, LevelDecision, label_bodies
 from service.segmentation.refine import native_body_mask, ownership
+from service.segmentation.ribs import rib_attachment
 from service.segmentation.settings import SegmentationSettings
 from service.segmentation.totalseg_backend import TotalSegmentatorSegmenter
 

@@ -21,10 +21,11 @@ from service.offline.evaluation.segmentation import evaluate_case, load_ct, load
 from service.offline.phantom.api import PhantomSpec, generate
 from service.results.keyimage import level_text
 from service.segmentation.classes import phantom_body_levels
+from service.segmentation.features import features_from_masks
 from service.segmentation.geometry import field_extent_mm
 from service.segmentation.inference import BmdNodeSegmenter, load_segmenter
 from service.segmentation.label_cues import BILATERAL_RIB_CUE, VOTE_CUE, heights_confirm
-from service.segmentation.labelling import L5_ANCHOR, T12_ANCHOR, BodyFeatures, features_from_masks, label_bodies
+from service.segmentation.labelling import L5_ANCHOR, T12_ANCHOR, BodyFeatures, label_bodies
 from service.segmentation.settings import SegmentationSettings
 from tests.unit.calibration.phantom_cases import truth_segmentation
 

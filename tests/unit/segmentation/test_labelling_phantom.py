@@ -8,8 +8,9 @@ import pytest
 from service.domain.levels import VertebraLevel as V
 from service.offline.phantom.api import generate, random_spec
 from service.segmentation import classes as cls
+from service.segmentation.features import features_from_masks
 from service.segmentation.geometry import canonical_frame
-from service.segmentation.labelling import LabellingResult, features_from_masks, label_bodies
+from service.segmentation.labelling import LabellingResult, label_bodies
 
 
 def _label_truth(**overrides: object) -> tuple[list[V], LabellingResult]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.segmentation.labelling import MIN_RIB_ATTACH_MM3, RIB_RELATIVE_FRACTION, features_from_masks
+from service.segmentation.features import MIN_RIB_ATTACH_MM3, RIB_RELATIVE_FRACTION, features_from_masks
 
 SPACING = (3.0, 3.0, 3.0)
 
