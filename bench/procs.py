@@ -251,7 +251,7 @@ def node_process(config: Path, args: Sequence[str], log_path: Path, *, env: Mapp
                                 env=dict(env or node_env()), stdout=log, stderr=subprocess.STDOUT)
         try:
             if wait_port is not None:
-                _wait_or_exit(proc, lambda: _port_open(wait_port), f"listening on {wait_port}", log_path)
+                _wait_or_exit(proc, lambda: port_open(wait_port), f"listening on {wait_port}", log_path)
                 _wait_or_exit(proc, lambda: RECEIVING_LOG in log_path.read_text(errors="replace"),
                               f"logging {RECEIVING_LOG!r}", log_path)
                 time.sleep(WARM_UP_S)
@@ -282,7 +282,7 @@ def _wait_or_exit(proc: subprocess.Popen[Any], ready: Callable[[], bool], what: 
     raise TimeoutError(f"not {what} after {timeout_s} s")
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
+from bench.procs import port_open
 from service.config import Config, load_config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
@@ -84,11 +84,7 @@ def _start_receiver(config_path: Path, port: int, log_path: Path) -> subprocess.
 
 
 def _nothing_listens(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return False
-    except OSError:
-        return True
+    return not port_open(port)
 
 
 class Sender(threading.Thread):

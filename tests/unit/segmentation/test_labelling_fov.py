@@ -17,6 +17,7 @@ from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import ExclusionReason
 from service.domain.volume import CTVolume
+from service.offline.evaluation.narrow_fov import cut_in_plane
 from service.offline.evaluation.segmentation import evaluate_case, load_ct, load_reference
 from service.offline.phantom.api import PhantomSpec, generate
 from service.results.keyimage import level_text
@@ -246,24 +247,21 @@ def test_cues_reach_result_json_and_uncertain_levels_are_still_measured() -> Non
 @pytest.mark.slow
 def _spine_field_100mm(first: V | None = None, last: V | None = None) -> tuple[CTVolume, npt.NDArray[np.int16]]:
     """A chest-abdomen phantom cut in plane to a 100 mm field centred on the spine (a targeted spine
-    reconstruction), along the spine to ``first``-``last`` when given; with the phantom's body levels on its grid."""
+    reconstruction, ``narrow_fov.cut_in_plane``), along the spine to ``first``-``last`` when given; with the
+    phantom's body levels on its grid."""
     spec = PhantomSpec(seed=5, region="chest-abdomen", slice_thickness_mm=3.0, rows=256, columns=256,
                        pixel_spacing_mm=1.4)
-    phantom = generate(spec)
-    vol = phantom.volume
-    levels = phantom_body_levels(phantom.labels)
-    cx, cy = (int(c) for c in np.argwhere(levels > 0)[:, :2].mean(axis=0))
-    half = round(50.0 / 1.4)
+    phantom = cut_in_plane(generate(spec), 100.0)
+    vol, levels = phantom.volume, phantom_body_levels(phantom.labels)
     z0, z1 = 0, vol.shape[2]
     if first is not None and last is not None:
         z = np.argwhere(np.isin(levels, [int(first), int(last)]))[:, 2]
         z0, z1 = int(z.min()), int(z.max()) + 1
     affine = vol.affine_lps.copy()
-    affine[:3, 3] += affine[:3, :3] @ np.array([cx - half, cy - half, z0])
-    box = (slice(cx - half, cx + half), slice(cy - half, cy + half), slice(z0, z1))
-    cut = dataclasses.replace(vol, hu=np.ascontiguousarray(vol.hu[box]), affine_lps=affine,
+    affine[:3, 3] += affine[:3, :3] @ np.array([0, 0, z0])
+    cut = dataclasses.replace(vol, hu=np.ascontiguousarray(vol.hu[:, :, z0:z1]), affine_lps=affine,
                               sop_instance_uids=vol.sop_instance_uids[z0:z1], source_paths=vol.source_paths[z0:z1])
-    return cut, np.ascontiguousarray(levels[box])
+    return cut, np.ascontiguousarray(levels[:, :, z0:z1])
 
 
 def test_phantom_cropped_to_a_targeted_field_gives_no_confident_name() -> None:
