@@ -217,13 +217,15 @@ def test_dashboard_in_a_browser(node: Node, tmp_path: Path) -> None:
         driver.get(node.http + "/failures")
         button = driver.find_element(By.CSS_SELECTOR, "#failed-jobs button.retry")
         job_id = int(button.get_attribute("id").split("-")[1])
-        button.click()
-        assert f"job {job_id} queued again" in driver.find_element(By.ID, "flash").text
+        button.click()  # a form POST: the page that answers it loads after click() returns
+        flash = wait_until(lambda: driver.find_elements(By.ID, "flash") or None, "the page after the retry")
+        assert f"job {job_id} queued again" in flash[0].text
         _wait_jobs(node, "succeeded", succeeded + 1)  # the retried job ran again, and succeeded
         driver.get(node.http + "/failures")
         assert not driver.find_elements(By.CSS_SELECTOR, "#failed-jobs")
 
         driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
+        wait_until(lambda: "/login" in driver.current_url or None, "the login page after logging out")
         _log_in(driver, node, VIEWER, VIEWER_PASSWORD)
         driver.get(node.http + "/failures")
         assert not driver.find_elements(By.CSS_SELECTOR, "button.retry")
