@@ -250,7 +250,8 @@ def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: 
         return "the first rib pair"
     if anchor == T1_ANCHOR and names[-1] > int(VertebraLevel.T12):
         return "the last rib"
-    if any(v >= int(SACRUM_REACH) and not b.cut_bottom for v, b in zip(names, bodies, strict=True)):
+    if anchor in (T12_ANCHOR, T1_ANCHOR) and any(v >= int(SACRUM_REACH) and not b.cut_bottom
+                                                for v, b in zip(names, bodies, strict=True)):
         return "the lumbosacral junction"
     return None
 

@@ -178,3 +178,16 @@ def test_lone_last_rib_whose_field_shows_neither_end_stays_confident() -> None:
     res = label_bodies(bodies, sacrum_below=False)
     assert [d.level for d in res.decisions] == levels
     assert not any(d.uncertain for d in res.decisions)
+
+
+def test_lone_sacrum_anchor_gives_its_own_reason_not_the_lumbosacral_junction() -> None:
+    """A targeted lumbar field (set 7 narrow case_27: L1 to the sacrum, no rib in view, an appearance undecided
+    between a count with L1 at the top and one with T12): the sacrum is the only anchor.  It is uncertain as a single
+    cue; its reason must not say that the lumbosacral junction fails to confirm a count the junction itself placed."""
+    levels = [V(v) for v in range(V.L1, V.L5 + 1)]
+    bodies = _spine(levels, {}, votes={V.L1: 0.5})
+    res = label_bodies(bodies, sacrum_below=True)
+    assert [d.level for d in res.decisions] == levels
+    assert all(d.uncertain for d in res.decisions)
+    reason = res.decisions[0].reason or ""
+    assert "a single cue places the count (L5" in reason and "lumbosacral junction" not in reason, res.notes
