@@ -160,9 +160,15 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
         elif not FIRST_CHECKED <= v.level <= LAST_CHECKED:  # S1/cervical shapes differ
             work.fracture = not_checked(v.level, "the fracture check covers T1-L5")
         else:
-            measured[v.level] = level_heights = measure_level(volume, body, frame)
-            if level_heights.mask is not None:
-                heights[v.level] = level_heights.mask
+            try:
+                level_heights = measure_level(volume, body, frame)
+            except (ValueError, ArithmeticError) as exc:  # one level's heights must not fail the whole study
+                logger.exception("fracture check of %s failed; the level is 'height not measurable'", v.level.name)
+                work.fracture = not_checked(v.level, f"the height measurement failed ({type(exc).__name__})")
+            else:
+                measured[v.level] = level_heights
+                if level_heights.mask is not None:
+                    heights[v.level] = level_heights.mask
         if v.level_uncertain:
             work.exclusion = (ExclusionReason.LEVEL_UNCERTAIN, v.uncertainty_reason or "level uncertain")
         elif v.cut_by_fov:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+import service.calibration.assess as assess_module
 from service.calibration.assess import BmdAssessment, assess_bmd
 from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel as V
@@ -130,3 +131,23 @@ def test_series_warnings_reach_the_result_notes(case: tuple[Phantom, SpineSegmen
                                                         "series_warnings": "gap of 4.00 mm ...; used the longest"})
     notes = assess_bmd(warned, seg, SETTINGS).result.summary.notes
     assert "series: gap of 4.00 mm ...; used the longest" in notes
+
+
+def test_a_level_whose_height_measurement_fails_is_not_measurable_and_the_study_goes_on(
+        case: tuple[Phantom, SpineSegmentation, BmdAssessment], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in one level's height measurement (BMD set s7 case_07 raised ValueError on a 5 mm scan) must not fail the
+    study: that level's fracture outcome is 'height not measurable' with the reason; the others are measured."""
+    phantom, seg, _ = case
+    measure = assess_module.measure_level
+
+    def failing_at_l1(volume, body, frame):  # type: ignore[no-untyped-def]
+        if frame.origin_lps_mm == next(v.centroid_lps_mm for v in seg.vertebrae if v.level == V.L1):
+            raise ValueError("anterior_mm must be positive, got -0.96")
+        return measure(volume, body, frame)
+
+    monkeypatch.setattr(assess_module, "measure_level", failing_at_l1)
+    result = assess_bmd(phantom.volume, seg, SETTINGS).result
+    by_level = {m.level: m for m in result.vertebrae}
+    assert "height measurement failed (ValueError)" in (by_level[V.L1].fracture_detail or "")
+    assert by_level[V.L2].fracture_detail and "failed" not in by_level[V.L2].fracture_detail
+    assert result.summary is not None
