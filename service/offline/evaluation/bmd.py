@@ -58,6 +58,9 @@ class LevelRow:
     fracture_grade_truth: int
     called_fracture: bool
     kvp: int
+    fracture_outcome: str = "not checked"
+    """The fracture check's outcome: "fractured", "not fractured", "not measurable", or "not checked" (cut by the
+    field of view, outside T1-L5, no body)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,16 @@ def case_folders(dataset: Path) -> list[Path]:
     return sorted(p for p in dataset.iterdir() if p.is_dir() and is_case(p))
 
 
+NOT_CHECKED_DETAILS = ("cut by the field of view", "covers T1-L5", "no body voxels")
+
+
+def _fracture_outcome(vertebra: dict[str, Any]) -> str:
+    status, detail = vertebra.get("fracture_status"), vertebra.get("fracture_detail") or ""
+    if status is None or any(d in detail for d in NOT_CHECKED_DETAILS):
+        return "not checked"
+    return str(status).replace("_", " ")
+
+
 def _called_fracture(vertebra: dict[str, Any]) -> bool:
     return vertebra.get("fracture_status") == "fractured" or vertebra.get("exclusion_reason") == "fracture"
 
@@ -138,7 +151,7 @@ def match_levels(case: str, result: dict[str, Any], truth: dict[str, Any]) -> li
             exclusion_reason=v.get("exclusion_reason"), exclusion_detail=v.get("exclusion_detail"),
             bmd_predicted=v.get("bmd_mg_cm3"), bmd_truth=float(t["bmd_mg_cm3"]),
             fracture_grade_truth=genant_grade(fracture.get("height_loss")) if t.get("fractured") else 0,
-            called_fracture=_called_fracture(v), kvp=kvp))
+            called_fracture=_called_fracture(v), kvp=kvp, fracture_outcome=_fracture_outcome(v)))
     return rows
 
 
@@ -253,7 +266,18 @@ def exclusion_table(levels: list[LevelRow]) -> dict[str, Any]:
         "intact_excluded_share": round(sum(lv.exclusion_reason is not None for lv in intact) / len(intact), 4)
         if intact else None,
         "intact_exclusion_reasons": reasons,
+        "outcomes": {"fractured": _outcomes(fractured), "intact": _outcomes(intact)},
+        "intact_not_measurable_share": round(_outcomes(intact).get("not measurable", 0) / checked, 4)
+        if (checked := sum(lv.fracture_outcome != "not checked" for lv in intact)) else None,
     }
+
+
+def _outcomes(levels: list[LevelRow]) -> dict[str, int]:
+    """How many levels the fracture check called fractured, not fractured, not measurable, or did not check."""
+    out: dict[str, int] = {}
+    for lv in levels:
+        out[lv.fracture_outcome] = out.get(lv.fracture_outcome, 0) + 1
+    return out
 
 
 def naming(levels: list[LevelRow]) -> dict[str, Any]:

@@ -85,6 +85,9 @@ def _figures(m: dict[str, Any]) -> list[str]:
                                                 f"({fr['false_fracture_share']})"),
         ("unfractured levels excluded for any reason", f"{fr['intact_excluded_share']} "
                                                        f"{fr['intact_exclusion_reasons']}"),
+        ("fracture check outcomes, fractured / unfractured levels",
+         f"{fr.get('outcomes', {}).get('fractured')} / {fr.get('outcomes', {}).get('intact')}"),
+        ("unfractured levels checked whose height was not measurable", f"{fr.get('intact_not_measurable_share')}"),
         ("levels matched / named right / confidently wrong", f"{nm['matched_levels']} / {nm['named_right']} / "
                                                                f"{nm['confident_wrong']}"),
     ]

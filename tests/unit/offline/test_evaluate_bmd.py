@@ -26,7 +26,7 @@ def test_levels_match_by_position_not_by_name() -> None:
     result = {"vertebrae": [  # named one level too low, 4 mm off: still the same vertebrae
         {"level": "L1", "centroid_lps_mm": [0.0, 4.0, 0.0], "evaluable": True, "bmd_mg_cm3": 104.0},
         {"level": "L2", "centroid_lps_mm": [0.0, 0.0, -30.0], "evaluable": False, "bmd_mg_cm3": None,
-         "exclusion_reason": "fracture", "level_uncertain": True},
+         "exclusion_reason": "fracture", "level_uncertain": True, "fracture_status": "fractured"},
         {"level": "L3", "centroid_lps_mm": [0.0, 0.0, -85.0], "evaluable": True, "bmd_mg_cm3": 80.0},  # 25 mm off
     ]}
     rows = match_levels("c", result, truth)
@@ -37,6 +37,24 @@ def test_levels_match_by_position_not_by_name() -> None:
     assert table["confusion"] == {"fractured_called": 1, "fractured_missed": 0, "intact_called": 0,
                                   "intact_not_called": 1}
     assert table["sensitivity_by_grade"]["2"]["sensitivity"] == 1.0
+    # the first level has no fracture outcome recorded: not checked, and not counted in the not-measurable share
+    assert table["outcomes"] == {"fractured": {"fractured": 1}, "intact": {"not checked": 1}}
+    assert table["intact_not_measurable_share"] is None
+
+
+def test_not_measurable_share_counts_checked_unfractured_levels_only() -> None:
+    truth = _truth([("T12", 100.0, False, None), ("L1", 95.0, False, None), ("L2", 90.0, False, None)])
+    result = {"vertebrae": [
+        {"level": "T12", "centroid_lps_mm": [0.0, 0.0, 0.0], "fracture_status": "not_measurable",
+         "fracture_detail": "height not measurable: body cut by the field of view"},
+        {"level": "L1", "centroid_lps_mm": [0.0, 0.0, -30.0], "fracture_status": "not_measurable",
+         "fracture_detail": "height not measurable: endplates not found on the image in the middle column"},
+        {"level": "L2", "centroid_lps_mm": [0.0, 0.0, -60.0], "fracture_status": "not_fractured",
+         "fracture_detail": "anterior height 25.0 mm = 100 % of neighbours"},
+    ]}
+    table = exclusion_table(match_levels("c", result, truth))
+    assert table["outcomes"]["intact"] == {"not checked": 1, "not measurable": 1, "not fractured": 1}
+    assert table["intact_not_measurable_share"] == 0.5
 
 
 def test_a_body_cut_at_the_top_does_not_take_its_complete_neighbours_row() -> None:
