@@ -1,0 +1,86 @@
+"""The fracture check's outcome per level against the phantom truth, on cases of a BMD set, with the node's
+segmentation cached between runs (to compare fracture-check settings quickly; not a held-out evaluation).
+
+    python -m service.offline.evaluation.bmd_set var/bmd_tune --seed 2657 --start 6 --cases 1   # ... each case
+    python -m service.offline.evaluation.fracture_outcomes var/bmd_tune --cache var/seg_cache [--all]
+
+Prints the fractured levels and the levels called fractured (with the check's detail; ``--all``: every not-measurable
+level as well), then the counts of (truth, outcome) over the levels the check covers (T1-L5, not cut by the field of
+view). The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from service.calibration.assess import assess_bmd
+from service.calibration.settings import BmdSettings
+from service.domain.segmentation import SpineSegmentation
+from service.domain.volume import CTVolume
+from service.offline.evaluation.bmd import NOT_CHECKED_DETAILS
+from service.offline.evaluation.segmentation import load_ct
+from service.segmentation.inference import load_segmenter
+from service.segmentation.settings import SegmentationSettings
+
+
+def _segmentation(case: Path, volume: CTVolume, cache: Path | None) -> SpineSegmentation:
+    cached = cache / f"{case.name}.pkl" if cache is not None else None
+    if cached is not None and cached.is_file():
+        segmentation = pickle.loads(cached.read_bytes())  # our own cache of our own objects
+        assert isinstance(segmentation, SpineSegmentation)
+        return segmentation
+    segmentation = load_segmenter(SegmentationSettings(device="cpu")).segment(volume)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(pickle.dumps(segmentation))
+    return segmentation
+
+
+def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool = False
+             ) -> tuple[list[str], Counter[tuple[str, str]]]:
+    """(lines for the fractured and called levels, counts of (truth, outcome))."""
+    lines: list[str] = []
+    counts: Counter[tuple[str, str]] = Counter()
+    for case in cases:
+        volume = load_ct(case)
+        truth = json.loads((case / "truth.json").read_text())
+        by_level = {v["level"]: v for v in truth["vertebrae"]}
+        result = assess_bmd(volume, _segmentation(case, volume, cache), BmdSettings(calibration_store_dir=None)).result
+        for m in result.vertebrae:
+            detail = m.fracture_detail or ""
+            if m.fracture_status is None or any(d in detail for d in NOT_CHECKED_DETAILS):
+                continue
+            t = by_level.get(m.level.name, {})
+            fracture = t.get("fracture") if t.get("fractured") else None
+            status = m.fracture_status.value.replace("_", " ")
+            counts[("fractured" if fracture else "intact", status)] += 1
+            if fracture or status == "fractured" or (every_not_measurable and status == "not measurable"):
+                what = f"{fracture['kind']} {fracture['height_loss']:.2f}" if fracture else "intact"
+                lines.append(f"{case.name} {m.level.name} {truth['acquisition']['slice_thickness_mm']} mm, "
+                             f"truth {what} -> {status} | {detail}")
+    return lines, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("set_dir", type=Path)
+    parser.add_argument("--cache", type=Path, default=None, help="folder for the cached segmentations")
+    parser.add_argument("--all", action="store_true", help="list every not-measurable level too")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
+    lines, counts = outcomes(cases, args.cache, args.all)
+    print("\n".join(lines))
+    for (truth, status), n in sorted(counts.items()):
+        print(f"{truth:9s} {status:15s} {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
