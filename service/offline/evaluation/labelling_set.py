@@ -11,7 +11,7 @@ Case i draws ``random_spec(default_rng([seed, i]), ...)`` on a 256 x 256 grid at
   * odd i: a targeted spine reconstruction, written to ``narrow/``: the same kind of phantom cut in-plane to a
     square field of 90, 105, 120, 150 or 200 mm (by i // 2 % 5), centred on the spine or, every third case,
     shifted 10-25 mm to one side; 6 to 9 levels between T6 and S1 in head-foot; a sharp kernel in two of three;
-  * every 5th case 11 or 13 rib pairs (in turn), every 7th a lumbarised S1 or a sacralised L5 (in turn);
+  * every 5th case 11 or 13 rib pairs, every 7th a lumbarised S1 or a sacralised L5 (in turn within each half);
   * every 4th case a fracture (Genant grade 1-3 in turn) at T11..L3, besides the generator's own draws.
 """
 
@@ -39,10 +39,12 @@ def case_overrides(i: int, rng: np.random.Generator) -> dict[str, Any]:
     narrow = i % 2 == 1
     o: dict[str, Any] = {"rows": ROWS, "columns": ROWS, "pixel_spacing_mm": PIXEL_MM, "feet_first": False,
                          "rib_pairs": 12, "lumbar_variant": "normal"}
+    # each variant in turn within each half (whole: even i, targeted: odd i); until session 8 the turn ran over all
+    # cases, so whole fields drew only 11 rib pairs and lumbarised S1s, targeted fields only 13 and sacralised L5s
     if i % 5 == 0:
-        o["rib_pairs"] = (11, 13)[(i // 5) % 2]
+        o["rib_pairs"] = (11, 13)[(i // 10) % 2]
     if i % 7 == 0:
-        o["lumbar_variant"] = ("lumbarised_s1", "sacralised_l5")[(i // 7) % 2]
+        o["lumbar_variant"] = ("lumbarised_s1", "sacralised_l5")[(i // 14) % 2]
     if i % 4 == 0:
         o["fracture_levels"] = (V(int(rng.integers(V.T11, V.L3 + 1))),)
         o["fracture_height_loss"] = GRADE_LOSS[(i // 4) % 3]
