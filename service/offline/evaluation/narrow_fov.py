@@ -5,7 +5,7 @@ in-plane to a square field centred on the spine (a targeted spine reconstruction
     python -m service.offline.evaluation.narrow_fov write var/narrow_fov --cases 4 --field-mm 100
     bmd-node evaluate segmentation var/narrow_fov/wide --out var/narrow_fov_wide --device cpu
     bmd-node evaluate segmentation var/narrow_fov/narrow --out var/narrow_fov_narrow --device cpu
-    python -m service.offline.evaluation.narrow_fov summary var/narrow_fov_narrow/report.json
+    python -m service.offline.evaluation.narrow_fov summary var/narrow_fov_narrow/report.json [--by-variant SET_DIR]
 
 Case i: ``random_spec(default_rng([777, i]))`` with 12 rib pairs, a normal lumbosacral junction, abdomen or
 chest-abdomen in turn, 256 x 256 at 1.4 mm. The cut keeps the phantom's own grid and shifts the affine's origin, so
@@ -56,6 +56,22 @@ def write_sets(out: Path, cases: int, field_mm: float) -> None:
         print(f"case {i}: {spec.region}, {phantom.volume.shape} -> {narrow.volume.hu.shape}")
 
 
+def variant_of(case_dir: Path) -> str:
+    """"normal", "rib pairs N" or the lumbosacral variant of a written case (its truth.json)."""
+    variants = json.loads((case_dir / "truth.json").read_text())["variants"]
+    if variants["rib_pairs"] != 12:
+        return f"rib pairs {variants['rib_pairs']}"
+    return "normal" if variants["lumbar_variant"] == "normal" else str(variants["lumbar_variant"])
+
+
+def summarise_by_variant(report: dict[str, Any], set_dir: Path) -> dict[str, dict[str, float]]:
+    """``summarise`` per anatomical variant of the cases (read from ``set_dir``/CASE/truth.json)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, case in report["per_case"].items():
+        groups.setdefault(variant_of(set_dir / name), {})[name] = case
+    return {variant: summarise({"per_case": cases}) for variant, cases in sorted(groups.items())}
+
+
 def summarise(report: dict[str, Any]) -> dict[str, float]:
     """Complete (fully visible) levels: how many, identified, confident, confident and wrong."""
     complete = identified = confident = wrong = 0
@@ -82,11 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("--field-mm", type=float, default=100.0)
     summary = commands.add_parser("summary")
     summary.add_argument("metrics", type=Path, help="report.json of bmd-node evaluate segmentation")
+    summary.add_argument("--by-variant", type=Path, default=None, metavar="SET_DIR",
+                         help="also split the figures by the cases' anatomical variant (the evaluated set folder)")
     args = parser.parse_args(argv)
     if args.command == "write":
         write_sets(args.out, args.cases, args.field_mm)
     else:
-        print(json.dumps(summarise(json.loads(args.metrics.read_text())), indent=1))
+        report = json.loads(args.metrics.read_text())
+        print(json.dumps(summarise(report), indent=1))
+        if args.by_variant is not None:
+            print(json.dumps(summarise_by_variant(report, args.by_variant), indent=1))
     return 0
 
 
