@@ -36,6 +36,7 @@ from scipy import ndimage
 from service.domain.volume import CTVolume
 from service.measurement.fracture import BANDS, MaskColumns, VertebralHeights
 from service.measurement.geometry import VertebraFrame
+from service.measurement.noise import robust_sd
 
 PROFILE_STEP_MM = 0.25
 PATCH_WIDTH_MM = 4.0
@@ -88,15 +89,13 @@ class ImageHeights:
 
 
 def _inside_spread(values: npt.NDArray[np.float64]) -> float:
-    """Robust SD (1.4826 x MAD) of a profile's samples inside the body: noise and trabecular texture."""
+    """Robust SD of a profile's samples inside the body: noise and trabecular texture (0 with under 4 samples)."""
     finite = values[np.isfinite(values)]
-    if finite.size < 4:
-        return 0.0
-    return 1.4826 * float(np.median(np.abs(finite - np.median(finite))))
+    return robust_sd(finite) if finite.size >= 4 else 0.0
 
 
 def _outward_edge(profile: npt.NDArray[np.float64], u: npt.NDArray[np.float64], window: tuple[float, float],
-                  outward: int, min_drop_hu: float = 0.0) -> float | None:
+                  outward: int, min_drop_hu: float = MIN_EDGE_DROP_HU) -> float | None:
     """Position (mm along the axis) of the body's outer edge in ``window``; ``outward`` +1 (up) or -1 (down)."""
     side = max(1, round(EDGE_SIDE_MM / float(u[1] - u[0])))
     p = profile if outward > 0 else profile[::-1]
@@ -115,7 +114,7 @@ def _outward_edge(profile: npt.NDArray[np.float64], u: npt.NDArray[np.float64], 
             continue
         bright, dark = float(inner.max()), float(outer.min())
         drop = bright - dark
-        if drop < max(MIN_EDGE_DROP_HU, min_drop_hu):
+        if drop < min_drop_hu:
             continue
         i_b = i - side + int(np.argmax(inner))
         half = 0.5 * (bright + dark)
@@ -193,8 +192,9 @@ def _band_height(volume: CTVolume, frame: VertebraFrame, columns: MaskColumns, s
         down = _outward_edge(prof, u, (bottom - search, middle), -1, min_drop)
         # edges closer than the slice blur allows give no height (held-out BMD set s7 case_07, 5 mm: a negative
         # "height" failed the whole study)
-        if up is not None and down is not None and up - down - 2.0 * blur > 0.0:
-            found.append(up - down - 2.0 * blur)
+        height = None if up is None or down is None else up - down - 2.0 * blur
+        if height is not None and height > 0.0:
+            found.append(height)
     share = len(found) / n_patch
     if share < 0.5 or not found:
         return None, share

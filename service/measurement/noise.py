@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from service.domain.volume import CTVolume, mm_to_voxels
@@ -100,5 +101,9 @@ def noise_sd(volume: CTVolume, near: CroppedMask, smoothing_mm: float = 0.0) -> 
     values = residual[homogeneous].astype(np.float64)
     if values.size < MIN_SAMPLES:
         return None
-    mad = float(np.median(np.abs(values - np.median(values))))
-    return NoiseEstimate(sd_hu=MAD_TO_SD * mad, sample_count=int(values.size), smoothing_mm=smoothing_mm)
+    return NoiseEstimate(sd_hu=robust_sd(values), sample_count=int(values.size), smoothing_mm=smoothing_mm)
+
+
+def robust_sd(values: npt.NDArray[np.float64]) -> float:
+    """MAD_TO_SD x the median absolute deviation of ``values`` (finite, non-empty)."""
+    return MAD_TO_SD * float(np.median(np.abs(values - np.median(values))))

@@ -105,11 +105,11 @@ def case_folders(dataset: Path) -> list[Path]:
 NOT_CHECKED_DETAILS = ("cut by the field of view", "covers T1-L5", "no body voxels")
 
 
-def _fracture_outcome(vertebra: dict[str, Any]) -> str:
-    status, detail = vertebra.get("fracture_status"), vertebra.get("fracture_detail") or ""
-    if status is None or any(d in detail for d in NOT_CHECKED_DETAILS):
+def fracture_outcome(status: str | None, detail: str | None) -> str:
+    """"fractured", "not fractured", "not measurable", or "not checked" from a level's fracture status and detail."""
+    if status is None or any(d in (detail or "") for d in NOT_CHECKED_DETAILS):
         return "not checked"
-    return str(status).replace("_", " ")
+    return status.replace("_", " ")
 
 
 def _called_fracture(vertebra: dict[str, Any]) -> bool:
@@ -151,7 +151,8 @@ def match_levels(case: str, result: dict[str, Any], truth: dict[str, Any]) -> li
             exclusion_reason=v.get("exclusion_reason"), exclusion_detail=v.get("exclusion_detail"),
             bmd_predicted=v.get("bmd_mg_cm3"), bmd_truth=float(t["bmd_mg_cm3"]),
             fracture_grade_truth=genant_grade(fracture.get("height_loss")) if t.get("fractured") else 0,
-            called_fracture=_called_fracture(v), kvp=kvp, fracture_outcome=_fracture_outcome(v)))
+            called_fracture=_called_fracture(v), kvp=kvp,
+            fracture_outcome=fracture_outcome(v.get("fracture_status"), v.get("fracture_detail"))))
     return rows
 
 
@@ -251,6 +252,8 @@ def exclusion_table(levels: list[LevelRow]) -> dict[str, Any]:
         g = [lv for lv in fractured if lv.fracture_grade_truth == grade]
         by_grade[str(grade)] = {"levels": len(g), "called": sum(lv.called_fracture for lv in g),
                                 "sensitivity": round(sum(lv.called_fracture for lv in g) / len(g), 4) if g else None}
+    intact_outcomes = _outcomes(intact)
+    checked = sum(n for outcome, n in intact_outcomes.items() if outcome != "not checked")
     reasons: dict[str, int] = {}
     for lv in intact:
         if lv.exclusion_reason:
@@ -266,9 +269,9 @@ def exclusion_table(levels: list[LevelRow]) -> dict[str, Any]:
         "intact_excluded_share": round(sum(lv.exclusion_reason is not None for lv in intact) / len(intact), 4)
         if intact else None,
         "intact_exclusion_reasons": reasons,
-        "outcomes": {"fractured": _outcomes(fractured), "intact": _outcomes(intact)},
-        "intact_not_measurable_share": round(_outcomes(intact).get("not measurable", 0) / checked, 4)
-        if (checked := sum(lv.fracture_outcome != "not checked" for lv in intact)) else None,
+        "outcomes": {"fractured": _outcomes(fractured), "intact": intact_outcomes},
+        "intact_not_measurable_share": round(intact_outcomes.get("not measurable", 0) / checked, 4) if checked
+        else None,
     }
 
 

@@ -23,7 +23,7 @@ from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
-from service.offline.evaluation.bmd import NOT_CHECKED_DETAILS
+from service.offline.evaluation.bmd import fracture_outcome
 from service.offline.evaluation.segmentation import load_ct
 from service.segmentation.inference import load_segmenter
 from service.segmentation.settings import SegmentationSettings
@@ -53,17 +53,16 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
         by_level = {v["level"]: v for v in truth["vertebrae"]}
         result = assess_bmd(volume, _segmentation(case, volume, cache), BmdSettings(calibration_store_dir=None)).result
         for m in result.vertebrae:
-            detail = m.fracture_detail or ""
-            if m.fracture_status is None or any(d in detail for d in NOT_CHECKED_DETAILS):
+            status = fracture_outcome(m.fracture_status.value if m.fracture_status else None, m.fracture_detail)
+            if status == "not checked":
                 continue
             t = by_level.get(m.level.name, {})
             fracture = t.get("fracture") if t.get("fractured") else None
-            status = m.fracture_status.value.replace("_", " ")
             counts[("fractured" if fracture else "intact", status)] += 1
             if fracture or status == "fractured" or (every_not_measurable and status == "not measurable"):
                 what = f"{fracture['kind']} {fracture['height_loss']:.2f}" if fracture else "intact"
                 lines.append(f"{case.name} {m.level.name} {truth['acquisition']['slice_thickness_mm']} mm, "
-                             f"truth {what} -> {status} | {detail}")
+                             f"truth {what} -> {status} | {m.fracture_detail}")
     return lines, counts
 
 
