@@ -156,6 +156,7 @@ def section_ingest(ctx: Context) -> dict[str, Any]:
                                 ("db_record", "  of which: SQLite bookkeeping (batched on the recorder thread, "
                                               "not in the handler)"),
                                 ("parse_header", "  of which: header parse"),
+                                ("part10", "  of which: Part 10 stream (file meta encoded, data set copied)"),
                                 ("spool_settle", "pool mode: renames + directory fsyncs, batched on the recorder "
                                                  "thread (not in the handler)")):
                 figures.append(_figure(f"ingest.single.node_ms.{part}", f"bmd-node, per image: {label}", "ms",

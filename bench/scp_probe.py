@@ -3,7 +3,8 @@ its parts, for the ingest benchmark's "where the time goes". The node's code is 
 the SCP's processes, StoreHandler.__call__ (everything the node does per instance once pynetdicom has the dataset),
 Spool.write (direct mode: temp file, fsync, rename, directory fsync; pool mode: one fdatasync), Spool.settle (pool
 mode: the batched renames and directory fsyncs, on the recorder thread), record_instances (the SQLite bookkeeping, in
-batches on the recorder thread since issue 18) and parse_header. The wrappers cost about a microsecond per call. At
+batches on the recorder thread since issue 18), the header parse (handlers.parse_received_header) and the Part 10
+stream's assembly (handlers.received_part10). The wrappers cost about a microsecond per call. At
 exit the totals go to ``$BMD_BENCH_SCP_PROBE`` (JSON), those of each extra receiver process to
 ``$BMD_BENCH_SCP_PROBE.<pid>``. ``BMD_BENCH_NO_FSYNC=1`` makes os.fsync and os.fdatasync no-ops (diagnostic run
 only). ``BMD_BENCH_SCP_PROFILE=FILE``: cProfile in every thread, merged statistics in FILE (pstats; FILE.<pid> for
@@ -62,7 +63,8 @@ def install(out: Path) -> None:
     _wrap(spool.Spool, "write", "spool_write", totals)
     _wrap(spool.Spool, "settle", "spool_settle", totals)
     _wrap(queries, "record_instances", "db_record", totals)
-    _wrap(handlers, "parse_header", "parse_header", totals)
+    _wrap(handlers, "parse_received_header", "parse_header", totals)
+    _wrap(handlers, "received_part10", "part10", totals)
 
     def dump() -> None:
         out.write_text(json.dumps({"seconds": totals.seconds, "calls": totals.calls}))

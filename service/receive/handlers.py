@@ -1,7 +1,8 @@
 """C-STORE / C-ECHO handlers: the only code that runs on pynetdicom's association threads. Keep them thin.
 
-C-STORE: raw bytes as received (``event.encoded_dataset()``, no decode/re-encode) -> minimal header parse
-(UIDs, modality) -> atomic spool write -> one database row via the injected ``recorder`` -> status.
+C-STORE: raw bytes as received (``part10.received_part10``, no decode/re-encode) -> minimal header parse
+(``header.parse_received_header``: UIDs, modality) -> atomic spool write -> one database row via the
+injected ``recorder`` -> status.
 
 Statuses (PS3.4 B.2.3):
 * 0x0000 stored, duplicate (idempotent) or not for the pipeline, acknowledged and recorded as ``ignored`` with the
@@ -16,19 +17,21 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from service.db.queries import InstanceRecord
 from service.domain.identity import NODE_MANUFACTURER
 from service.domain.status import InstanceStatus
+from service.receive.header import (
+    DatasetMismatchError,
+    HeaderSummary,
+    UndecodableDatasetError,
+    parse_received_header,
+)
+from service.receive.part10 import received_part10
 from service.receive.spool import Spool, sanitize_uid
 from service.series.multiframe import MULTIFRAME_CT_SOP_CLASSES
 
@@ -56,92 +59,12 @@ STRUCTURED_REPORT_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 REJECTED_SUBDIR = "_rejected"
 """Undecodable objects are kept here (storage_dir/_rejected/<sop>.dcm) so that a person can look at them."""
 
-_HEADER_KEYWORDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "Manufacturer",
-    "ContributingEquipmentSequence",
-)
-
-
 ReceivedInstance = InstanceRecord
 """What the handler hands to the recorder: the database's own instance record (validated once built)."""
 
 
 Recorder = Callable[[ReceivedInstance], bool]
 """Persists one instance row; returns False when the SOP Instance UID was already recorded."""
-
-
-class UndecodableDatasetError(ValueError):
-    """The received bytes are not a DICOM dataset we can identify."""
-
-
-class DatasetMismatchError(ValueError):
-    """The dataset's SOP Class/Instance UID contradicts the C-STORE request."""
-
-
-@dataclass(frozen=True)
-class HeaderSummary:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    modality: str
-    manufacturer: str = ""
-    contributing_manufacturers: tuple[str, ...] = ()
-    """Manufacturer of each Contributing Equipment Sequence item (the processing that made the object)."""
-
-
-# Tolerant UID check: digits and dots, at most 64 characters. Real archives contain UIDs with leading zeros in a
-# component (not conformant to PS3.5 9.1, which pydicom's UID.is_valid enforces); they identify an object just as
-# well, so they are accepted.
-_LOOSE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
-
-
-def _valid_uid(value: str) -> bool:
-    return bool(_LOOSE_UID.match(value))
-
-
-def parse_header(
-    encoded: bytes, *, request_sop_class_uid: str = "", request_sop_instance_uid: str = ""
-) -> HeaderSummary:
-    """Read the identifying attributes from a DICOM file stream (preamble + meta + dataset), pixels untouched.
-
-    Tolerant where it is safe: an empty SOP Class / Instance UID in the dataset (seen in real exports) is taken from
-    the C-STORE request (``request_*``); a non-empty one that differs from the request raises ``DatasetMismatchError``.
-    """
-    try:
-        ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
-        values = {kw: str(ds.get(kw, "") or "").strip() for kw in _HEADER_KEYWORDS[:-1]}
-        contributing = tuple(str(item.get("Manufacturer", "") or "").strip()
-                             for item in ds.get("ContributingEquipmentSequence", None) or [])
-    except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError, NotImplementedError) as exc:
-        raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
-    except Exception as exc:  # pydicom raises many things on garbage; none may escape to the association
-        raise UndecodableDatasetError(f"dataset does not decode ({type(exc).__name__})") from exc
-    for kw, from_request in (("SOPClassUID", request_sop_class_uid), ("SOPInstanceUID", request_sop_instance_uid)):
-        if not values[kw]:
-            values[kw] = from_request
-        elif from_request and values[kw] != from_request:
-            raise DatasetMismatchError(f"{kw} in the dataset differs from the C-STORE request")
-    missing = [kw for kw in _HEADER_KEYWORDS[:4] if not values[kw]]
-    if missing:
-        raise UndecodableDatasetError(f"dataset lacks {', '.join(missing)}")
-    invalid = [kw for kw in _HEADER_KEYWORDS[:4] if not _valid_uid(values[kw])]
-    if invalid:
-        raise UndecodableDatasetError(f"dataset has invalid UID in {', '.join(invalid)}")
-    return HeaderSummary(
-        sop_class_uid=values["SOPClassUID"],
-        sop_instance_uid=values["SOPInstanceUID"],
-        study_instance_uid=values["StudyInstanceUID"],
-        series_instance_uid=values["SeriesInstanceUID"],
-        modality=values["Modality"],
-        manufacturer=values["Manufacturer"],
-        contributing_manufacturers=contributing,
-    )
 
 
 def is_node_object(header: HeaderSummary) -> bool:
@@ -204,7 +127,7 @@ class StoreHandler:
         transfer_syntax = str(event.context.transfer_syntax)
         request_sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
         request_sop_class = str(request.AffectedSOPClassUID or "").strip()
-        encoded = event.encoded_dataset(include_meta=True)
+        encoded, dataset_offset = received_part10(event)
 
         def record(**fields: Any) -> bool:
             row = ReceivedInstance(transfer_syntax_uid=transfer_syntax, calling_ae_title=calling_ae_title, **fields)
@@ -213,8 +136,9 @@ class StoreHandler:
             return self.recorder(row)
 
         try:
-            header = parse_header(
-                encoded, request_sop_class_uid=request_sop_class, request_sop_instance_uid=request_sop_instance
+            header = parse_received_header(
+                encoded, dataset_offset, transfer_syntax,
+                request_sop_class_uid=request_sop_class, request_sop_instance_uid=request_sop_instance,
             )
         except DatasetMismatchError as exc:
             self._reject(record, request_sop_instance, request_sop_class, encoded, str(exc))

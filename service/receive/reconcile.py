@@ -23,13 +23,8 @@ from pydicom import dcmread
 
 from service.db.queries import InstanceRecord
 from service.domain.status import InstanceStatus
-from service.receive.handlers import (
-    REJECTED_SUBDIR,
-    DatasetMismatchError,
-    UndecodableDatasetError,
-    ignore_reason,
-    parse_header,
-)
+from service.receive.handlers import REJECTED_SUBDIR, ignore_reason
+from service.receive.header import DatasetMismatchError, UndecodableDatasetError, parse_header
 from service.receive.spool import Spool, remove_stale_partials
 from service.receive.spool_pool import drain_pools
 

@@ -41,6 +41,7 @@ from service.series.body_part import body_part_decision
 from tests.node_support import quiet_scheduler
 from tests.shared_data import shared_case
 from tests.support import ct_series
+from tests.support.store_event import store_event
 
 
 def _ct_series(folder: Path, study_uid: str, *, n_slices: int = 12, **extra: Any) -> list[Path]:
@@ -66,13 +67,7 @@ def _object(study_uid: str, sop_class: str, modality: str, **attributes: Any) ->
 
 
 def _event(encoded: bytes) -> SimpleNamespace:
-    """What pynetdicom hands the C-STORE handler (the parts it reads)."""
-    header = pydicom.dcmread(BytesIO(encoded), stop_before_pixels=True)
-    return SimpleNamespace(
-        request=SimpleNamespace(AffectedSOPInstanceUID=header.SOPInstanceUID, AffectedSOPClassUID=header.SOPClassUID),
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="PACS")),
-        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
-        encoded_dataset=lambda include_meta=True: encoded)
+    return store_event(encoded, "PACS")
 
 
 def _receive(engine: sqlalchemy.Engine, tmp_path: Path, objects: list[bytes], when: datetime) -> dict[str, str]:

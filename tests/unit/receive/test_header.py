@@ -19,15 +19,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from service.receive.handlers import (
-    NODE_MANUFACTURER,
-    HeaderSummary,
-    UndecodableDatasetError,
-    ignore_reason,
-    is_node_object,
-    non_ct_reason,
-    parse_header,
-)
+from service.receive.handlers import NODE_MANUFACTURER, ignore_reason, is_node_object, non_ct_reason
+from service.receive.header import HeaderSummary, UndecodableDatasetError, parse_header
 from tests.integration.dicom_net_support import make_image_dataset
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pydicom
 import pytest
 import sqlalchemy
 from pydicom.uid import (
@@ -24,21 +23,16 @@ from service.db.queries import list_series, record_instance
 from service.db.tables import utcnow
 from service.domain.status import InstanceStatus, SeriesStatus
 from service.receive.handlers import STATUS_SUCCESS, ReceivedInstance, StoreHandler
+from service.receive.part10 import received_part10
 from service.receive.scp import build_ae
 from service.receive.spool import Spool
 from tests.node_support import quiet_scheduler
 from tests.support.ct_series import CTSeriesHeader, write_multiframe_ct_series
+from tests.support.store_event import store_event
 
 
 def _event(path: Path) -> SimpleNamespace:
-    """What pynetdicom hands the C-STORE handler (the parts it reads)."""
-    encoded = path.read_bytes()
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    return SimpleNamespace(
-        request=SimpleNamespace(AffectedSOPInstanceUID=header.SOPInstanceUID, AffectedSOPClassUID=header.SOPClassUID),
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER")),
-        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
-        encoded_dataset=lambda include_meta=True: encoded)
+    return store_event(path.read_bytes())
 
 
 def _multiframe(folder: Path, kind: str, **kwargs: object) -> list[Path]:
@@ -59,11 +53,12 @@ def test_multiframe_ct_is_stored_for_the_pipeline_and_its_series_queued(
 
     handler = StoreHandler(Spool(tmp_path / "storage"), recorder)
     (path,) = _multiframe(tmp_path / "sent", kind)  # the whole series in one instance
-    assert handler(_event(path)) == STATUS_SUCCESS
+    event = _event(path)
+    assert handler(event) == STATUS_SUCCESS
 
     (row,) = rows
     assert row.status == InstanceStatus.STORED and row.reason is None
-    assert row.path is not None and Path(row.path).read_bytes() == path.read_bytes()
+    assert row.path is not None and Path(row.path).read_bytes() == received_part10(event)[0]
     tick = quiet_scheduler(sqlite_engine, sqlite_url, tmp_path).tick(now=t0 + timedelta(seconds=11))
     assert len(tick.enqueued) == 1 and tick.rejected == () and tick.ignored == ()
     (series,) = list_series(sqlite_engine)

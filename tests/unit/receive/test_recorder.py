@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from service.db.engine import read_session
 from service.db.queries import InstanceRecord, record_instance, record_instances
-from service.db.tables import Instance, Series
+from service.db.tables import Base, Instance, Series
 from service.domain.status import InstanceStatus
 from service.receive.recorder import BatchRecorder, RecorderSettings, RecordingError
 
@@ -107,3 +108,28 @@ def test_settings_validate_themselves() -> None:
 def test_record_instances_keeps_the_duplicate_semantics(sqlite_engine: sqlalchemy.Engine) -> None:
     assert record_instances(sqlite_engine, [_row(1), _row(2), _row(1)]) == [True, True, False]
     assert _count(sqlite_engine) == 2
+
+
+def test_a_batch_records_as_one_instance_at_a_time_would(tmp_path: Path, sqlite_engine: sqlalchemy.Engine) -> None:
+    """A stored copy replaces an ignored one, within one batch and across batches; the series counts the stored
+    ones; a second stored copy is a duplicate. The same rows one at a time (record_instance) give the same table."""
+    ignored_1, stored_1 = _row(1, status=InstanceStatus.IGNORED), _row(1)
+    ignored_2, stored_2 = _row(2, status=InstanceStatus.IGNORED), _row(2)
+    batches = [[ignored_1, stored_1, _row(3), stored_1, ignored_2], [stored_2, _row(3), _row(4, "1.2.3.9")]]
+    assert [record_instances(sqlite_engine, b) for b in batches] == [[True, True, True, False, True],
+                                                                     [True, False, True]]
+
+    def table(engine: sqlalchemy.Engine) -> tuple[object, object]:
+        with read_session(engine) as session:
+            instances = sorted((i.sop_instance_uid, i.status, i.path, i.reason, i.series.series_instance_uid)
+                               for i in session.scalars(select(Instance)))
+            series = sorted((s.series_instance_uid, s.instance_count, s.status)
+                            for s in session.scalars(select(Series)))
+        return instances, series
+
+    one_at_a_time = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/single.db")
+    Base.metadata.create_all(one_at_a_time)
+    assert [record_instance(one_at_a_time, r) for b in batches for r in b] == [True, True, True, False, True,
+                                                                               True, False, True]
+    assert table(sqlite_engine) == table(one_at_a_time)
+    assert table(sqlite_engine)[0][0][1] == InstanceStatus.STORED and table(sqlite_engine)[1][0][1] == 3

@@ -21,11 +21,13 @@ from service.db.queries import InstanceRecord, record_instance, record_instances
 from service.db.tables import Instance
 from service.domain.status import InstanceStatus
 from service.receive.handlers import STATUS_SUCCESS, StoreHandler
+from service.receive.part10 import received_part10
 from service.receive.reconcile import reconcile_spool, spool_files
 from service.receive.recorder import BatchRecorder, RecorderSettings, RecordingError
 from service.receive.spool import Spool
 from service.receive.spool_pool import pool_roots
 from tests.support.ct_series import write_ct_series
+from tests.support.store_event import store_event
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -80,21 +82,17 @@ def test_spool_mode_is_checked(tmp_path: Path) -> None:
 
 
 def _event(path: Path) -> SimpleNamespace:
-    encoded = path.read_bytes()
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    return SimpleNamespace(
-        request=SimpleNamespace(AffectedSOPInstanceUID=header.SOPInstanceUID, AffectedSOPClassUID=header.SOPClassUID),
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER")),
-        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
-        encoded_dataset=lambda include_meta=True: encoded)
+    return store_event(path.read_bytes())
 
 
 def test_without_a_batched_recorder_the_handler_moves_the_file_before_recording(tmp_path: Path) -> None:
     (source,) = _series(tmp_path / "src", 1)
     in_place: list[bool] = []
+    event = _event(source)
+    received, _ = received_part10(event)
     handler = StoreHandler(Spool(tmp_path / "storage", reserve_bytes=0, mode="pool"),
-                           lambda row: in_place.append(Path(str(row.path)).read_bytes() == source.read_bytes()) or True)
-    assert handler(_event(source)) == STATUS_SUCCESS
+                           lambda row: in_place.append(Path(str(row.path)).read_bytes() == received) or True)
+    assert handler(event) == STATUS_SUCCESS
     assert in_place == [True]
 
 
@@ -121,7 +119,8 @@ def test_the_recorder_moves_files_into_place_before_it_commits_their_rows(
     assert seen_at_commit == [True, True, True]
     with read_session(sqlite_engine) as session:
         rows = list(session.scalars(select(Instance)))
-    assert sorted(Path(str(r.path)).read_bytes() for r in rows) == sorted(p.read_bytes() for p in sources)
+    assert sorted(Path(str(r.path)).read_bytes() for r in rows) == sorted(
+        received_part10(_event(p))[0] for p in sources)
 
 
 def test_a_row_whose_file_could_not_be_moved_is_not_committed() -> None:
