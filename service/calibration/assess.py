@@ -23,24 +23,21 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from service.calibration import summary
 from service.calibration.contrast import ContrastFinding, detect_contrast
 from service.calibration.internal import internal_calibration
-from service.calibration.level_curve import curve_gate, fit_level_curve, lumbar_equivalent_hu
+from service.calibration.level_curve import fit_level_curve
 from service.calibration.linear import default_calibration, with_contrast_correction, with_flags
+from service.calibration.patient_summary import summarise
 from service.calibration.settings import BmdSettings
 from service.calibration.store import CalibrationStore, ScannerKey, scanner_label
 from service.calibration.tissues import TissueSurvey, survey_tissues
 from service.domain import guidelines as diagnosis
 from service.domain.levels import VertebraLevel
 from service.domain.results import (
-    Category,
-    CurveFit,
     ExclusionReason,
     FractureStatus,
     LinearCalibration,
     PatientSummary,
-    RoiMethod,
     ScreeningResult,
     VertebraMeasurement,
 )
@@ -59,7 +56,7 @@ from service.measurement.fracture_check import (
     not_checked,
 )
 from service.measurement.geometry import CroppedMask, crop_labels, vertebra_frame
-from service.measurement.hu_stats import hu_stats
+from service.measurement.hu_stats import HuStats, hu_stats
 from service.measurement.roi import trabecular_roi
 
 logger = logging.getLogger(__name__)
@@ -86,6 +83,9 @@ class _LevelWork:
     level_cues: tuple[str, ...] = ()
     fracture: FractureAssessment | None = None
     roi_note: str | None = None
+    cut_by_fov: bool = False
+    only_the_name_uncertain: bool = False
+    """Excluded for its uncertain name alone: every other check passed (the category fallback may use it)."""
 
 
 def _scan_date(volume: CTVolume) -> date:
@@ -148,7 +148,7 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
     for v in sorted(segmentation.vertebrae, key=lambda x: x.level):
         body = crops.get(int(v.level))
         work = _LevelWork(level=v.level, centroid=v.centroid_lps_mm, body=body, level_uncertain=v.level_uncertain,
-                         level_cues=v.level_cues)
+                         level_cues=v.level_cues, cut_by_fov=v.cut_by_fov)
         works.append(work)
         if body is None:
             work.exclusion = (ExclusionReason.ROI_TOO_SMALL, "no body voxels")
@@ -178,7 +178,8 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
         work.fracture = fractures.get(work.level, work.fracture)
         if work.fracture is None and work.body is None:
             work.fracture = not_checked(work.level, "no body voxels")
-        if work.exclusion is not None or work.body is None or work.roi is None:
+        name_only = work.level_uncertain and not work.cut_by_fov  # checked too, for the category fallback
+        if (work.exclusion is not None and not name_only) or work.body is None or work.roi is None:
             continue
         check = check_roi(volume, work.body, work.roi, min_roi_volume_mm3=settings.min_roi_volume_mm3,
                           metal_hu=settings.metal_hu, sclerosis_hu=settings.sclerosis_hu,
@@ -186,12 +187,17 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
         hu_ex = check.exclusion
         work.roi, work.roi_note = check.roi, check.note  # a bone island cut out: the trimmed ROI is measured
         finding = fractures.get(work.level)
+        other: tuple[ExclusionReason, str] | None = None
         if hu_ex is not None and hu_ex.reason is ExclusionReason.METAL:
-            work.exclusion = (hu_ex.reason, hu_ex.detail)
+            other = (hu_ex.reason, hu_ex.detail)
         elif finding is not None and finding.status is FractureStatus.FRACTURED:
-            work.exclusion = (ExclusionReason.FRACTURE, finding.detail)
+            other = (ExclusionReason.FRACTURE, finding.detail)
         elif hu_ex is not None:
-            work.exclusion = (hu_ex.reason, hu_ex.detail)
+            other = (hu_ex.reason, hu_ex.detail)
+        if name_only:
+            work.only_the_name_uncertain = other is None
+        else:
+            work.exclusion = other
     return works, heights
 
 
@@ -220,6 +226,8 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
     measurements: list[VertebraMeasurement] = []
     hu_by_level: dict[VertebraLevel, float] = {}
     bmd_by_level: dict[VertebraLevel, float] = {}
+    uncertain_bmd: dict[VertebraLevel, float] = {}
+    """Levels excluded for their uncertain name alone: for the category fallback only (no value is shown)."""
     for work in works:
         stats = hu_stats(work.roi.values(volume.hu) if work.roi is not None else [], volume.voxel_volume_mm3)
         if work.roi is not None and work.roi.voxel_count:
@@ -231,29 +239,12 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
         if evaluable and stats.hu_mean is not None and bmd is not None:
             hu_by_level[work.level] = stats.hu_mean
             bmd_by_level[work.level] = bmd
-        measurements.append(VertebraMeasurement(
-            level=work.level,
-            centroid_lps_mm=work.centroid,
-            roi_method=settings.roi_method,
-            trabecular_hu_mean=stats.hu_mean,
-            trabecular_hu_median=stats.hu_median,
-            trabecular_hu_sd=stats.hu_sd,
-            voxel_count=stats.voxel_count,
-            roi_volume_mm3=stats.roi_volume_mm3,
-            bmd_mg_cm3=bmd,
-            evaluable=evaluable,
-            exclusion_reason=None if evaluable else work.exclusion[0] if work.exclusion else None,
-            exclusion_detail=None if evaluable else work.exclusion[1] if work.exclusion else None,
-            level_uncertain=work.level_uncertain, level_cues=work.level_cues,
-            fracture_status=work.fracture.status if work.fracture else None,
-            genant_grade=work.fracture.genant_grade if work.fracture else None,
-            height_loss=work.fracture.height_loss if work.fracture else None,
-            fracture_detail=work.fracture.detail if work.fracture else None,
-            roi_note=work.roi_note,
-        ))
+        elif work.only_the_name_uncertain and stats.hu_mean is not None:
+            uncertain_bmd[work.level] = calibration.bmd_mg_cm3(stats.hu_mean)
+        measurements.append(_measurement(work, stats, bmd, evaluable, settings))
 
     curve = fit_level_curve(hu_by_level, site_k=settings.curve_site_k)
-    patient = _summarise(bmd_by_level, hu_by_level, curve, calibration, settings, contrast)
+    patient = summarise(bmd_by_level, hu_by_level, curve, calibration, settings, contrast, uncertain_bmd)
     if site_model is not None:
         patient = _apply_site_model(patient, site_model, hu_by_level, volume, settings)
     if volume.extra.get("series_warnings"):  # what the series checks decided (a split, a gap, per-slice FoRs...)
@@ -274,62 +265,27 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
                          heights=heights)
 
 
-def _method_text(settings: BmdSettings, calibration: LinearCalibration) -> str:
-    roi = ("3 mm erosion ROI" if settings.roi_method is RoiMethod.EROSION_3MM and settings.erosion_mm == 3.0
-           else f"{settings.erosion_mm:g} mm erosion ROI" if settings.roi_method is RoiMethod.EROSION_3MM
-           else "Pan 2020 elliptical cylinder VOI")
-    return f"{roi}, {calibration.kind.value.replace('_', ' ')} calibration"
-
-
-def _summarise(bmd_by_level: dict[VertebraLevel, float], hu_by_level: dict[VertebraLevel, float],
-               curve: CurveFit | None, calibration: LinearCalibration, settings: BmdSettings,
-               contrast: ContrastFinding) -> PatientSummary:
-    thresholds = settings.thresholds
-    levels, notes = summary.summary_levels(settings.summary_levels, bmd_by_level.keys())
-    extra_notes: list[str] = []
-    if "uncalibrated" in calibration.flags:
-        extra_notes.append("uncalibrated: documented 120 kVp reference line, no phantom or internal calibration")
-    if contrast.enhanced:
-        extra_notes.append(f"IV contrast ({contrast.evidence}); BMD "
-                           + ("corrected by the documented average rise" if settings.correct_contrast
-                              else "not corrected, overestimated"))
-    target_names = "-".join([settings.summary_levels[0].name, settings.summary_levels[-1].name]) \
-        if len(settings.summary_levels) > 1 else settings.summary_levels[0].name
-    method = _method_text(settings, calibration)
-    if len(levels) >= summary.MIN_SUMMARY_LEVELS:
-        value = float(np.mean([bmd_by_level[lv] for lv in levels]))
-        return PatientSummary(
-            bmd_mg_cm3=value, levels_used=levels, category=diagnosis.categorize(value, thresholds),
-            method=f"{'+'.join(lv.name for lv in levels)} mean (standard {target_names}), {method}",
-            threshold_set=thresholds.identifier, thresholds=thresholds, notes=(*notes, *extra_notes),
-        )
-    curve_refused = None if curve is None else curve_gate(curve, hu_by_level)
-    if curve_refused is not None:
-        extra_notes.append(f"thoracolumbar curve not used: {curve_refused}")
-    if curve is not None and curve_refused is None:
-        hu_eq = lumbar_equivalent_hu(curve)
-        value = calibration.bmd_mg_cm3(hu_eq)
-        first, last = curve.levels_used[0].name, curve.levels_used[-1].name
-        return PatientSummary(
-            bmd_mg_cm3=value, levels_used=curve.levels_used, category=diagnosis.categorize(value, thresholds),
-            method=(f"lumbar-equivalent L1-L2 via thoracolumbar curve (Xiong 2025) over {first}-{last} "
-                    f"(k {curve.k:.2f} HU/level, R2 {curve.r2:.2f}, {curve.source}), {method}"),
-            threshold_set=thresholds.identifier, thresholds=thresholds, lumbar_equivalent=True,
-            notes=(*notes, f"lumbar-equivalent HU {hu_eq:.1f}", *extra_notes),
-        )
-    if len(levels) == 1:
-        value = bmd_by_level[levels[0]]
-        return PatientSummary(
-            bmd_mg_cm3=value, levels_used=levels, category=diagnosis.categorize(value, thresholds),
-            method=f"{levels[0].name} only (single evaluable level), {method}",
-            threshold_set=thresholds.identifier, thresholds=thresholds,
-            notes=(*notes, "single level: less reliable", *extra_notes),
-        )
-    return PatientSummary(
-        bmd_mg_cm3=None, levels_used=(), category=Category.INDETERMINATE,
-        method=(f"no evaluable level for {target_names} and no usable thoracolumbar curve"
-                + (f" ({curve_refused})" if curve_refused else "") + f", {method}"),
-        threshold_set=thresholds.identifier, thresholds=thresholds, notes=(*notes, *extra_notes),
+def _measurement(work: _LevelWork, stats: HuStats, bmd: float | None, evaluable: bool,
+                 settings: BmdSettings) -> VertebraMeasurement:
+    return VertebraMeasurement(
+        level=work.level,
+        centroid_lps_mm=work.centroid,
+        roi_method=settings.roi_method,
+        trabecular_hu_mean=stats.hu_mean,
+        trabecular_hu_median=stats.hu_median,
+        trabecular_hu_sd=stats.hu_sd,
+        voxel_count=stats.voxel_count,
+        roi_volume_mm3=stats.roi_volume_mm3,
+        bmd_mg_cm3=bmd,
+        evaluable=evaluable,
+        exclusion_reason=None if evaluable else work.exclusion[0] if work.exclusion else None,
+        exclusion_detail=None if evaluable else work.exclusion[1] if work.exclusion else None,
+        level_uncertain=work.level_uncertain, level_cues=work.level_cues,
+        fracture_status=work.fracture.status if work.fracture else None,
+        genant_grade=work.fracture.genant_grade if work.fracture else None,
+        height_loss=work.fracture.height_loss if work.fracture else None,
+        fracture_detail=work.fracture.detail if work.fracture else None,
+        roi_note=work.roi_note,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,22 @@ def test_published_sets_by_name() -> None:
         Thresholds().osteoporosis_below_mg_cm3, Thresholds().normal_above_mg_cm3)
     assert thresholds_from_record("site rules 2026") is None
     assert thresholds_from_record("X-v1 (<130 / 130-120 / >120 mg/cm3)") is None  # not a valid pair
+
+
+def test_a_category_without_a_value_says_the_names_are_uncertain(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    case = synthetic_case(tmp_path)
+    summary = PatientSummary(bmd_mg_cm3=None, levels_used=(), category=Category.OSTEOPENIA,
+                             method="category only", threshold_set=SITE.identifier, thresholds=SITE)
+    result = dataclasses.replace(case.result, summary=summary)
+    drawn: list[str] = []
+    original_text = ImageDraw.ImageDraw.text
+
+    def recording_text(self: ImageDraw.ImageDraw, xy: Any, text: Any, *args: Any, **kwargs: Any) -> None:
+        drawn.append(str(text))
+        original_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording_text)
+    keyimage.render_key_image(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM)
+    assert "OSTEOPENIA" in drawn and "BMD: no value   (names uncertain)" in drawn, drawn
+    assert "category of every level around L1–L2" in drawn, drawn
