@@ -1,10 +1,11 @@
 """A received C-STORE data set as a DICOM Part 10 stream, with its File Meta Information encoded directly.
 
 pynetdicom's ``Event.encoded_dataset(include_meta=True)`` builds a pydicom ``FileMetaDataset`` (validating each UID)
-and encodes it with pydicom's writer for every instance: about 0.2 ms, a tenth of the node's CPU per received
-image. The File Meta Information of a received instance has seven elements (PS3.10 7.1), all known but the SOP
-Instance UID; here they are encoded as PS3.5 says (Explicit VR Little Endian, UIDs padded with NUL, text with a
-space to an even length): byte for byte what pynetdicom writes (tests/unit/receive/test_part10.py compares them).
+and encodes it with pydicom's writer for every instance: about 0.2 ms (``python -m bench.receive_costs``), a tenth
+of the node's CPU per received image. The File Meta Information of a received instance has seven elements (PS3.10
+7.1), all known but the SOP Instance UID; here they are encoded as PS3.5 says (Explicit VR Little Endian, UIDs
+padded with NUL, text with a space to an even length): byte for byte what pynetdicom writes
+(tests/unit/receive/test_part10.py compares them).
 """
 
 from __future__ import annotations
