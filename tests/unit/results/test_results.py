@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,6 +408,22 @@ def test_no_roi_at_all_still_gives_volumetric_groups(tmp_path: Path) -> None:
     assert patient.finding_type.value == "82334004"  # indeterminate
     masks = _seg_masks_on_ct_grid(objects.seg, case.volume)
     np.testing.assert_array_equal(masks[max(labels)], case.segmentation.body_labels > 0)
+
+
+def test_a_category_without_a_value_is_valid_and_reads_back(tmp_path: Path) -> None:
+    """Level names uncertain, the category of the levels around L1-L2 reported without a value: the SR carries the
+    category as its finding, no BMD measurement and no level used, and passes both validators."""
+    case = synthetic_case(tmp_path / "ct", FEET_FIRST_SUPINE)
+    result = hand_result(case.volume, case.segmentation, case.roi_labels)
+    summary = dataclasses.replace(result.summary, bmd_mg_cm3=None, levels_used=(), category=Category.OSTEOPENIA,
+                                  method="category only: every measurable level named T12?-L3? is osteopenia")
+    result = dataclasses.replace(result, summary=summary)
+    files = save_objects(build_result_objects(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM),
+                         tmp_path / "out")
+    assert dciodvfy(files["sr"]).ok and all(r.ok for r in pixelmed_sr([files["sr"]]).values())
+    patient = _patient_group(files["sr"])
+    assert patient.finding_type.value == codes.CATEGORY_CODES[Category.OSTEOPENIA].value
+    assert _value(patient, codes.QCT_VOLUMETRIC_BMD) is None
 
 
 # ------------------------------------------------------------------------------------ real CT (cptac chest)
