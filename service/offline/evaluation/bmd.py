@@ -232,6 +232,7 @@ def summary_errors(cases: list[CaseRow]) -> dict[str, Any]:
     numeric = [c for c in truthful if c.summary_bmd is not None]
     l1l2 = [c for c in numeric if set(c.summary_levels) == {"L1", "L2"}]
     agree = [c for c in truthful if c.summary_category == c.truth_category]
+    category_only = [c for c in truthful if c.summary_bmd is None and c.summary_category not in (None, "indeterminate")]
     return {
         "cases_with_truth": len(truthful),
         "l1_l2_cases": len(l1l2),
@@ -240,6 +241,8 @@ def summary_errors(cases: list[CaseRow]) -> dict[str, Any]:
         "all_numeric_mae": _mean([abs(c.summary_bmd - c.truth_l1_l2_bmd) for c in numeric]),  # type: ignore[operator]
         "category_agreement": round(len(agree) / len(truthful), 4) if truthful else None,
         "indeterminate": sum(c.summary_category == "indeterminate" for c in truthful),
+        "category_only": len(category_only),
+        "category_only_agree": sum(c.summary_category == c.truth_category for c in category_only),
         "failed_or_rejected": sum(c.status != "ok" for c in cases),
     }
 

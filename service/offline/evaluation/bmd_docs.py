@@ -78,6 +78,8 @@ def _figures(m: dict[str, Any]) -> list[str]:
         ("any numeric summary MAE (mg/cm³), cases", f"{s['all_numeric_mae']}, {s['numeric_summaries']}"),
         ("category agreement (indeterminate counts as disagreement)", f"{s['category_agreement']} "
                                                                       f"({s['indeterminate']} indeterminate)"),
+        ("category-only summaries (names uncertain), of them agreeing",
+         f"{s.get('category_only', 0)}, {s.get('category_only_agree', 0)}"),
         ("fractured levels called / missed", f"{c['fractured_called']} / {c['fractured_missed']}"),
         ("sensitivity by Genant grade 1 / 2 / 3", " / ".join(str(fr["sensitivity_by_grade"][g]["sensitivity"])
                                                              for g in ("1", "2", "3"))),

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from service.offline.evaluation.bmd import acr_category, exclusion_table, genant_grade, match_levels
+from service.offline.evaluation.bmd import (
+    CaseRow,
+    acr_category,
+    exclusion_table,
+    genant_grade,
+    match_levels,
+    summary_errors,
+)
 from service.offline.evaluation.bmd_set import write_set
 
 
@@ -55,6 +62,18 @@ def test_not_measurable_share_counts_checked_unfractured_levels_only() -> None:
     table = exclusion_table(match_levels("c", result, truth))
     assert table["outcomes"]["intact"] == {"not checked": 1, "not measurable": 1, "not fractured": 1}
     assert table["intact_not_measurable_share"] == 0.5
+
+
+def test_a_category_without_a_value_counts_for_agreement_and_apart() -> None:
+    def case(name: str, bmd: float | None, category: str, truth: str) -> CaseRow:
+        return CaseRow(name, 120, "ok", bmd, ("L1", "L2") if bmd is not None else (), category, 70.0, truth, 1.0,
+                       None, ())
+    summary = summary_errors([case("a", 71.0, "osteoporosis", "osteoporosis"),
+                              case("b", None, "osteoporosis", "osteoporosis"),
+                              case("c", None, "osteopenia", "osteoporosis"),
+                              case("d", None, "indeterminate", "osteoporosis")])
+    assert (summary["category_agreement"], summary["indeterminate"]) == (0.5, 1)
+    assert (summary["category_only"], summary["category_only_agree"], summary["numeric_summaries"]) == (2, 1, 1)
 
 
 def test_a_body_cut_at_the_top_does_not_take_its_complete_neighbours_row() -> None:
