@@ -14,9 +14,10 @@ Per level (T1-L5, not cut by the field of view):
    * **fractured** when the image shows the loss (threshold plus its sub-voxel margin) and the mask agrees (its loss
      reaches the threshold within one voxel step of its quantisation); the Genant grade and percentage come from
      the image heights (the mask is quantised by whole voxels);
-   * **fractured** also when the image finds no endplates in the anterior or middle column (a collapsed endplate
-     may show no cortical rim), matches the mask within ``PARTIAL_AGREEMENT`` in a column it does read, and the
-     mask shows a loss of grade 2 or more with its full margin, against neighbours the image confirmed in full;
+   * **fractured** also when the image finds no endplates in a column (a collapsed endplate may show no cortical
+     rim; the posterior wall's edge is hidden by the pedicles), matches the mask within ``PARTIAL_AGREEMENT`` in a
+     column it does read, and the mask shows a loss of grade 2 or more with its full margin, against neighbours the
+     image confirmed in full;
    * **not measurable** when the image heights or the mask heights are missing otherwise (endplates not found,
      mask too small, cut by the field of view), when mask and image differ in a column by more than
      ``MAX_MASK_IMAGE_DISAGREEMENT`` of the image height (the mask does not follow the body), or when the image
@@ -65,7 +66,7 @@ wedge of a 30 mm deep body already differs by 12 deg; so does a corner cut off a
 Normal endplates are not exactly parallel: the TotalSegmentator-derived L1 of ts_abdomen_t11_l2, 21 deg off patient
 superior, has surfaces at 10 and 17 deg to it."""
 PARTIAL_AGREEMENT = 0.15
-"""Where the image cannot read the anterior or middle column, a column it does read must match the mask within 15 %
+"""Where the image cannot read a column, a column it does read must match the mask within 15 %
 (the blocky corner of the tests differs by 30 % or more) for the mask's own call to stand."""
 PARTIAL_MIN_LOSS = 0.25
 """... and the mask must show at least a grade 2 loss (with its full quantisation margin as well)."""
@@ -198,9 +199,10 @@ def _decide(level: VertebraLevel, mask: FractureFinding, image: FractureFinding,
 
 
 def _partly_confirmed(h: LevelHeights) -> bool:
-    """The image found no endplates in the anterior or the middle column (a collapsed endplate may show no cortical
-    rim) and, in a column it did read, matches the mask within PARTIAL_AGREEMENT."""
-    if h.mask is None or h.image is not None or (h.image_columns[0] is not None and h.image_columns[1] is not None):
+    """The image found no endplates in some column (a collapsed endplate may show no cortical rim; at the posterior
+    wall the pedicles and the canal's edge hide it) and, in a column it did read, matches the mask within
+    PARTIAL_AGREEMENT."""
+    if h.mask is None or h.image is not None or all(c is not None for c in h.image_columns):
         return False
     return any(i is not None and abs(m - i) / min(m, i) <= PARTIAL_AGREEMENT
                for m, i in zip(h.mask.as_tuple(), h.image_columns, strict=True))

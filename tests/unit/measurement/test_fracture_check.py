@@ -9,7 +9,7 @@ import pytest
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import FractureStatus, genant_grade
 from service.domain.volume import CTVolume
-from service.measurement.fracture import assess_fractures
+from service.measurement.fracture import VertebralHeights, assess_fractures
 from service.measurement.fracture_check import FractureAssessment, LevelHeights, classify_fractures, measure_level
 from tests.unit.measurement.fracture_phantom import (
     Deformity,
@@ -128,3 +128,22 @@ def test_wedge_on_a_very_noisy_scan_is_found_and_no_intact_level_is_called() -> 
         found_in += found[V.L1].status is FractureStatus.FRACTURED
         assert not any(found[lv].status is FractureStatus.FRACTURED for lv in LEVELS if lv != V.L1), seed
     assert found_in >= 4
+
+
+@pytest.mark.parametrize(("anterior_mm", "expected"), [(14.0, FractureStatus.FRACTURED),
+                                                       (19.5, FractureStatus.NOT_MEASURABLE)])
+def test_a_posterior_wall_the_image_cannot_read_leaves_the_call_to_a_confirmed_mask(
+        anterior_mm: float, expected: FractureStatus) -> None:
+    """The image finds the anterior and middle endplates but none at the posterior wall (pedicles and canal edge):
+    where it confirms the mask's middle height, a grade 2+ loss on the mask stands (44 %, grade 3); a grade 1 loss
+    (22 %) does not, and the level stays not measurable."""
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
+    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1)) for lv in LEVELS if lv != V.L1}
+    mask = VertebralHeights(anterior_mm, 21.0, 25.0, resolution_mm=1.0)
+    heights[V.L1] = LevelHeights(mask, None, "endplates not found on the image in the posterior column",
+                                 (anterior_mm + 0.3, 21.2, None))
+    found = classify_fractures(heights)
+    assert found[V.L1].status is expected, found[V.L1].detail
+    if expected is FractureStatus.FRACTURED:
+        assert "on the mask" in found[V.L1].detail and found[V.L1].genant_grade == genant_grade(1 - anterior_mm / 25)
+    assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
