@@ -255,13 +255,13 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     levels = "–".join([summary.levels_used[0].name, summary.levels_used[-1].name]) if len(summary.levels_used) > 1 \
         else (summary.levels_used[0].name if summary.levels_used else "no level")
     category_only = summary.bmd_mg_cm3 is None and summary.category is not Category.INDETERMINATE
-    if category_only:
-        bmd_text, levels = "BMD: no value", "names uncertain"
-    draw.text((x, y), f"{bmd_text}   ({levels})", font=text_font(36, bold=True), fill=TEXT)
+    draw.text((x, y), "BMD: no value" if category_only else f"{bmd_text}   ({levels})", font=text_font(36, bold=True),
+              fill=TEXT)
     y += 50
     if category_only:
-        draw.text((x, y), "category of every level around L1–L2", font=text_font(24), fill=MUTED)
-        y += 32
+        for line in ("level names uncertain:", "category of every level around L1–L2"):
+            draw.text((x, y), line, font=text_font(24), fill=MUTED)
+            y += 30
     if summary.lumbar_equivalent:
         draw.text((x, y), "lumbar equivalent from thoracolumbar curve", font=text_font(24), fill=MUTED)
         y += 32

@@ -111,5 +111,5 @@ def test_a_category_without_a_value_says_the_names_are_uncertain(tmp_path: Path,
 
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording_text)
     keyimage.render_key_image(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM)
-    assert "OSTEOPENIA" in drawn and "BMD: no value   (names uncertain)" in drawn, drawn
-    assert "category of every level around L1–L2" in drawn, drawn
+    assert "OSTEOPENIA" in drawn and "BMD: no value" in drawn, drawn
+    assert "level names uncertain:" in drawn and "category of every level around L1–L2" in drawn, drawn
