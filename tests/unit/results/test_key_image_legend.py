@@ -26,6 +26,19 @@ def _summary(threshold_set: str, thresholds: Thresholds | None = None) -> Patien
                           method="test", threshold_set=threshold_set, thresholds=thresholds)
 
 
+def _record_drawn_text(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the key image draws, in order (ImageDraw.text recorded, then drawn as before)."""
+    drawn: list[str] = []
+    original_text = ImageDraw.ImageDraw.text
+
+    def recording_text(self: ImageDraw.ImageDraw, xy: Any, text: Any, *args: Any, **kwargs: Any) -> None:
+        drawn.append(str(text))
+        original_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording_text)
+    return drawn
+
+
 def test_key_image_draws_the_site_cut_offs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A result assessed with a site's cut-offs (here just above its BMD, so the category differs from the
     guideline's): the drawn legend and category follow those cut-offs, and 80/120 is drawn nowhere."""
@@ -37,14 +50,7 @@ def test_key_image_draws_the_site_cut_offs(tmp_path: Path, monkeypatch: pytest.M
     result = hand_result(case.volume, case.segmentation, case.roi_labels, thresholds=site)
     # the summary category comes from the site's cut-offs (the guideline set would say normal)
     assert case.result.summary.category is Category.NORMAL and result.summary.category is Category.OSTEOPOROSIS
-    drawn: list[str] = []
-    original_text = ImageDraw.ImageDraw.text
-
-    def recording_text(self: ImageDraw.ImageDraw, xy: Any, text: Any, *args: Any, **kwargs: Any) -> None:
-        drawn.append(str(text))
-        original_text(self, xy, text, *args, **kwargs)
-
-    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording_text)
+    drawn = _record_drawn_text(monkeypatch)
     keyimage.render_key_image(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM)
     low, high = f"{site.osteoporosis_below_mg_cm3:g}", f"{site.normal_above_mg_cm3:g}"
     assert f"QCT (mg/cm³): <{low} osteoporosis · {low}–{high} osteopenia" in drawn, drawn
@@ -102,14 +108,7 @@ def test_a_category_without_a_value_says_the_names_are_uncertain(tmp_path: Path,
     summary = PatientSummary(bmd_mg_cm3=None, levels_used=(), category=Category.OSTEOPENIA,
                              method="category only", threshold_set=SITE.identifier, thresholds=SITE)
     result = dataclasses.replace(case.result, summary=summary)
-    drawn: list[str] = []
-    original_text = ImageDraw.ImageDraw.text
-
-    def recording_text(self: ImageDraw.ImageDraw, xy: Any, text: Any, *args: Any, **kwargs: Any) -> None:
-        drawn.append(str(text))
-        original_text(self, xy, text, *args, **kwargs)
-
-    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording_text)
+    drawn = _record_drawn_text(monkeypatch)
     keyimage.render_key_image(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM)
     assert "OSTEOPENIA" in drawn and "BMD: no value" in drawn, drawn
     assert "level names uncertain:" in drawn and "category of every level around L1–L2" in drawn, drawn
