@@ -13,7 +13,8 @@ Detections are clustered across slices by position; a rod must be seen on ``MIN_
 is the median inner mean.
 Matching to the definition: rods and densities are both ordered; every monotone pairing of found rods with declared
 densities (at least 3) is fitted; a pairing counts only when the rods lie in one row at least 1.3 diameters apart,
-the slope is plausible, the line crosses 0 mg/cm3 within +-60 HU (water-equivalent base) and R2 >= ``MIN_R2``; the
+the slope is plausible (within ``PLAUSIBLE_SLOPE_RATIO`` of the reference line at the scan's kVp), the line crosses
+0 mg/cm3 within +-60 HU (water-equivalent base) and R2 >= ``MIN_R2``; the
 largest such set, then the best R2, wins.
 """
 
@@ -212,7 +213,10 @@ def _collinear(rods: list[FoundRod], radius_mm: float) -> bool:
 AMBIGUOUS_SLOPE_RATIO = 1.25
 """Two pairings of the same rods whose slopes differ by more than this factor are different readings of the row."""
 PLAUSIBLE_SLOPE_RATIO = 1.5
-"""An ambiguous row is resolved to the pairing nearest the reference line only within this factor of it."""
+"""A pairing whose slope lies further than this factor from the reference line's at the scan's kVp is not a reading
+of a K2HPO4 / hydroxyapatite row (scanners differ from the reference by tens of percent, not by a factor): BMD set
+s11 case_27 (low dose, 2 mm) took four blobs of the patient's back in a row, slope 1.59 against 0.75, for the rods.
+An ambiguous row is resolved to the pairing nearest the reference line, within this factor too."""
 
 
 def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all: bool = False,
@@ -220,8 +224,9 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
     """Best monotone pairing of found rods (by HU) with declared densities (see module doc).
 
     ``require_all``: at most one declared rod may be missing (synchronous search in a patient scan).
-    ``expected_slope``: the reference line's slope at the scan's kVp (the calibration's own literature constants).
-    With a rod missing, the row can fit two pairings equally well: 0/100/200 read as 0/50/100 (slope halved) and
+    ``expected_slope``: the reference line's slope at the scan's kVp (the calibration's own literature constants);
+    a pairing further than ``PLAUSIBLE_SLOPE_RATIO`` from it does not count. With a rod missing, the row can fit
+    two pairings equally well: 0/100/200 read as 0/50/100 (slope halved) and
     the reverse, since both sets are evenly spaced. When the pairings that pass every check disagree on the slope
     by more than ``AMBIGUOUS_SLOPE_RATIO``, the one nearest ``expected_slope`` is taken when it lies within
     ``PLAUSIBLE_SLOPE_RATIO`` of it; otherwise (or without an expected slope) there is no calibration.
@@ -237,14 +242,15 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
     for size in range(m, smallest - 1, -1):
         passing = [cal for rsub in itertools.combinations(range(len(rods)), size)
                    for dsub in itertools.combinations(range(len(dens)), size)
-                   if (cal := _pairing([rods[i] for i in rsub], [dens[i] for i in dsub], definition, radius))]
+                   if (cal := _pairing([rods[i] for i in rsub], [dens[i] for i in dsub], definition, radius,
+                                       expected_slope))]
         if passing:  # prefer the largest set of rods that fits
             return _resolve(passing, expected_slope)
     return None
 
 
-def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinition, radius: float
-             ) -> RodCalibration | None:
+def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinition, radius: float,
+             expected_slope: float | None = None) -> RodCalibration | None:
     hu = [r.hu for r in rods]
     try:
         fit = fit_line(hu, dd)
@@ -252,6 +258,8 @@ def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinitio
         return None
     if not (SLOPE_RANGE[0] <= fit.slope <= SLOPE_RANGE[1]) or fit.r2 < MIN_R2:
         return None
+    if expected_slope is not None and abs(np.log(fit.slope / expected_slope)) > np.log(PLAUSIBLE_SLOPE_RATIO):
+        return None  # a row of something else (fat and muscle of the back, read as rods): not this kVp's line
     zero_hu = -fit.intercept / fit.slope
     if not (ZERO_DENSITY_HU_RANGE[0] <= zero_hu <= ZERO_DENSITY_HU_RANGE[1]) or not _collinear(rods, radius):
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.calibration.linear import reference_line
 from service.calibration.phantom import FoundRod, find_rods, load_definition, match_rods
 from service.calibration.store import CalibrationStore, ScannerKey, StoredCalibration
 from service.cli.calibrate import register_calibrate
@@ -131,3 +132,17 @@ def test_a_row_missing_its_50_rod_is_ambiguous_unless_an_expected_slope_resolves
     low = match_rods(rods, definition, expected_slope=0.55 * true_slope)  # nearer the halved reading
     assert low is not None and [d for d, _ in low.rods] == [0.0, 50.0, 100.0]
     assert match_rods(rods, definition, expected_slope=4.0 * true_slope) is None  # neither reading plausible
+
+
+def test_a_row_of_body_blobs_at_twice_the_reference_slope_is_not_the_phantom() -> None:
+    """BMD set s11 case_27 (low dose, 2 mm): four blobs of the patient's back in a row (their HU as measured there)
+    fit the declared densities with R2 0.999 but slope 1.59 mg/cm3/HU, twice the reference line's at 120 kVp; the
+    real row, whose 50 mg/cm3 rod read 20 HU high, fits only with three rods. The real row must win."""
+    definition = load_definition(DEFINITION)
+    blobs = [FoundRod((-60.0 + 30.0 * n, 110.0), h, 5) for n, h in enumerate((-42.9, -13.1, 16.6, 82.6))]
+    real = [FoundRod((-67.5 + 45.0 * n, 200.0), density.bmd_to_hu(d, 120) + (20.0 if d == 50.0 else 0.0), 5)
+            for n, d in enumerate((0.0, 50.0, 100.0, 200.0))]
+    expected = reference_line(120.0)[0]
+    cal = match_rods(blobs + real, definition, require_all=True, expected_slope=expected)
+    assert cal is not None and all(abs(hu - density.bmd_to_hu(d, 120)) < 1.0 for d, hu in cal.rods)
+    assert cal.fit.slope == pytest.approx(density.hu_to_bmd_line(120)[0], rel=0.02)
