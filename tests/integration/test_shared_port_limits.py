@@ -149,7 +149,13 @@ def test_the_per_peer_cap_refuses_the_next_association_in_every_process(node: No
     held = [_associate(node.port) for _ in range(PACS_MAX_ASSOCIATIONS)]
     try:
         assert all(assoc.is_established for assoc in held)
-        refused = [_associate(node.port) for _ in range(6)]  # spread over both processes by their source ports
+        refused = []
+        for _ in range(6):  # spread over both processes by their source ports
+            refused.append(_associate(node.port))
+            # the requestor has the rejection before the node has closed that connection and given its slot back:
+            # without this wait the next attempt could meet the per-address cap (4) instead of the per-peer one
+            wait_until(lambda: published().open_connections("127.0.0.1") <= PACS_MAX_ASSOCIATIONS,  # type: ignore[union-attr]
+                       "the refused connection's slot back", timeout_s=10)
         assert all(assoc.is_rejected for assoc in refused)
         rejection = refused[0].acceptor.primitive
         assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x02, 0x03, 0x02)  # transient,
