@@ -274,11 +274,8 @@ def _resolve(passing: list[RodCalibration], expected_slope: float | None) -> Rod
     if expected_slope is None:
         logger.warning("phantom rows read with slopes %.3f..%.3f: ambiguous, not used", min(slopes), max(slopes))
         return None
+    # every passing pairing already lies within PLAUSIBLE_SLOPE_RATIO of the reference (_pairing)
     nearest = min(passing, key=lambda c: (abs(np.log(c.fit.slope / expected_slope)), -c.fit.r2))
-    if abs(np.log(nearest.fit.slope / expected_slope)) > np.log(PLAUSIBLE_SLOPE_RATIO):
-        logger.warning("phantom rows read with slopes %.3f..%.3f, none near the reference %.3f: not used",
-                       min(slopes), max(slopes), expected_slope)
-        return None
     logger.info("phantom row ambiguous (slopes %.3f..%.3f): the pairing nearest the reference slope %.3f taken",
                 min(slopes), max(slopes), expected_slope)
     return nearest

@@ -15,6 +15,7 @@ Two readers give the same ``HeaderSummary`` or the same error:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from io import BytesIO
@@ -118,14 +119,13 @@ def parse_received_header(
 
 def _read_fast(encoded: bytes, offset: int, transfer_syntax_uid: str) -> tuple[dict[str, str], tuple[str, ...]] | None:
     """The header's raw values, or None where the fast reader leaves the decision to ``parse_header``."""
+    encoding = _encoding(transfer_syntax_uid)
+    if encoding is None:
+        return None
     try:
-        syntax = UID(transfer_syntax_uid)
-        if not syntax.is_transfer_syntax or syntax.is_deflated:
-            return None
         stream = BytesIO(encoded)
         stream.seek(offset)
-        ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
-                          stop_when=lambda tag, _vr, _length: tag > _LAST_HEADER_TAG)
+        ds = read_dataset(stream, *encoding, stop_when=lambda tag, _vr, _length: tag > _LAST_HEADER_TAG)
         tags = list(ds.keys())
         if tags != sorted(tags):
             return None
@@ -134,6 +134,19 @@ def _read_fast(encoded: bytes, offset: int, transfer_syntax_uid: str) -> tuple[d
     except Exception:  # whatever pydicom raised: parse_header reads it again and decides
         return None
     return values, contributing
+
+
+@functools.lru_cache(maxsize=64)
+def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) of a transfer syntax whose data set the fast reader can read, once per syntax
+    (not per image); None: deflated or not a transfer syntax pydicom knows."""
+    try:
+        syntax = UID(transfer_syntax_uid)
+        if not syntax.is_transfer_syntax or syntax.is_deflated:
+            return None
+        return syntax.is_implicit_VR, syntax.is_little_endian
+    except ValueError:
+        return None
 
 
 def _raw_text(ds: Dataset, tag: int) -> str:
