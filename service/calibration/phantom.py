@@ -3,17 +3,13 @@
 Definition (models/calibration/*.json): ``name``, ``material`` ('k2hpo4' or 'hydroxyapatite'), ``rod_diameter_mm``
 and ``rods`` (``density_mg_cm3`` each). Densities are on the BMD scale the result reports.
 
-Rod finding (rods are cylinders parallel to the table, uniform along their length):
-on up to ``MAX_SLICES`` axial slices spread over the scan, a matched filter compares the mean HU of an inner disc
-(0.6 x rod radius) with that of a ring just outside the rod (1.2-1.4 x radius): rod centres are local maxima of
-``|inner - ring|`` where the inner disc and the ring are both homogeneous (SD no more than ``HOMOGENEITY_FACTOR`` x
-the most homogeneous regions of the slice) and the disc is not air. In a patient scan only the region posterior to
-the patient's vertebral bodies by ``SYNC_MIN_POSTERIOR_MM`` is searched (the phantom lies under the patient).
-Detections are clustered across slices by position; a rod must be seen on ``MIN_SLICES_PER_ROD`` slices; its HU
-is the median inner mean.
+Rod finding (rods are cylinders parallel to the table, uniform along their length): ``phantom_rods.py``. In a
+patient scan only the region posterior to the patient's vertebral bodies by ``SYNC_MIN_POSTERIOR_MM`` is searched
+(the phantom lies under the patient).
 Matching to the definition: rods and densities are both ordered; every monotone pairing of found rods with declared
 densities (at least 3) is fitted; a pairing counts only when the rods lie in one row at least 1.3 diameters apart,
-the slope is plausible (within ``PLAUSIBLE_SLOPE_RATIO`` of the reference line at the scan's kVp), the line crosses
+the slope is plausible (within ``PLAUSIBLE_SLOPE_RATIO`` of the reference line at the scan's kVp) and precise (each
+rod's HU uncertainty from its spread along its length, ``MAX_SLOPE_RELATIVE_SE``), the line crosses
 0 mg/cm3 within +-60 HU (water-equivalent base) and R2 >= ``MIN_R2``; the
 largest such set, then the best R2, wins.
 """
@@ -27,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
-from scipy import ndimage, signal
 
 from service.calibration.linear import LineFit, fit_line, reference_line
+from service.calibration.phantom_rods import FoundRod, rod_hu_at
+from service.calibration.phantom_rods import find_rods as find_rod_candidates
 from service.calibration.store import scanner_label
 from service.domain.results import CalibrationKind, LinearCalibration
 from service.domain.segmentation import SpineSegmentation
@@ -41,12 +37,6 @@ logger = logging.getLogger(__name__)
 DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "models" / "calibration"
 DEFAULT_DEFINITION = DEFINITIONS_DIR / "k2hpo4_0_50_100_200.json"
 MATERIALS = ("k2hpo4", "hydroxyapatite")
-MAX_SLICES = 15
-MIN_SLICES_PER_ROD = 3
-MIN_CONTRAST_HU = 6.0
-HOMOGENEITY_FACTOR = 2.0
-RING_INNER = 1.2
-RING_OUTER = 1.4
 MIN_R2 = 0.995
 SLOPE_RANGE = (0.3, 2.5)
 """Plausible mg/cm3 per HU (0.75 at 120 kVp; lower kVp gives smaller slopes)."""
@@ -95,14 +85,6 @@ def load_definition(path: Path | None = None) -> PhantomDefinition:
 
 
 @dataclass(frozen=True)
-class FoundRod:
-    centre_lps_mm: tuple[float, float]
-    """(L, P) of the rod axis."""
-    hu: float
-    n_slices: int
-
-
-@dataclass(frozen=True)
 class RodCalibration:
     definition: PhantomDefinition
     rods: tuple[tuple[float, float], ...]
@@ -119,83 +101,11 @@ class RodCalibration:
         )
 
 
-def _disc(radius_px: tuple[float, float], inner: float = 0.0) -> npt.NDArray[np.float64]:
-    ri, rj = radius_px
-    ni, nj = int(np.ceil(ri)), int(np.ceil(rj))
-    y, x = np.meshgrid(np.arange(-ni, ni + 1), np.arange(-nj, nj + 1), indexing="ij")
-    d = (y / max(ri, 1e-6)) ** 2 + (x / max(rj, 1e-6)) ** 2
-    k = (d <= 1.0) & (d >= inner**2)
-    return k.astype(np.float64) / max(1, int(k.sum()))
-
-
-def _slice_detections(raw: npt.NDArray[np.float32], sp2: tuple[float, float], radius_mm: float,
-                      allowed: npt.NDArray[np.bool_] | None) -> list[tuple[float, float, float]]:
-    """(i, j, inner mean HU) of rod centres on one slice."""
-    img = raw.astype(np.float64)
-    inner_k = _disc((0.6 * radius_mm / sp2[0], 0.6 * radius_mm / sp2[1]))
-    ring_k = _disc((RING_OUTER * radius_mm / sp2[0], RING_OUTER * radius_mm / sp2[1]), inner=RING_INNER / RING_OUTER)
-    inner = signal.fftconvolve(img, inner_k, mode="same")
-    inner_sq = signal.fftconvolve(img**2, inner_k, mode="same")
-    ring = signal.fftconvolve(img, ring_k, mode="same")
-    ring_sq = signal.fftconvolve(img**2, ring_k, mode="same")
-    sd = np.sqrt(np.maximum(inner_sq - inner**2, 0.0))
-    ring_sd = np.sqrt(np.maximum(ring_sq - ring**2, 0.0))
-    not_air = inner > -300.0
-    if not np.any(not_air):
-        return []
-    sd_ref = float(np.percentile(sd[not_air], 2))
-    contrast = np.abs(inner - ring)
-    limit = HOMOGENEITY_FACTOR * max(sd_ref, 1.0)
-    ok = not_air & (sd <= limit) & (ring_sd <= limit) & (contrast >= MIN_CONTRAST_HU)
-    if allowed is not None:
-        ok &= allowed
-    if not np.any(ok):
-        return []
-    score = np.where(ok, contrast, 0.0)
-    size = (max(3, int(2 * radius_mm / sp2[0]) | 1), max(3, int(2 * radius_mm / sp2[1]) | 1))
-    peaks = ok & (score == ndimage.maximum_filter(score, size=size))
-    return [(float(i), float(j), float(inner[i, j])) for i, j in np.argwhere(peaks)]
-
-
 def find_rods(volume: CTVolume, definition: PhantomDefinition, min_posterior_of_lps_y: float | None = None
               ) -> list[FoundRod]:
-    """Rods seen on several slices (see module doc); ``min_posterior_of_lps_y`` restricts to P >= that value."""
-    axis, _ = volume.superior_axis()
-    in_plane = [a for a in range(3) if a != axis]
-    sp = volume.spacing_mm
-    sp2 = (sp[in_plane[0]], sp[in_plane[1]])
-    radius = definition.rod_diameter_mm / 2
-    n = volume.shape[axis]
-    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
-    g0, g1 = np.meshgrid(np.arange(volume.shape[in_plane[0]]), np.arange(volume.shape[in_plane[1]]), indexing="ij")
-    grid = np.zeros((*g0.shape, 3))
-    grid[..., in_plane[0]] = g0
-    grid[..., in_plane[1]] = g1
-    lps0 = volume.index_to_lps(grid)
-    step = volume.affine_lps[:3, axis]
-    detections: list[tuple[float, float, float]] = []  # (L, P, hu)
-    for k in ks:
-        lps = lps0 + k * step
-        allowed = None if min_posterior_of_lps_y is None else lps[..., 1] >= min_posterior_of_lps_y
-        if allowed is not None and not np.any(allowed):
-            continue
-        raw = np.take(volume.hu, int(k), axis=axis)
-        for i, j, hu in _slice_detections(raw, sp2, radius, allowed):
-            p = lps[int(i), int(j)]
-            detections.append((float(p[0]), float(p[1]), hu))
-    clusters: list[list[tuple[float, float, float]]] = []
-    for d in detections:
-        for c in clusters:
-            cx, cy = np.mean([e[0] for e in c]), np.mean([e[1] for e in c])
-            if np.hypot(d[0] - cx, d[1] - cy) <= 0.5 * radius:
-                c.append(d)
-                break
-        else:
-            clusters.append([d])
-    rods = [FoundRod((float(np.mean([e[0] for e in c])), float(np.mean([e[1] for e in c]))),
-                     float(np.median([e[2] for e in c])), len(c))
-            for c in clusters if len(c) >= min(MIN_SLICES_PER_ROD, len(ks))]
-    return sorted(rods, key=lambda r: r.hu)
+    """Rods of this phantom's diameter seen on several slices (``phantom_rods``); ``min_posterior_of_lps_y``
+    restricts the search to P >= that value."""
+    return find_rod_candidates(volume, definition.rod_diameter_mm, min_posterior_of_lps_y)
 
 
 def _collinear(rods: list[FoundRod], radius_mm: float) -> bool:
@@ -260,10 +170,38 @@ def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinitio
         return None
     if expected_slope is not None and abs(np.log(fit.slope / expected_slope)) > np.log(PLAUSIBLE_SLOPE_RATIO):
         return None  # a row of something else (fat and muscle of the back, read as rods): not this kVp's line
+    if _slope_relative_se(rods, dd) > MAX_SLOPE_RELATIVE_SE:
+        return None  # rods whose HU wanders along their length (tissue read as rods on single slices): no line
     zero_hu = -fit.intercept / fit.slope
     if not (ZERO_DENSITY_HU_RANGE[0] <= zero_hu <= ZERO_DENSITY_HU_RANGE[1]) or not _collinear(rods, radius):
         return None
     return RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit)
+
+
+MAX_SLOPE_RELATIVE_SE = 0.1
+"""A pairing counts only when its line is this precise: the standard error of the HU-per-mg/cm3 slope, from each
+rod's HU uncertainty (``_rod_hu_se``), at most this fraction of the slope.  Real rods, seen on 3-9 of the sampled
+slices with a spread of 1-27 HU even at low dose (BMD set s10, 30 cases, noise SD 10-221 HU), give 1-4 %; BMD set s11
+case_27 (low dose, 2 mm) matched a row of back-muscle spots whose mean HU wandered by 55-78 HU between slices: 50 %."""
+ROD_HU_SE_FLOOR = 1.0
+"""HU: the least uncertainty of a rod's HU (a rod measured once, e.g. completed at the row's pitch)."""
+
+
+def _rod_hu_se(rod: FoundRod) -> float:
+    """Standard error of a rod's HU: the median of its slices' inner means (1.2533 x spread / sqrt(n))."""
+    return max(1.2533 * rod.hu_spread / float(np.sqrt(max(rod.n_slices, 1))), ROD_HU_SE_FLOOR)
+
+
+def _slope_relative_se(rods: list[FoundRod], dd: list[float]) -> float:
+    """Relative standard error of the slope of HU on declared density (weighted by each rod's HU uncertainty;
+    densities are exact)."""
+    w = np.array([1.0 / _rod_hu_se(r) ** 2 for r in rods])
+    d = np.asarray(dd, dtype=np.float64)
+    h = np.array([r.hu for r in rods])
+    d_mean, h_mean = float((w * d).sum() / w.sum()), float((w * h).sum() / w.sum())
+    sxx = float((w * (d - d_mean) ** 2).sum())
+    hu_per_mg = float((w * (d - d_mean) * (h - h_mean)).sum()) / sxx
+    return float("inf") if hu_per_mg == 0.0 else float(np.sqrt(1.0 / sxx)) / abs(hu_per_mg)
 
 
 def _resolve(passing: list[RodCalibration], expected_slope: float | None) -> RodCalibration | None:
@@ -279,31 +217,6 @@ def _resolve(passing: list[RodCalibration], expected_slope: float | None) -> Rod
     logger.info("phantom row ambiguous (slopes %.3f..%.3f): the pairing nearest the reference slope %.3f taken",
                 min(slopes), max(slopes), expected_slope)
     return nearest
-
-
-def _rod_hu_at(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float) -> float | None:
-    """Median over the sampled slices of the mean HU within 0.6 x radius of a rod axis at (L, P)."""
-    axis, _ = volume.superior_axis()
-    n = volume.shape[axis]
-    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
-    values = []
-    sp = volume.spacing_mm
-    for k in ks:
-        origin = volume.affine_lps[:3, axis] * k + volume.affine_lps[:3, 3]
-        idx = volume.lps_to_index(np.array([centre_lp[0], centre_lp[1], origin[2]]))
-        idx[axis] = k
-        lo = [max(0, int(np.floor(idx[a] - 0.6 * radius_mm / sp[a]))) for a in range(3)]
-        hi = [min(volume.shape[a], int(np.ceil(idx[a] + 0.6 * radius_mm / sp[a])) + 1) for a in range(3)]
-        lo[axis], hi[axis] = int(k), int(k) + 1
-        if any(h <= low for low, h in zip(lo, hi, strict=True)):
-            continue
-        sub = volume.hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        grid = np.stack(np.meshgrid(*[np.arange(low, h) for low, h in zip(lo, hi, strict=True)], indexing="ij"), -1)
-        d = np.linalg.norm((volume.index_to_lps(grid) - volume.index_to_lps(idx))[..., :2], axis=-1)
-        inside = d <= 0.6 * radius_mm
-        if np.any(inside):
-            values.append(float(sub[inside].mean()))
-    return float(np.median(values)) if values else None
 
 
 def _complete_row(cal: RodCalibration, rods: list[FoundRod], volume: CTVolume) -> list[FoundRod]:
@@ -326,7 +239,7 @@ def _complete_row(cal: RodCalibration, rods: list[FoundRod], volume: CTVolume) -
     out = list(row)
     for pos in positions:
         lp = centre + pos * direction
-        hu = _rod_hu_at(volume, (float(lp[0]), float(lp[1])), radius)
+        hu = rod_hu_at(volume, (float(lp[0]), float(lp[1])), radius)
         if hu is not None and hu > -300.0:
             out.append(FoundRod((float(lp[0]), float(lp[1])), hu, min(r.n_slices for r in row)))
     return out

@@ -85,11 +85,13 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
         cut_bottom, cut_top = bool(zs.min() == 0), bool(zs.max() == m.shape[2] - 1)
         cut = cut_bottom or cut_top
         field = field_extent_mm(whole, coords.mean(axis=0), spacing_mm)
+        centre_z_mm = float(coords[:, 2].mean() * sp[2])
         feats.append(BodyFeatures(
             centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
             height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= min_rib_mm3,
             rib_right=right >= min_rib_mm3, rib_left_mm3=left, rib_right_mm3=right,
             thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut, cut_top=cut_top,
-            cut_bottom=cut_bottom, field_left_mm=field[0], field_right_mm=field[1], field_posterior_mm=field[2]))
+            cut_bottom=cut_bottom, field_left_mm=field[0], field_right_mm=field[1], field_posterior_mm=field[2],
+            field_above_mm=(m.shape[2] - 0.5) * sp[2] - centre_z_mm, field_below_mm=centre_z_mm + 0.5 * sp[2]))
     sac = sacrum_below(instance_masks[-1], sacrum_mask, spacing_mm) if instance_masks else False
     return feats, sac

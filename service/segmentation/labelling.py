@@ -42,6 +42,7 @@ from service.segmentation.label_cues import (
     typical_pair_mm3,
     votes_contradict,
 )
+from service.segmentation.label_reach import undetected_end
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class BodyFeatures:
     """How far the reconstructed field of view reaches to the left of the body centre (mm); None: not measured."""
     field_right_mm: float | None = None
     field_posterior_mm: float | None = None
+    field_above_mm: float | None = None
+    """How far the scan reaches above the body centre along the spine's axis (to the grid's top edge, mm); None:
+    not measured."""
+    field_below_mm: float | None = None
+    """... and below it (to the grid's bottom edge, mm)."""
 
     @property
     def rib_bearing(self) -> bool:
@@ -204,15 +210,25 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     if len(cues) == 1 and _bilateral_rib_anchor(bodies, cues[0]) and not contradicted and unconfirmed_end is None:
         cues = (*cues, BILATERAL_RIB_CUE)
     notes.append("anchors: " + ", ".join(anchors) + "; cues agreeing: " + ", ".join(cues))
-    if len(cues) >= 2 and not contradicted:
+    # a lone anchor whose count puts the other end of the spine wholly in the scan, where no body was detected:
+    # the detected column is not the scan's column, whatever else agrees (label_reach)
+    missed = undetected_end(bodies, pos, first_level, cues[0].split()[0]) if len(anchors) == 1 else None
+    if len(cues) >= 2 and not contradicted and missed is None:
         return [_decide(first_level + p, False, None, cues) for p in pos]
-    reason = (f"a single cue places the count ({cues[0]}); neither the thoracic/lumbar appearance nor the body "
-              "sizes confirm it")
-    if unconfirmed_end is not None:
-        reason = (f"the field of view reaches {unconfirmed_end}, which does not confirm the count from {cues[0]}: "
-                  "11 or 13 rib pairs cannot be excluded")
+    reasons = []
     if contradicted:
-        reason = f"the thoracic/lumbar appearance of the vertebrae contradicts the count from {cues[0]}"
+        reasons.append(f"the thoracic/lumbar appearance of the vertebrae contradicts the count from {cues[0]}")
+    if missed is not None:
+        reasons.append(f"the scan shows {missed} beyond the detected vertebrae, but no vertebral body was detected "
+                       f"there: it cannot confirm the count from {cues[0]}")
+    if unconfirmed_end is not None:
+        reasons.append(f"the field of view reaches {unconfirmed_end}, which does not confirm the count from "
+                       f"{cues[0]}: 11 or 13 rib pairs cannot be excluded")
+    if cues[0] == T1_ANCHOR and _t1_from_weak_pair(bodies):
+        reasons.append("the body above the first rib pair carries a small rib pair: whether it is C7 reading the "
+                       "first rib's head or T1 with a short first rib pair rests on rib volume alone")
+    reason = "; ".join(reasons) or (f"a single cue places the count ({cues[0]}); neither the thoracic/lumbar "
+                                    "appearance nor the body sizes confirm it")
     reason = "; ".join([*dropped, reason])
     notes.append(reason)
     return [_decide(first_level + p, True, reason, cues) for p in pos]
@@ -226,10 +242,26 @@ def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
     if anchor == T12_ANCHOR:
         body = bodies[rib_idx[-1]]
     elif anchor == T1_ANCHOR:
-        body = bodies[rib_idx[0]]
+        first = first_rib_pair(bodies)
+        if first is None or _t1_from_weak_pair(bodies):
+            return False
+        body = bodies[first]
     else:
         return False
     return body.rib_left and body.rib_right
+
+
+def _t1_from_weak_pair(bodies: list[BodyFeatures]) -> bool:
+    """The body above the first rib pair carries a (small) pair itself: T1 was told from it by volume alone."""
+    first = first_rib_pair(bodies)
+    return first is not None and first > 0 and bodies[first - 1].rib_left and bodies[first - 1].rib_right
+
+
+WEAK_PAIR_NOTE = (
+    "The first rib pair is told from the body above it by rib volume alone when that body carries a small pair: C7's "
+    "ring catching the first rib's head, or a short first rib pair on T1 (recorded features of labelling set 7 and "
+    "BMD sets s10-s11: C7s 0.34-0.55 of the scan's typical pair, two T1s 0.38 and 0.47; s11 case_19 was named one "
+    "level off from such a T1): a T1 anchor found so does not stand alone.")
 
 
 FIRST_PAIR_REACH = VertebraLevel.T2

@@ -146,3 +146,30 @@ def test_a_row_of_body_blobs_at_twice_the_reference_slope_is_not_the_phantom() -
     cal = match_rods(blobs + real, definition, require_all=True, expected_slope=expected)
     assert cal is not None and all(abs(hu - density.bmd_to_hu(d, 120)) < 1.0 for d, hu in cal.rods)
     assert cal.fit.slope == pytest.approx(density.hu_to_bmd_line(120)[0], rel=0.02)
+
+
+def test_spots_whose_hu_wanders_along_the_scan_are_not_rods() -> None:
+    """BMD set s11 case_27 after the slope check: three spots of the back (low dose, 2 mm) in a row fit 0/50/100
+    mg/cm3 with R2 0.999 and a plausible slope (0.80), but their inner mean HU wandered by 71-78 HU (SD) between the
+    sampled slices, where a rod is uniform along its length: the line's slope is then known to +-50 %, not a
+    calibration.  The same spots, uniform, would have passed; real rods at low dose (BMD set s10 case_17, noise SD
+    71 HU: spreads 8-26 HU on 4-9 slices) still do."""
+    definition = load_definition(DEFINITION)
+    expected = reference_line(120.0)[0]
+    spots = [(-42.9, 77.1, 4), (16.6, 78.4, 4), (82.6, 70.8, 5)]
+    wandering = [FoundRod((-60.0 + 45.0 * n, 110.0), h, k, sd) for n, (h, sd, k) in enumerate(spots)]
+    assert match_rods(wandering, definition, require_all=True, expected_slope=expected) is None
+    uniform = [FoundRod((-60.0 + 45.0 * n, 110.0), h, k, 5.0) for n, (h, _, k) in enumerate(spots)]
+    assert match_rods(uniform, definition, require_all=True, expected_slope=expected) is not None
+    low_dose = [FoundRod((-67.5 + 45.0 * n, 200.0), density.bmd_to_hu(d, 100), k, sd)
+                for n, (d, sd, k) in enumerate(((0.0, 8.3, 4), (50.0, 20.2, 8), (100.0, 11.7, 9), (200.0, 26.1, 9)))]
+    cal = match_rods(low_dose, definition, require_all=True, expected_slope=reference_line(100.0)[0])
+    assert cal is not None and [d for d, _ in cal.rods] == [50.0, 100.0, 200.0]  # the 0 rod: 4 of 9 slices
+    assert cal.fit.slope == pytest.approx(density.hu_to_bmd_line(100)[0], rel=0.02)
+
+
+def test_find_rods_reports_how_uniform_each_rod_is() -> None:
+    vol = CTVolume(hu=_phantom_hu(120, noise_sd=20.0), affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=120.0)
+    rods = find_rods(vol, load_definition(DEFINITION))
+    assert len(rods) >= 4
+    assert all(0.0 < r.hu_spread < 10.0 for r in rods)

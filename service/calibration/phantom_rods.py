@@ -1,0 +1,145 @@
+"""Rod finding for QCT calibration phantoms in a CT volume (the matching and the line: ``phantom.py``).
+
+On up to ``MAX_SLICES`` axial slices spread over the scan, a matched filter compares the mean HU of an inner disc
+(0.6 x rod radius) with that of a ring just outside the rod (1.2-1.4 x radius): rod centres are local maxima of
+``|inner - ring|`` where the inner disc and the ring are both homogeneous (SD no more than ``HOMOGENEITY_FACTOR`` x
+the most homogeneous regions of the slice) and the disc is not air. Detections are clustered across slices by
+position; a rod must be seen on ``MIN_SLICES_PER_ROD`` slices; its HU is the median inner mean, and the spread of
+the inner means over its slices says how uniform it is along its length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage, signal
+
+from service.domain.volume import CTVolume
+
+MAX_SLICES = 15
+MIN_SLICES_PER_ROD = 3
+MIN_CONTRAST_HU = 6.0
+HOMOGENEITY_FACTOR = 2.0
+RING_INNER = 1.2
+RING_OUTER = 1.4
+
+
+@dataclass(frozen=True)
+class FoundRod:
+    centre_lps_mm: tuple[float, float]
+    """(L, P) of the rod axis."""
+    hu: float
+    n_slices: int
+    hu_spread: float = 0.0
+    """Robust SD (1.4826 x median absolute deviation) of the inner disc's mean HU over the slices it was seen on: a
+    rod is uniform along its length; a blob of tissue that looks like a rod on single slices is not."""
+
+
+def _disc(radius_px: tuple[float, float], inner: float = 0.0) -> npt.NDArray[np.float64]:
+    ri, rj = radius_px
+    ni, nj = int(np.ceil(ri)), int(np.ceil(rj))
+    y, x = np.meshgrid(np.arange(-ni, ni + 1), np.arange(-nj, nj + 1), indexing="ij")
+    d = (y / max(ri, 1e-6)) ** 2 + (x / max(rj, 1e-6)) ** 2
+    k = (d <= 1.0) & (d >= inner**2)
+    return k.astype(np.float64) / max(1, int(k.sum()))
+
+
+def _slice_detections(raw: npt.NDArray[np.float32], sp2: tuple[float, float], radius_mm: float,
+                      allowed: npt.NDArray[np.bool_] | None) -> list[tuple[float, float, float]]:
+    """(i, j, inner mean HU) of rod centres on one slice."""
+    img = raw.astype(np.float64)
+    inner_k = _disc((0.6 * radius_mm / sp2[0], 0.6 * radius_mm / sp2[1]))
+    ring_k = _disc((RING_OUTER * radius_mm / sp2[0], RING_OUTER * radius_mm / sp2[1]), inner=RING_INNER / RING_OUTER)
+    inner = signal.fftconvolve(img, inner_k, mode="same")
+    inner_sq = signal.fftconvolve(img**2, inner_k, mode="same")
+    ring = signal.fftconvolve(img, ring_k, mode="same")
+    ring_sq = signal.fftconvolve(img**2, ring_k, mode="same")
+    sd = np.sqrt(np.maximum(inner_sq - inner**2, 0.0))
+    ring_sd = np.sqrt(np.maximum(ring_sq - ring**2, 0.0))
+    not_air = inner > -300.0
+    if not np.any(not_air):
+        return []
+    sd_ref = float(np.percentile(sd[not_air], 2))
+    contrast = np.abs(inner - ring)
+    limit = HOMOGENEITY_FACTOR * max(sd_ref, 1.0)
+    ok = not_air & (sd <= limit) & (ring_sd <= limit) & (contrast >= MIN_CONTRAST_HU)
+    if allowed is not None:
+        ok &= allowed
+    if not np.any(ok):
+        return []
+    score = np.where(ok, contrast, 0.0)
+    size = (max(3, int(2 * radius_mm / sp2[0]) | 1), max(3, int(2 * radius_mm / sp2[1]) | 1))
+    peaks = ok & (score == ndimage.maximum_filter(score, size=size))
+    return [(float(i), float(j), float(inner[i, j])) for i, j in np.argwhere(peaks)]
+
+
+def find_rods(volume: CTVolume, rod_diameter_mm: float, min_posterior_of_lps_y: float | None = None) -> list[FoundRod]:
+    """Rods seen on several slices (see module doc); ``min_posterior_of_lps_y`` restricts to P >= that value."""
+    axis, _ = volume.superior_axis()
+    in_plane = [a for a in range(3) if a != axis]
+    sp = volume.spacing_mm
+    sp2 = (sp[in_plane[0]], sp[in_plane[1]])
+    radius = rod_diameter_mm / 2
+    n = volume.shape[axis]
+    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
+    g0, g1 = np.meshgrid(np.arange(volume.shape[in_plane[0]]), np.arange(volume.shape[in_plane[1]]), indexing="ij")
+    grid = np.zeros((*g0.shape, 3))
+    grid[..., in_plane[0]] = g0
+    grid[..., in_plane[1]] = g1
+    lps0 = volume.index_to_lps(grid)
+    step = volume.affine_lps[:3, axis]
+    detections: list[tuple[float, float, float]] = []  # (L, P, hu)
+    for k in ks:
+        lps = lps0 + k * step
+        allowed = None if min_posterior_of_lps_y is None else lps[..., 1] >= min_posterior_of_lps_y
+        if allowed is not None and not np.any(allowed):
+            continue
+        raw = np.take(volume.hu, int(k), axis=axis)
+        for i, j, hu in _slice_detections(raw, sp2, radius, allowed):
+            p = lps[int(i), int(j)]
+            detections.append((float(p[0]), float(p[1]), hu))
+    clusters: list[list[tuple[float, float, float]]] = []
+    for d in detections:
+        for c in clusters:
+            cx, cy = np.mean([e[0] for e in c]), np.mean([e[1] for e in c])
+            if np.hypot(d[0] - cx, d[1] - cy) <= 0.5 * radius:
+                c.append(d)
+                break
+        else:
+            clusters.append([d])
+    rods = [FoundRod((float(np.mean([e[0] for e in c])), float(np.mean([e[1] for e in c]))),
+                     float(np.median([e[2] for e in c])), len(c), _robust_sd([e[2] for e in c]))
+            for c in clusters if len(c) >= min(MIN_SLICES_PER_ROD, len(ks))]
+    return sorted(rods, key=lambda r: r.hu)
+
+
+def _robust_sd(values: list[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
+def rod_hu_at(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float) -> float | None:
+    """Median over the sampled slices of the mean HU within 0.6 x radius of a rod axis at (L, P)."""
+    axis, _ = volume.superior_axis()
+    n = volume.shape[axis]
+    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
+    values = []
+    sp = volume.spacing_mm
+    for k in ks:
+        origin = volume.affine_lps[:3, axis] * k + volume.affine_lps[:3, 3]
+        idx = volume.lps_to_index(np.array([centre_lp[0], centre_lp[1], origin[2]]))
+        idx[axis] = k
+        lo = [max(0, int(np.floor(idx[a] - 0.6 * radius_mm / sp[a]))) for a in range(3)]
+        hi = [min(volume.shape[a], int(np.ceil(idx[a] + 0.6 * radius_mm / sp[a])) + 1) for a in range(3)]
+        lo[axis], hi[axis] = int(k), int(k) + 1
+        if any(h <= low for low, h in zip(lo, hi, strict=True)):
+            continue
+        sub = volume.hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        grid = np.stack(np.meshgrid(*[np.arange(low, h) for low, h in zip(lo, hi, strict=True)], indexing="ij"), -1)
+        d = np.linalg.norm((volume.index_to_lps(grid) - volume.index_to_lps(idx))[..., :2], axis=-1)
+        inside = d <= 0.6 * radius_mm
+        if np.any(inside):
+            values.append(float(sub[inside].mean()))
+    return float(np.median(values)) if values else None
