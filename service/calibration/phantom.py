@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from service.calibration.linear import LineFit, fit_line, reference_line
-from service.calibration.phantom_rods import FoundRod, rod_hu_at
+from service.calibration.phantom_rods import FoundRod, rod_along, rod_hu_at
 from service.calibration.phantom_rods import find_rods as find_rod_candidates
 from service.calibration.store import scanner_label
 from service.domain.results import CalibrationKind, LinearCalibration
@@ -90,6 +90,8 @@ class RodCalibration:
     rods: tuple[tuple[float, float], ...]
     """(declared density, measured HU) per matched rod."""
     fit: LineFit
+    evenly_spaced: bool = True
+    """The matched rods sit at whole multiples of one pitch along their row (``_evenly_spaced``)."""
 
     def to_linear(self, kind: CalibrationKind, scanner: str = "", valid_until: str | None = None,
                   note: str = "") -> LinearCalibration:
@@ -154,8 +156,9 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
                    for dsub in itertools.combinations(range(len(dens)), size)
                    if (cal := _pairing([rods[i] for i in rsub], [dens[i] for i in dsub], definition, radius,
                                        expected_slope))]
-        if passing:  # prefer the largest set of rods that fits
-            return _resolve(passing, expected_slope)
+        if passing:  # prefer the largest set of rods that fits, evenly spaced when any is
+            even = [c for c in passing if c.evenly_spaced]
+            return _resolve(even or passing, expected_slope)
     return None
 
 
@@ -175,7 +178,26 @@ def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinitio
     zero_hu = -fit.intercept / fit.slope
     if not (ZERO_DENSITY_HU_RANGE[0] <= zero_hu <= ZERO_DENSITY_HU_RANGE[1]) or not _collinear(rods, radius):
         return None
-    return RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit)
+    return RodCalibration(definition, tuple(zip(dd, hu, strict=True)), fit, _evenly_spaced(rods))
+
+
+PITCH_TOLERANCE = 0.15
+"""Rods count as evenly spaced when every gap along the row is a whole multiple of the smallest within this fraction
+of it.  QCT phantoms space their rods evenly; a spot of block material between two rods (half a pitch from each)
+passes the distance check of ``_collinear`` but not this one: the HA phantom of test_phantom_accuracy (seed 21) took
+such a spot for its unseen 0 mg/cm3 rod, and the row completed at the wrong pitch read block material for it."""
+
+
+def _evenly_spaced(rods: list[FoundRod]) -> bool:
+    pts = np.array([r.centre_lps_mm for r in rods])
+    centred = pts - pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    gaps = np.diff(np.sort(centred @ vt[0]))
+    pitch = float(gaps.min())
+    if pitch <= 0.0:
+        return False
+    ratios = gaps / pitch
+    return bool(np.all(np.abs(ratios - np.round(ratios)) <= PITCH_TOLERANCE))
 
 
 MAX_SLOPE_RELATIVE_SE = 0.1
@@ -257,13 +279,38 @@ def calibrate_from_volume(volume: CTVolume, definition: PhantomDefinition,
     cal = match_rods(rods, definition, expected_slope=expected)
     if cal is None:
         return None
+    pool = rods
     if len(cal.rods) < len(definition.densities_mg_cm3):
-        completed = match_rods(_complete_row(cal, rods, volume), definition, require_all, expected)
+        row = _complete_row(cal, rods, volume)
+        completed = match_rods(row, definition, require_all, expected)
         if completed is not None and len(completed.rods) >= len(cal.rods):
-            cal = completed
+            cal, pool = completed, row
     if require_all and len(cal.rods) < max(3, len(definition.densities_mg_cm3) - 1):
         return None
-    return cal
+    return _measured_along(cal, pool, volume, expected)
+
+
+def _measured_along(cal: RodCalibration, pool: list[FoundRod], volume: CTVolume, expected_slope: float
+                    ) -> RodCalibration | None:
+    """The matched rods measured on every slice of the row's stretch (``phantom_rods.rod_along``: from the median
+    first to the median last slice they were seen on), then the same pairing fitted and checked again; None when
+    the rods measured so no longer make a line that passes (``_pairing``)."""
+    radius = cal.definition.rod_diameter_mm / 2
+    matched = [next(r for r in pool if abs(r.hu - h) < 1e-9) for _, h in cal.rods]
+    ranges = [r.slice_range for r in matched if r.slice_range is not None]
+    if not ranges:
+        return cal
+    k0, k1 = int(np.median([a for a, _ in ranges])), int(np.median([b for _, b in ranges]))
+    remeasured = []
+    for r in matched:
+        along = rod_along(volume, r.centre_lps_mm, radius, k0, max(k0, k1))
+        if along is None:
+            return cal
+        remeasured.append(FoundRod(r.centre_lps_mm, along[0], along[2], along[1], (k0, k1)))
+    refit = _pairing(remeasured, [d for d, _ in cal.rods], cal.definition, radius, expected_slope)
+    if refit is None:
+        logger.warning("phantom rods measured along their length no longer fit a line: not used")
+    return refit
 
 
 def synchronous_calibration(volume: CTVolume, segmentation: SpineSegmentation, definition_path: Path | None

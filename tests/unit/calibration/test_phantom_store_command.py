@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from service.calibration.linear import reference_line
-from service.calibration.phantom import FoundRod, find_rods, load_definition, match_rods
+from service.calibration.phantom import (
+    FoundRod,
+    _measured_along,
+    calibrate_from_volume,
+    find_rods,
+    load_definition,
+    match_rods,
+)
 from service.calibration.store import CalibrationStore, ScannerKey, StoredCalibration
 from service.cli.calibrate import register_calibrate
 from service.domain.volume import CTVolume
@@ -173,3 +180,27 @@ def test_find_rods_reports_how_uniform_each_rod_is() -> None:
     rods = find_rods(vol, load_definition(DEFINITION))
     assert len(rods) >= 4
     assert all(0.0 < r.hu_spread < 10.0 for r in rods)
+
+
+def test_matched_rods_are_measured_on_every_slice_of_their_stretch() -> None:
+    """At low dose the rods' HU from the few sampled slices where the matched filter fired is noisy (and biased
+    towards slices whose noise raised the contrast); the calibration measures the matched rods on every slice of
+    the row's stretch and refits.  A row whose rods, measured so, no longer make a line is not used: here four
+    "rods" claim the whole scan while the phantom fills only its first third."""
+    kvp = 120
+    hu = _phantom_hu(kvp, noise_sd=120.0, seed=3, shape=(200, 200, 90))
+    vol = CTVolume(hu=hu, affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=float(kvp))
+    definition = load_definition(DEFINITION)
+    cal = calibrate_from_volume(vol, definition, require_all=True)
+    assert cal is not None and len(cal.rods) >= 3
+    assert all(abs(h - density.rod_hu(d, "k2hpo4", kvp)) < 6.0 for d, h in cal.rods)  # ~70 slices, not 15
+    assert cal.fit.slope == pytest.approx(density.hu_to_bmd_line(kvp)[0], rel=0.03)
+    short = hu.copy()
+    short[:, :, 30:] = np.where(short[:, :, 30:] > -500.0, 5.0, short[:, :, 30:])  # rods end after 30 slices
+    centre_mm = 100 * 0.8  # _phantom_hu centres the block in the 200 x 200 slice
+    claimed = [FoundRod((centre_mm + x, centre_mm), density.rod_hu(d, "k2hpo4", kvp), 5, 10.0, (0, 89))
+               for x, d in zip(RODS_X_MM, (0.0, 50.0, 100.0, 200.0), strict=True)]
+    row = match_rods(claimed, definition, require_all=True)
+    assert row is not None  # the sampled HU alone fit the line
+    short_vol = CTVolume(hu=short, affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=float(kvp))
+    assert _measured_along(row, claimed, short_vol, reference_line(kvp)[0]) is None
