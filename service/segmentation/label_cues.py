@@ -166,17 +166,19 @@ separates them (set 2: C7 0.37-0.47 and one 0.63, which stays a pair and gives n
 above a missed T4 0.67).  Both ratios must call the pair weak."""
 
 
-def _is_pair(body: BodyFeatures) -> bool:
+def is_complete_pair(body: BodyFeatures) -> bool:
+    """A body not cut by the field with a rib on both sides."""
     return body.rib_left and body.rib_right and not body.cut_by_fov
 
 
-def _pair_mm3(body: BodyFeatures) -> float:
+def pair_mm3(body: BodyFeatures) -> float:
+    """The weaker side's rib volume."""
     return min(body.rib_left_mm3, body.rib_right_mm3)
 
 
 def typical_pair_mm3(bodies: list[BodyFeatures]) -> float:
     """Median weaker-side rib volume of the complete rib pairs (0 when none or not measured)."""
-    pairs = sorted(_pair_mm3(b) for b in bodies if _is_pair(b))
+    pairs = sorted(pair_mm3(b) for b in bodies if is_complete_pair(b))
     return pairs[len(pairs) // 2] if pairs else 0.0
 
 
@@ -184,9 +186,9 @@ def weak_pair_above(upper: BodyFeatures, lower: BodyFeatures, typical_mm3: float
     """``upper`` (complete) carries a rib pair much smaller than ``lower``'s and than the scan's typical pair
     (T1_PAIR_FRACTION, T1_TYPICAL_FRACTION; never when volumes were not measured): C7 reading the first rib's
     head, or a cervical rib."""
-    upper_mm3 = _pair_mm3(upper)
-    return (not upper.cut_by_fov and _pair_mm3(lower) > 0.0 and typical_mm3 > 0.0
-            and upper_mm3 < T1_PAIR_FRACTION * _pair_mm3(lower) and upper_mm3 < T1_TYPICAL_FRACTION * typical_mm3)
+    upper_mm3 = pair_mm3(upper)
+    return (not upper.cut_by_fov and pair_mm3(lower) > 0.0 and typical_mm3 > 0.0
+            and upper_mm3 < T1_PAIR_FRACTION * pair_mm3(lower) and upper_mm3 < T1_TYPICAL_FRACTION * typical_mm3)
 
 
 def first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
@@ -194,8 +196,8 @@ def first_rib_pair(bodies: list[BodyFeatures]) -> int | None:
     largest of the upper ribs and always bilateral; a body cut by the top of the field (its rib region partly
     outside) or a one-sided "rib" (a cervical transverse process, the clavicle or the first rib passing beside C6/C7
     on a coarse grid) does not count, nor a pair much smaller than the pair below it (``weak_pair_above``)."""
-    first = next((i for i, b in enumerate(bodies) if _is_pair(b)), None)
-    if first is not None and first + 1 < len(bodies) and _is_pair(bodies[first + 1]) and weak_pair_above(
+    first = next((i for i, b in enumerate(bodies) if is_complete_pair(b)), None)
+    if first is not None and first + 1 < len(bodies) and is_complete_pair(bodies[first + 1]) and weak_pair_above(
             bodies[first], bodies[first + 1], typical_pair_mm3(bodies)):
         return first + 1
     return first

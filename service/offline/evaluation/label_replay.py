@@ -5,11 +5,15 @@ held-out figures still come from ``bmd-node evaluate segmentation`` / ``evaluate
 
     python -m service.offline.evaluation.label_replay record SET [SET ...] --cache var/label_cache
     python -m service.offline.evaluation.label_replay replay --cache var/label_cache [--cases]
+    python -m service.offline.evaluation.label_replay first-pairs --cache var/label_cache
 
 SET: a case folder or a folder of case folders (as ``evaluate segmentation`` reads them).  ``replay`` prints, over
 the reference bodies fully in the field of view, the confidently wrong names, the identification rate of the
 best-guess names (VerSe rule), and the confident share, per group (the case folder's parent: ``whole``/``narrow`` in a
 labelling set, the set's name otherwise); ``--cases`` also lists each case with a wrong or uncertain name.
+``first-pairs`` prints, per case, the first complete body with a rib on both sides: its reference name, its weaker
+side's rib volume as a fraction of the scan's typical pair and of the pair below, and whether the weak-pair rule
+(``label_cues.weak_pair_above``) read it as C7's; then the ranges of that fraction per reference name.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from service.domain.levels import VertebraLevel
 from service.offline.evaluation.label_features import recorded_features
 from service.offline.evaluation.segmentation import case_dirs, identification, load_ct, load_reference
-from service.segmentation import inference
+from service.segmentation import inference, label_cues
 from service.segmentation.labelling import BodyFeatures, LevelDecision, label_bodies
 from service.segmentation.settings import SegmentationSettings
 
@@ -145,6 +149,37 @@ def _replay_main(cache: Path, list_cases: bool) -> None:
         print(f"{group} | {n} | {complete} | {ident / max(complete, 1):.1%} | {conf / max(complete, 1):.1%} | {wrong}")
 
 
+def _reference_name(case: RecordedCase, index: int) -> str:
+    """The reference level nearest the body's centroid (within the VerSe 20 mm), else '?'."""
+    c = case.centroids_lps[index]
+    if c is None or not case.reference_lps:
+        return "?"
+    level, d = min(((k, float(np.linalg.norm(np.asarray(v) - np.asarray(c)))) for k, v in case.reference_lps.items()),
+                   key=lambda kv: kv[1])
+    return VertebraLevel(level).name if d <= 20.0 else "?"
+
+
+def _first_pairs_main(cache: Path) -> None:
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for path in sorted(cache.glob("*.pkl")):
+        case = _load(path)
+        if case is None:
+            continue
+        b = case.bodies
+        first = next((i for i, x in enumerate(b) if label_cues.is_complete_pair(x)), None)
+        typical = label_cues.typical_pair_mm3(b)
+        if first is None or first + 1 >= len(b) or typical <= 0.0:
+            continue
+        weaker, below = label_cues.pair_mm3(b[first]), label_cues.pair_mm3(b[first + 1])
+        name = _reference_name(case, first)
+        by_name[name].append(weaker / typical)
+        weak = label_cues.weak_pair_above(b[first], b[first + 1], typical)
+        print(f"{path.stem}: {name} {weaker / typical:.2f} of typical, {weaker / max(below, 1e-6):.2f} of the pair "
+              f"below; read as C7's: {weak}")
+    for name, ratios in sorted(by_name.items()):
+        print(f"first complete pair on {name}: {len(ratios)} cases, {min(ratios):.2f}-{max(ratios):.2f} of typical")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("replay")
     rep.add_argument("--cache", type=Path, required=True)
     rep.add_argument("--cases", action="store_true")
+    pairs = sub.add_parser("first-pairs")
+    pairs.add_argument("--cache", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "record":
         _record_main(args.sets, args.cache)
-    else:
+    elif args.command == "replay":
         _replay_main(args.cache, args.cases)
+    else:
+        _first_pairs_main(args.cache)
     return 0
 
 
