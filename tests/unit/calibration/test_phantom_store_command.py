@@ -13,6 +13,7 @@ import pytest
 from service.calibration.linear import reference_line
 from service.calibration.phantom import (
     FoundRod,
+    _along_own_stretch,
     _measured_along,
     calibrate_from_volume,
     find_rods,
@@ -204,3 +205,18 @@ def test_matched_rods_are_measured_on_every_slice_of_their_stretch() -> None:
     assert row is not None  # the sampled HU alone fit the line
     short_vol = CTVolume(hu=short, affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=float(kvp))
     assert _measured_along(row, claimed, short_vol, reference_line(kvp)[0]) is None
+
+
+def test_a_candidate_is_read_on_every_slice_of_its_stretch_before_matching() -> None:
+    """s12 case_27 (sharp kernel, low dose): the 50 and 100 mg/cm3 rods' medians over the few slices where the
+    matched filter fired read 20-25 HU high, so the row did not fit a line and no phantom calibration was made. Each
+    candidate is now read on every slice of its stretch before matching; its spread stays the sampled one."""
+    kvp = 120
+    hu = _phantom_hu(kvp, noise_sd=120.0, seed=4, shape=(200, 200, 90))
+    vol = CTVolume(hu=hu, affine_lps=np.diag([0.8, 0.8, 2.0, 1.0]), kvp=float(kvp))
+    centre_mm = 100 * 0.8
+    truth = density.rod_hu(100.0, "k2hpo4", kvp)
+    sampled = FoundRod((centre_mm + RODS_X_MM[2], centre_mm), truth + 25.0, 5, 12.0, (9, 80))
+    along = _along_own_stretch(sampled, vol, 9.0)
+    assert abs(along.hu - truth) < 5.0
+    assert (along.n_slices, along.hu_spread, along.slice_range) == (5, 12.0, (9, 80))
