@@ -56,15 +56,15 @@ def reaches_undetected(bodies: list[BodyFeatures], pos: list[int], first_level: 
     return reach >= (steps + END_REACH_SPACINGS) * spacing + 0.5 * end.height_mm
 
 
-def undetected_end(bodies: list[BodyFeatures], pos: list[int], first_level: int, anchor_kind: str) -> str | None:
-    """For a count from one anchor (``anchor_kind``: "T1", "T12" or "L5"): the other end of the spine that the scan
+def undetected_end(bodies: list[BodyFeatures], pos: list[int], first_level: int, anchor: VertebraLevel) -> str | None:
+    """For a count from one anchor (the level it names: T1, T12 or L5): the other end of the spine that the scan
     shows where no body was detected (for the reason), else None."""
-    checks: dict[str, list[tuple[VertebraLevel, str]]] = {
-        "T1": [(VertebraLevel.L1, "the last rib")],
-        "T12": [(VertebraLevel.T1, "the first rib pair"), (VertebraLevel.S1, "the lumbosacral junction")],
-        "L5": [(VertebraLevel.T12, "the last rib")],
+    checks: dict[VertebraLevel, list[tuple[VertebraLevel, str]]] = {
+        VertebraLevel.T1: [(VertebraLevel.L1, "the last rib")],
+        VertebraLevel.T12: [(VertebraLevel.T1, "the first rib pair"), (VertebraLevel.S1, "the lumbosacral junction")],
+        VertebraLevel.L5: [(VertebraLevel.T12, "the last rib")],
     }
-    for level, what in checks.get(anchor_kind, []):
+    for level, what in checks.get(anchor, []):
         if reaches_undetected(bodies, pos, first_level, level):
             return what
     return None

@@ -120,6 +120,8 @@ def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
 T12_ANCHOR = "T12 (last rib-bearing body)"
 T1_ANCHOR = "T1 (first rib-bearing body)"
 L5_ANCHOR = "L5 (body on the sacrum)"
+ANCHOR_LEVEL = {T12_ANCHOR: VertebraLevel.T12, T1_ANCHOR: VertebraLevel.T1, L5_ANCHOR: VertebraLevel.L5}
+"""The level each anchor names."""
 
 
 def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingResult:
@@ -212,7 +214,7 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     notes.append("anchors: " + ", ".join(anchors) + "; cues agreeing: " + ", ".join(cues))
     # a lone anchor whose count puts the other end of the spine wholly in the scan, where no body was detected:
     # the detected column is not the scan's column, whatever else agrees (label_reach)
-    missed = undetected_end(bodies, pos, first_level, cues[0].split()[0]) if len(anchors) == 1 else None
+    missed = undetected_end(bodies, pos, first_level, ANCHOR_LEVEL[cues[0]]) if len(anchors) == 1 else None
     if len(cues) >= 2 and not contradicted and missed is None:
         return [_decide(first_level + p, False, None, cues) for p in pos]
     reasons = []
@@ -252,16 +254,13 @@ def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
 
 
 def _t1_from_weak_pair(bodies: list[BodyFeatures]) -> bool:
-    """The body above the first rib pair carries a (small) pair itself: T1 was told from it by volume alone."""
+    """The body above the first rib pair carries a (small) pair itself, so T1 was told from it by rib volume alone:
+    C7's ring catching the first rib's head, or a short first rib pair on T1.  The recorded features of labelling
+    set 7 and BMD set s11 (``label_replay first-pairs``) give C7s 0.34-0.55 of the scan's typical pair, but also two
+    T1s (0.38, 0.47; s11 case_19 named one level off from the second) and a T2 (0.37): a T1 anchor found so does not
+    stand alone."""
     first = first_rib_pair(bodies)
     return first is not None and first > 0 and bodies[first - 1].rib_left and bodies[first - 1].rib_right
-
-
-WEAK_PAIR_NOTE = (
-    "The first rib pair is told from the body above it by rib volume alone when that body carries a small pair: C7's "
-    "ring catching the first rib's head, or a short first rib pair on T1 (recorded features of labelling set 7 and "
-    "BMD sets s10-s11: C7s 0.34-0.55 of the scan's typical pair, two T1s 0.38 and 0.47; s11 case_19 was named one "
-    "level off from such a T1): a T1 anchor found so does not stand alone.")
 
 
 FIRST_PAIR_REACH = VertebraLevel.T2
@@ -363,7 +362,7 @@ def _gap_uncertain(decisions: list[LevelDecision], missing: list[int], anchors: 
     """Bodies separated from every anchor by a gap are uncertain (the number of missed bodies is a guess)."""
     anchor_positions = []
     for k, v in anchors.items():
-        target = {"T12": 19, "T1": 8, "L5": 24}[k.split()[0]]
+        target = int(ANCHOR_LEVEL[k])
         anchor_positions.append(target - v)
     out = []
     for i, d in enumerate(decisions):
