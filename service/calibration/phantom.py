@@ -203,9 +203,10 @@ def _evenly_spaced(rods: list[FoundRod]) -> bool:
 
 MAX_SLOPE_RELATIVE_SE = 0.1
 """A pairing counts only when its line is this precise: the standard error of the HU-per-mg/cm3 slope, from each
-rod's HU uncertainty (``_rod_hu_se``), at most this fraction of the slope.  Real rods, seen on 3-9 of the sampled
-slices with a spread of 1-27 HU even at low dose (BMD set s10, 30 cases, noise SD 10-221 HU), give 1-4 %; BMD set s11
-case_27 (low dose, 2 mm) matched a row of back-muscle spots whose mean HU wandered by 55-78 HU between slices: 50 %."""
+rod's HU uncertainty (``_rod_hu_se``), at most this fraction of the slope.  Real rods are seen on 3-9 of the sampled
+slices with a spread of 1-27 HU even at low dose (BMD set s10, 30 cases, noise SD 10-221 HU); BMD set s11 case_27
+(low dose, 2 mm) matched a row of back-muscle spots with spreads of 93, 14 and 67 HU (``python -m
+service.offline.evaluation.phantom_lines SET --rods`` lists candidates with their spreads)."""
 ROD_HU_SE_FLOOR = 1.0
 """HU: the least uncertainty of a rod's HU (a rod measured once, e.g. completed at the row's pitch)."""
 

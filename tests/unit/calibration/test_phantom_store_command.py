@@ -158,10 +158,10 @@ def test_a_row_of_body_blobs_at_twice_the_reference_slope_is_not_the_phantom() -
 
 def test_spots_whose_hu_wanders_along_the_scan_are_not_rods() -> None:
     """BMD set s11 case_27 after the slope check: three spots of the back (low dose, 2 mm) in a row fit 0/50/100
-    mg/cm3 with R2 0.999 and a plausible slope (0.80), but their inner mean HU wandered by 71-78 HU (SD) between the
-    sampled slices, where a rod is uniform along its length: the line's slope is then known to +-50 %, not a
-    calibration.  The same spots, uniform, would have passed; real rods at low dose (BMD set s10 case_17, noise SD
-    71 HU: spreads 8-26 HU on 4-9 slices) still do."""
+    mg/cm3 with R2 0.999 and a plausible slope (0.80), but their inner mean HU wandered by 71-78 HU (plain SD, as
+    here) between the sampled slices, where a rod is uniform along its length: the line's slope is then too
+    uncertain to be a calibration.  The same spots, uniform, would have passed; real rods at low dose (BMD set s10
+    case_17, noise SD 71 HU: spreads 8-26 HU on 4-9 slices) still do."""
     definition = load_definition(DEFINITION)
     expected = reference_line(120.0)[0]
     spots = [(-42.9, 77.1, 4), (16.6, 78.4, 4), (82.6, 70.8, 5)]

@@ -17,3 +17,5 @@ def test_the_synchronous_line_of_one_case_against_its_physics(tmp_path: Path,
     assert err is not None and abs(err) < 10.0
     assert main([str(tmp_path / "set")]) == 0
     assert "with a line: 1" in capsys.readouterr().out
+    assert main([str(tmp_path / "set"), "--rods"]) == 0
+    assert "mg/cm3 rod" in capsys.readouterr().out  # candidates matched to the phantom's rods are listed
