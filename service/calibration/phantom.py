@@ -140,11 +140,18 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
     ``expected_slope``: the reference line's slope at the scan's kVp (the calibration's own literature constants);
     a pairing further than ``PLAUSIBLE_SLOPE_RATIO`` from it does not count. With a rod missing, the row can fit
     two pairings equally well: 0/100/200 read as 0/50/100 (slope halved) and
-    the reverse, since both sets are evenly spaced. When the pairings that pass every check disagree on the slope
+    the reverse, since both sets are evenly spaced. An evenly spaced row is preferred to a larger uneven one: QCT
+    phantoms space their rods evenly, and on a sharp low-dose scan a spot of block material near an unseen
+    0 mg/cm3 rod fits the line within the noise (it reads the block, ~10 HU off the rod; the even row is completed
+    at its pitch by ``calibrate_from_volume``). When the pairings that pass every check disagree on the slope
     by more than ``AMBIGUOUS_SLOPE_RATIO``, the one nearest ``expected_slope`` is taken when it lies within
     ``PLAUSIBLE_SLOPE_RATIO`` of it; otherwise (or without an expected slope) there is no calibration.
     """
     dens = sorted(definition.densities_mg_cm3)
+    # no rod of the phantom reads below its 0 mg/cm3 rod: fat under the skin, as homogeneous as a rod once slices
+    # are averaged and often seen on more slices than a phantom shorter than the scan (BMD set s13 case_15), is not
+    # allowed to push the rods out of the persistent candidates
+    rods = [r for r in rods if r.hu >= ZERO_DENSITY_HU_RANGE[0]]
     if rods:  # rods run the length of the phantom: keep the most persistent candidates
         most = max(r.n_slices for r in rods)
         rods = [r for r in rods if r.n_slices >= PERSISTENCE_FRACTION * most]
@@ -152,15 +159,18 @@ def match_rods(rods: list[FoundRod], definition: PhantomDefinition, require_all:
     radius = definition.rod_diameter_mm / 2
     m = min(len(rods), len(dens))
     smallest = max(3, len(dens) - 1) if require_all else 3
+    uneven: list[RodCalibration] = []
     for size in range(m, smallest - 1, -1):
         passing = [cal for rsub in itertools.combinations(range(len(rods)), size)
                    for dsub in itertools.combinations(range(len(dens)), size)
                    if (cal := _pairing([rods[i] for i in rsub], [dens[i] for i in dsub], definition, radius,
                                        expected_slope))]
-        if passing:  # prefer the largest set of rods that fits, evenly spaced when any is
-            even = [c for c in passing if c.evenly_spaced]
-            return _resolve(even or passing, expected_slope)
-    return None
+        even = [c for c in passing if c.evenly_spaced]
+        if even:  # the largest evenly spaced set of rods that fits
+            return _resolve(even, expected_slope)
+        uneven = uneven or passing
+    # no evenly spaced set: the largest that fits (a rod's centre found off the pitch on a noisy scan)
+    return _resolve(uneven, expected_slope) if uneven else None
 
 
 def _pairing(rods: list[FoundRod], dd: list[float], definition: PhantomDefinition, radius: float,

@@ -1,6 +1,7 @@
 """Rod finding for QCT calibration phantoms in a CT volume (the matching and the line: ``phantom.py``).
 
-On up to ``MAX_SLICES`` axial slices spread over the scan, a matched filter compares the mean HU of an inner disc
+On up to ``MAX_SLICES`` axial slabs spread over the scan (each the mean of the slices within ``SLAB_MM`` / 2: the
+rods run along the scan, the noise does not), a matched filter compares the mean HU of an inner disc
 (0.6 x rod radius) with that of a ring just outside the rod (1.2-1.4 x radius): rod centres are local maxima of
 ``|inner - ring|`` where the inner disc and the ring are both homogeneous (SD no more than ``HOMOGENEITY_FACTOR`` x
 the most homogeneous regions of the slice) and the disc is not air. Detections are clustered across slices by
@@ -17,8 +18,11 @@ import numpy.typing as npt
 from scipy import ndimage, signal
 
 from service.domain.volume import CTVolume
+from service.measurement.exclusions import METAL_HU
 
 MAX_SLICES = 15
+SLAB_MM = 10.0
+"""Each sampled slice is the mean of the slices within 5 mm of it (one slice at 10 mm and thicker)."""
 MIN_SLICES_PER_ROD = 3
 MIN_CONTRAST_HU = 6.0
 HOMOGENEITY_FACTOR = 2.0
@@ -84,8 +88,8 @@ def find_rods(volume: CTVolume, rod_diameter_mm: float, min_posterior_of_lps_y: 
     sp = volume.spacing_mm
     sp2 = (sp[in_plane[0]], sp[in_plane[1]])
     radius = rod_diameter_mm / 2
-    n = volume.shape[axis]
-    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
+    clear = metal_free_slices(volume)
+    ks = _sampled_slices(clear)
     g0, g1 = np.meshgrid(np.arange(volume.shape[in_plane[0]]), np.arange(volume.shape[in_plane[1]]), indexing="ij")
     grid = np.zeros((*g0.shape, 3))
     grid[..., in_plane[0]] = g0
@@ -98,7 +102,7 @@ def find_rods(volume: CTVolume, rod_diameter_mm: float, min_posterior_of_lps_y: 
         allowed = None if min_posterior_of_lps_y is None else lps[..., 1] >= min_posterior_of_lps_y
         if allowed is not None and not np.any(allowed):
             continue
-        raw = np.take(volume.hu, int(k), axis=axis)
+        raw = _slab_mean(volume, axis, int(k), clear)
         for i, j, hu in _slice_detections(raw, sp2, radius, allowed):
             p = lps[int(i), int(j)]
             detections.append((float(p[0]), float(p[1]), hu, int(k)))
@@ -116,6 +120,35 @@ def find_rods(volume: CTVolume, rod_diameter_mm: float, min_posterior_of_lps_y: 
                      (min(e[3] for e in c), max(e[3] for e in c)))
             for c in clusters if len(c) >= min(MIN_SLICES_PER_ROD, len(ks))]
     return sorted(rods, key=lambda r: r.hu)
+
+
+def metal_free_slices(volume: CTVolume) -> npt.NDArray[np.bool_]:
+    """Per slice along the head-foot axis: no voxel at or above METAL_HU. Metal streaks cross the whole slice, rods
+    included (BMD set s13 case_25 and case_53, pedicle screws: 0-100 mg/cm3 rods read 26-70 HU off, or not found)."""
+    axis, _ = volume.superior_axis()
+    others = tuple(a for a in range(3) if a != axis)
+    return np.asarray(volume.hu.max(axis=others) < METAL_HU)
+
+
+def _sampled_slices(clear: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """Up to MAX_SLICES slices spread over the middle 80 % of the scan, those without metal when enough are left."""
+    n = clear.shape[0]
+    middle = np.arange(round(0.1 * (n - 1)), round(0.9 * (n - 1)) + 1)
+    pool = middle[clear[middle]]
+    if pool.shape[0] < MIN_SLICES_PER_ROD:
+        pool = middle
+    pick = np.unique(np.linspace(0, pool.shape[0] - 1, min(MAX_SLICES, pool.shape[0])).round().astype(int))
+    return np.asarray(pool[pick], dtype=np.int64)
+
+
+def _slab_mean(volume: CTVolume, axis: int, k: int, clear: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+    """Mean of the metal-free slices within SLAB_MM / 2 of slice ``k`` (the rods run along the scan: averaging keeps
+    them and divides the noise of a sharp-kernel or low-dose scan by the square root of the slices)."""
+    half = int(SLAB_MM / 2 / volume.spacing_mm[axis])
+    near = np.arange(max(0, k - half), min(volume.shape[axis], k + half + 1))
+    near = near[clear[near]] if clear[k] else np.array([k])
+    slab = np.take(volume.hu, near, axis=axis)
+    return np.asarray(slab.mean(axis=axis, dtype=np.float64), dtype=np.float32)
 
 
 def _robust_sd(values: list[float]) -> float:
@@ -144,15 +177,15 @@ def _disc_mean(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: floa
 
 def rod_hu_at(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float) -> float | None:
     """Median over the sampled slices of the mean HU within 0.6 x radius of a rod axis at (L, P)."""
-    axis, _ = volume.superior_axis()
-    n = volume.shape[axis]
-    ks = np.unique(np.linspace(0.1 * (n - 1), 0.9 * (n - 1), min(MAX_SLICES, n)).round().astype(int))
+    ks = _sampled_slices(metal_free_slices(volume))
     values = [v for k in ks if (v := _disc_mean(volume, centre_lp, radius_mm, int(k))) is not None]
     return float(np.median(values)) if values else None
 
 
 MAX_SLICES_ALONG = 400
 """Slices read per rod when it is measured along its length (evenly spread when the stretch holds more)."""
+MIN_METAL_FREE_SLICES = 5
+"""Fewer slices without metal than this: the rod is read on all of them (the median still stands)."""
 
 
 def rod_along(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float, k_first: int, k_last: int
@@ -161,8 +194,12 @@ def rod_along(volume: CTVolume, centre_lp: tuple[float, float], radius_mm: float
     to k_last: every slice, not only those where the matched filter fired (which favour slices whose noise raised
     the rod's contrast: BMD set s11 case_02, sharp kernel at low dose, read its 100 mg/cm3 rod 30 HU high from 5
     sampled slices, and within 1 HU from the 145 of its stretch). The median, as on the sampled slices: a slice
-    crossed by a streak or by the end of the phantom does not move it."""
+    crossed by a streak or by the end of the phantom does not move it. Slices holding metal are left out (when
+    ``MIN_METAL_FREE_SLICES`` others remain; ``metal_free_slices``)."""
     ks = np.unique(np.linspace(k_first, k_last, min(MAX_SLICES_ALONG, k_last - k_first + 1)).round().astype(int))
+    free = metal_free_slices(volume)
+    if np.count_nonzero(free[ks]) >= MIN_METAL_FREE_SLICES:
+        ks = ks[free[ks]]
     values = [v for k in ks if (v := _disc_mean(volume, centre_lp, radius_mm, int(k))) is not None]
     if not values:
         return None
