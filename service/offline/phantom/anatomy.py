@@ -14,6 +14,12 @@ import numpy.typing as npt
 from service.domain.levels import VertebraLevel
 
 FRACTURE_TYPES = ("wedge", "biconcave", "crush")
+GENANT_WALL_B = 0.8
+"""Genant's anterior and posterior heights are read about 10 % of the depth inside the walls: normalised AP
+position -0.8 / +0.8 (Genant et al., J Bone Miner Res 1993; the node reads its bands at 6-16 %)."""
+WEDGE_EXPONENT = 1.2
+WEDGE_EDGE_FACTOR = float((2.0 / (1.0 + GENANT_WALL_B)) ** WEDGE_EXPONENT)
+"""A wedge's loss at the anterior edge over its loss at Genant's anterior height (1.135)."""
 
 
 @dataclass(frozen=True)
@@ -21,12 +27,20 @@ class Fracture:
     kind: str
     """'wedge' (anterior height loss), 'biconcave' (middle) or 'crush' (uniform)."""
     height_loss: float
-    """Fraction 0.2-0.5 of the normal height lost at the most affected point."""
+    """Fraction 0.2-0.5 of the normal height lost where Genant's method reads it: at the anterior height of a wedge
+    (``GENANT_WALL_B``, 10 % of the depth inside the anterior wall), the middle height of a biconcave body, every
+    height of a crush. The phantom's Genant grade follows from this geometry."""
+
+    @property
+    def max_loss(self) -> float:
+        """The largest fraction lost anywhere (a wedge's anterior edge loses more than its anterior height)."""
+        return self.height_loss * (WEDGE_EDGE_FACTOR if self.kind == "wedge" else 1.0)
 
     def loss_at(self, b_norm: npt.NDArray[np.float32], r_norm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Fraction of height lost at normalised AP position b (-1 anterior .. +1 posterior) and radius r."""
         if self.kind == "wedge":
-            return np.float32(self.height_loss) * np.clip((1.0 - b_norm) / 2.0, 0.0, 1.0) ** 1.2
+            reach = np.clip((1.0 - b_norm) / (1.0 + GENANT_WALL_B), 0.0, 2.0 / (1.0 + GENANT_WALL_B))
+            return np.float32(self.height_loss) * reach.astype(np.float32) ** np.float32(WEDGE_EXPONENT)
         if self.kind == "biconcave":
             return np.float32(self.height_loss) * np.clip(1.0 - r_norm**2, 0.0, 1.0)
         return np.float32(self.height_loss) * np.ones_like(b_norm)

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from service.domain.levels import VertebraLevel
 from service.offline.phantom import density, physics
 from service.offline.phantom import labels as L  # noqa: N812
-from service.offline.phantom.anatomy import Anatomy, Fracture
+from service.offline.phantom.anatomy import GENANT_WALL_B, Anatomy, Fracture
 from service.offline.phantom.grid import Grid
 from service.offline.phantom.layout import BoneIsland
 from service.offline.phantom.spec import GENERATOR_VERSION, MANUFACTURER, PhantomSpec
@@ -73,6 +73,8 @@ def vertebra_truth(anat: Anatomy, grid: Grid, labels: npt.NDArray[np.int16], pat
             return round(hh * (1.0 - loss) - 2.0 * conc, 2)
 
         conc = vg.endplate_concavity_mm
+        wall = GENANT_WALL_B
+        back = GENANT_WALL_B - 0.1  # the mid-sagittal posterior wall is notched from +0.8 on (render_spine)
         out.append({
             "level": lv.name,
             "bmd_mg_cm3": patient.bmd_by_level[lv],
@@ -82,9 +84,10 @@ def vertebra_truth(anat: Anatomy, grid: Grid, labels: npt.NDArray[np.int16], pat
             "axis_superior": [round(float(c), 5) for c in vg.frame[2]],
             "axis_posterior": [round(float(c), 5) for c in vg.frame[1]],
             "fractured": f is not None,
-            "fracture": None if f is None else {"kind": f.kind, "height_loss": round(f.height_loss, 4)},
-            "heights_mm": {"anterior": height(-0.6, 0.6, conc * (1 - 0.36)), "middle": height(0.0, 0.0, conc),
-                           "posterior": height(0.6, 0.6, conc * (1 - 0.36))},
+            "fracture": None if f is None else {"kind": f.kind, "height_loss": round(f.height_loss, 4),
+                                                "max_height_loss": round(f.max_loss, 4)},
+            "heights_mm": {"anterior": height(-wall, wall, conc * (1 - wall**2)), "middle": height(0.0, 0.0, conc),
+                           "posterior": height(back, back, conc * (1 - back**2))},
             "body_size_mm": {"width": round(vg.width_mm, 2), "depth": round(vg.depth_mm, 2),
                              "height": round(vg.height_mm, 2)},
             "voxel_count": n,
