@@ -3,10 +3,15 @@ segmentation cached between runs (to compare fracture-check settings quickly; no
 
     python -m service.offline.evaluation.bmd_set var/bmd_tune --seed 2657 --start 6 --cases 1   # ... each case
     python -m service.offline.evaluation.fracture_outcomes var/bmd_tune --cache var/seg_cache [--all]
+        [--set endplates.IMAGE_RESOLUTION_FACTOR=0.25 ...]
 
 Prints the fractured levels and the levels called fractured (with the check's detail; ``--all``: every not-measurable
 level as well), then the counts of (truth, outcome) over the levels the check covers (T1-L5, not cut by the field of
-view). The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657.
+view), and per truth Genant grade (from the truth's ``height_loss``) how many were called fractured. ``--set``
+overrides a constant of ``service.measurement.endplates``, ``fracture_check`` or ``fracture`` for this run (tuning).
+The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657; that of
+session 11 cases 0-29 of seed 2657 rendered with the session-11 phantom (``bmd_set var/bmd_tune12 --cases 30 --seed
+2657``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
-from service.offline.evaluation.bmd import fracture_outcome
+from service.measurement import endplates, fracture, fracture_check
+from service.offline.evaluation.bmd import fracture_outcome, genant_grade
 from service.offline.evaluation.segmentation import load_ct
 from service.segmentation.inference import load_segmenter
 from service.segmentation.settings import SegmentationSettings
@@ -43,10 +49,11 @@ def _segmentation(case: Path, volume: CTVolume, cache: Path | None) -> SpineSegm
 
 
 def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool = False
-             ) -> tuple[list[str], Counter[tuple[str, str]]]:
-    """(lines for the fractured and called levels, counts of (truth, outcome))."""
+             ) -> tuple[list[str], Counter[tuple[str, str]], Counter[tuple[int, str]]]:
+    """(lines for the fractured and called levels, counts of (truth, outcome), counts of (truth grade, outcome))."""
     lines: list[str] = []
     counts: Counter[tuple[str, str]] = Counter()
+    grades: Counter[tuple[int, str]] = Counter()
     for case in cases:
         volume = load_ct(case)
         truth = json.loads((case / "truth.json").read_text())
@@ -59,11 +66,37 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
             t = by_level.get(m.level.name, {})
             fracture = t.get("fracture") if t.get("fractured") else None
             counts[("fractured" if fracture else "intact", status)] += 1
+            grades[(genant_grade(fracture["height_loss"]) if fracture else 0, status)] += 1
             if fracture or status == "fractured" or (every_not_measurable and status == "not measurable"):
                 what = f"{fracture['kind']} {fracture['height_loss']:.2f}" if fracture else "intact"
                 lines.append(f"{case.name} {m.level.name} {truth['acquisition']['slice_thickness_mm']} mm, "
                              f"truth {what} -> {status} | {m.fracture_detail}")
-    return lines, counts
+    return lines, counts, grades
+
+
+TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture}
+
+
+def override(assignment: str) -> None:
+    """Set ``module.NAME=value`` (a float) on one of the TUNABLE modules, for this process."""
+    target, _, value = assignment.partition("=")
+    module_name, _, name = target.partition(".")
+    module = TUNABLE.get(module_name)
+    if module is None or not hasattr(module, name) or not value:
+        raise SystemExit(f"--set {assignment}: expected one of {sorted(TUNABLE)}.NAME=VALUE with an existing NAME")
+    setattr(module, name, float(value))
+
+
+def by_grade(grades: Counter[tuple[int, str]]) -> list[str]:
+    """Called / all per truth grade, and the unfractured levels called fractured or not measurable."""
+    out = []
+    for grade in (1, 2, 3):
+        n = sum(v for (g, _), v in grades.items() if g == grade)
+        out.append(f"grade {grade}: called {grades[(grade, 'fractured')]} of {n}")
+    n0 = sum(v for (g, _), v in grades.items() if g == 0)
+    out.append(f"unfractured: called fractured {grades[(0, 'fractured')]} of {n0}, not measurable "
+               f"{grades[(0, 'not measurable')]}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("set_dir", type=Path)
     parser.add_argument("--cache", type=Path, default=None, help="folder for the cached segmentations")
     parser.add_argument("--all", action="store_true", help="list every not-measurable level too")
+    parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="override a fracture-check constant for this run (tuning)")
     args = parser.parse_args(argv)
+    for assignment in args.set:
+        override(assignment)
     torch.set_num_threads(2)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
-    lines, counts = outcomes(cases, args.cache, args.all)
+    lines, counts, grades = outcomes(cases, args.cache, args.all)
     print("\n".join(lines))
     for (truth, status), n in sorted(counts.items()):
         print(f"{truth:9s} {status:15s} {n}")
+    print("\n".join(by_grade(grades)))
     return 0
 
 

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from service.measurement import endplates
 from service.offline.evaluation.bmd_set import write_set
-from service.offline.evaluation.fracture_outcomes import outcomes
+from service.offline.evaluation.fracture_outcomes import outcomes, override
 
 
 def test_outcomes_of_one_case_with_a_cached_segmentation(tmp_path: Path) -> None:
     cases = write_set(tmp_path / "set", 1, rows=160)  # case_00 carries a fracture (every other case does)
     cache = tmp_path / "cache"
-    lines, counts = outcomes(cases, cache)
+    lines, counts, grades = outcomes(cases, cache)
     assert (cache / "case_00.pkl").is_file()
     assert sum(counts.values()) >= 3 and {t for t, _ in counts} <= {"fractured", "intact"}
     assert any("truth" in line and "->" in line for line in lines)  # the fractured level is listed, found or not
-    again, counts_again = outcomes(cases, cache)  # from the cache: the same answer
+    assert sum(grades.values()) == sum(counts.values())
+    assert sum(v for (g, _), v in grades.items() if g > 0) == 1  # the one fracture, with its grade
+    again, counts_again, _ = outcomes(cases, cache)  # from the cache: the same answer
     assert again == lines and counts_again == counts
+
+
+def test_set_overrides_a_fracture_check_constant() -> None:
+    before = endplates.IMAGE_RESOLUTION_FACTOR
+    try:
+        override("endplates.IMAGE_RESOLUTION_FACTOR=0.125")
+        assert endplates.IMAGE_RESOLUTION_FACTOR == 0.125
+    finally:
+        endplates.IMAGE_RESOLUTION_FACTOR = before
+    with pytest.raises(SystemExit):
+        override("endplates.NO_SUCH_NAME=1")
