@@ -74,6 +74,24 @@ back by that much for a ~1 mm endplate (0 at slices of 1 mm or thinner). Shared 
 shrink relative losses (25 mm bodies at 3 mm slices read 27 mm without it)."""
 
 
+THIN_SLICE_MM = 2.0
+"""Slices up to this thick keep the whole ``MIN_EDGE_DROP_HU``."""
+THICK_SLICE_FLOOR_EXPONENT = 0.5
+"""Beyond ``THIN_SLICE_MM`` the floor falls as (THIN_SLICE_MM / step) ** this (see ``edge_drop_floor_hu``)."""
+
+
+def edge_drop_floor_hu(step_u_mm: float) -> float:
+    """The least rim-to-disc drop of an endplate edge at this voxel step along the axis.
+
+    A ~1 mm endplate averaged over a thicker slice keeps about 1/thickness of its contrast, and the noise of a
+    thicker slice falls about as 1/sqrt(thickness); the floor follows the noise (the square root), so that at 5 mm
+    the osteoporotic endplates of tuning set seed 2665 (rim 240-265 HU over a 200 HU disc at 5 mm) are found, while
+    the noise rule (``NOISE_EDGE_FACTOR``) still guards each profile."""
+    if step_u_mm <= THIN_SLICE_MM:
+        return MIN_EDGE_DROP_HU
+    return MIN_EDGE_DROP_HU * (THIN_SLICE_MM / step_u_mm) ** THICK_SLICE_FLOOR_EXPONENT
+
+
 @dataclass(frozen=True)
 class ImageHeights:
     """Heights read on the image, or why they could not be (``heights`` None, ``reason`` says which column)."""
@@ -168,12 +186,23 @@ def _line_positions(lo: float, hi: float) -> npt.NDArray[np.float64]:
     return 0.5 * (lo + hi) + (np.arange(n) - 0.5 * (n - 1)) * LINE_SPACING_MM
 
 
+def _patch_depths(columns: MaskColumns, sel: npt.NDArray[np.bool_], w_lo: float, w_hi: float
+                  ) -> npt.NDArray[np.float64]:
+    """Antero-posterior positions of a patch's lines: the band's own columns within the patch's lateral range.
+
+    The walls curve in the axial plane, so the band lies at a different depth at each lateral position; the band's
+    whole depth range would put a lateral patch's lines into the curved anterior cortex (held-out tuning set
+    seed 2665 case_15 T6: a 560 HU cortex at mid-height read as two endplates 8 mm apart in an 18 mm body)."""
+    in_patch = sel & (columns.w >= w_lo - 1e-6) & (columns.w <= w_hi + 1e-6)
+    if not np.any(in_patch):
+        in_patch = sel
+    return _line_positions(float(columns.v[in_patch].min()), float(columns.v[in_patch].max()))
+
+
 def _band_height(volume: CTVolume, frame: VertebraFrame, columns: MaskColumns, sel: npt.NDArray[np.bool_]
                  ) -> tuple[float | None, float]:
     """Median image height of a band's lateral patches and the share of patches that found both endplates."""
-    v_lo, v_hi = float(columns.v[sel].min()), float(columns.v[sel].max())
     w_lo, w_hi = float(columns.w[sel].min()), float(columns.w[sel].max())
-    vs = _line_positions(v_lo, v_hi)
     n_patch = max(1, round((w_hi - w_lo) / PATCH_WIDTH_MM))
     edges = np.linspace(w_lo, w_hi, n_patch + 1)
     top = float(np.median(columns.u_max[sel])) + 0.5 * columns.step_u_mm
@@ -186,10 +215,11 @@ def _band_height(volume: CTVolume, frame: VertebraFrame, columns: MaskColumns, s
     found: list[float] = []
     for a, b in itertools.pairwise(edges):
         ws = _line_positions(float(a), float(b))
+        vs = _patch_depths(columns, sel, float(a), float(b))
         ijk = _line_indices(volume, frame, vs, ws, u)
         prof = _profile(volume, ijk, u)
         middle = 0.5 * (top + bottom)
-        min_drop = max(MIN_EDGE_DROP_HU, NOISE_EDGE_FACTOR * _inside_spread(prof[mid]))
+        min_drop = max(edge_drop_floor_hu(columns.step_u_mm), NOISE_EDGE_FACTOR * _inside_spread(prof[mid]))
         up = _outward_edge(prof, u, (middle, top + search), +1, min_drop)
         down = _outward_edge(prof, u, (bottom - search, middle), -1, min_drop)
         # edges closer than the slice blur allows give no height (held-out BMD set s7 case_07, 5 mm: a negative

@@ -3,12 +3,15 @@ segmentation cached between runs (to compare fracture-check settings quickly; no
 
     python -m service.offline.evaluation.bmd_set var/bmd_tune --seed 2657 --start 6 --cases 1   # ... each case
     python -m service.offline.evaluation.fracture_outcomes var/bmd_tune --cache var/seg_cache [--all]
-        [--set endplates.IMAGE_RESOLUTION_FACTOR=0.25 ...]
+        [--set endplates.IMAGE_RESOLUTION_FACTOR=0.25 ...] [--bmd]
 
 Prints the fractured levels and the levels called fractured (with the check's detail; ``--all``: every not-measurable
 level as well), then the counts of (truth, outcome) over the levels the check covers (T1-L5, not cut by the field of
 view), and per truth Genant grade (from the truth's ``height_loss``) how many were called fractured. ``--set``
-overrides a constant of ``service.measurement.endplates``, ``fracture_check`` or ``fracture`` for this run (tuning).
+overrides a constant of ``service.measurement.endplates``, ``fracture_check``, ``fracture`` or ``roi`` for this run
+(tuning).
+``--bmd`` adds, per slice thickness, the measured levels' BMD error against the truth (levels matched by name: the
+tuning sets' names are right) and the exclusion reasons of the unfractured levels (the ROI's tuning, session 12).
 The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657; that of
 session 11 cases 0-29 of seed 2657 rendered with the session-11 phantom (``bmd_set var/bmd_tune12 --cases 30 --seed
 2657``).
@@ -19,16 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
+from service.domain.results import VertebraMeasurement
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
-from service.measurement import endplates, fracture, fracture_check
+from service.measurement import endplates, fracture, fracture_check, roi
 from service.offline.evaluation.bmd import fracture_outcome, genant_grade
 from service.offline.evaluation.segmentation import load_ct
 from service.segmentation.inference import load_segmenter
@@ -48,7 +54,37 @@ def _segmentation(case: Path, volume: CTVolume, cache: Path | None) -> SpineSegm
     return segmentation
 
 
-def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool = False
+class LevelTally:
+    """Per slice thickness: the BMD errors of the measured levels and the exclusion reasons of unfractured ones."""
+
+    def __init__(self) -> None:
+        self.errors: defaultdict[float, list[float]] = defaultdict(list)
+        self.excluded: defaultdict[float, Counter[str]] = defaultdict(Counter)
+        self.intact: Counter[float] = Counter()
+
+    def add(self, thickness_mm: float, m: VertebraMeasurement, truth: dict[str, Any]) -> None:
+        if not truth or truth.get("cut_by_fov"):
+            return
+        if m.evaluable and m.bmd_mg_cm3 is not None:
+            self.errors[thickness_mm].append(m.bmd_mg_cm3 - float(truth["bmd_mg_cm3"]))
+        if not truth.get("fractured"):
+            self.intact[thickness_mm] += 1
+            if m.exclusion_reason is not None:
+                self.excluded[thickness_mm][m.exclusion_reason.value] += 1
+
+    def lines(self) -> list[str]:
+        out = []
+        for t in sorted(self.intact):
+            e = np.asarray(self.errors[t])
+            stats = f"MAE {np.abs(e).mean():.2f}, bias {e.mean():+.2f}" if e.size else "none measured"
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.excluded[t].items())) or "none"
+            out.append(f"{t:g} mm: {e.size} levels measured ({stats} mg/cm3); unfractured {self.intact[t]}, "
+                       f"excluded: {reasons}")
+        return out
+
+
+def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool = False,
+             tally: LevelTally | None = None
              ) -> tuple[list[str], Counter[tuple[str, str]], Counter[tuple[int, str]]]:
     """(lines for the fractured and called levels, counts of (truth, outcome), counts of (truth grade, outcome))."""
     lines: list[str] = []
@@ -60,6 +96,8 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
         by_level = {v["level"]: v for v in truth["vertebrae"]}
         result = assess_bmd(volume, _segmentation(case, volume, cache), BmdSettings(calibration_store_dir=None)).result
         for m in result.vertebrae:
+            if tally is not None:
+                tally.add(float(truth["acquisition"]["slice_thickness_mm"]), m, by_level.get(m.level.name, {}))
             status = fracture_outcome(m.fracture_status.value if m.fracture_status else None, m.fracture_detail)
             if status == "not checked":
                 continue
@@ -74,7 +112,7 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
     return lines, counts, grades
 
 
-TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture}
+TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture, "roi": roi}
 
 
 def override(assignment: str) -> None:
@@ -106,13 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="list every not-measurable level too")
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                         help="override a fracture-check constant for this run (tuning)")
+    parser.add_argument("--bmd", action="store_true", help="BMD error and exclusions per slice thickness too")
     args = parser.parse_args(argv)
     for assignment in args.set:
         override(assignment)
     torch.set_num_threads(2)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
-    lines, counts, grades = outcomes(cases, args.cache, args.all)
+    tally = LevelTally() if args.bmd else None
+    lines, counts, grades = outcomes(cases, args.cache, args.all, tally)
     print("\n".join(lines))
+    if tally is not None:
+        print("\n".join(tally.lines()))
     for (truth, status), n in sorted(counts.items()):
         print(f"{truth:9s} {status:15s} {n}")
     print("\n".join(by_grade(grades)))
