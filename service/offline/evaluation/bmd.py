@@ -227,6 +227,32 @@ def bmd_errors(levels: list[LevelRow]) -> dict[str, Any]:
             "p95_abs": round(float(np.percentile(np.abs(errors), 95)), 2) if errors else None, "by_kvp": by_kvp}
 
 
+def same_levels_truth(case: CaseRow, levels: list[LevelRow]) -> float | None:
+    """The truth's mean BMD over the vertebrae the node's summary used (matched by position, so a wrong name still
+    points at the right truth row); None when the summary used no level or one has no truth row."""
+    by_name = {lv.predicted_level: lv.bmd_truth for lv in levels if lv.case == case.case}
+    used = [by_name.get(name) for name in case.summary_levels]
+    if not used or any(b is None for b in used):
+        return None
+    return float(np.mean([b for b in used if b is not None]))
+
+
+def same_levels_agreement(cases: list[CaseRow], levels: list[LevelRow]) -> dict[str, Any]:
+    """A second reference beside the phantom's L1-L2 mean: the truth over the levels the summary used. When a level
+    of L1-L2 is fractured (or excluded) the node summarises its neighbours, as ISCD asks, while the L1-L2 truth keeps
+    the fractured level; this figure measures the summary's number on its own levels. Reported beside the L1-L2
+    figures, never instead of them."""
+    scored = [(c, t) for c in cases if c.status == "ok" and c.summary_bmd is not None
+              and (t := same_levels_truth(c, levels)) is not None]
+    return {
+        "cases": len(scored),
+        "mae": _mean([abs(c.summary_bmd - t) for c, t in scored]),  # type: ignore[operator]
+        "category_agreement": round(sum(c.summary_category == acr_category(t) for c, t in scored) / len(scored), 4)
+        if scored else None,
+        "not_l1_l2": sum(set(c.summary_levels) != {"L1", "L2"} for c, _ in scored),
+    }
+
+
 def summary_errors(cases: list[CaseRow]) -> dict[str, Any]:
     truthful = [c for c in cases if c.truth_l1_l2_bmd is not None and c.status == "ok"]
     numeric = [c for c in truthful if c.summary_bmd is not None]
@@ -322,7 +348,8 @@ def _write_metrics(dataset: Path, out: Path, cases: list[CaseRow], levels: list[
     from service.offline.evaluation.bmd_report import write_report  # noqa: PLC0415 - matplotlib only here
 
     metrics = {"dataset": str(dataset), "cases": len(cases), "level_bmd": bmd_errors(levels),
-               "summary": summary_errors(cases), "fracture": exclusion_table(levels), "naming": naming(levels),
+               "summary": summary_errors(cases), "summary_same_levels": same_levels_agreement(cases, levels),
+               "fracture": exclusion_table(levels), "naming": naming(levels),
                "calibration_config": calibration_config,
                "per_case": [asdict(c) for c in cases], "per_level": [asdict(lv) for lv in levels]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
@@ -336,8 +363,20 @@ def _progress(folders: list[Path]) -> Iterator[Path]:
     yield from tqdm(folders, desc="evaluate bmd", unit="case")
 
 
+def same_levels_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``same_levels_agreement`` from a committed metrics.json (its per-case and per-level rows)."""
+    cases = [CaseRow(**{**c, "summary_levels": tuple(c["summary_levels"]),
+                        "exclusions": tuple(tuple(e) for e in c["exclusions"])}) for c in metrics["per_case"]]
+    levels = [LevelRow(**lv) for lv in metrics["per_level"]]
+    return same_levels_agreement(cases, levels)
+
+
 if __name__ == "__main__":
     import sys
 
+    if sys.argv[1] == "--same-levels":  # python -m service.offline.evaluation.bmd --same-levels METRICS.json ...
+        for path in sys.argv[2:]:
+            print(path, json.dumps(same_levels_from_metrics(json.loads(Path(path).read_text()))))
+        raise SystemExit(0)
     figures = rescore(Path(sys.argv[1]), Path(sys.argv[2]))
     print(json.dumps({k: v for k, v in figures.items() if k not in ("per_case", "per_level")}, indent=1))

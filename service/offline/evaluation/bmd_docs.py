@@ -67,6 +67,13 @@ def _fractures_by_thickness(m: dict[str, Any]) -> dict[float, tuple[int, int]]:
     return out
 
 
+def _same_levels(m: dict[str, Any]) -> str:
+    sl = m.get("summary_same_levels")
+    if not sl:
+        return "not scored (run before session 12)"
+    return f"{sl['mae']}, {sl['category_agreement']}, {sl['cases']} ({sl['not_l1_l2']})"
+
+
 def _figures(m: dict[str, Any]) -> list[str]:
     lb, s, fr, nm = m["level_bmd"], m["summary"], m["fracture"], m["naming"]
     c = fr["confusion"]
@@ -78,6 +85,8 @@ def _figures(m: dict[str, Any]) -> list[str]:
         ("any numeric summary MAE (mg/cm³), cases", f"{s['all_numeric_mae']}, {s['numeric_summaries']}"),
         ("category agreement (indeterminate counts as disagreement)", f"{s['category_agreement']} "
                                                                       f"({s['indeterminate']} indeterminate)"),
+        ("numeric summaries against the truth over the levels they used: MAE (mg/cm³), category agreement, cases "
+         "(of them not L1-L2)", _same_levels(m)),
         ("category-only summaries (names uncertain), of them agreeing",
          f"{s.get('category_only', 0)}, {s.get('category_only_agree', 0)}"),
         ("fractured levels called / missed", f"{c['fractured_called']} / {c['fractured_missed']}"),

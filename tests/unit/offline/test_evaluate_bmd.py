@@ -12,10 +12,12 @@ import pytest
 
 from service.offline.evaluation.bmd import (
     CaseRow,
+    LevelRow,
     acr_category,
     exclusion_table,
     genant_grade,
     match_levels,
+    same_levels_agreement,
     summary_errors,
 )
 from service.offline.evaluation.bmd_set import write_set
@@ -74,6 +76,22 @@ def test_a_category_without_a_value_counts_for_agreement_and_apart() -> None:
                               case("d", None, "indeterminate", "osteoporosis")])
     assert (summary["category_agreement"], summary["indeterminate"]) == (0.5, 1)
     assert (summary["category_only"], summary["category_only_agree"], summary["numeric_summaries"]) == (2, 1, 1)
+
+
+def test_the_summary_is_also_scored_on_the_levels_it_used() -> None:
+    """L1 fractured: the node summarises T12 + L2 (ISCD: leave the fractured level out). The L1-L2 truth keeps L1;
+    the second reference is the truth over T12 and L2, matched by position (a wrong name keeps its truth row)."""
+    def level(truth: str, predicted: str, bmd: float) -> LevelRow:
+        return LevelRow("a", truth, predicted, truth == predicted, False, True, None, None, bmd, bmd, 0, False, 120,
+                        "not fractured")
+    levels = [level("T12", "T12", 118.0), level("L1", "L1", 70.0), level("L2", "L2", 124.0), level("L3", "L3", 130.0)]
+    case = CaseRow("a", 120, "ok", 121.5, ("T12", "L2"), "normal", 97.0, "osteopenia", 1.0, None, ())
+    figures = same_levels_agreement([case], levels)
+    assert figures == {"cases": 1, "mae": 0.5, "category_agreement": 1.0, "not_l1_l2": 1}
+    assert summary_errors([case])["category_agreement"] == 0.0  # against the L1-L2 truth: osteopenia
+    wrong_names = [level("T12", "L1", 118.0), level("L1", "L2", 70.0)]  # named one level low
+    shifted = CaseRow("a", 120, "ok", 94.0, ("L1", "L2"), "osteopenia", 97.0, "osteopenia", 1.0, None, ())
+    assert same_levels_agreement([shifted], wrong_names)["mae"] == 0.0
 
 
 def test_a_body_cut_at_the_top_does_not_take_its_complete_neighbours_row() -> None:
