@@ -190,9 +190,8 @@ def _patch_depths(columns: MaskColumns, sel: npt.NDArray[np.bool_], w_lo: float,
                   ) -> npt.NDArray[np.float64]:
     """Antero-posterior positions of a patch's lines: the band's own columns within the patch's lateral range.
 
-    The walls curve in the axial plane, so the band lies at a different depth at each lateral position; the band's
-    whole depth range would put a lateral patch's lines into the curved anterior cortex (held-out tuning set
-    seed 2665 case_15 T6: a 560 HU cortex at mid-height read as two endplates 8 mm apart in an 18 mm body)."""
+    The band follows the curved anterior wall (``fracture.mask_columns``), so it lies at a different depth at each
+    lateral position; the band's whole depth range would put a lateral patch's lines back into the cortex."""
     in_patch = sel & (columns.w >= w_lo - 1e-6) & (columns.w <= w_hi + 1e-6)
     if not np.any(in_patch):
         in_patch = sel

@@ -329,12 +329,17 @@ def evaluate(dataset: Path, out: Path, config: Config, pipeline: ScreeningPipeli
     return _write_metrics(dataset, out, cases, levels, config.bmd.__class__.__name__)
 
 
+def _case_rows(per_case: list[dict[str, Any]]) -> list[CaseRow]:
+    """The per-case rows of a saved metrics.json (JSON lists back to the rows' tuples)."""
+    return [CaseRow(**{**c, "summary_levels": tuple(c["summary_levels"]),
+                       "exclusions": tuple(tuple(e) for e in c["exclusions"])}) for c in per_case]
+
+
 def rescore(dataset: Path, out: Path) -> dict[str, Any]:
     """The figures of an earlier run again from its saved result.json files (no pipeline run), with this module's
     matching and scoring: ``python -m service.offline.evaluation.bmd DATASET REPORT``."""
     old = json.loads((out / "metrics.json").read_text())
-    cases = [CaseRow(**{**c, "summary_levels": tuple(c["summary_levels"]),
-                        "exclusions": tuple(tuple(e) for e in c["exclusions"])}) for c in old["per_case"]]
+    cases = _case_rows(old["per_case"])
     levels: list[LevelRow] = []
     for c in cases:
         result_path, truth_path = out / "cases" / c.case / "result.json", dataset / c.case / "truth.json"
@@ -365,10 +370,7 @@ def _progress(folders: list[Path]) -> Iterator[Path]:
 
 def same_levels_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """``same_levels_agreement`` from a committed metrics.json (its per-case and per-level rows)."""
-    cases = [CaseRow(**{**c, "summary_levels": tuple(c["summary_levels"]),
-                        "exclusions": tuple(tuple(e) for e in c["exclusions"])}) for c in metrics["per_case"]]
-    levels = [LevelRow(**lv) for lv in metrics["per_level"]]
-    return same_levels_agreement(cases, levels)
+    return same_levels_agreement(_case_rows(metrics["per_case"]), [LevelRow(**lv) for lv in metrics["per_level"]])
 
 
 if __name__ == "__main__":

@@ -96,12 +96,12 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
         by_level = {v["level"]: v for v in truth["vertebrae"]}
         result = assess_bmd(volume, _segmentation(case, volume, cache), BmdSettings(calibration_store_dir=None)).result
         for m in result.vertebrae:
+            t = by_level.get(m.level.name, {})
             if tally is not None:
-                tally.add(float(truth["acquisition"]["slice_thickness_mm"]), m, by_level.get(m.level.name, {}))
+                tally.add(float(truth["acquisition"]["slice_thickness_mm"]), m, t)
             status = fracture_outcome(m.fracture_status.value if m.fracture_status else None, m.fracture_detail)
             if status == "not checked":
                 continue
-            t = by_level.get(m.level.name, {})
             fracture = t.get("fracture") if t.get("fractured") else None
             counts[("fractured" if fracture else "intact", status)] += 1
             grades[(genant_grade(fracture["height_loss"]) if fracture else 0, status)] += 1
