@@ -1,6 +1,6 @@
 """The vertebral fracture check: a fracture is called only when the mask and the image agree.
 
-Per level (T1-L5, not cut by the field of view):
+Per level (T1-L5 measured, T4-L4 graded: ``FIRST_GRADED``; not cut by the field of view):
 
 1. heights from the body mask (``fracture.vertebral_heights``) and from the endplates found on the image
    (``endplates.image_heights``), in the same anterior / middle / posterior columns, along the normal of the mask's
@@ -82,7 +82,15 @@ segmenter smooths a collapse a little). Until session 12 the mask had only to re
 3-5 mm slices a step is 15-25 % of a body's height, so a mask with almost no loss confirmed any image reading (the
 real chest's T10 in session 12: image 39 %, mask 8 %, at 3 mm)."""
 FIRST_CHECKED, LAST_CHECKED = VertebraLevel.T1, VertebraLevel.L5
-"""Cervical and sacral shapes differ from the Genant model of a thoracolumbar body."""
+"""Levels whose heights are measured: cervical and sacral shapes differ from the Genant model of a thoracolumbar
+body."""
+FIRST_GRADED, LAST_GRADED = VertebraLevel.T4, VertebraLevel.L4
+"""Levels that get an outcome: Genant's semiquantitative method grades T4-L4 (Genant et al., J Bone Miner Res
+1993;8:1137-48). T1-T3 are small, rarely fractured by osteoporosis and read worst (shoulders, rib heads, 3-5 slices
+at thick slices); L5's lordotic wedge mimics a wedge fracture. T1-T3 and L5 are measured as references for their
+neighbours only (session 13: the real chest's T1, 6 mm high on a poor mask, was called a grade 2 fracture once the
+image heights of thick slices were read without the thin-endplate shift of dense bone)."""
+NOT_GRADED_DETAIL = "Genant's method grades T4-L4; this level is measured as a reference for its neighbours only"
 
 
 @dataclass(frozen=True)
@@ -261,6 +269,9 @@ def classify_fractures(heights: Mapping[VertebraLevel, LevelHeights],
                 level, FractureStatus.NOT_MEASURABLE, None, None,
                 f"height not measurable: posterior height {image_h.posterior_mm:.1f} mm against anterior "
                 f"{image_h.anterior_mm:.1f} mm and middle {image_h.middle_mm:.1f} mm (not a deformity pattern)")
+    for level in out:
+        if not FIRST_GRADED <= level <= LAST_GRADED:
+            out[level] = not_checked(level, NOT_GRADED_DETAIL)
     return out
 
 

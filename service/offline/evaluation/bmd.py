@@ -102,7 +102,7 @@ def case_folders(dataset: Path) -> list[Path]:
     return sorted(p for p in dataset.iterdir() if p.is_dir() and is_case(p))
 
 
-NOT_CHECKED_DETAILS = ("cut by the field of view", "covers T1-L5", "no body voxels")
+NOT_CHECKED_DETAILS = ("cut by the field of view", "covers T1-L5", "grades T4-L4", "no body voxels")
 
 
 def fracture_outcome(status: str | None, detail: str | None) -> str:

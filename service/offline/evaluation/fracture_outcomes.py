@@ -41,7 +41,7 @@ from service.segmentation.inference import load_segmenter
 from service.segmentation.settings import SegmentationSettings
 
 
-def _segmentation(case: Path, volume: CTVolume, cache: Path | None) -> SpineSegmentation:
+def cached_segmentation(case: Path, volume: CTVolume, cache: Path | None) -> SpineSegmentation:
     cached = cache / f"{case.name}.pkl" if cache is not None else None
     if cached is not None and cached.is_file():
         segmentation = pickle.loads(cached.read_bytes())  # our own cache of our own objects
@@ -94,7 +94,8 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
         volume = load_ct(case)
         truth = json.loads((case / "truth.json").read_text())
         by_level = {v["level"]: v for v in truth["vertebrae"]}
-        result = assess_bmd(volume, _segmentation(case, volume, cache), BmdSettings(calibration_store_dir=None)).result
+        segmentation = cached_segmentation(case, volume, cache)
+        result = assess_bmd(volume, segmentation, BmdSettings(calibration_store_dir=None)).result
         for m in result.vertebrae:
             t = by_level.get(m.level.name, {})
             if tally is not None:

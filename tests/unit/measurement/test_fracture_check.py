@@ -9,7 +9,7 @@ import pytest
 from service.domain.levels import VertebraLevel as V
 from service.domain.results import FractureStatus, genant_grade
 from service.domain.volume import CTVolume
-from service.measurement.endplates import MIN_EDGE_DROP_HU, edge_drop_floor_hu
+from service.measurement.endplates import MIN_EDGE_DROP_HU, Edge, edge_drop_floor_hu, endplate_share
 from service.measurement.fracture import BANDS, VertebralHeights, assess_fractures, mask_columns
 from service.measurement.fracture_check import FractureAssessment, LevelHeights, classify_fractures, measure_level
 from service.measurement.geometry import CroppedMask, VertebraFrame
@@ -194,3 +194,46 @@ def test_the_anterior_band_follows_the_curved_wall_at_each_lateral_position() ->
     depth_inside = wall - columns.v[sel]
     assert np.abs(columns.w[sel]).max() > 8.0  # the band spans the mid-sagittal half
     assert depth_inside.min() > 1.5, depth_inside.min()
+
+
+def _mean_image_height(slice_mm: float, tissue: Tissue) -> float:
+    heights = []
+    for seed in range(3):
+        stack = render_stack(LEVELS, slice_mm=slice_mm, tissue=tissue, seed=seed)
+        for body, frame in bodies_and_frames(stack).values():
+            heights += [c for c in measure_level(stack.volume, body, frame).image_columns if c is not None]
+    assert len(heights) >= 30
+    return float(np.mean(heights))
+
+
+def test_thick_slices_of_dense_bone_read_the_height_of_thin_ones() -> None:
+    """Cancellous bone (300 HU) about as bright as the endplate averaged over a thick slice makes the endplate edge a
+    step, whose half-way HU lies on the surface: no thin-endplate shift (which read these 25 mm bodies 21.8 mm at
+    5 mm slices before session 13). The thin-slice reading is the reference (the rendered geometry is 25 mm)."""
+    dense = Tissue(cancellous_hu=300.0, noise_hu=15.0)
+    thin = _mean_image_height(1.0, dense)
+    assert thin == pytest.approx(25.0, abs=1.0)
+    for slice_mm in (3.0, 5.0):
+        assert _mean_image_height(slice_mm, dense) == pytest.approx(thin, abs=1.5), slice_mm
+
+
+def test_endplate_share_of_an_edge() -> None:
+    edge = Edge(position_mm=10.0, bright_hu=400.0, dark_hu=100.0)
+    assert endplate_share(edge, cancellous_hu=400.0) == 0.0  # a step: the body as bright as its rim
+    assert endplate_share(edge, cancellous_hu=100.0) == 1.0  # a thin bright endplate over disc-dark bone
+    assert endplate_share(edge, cancellous_hu=250.0) == pytest.approx(0.5)
+    assert endplate_share(edge, cancellous_hu=500.0) == 0.0
+
+
+def test_t1_to_t3_and_l5_are_references_only() -> None:
+    """Genant's method grades T4-L4: a 40 % wedge at L5 or T2 is measured (it is its neighbours' reference) but gets
+    no outcome of its own, while the same wedge at L4 is called."""
+    for level, expect_graded in ((V.L5, False), (V.T2, False), (V.L4, True)):
+        levels = tuple(V(n) for n in range(int(level) - 2, int(level) + 3) if V.T1 <= n <= V.L5)
+        stack = render_stack(levels, {level: Deformity("wedge", 0.40)}, slice_mm=1.0, tissue=OSTEOPOROTIC)
+        _, found = _check(stack)
+        if expect_graded:
+            assert found[level].status is FractureStatus.FRACTURED, found[level].detail
+        else:
+            assert found[level].status is FractureStatus.NOT_MEASURABLE
+            assert "grades T4-L4" in found[level].detail

@@ -9,6 +9,7 @@ import pytest
 from service.measurement import endplates
 from service.offline.evaluation.bmd_set import write_set
 from service.offline.evaluation.fracture_outcomes import outcomes, override
+from service.offline.evaluation.height_bias import errors
 
 
 def test_outcomes_of_one_case_with_a_cached_segmentation(tmp_path: Path) -> None:
@@ -22,6 +23,10 @@ def test_outcomes_of_one_case_with_a_cached_segmentation(tmp_path: Path) -> None
     assert sum(v for (g, _), v in grades.items() if g > 0) == 1  # the one fracture, with its grade
     again, counts_again, _ = outcomes(cases, cache)  # from the cache: the same answer
     assert again == lines and counts_again == counts
+    # the image heights of the unfractured levels against the phantom's truth (height_bias), from the same cache
+    by_group = errors(cases, cache)
+    assert len(by_group) == 1 and sum(len(e) for e in by_group.values()) >= 6
+    assert all(abs(float(x)) < 10.0 for e in by_group.values() for x in e)  # heights of bodies, not of discs
 
 
 def test_set_overrides_a_fracture_check_constant() -> None:

@@ -1,0 +1,71 @@
+"""Image heights of the fracture check against the phantom's truth, per slice thickness and bone density.
+
+    python -m service.offline.evaluation.height_bias var/bmd_tune12 --cache var/seg_cache12
+
+For every unfractured level T1-L5 of every case (not cut by the field of view) whose image endplates were found in a
+column, the column's image height (``fracture_check.measure_level``, with the node's own segmentation, cached as in
+``fracture_outcomes``) less the truth's height of that column (``heights_mm`` of truth.json, from the phantom's
+geometry). Printed per slice thickness and density (truth trabecular HU below / above ``DENSE_HU``): the count, the
+median and the median absolute deviation in mm. A shift shared by all levels of a scan cancels in Genant's relative
+losses; what matters is that it does not change with the slice thickness or the density (session 13).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from service.measurement.fracture_check import FIRST_CHECKED, LAST_CHECKED, measure_level
+from service.measurement.geometry import crop_labels, vertebra_frame
+from service.offline.evaluation.fracture_outcomes import cached_segmentation
+from service.offline.evaluation.segmentation import load_ct
+
+DENSE_HU = 150.0
+COLUMNS = ("anterior", "middle", "posterior")
+
+
+def errors(cases: list[Path], cache: Path | None) -> dict[tuple[float, str], list[float]]:
+    """(slice thickness, "low" / "dense") -> image height less truth height (mm), one per found column."""
+    out: dict[tuple[float, str], list[float]] = defaultdict(list)
+    for case in cases:
+        volume = load_ct(case)
+        truth = json.loads((case / "truth.json").read_text())
+        by_level = {v["level"]: v for v in truth["vertebrae"]}
+        thickness = float(truth["acquisition"]["slice_thickness_mm"])
+        segmentation = cached_segmentation(case, volume, cache)
+        crops = crop_labels(segmentation.body_labels)
+        centroids = {v.level: v.centroid_lps_mm for v in segmentation.vertebrae if not v.cut_by_fov}
+        for v in segmentation.vertebrae:
+            t = by_level.get(v.level.name)
+            body = crops.get(int(v.level))
+            if (v.cut_by_fov or t is None or t.get("cut_by_fov") or t.get("fractured") or body is None
+                    or not FIRST_CHECKED <= v.level <= LAST_CHECKED):
+                continue
+            measured = measure_level(volume, body, vertebra_frame(v.level, v.centroid_lps_mm, centroids))
+            density = "dense" if float(t["trabecular_hu"]) >= DENSE_HU else "low"
+            for name, image_mm in zip(COLUMNS, measured.image_columns, strict=True):
+                if image_mm is not None:
+                    out[(thickness, density)].append(image_mm - float(t["heights_mm"][name]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("set_dir", type=Path)
+    parser.add_argument("--cache", type=Path, default=None, help="folder for the cached segmentations")
+    args = parser.parse_args(argv)
+    cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
+    for (thickness, density), e in sorted(errors(cases, args.cache).items()):
+        arr = np.asarray(e)
+        median = float(np.median(arr))
+        print(f"{thickness:g} mm {density:5s}: {arr.size:4d} columns, image - truth median {median:+.2f} mm, "
+              f"MAD {float(np.median(np.abs(arr - median))):.2f} mm")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
