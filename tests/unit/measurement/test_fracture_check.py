@@ -237,3 +237,22 @@ def test_t1_to_t3_and_l5_are_references_only() -> None:
         else:
             assert found[level].status is FractureStatus.NOT_MEASURABLE
             assert "grades T4-L4" in found[level].detail
+
+
+def test_a_posterior_height_far_below_the_anterior_is_no_fracture_and_no_reference() -> None:
+    """Held-out set s16 case_10: T10's posterior height read 2.7 mm on mask and image alike (the posterior wall's
+    edge taken for an endplate) and was called a grade 3 fracture, and T8 was judged against an anterior/posterior
+    reference of 7.4. Posterior << anterior is no Genant pattern: the level is not measurable, with the reason, and
+    its neighbours are judged without it; a mask-only call on such mask heights does not stand either."""
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
+    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
+               for lv in LEVELS if lv != V.L1}
+    heights[V.L1] = LevelHeights(VertebralHeights(25.0, 24.5, 3.0, resolution_mm=1.0),
+                                 VertebralHeights(25.1, 24.6, 2.7, resolution_mm=0.25))
+    found = classify_fractures(heights)
+    assert found[V.L1].status is FractureStatus.NOT_MEASURABLE
+    assert "not a deformity pattern" in found[V.L1].detail
+    assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
+    heights[V.L1] = LevelHeights(VertebralHeights(25.0, 24.5, 3.0, resolution_mm=1.0), None,
+                                 "endplates not found on the image in the posterior column", (25.1, 24.6, None))
+    assert classify_fractures(heights)[V.L1].status is FractureStatus.NOT_MEASURABLE
