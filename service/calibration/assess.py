@@ -49,6 +49,7 @@ from service.measurement.fracture import VertebralHeights
 from service.measurement.fracture_check import (
     FIRST_CHECKED,
     LAST_CHECKED,
+    NOT_CHECKED_DETAIL,
     FractureAssessment,
     LevelHeights,
     classify_fractures,
@@ -158,7 +159,7 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
         if v.cut_by_fov:
             work.fracture = not_checked(v.level, "body cut by the field of view")
         elif not FIRST_CHECKED <= v.level <= LAST_CHECKED:  # S1/cervical shapes differ
-            work.fracture = not_checked(v.level, "the fracture check covers T1-L5")
+            work.fracture = not_checked(v.level, NOT_CHECKED_DETAIL)
         else:
             try:
                 level_heights = measure_level(volume, body, frame)

@@ -94,6 +94,8 @@ FIRST_GRADED, LAST_GRADED = VertebraLevel.T4, VertebraLevel.L4
 at thick slices); L5's lordotic wedge mimics a wedge fracture. T1-T3 and L5 are measured as references for their
 neighbours only (session 13: the real chest's T1, 6 mm high on a poor mask, was called a grade 2 fracture once the
 image heights of thick slices were read without the thin-endplate shift of dense bone)."""
+NOT_CHECKED_DETAIL = "the fracture check covers T1-L5"
+"""Why a level outside FIRST_CHECKED..LAST_CHECKED has no outcome (``not_checked``)."""
 NOT_GRADED_DETAIL = "Genant's method grades T4-L4; this level is measured as a reference for its neighbours only"
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from service.config import Config
 from service.domain.guidelines import categorize
+from service.measurement import fracture_check
 from service.pipeline.types import JobInput, PipelineRejectedError, ScreeningPipeline
 from service.series.volume_loader import dicom_files, read_headers
 
@@ -102,7 +103,8 @@ def case_folders(dataset: Path) -> list[Path]:
     return sorted(p for p in dataset.iterdir() if p.is_dir() and is_case(p))
 
 
-NOT_CHECKED_DETAILS = ("cut by the field of view", "covers T1-L5", "grades T4-L4", "no body voxels")
+NOT_CHECKED_DETAILS = ("cut by the field of view", fracture_check.NOT_CHECKED_DETAIL, fracture_check.NOT_GRADED_DETAIL,
+                       "no body voxels")
 
 
 def fracture_outcome(status: str | None, detail: str | None) -> str:
