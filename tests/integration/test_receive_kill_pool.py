@@ -72,13 +72,21 @@ def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
-        tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
-    port, config_path, config, storage = _pool_node(tmp_path)
-    sent = {_sop_uid(p) for paths in studies for p in paths}
+KILL_ATTEMPTS = 3
+"""A kill lands in the window only when some acknowledged instance is still in a pool: the pools are moved into
+place at every commit (``RecorderSettings.linger_s``, 250 ms), so on a loaded machine whose senders slow down the
+kill can fall between a commit and the next acknowledgement (seen once in a fresh-clone CI run, session 14). Such
+a kill proves nothing, and the scenario is run again on a fresh node; one of the attempts must land."""
 
-    receiver = _start_receiver(config_path, port, receiver_logs)
-    senders = [Sender(paths, port) for paths in studies]
+
+def _kill_mid_stream(run_dir: Path, series: list[list[Path]], log_path: Path
+                     ) -> tuple[int, Path, Config, Path, set[str]]:
+    """A pool-mode node killed with SIGKILL mid-stream: its port, config file, config, spool and the acknowledged
+    SOP Instance UIDs."""
+    run_dir.mkdir()
+    port, config_path, config, storage = _pool_node(run_dir)
+    receiver = _start_receiver(config_path, port, log_path)
+    senders = [Sender(paths, port) for paths in series]
     for sender in senders:
         sender.start()
     wait_until(lambda: sum(len(s.acknowledged) for s in senders) >= KILL_AFTER_ACKS, "acknowledgements",
@@ -90,7 +98,20 @@ def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
     acknowledged = {uid for s in senders for uid in s.acknowledged}
     assert KILL_AFTER_ACKS <= len(acknowledged) < STUDIES * SLICES, "the kill did not land mid-stream"
     wait_until(lambda: _nothing_listens(port), "the receiver child to die with the node's process", timeout_s=10.0)
-    assert _pool_uids(storage) & acknowledged, "no acknowledged instance waited in a pool: the kill missed the window"
+    return port, config_path, config, storage, acknowledged
+
+
+def test_sigkill_between_ack_and_rename_loses_and_doubles_nothing(
+        tmp_path: Path, studies: list[list[Path]], receiver_logs: Path) -> None:  # noqa: F811
+    sent = {_sop_uid(p) for paths in studies for p in paths}
+    for attempt in range(KILL_ATTEMPTS):
+        port, config_path, config, storage, acknowledged = _kill_mid_stream(
+            tmp_path / f"attempt{attempt}", studies, receiver_logs)
+        if _pool_uids(storage) & acknowledged:
+            break
+    else:
+        pytest.fail(f"no acknowledged instance waited in a pool in {KILL_ATTEMPTS} attempts: every kill missed the "
+                    f"window")
 
     receiver = _start_receiver(config_path, port, receiver_logs)  # drains the pools and reconciles, then listens
     engine = make_engine(config.node.database_url)
