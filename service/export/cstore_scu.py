@@ -32,6 +32,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from service.export.requestor import REQUESTOR_HANDLERS
 from service.export.transport import DeliveryOutcome, OutcomeKind
 from service.receive.tls import client_context
 
@@ -168,7 +169,8 @@ def echo(peer: PeerLike, config: Any) -> bool:
     """C-ECHO the peer; True when it answered success."""
     ae = _make_ae(config)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args(peer, config))
+    assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args(peer, config),
+                         evt_handlers=REQUESTOR_HANDLERS)
     if not assoc.is_established:
         logger.warning("echo %s: %s", peer.name, association_failure(assoc).detail)
         return False
@@ -268,7 +270,7 @@ class StoreSession:
             ae.add_requested_context(sop_class, ts)
         try:
             assoc = ae.associate(self.peer.host, int(self.peer.port), ae_title=self.peer.ae_title,
-                                 tls_args=tls_args(self.peer, self._config))
+                                 tls_args=tls_args(self.peer, self._config), evt_handlers=REQUESTOR_HANDLERS)
         except Exception as exc:  # pynetdicom raises on bad addresses etc.: treat as transient
             self.failure = DeliveryOutcome(OutcomeKind.TRANSIENT, None, f"association failed: {type(exc).__name__}")
             return

@@ -32,6 +32,7 @@ from service.config import Config, load_config
 from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Instance, Job
+from service.export.requestor import REQUESTOR_HANDLERS
 from service.queue.scheduler import Scheduler
 from tests.integration.dicom_net_support import write_series
 from tests.support.net import free_port, wait_for_port
@@ -99,7 +100,7 @@ class Sender(threading.Thread):
     def run(self) -> None:
         ae = AE(ae_title="PACS")
         ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1", self.port, ae_title="BMDNODE")
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="BMDNODE", evt_handlers=REQUESTOR_HANDLERS)
         if not assoc.is_established:
             return
         try:

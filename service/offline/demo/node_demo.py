@@ -34,6 +34,7 @@ from service.db.engine import make_engine, read_session
 from service.db.migrate import upgrade
 from service.db.tables import Export, Job, ResultObject
 from service.domain.status import ExportStatus, JobStatus
+from service.export.requestor import REQUESTOR_HANDLERS
 from service.logging import setup_logging
 from service.offline.phantom.api import PhantomSpec, generate, write_phantom
 from service.pipeline.report import vertebra_table
@@ -93,7 +94,7 @@ class DemoPacs:
         ae.add_requested_context(CTImageStorage)
         assoc = None
         for _ in range(60):
-            assoc = ae.associate("127.0.0.1", node_port, ae_title=node_ae)
+            assoc = ae.associate("127.0.0.1", node_port, ae_title=node_ae, evt_handlers=REQUESTOR_HANDLERS)
             if assoc.is_established:
                 break
             time.sleep(0.5)
