@@ -53,7 +53,7 @@ from service.measurement.fracture import (
     quantisation_margin,
     vertebral_heights,
 )
-from service.measurement.fracture_columns import ColumnRule, column_loss
+from service.measurement.fracture_columns import ColumnRule, ReadColumns, column_loss, read_columns
 from service.measurement.geometry import CroppedMask, VertebraFrame
 
 MAX_MASK_IMAGE_DISAGREEMENT = 0.35
@@ -306,15 +306,20 @@ def _column_calls(heights: Mapping[VertebraLevel, LevelHeights],
     falls short (``MAX_POSTERIOR_SHORTFALL``) on the mask or the image: its heights are a measuring failure."""
     rule = ColumnRule(height_loss, MAX_MASK_IMAGE_DISAGREEMENT, MASK_LOSS_TOLERANCE, IMAGE_RESOLUTION_FACTOR,
                       MAX_MASK_STEP_ALLOWANCE)
-    full_mask = {lv: m for lv, (m, _) in both.items()}
-    full_image = {lv: i for lv, (_, i) in both.items()}
+    columns: dict[VertebraLevel, ReadColumns] = {}
+    for level, h in heights.items():
+        if level in both:
+            m, i = both[level]
+            columns[level] = ((m.anterior_mm, i.anterior_mm), (m.middle_mm, i.middle_mm),
+                              (m.posterior_mm, i.posterior_mm))
+        elif h.mask is not None and not _posterior_shortfall(h.mask) and not (
+                h.image is not None and _posterior_shortfall(h.image)):
+            columns[level] = read_columns(h.mask, h.image_columns, MAX_MASK_IMAGE_DISAGREEMENT)
     calls: dict[VertebraLevel, FractureAssessment] = {}
     for level, h in heights.items():
-        if out[level].status is not FractureStatus.NOT_MEASURABLE or h.mask is None or _posterior_shortfall(h.mask):
+        if out[level].status is not FractureStatus.NOT_MEASURABLE or level not in columns or h.mask is None:
             continue
-        if h.image is not None and _posterior_shortfall(h.image):
-            continue
-        found = column_loss(level, h.mask, h.image_columns, full_mask, full_image, rule)
+        found = column_loss(level, h.mask, columns, rule)
         if found is None:
             continue
         grade = max(1, genant_grade(found.image_loss))

@@ -318,3 +318,18 @@ def test_a_mask_read_in_5mm_steps_must_show_half_a_grade_1_loss_itself(
     found = classify_fractures(heights)
     assert found[V.L1].status is expected, found[V.L1].detail
     assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
+
+
+def test_neighbours_that_miss_a_column_still_serve_as_references_for_the_others() -> None:
+    """5 mm slices, where most levels miss some column: no neighbour is measured in full, but each read its anterior
+    column (image and mask agreeing), which is the reference for a 32 % wedge's anterior column; an intact neighbour
+    is not called."""
+    full_mask = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=5.0)
+    heights = {lv: LevelHeights(full_mask, None, "endplates not found on the image in the posterior column",
+                                (25.3, 24.8, None)) for lv in LEVELS if lv != V.L1}
+    heights[V.L1] = LevelHeights(VertebralHeights(17.5, 22.0, 25.0, resolution_mm=5.0), None,
+                                 "endplates not found on the image in the posterior column", (17.0, 22.3, None))
+    found = classify_fractures(heights)
+    assert found[V.L1].status is FractureStatus.FRACTURED, found[V.L1].detail
+    assert "anterior column" in found[V.L1].detail and found[V.L1].genant_grade == 2
+    assert all(found[lv].status is FractureStatus.NOT_MEASURABLE for lv in LEVELS if lv != V.L1)
