@@ -68,7 +68,7 @@ def acquisition_grid(spec: PhantomSpec, anat: Anatomy, rng: np.random.Generator,
         cal_bottom = float(np.max(t.at(np.linspace(bottom, top, 50), "back_y"))) + CALIBRATION_HEIGHT_MM + 5.0
         half = 0.95 * min(fov_x, fov_y) / 2
         reach = math.sqrt(max(half**2 - 90.0**2, 1.0))
-        yc = max(yc, cal_bottom - reach)
+        yc = min(max(yc, cal_bottom - reach), _spine_in_field_max_yc(anat, z_range, xc, half))
     if spacing_mm is None and shape is None:
         dz = spec.slice_thickness_mm
         nz = math.floor((top - bottom) / dz) + 1
@@ -94,6 +94,23 @@ def acquisition_grid(spec: PhantomSpec, anat: Anatomy, rng: np.random.Generator,
         z0 = (bottom + top) / 2 - (shp[2] - 1) * sp[2] / 2
     origin = (xc - (shp[0] - 1) / 2 * sp[0], yc - (shp[1] - 1) / 2 * sp[1], z0)
     return Grid(origin_mm=origin, spacing_mm=sp, shape=tuple(int(s) for s in shp)), offset  # type: ignore[arg-type]
+
+
+def _spine_in_field_max_yc(anat: Anatomy, z_range: tuple[float, float], xc: float, radius_mm: float) -> float:
+    """The most posterior field centre (y, mm) that keeps the anterior corners of every vertebral body in ``z_range``
+    inside the reconstruction circle. The rods may pull the field down, never the spine out of it: a radiographer
+    centres the reconstruction on the anatomy, and an obese patient under a 26 cm field otherwise lost T12-L5 off
+    its anterior edge (s18 case_03, case_13, case_53)."""
+    bound = math.inf
+    for vg in anat.vertebrae.values():
+        if not z_range[0] <= vg.centre[2] <= z_range[1]:
+            continue
+        for side in (-1.0, 1.0):
+            corner = vg.centre + side * vg.frame[0] * vg.width_mm / 2 - vg.frame[1] * vg.depth_mm / 2
+            dx = float(corner[0]) - xc
+            if abs(dx) < radius_mm:
+                bound = min(bound, float(corner[1]) + math.sqrt(radius_mm**2 - dx**2))
+    return bound
 
 
 @dataclass(frozen=True)

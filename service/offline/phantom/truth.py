@@ -44,6 +44,20 @@ class AcquisitionRecord:
             raise ValueError(f"noise_sd_hu must be >= 0, got {self.noise_sd_hu}")
 
 
+def _cut_in_plane(body: npt.NDArray[np.bool_], slices: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether the body reaches the edge of the reconstructed field in plane: the grid's edge or the reconstruction
+    circle (outside which the labels are 0), within a voxel. Such a body is not fully visible, like one cut by the
+    first or last slice."""
+    ii, jj = np.nonzero(body.any(axis=2))
+    i = ii + slices[0].start
+    j = jj + slices[1].start
+    nx, ny = shape[0], shape[1]
+    if i.min() == 0 or j.min() == 0 or i.max() == nx - 1 or j.max() == ny - 1:
+        return True
+    r = min(nx, ny) / 2
+    return bool((((i - (nx - 1) / 2) ** 2 + (j - (ny - 1) / 2) ** 2) > (r - 1.5) ** 2).any())
+
+
 def vertebra_truth(anat: Anatomy, grid: Grid, labels: npt.NDArray[np.int16], patient: density.PatientDensity,
                    trab_hu: dict[VertebraLevel, float], spec: PhantomSpec,
                    island: BoneIsland | None) -> list[dict[str, Any]]:
@@ -64,7 +78,7 @@ def vertebra_truth(anat: Anatomy, grid: Grid, labels: npt.NDArray[np.int16], pat
         idx = np.argwhere(body).mean(axis=0) + np.array([s.start for s in blk.slices])
         centroid = aff[:3, :3] @ idx + aff[:3, 3]
         kz = np.nonzero(body.any(axis=(0, 1)))[0] + blk.slices[2].start
-        cut = bool(kz.min() == 0 or kz.max() == grid.shape[2] - 1)
+        cut = bool(kz.min() == 0 or kz.max() == grid.shape[2] - 1) or _cut_in_plane(body, blk.slices, grid.shape)
         f = vg.fracture
         h = vg.height_mm
 
