@@ -20,7 +20,6 @@ A-ASSOCIATE-AC, before its reactor starts); the acceptor side has its own reacto
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any, cast
@@ -28,7 +27,7 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.association import Association
 
-logger = logging.getLogger(__name__)
+from service.receive.latency import association_finished
 
 
 class PausingAssociation(Association):
@@ -59,42 +58,8 @@ class PausingAssociation(Association):
                 context_id, msg = self.dimse.get_msg(block=False)
                 if msg:
                     self._serve_request(msg, cast(int, context_id))
-            if self._association_ended():
+            if association_finished(self):
                 return
-
-    def _association_ended(self) -> bool:
-        """pynetdicom's end-of-association checks after each pass (release, abort, DUL gone, network timeout)."""
-        if self.is_established and self.acse.is_release_requested():
-            self.acse.send_release(is_response=True)
-            logger.info("Association Released")
-            self.is_released = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_RELEASED, {})
-            self.kill()
-            return True
-        if self.acse.is_aborted():
-            logger.info("Association Aborted%s", " (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else "")
-            self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for subscribers
-            self.is_aborted = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_ABORTED, {})
-            self.kill()
-            return True
-        if not self.dul.is_alive():
-            self.kill()
-            return True
-        if self.dul.idle_timer_expired():
-            logger.error("Network timeout reached")
-            if self.network_timeout_response == "A-RELEASE":
-                self._is_paused = True
-                self._reactor_checkpoint.wait()
-                self.release()
-                self._is_paused = False
-            else:
-                self.abort()
-            self.kill()
-            return True
-        return False
 
 
 def _adopt(event: Any) -> None:

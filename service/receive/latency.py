@@ -234,37 +234,7 @@ class QueueWaitAssociation(Association):
 
     def _peer_finished(self) -> bool:
         """pynetdicom's end-of-association checks (release, abort, DUL gone, network timeout); True when done."""
-        if self.is_established and self.acse.is_release_requested():
-            self.acse.send_release(is_response=True)
-            logger.info("Association Released")
-            self.is_released = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_RELEASED, {})
-            self.kill()
-            return True
-        if self.acse.is_aborted():
-            logger.info("Association Aborted%s", " (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else "")
-            self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for subscribers
-            self.is_aborted = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_ABORTED, {})
-            self.kill()
-            return True
-        if not self.dul.is_alive():
-            self.kill()
-            return True
-        if self.dul.idle_timer_expired():
-            logger.error("Network timeout reached")
-            if self.network_timeout_response == "A-RELEASE":
-                self._is_paused = True
-                self._reactor_checkpoint.wait()
-                self.release()
-                self._is_paused = False
-            else:
-                self.abort()
-            self.kill()
-            return True
-        return False
+        return association_finished(self)
 
 
 class BulkRecvSocket(AssociationSocket):
@@ -301,3 +271,39 @@ class LowLatencyRequestHandler(RequestHandler):
         if type(assoc.dul.socket) is AssociationSocket:
             assoc.dul.socket.__class__ = BulkRecvSocket
         return assoc
+
+
+def association_finished(assoc: Association) -> bool:
+    """pynetdicom's end-of-association checks after each reactor pass (release, abort, DUL gone, network timeout),
+    for the reactors of our own association classes (acceptor and requestor); True when the association is done."""
+    if assoc.is_established and assoc.acse.is_release_requested():
+        assoc.acse.send_release(is_response=True)
+        logger.info("Association Released")
+        assoc.is_released = True
+        assoc.is_established = False
+        evt.trigger(assoc, evt.EVT_RELEASED, {})
+        assoc.kill()
+        return True
+    if assoc.acse.is_aborted():
+        logger.info("Association Aborted%s", " (A-P-ABORT)" if assoc.acse.is_aborted("a-p-abort") else "")
+        assoc.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for subscribers
+        assoc.is_aborted = True
+        assoc.is_established = False
+        evt.trigger(assoc, evt.EVT_ABORTED, {})
+        assoc.kill()
+        return True
+    if not assoc.dul.is_alive():
+        assoc.kill()
+        return True
+    if assoc.dul.idle_timer_expired():
+        logger.error("Network timeout reached")
+        if assoc.network_timeout_response == "A-RELEASE":
+            assoc._is_paused = True
+            assoc._reactor_checkpoint.wait()
+            assoc.release()
+            assoc._is_paused = False
+        else:
+            assoc.abort()
+        assoc.kill()
+        return True
+    return False

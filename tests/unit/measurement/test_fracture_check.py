@@ -196,6 +196,18 @@ def test_a_short_posterior_column_alone_is_no_column_call() -> None:
     assert classify_fractures(heights)[V.L1].status is FractureStatus.NOT_MEASURABLE
 
 
+def _l1_middle_loss(slice_mm: float, mask_middle_mm: float, image_middle_mm: float) -> dict[V, FractureAssessment]:
+    """25 mm bodies on ``slice_mm`` slices (the image's edges a quarter of that): every neighbour intact, L1's middle
+    height ``mask_middle_mm`` on the mask and ``image_middle_mm`` between the image endplates; the check's findings."""
+    image_mm = slice_mm / 4
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=slice_mm)
+    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=image_mm))
+               for lv in LEVELS if lv != V.L1}
+    heights[V.L1] = LevelHeights(VertebralHeights(25.0, mask_middle_mm, 25.0, resolution_mm=slice_mm),
+                                 VertebralHeights(25.1, image_middle_mm, 25.0, resolution_mm=image_mm))
+    return classify_fractures(heights)
+
+
 @pytest.mark.parametrize(("mask_middle_mm", "expected"), [(22.5, FractureStatus.NOT_MEASURABLE),
                                                           (18.0, FractureStatus.FRACTURED)])
 def test_a_mask_one_thick_slice_from_the_threshold_does_not_confirm_a_much_larger_image_loss(
@@ -204,12 +216,7 @@ def test_a_mask_one_thick_slice_from_the_threshold_does_not_confirm_a_much_large
     voxel step (12 %) of the 20 % threshold, and confirmed it until session 12, but it is far from the image's 40 %:
     it no longer confirms it (the real chest's T10 in session 12: image 39 %, mask 8 %). A mask with a 28 % loss
     does."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=3.0)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.75))
-               for lv in LEVELS if lv != V.L1}
-    heights[V.L1] = LevelHeights(VertebralHeights(25.0, mask_middle_mm, 25.0, resolution_mm=3.0),
-                                 VertebralHeights(25.1, 15.0, 25.0, resolution_mm=0.75))
-    found = classify_fractures(heights)
+    found = _l1_middle_loss(3.0, mask_middle_mm, image_middle_mm=15.0)
     assert found[V.L1].status is expected, found[V.L1].detail
     assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
 
@@ -310,12 +317,7 @@ def test_a_mask_read_in_5mm_steps_must_show_half_a_grade_1_loss_itself(
     """5 mm slices, 25 mm bodies: one voxel step is 20 % of the height, so 'the threshold within one step' asked
     nothing of the mask (tuning set s16: unfractured levels called fractured on mask losses of 8-10 %). The
     allowance is capped at half the threshold: a 5 % mask loss does not confirm the image's 27 %; a 14 % one does."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=5.0)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=1.25))
-               for lv in LEVELS if lv != V.L1}
-    heights[V.L1] = LevelHeights(VertebralHeights(25.0, mask_middle_mm, 25.0, resolution_mm=5.0),
-                                 VertebralHeights(25.1, 18.2, 25.0, resolution_mm=1.25))
-    found = classify_fractures(heights)
+    found = _l1_middle_loss(5.0, mask_middle_mm, image_middle_mm=18.2)
     assert found[V.L1].status is expected, found[V.L1].detail
     assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
 
