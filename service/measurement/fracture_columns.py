@@ -23,7 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.domain.levels import VertebraLevel
-from service.measurement.fracture import HEIGHT_GROWTH_PER_LEVEL, NEIGHBOUR_RANGE, VertebralHeights
+from service.measurement.fracture import (
+    HEIGHT_GROWTH_PER_LEVEL,
+    NEIGHBOUR_RANGE,
+    VertebralHeights,
+    quantisation_margin,
+)
 
 COLUMN_NAMES = ("anterior", "middle", "posterior")
 CALLING_COLUMNS = (0, 1)
@@ -94,7 +99,7 @@ def column_loss(level: VertebraLevel, mask: VertebralHeights, columns: Mapping[V
     if not read:
         return None
     image_margin = rule.image_resolution_factor * step / max(c for _, _, c in read)
-    mask_margin = min(step / max(mask.as_tuple()), rule.max_mask_step_allowance)
+    mask_margin = min(quantisation_margin(mask), rule.max_mask_step_allowance)  # as fracture_check's whole levels
     best: ColumnLoss | None = None
     for i, m, c in read:
         if i not in CALLING_COLUMNS or (ref := _reference(level, columns, i)) is None:
