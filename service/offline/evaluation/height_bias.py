@@ -28,8 +28,9 @@ DENSE_HU = 150.0
 COLUMNS = ("anterior", "middle", "posterior")
 
 
-def errors(cases: list[Path], cache: Path | None) -> dict[tuple[float, str], list[float]]:
-    """(slice thickness, "low" / "dense") -> image height less truth height (mm), one per found column."""
+def errors(cases: list[Path], cache: Path | None, by_column: bool = False) -> dict[tuple[float, str], list[float]]:
+    """(slice thickness, "low" / "dense") -> image height less truth height (mm), one per found column; with
+    ``by_column`` the key's second part also names the column ("low anterior", ...)."""
     out: dict[tuple[float, str], list[float]] = defaultdict(list)
     for case in cases:
         volume = load_ct(case)
@@ -49,7 +50,8 @@ def errors(cases: list[Path], cache: Path | None) -> dict[tuple[float, str], lis
             density = "dense" if float(t["trabecular_hu"]) >= DENSE_HU else "low"
             for name, image_mm in zip(COLUMNS, measured.image_columns, strict=True):
                 if image_mm is not None:
-                    out[(thickness, density)].append(image_mm - float(t["heights_mm"][name]))
+                    key = f"{density} {name}" if by_column else density
+                    out[(thickness, key)].append(image_mm - float(t["heights_mm"][name]))
     return out
 
 
@@ -57,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("set_dir", type=Path)
     parser.add_argument("--cache", type=Path, default=None, help="folder for the cached segmentations")
+    parser.add_argument("--by-column", action="store_true", help="one line per column (anterior, middle, posterior)")
     args = parser.parse_args(argv)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
-    for (thickness, density), e in sorted(errors(cases, args.cache).items()):
+    for (thickness, density), e in sorted(errors(cases, args.cache, args.by_column).items()):
         arr = np.asarray(e)
         median = float(np.median(arr))
-        print(f"{thickness:g} mm {density:5s}: {arr.size:4d} columns, image - truth median {median:+.2f} mm, "
+        print(f"{thickness:g} mm {density:16s}: {arr.size:4d} columns, image - truth median {median:+.2f} mm, "
               f"MAD {float(np.median(np.abs(arr - median))):.2f} mm")
     return 0
 

@@ -335,3 +335,23 @@ def test_neighbours_that_miss_a_column_still_serve_as_references_for_the_others(
     assert found[V.L1].status is FractureStatus.FRACTURED, found[V.L1].detail
     assert "anterior column" in found[V.L1].detail and found[V.L1].genant_grade == 2
     assert all(found[lv].status is FractureStatus.NOT_MEASURABLE for lv in LEVELS if lv != V.L1)
+
+
+def test_a_posterior_height_alone_short_of_the_neighbours_calls_no_fracture() -> None:
+    """Tuning set s19 case_07 L4 (5 mm): posterior height 63 % of the neighbours' (read long, 37.9 mm) on the image,
+    anterior and middle heights normal, was called a grade 2 fracture. Genant's deformities all shorten the anterior
+    or the middle height (a crush all three), so a posterior height alone 27 % short is a measuring failure: not
+    fractured. A crush, all three heights short, is still called, graded from the anterior and middle heights."""
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
+    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
+               for lv in LEVELS if lv != V.L1}
+    heights[V.L1] = LevelHeights(VertebralHeights(25.0, 24.5, 18.0, resolution_mm=1.0),
+                                 VertebralHeights(25.1, 24.6, 18.2, resolution_mm=0.25))
+    found = classify_fractures(heights)
+    assert found[V.L1].status is FractureStatus.NOT_FRACTURED, found[V.L1].detail
+    assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
+    heights[V.L1] = LevelHeights(VertebralHeights(17.5, 17.0, 18.0, resolution_mm=1.0),
+                                 VertebralHeights(17.6, 17.1, 18.2, resolution_mm=0.25))
+    crush = classify_fractures(heights)[V.L1]
+    assert crush.status is FractureStatus.FRACTURED and crush.genant_grade == 2, crush.detail
+    assert crush.height_loss == pytest.approx(1 - 17.1 / 25.0, abs=0.01)
