@@ -8,6 +8,10 @@ column, the column's image height (``fracture_check.measure_level``, with the no
 geometry). Printed per slice thickness and density (truth trabecular HU below / above ``DENSE_HU``): the count, the
 median and the median absolute deviation in mm. A shift shared by all levels of a scan cancels in Genant's relative
 losses; what matters is that it does not change with the slice thickness or the density (session 13).
+
+``--truth-losses`` prints instead, for every fractured level, the height loss the node's Genant rule
+(``fracture.assess_fractures``) finds on the phantom's truth heights of all levels (no segmentation, no image): how
+far a drawn fracture lies above the 20 % threshold before any measuring error (session 16).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.domain.levels import VertebraLevel
+from service.measurement.fracture import VertebralHeights, assess_fractures
 from service.measurement.fracture_check import FIRST_CHECKED, LAST_CHECKED, measure_level
 from service.measurement.geometry import crop_labels, vertebra_frame
 from service.offline.evaluation.fracture_outcomes import cached_segmentation
@@ -55,13 +61,39 @@ def errors(cases: list[Path], cache: Path | None, by_column: bool = False) -> di
     return out
 
 
+def truth_losses(case: Path) -> list[tuple[str, str, float, float, str]]:
+    """(level, kind, drawn height loss, the rule's loss on truth heights, its detail) per fractured level T1-L5."""
+    truth = json.loads((case / "truth.json").read_text())
+    heights: dict[VertebraLevel, VertebralHeights] = {}
+    fractured: dict[VertebraLevel, dict[str, float | str]] = {}
+    for v in truth["vertebrae"]:
+        level = VertebraLevel.__members__.get(v["level"])
+        if level is None or v.get("cut_by_fov") or not FIRST_CHECKED <= level <= LAST_CHECKED:
+            continue
+        h = v["heights_mm"]
+        heights[level] = VertebralHeights(h["anterior"], h["middle"], h["posterior"])
+        if v.get("fracture"):
+            fractured[level] = v["fracture"]
+    found = assess_fractures(heights)
+    return [(lv.name, str(f["kind"]), float(f["height_loss"]), found[lv].max_height_loss, found[lv].detail)
+            for lv, f in sorted(fractured.items())]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("set_dir", type=Path)
     parser.add_argument("--cache", type=Path, default=None, help="folder for the cached segmentations")
     parser.add_argument("--by-column", action="store_true", help="one line per column (anterior, middle, posterior)")
+    parser.add_argument("--truth-losses", action="store_true",
+                        help="the Genant rule's loss on the truth heights of every fractured level")
     args = parser.parse_args(argv)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
+    if args.truth_losses:
+        for case in cases:
+            for level, kind, drawn, loss, detail in truth_losses(case):
+                print(f"{case.name} {level} {kind} drawn {100 * drawn:.1f} %: rule on truth heights "
+                      f"{100 * loss:.1f} % ({detail})")
+        return 0
     for (thickness, density), e in sorted(errors(cases, args.cache, args.by_column).items()):
         arr = np.asarray(e)
         median = float(np.median(arr))

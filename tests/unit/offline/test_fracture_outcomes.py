@@ -9,7 +9,7 @@ import pytest
 from service.measurement import endplates
 from service.offline.evaluation.bmd_set import write_set
 from service.offline.evaluation.fracture_outcomes import outcomes, override
-from service.offline.evaluation.height_bias import errors
+from service.offline.evaluation.height_bias import errors, truth_losses
 
 
 def test_outcomes_of_one_case_with_a_cached_segmentation(tmp_path: Path) -> None:
@@ -27,6 +27,12 @@ def test_outcomes_of_one_case_with_a_cached_segmentation(tmp_path: Path) -> None
     by_group = errors(cases, cache)
     assert len(by_group) == 1 and sum(len(e) for e in by_group.values()) >= 6
     assert all(abs(float(x)) < 10.0 for e in by_group.values() for x in e)  # heights of bodies, not of discs
+    by_column = errors(cases, cache, by_column=True)
+    assert {key.split()[-1] for _, key in by_column} <= {"anterior", "middle", "posterior"}
+    assert sum(len(e) for e in by_column.values()) == sum(len(e) for e in by_group.values())
+    # the Genant rule on the truth heights finds the drawn fracture (no segmentation involved)
+    (level, kind, drawn, loss, _), = truth_losses(cases[0])
+    assert level[0] in "TL" and kind in {"wedge", "biconcave", "crush"} and loss >= 0.8 * drawn > 0.1
 
 
 def test_set_overrides_a_fracture_check_constant() -> None:
