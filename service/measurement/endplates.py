@@ -34,7 +34,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from service.domain.volume import CTVolume
-from service.measurement.fracture import BANDS, MaskColumns, VertebralHeights
+from service.measurement.fracture import BANDS, MaskColumns, VertebralHeights, band_lateral_fraction
 from service.measurement.geometry import VertebraFrame
 from service.measurement.noise import robust_sd
 
@@ -270,7 +270,7 @@ def image_heights(volume: CTVolume, frame: VertebraFrame, columns: MaskColumns) 
     shares: list[float] = []
     missing: list[str] = []
     for name, (lo, hi) in BANDS.items():
-        sel = columns.band(lo, hi)
+        sel = columns.band(lo, hi, band_lateral_fraction(name))
         if not np.any(sel):
             return ImageHeights(None, f"no {name} column in the mask")
         height, share = _band_height(volume, frame, columns, sel)

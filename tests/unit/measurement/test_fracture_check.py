@@ -246,6 +246,10 @@ def test_the_anterior_band_follows_the_curved_wall_at_each_lateral_position() ->
     depth_inside = wall - columns.v[sel]
     assert np.abs(columns.w[sel]).max() > 8.0  # the band spans the mid-sagittal half
     assert depth_inside.min() > 1.5, depth_inside.min()
+    # a lateral fraction keeps that share of the band's width around the midline (MIDDLE_LATERAL_FRACTION's trial)
+    narrow = columns.band(*BANDS["middle"], lateral_fraction=0.4)
+    whole = columns.band(*BANDS["middle"])
+    assert np.all(whole[narrow]) and 0 < np.abs(columns.w[narrow]).max() <= 0.4 * np.abs(columns.w[whole]).max() + 0.5
 
 
 def _mean_image_height(slice_mm: float, tissue: Tissue) -> float:
