@@ -9,10 +9,10 @@ height (mean, for sub-voxel resolution on a tilted spine) over the band 6-16 % o
 behind the anterior wall (the wall at the column's own lateral position: it curves), the posterior height over
 6-16 % in front of the posterior wall, the middle height over the central 12 %.
 
-A level is fractured (Genant semi-quantitative grade >= 1: height reduction >= 20 %) when its anterior or middle height
-is >= ``height_loss`` below the median of the same height in its neighbours (not the posterior height alone:
-``POSTERIOR_ALONE_CALLS``) (up to two levels above and below
-with a measurable, not cut, body; scaled by HEIGHT_GROWTH_PER_LEVEL per level of distance), or when its
+A level is fractured (Genant semi-quantitative grade >= 1: height reduction >= 20 %) when its anterior or middle
+height is >= ``height_loss`` below the median of the same height in its neighbours (up to two levels above and below
+with a measurable, not cut, body; scaled by HEIGHT_GROWTH_PER_LEVEL per level of distance; the posterior height alone
+does not call: ``POSTERIOR_ALONE_CALLS``), or when its
 anterior/posterior or middle/posterior ratio is >= ``height_loss`` below the neighbours' ratio (wedge and
 biconcave shapes; against 1.0 when there are no neighbours). The threshold is raised by one voxel step along
 the axis relative to the height (QUANTISATION_MARGIN): at 5 mm slices a 25 mm body is measured in 5 mm steps, and
@@ -254,7 +254,7 @@ def assess_fractures(
             compared = names if POSTERIOR_ALONE_CALLS else names[:2]  # the posterior height alone does not call
             for name, value, r in zip(names, h.as_tuple(), ref, strict=True):
                 if name in compared:
-                        losses.append((1.0 - value / r, f"{name} height {value:.1f} mm = {100 * value / r:.0f} % of "
+                    losses.append((1.0 - value / r, f"{name} height {value:.1f} mm = {100 * value / r:.0f} % of "
                                                     f"neighbours ({r:.1f} mm)"))
             ref_ratio_a = float(np.median([n.anterior_mm / n.posterior_mm for n in neighbours]))
             ref_ratio_m = float(np.median([n.middle_mm / n.posterior_mm for n in neighbours]))

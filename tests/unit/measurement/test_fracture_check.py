@@ -185,12 +185,17 @@ def test_a_wedge_read_on_the_anterior_column_when_the_posterior_disc_is_not_reso
     assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
 
 
+def _intact_neighbours_of_l1() -> dict[V, LevelHeights]:
+    """Every level but L1 intact, 25 mm bodies read on 1 mm slices by mask and image alike."""
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
+    return {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
+            for lv in LEVELS if lv != V.L1}
+
+
 def test_a_short_posterior_column_alone_is_no_column_call() -> None:
     """The posterior column cannot carry a call of its own: a posterior height 24 % under the neighbours' (image and
     mask) with the anterior column unread is the posterior wall's edge, not a deformity."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
-               for lv in LEVELS if lv != V.L1}
+    heights = _intact_neighbours_of_l1()
     heights[V.L1] = LevelHeights(VertebralHeights(24.0, 23.0, 19.0, resolution_mm=1.0), None,
                                  "endplates not found on the image in the anterior column", (None, 23.1, 19.2))
     assert classify_fractures(heights)[V.L1].status is FractureStatus.NOT_MEASURABLE
@@ -300,9 +305,7 @@ def test_a_posterior_height_far_below_the_anterior_is_no_fracture_and_no_referen
     edge taken for an endplate) and was called a grade 3 fracture, and T8 was judged against an anterior/posterior
     reference of 7.4. Posterior << anterior is no Genant pattern: the level is not measurable, with the reason, and
     its neighbours are judged without it; a mask-only call on such mask heights does not stand either."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
-               for lv in LEVELS if lv != V.L1}
+    heights = _intact_neighbours_of_l1()
     heights[V.L1] = LevelHeights(VertebralHeights(25.0, 24.5, 3.0, resolution_mm=1.0),
                                  VertebralHeights(25.1, 24.6, 2.7, resolution_mm=0.25))
     found = classify_fractures(heights)
@@ -346,9 +349,7 @@ def test_a_posterior_height_alone_short_of_the_neighbours_calls_no_fracture() ->
     anterior and middle heights normal, was called a grade 2 fracture. Genant's deformities all shorten the anterior
     or the middle height (a crush all three), so a posterior height alone 27 % short is a measuring failure: not
     fractured. A crush, all three heights short, is still called, graded from the anterior and middle heights."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
-               for lv in LEVELS if lv != V.L1}
+    heights = _intact_neighbours_of_l1()
     heights[V.L1] = LevelHeights(VertebralHeights(25.0, 24.5, 18.0, resolution_mm=1.0),
                                  VertebralHeights(25.1, 24.6, 18.2, resolution_mm=0.25))
     found = classify_fractures(heights)
