@@ -89,7 +89,7 @@ def features_from_masks(instance_masks: list[npt.NDArray[np.bool_]], rib_mask: n
         feats.append(BodyFeatures(
             centroid_mm=tuple(float(v) for v in coords.mean(axis=0) * sp),  # type: ignore[arg-type]
             height_mm=float((zs.max() - zs.min() + 1) * sp[2]), rib_left=left >= min_rib_mm3,
-            rib_right=right >= min_rib_mm3, rib_left_mm3=left, rib_right_mm3=right,
+            rib_right=right >= min_rib_mm3, rib_left_mm3=left, rib_right_mm3=right, rib_threshold_mm3=min_rib_mm3,
             thoracic_vote=0.5 if thoracic_votes is None else thoracic_votes[i], cut_by_fov=cut, cut_top=cut_top,
             cut_bottom=cut_bottom, field_left_mm=field[0], field_right_mm=field[1], field_posterior_mm=field[2],
             field_above_mm=(m.shape[2] - 0.5) * sp[2] - centre_z_mm, field_below_mm=centre_z_mm + 0.5 * sp[2]))

@@ -10,6 +10,9 @@ Anchors (each implies the level of every body):
     no rib/sacrum anchor exists, and then reported as uncertain).
 An anchor counts only when the field of view can show it: a rib-free body is evidence of "no rib" only when the
 field reaches far enough around it (label_cues.RIB_FIELD_LATERAL_MM); else the anchor is dropped with a reason.
+Nor does the T12 anchor stand on a body below the last rib that reads a small rib (label_cues.SMALL_RIB_FRACTION):
+a short 12th rib cannot be told from a transverse process, so the last rib counts only where the first rib pair
+or the sacrum independently gives its count.
 A name is confident only when two independent cues agree: two anchors, or one anchor and the network's
 thoracic/lumbar appearance or the body-size progression (label_cues); a single cue -> uncertain.  A lone rib anchor
 with a rib on both sides stands alone only when its count puts neither the first rib pair nor the lumbosacral
@@ -38,7 +41,9 @@ from service.segmentation.label_cues import (
     first_rib_pair,
     rib_count_variant,
     rib_field_shortfall,
+    settle_small_rib,
     shows_no_rib_pair,
+    small_rib_reading,
     typical_pair_mm3,
     votes_contradict,
 )
@@ -72,6 +77,8 @@ class BodyFeatures:
     not measured."""
     field_below_mm: float | None = None
     """... and below it (to the grid's bottom edge, mm)."""
+    rib_threshold_mm3: float = 700.0
+    """The rib volume a side needed to count as rib-bearing in this scan (features.MIN_RIB_ATTACH_MM3 or more)."""
 
     @property
     def rib_bearing(self) -> bool:
@@ -144,7 +151,8 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     dropped = [reason for _, reason in unseen.values()]
     notes.extend(dropped)
     values = set(anchors.values())
-    # a count the field of view cannot confirm still disagrees with a counted anchor when it differs from it
+    # a count the field of view (or a small rib reading) cannot confirm still disagrees with a counted anchor
+    # when it differs from it
     stray = {k: v for k, (v, _) in unseen.items() if v not in values}
     if len(values) == 1 and stray:
         return LabellingResult(_disagreeing_anchors(bodies, pos, {**anchors, **stray}, notes, dropped), notes)
@@ -174,6 +182,7 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
     ribs = [b.rib_bearing for b in bodies]
     anchors: dict[str, int] = {}
     dropped: dict[str, tuple[int, str]] = {}
+    t12_alternative: int | None = None  # a small rib reading below the last rib: the count if that body is T12
     rib_idx = [i for i, r in enumerate(ribs) if r]
     if rib_idx:
         last = rib_idx[-1]
@@ -181,11 +190,17 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
         # cannot show that the lower body has no ribs; nor a field too narrow to show where its rib would be
         if last < n - 1 and not any(ribs[last + 1:]) and not (bodies[last].cut_top and bodies[last + 1].cut_bottom):
             short = rib_field_shortfall(bodies[last + 1])
+            small = small_rib_reading(bodies[last + 1])
             value = int(VertebraLevel.T12) - pos[last]
-            if short is None:
-                anchors[T12_ANCHOR] = value
-            else:
+            if short is not None:
                 dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
+            elif small is not None:
+                dropped[T12_ANCHOR] = (value, f"the vertebra below the last rib-bearing one shows a small rib-like "
+                                              f"structure ({small:.0f} mm3): a short 12th rib cannot be told from a "
+                                              f"transverse process, so which vertebra is T12 is uncertain")
+                t12_alternative = int(VertebraLevel.T12) - pos[last + 1]
+            else:
+                anchors[T12_ANCHOR] = value
         first = first_rib_pair(bodies)
         above = bodies[first - 1] if first is not None and first > 0 else None
         typical = typical_pair_mm3(bodies)
@@ -198,7 +213,10 @@ def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
                 dropped[T1_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether C7 carries a rib")
     if sacrum_below and not bodies[-1].cut_by_fov:
         anchors[L5_ANCHOR] = int(VertebraLevel.L5) - pos[-1]
+    if t12_alternative is not None:
+        settle_small_rib(anchors, dropped, T12_ANCHOR, t12_alternative)
     return anchors, dropped
+
 
 
 def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int], dropped: list[str],
@@ -332,7 +350,7 @@ def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str
         first_level = candidates[key]
         cues = tuple(k for k, v in candidates.items() if v == first_level)
         reason = ("no rib or sacrum anchor in the field of view; named from the thoracic/lumbar appearance"
-                  if key == VOTE_CUE else f"named from the {key} count, which the field of view cannot confirm")
+                  if key == VOTE_CUE else f"named from the {key} count, which this scan cannot confirm")
     else:
         first_level = best_height_fit(bodies, pos, votes)
         reason = "no anchor in the field of view (too short to see the last rib or the sacrum); best guess"

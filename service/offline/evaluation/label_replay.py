@@ -6,6 +6,7 @@ held-out figures still come from ``bmd-node evaluate segmentation`` / ``evaluate
     python -m service.offline.evaluation.label_replay record SET [SET ...] --cache var/label_cache
     python -m service.offline.evaluation.label_replay replay --cache var/label_cache [--cases]
     python -m service.offline.evaluation.label_replay first-pairs --cache var/label_cache
+    python -m service.offline.evaluation.label_replay last-ribs --cache var/label_cache
 
 SET: a case folder or a folder of case folders (as ``evaluate segmentation`` reads them).  ``replay`` prints, over
 the reference bodies fully in the field of view, the confidently wrong names, the identification rate of the
@@ -14,6 +15,8 @@ labelling set, the set's name otherwise); ``--cases`` also lists each case with 
 ``first-pairs`` prints, per case, the first complete body with a rib on both sides: its reference name, its weaker
 side's rib volume as a fraction of the scan's typical pair and of the pair below, and whether the weak-pair rule
 (``label_cues.weak_pair_above``) read it as C7's; then the ranges of that fraction per reference name.
+``last-ribs`` prints, per case, the last rib-bearing body and the rib readings of the complete body below it (what
+the T12 anchor takes for rib-free), then their range per reference name of that body.
 """
 
 from __future__ import annotations
@@ -180,6 +183,29 @@ def _first_pairs_main(cache: Path) -> None:
         print(f"first complete pair on {name}: {len(ratios)} cases, {min(ratios):.2f}-{max(ratios):.2f} of typical")
 
 
+def _last_ribs_main(cache: Path) -> None:
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for path in sorted(cache.glob("*.pkl")):
+        case = _load(path)
+        if case is None:
+            continue
+        b = case.bodies
+        bearing = [i for i, x in enumerate(b) if x.rib_bearing]
+        if not bearing or bearing[-1] + 1 >= len(b) or b[bearing[-1] + 1].cut_by_fov:
+            continue
+        last, below = bearing[-1], b[bearing[-1] + 1]
+        reading = max(below.rib_left_mm3, below.rib_right_mm3)
+        name = _reference_name(case, last + 1)
+        by_name[name].append(reading)
+        print(f"{path.stem}: last rib-bearing body {_reference_name(case, last)} ({b[last].rib_left_mm3:.0f} / "
+              f"{b[last].rib_right_mm3:.0f} mm3), the body below {name} reads {below.rib_left_mm3:.0f} / "
+              f"{below.rib_right_mm3:.0f} mm3")
+    for name, values in sorted(by_name.items()):
+        v = np.sort(np.asarray(values))
+        print(f"rib-free body below the last rib-bearing one, reference {name}: {len(v)} cases, larger side "
+              f"{v.min():.0f}-{v.max():.0f} mm3 (median {np.median(v):.0f}); " + " ".join(f"{x:.0f}" for x in v[-8:]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--cases", action="store_true")
     pairs = sub.add_parser("first-pairs")
     pairs.add_argument("--cache", type=Path, required=True)
+    last = sub.add_parser("last-ribs")
+    last.add_argument("--cache", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "record":
         _record_main(args.sets, args.cache)
     elif args.command == "replay":
         _replay_main(args.cache, args.cases)
+    elif args.command == "last-ribs":
+        _last_ribs_main(args.cache)
     else:
         _first_pairs_main(args.cache)
     return 0

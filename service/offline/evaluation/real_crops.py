@@ -1,0 +1,158 @@
+"""Targeted reconstructions cut from a real CT: do confident level names survive a narrower field? (issue 16)
+
+A real scan is segmented whole, then cut to square in-plane fields centred on its spine (optionally shifted to one
+side) and to windows along the spine, as a targeted spine reconstruction or a short scan would show it, and
+segmented again. Each body of a cut is matched to the whole scan's body with the nearest centroid (<= 12 mm).
+
+The check needs no reference labels: two confident names for the same body of the same scan that differ cannot
+both be right, so every **contradiction** (a confident name in the cut, a confident and different name in the whole
+scan, neither body cut by the field) is at least one confidently wrong name. A cut whose names are uncertain, or
+confident and equal to the whole scan's, passes. The whole scan's names are not taken as truth.
+
+    python -m service.offline.evaluation.real_crops ../shared/data/cptac_lscc_chest [--out report.json]
+
+The default grid: fields 90, 105, 130, 170 and 250 mm, centred and shifted 25 mm, over the whole length, the lower
+and upper half and the middle; voxels are the scan's own (the affine's origin moves to the cut).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.domain.volume import CTVolume
+from service.offline.evaluation.segmentation import load_ct
+from service.segmentation.inference import Segmenter, load_segmenter
+from service.segmentation.settings import SegmentationSettings
+
+MATCH_MM = 12.0
+FIELDS_MM = (90.0, 105.0, 130.0, 170.0, 250.0)
+SHIFTS_MM = (0.0, 25.0)
+WINDOWS = ((0.0, 1.0), (0.0, 0.5), (0.4, 1.0), (0.2, 0.75))
+"""Fractions of the scan's slices, from its first slice."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    field_mm: float
+    shift_mm: float
+    window: tuple[float, float]
+
+    def label(self) -> str:
+        lo, hi = self.window
+        return f"{self.field_mm:.0f} mm, shift {self.shift_mm:+.0f} mm, slices {lo:.2f}-{hi:.2f}"
+
+
+@dataclass(frozen=True)
+class Named:
+    name: str
+    uncertain: bool
+    cut_by_fov: bool
+    centroid_lps_mm: tuple[float, float, float]
+
+
+def _names(segmenter: Segmenter, volume: CTVolume) -> list[Named]:
+    seg = segmenter.segment(volume)
+    return [Named(v.level.name, v.level_uncertain, v.cut_by_fov, v.centroid_lps_mm) for v in seg.vertebrae]
+
+
+def spine_centre_index(volume: CTVolume, bodies: list[Named]) -> tuple[float, float]:
+    """In-plane array index of the mean body centroid."""
+    ijk = volume.lps_to_index(np.array([b.centroid_lps_mm for b in bodies]))
+    return float(ijk[:, 0].mean()), float(ijk[:, 1].mean())
+
+
+def cut_volume(volume: CTVolume, centre_ij: tuple[float, float], cut: Cut) -> CTVolume:
+    """The scan's own voxels inside the cut; the affine's origin moved to the cut's first voxel."""
+    sx, sy, _ = volume.spacing_mm
+    hx, hy = int(cut.field_mm / 2 / sx), int(cut.field_mm / 2 / sy)
+    i0 = max(0, int(centre_ij[0] + cut.shift_mm / sx) - hx)
+    j0 = max(0, int(centre_ij[1]) - hy)
+    nz = volume.shape[2]
+    k0, k1 = round(cut.window[0] * nz), round(cut.window[1] * nz)
+    hu = np.ascontiguousarray(volume.hu[i0:i0 + 2 * hx, j0:j0 + 2 * hy, k0:k1])
+    affine = volume.affine_lps.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([i0, j0, k0], dtype=np.float64) + affine[:3, 3]
+    return dataclasses.replace(volume, hu=hu, affine_lps=affine, sop_instance_uids=(), source_paths=())
+
+
+@dataclass(frozen=True)
+class CutOutcome:
+    cut: Cut
+    rows: list[dict[str, Any]]
+    """Per body of the cut: its name, uncertain, cut by the field, the whole scan's name (None: no match)."""
+
+    @property
+    def contradictions(self) -> int:
+        return sum(1 for r in self.rows if r["contradiction"])
+
+    @property
+    def confident_agreeing(self) -> int:
+        return sum(1 for r in self.rows if r["whole"] == r["name"] and not r["uncertain"] and not r["cut_by_fov"])
+
+
+def compare(cut: Cut, whole: list[Named], narrow: list[Named]) -> CutOutcome:
+    rows = []
+    for b in narrow:
+        d = [float(np.linalg.norm(np.subtract(b.centroid_lps_mm, w.centroid_lps_mm))) for w in whole]
+        j = int(np.argmin(d)) if d else -1
+        match = whole[j] if j >= 0 and d[j] <= MATCH_MM else None
+        contradiction = (match is not None and not b.uncertain and not match.uncertain and not b.cut_by_fov
+                         and not match.cut_by_fov and b.name != match.name)
+        rows.append({"name": b.name, "uncertain": b.uncertain, "cut_by_fov": b.cut_by_fov,
+                     "whole": None if match is None else match.name,
+                     "whole_uncertain": None if match is None else match.uncertain, "contradiction": contradiction})
+    return CutOutcome(cut, rows)
+
+
+def default_cuts() -> list[Cut]:
+    return [Cut(f, s, w) for f, s, w in itertools.product(FIELDS_MM, SHIFTS_MM, WINDOWS)]
+
+
+def run(case: Path, cuts: list[Cut], segmenter: Segmenter) -> tuple[list[Named], list[CutOutcome]]:
+    volume = load_ct(case)
+    whole = _names(segmenter, volume)
+    if not whole:
+        raise ValueError(f"no vertebral body found in the whole scan {case}")
+    centre = spine_centre_index(volume, whole)
+    return whole, [compare(c, whole, _names(segmenter, cut_volume(volume, centre, c))) for c in cuts]
+
+
+def _row_text(r: dict[str, Any]) -> str:
+    mark = "!!" if r["contradiction"] else ""
+    return f"{r['name']}{'?' if r['uncertain'] else ''}{'(cut)' if r['cut_by_fov'] else ''}={r['whole']}{mark}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("case", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="write the outcomes as JSON here")
+    args = ap.parse_args(argv)
+    segmenter = load_segmenter(SegmentationSettings(device="cpu"))
+    whole, outcomes = run(args.case, default_cuts(), segmenter)
+    print("whole scan: " + " ".join(f"{b.name}{'?' if b.uncertain else ''}" for b in whole))
+    for o in outcomes:
+        print(f"{o.cut.label()}: " + " ".join(_row_text(r) for r in o.rows))
+    total = sum(o.contradictions for o in outcomes)
+    agreeing = sum(o.confident_agreeing for o in outcomes)
+    bodies = sum(len(o.rows) for o in outcomes)
+    print(f"{len(outcomes)} cuts, {bodies} bodies: {total} confident names contradicting the whole scan's, "
+          f"{agreeing} confident and agreeing")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "case": str(args.case), "whole": [dataclasses.asdict(b) for b in whole],
+            "cuts": [{"cut": dataclasses.asdict(o.cut), "rows": o.rows} for o in outcomes],
+            "contradictions": total, "confident_agreeing": agreeing, "bodies": bodies}, indent=1))
+    return 0 if total == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
