@@ -57,11 +57,13 @@ def write_sets(out: Path, cases: int, field_mm: float) -> None:
 
 
 def variant_of(case_dir: Path) -> str:
-    """"normal", "rib pairs N" or the lumbosacral variant of a written case (its truth.json)."""
+    """"normal", "rib pairs N", the lumbosacral variant or "short last rib" of a written case (its truth.json)."""
     variants = json.loads((case_dir / "truth.json").read_text())["variants"]
     if variants["rib_pairs"] != 12:
         return f"rib pairs {variants['rib_pairs']}"
-    return "normal" if variants["lumbar_variant"] == "normal" else str(variants["lumbar_variant"])
+    if variants["lumbar_variant"] != "normal":
+        return str(variants["lumbar_variant"])
+    return "short last rib" if min(variants.get("last_rib_scale", [1.0])) < 1.0 else "normal"
 
 
 def summarise_by_variant(report: dict[str, Any], set_dir: Path) -> dict[str, dict[str, float]]:

@@ -162,6 +162,8 @@ def frame_from_tangent(t_up: npt.ArrayLike, rotation_deg: float = 0.0) -> npt.ND
 @dataclass(frozen=True)
 class AnatomyOptions:
     rib_pairs: int = 12
+    last_rib_scale: tuple[float, float] = (1.0, 1.0)
+    """(left, right) length share of the last rib beyond its tubercle (PhantomSpec.last_rib_scale)."""
     lumbar_variant: str = "normal"
     scoliosis_deg: float = 0.0
     fractures: dict[VertebraLevel, Fracture] = field(default_factory=dict)

@@ -125,7 +125,9 @@ def build_ribs(
                         10: 0.68, 11: 0.52, 12: 0.38, 13: 0.28}[number] * float(rng.uniform(0.95, 1.05))
             drop = {1: 30.0, 2: 50.0, 3: 70.0, 4: 85.0, 5: 95.0, 6: 100.0, 7: 105.0, 8: 105.0, 9: 100.0,
                     10: 90.0, 11: 55.0, 12: 40.0, 13: 30.0}[number] * drop_scale * size
-            phis = np.linspace(0.0, 1.0, 40)
+            # a short last rib keeps its head and neck and this share of its course beyond the tubercle
+            share = opts.last_rib_scale[0 if side == "left" else 1] if number == n_pairs else 1.0
+            phis = np.linspace(0.0, share, 40)
             pts = []
             x_tub = abs(tub[0] - vg.centre[0])
             for u in phis:
@@ -151,6 +153,7 @@ def build_ribs(
                                        sternum[-1, 2] - 10.0 - 12.0 * (number - 7)])
                 mid = (end + target) / 2 + np.array([sgn * 12.0, -6.0, 0.0])
                 cartilage = np.vstack([end, mid, target])
-            radius = (4.0 if number in (1, 12, 13) else 4.5) * size * float(rng.uniform(0.9, 1.1))
+            radius = (4.0 if number in (1, 12, 13) else 4.5) * size * float(rng.uniform(0.9, 1.1)) * (
+                0.55 + 0.45 * share)
             ribs.append(RibGeom(side, number, level, path, cartilage, radius, z_scale=1.6))
     return ribs, sternum, sternum_w

@@ -14,6 +14,9 @@ from service.offline.phantom.anatomy import FRACTURE_TYPES
 V = VertebraLevel
 
 REGIONS = ("chest", "abdomen", "chest-abdomen")
+LAST_RIB_SCALE_RANGE = (0.05, 1.0)
+SHORT_LAST_RIB_PROBABILITY = 0.3
+SHORT_LAST_RIB_RANGE = (0.1, 0.6)
 LUMBAR_VARIANTS = ("normal", "lumbarised_s1", "sacralised_l5")
 CALIBRATION_MATERIALS = ("k2hpo4", "hydroxyapatite")
 HABITUS = ("slim", "average", "obese")
@@ -59,6 +62,9 @@ class PhantomSpec:
     fracture_height_loss: float | None = None
     """0.2-0.5, or None (drawn per level)."""
     rib_pairs: int = 12
+    last_rib_scale: tuple[float, float] = (1.0, 1.0)
+    """(left, right) share of its usual length the last rib keeps beyond its tubercle: 1 normal, 0.1-0.6 a short
+    (hypoplastic) floating rib, thinned with it (radius x (0.55 + 0.45 x share)); the head and neck stay."""
     lumbar_variant: str = "normal"
     scoliosis_deg: float = 0.0
     bone_island_level: VertebraLevel | None = None
@@ -115,6 +121,10 @@ class PhantomSpec:
                              f"got {self.fracture_height_loss}")
         if self.rib_pairs not in (11, 12, 13):
             raise ValueError(f"rib_pairs must be 11, 12 or 13, got {self.rib_pairs}")
+        fix("last_rib_scale", (float(self.last_rib_scale[0]), float(self.last_rib_scale[1])))
+        if not all(LAST_RIB_SCALE_RANGE[0] <= v <= LAST_RIB_SCALE_RANGE[1] for v in self.last_rib_scale):
+            raise ValueError(f"last_rib_scale must be within {LAST_RIB_SCALE_RANGE} per side, "
+                             f"got {self.last_rib_scale}")
         if self.lumbar_variant not in LUMBAR_VARIANTS:
             raise ValueError(f"lumbar_variant must be one of {LUMBAR_VARIANTS}, got {self.lumbar_variant!r}")
         if not 0.0 <= self.scoliosis_deg <= 45.0:
@@ -167,6 +177,18 @@ class PhantomSpec:
         return out
 
 
+def draw_last_rib_scale(rng: np.random.Generator) -> tuple[float, float]:
+    """A short last (floating) rib in SHORT_LAST_RIB_PROBABILITY of patients, on both sides in half of them: the 12th
+    rib's length varies widely (a few centimetres to the length of the 11th), and a short one is what a rib anchor
+    misses on real CT (issue 16's targeted reconstruction, the real CPTAC chest's one-sided short T12 rib)."""
+    if rng.random() >= SHORT_LAST_RIB_PROBABILITY:
+        return (1.0, 1.0)
+    short = float(rng.uniform(*SHORT_LAST_RIB_RANGE))
+    if rng.random() < 0.5:
+        return (short, float(rng.uniform(*SHORT_LAST_RIB_RANGE)))
+    return (short, 1.0) if rng.random() < 0.5 else (1.0, short)
+
+
 def random_spec(rng: np.random.Generator, **overrides: Any) -> PhantomSpec:
     """A strongly randomised spec for training (every option varied); ``overrides`` fix any field."""
     region = str(rng.choice(REGIONS, p=[0.4, 0.35, 0.25]))
@@ -206,5 +228,6 @@ def random_spec(rng: np.random.Generator, **overrides: Any) -> PhantomSpec:
     }
     if drawn["bone_island_level"] is not None and drawn["bone_island_level"] in screws:
         drawn["bone_island_level"] = None
+    drawn["last_rib_scale"] = draw_last_rib_scale(rng)  # drawn last: the other fields of a seed stay as they were
     drawn.update(overrides)
     return PhantomSpec(**drawn)

@@ -42,7 +42,8 @@ class Subject:
 
     def anatomy_options(self, spec: PhantomSpec) -> AnatomyOptions:
         return AnatomyOptions(
-            rib_pairs=spec.rib_pairs, lumbar_variant=spec.lumbar_variant, scoliosis_deg=spec.scoliosis_deg,
+            rib_pairs=spec.rib_pairs, last_rib_scale=spec.last_rib_scale, lumbar_variant=spec.lumbar_variant,
+            scoliosis_deg=spec.scoliosis_deg,
             fractures=self.fractures, sex=self.patient.sex, habitus=self.habitus,
             curvature_scale=self.curvature_scale, arms_in_fov=self.arms_in_fov, osteophytes=self.osteophytes)
 

@@ -188,6 +188,7 @@ def _variants_truth(spec: PhantomSpec, subject: Subject) -> dict[str, Any]:
     return {
         "rib_pairs": spec.rib_pairs,
         "last_rib_level": VertebraLevel(int(V.T1) + spec.rib_pairs - 1).name,
+        "last_rib_scale": [round(v, 3) for v in spec.last_rib_scale],
         "lumbar_variant": spec.lumbar_variant,
         "transitional": spec.lumbar_variant != "normal",
         "lumbar_vertebra_count": 5 + (1 if spec.lumbar_variant == "lumbarised_s1" else 0)

@@ -328,3 +328,23 @@ def test_cli_writes_the_three_outputs(tmp_path: Path, capsys: pytest.CaptureFixt
     assert {"slope", "intercept"} <= set(truth["hu_to_bmd"])
     assert (out / "labels.nii.gz").exists()
     assert "L1" in capsys.readouterr().out
+
+
+def test_a_short_last_rib_keeps_its_head_and_loses_its_course() -> None:
+    short = _small(101, "chest-abdomen", last_rib_scale=(0.2, 1.0))
+    normal = _small(101, "chest-abdomen")
+    left, right = (int((short.labels == lab.rib(side, 12)).sum()) for side in ("left", "right"))
+    left_normal = int((normal.labels == lab.rib("left", 12)).sum())
+    assert 0 < left < 0.35 * left_normal, (left, left_normal)
+    assert right == int((normal.labels == lab.rib("right", 12)).sum())  # the other side as drawn
+    assert short.truth["variants"]["last_rib_scale"] == [0.2, 1.0]
+    # rib 11 is not the last rib: untouched
+    assert int((short.labels == lab.rib("left", 11)).sum()) == int((normal.labels == lab.rib("left", 11)).sum())
+
+
+def test_random_specs_draw_a_short_last_rib_in_about_30_percent_of_patients() -> None:
+    scales = [random_spec(np.random.default_rng([5, i])).last_rib_scale for i in range(200)]
+    short = [s for s in scales if min(s) < 1.0]
+    assert 0.2 < len(short) / len(scales) < 0.4
+    assert all(0.1 <= min(s) <= 0.6 for s in short)
+    assert any(max(s) < 1.0 for s in short) and any(max(s) == 1.0 for s in short)
