@@ -9,7 +9,7 @@ both be right, so every **contradiction** (a confident name in the cut, a confid
 scan, neither body cut by the field) is at least one confidently wrong name. A cut whose names are uncertain, or
 confident and equal to the whole scan's, passes. The whole scan's names are not taken as truth.
 
-    python -m service.offline.evaluation.real_crops ../shared/data/cptac_lscc_chest [--out report.json]
+    python -m service.offline.evaluation.real_crops ../shared/data/cptac_lscc_chest [--out report.json] [--overlay DIR]
 
 The default grid: fields 90, 105, 130, 170 and 250 mm, centred and shifted 25 mm, over the whole length, the lower
 and upper half and the middle; voxels are the scan's own (the affine's origin moves to the cut).
@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
-from service.offline.evaluation.segmentation import load_ct
+from service.offline.evaluation.segmentation import load_ct, overlay_png
 from service.segmentation.inference import Segmenter, load_segmenter
 from service.segmentation.settings import SegmentationSettings
 
@@ -58,9 +59,12 @@ class Named:
     centroid_lps_mm: tuple[float, float, float]
 
 
-def _names(segmenter: Segmenter, volume: CTVolume) -> list[Named]:
-    seg = segmenter.segment(volume)
+def _named(seg: SpineSegmentation) -> list[Named]:
     return [Named(v.level.name, v.level_uncertain, v.cut_by_fov, v.centroid_lps_mm) for v in seg.vertebrae]
+
+
+def _names(segmenter: Segmenter, volume: CTVolume) -> list[Named]:
+    return _named(segmenter.segment(volume))
 
 
 def spine_centre_index(volume: CTVolume, bodies: list[Named]) -> tuple[float, float]:
@@ -116,13 +120,23 @@ def default_cuts() -> list[Cut]:
     return [Cut(f, s, w) for f, s, w in itertools.product(FIELDS_MM, SHIFTS_MM, WINDOWS)]
 
 
-def run(case: Path, cuts: list[Cut], segmenter: Segmenter) -> tuple[list[Named], list[CutOutcome]]:
+def run(case: Path, cuts: list[Cut], segmenter: Segmenter, overlay_dir: Path | None = None,
+        ) -> tuple[list[Named], list[CutOutcome]]:
+    """The whole scan's names and each cut's comparison; ``overlay_dir``: a sagittal/coronal PNG per cut there."""
     volume = load_ct(case)
     whole = _names(segmenter, volume)
     if not whole:
         raise ValueError(f"no vertebral body found in the whole scan {case}")
     centre = spine_centre_index(volume, whole)
-    return whole, [compare(c, whole, _names(segmenter, cut_volume(volume, centre, c))) for c in cuts]
+    outcomes = []
+    for i, c in enumerate(cuts):
+        narrow = cut_volume(volume, centre, c)
+        seg = segmenter.segment(narrow)
+        outcomes.append(compare(c, whole, _named(seg)))
+        if overlay_dir is not None:
+            overlay_dir.mkdir(parents=True, exist_ok=True)
+            overlay_png(narrow, seg, None, overlay_dir / f"cut_{i:02d}.png", f"{case.name}: {c.label()}")
+    return whole, outcomes
 
 
 def _row_text(r: dict[str, Any]) -> str:
@@ -134,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("case", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="write the outcomes as JSON here")
+    ap.add_argument("--overlay", type=Path, default=None, help="write a PNG per cut (cut_NN.png) to this folder")
     args = ap.parse_args(argv)
     segmenter = load_segmenter(SegmentationSettings(device="cpu"))
-    whole, outcomes = run(args.case, default_cuts(), segmenter)
+    whole, outcomes = run(args.case, default_cuts(), segmenter, args.overlay)
     print("whole scan: " + " ".join(f"{b.name}{'?' if b.uncertain else ''}" for b in whole))
     for o in outcomes:
         print(f"{o.cut.label()}: " + " ".join(_row_text(r) for r in o.rows))
