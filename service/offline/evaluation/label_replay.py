@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import pickle
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,12 +163,17 @@ def _reference_name(case: RecordedCase, index: int) -> str:
     return VertebraLevel(level).name if d <= 20.0 else "?"
 
 
-def _first_pairs_main(cache: Path) -> None:
-    by_name: dict[str, list[float]] = defaultdict(list)
+def _recorded(cache: Path) -> Iterator[tuple[Path, RecordedCase]]:
+    """The recorded cases of the cache (those with a body), in file order."""
     for path in sorted(cache.glob("*.pkl")):
         case = _load(path)
-        if case is None:
-            continue
+        if case is not None:
+            yield path, case
+
+
+def _first_pairs_main(cache: Path) -> None:
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for path, case in _recorded(cache):
         b = case.bodies
         first = next((i for i, x in enumerate(b) if label_cues.is_complete_pair(x)), None)
         typical = label_cues.typical_pair_mm3(b)
@@ -185,10 +191,7 @@ def _first_pairs_main(cache: Path) -> None:
 
 def _last_ribs_main(cache: Path) -> None:
     by_name: dict[str, list[float]] = defaultdict(list)
-    for path in sorted(cache.glob("*.pkl")):
-        case = _load(path)
-        if case is None:
-            continue
+    for path, case in _recorded(cache):
         b = case.bodies
         bearing = [i for i, x in enumerate(b) if x.rib_bearing]
         if not bearing or bearing[-1] + 1 >= len(b) or b[bearing[-1] + 1].cut_by_fov:

@@ -55,13 +55,15 @@ def test_a_clearly_rib_free_body_below_the_last_rib_keeps_the_anchor() -> None:
     assert [d.level for d in res.decisions][5] == V.L1  # T11 taken for T12: the failure the rule prevents
 
 
+def _wide_spine(first: V, ribs_mm3: dict[V, float]) -> list[BodyFeatures]:
+    """``first`` to L5 over the sacrum, a wide field, a neutral appearance; ``ribs_mm3``: per side, by level."""
+    return _bodies([(22.0, ribs_mm3.get(V(v), 0.0), ribs_mm3.get(V(v), 0.0), 0.5, "") for v in range(first, V.L5 + 1)],
+                   field_mm=180.0)
+
+
 def _full_spine(small_t12_mm3: float) -> list[BodyFeatures]:
     """C7 to L5 over the sacrum: rib pairs T1-T11 of 2800 mm3, T12 a short rib pair of ``small_t12_mm3``."""
-    rows = []
-    for v in range(V.C7, V.L5 + 1):
-        mm3 = 2800.0 if V.T1 <= v <= V.T11 else small_t12_mm3 if v == V.T12 else 0.0
-        rows.append((22.0, mm3, mm3, 0.5, ""))
-    return _bodies(rows, field_mm=180.0)
+    return _wide_spine(V.C7, {**{V(v): 2800.0 for v in range(V.T1, V.T11 + 1)}, V.T12: small_t12_mm3})
 
 
 def test_first_rib_pair_and_sacrum_agreeing_with_the_small_rib_as_t12_stay_confident() -> None:
@@ -78,12 +80,8 @@ def test_without_the_small_reading_the_last_rib_disagrees_with_the_first_pair_an
 
 
 def _lumbar_field(l1_mm3: float) -> list[BodyFeatures]:
-    """T10 to L5 over the sacrum, wide field, neutral appearance: ribs T10-T12 of 2800 mm3, L1 reading ``l1_mm3``."""
-    rows = []
-    for v in range(V.T10, V.L5 + 1):
-        mm3 = 2800.0 if v <= V.T12 else l1_mm3 if v == V.L1 else 0.0
-        rows.append((22.0, mm3, mm3, 0.5, ""))
-    return _bodies(rows, field_mm=180.0)
+    """T10 to L5 over the sacrum: ribs T10-T12 of 2800 mm3, L1 reading ``l1_mm3``."""
+    return _wide_spine(V.T10, {V.T10: 2800.0, V.T11: 2800.0, V.T12: 2800.0, V.L1: l1_mm3})
 
 
 def test_the_sacrum_confirming_the_last_rib_count_keeps_t12_as_an_anchor_despite_a_small_reading() -> None:
