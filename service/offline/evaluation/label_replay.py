@@ -147,7 +147,7 @@ def _replay_main(cache: Path, list_cases: bool) -> None:
         t[4] += len(s.wrong_confident)
         if list_cases and (s.wrong_confident or s.identified < s.complete or s.confident < s.complete):
             print(f"{path.stem}: {s.identified}/{s.complete} identified, {s.confident} confident, "
-                  f"confidently wrong {s.wrong_confident or '-'}; {' | '.join(s.uncertain_reasons)[:300]}")
+                  f"confidently wrong {s.wrong_confident or '-'}; {' | '.join(s.uncertain_reasons)}")
     print("group | cases | complete levels | identified | confident | confidently wrong")
     for group, (n, complete, ident, conf, wrong) in sorted(totals.items()):
         print(f"{group} | {n} | {complete} | {ident / max(complete, 1):.1%} | {conf / max(complete, 1):.1%} | {wrong}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from service.domain.volume import CTVolume
 from service.offline.phantom.api import Phantom, generate, random_spec, write_phantom
 from service.segmentation.classes import phantom_body_levels
 
@@ -38,10 +39,18 @@ def cut_in_plane(phantom: Phantom, field_mm: float, shift_mm: float = 0.0) -> Ph
     half = (int(field_mm / 2 / spacing[0]), int(field_mm / 2 / spacing[1]))
     start = (max(0, int(centre[0]) - half[0]), max(0, int(centre[1]) - half[1]))
     cut = (slice(start[0], int(centre[0]) + half[0]), slice(start[1], int(centre[1]) + half[1]), slice(None))
+    return dataclasses.replace(phantom, volume=sub_volume(volume, cut), labels=np.ascontiguousarray(labels[cut]))
+
+
+def sub_volume(volume: CTVolume, box: tuple[slice, slice, slice]) -> CTVolume:
+    """The volume's own voxels inside ``box`` (step-1 slices), the affine's origin moved to the box's first voxel;
+    the per-slice UIDs and paths of the slices kept."""
+    start = np.array([s.indices(n)[0] for s, n in zip(box, volume.shape, strict=True)], dtype=np.float64)
     affine = volume.affine_lps.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.array([start[0], start[1], 0]) + affine[:3, 3]
-    narrow = dataclasses.replace(volume, hu=np.ascontiguousarray(volume.hu[cut]), affine_lps=affine)
-    return dataclasses.replace(phantom, volume=narrow, labels=np.ascontiguousarray(labels[cut]))
+    affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return dataclasses.replace(volume, hu=np.ascontiguousarray(volume.hu[box]), affine_lps=affine,
+                               sop_instance_uids=volume.sop_instance_uids[box[2]],
+                               source_paths=volume.source_paths[box[2]])
 
 
 def write_sets(out: Path, cases: int, field_mm: float) -> None:

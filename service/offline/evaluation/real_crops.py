@@ -9,7 +9,8 @@ both be right, so every **contradiction** (a confident name in the cut, a confid
 scan, neither body cut by the field) is at least one confidently wrong name. A cut whose names are uncertain, or
 confident and equal to the whole scan's, passes. The whole scan's names are not taken as truth.
 
-    python -m service.offline.evaluation.real_crops ../shared/data/cptac_lscc_chest [--out report.json] [--overlay DIR]
+    python -m service.offline.evaluation.real_crops ../shared/data/cptac_lscc_chest [--out report.json]
+        [--overlay DIR] [--features]
 
 The default grid: fields 90, 105, 130, 170 and 250 mm, centred and shifted 25 mm, over the whole length, the lower
 and upper half and the middle; voxels are the scan's own (the affine's origin moves to the cut).
@@ -29,6 +30,8 @@ import numpy as np
 
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
+from service.offline.evaluation.label_features import describe, recorded_features
+from service.offline.evaluation.narrow_fov import sub_volume
 from service.offline.evaluation.segmentation import load_ct, overlay_png
 from service.segmentation.inference import Segmenter, load_segmenter
 from service.segmentation.settings import SegmentationSettings
@@ -63,10 +66,6 @@ def _named(seg: SpineSegmentation) -> list[Named]:
     return [Named(v.level.name, v.level_uncertain, v.cut_by_fov, v.centroid_lps_mm) for v in seg.vertebrae]
 
 
-def _names(segmenter: Segmenter, volume: CTVolume) -> list[Named]:
-    return _named(segmenter.segment(volume))
-
-
 def spine_centre_index(volume: CTVolume, bodies: list[Named]) -> tuple[float, float]:
     """In-plane array index of the mean body centroid."""
     ijk = volume.lps_to_index(np.array([b.centroid_lps_mm for b in bodies]))
@@ -81,10 +80,7 @@ def cut_volume(volume: CTVolume, centre_ij: tuple[float, float], cut: Cut) -> CT
     j0 = max(0, int(centre_ij[1]) - hy)
     nz = volume.shape[2]
     k0, k1 = round(cut.window[0] * nz), round(cut.window[1] * nz)
-    hu = np.ascontiguousarray(volume.hu[i0:i0 + 2 * hx, j0:j0 + 2 * hy, k0:k1])
-    affine = volume.affine_lps.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.array([i0, j0, k0], dtype=np.float64) + affine[:3, 3]
-    return dataclasses.replace(volume, hu=hu, affine_lps=affine, sop_instance_uids=(), source_paths=())
+    return sub_volume(volume, (slice(i0, i0 + 2 * hx), slice(j0, j0 + 2 * hy), slice(k0, k1)))
 
 
 @dataclass(frozen=True)
@@ -120,18 +116,32 @@ def default_cuts() -> list[Cut]:
     return [Cut(f, s, w) for f, s, w in itertools.product(FIELDS_MM, SHIFTS_MM, WINDOWS)]
 
 
+def _segment(segmenter: Segmenter, volume: CTVolume, features: list[str] | None) -> SpineSegmentation:
+    """The segmentation; with ``features`` (a list), what the labelling step saw per body is appended to it."""
+    with recorded_features() as calls:
+        seg = segmenter.segment(volume)
+    if features is not None and calls:
+        features.extend(describe(*calls[-1]))
+    return seg
+
+
 def run(case: Path, cuts: list[Cut], segmenter: Segmenter, overlay_dir: Path | None = None,
-        ) -> tuple[list[Named], list[CutOutcome]]:
-    """The whole scan's names and each cut's comparison; ``overlay_dir``: a sagittal/coronal PNG per cut there."""
+        features: list[str] | None = None) -> tuple[list[Named], list[CutOutcome]]:
+    """The whole scan's names and each cut's comparison; ``overlay_dir``: a sagittal/coronal PNG per cut there;
+    ``features``: a list that receives, for the whole scan and each cut, what the labelling step saw per body."""
     volume = load_ct(case)
-    whole = _names(segmenter, volume)
+    if features is not None:
+        features.append("whole scan:")
+    whole = _named(_segment(segmenter, volume, features))
     if not whole:
         raise ValueError(f"no vertebral body found in the whole scan {case}")
     centre = spine_centre_index(volume, whole)
     outcomes = []
     for i, c in enumerate(cuts):
         narrow = cut_volume(volume, centre, c)
-        seg = segmenter.segment(narrow)
+        if features is not None:
+            features.append(f"cut_{i:02d} ({c.label()}):")
+        seg = _segment(segmenter, narrow, features)
         outcomes.append(compare(c, whole, _named(seg)))
         if overlay_dir is not None:
             overlay_dir.mkdir(parents=True, exist_ok=True)
@@ -149,9 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("case", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="write the outcomes as JSON here")
     ap.add_argument("--overlay", type=Path, default=None, help="write a PNG per cut (cut_NN.png) to this folder")
+    ap.add_argument("--features", action="store_true",
+                    help="print what the labelling step saw per body (rib volumes, votes, field) for every cut")
     args = ap.parse_args(argv)
     segmenter = load_segmenter(SegmentationSettings(device="cpu"))
-    whole, outcomes = run(args.case, default_cuts(), segmenter, args.overlay)
+    features: list[str] | None = [] if args.features else None
+    whole, outcomes = run(args.case, default_cuts(), segmenter, args.overlay, features)
+    if features is not None:
+        print("\n".join(features))
     print("whole scan: " + " ".join(f"{b.name}{'?' if b.uncertain else ''}" for b in whole))
     for o in outcomes:
         print(f"{o.cut.label()}: " + " ".join(_row_text(r) for r in o.rows))
