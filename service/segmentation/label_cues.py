@@ -50,8 +50,8 @@ SMALL_RIB_FRACTION = 0.5
 reading: a short or thin 12th rib cannot be told from a transverse process or the tip of the rib above read as
 rib.  On the recorded phantom sets (labelling set 9, BMD set s20: `label_replay last-ribs`) the L1 under a
 phantom T12 reads 0-834 mm3 (median 2; 5 of 102 at 350 or more; threshold 700); the real CPTAC chest's T12 (a short
-rib on one side) reads 971 mm3 whole and 450-700 mm3 in fields cut from it (`real_crops`), where the last rib then
-moved to T11."""
+rib on one side) reads 971 mm3 whole and 470-669 mm3 (larger side) in the 11 fields cut from it where it fell under
+the threshold (`real_crops --features`), where the last rib then moved to T11."""
 
 
 def small_rib_reading(body: BodyFeatures) -> float | None:
