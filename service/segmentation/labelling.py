@@ -33,6 +33,7 @@ import numpy as np
 
 from service.domain.levels import VertebraLevel
 from service.segmentation.label_cues import (
+    APPEARANCE_OVER_RIB_MARGIN,
     BILATERAL_RIB_CUE,
     VOTE_CUE,
     anchor_agreeing_with_votes,
@@ -41,6 +42,7 @@ from service.segmentation.label_cues import (
     first_rib_pair,
     rib_count_variant,
     rib_field_shortfall,
+    ribs_stay_thoracic,
     settle_small_rib,
     shows_no_rib_pair,
     small_rib_reading,
@@ -344,13 +346,16 @@ def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str
     candidates = {k: v for k, (v, _) in unseen.items()}
     trans = [i for i in range(n - 1) if votes[i] > 0.5 >= votes[i + 1]]
     if len(trans) == 1 and all(v > 0.5 for v in votes[: trans[0] + 1]) and all(v <= 0.5 for v in votes[trans[0] + 1:]):
-        candidates[VOTE_CUE] = int(VertebraLevel.T12) - pos[trans[0]]
+        raw = int(VertebraLevel.T12) - pos[trans[0]]
+        candidates[VOTE_CUE] = ribs_stay_thoracic(raw, bodies, pos)
     if candidates:
-        key = anchor_agreeing_with_votes(candidates, bodies, pos)
+        key = anchor_agreeing_with_votes(candidates, bodies, pos, margin=APPEARANCE_OVER_RIB_MARGIN)
         first_level = candidates[key]
         cues = tuple(k for k, v in candidates.items() if v == first_level)
         reason = ("no rib or sacrum anchor in the field of view; named from the thoracic/lumbar appearance"
                   if key == VOTE_CUE else f"named from the {key} count, which this scan cannot confirm")
+        if key == VOTE_CUE and first_level != raw:
+            reason += ", moved up to keep the last rib pair in view thoracic"
     else:
         first_level = best_height_fit(bodies, pos, votes)
         reason = "no anchor in the field of view (too short to see the last rib or the sacrum); best guess"

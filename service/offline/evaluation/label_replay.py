@@ -16,14 +16,15 @@ labelling set, the set's name otherwise); ``--cases`` also lists each case with 
 side's rib volume as a fraction of the scan's typical pair and of the pair below, and whether the weak-pair rule
 (``label_cues.weak_pair_above``) read it as C7's; then the ranges of that fraction per reference name.
 ``last-ribs`` prints, per case, the last rib-bearing body and the rib readings of the complete body below it (what
-the T12 anchor takes for rib-free), then their range per reference name of that body.
+the T12 anchor takes for rib-free), then their range per reference name of that body.  ``transitions`` prints, per
+group, where the network's thoracic/lumbar votes change against the reference T12.
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,30 @@ def _last_ribs_main(cache: Path) -> None:
               f"{v.min():.0f}-{v.max():.0f} mm3 (median {np.median(v):.0f}); " + " ".join(f"{x:.0f}" for x in v[-8:]))
 
 
+def _transitions_main(cache: Path) -> None:
+    """Where the network's thoracic/lumbar votes change (the last body voting thoracic before one single
+    transition): its reference level minus T12, per group; and how many of these name a body with a rib pair
+    lumbar (the transition above the last rib pair)."""
+    offsets: dict[str, Counter[str]] = defaultdict(Counter)
+    for path, case in _recorded(cache):
+        group = path.name.split("__")[0] + "/" + case.group
+        votes = [b.thoracic_vote for b in case.bodies]
+        trans = [i for i in range(len(votes) - 1) if votes[i] > 0.5 >= votes[i + 1]]
+        if len(trans) != 1:
+            offsets[group]["no single transition"] += 1
+            continue
+        name = _reference_name(case, trans[0])
+        if name == "?":
+            offsets[group]["body off the reference"] += 1
+            continue
+        offsets[group][f"{int(VertebraLevel[name]) - int(VertebraLevel.T12):+d}"] += 1
+        if any(b.rib_left and b.rib_right for b in case.bodies[trans[0] + 1:]):
+            offsets[group]["rib pair below the transition"] += 1
+    for group, counts in sorted(offsets.items()):
+        print(f"{group}: last body voting thoracic, reference level - T12: "
+              + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument("--cache", type=Path, required=True)
     last = sub.add_parser("last-ribs")
     last.add_argument("--cache", type=Path, required=True)
+    trans = sub.add_parser("transitions")
+    trans.add_argument("--cache", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "record":
         _record_main(args.sets, args.cache)
@@ -229,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         _replay_main(args.cache, args.cases)
     elif args.command == "last-ribs":
         _last_ribs_main(args.cache)
+    elif args.command == "transitions":
+        _transitions_main(args.cache)
     else:
         _first_pairs_main(args.cache)
     return 0
