@@ -29,11 +29,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from service.domain.levels import VertebraLevel
 from service.segmentation.label_cues import (
-    APPEARANCE_OVER_RIB_MARGIN,
+    ANCHOR_VOTE_MARGIN,
+    APPEARANCE_OVERRULES_MARGIN,
     BILATERAL_RIB_CUE,
     VOTE_CUE,
     anchor_agreeing_with_votes,
@@ -49,12 +48,11 @@ from service.segmentation.label_cues import (
     typical_pair_mm3,
     votes_contradict,
 )
+from service.segmentation.label_gaps import across_every_gap, gap_missing
 from service.segmentation.label_reach import undetected_end
 
 logger = logging.getLogger(__name__)
 
-GAP_FACTOR = 1.6
-"""Centroid distance above this times the local median spacing means a body was missed."""
 
 @dataclass(frozen=True)
 class BodyFeatures:
@@ -102,30 +100,6 @@ class LabellingResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _gap_missing(bodies: list[BodyFeatures]) -> list[int]:
-    """Number of bodies presumably missed between body i and i+1 (len n-1).
-
-    Each spacing is compared with its neighbours' (up to two on each side): the spacing grows from ~22 mm
-    (mid-thoracic) to ~40 mm (lumbar), so a global median would flag the lumbar spine as gaps.
-    """
-    z = np.array([b.centroid_mm[2] for b in bodies])
-    if len(z) < 3:
-        return [0] * max(0, len(z) - 1)
-    d = -np.diff(z)
-    # a body cut by the field of view has the centroid of its visible part: spacings to it are no reference
-    solid = [not (bodies[j].cut_by_fov or bodies[j + 1].cut_by_fov) for j in range(len(d))]
-    out = []
-    for i, di in enumerate(d):
-        neighbours = [d[j] for j in range(max(0, i - 2), min(len(d), i + 3)) if j != i and solid[j]]
-        if not neighbours:
-            out.append(0)
-            continue
-        local = float(np.median(neighbours))
-        missing = round(di / local) - 1 if di > GAP_FACTOR * local else 0
-        out.append(max(0, missing))
-    return out
-
-
 T12_ANCHOR = "T12 (last rib-bearing body)"
 T1_ANCHOR = "T1 (first rib-bearing body)"
 L5_ANCHOR = "L5 (body on the sacrum)"
@@ -142,7 +116,7 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     notes: list[str] = []
     if n == 0:
         return LabellingResult([], ["no vertebral body found"])
-    missing = _gap_missing(bodies)
+    missing = gap_missing(bodies)
     # position index of each body counting missed bodies in gaps
     pos = [0]
     for m in missing:
@@ -159,11 +133,12 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     if len(values) == 1 and stray:
         return LabellingResult(_disagreeing_anchors(bodies, pos, {**anchors, **stray}, notes, dropped), notes)
     if len(values) == 1:
-        first_level = values.pop()
         decisions = _agreeing_anchors(bodies, pos, anchors, dropped, notes)
         if any(missing):
-            ribs = [b.rib_bearing for b in bodies]
-            decisions = _gap_uncertain(decisions, missing, anchors, pos, first_level, ribs)
+            crossing = across_every_gap(missing, pos, [int(ANCHOR_LEVEL[k]) - v for k, v in anchors.items()])
+            decisions = [LevelDecision(d.level, True, "a body between this one and the anchor was not detected",
+                                       d.cues) if cross and d.level is not None else d
+                         for d, cross in zip(decisions, crossing, strict=True)]
         return LabellingResult(decisions, notes)
     variant = None if any(missing) else rib_count_variant(
         anchors.get(T1_ANCHOR), anchors.get(L5_ANCHOR), anchors.get(T12_ANCHOR), bodies, pos)
@@ -310,17 +285,22 @@ def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: 
 def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],
                          notes: list[str], dropped: list[str] | None = None) -> list[LevelDecision]:
     """Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
-    Every level is reported uncertain. The names follow the anchor whose count the network's thoracic/lumbar
-    appearance fits clearly better, else the count two anchors share against a third (the first rib pair and the
-    sacrum against the last rib: 11 or 13 rib pairs; held-out labelling set 4 case_20), else the first rib pair's
-    count against the last rib's (the 12th rib is the variable one: a hypoplastic or absent 12th rib or a lumbar rib
-    is far commoner than a cervical rib pair; held-out sets 4 and 6 case_10 and case_40, chests with 11 rib pairs),
-    else the rib anchor (Pan 2020 counts from T12)."""
+    Every level is reported uncertain. The names follow the count two anchors share against a third (the first rib
+    pair and the sacrum against the last rib: 11 or 13 rib pairs; held-out labelling set 4 case_20) unless the
+    thoracic/lumbar appearance fits another by APPEARANCE_OVERRULES_MARGIN: the network's votes partly follow the
+    ribs (labelling set 10 case_50, 13 rib pairs: the rib-bearing L1 votes 0.79 thoracic, 0.58 for the last rib's
+    count).  Else the anchor whose count the appearance fits better by ANCHOR_VOTE_MARGIN, else the first rib pair's
+    count against the last rib's
+    (the 12th rib is the variable one: a hypoplastic or absent 12th rib or a lumbar rib is far commoner than a
+    cervical rib pair; held-out sets 4 and 6 case_10 and case_40, chests with 11 rib pairs), else the rib anchor
+    (Pan 2020 counts from T12)."""
     counts = list(anchors.values())
     shared = next((k for k, v in anchors.items() if counts.count(v) >= 2 and len(set(counts)) > 1), None)
     if shared is None and T1_ANCHOR in anchors and T12_ANCHOR in anchors:
         shared = T1_ANCHOR
-    key = anchor_agreeing_with_votes(anchors, bodies, pos, default=shared)
+    two_agree = shared is not None and counts.count(anchors[shared]) >= 2
+    margin = APPEARANCE_OVERRULES_MARGIN if two_agree else ANCHOR_VOTE_MARGIN
+    key = anchor_agreeing_with_votes(anchors, bodies, pos, default=shared, margin=margin)
     first_level = anchors[key]
     detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
     reason = "anchors disagree (" + detail + ")"
@@ -349,7 +329,7 @@ def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str
         raw = int(VertebraLevel.T12) - pos[trans[0]]
         candidates[VOTE_CUE] = ribs_stay_thoracic(raw, bodies, pos)
     if candidates:
-        key = anchor_agreeing_with_votes(candidates, bodies, pos, margin=APPEARANCE_OVER_RIB_MARGIN)
+        key = anchor_agreeing_with_votes(candidates, bodies, pos, margin=APPEARANCE_OVERRULES_MARGIN)
         first_level = candidates[key]
         cues = tuple(k for k, v in candidates.items() if v == first_level)
         reason = ("no rib or sacrum anchor in the field of view; named from the thoracic/lumbar appearance"
@@ -378,23 +358,3 @@ def _decide(v: int, uncertain: bool, reason: str | None, cues: tuple[str, ...] =
     if not 1 <= v <= 25:
         return LevelDecision(None, True, reason or "count runs outside C1-S1", cues)
     return LevelDecision(VertebraLevel(v), uncertain, reason if uncertain else None, cues)
-
-
-def _gap_uncertain(decisions: list[LevelDecision], missing: list[int], anchors: dict[str, int], pos: list[int],
-                   first_level: int, ribs: list[bool]) -> list[LevelDecision]:
-    """Bodies separated from every anchor by a gap are uncertain (the number of missed bodies is a guess)."""
-    anchor_positions = []
-    for k, v in anchors.items():
-        target = int(ANCHOR_LEVEL[k])
-        anchor_positions.append(target - v)
-    out = []
-    for i, d in enumerate(decisions):
-        p = pos[i]
-        crosses_all = all(
-            any(missing[j] for j in range(len(missing)) if min(p, a) <= pos[j] < max(p, a)) for a in anchor_positions)
-        if crosses_all and d.level is not None:
-            out.append(LevelDecision(d.level, True, "a body between this one and the anchor was not detected",
-                                     d.cues))
-        else:
-            out.append(d)
-    return out
