@@ -7,7 +7,9 @@ segmented again. Each body of a cut is matched to the whole scan's body with the
 The check needs no reference labels: two confident names for the same body of the same scan that differ cannot
 both be right, so every **contradiction** (a confident name in the cut, a confident and different name in the whole
 scan, neither body cut by the field) is at least one confidently wrong name. A cut whose names are uncertain, or
-confident and equal to the whole scan's, passes. The whole scan's names are not taken as truth.
+confident and equal to the whole scan's, passes. The whole scan's names are not taken as truth.  The uncertain
+names of complete bodies are best guesses; how many equal and how many differ from a confident whole-scan name is
+printed too (where the whole scan is right, that is how good the best guesses are).
 
     python -m service.offline.evaluation.real_crops ../shared/data/cptac_lscc_chest [--out report.json]
         [--overlay DIR] [--features]
@@ -97,6 +99,13 @@ class CutOutcome:
     def confident_agreeing(self) -> int:
         return sum(1 for r in self.rows if r["whole"] == r["name"] and not r["uncertain"] and not r["cut_by_fov"])
 
+    def best_guesses(self, agreeing: bool) -> int:
+        """Uncertain names of complete bodies that equal (``agreeing``) or differ from the whole scan's confident
+        name of the same complete body."""
+        return sum(1 for r in self.rows if r["uncertain"] and not r["cut_by_fov"] and r["whole"] is not None
+                   and r["whole_uncertain"] is False and not r["whole_cut_by_fov"]
+                   and (r["whole"] == r["name"]) == agreeing)
+
 
 def compare(cut: Cut, whole: list[Named], narrow: list[Named]) -> CutOutcome:
     rows = []
@@ -108,7 +117,8 @@ def compare(cut: Cut, whole: list[Named], narrow: list[Named]) -> CutOutcome:
                          and not match.cut_by_fov and b.name != match.name)
         rows.append({"name": b.name, "uncertain": b.uncertain, "cut_by_fov": b.cut_by_fov,
                      "whole": None if match is None else match.name,
-                     "whole_uncertain": None if match is None else match.uncertain, "contradiction": contradiction})
+                     "whole_uncertain": None if match is None else match.uncertain,
+                     "whole_cut_by_fov": None if match is None else match.cut_by_fov, "contradiction": contradiction})
     return CutOutcome(cut, rows)
 
 
@@ -173,14 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(o.contradictions for o in outcomes)
     agreeing = sum(o.confident_agreeing for o in outcomes)
     bodies = sum(len(o.rows) for o in outcomes)
+    guesses = {k: sum(o.best_guesses(k) for o in outcomes) for k in (True, False)}
     print(f"{len(outcomes)} cuts, {bodies} bodies: {total} confident names contradicting the whole scan's, "
-          f"{agreeing} confident and agreeing")
+          f"{agreeing} confident and agreeing; best guesses (uncertain, complete) equal to the whole scan's "
+          f"confident name: {guesses[True]}, different: {guesses[False]}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "case": str(args.case), "whole": [dataclasses.asdict(b) for b in whole],
             "cuts": [{"cut": dataclasses.asdict(o.cut), "rows": o.rows} for o in outcomes],
-            "contradictions": total, "confident_agreeing": agreeing, "bodies": bodies}, indent=1))
+            "contradictions": total, "confident_agreeing": agreeing, "bodies": bodies,
+            "best_guesses_agreeing": guesses[True], "best_guesses_differing": guesses[False]}, indent=1))
     return 0 if total == 0 else 1
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.offline.evaluation.real_crops import Cut, run
+from service.offline.evaluation.real_crops import Cut, Named, compare, run
 from service.segmentation.inference import load_segmenter
 from service.segmentation.settings import SegmentationSettings
 
@@ -33,3 +33,18 @@ def test_cuts_of_the_real_chest_never_contradict_its_confident_names() -> None:
     for o in outcomes:
         assert len(o.rows) >= 6, o.cut
         assert o.contradictions == 0, (o.cut.label(), o.rows)
+
+
+def test_compare_counts_contradictions_and_best_guesses() -> None:
+    whole = [Named("T11", False, False, (0.0, 0.0, 0.0)), Named("T12", False, False, (0.0, 0.0, -25.0)),
+             Named("L1", True, False, (0.0, 0.0, -50.0)), Named("L2", False, True, (0.0, 0.0, -75.0))]
+    cut = [Named("T11", True, False, (1.0, 0.0, 0.0)),     # best guess equal to a confident whole name
+           Named("L1", True, False, (0.0, 1.0, -25.0)),    # best guess differing from it
+           Named("L2", False, False, (0.0, 0.0, -51.0)),   # confident, but the whole name is uncertain: no verdict
+           Named("L3", True, False, (0.0, 0.0, -75.0)),    # the whole body is cut: no verdict
+           Named("T9", False, False, (0.0, 0.0, 60.0))]    # no body in the whole scan within 12 mm
+    o = compare(Cut(105.0, 0.0, (0.0, 1.0)), whole, cut)
+    assert o.contradictions == 0
+    assert (o.best_guesses(True), o.best_guesses(False)) == (1, 1)
+    confident_wrong = compare(Cut(105.0, 0.0, (0.0, 1.0)), whole, [Named("L1", False, False, (0.0, 0.0, -24.0))])
+    assert confident_wrong.contradictions == 1
