@@ -153,7 +153,7 @@ APPEARANCE_OVERRULES_MARGIN = 0.8
 least this much (one complete body voting 0.9 or more on the other side of the transition): a rib count the field
 of view cannot confirm, where no anchor counts, and the count two anchors share against a third.  The appearance is
 the weaker cue: on the recorded phantom sets (``label_replay transitions``: BMD set s20, labelling sets 9 and 10)
-the last body voting thoracic is the reference T12 in 61 of 142 cases with one transition and one level off in 74,
+the last body voting thoracic is the reference T12 in 78 of 171 cases with one transition and one level off in 86,
 in whole and targeted fields alike, and the votes partly follow the ribs.  The rib count has a rib seen on the body
 above the rib-free one.  With this margin and ``ribs_stay_thoracic`` the best guesses of the targeted fields of
 labelling sets 9 and 10 (tuning: ``label_replay replay``) went from 76.9 % and 57.6 % of the complete levels
