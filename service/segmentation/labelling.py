@@ -46,6 +46,7 @@ from service.segmentation.label_cues import (
     shows_no_rib_pair,
     small_rib_reading,
     typical_pair_mm3,
+    vote_transition,
     votes_contradict,
 )
 from service.segmentation.label_gaps import across_every_gap, gap_missing
@@ -290,10 +291,9 @@ def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: di
     thoracic/lumbar appearance fits another by APPEARANCE_OVERRULES_MARGIN: the network's votes partly follow the
     ribs (labelling set 10 case_50, 13 rib pairs: the rib-bearing L1 votes 0.79 thoracic, 0.58 for the last rib's
     count).  Else the anchor whose count the appearance fits better by ANCHOR_VOTE_MARGIN, else the first rib pair's
-    count against the last rib's
-    (the 12th rib is the variable one: a hypoplastic or absent 12th rib or a lumbar rib is far commoner than a
-    cervical rib pair; held-out sets 4 and 6 case_10 and case_40, chests with 11 rib pairs), else the rib anchor
-    (Pan 2020 counts from T12)."""
+    count against the last rib's (the 12th rib is the variable one: a hypoplastic or absent 12th rib or a lumbar rib
+    is far commoner than a cervical rib pair; held-out sets 4 and 6 case_10 and case_40, chests with 11 rib pairs),
+    else the rib anchor (Pan 2020 counts from T12)."""
     counts = list(anchors.values())
     shared = next((k for k, v in anchors.items() if counts.count(v) >= 2 and len(set(counts)) > 1), None)
     if shared is None and T1_ANCHOR in anchors and T12_ANCHOR in anchors:
@@ -321,12 +321,11 @@ def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str
     """No rib/sacrum anchor that counts: a best guess, always uncertain.  Candidates: the count of a rib anchor the
     field of view cannot confirm and the network's thoracic/lumbar groups (the rib count unless the groups fit
     clearly better); else body heights."""
-    n = len(bodies)
     votes = [b.thoracic_vote for b in bodies]
     candidates = {k: v for k, (v, _) in unseen.items()}
-    trans = [i for i in range(n - 1) if votes[i] > 0.5 >= votes[i + 1]]
-    if len(trans) == 1 and all(v > 0.5 for v in votes[: trans[0] + 1]) and all(v <= 0.5 for v in votes[trans[0] + 1:]):
-        raw = int(VertebraLevel.T12) - pos[trans[0]]
+    last_thoracic = vote_transition(bodies)
+    if last_thoracic is not None:
+        raw = int(VertebraLevel.T12) - pos[last_thoracic]
         candidates[VOTE_CUE] = ribs_stay_thoracic(raw, bodies, pos)
     if candidates:
         key = anchor_agreeing_with_votes(candidates, bodies, pos, margin=APPEARANCE_OVERRULES_MARGIN)

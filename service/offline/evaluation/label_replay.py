@@ -4,14 +4,15 @@ body centroids and the reference are recorded once per case (the slow part: the 
 held-out figures still come from ``bmd-node evaluate segmentation`` / ``evaluate bmd`` on a set made afterwards.
 
     python -m service.offline.evaluation.label_replay record SET [SET ...] --cache var/label_cache
-    python -m service.offline.evaluation.label_replay replay --cache var/label_cache [--cases]
+    python -m service.offline.evaluation.label_replay replay --cache var/label_cache [--cases [--features]]
     python -m service.offline.evaluation.label_replay first-pairs --cache var/label_cache
     python -m service.offline.evaluation.label_replay last-ribs --cache var/label_cache
 
 SET: a case folder or a folder of case folders (as ``evaluate segmentation`` reads them).  ``replay`` prints, over
 the reference bodies fully in the field of view, the confidently wrong names, the identification rate of the
 best-guess names (VerSe rule), and the confident share, per group (the case folder's parent: ``whole``/``narrow`` in a
-labelling set, the set's name otherwise); ``--cases`` also lists each case with a wrong or uncertain name.
+labelling set, the set's name otherwise); ``--cases`` also lists each case with a wrong or uncertain name
+(``--features``: with what the labelling step saw per body).
 ``first-pairs`` prints, per case, the first complete body with a rib on both sides: its reference name, its weaker
 side's rib volume as a fraction of the scan's typical pair and of the pair below, and whether the weak-pair rule
 (``label_cues.weak_pair_above``) read it as C7's; then the ranges of that fraction per reference name.
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from service.domain.levels import VertebraLevel
-from service.offline.evaluation.label_features import recorded_features
+from service.offline.evaluation.label_features import describe, recorded_features
 from service.offline.evaluation.segmentation import case_dirs, identification, load_ct, load_reference
 from service.segmentation import inference, label_cues
 from service.segmentation.labelling import BodyFeatures, LevelDecision, label_bodies
@@ -131,7 +132,7 @@ def _load(path: Path) -> RecordedCase | None:
     return case
 
 
-def _replay_main(cache: Path, list_cases: bool) -> None:
+def _replay_main(cache: Path, list_cases: bool, features: bool = False) -> None:
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for path in sorted(cache.glob("*.pkl")):
         case = _load(path)
@@ -149,6 +150,8 @@ def _replay_main(cache: Path, list_cases: bool) -> None:
         if list_cases and (s.wrong_confident or s.identified < s.complete or s.confident < s.complete):
             print(f"{path.stem}: {s.identified}/{s.complete} identified, {s.confident} confident, "
                   f"confidently wrong {s.wrong_confident or '-'}; {' | '.join(s.uncertain_reasons)}")
+            if features:
+                print("\n".join(describe(case.bodies, case.sacrum_below, result)))
     print("group | cases | complete levels | identified | confident | confidently wrong")
     for group, (n, complete, ident, conf, wrong) in sorted(totals.items()):
         print(f"{group} | {n} | {complete} | {ident / max(complete, 1):.1%} | {conf / max(complete, 1):.1%} | {wrong}")
@@ -211,23 +214,22 @@ def _last_ribs_main(cache: Path) -> None:
 
 
 def _transitions_main(cache: Path) -> None:
-    """Where the network's thoracic/lumbar votes change (the last body voting thoracic before one single
-    transition): its reference level minus T12, per group; and how many of these name a body with a rib pair
-    lumbar (the transition above the last rib pair)."""
+    """Where the network's thoracic/lumbar votes change (``label_cues.vote_transition``, the transition the
+    labelling's appearance cue uses): the last body voting thoracic, its reference level minus T12, per group; and
+    how many of these name a body with a rib pair lumbar (the transition above the last rib pair)."""
     offsets: dict[str, Counter[str]] = defaultdict(Counter)
     for path, case in _recorded(cache):
         group = path.name.split("__")[0] + "/" + case.group
-        votes = [b.thoracic_vote for b in case.bodies]
-        trans = [i for i in range(len(votes) - 1) if votes[i] > 0.5 >= votes[i + 1]]
-        if len(trans) != 1:
+        last_thoracic = label_cues.vote_transition(case.bodies)
+        if last_thoracic is None:
             offsets[group]["no single transition"] += 1
             continue
-        name = _reference_name(case, trans[0])
+        name = _reference_name(case, last_thoracic)
         if name == "?":
             offsets[group]["body off the reference"] += 1
             continue
         offsets[group][f"{int(VertebraLevel[name]) - int(VertebraLevel.T12):+d}"] += 1
-        if any(b.rib_left and b.rib_right for b in case.bodies[trans[0] + 1:]):
+        if any(b.rib_left and b.rib_right for b in case.bodies[last_thoracic + 1:]):
             offsets[group]["rib pair below the transition"] += 1
     for group, counts in sorted(offsets.items()):
         print(f"{group}: last body voting thoracic, reference level - T12: "
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("replay")
     rep.add_argument("--cache", type=Path, required=True)
     rep.add_argument("--cases", action="store_true")
+    rep.add_argument("--features", action="store_true", help="with --cases: what the labelling saw per body")
     pairs = sub.add_parser("first-pairs")
     pairs.add_argument("--cache", type=Path, required=True)
     last = sub.add_parser("last-ribs")
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "record":
         _record_main(args.sets, args.cache)
     elif args.command == "replay":
-        _replay_main(args.cache, args.cases)
+        _replay_main(args.cache, args.cases, args.features)
     elif args.command == "last-ribs":
         _last_ribs_main(args.cache)
     elif args.command == "transitions":
