@@ -149,17 +149,17 @@ vote by at least this much less (sum over bodies of |vote - thoracic name|; one 
 
 
 APPEARANCE_OVERRULES_MARGIN = 0.8
-"""The thoracic/lumbar appearance overrules a count it disagrees with only when it fits the votes better by at
-least this much (one complete body voting 0.9 or more on the other side of the transition): a rib count the field
-of view cannot confirm, where no anchor counts, and the count two anchors share against a third.  The appearance is
-the weaker cue: on the recorded phantom sets (``label_replay transitions``: BMD set s20, labelling sets 9 and 10)
-the last body voting thoracic (``vote_transition``) is the reference T12 in 55 of 133 cases whose votes split once
-and cleanly and one level off in 73, in whole and targeted fields alike, and the votes partly follow the ribs.  The rib count has a rib seen on the body
-above the rib-free one.  With this margin and ``ribs_stay_thoracic`` the best guesses of the targeted fields of
-labelling sets 9 and 10 (tuning: ``label_replay replay``) went from 76.9 % and 57.6 % of the complete levels
-identified to 80.1 % and 78.3 %; 12 of the 14 cases still named wrong have 11 or 13 rib pairs, which no count from
-a rib names right.  Set 10's whole fields went from 93.0 % to 97.3 % (case_50: the first rib pair and the sacrum
-agree, the votes favoured the last rib by 0.58)."""
+"""The thoracic/lumbar appearance overrules a count it disagrees with only when it fits the votes better by at least
+this much (one complete body voting 0.9 or more on the other side of the transition): a rib count the field of view
+cannot confirm, where no anchor counts, and the count two anchors share against a third. The appearance is the weaker
+cue: on the recorded phantom sets (``label_replay transitions``: BMD set s20, labelling sets 9 and 10) the last body
+voting thoracic (``vote_transition``) is the reference T12 in 55 of 133 cases whose votes split once and cleanly and
+one level off in 73, in whole and targeted fields alike, and the votes partly follow the ribs. The rib count has a
+rib seen on the body above the rib-free one. With this margin and ``ribs_stay_thoracic`` the best guesses of the
+targeted fields of labelling sets 9 and 10 (tuning: ``label_replay replay``) went from 76.9 % and 57.6 % of the
+complete levels identified to 80.1 % and 78.3 %; 12 of the 14 cases still named wrong have 11 or 13 rib pairs, which
+no count from a rib names right. Set 10's whole fields went from 93.0 % to 97.3 % (case_50: the first rib pair and
+the sacrum agree, the votes favoured the last rib by 0.58)."""
 
 
 def anchor_agreeing_with_votes(anchors: dict[str, int], bodies: list[BodyFeatures], pos: list[int],
