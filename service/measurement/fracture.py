@@ -40,10 +40,11 @@ QUANTISATION_MARGIN = 0.5
 the mask, the step is also how far its loss may fall short of the image's: ``fracture_check``). Half a step since
 session 19: a grade 1 deformity (20-25 %) sits within a step or two of the threshold, and a whole step missed most of
 them. Tuning sets s18, s19, s20 (``fracture_outcomes var/bmd_set_s18 --cache var/seg_cache18 --set
-fracture.QUANTISATION_MARGIN=1.0``, and s19, s20): grade 1 called 15 of 29 with 1.0, 17 of 29 with 0.5; grade 2 24 and
-25 of 29, grade 3 30 of 30 with both; unfractured levels called fractured 20 and 19 of 1644, not measurable 338 and
-343. 0.0 (s20 only) called no more grade 1 fractures (4 of 9, against 5 with 0.5): the mask's own allowance shrinks
-with it, and more levels became "image shows a loss the mask does not"."""
+fracture.QUANTISATION_MARGIN=1.0``, and s19, s20; the mask-alone rule keeps its whole step either way,
+``fracture_check.PARTIAL_MIN_LOSS``): grade 1 called 15 of 29 with 1.0, 17 of 29 with 0.5; grade 2 24 of 29, grade 3
+30 of 30 with both; unfractured levels called fractured 20 and 19 of 1644, not measurable 338 and 343. 0.0 (s20 only,
+with the mask-alone rule at the same margin) called no more grade 1 fractures (4 of 9, against 5 with 0.5): the
+mask's own allowance shrinks with it, and more levels became "image shows a loss the mask does not"."""
 HEIGHT_GROWTH_PER_LEVEL = 1.035
 """Vertebral body height grows ~3-4 % per level from the mid-thoracic to the lower lumbar spine (e.g. T12 ~23 mm,
 L1 ~25 mm, L3 ~27 mm in adults); without it a level with neighbours on one side only is judged against too tall
