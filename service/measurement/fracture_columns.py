@@ -38,12 +38,12 @@ from service.measurement.fracture import (
 
 COLUMN_NAMES = ("anterior", "middle", "posterior")
 CALLING_COLUMNS = (0, 1)
+"""Anterior and middle: the columns whose loss alone can be a fracture (see the module doc)."""
 DISPUTED_MIN_LOSS = 0.25
 """A column whose mask and image heights disagree is a fracture only when both show at least a Genant grade 2 loss
 (25 %): a mask or an image endplate off by a grade 1 loss is common (blocky masks, a bony ridge taken for an
 endplate); both short by a quarter of the neighbours' height is a collapse.  s22 case_34's T12 reads 29 % on the mask
 (2.6 mm slices) and 49 % on the image."""
-"""Anterior and middle: the columns whose loss alone can be a fracture (see the module doc)."""
 MIN_NEIGHBOURS = 2
 """Direct comparisons with the neighbours (no ratio to the level's own posterior height) need at least two
 neighbours that read the same column: one neighbour's own size variation (a few per cent) would be the whole
@@ -142,8 +142,8 @@ def disputed_column_loss(level: VertebraLevel, mask: VertebralHeights, image_col
     """The column (anterior or middle) whose mask and image heights disagree beyond ``rule.max_disagreement`` but
     both fall ``min_loss`` or more short of the same column of the neighbours, the one with the largest graded
     (smaller) loss; None when there is none.  No quantisation margin is added: each height is read on its own, and
-    both must show the grade 2 loss.  ``columns`` as for ``column_loss``; ``min_loss``
-    DISPUTED_MIN_LOSS unless given."""
+    both must show the grade 2 loss.  ``columns`` as for ``column_loss``; ``min_loss`` DISPUTED_MIN_LOSS unless
+    given."""
     min_loss = DISPUTED_MIN_LOSS if min_loss is None else min_loss
     best: ColumnLoss | None = None
     for i in CALLING_COLUMNS:
