@@ -85,10 +85,15 @@ ColumnPair = tuple[float, float] | None
 ReadColumns = tuple[ColumnPair, ColumnPair, ColumnPair]
 
 
+def apart(mask_mm: float, image_mm: float, max_disagreement: float) -> bool:
+    """Mask and image heights of a column differing by more than ``max_disagreement`` of the smaller."""
+    return abs(mask_mm - image_mm) / min(mask_mm, image_mm) > max_disagreement
+
+
 def read_columns(mask: VertebralHeights, image_columns: Sequence[float | None], max_disagreement: float
                  ) -> ReadColumns:
     """The (mask, image) heights of the columns the image read within ``max_disagreement`` of the mask."""
-    pairs = [(m, c) if c is not None and abs(m - c) / min(m, c) <= max_disagreement else None
+    pairs = [(m, c) if c is not None and not apart(m, c, max_disagreement) else None
              for m, c in zip(mask.as_tuple(), image_columns, strict=True)]
     return (pairs[0], pairs[1], pairs[2])
 
@@ -137,25 +142,22 @@ def column_loss(level: VertebraLevel, mask: VertebralHeights, columns: Mapping[V
 
 
 def disputed_column_loss(level: VertebraLevel, mask: VertebralHeights, image_columns: Sequence[float | None],
-                         columns: Mapping[VertebraLevel, ReadColumns], rule: ColumnRule,
-                         min_loss: float | None = None) -> ColumnLoss | None:
+                         columns: Mapping[VertebraLevel, ReadColumns], rule: ColumnRule) -> ColumnLoss | None:
     """The column (anterior or middle) whose mask and image heights disagree beyond ``rule.max_disagreement`` but
-    both fall ``min_loss`` or more short of the same column of the neighbours, the one with the largest graded
+    both fall DISPUTED_MIN_LOSS or more short of the same column of the neighbours, the one with the largest graded
     (smaller) loss; None when there is none.  No quantisation margin is added: each height is read on its own, and
-    both must show the grade 2 loss.  ``columns`` as for ``column_loss``; ``min_loss`` DISPUTED_MIN_LOSS unless
-    given."""
-    min_loss = DISPUTED_MIN_LOSS if min_loss is None else min_loss
+    both must show the grade 2 loss.  ``columns`` as for ``column_loss``."""
     best: ColumnLoss | None = None
     for i in CALLING_COLUMNS:
         m, c = mask.as_tuple()[i], image_columns[i]
-        if c is None or abs(m - c) / min(m, c) <= rule.max_disagreement:
+        if c is None or not apart(m, c, rule.max_disagreement):
             continue
         if (ref := _reference(level, columns, i)) is None:
             continue
         ref_mask, ref_image = ref
         image_loss = 1.0 - c / ref_image
         mask_loss = 1.0 - m / ref_mask
-        if image_loss < min_loss or mask_loss < min_loss:
+        if image_loss < DISPUTED_MIN_LOSS or mask_loss < DISPUTED_MIN_LOSS:
             continue
         found = ColumnLoss(COLUMN_NAMES[i], image_loss, mask_loss,
                            f"{COLUMN_NAMES[i]} height {c:.1f} mm on the image = {100 * c / ref_image:.0f} % of "

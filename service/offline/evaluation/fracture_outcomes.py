@@ -10,6 +10,8 @@ level as well), then the counts of (truth, outcome) over the levels the check co
 view), and per truth Genant grade (from the truth's ``height_loss``) how many were called fractured. ``--set``
 overrides a constant of ``service.measurement.endplates``, ``fracture_check``, ``fracture``, ``fracture_columns`` or
 ``roi`` for this run (tuning).
+``--fractured`` keeps only the cases whose phantom has a fracture (a before/after comparison of the calls on a set
+already evaluated, e.g. ``--fractured --set fracture.QUANTISATION_MARGIN=1.0``).
 ``--bmd`` adds, per slice thickness, the measured levels' BMD error against the truth (levels matched by name: the
 tuning sets' names are right) and the exclusion reasons of the unfractured levels (the ROI's tuning, session 12).
 The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657; that of
@@ -147,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                         help="override a fracture-check constant for this run (tuning)")
     parser.add_argument("--bmd", action="store_true", help="BMD error and exclusions per slice thickness too")
+    parser.add_argument("--fractured", action="store_true",
+                        help="only the cases whose phantom has a fracture (the spec's fracture_levels)")
     args = parser.parse_args(argv)
     for assignment in args.set:
         override(assignment)
     torch.set_num_threads(2)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
+    if args.fractured:
+        cases = [c for c in cases if json.loads((c / "truth.json").read_text())["spec"]["fracture_levels"]]
     tally = LevelTally() if args.bmd else None
     lines, counts, grades = outcomes(cases, args.cache, args.all, tally)
     print("\n".join(lines))

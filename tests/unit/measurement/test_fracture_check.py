@@ -185,10 +185,11 @@ def test_a_wedge_read_on_the_anterior_column_when_the_posterior_disc_is_not_reso
     assert all(found[lv].status is FractureStatus.NOT_FRACTURED for lv in LEVELS if lv != V.L1)
 
 
-def _intact_neighbours_of_l1() -> dict[V, LevelHeights]:
-    """Every level but L1 intact, 25 mm bodies read on 1 mm slices by mask and image alike."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=1.0)
-    return {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=0.25))
+def _intact_neighbours_of_l1(slice_mm: float = 1.0) -> dict[V, LevelHeights]:
+    """Every level but L1 intact, 25 mm bodies read on ``slice_mm`` slices by mask and image alike (the image's edges
+    a quarter of that)."""
+    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=slice_mm)
+    return {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=slice_mm / 4))
             for lv in LEVELS if lv != V.L1}
 
 
@@ -205,9 +206,7 @@ def _l1_middle_loss(slice_mm: float, mask_middle_mm: float, image_middle_mm: flo
     """25 mm bodies on ``slice_mm`` slices (the image's edges a quarter of that): every neighbour intact, L1's middle
     height ``mask_middle_mm`` on the mask and ``image_middle_mm`` between the image endplates; the check's findings."""
     image_mm = slice_mm / 4
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=slice_mm)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=image_mm))
-               for lv in LEVELS if lv != V.L1}
+    heights = _intact_neighbours_of_l1(slice_mm)
     heights[V.L1] = LevelHeights(VertebralHeights(25.0, mask_middle_mm, 25.0, resolution_mm=slice_mm),
                                  VertebralHeights(25.1, image_middle_mm, 25.0, resolution_mm=image_mm))
     return classify_fractures(heights)
@@ -365,9 +364,7 @@ def test_a_posterior_height_alone_short_of_the_neighbours_calls_no_fracture() ->
 def _l1_disputed_middle(mask_middle_mm: float, image_middle_mm: float, slice_mm: float = 1.0) -> FractureAssessment:
     """``slice_mm`` slices, 25 mm bodies, every neighbour intact; L1's middle height ``mask_middle_mm`` on the mask
     and ``image_middle_mm`` between the image endplates (each column read, as ``measure_level`` reports them)."""
-    full = VertebralHeights(25.0, 25.0, 25.0, resolution_mm=slice_mm)
-    heights = {lv: LevelHeights(full, VertebralHeights(25.2, 24.9, 25.1, resolution_mm=slice_mm / 4))
-               for lv in LEVELS if lv != V.L1}
+    heights = _intact_neighbours_of_l1(slice_mm)
     image = VertebralHeights(25.1, image_middle_mm, 25.0, resolution_mm=slice_mm / 4)
     heights[V.L1] = LevelHeights(VertebralHeights(25.0, mask_middle_mm, 25.0, resolution_mm=slice_mm), image,
                                  image_columns=image.as_tuple())
