@@ -38,6 +38,7 @@ from service.domain.results import (
     FractureStatus,
     LinearCalibration,
     PatientSummary,
+    RoiMethod,
     ScreeningResult,
     VertebraMeasurement,
 )
@@ -55,10 +56,11 @@ from service.measurement.fracture_check import (
     classify_fractures,
     measure_level,
     not_checked,
+    thick_slice_limitation,
 )
 from service.measurement.geometry import CroppedMask, crop_labels, vertebra_frame
 from service.measurement.hu_stats import HuStats, hu_stats
-from service.measurement.roi import trabecular_roi
+from service.measurement.roi import too_few_slices, trabecular_roi
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +197,9 @@ def _measure_levels(volume: CTVolume, segmentation: SpineSegmentation, settings:
             other = (ExclusionReason.FRACTURE, finding.detail)
         elif hu_ex is not None:
             other = (hu_ex.reason, hu_ex.detail)
+            if hu_ex.reason is ExclusionReason.ROI_TOO_SMALL and settings.roi_method is RoiMethod.EROSION_3MM and (
+                    why := too_few_slices(work.body, volume.spacing_mm, settings.erosion_mm)) is not None:
+                other = (hu_ex.reason, f"{hu_ex.detail}: {why}")
         if name_only:
             work.only_the_name_uncertain = other is None
         else:
@@ -248,6 +253,8 @@ def assess_bmd(volume: CTVolume, segmentation: SpineSegmentation, settings: BmdS
     patient = summarise(bmd_by_level, hu_by_level, curve, calibration, settings, contrast, uncertain_bmd)
     if site_model is not None:
         patient = _apply_site_model(patient, site_model, hu_by_level, volume, settings)
+    if (limited := thick_slice_limitation(heights)) is not None:
+        patient = dataclasses.replace(patient, notes=(*patient.notes, limited))
     if volume.extra.get("series_warnings"):  # what the series checks decided (a split, a gap, per-slice FoRs...)
         patient = dataclasses.replace(patient, notes=(*patient.notes, f"series: {volume.extra['series_warnings']}"))
     result = ScreeningResult(

@@ -117,6 +117,12 @@ image heights of thick slices were read without the thin-endplate shift of dense
 NOT_CHECKED_DETAIL = "the fracture check covers T1-L5"
 """Why a level outside FIRST_CHECKED..LAST_CHECKED has no outcome (``not_checked``)."""
 NOT_GRADED_DETAIL = "Genant's method grades T4-L4; this level is measured as a reference for its neighbours only"
+THICK_SLICE_LIMIT_MM = 3.0
+"""Above this voxel step along the vertebral axis (the median over the measured levels) the study's summary states
+that the check is limited (``thick_slice_limitation``). On the phantom sets up to 3 mm the image heights are read to
+a median absolute deviation of 0.1-0.9 mm from the phantom's geometry; at 5 mm to 1.0-4.4 mm (a grade 1 loss of a
+20 mm body is 4-5 mm), and there the check calls fewer fractures and more unfractured levels fractured
+(``height_bias``, ``fracture_outcomes --by-thickness``; figures in docs/measurement/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +348,20 @@ def _column_calls(heights: Mapping[VertebraLevel, LevelHeights],
             f"Genant grade {grade} ({100 * found.graded_loss:.0f} % height loss) in the {found.column} column: "
             f"{found.detail}; otherwise {out[level].detail.removeprefix('height not measurable: ')}")
     return calls
+
+
+def thick_slice_limitation(heights: Mapping[VertebraLevel, VertebralHeights]) -> str | None:
+    """The note a radiologist reads when the slices are too thick for the check to be trusted as on thin slices
+    (``THICK_SLICE_LIMIT_MM``), None otherwise or when no level was measured."""
+    steps = [h.resolution_mm for h in heights.values()]
+    if not steps:
+        return None
+    step = float(np.median(steps))
+    if step <= THICK_SLICE_LIMIT_MM:
+        return None
+    return (f"fracture check limited by {step:.1f} mm slices: heights read to a few mm, so a grade 1 deformity "
+            f"cannot be told from measuring error and a grade 2-3 one may be missed or over-called; review sagittal "
+            f"images, thin slices where available")
 
 
 def not_checked(level: VertebraLevel, reason: str) -> FractureAssessment:

@@ -51,6 +51,21 @@ def ellipsoid_structure(radii_vox: tuple[int, int, int]) -> npt.NDArray[np.bool_
     return dist <= 1.0 + 1e-9
 
 
+def too_few_slices(body: CroppedMask, spacing_mm: tuple[float, float, float], erosion_mm: float) -> str | None:
+    """Why ``erosion_roi`` leaves this body (almost) no ROI along the slice axis, for a radiologist: its columns
+    along the slices (90th percentile) are at most one slice longer than the erosion takes from their two ends.
+    None otherwise (whatever emptied its ROI, it was not the slice thickness)."""
+    lengths = body.mask.sum(axis=2)
+    if not np.any(lengths):
+        return None
+    n = int(np.percentile(lengths[lengths > 0], 90))
+    keep = mm_to_voxels(erosion_mm + SLICE_PROFILE_MARGIN * spacing_mm[2], spacing_mm)[2]
+    if keep == 0 or n > 2 * keep + 1:
+        return None
+    return (f"the body is {n} slices of {spacing_mm[2]:.1f} mm high and the ROI keeps only voxels "
+            f"{keep * spacing_mm[2]:.0f} mm inside its top and bottom (away from the endplates' partial volume)")
+
+
 def erosion_roi(body: CroppedMask, spacing_mm: tuple[float, float, float], erosion_mm: float,
                 slice_profile_margin: bool = True) -> CroppedMask:
     """The body mask eroded by ``erosion_mm`` along each axis (voxels outside the crop count as background).

@@ -12,6 +12,8 @@ overrides a constant of ``service.measurement.endplates``, ``fracture_check``, `
 ``roi`` for this run (tuning).
 ``--fractured`` keeps only the cases whose phantom has a fracture (a before/after comparison of the calls on a set
 already evaluated, e.g. ``--fractured --set fracture.QUANTISATION_MARGIN=1.0``).
+``--by-thickness`` adds, per slice thickness, the fractures called and the unfractured levels called fractured or
+not measurable (where the check is limited: ``fracture_check.THICK_SLICE_LIMIT_MM``).
 ``--bmd`` adds, per slice thickness, the measured levels' BMD error against the truth (levels matched by name: the
 tuning sets' names are right) and the exclusion reasons of the unfractured levels (the ROI's tuning, session 12).
 The tuning of session 8 used cases 0-8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 44, 46 and 52 of seed 2657; that of
@@ -86,9 +88,10 @@ class LevelTally:
 
 
 def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool = False,
-             tally: LevelTally | None = None
+             tally: LevelTally | None = None, by_thickness: Counter[tuple[float, str, str]] | None = None
              ) -> tuple[list[str], Counter[tuple[str, str]], Counter[tuple[int, str]]]:
-    """(lines for the fractured and called levels, counts of (truth, outcome), counts of (truth grade, outcome))."""
+    """(lines for the fractured and called levels, counts of (truth, outcome), counts of (truth grade, outcome));
+    ``by_thickness`` also counts (slice thickness, truth, outcome)."""
     lines: list[str] = []
     counts: Counter[tuple[str, str]] = Counter()
     grades: Counter[tuple[int, str]] = Counter()
@@ -107,6 +110,9 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
                 continue
             fracture = t.get("fracture") if t.get("fractured") else None
             counts[("fractured" if fracture else "intact", status)] += 1
+            if by_thickness is not None:
+                by_thickness[(float(truth["acquisition"]["slice_thickness_mm"]),
+                              "fractured" if fracture else "intact", status)] += 1
             grades[(genant_grade(fracture["height_loss"]) if fracture else 0, status)] += 1
             if fracture or status == "fractured" or (every_not_measurable and status == "not measurable"):
                 what = f"{fracture['kind']} {fracture['height_loss']:.2f}" if fracture else "intact"
@@ -141,6 +147,18 @@ def by_grade(grades: Counter[tuple[int, str]]) -> list[str]:
     return out
 
 
+def thickness_lines(counts: Counter[tuple[float, str, str]]) -> list[str]:
+    """Per slice thickness: fractures called, and unfractured levels called fractured or not measurable."""
+    out = []
+    for t in sorted({k[0] for k in counts}):
+        fractured = sum(n for (th, truth, _), n in counts.items() if th == t and truth == "fractured")
+        intact = sum(n for (th, truth, _), n in counts.items() if th == t and truth == "intact")
+        out.append(f"{t:g} mm: fractures called {counts[(t, 'fractured', 'fractured')]} of {fractured}; unfractured "
+                   f"called fractured {counts[(t, 'intact', 'fractured')]} of {intact}, not measurable "
+                   f"{counts[(t, 'intact', 'not measurable')]}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("set_dir", type=Path)
@@ -149,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                         help="override a fracture-check constant for this run (tuning)")
     parser.add_argument("--bmd", action="store_true", help="BMD error and exclusions per slice thickness too")
+    parser.add_argument("--by-thickness", action="store_true",
+                        help="fractures called and unfractured levels called, per slice thickness")
     parser.add_argument("--fractured", action="store_true",
                         help="only the cases whose phantom has a fracture (the spec's fracture_levels)")
     args = parser.parse_args(argv)
@@ -159,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fractured:
         cases = [c for c in cases if json.loads((c / "truth.json").read_text())["spec"]["fracture_levels"]]
     tally = LevelTally() if args.bmd else None
-    lines, counts, grades = outcomes(cases, args.cache, args.all, tally)
+    per_thickness: Counter[tuple[float, str, str]] | None = Counter() if args.by_thickness else None
+    lines, counts, grades = outcomes(cases, args.cache, args.all, tally, per_thickness)
     print("\n".join(lines))
+    if per_thickness is not None:
+        print("\n".join(thickness_lines(per_thickness)))
     if tally is not None:
         print("\n".join(tally.lines()))
     for (truth, status), n in sorted(counts.items()):

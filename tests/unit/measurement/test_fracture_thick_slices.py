@@ -13,6 +13,7 @@ import torch
 from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
 from service.domain.levels import VertebraLevel as V
+from service.domain.results import ExclusionReason
 from service.measurement.endplates import image_heights
 from service.measurement.fracture import mask_columns
 from service.measurement.geometry import crop_labels, vertebra_frame
@@ -48,3 +49,10 @@ def test_thick_low_dose_scan_gets_an_outcome_for_every_level() -> None:
     result = assess_bmd(volume, segmentation, BmdSettings(calibration_store_dir=None)).result
     checked = [m for m in result.vertebrae if V.T1 <= m.level <= V.L5]
     assert checked and all(m.fracture_status is not None and m.fracture_detail for m in checked)
+    # and the summary tells the radiologist that the check is limited at this thickness
+    limited = [n for n in result.summary.notes if n.startswith("fracture check limited by 5.")]
+    assert len(limited) == 1, result.summary.notes
+    # a level whose ROI the slice thickness emptied says so
+    too_small = [m.exclusion_detail or "" for m in result.vertebrae
+                 if m.exclusion_reason is ExclusionReason.ROI_TOO_SMALL]
+    assert too_small and all("slices of 5.0 mm" in d for d in too_small), too_small

@@ -8,7 +8,7 @@ import pytest
 from service.domain.levels import VertebraLevel
 from service.domain.volume import CTVolume
 from service.measurement.geometry import CroppedMask, crop_labels, vertebra_frame
-from service.measurement.roi import ellipsoid_structure, elliptical_cylinder_roi, erosion_roi
+from service.measurement.roi import ellipsoid_structure, elliptical_cylinder_roi, erosion_roi, too_few_slices
 
 
 def _volume(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> CTVolume:
@@ -121,3 +121,17 @@ def test_crop_labels_finds_each_label() -> None:
     full = np.zeros_like(labels)
     crops[21].paint(full, 21)
     assert np.array_equal(full == 21, labels == 21)
+
+
+def test_a_thick_slice_body_too_short_for_the_erosion_says_so() -> None:
+    """A 20 mm body at 5 mm slices (4 slices): the erosion along the slices (3 mm plus one spacing, 2 slices from
+    each end) keeps nothing, and the reason names the slices; a body of 1 mm slices keeps its middle."""
+    thick = np.zeros((40, 40, 4), dtype=bool)
+    thick[5:35, 5:35, :] = True
+    body = CroppedMask((0, 0, 0), thick)
+    assert not erosion_roi(body, (0.7, 0.7, 5.0), 3.0).mask.any()
+    why = too_few_slices(body, (0.7, 0.7, 5.0), 3.0)
+    assert why is not None and "4 slices of 5.0 mm high" in why and "10 mm inside" in why
+    thin = np.zeros((40, 40, 20), dtype=bool)
+    thin[5:35, 5:35, :] = True
+    assert too_few_slices(CroppedMask((0, 0, 0), thin), (0.7, 0.7, 1.0), 3.0) is None
