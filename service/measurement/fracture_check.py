@@ -13,7 +13,7 @@ Per level (T1-L5 measured, T4-L4 graded: ``FIRST_GRADED``; not cut by the field 
 
    * **fractured** when the image shows the loss (threshold plus its sub-voxel margin) and the mask agrees (its loss
      reaches the threshold, and the image's loss less ``MASK_LOSS_TOLERANCE``, within the margin of its
-     quantisation); the Genant grade and percentage come from
+     quantisation, and is at least one whole voxel step: ``MASK_MIN_STEPS``); the Genant grade and percentage come from
      the image heights (the mask is quantised by whole voxels);
    * **fractured** also when the image finds no endplates in a column (a collapsed endplate may show no cortical
      rim; the posterior wall's edge is hidden by the pedicles), matches the mask within ``PARTIAL_AGREEMENT`` in a
@@ -105,6 +105,13 @@ MAX_MASK_STEP_ALLOWANCE = 0.10
 confirms a loss only when it shows at least half a grade 1 loss itself. At 5 mm slices one voxel step is ~20 % of a
 body's height, so until session 14 a mask with no loss at all confirmed any image reading: 4 of the 7 unfractured
 levels called fractured in tuning set s16 (3-5 mm) had mask losses of 8-10 %, every true call there 20 % or more."""
+MASK_MIN_STEPS = 1.0
+"""... and the mask confirms a loss only when it is at least this many whole voxel steps short of its neighbours
+(``fracture.quantisation_step``): a mask less than one step short may be as tall as they are. At thin slices a step
+is a few per cent of the height and the threshold rule above decides; at 5 mm a step is about a quarter of a
+thoracic body, and until session 20 masks 11-18 % short (no whole slice) confirmed image losses of 27-31 % at
+normal levels: 5 of the 11 unfractured levels called fractured at 5 mm in tuning sets s19 and s20
+(``fracture_outcomes --by-thickness``), whose 5 mm fractures all had masks at least 27 % short."""
 FIRST_CHECKED, LAST_CHECKED = VertebraLevel.T1, VertebraLevel.L5
 """Levels whose heights are measured: cervical and sacral shapes differ from the Genant model of a thoracolumbar
 body."""
@@ -227,7 +234,8 @@ def _decide(level: VertebraLevel, mask: FractureFinding, image: FractureFinding,
     # The image measures (sub-voxel edges, threshold raised by its small margin); the mask confirms when its loss
     # reaches the threshold within the margin of its own quantisation (at most MAX_MASK_STEP_ALLOWANCE).
     step = min(quantisation_margin(mask_h), MAX_MASK_STEP_ALLOWANCE)
-    mask_agrees = mask.max_height_loss >= max(height_loss, loss - MASK_LOSS_TOLERANCE) - step
+    mask_agrees = (mask.max_height_loss >= max(height_loss, loss - MASK_LOSS_TOLERANCE) - step
+                   and mask.max_height_loss >= MASK_MIN_STEPS * quantisation_step(mask_h))
     mask_text = f"mask height loss {100 * mask.max_height_loss:.0f} %"
     if image.fractured and mask_agrees:
         grade = max(1, genant_grade(loss))
@@ -324,7 +332,7 @@ def _column_calls(heights: Mapping[VertebraLevel, LevelHeights],
     missed a column or read one far from the mask): see ``fracture_columns``. Not at a level whose posterior height
     falls short (``MAX_POSTERIOR_SHORTFALL``) on the mask or the image: its heights are a measuring failure."""
     rule = ColumnRule(height_loss, MAX_MASK_IMAGE_DISAGREEMENT, MASK_LOSS_TOLERANCE, IMAGE_RESOLUTION_FACTOR,
-                      MAX_MASK_STEP_ALLOWANCE)
+                      MAX_MASK_STEP_ALLOWANCE, MASK_MIN_STEPS)
     columns: dict[VertebraLevel, ReadColumns] = {}
     for level, h in heights.items():
         if level in both:

@@ -78,6 +78,8 @@ class ColumnRule:
     mask_tolerance: float
     image_resolution_factor: float
     max_mask_step_allowance: float
+    mask_min_steps: float = 1.0
+    """The mask's own loss must also be at least this many of its voxel steps (``fracture_check.MASK_MIN_STEPS``)."""
 
 
 ColumnPair = tuple[float, float] | None
@@ -133,6 +135,8 @@ def column_loss(level: VertebraLevel, mask: VertebralHeights, columns: Mapping[V
         if image_loss < rule.height_loss + image_margin:
             continue
         if mask_loss < max(rule.height_loss, image_loss - rule.mask_tolerance) - mask_margin:
+            continue
+        if mask_loss < rule.mask_min_steps * step / ref_mask:  # a mask no whole step short may be as tall
             continue
         if best is None or image_loss > best.image_loss:
             best = ColumnLoss(COLUMN_NAMES[i], image_loss, mask_loss,
