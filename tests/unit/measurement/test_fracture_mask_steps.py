@@ -28,7 +28,7 @@ def _neighbours() -> dict[V, LevelHeights]:
 def test_a_mask_less_than_one_thick_slice_short_does_not_confirm_the_image(
         mask_middle_mm: float, expected: FractureStatus) -> None:
     """The image reads L1's middle height 28 % short of its neighbours'. Tuning sets s19/s20 at 5 mm: normal levels
-    with masks 11-18 % short were called fractured on image losses of 27-31 %."""
+    with masks 11-23 % short were called fractured on image losses of 27-31 %."""
     heights = _neighbours()
     heights[V.L1] = LevelHeights(VertebralHeights(20.0, mask_middle_mm, 20.0, resolution_mm=SLICE_MM),
                                  VertebralHeights(20.1, 14.4, 20.1, resolution_mm=SLICE_MM / 4))
