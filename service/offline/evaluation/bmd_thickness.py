@@ -7,7 +7,8 @@ scans: ``fracture_check.THICK_SLICE_LIMIT_MM``, ``roi.too_few_slices``), so this
 thickness of each case (the phantom's ``acquisition.slice_thickness_mm`` in the dataset's truth.json; the dataset is
 the one metrics.json names unless given). Per thickness: the fractured levels and how many were called (by Genant
 grade), the unfractured levels the check covers (T4-L4, not cut) and how many it called fractured or left not
-measurable, and the unfractured levels excluded from the BMD by reason.
+measurable, the unfractured levels excluded from the BMD by reason, and how many cases' summaries say the fracture
+check is limited (``fracture_check.thick_slice_limitation``, from each case's result.json under ``cases/``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,18 @@ def thickness_by_case(dataset: Path) -> dict[str, float]:
             for p in sorted(dataset.glob("*/truth.json"))}
 
 
-def table(per_level: list[dict[str, Any]], thickness: dict[str, float]) -> list[str]:
-    """One line per slice thickness (see the module doc)."""
+LIMITED_PREFIX = "fracture check limited"
+
+
+def limited_cases(report: Path) -> set[str]:
+    """The cases whose summary notes say the fracture check is limited."""
+    return {p.parent.name for p in report.glob("cases/*/result.json")
+            if any(n.startswith(LIMITED_PREFIX) for n in json.loads(p.read_text())["summary"]["notes"])}
+
+
+def table(per_level: list[dict[str, Any]], thickness: dict[str, float], limited: set[str] | None = None
+          ) -> list[str]:
+    """One line per slice thickness (see the module doc); ``limited``: the cases whose summary says so."""
     rows: dict[float, list[dict[str, Any]]] = defaultdict(list)
     for row in per_level:
         rows[thickness[row["case"]]].append(row)
@@ -40,9 +51,13 @@ def table(per_level: list[dict[str, Any]], thickness: dict[str, float]) -> list[
         outcomes = Counter(r["fracture_outcome"] for r in checked)
         reasons = Counter(r["exclusion_reason"] for r in intact if r["exclusion_reason"])
         excluded = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
-        out.append(f"{t:g} mm: fractures called {sum(r['called_fracture'] for r in fractured)} of {len(fractured)} "
-                   f"({grades}); unfractured checked {len(checked)}: called fractured {outcomes['fractured']}, not "
-                   f"measurable {outcomes['not measurable']}; unfractured excluded: {excluded}")
+        line = (f"{t:g} mm: fractures called {sum(r['called_fracture'] for r in fractured)} of {len(fractured)} "
+                f"({grades}); unfractured checked {len(checked)}: called fractured {outcomes['fractured']}, not "
+                f"measurable {outcomes['not measurable']}; unfractured excluded: {excluded}")
+        if limited is not None:
+            cases = {c for c, th in thickness.items() if th == t}
+            line += f"; summaries saying the check is limited: {len(cases & limited)} of {len(cases)} cases"
+        out.append(line)
     return out
 
 
@@ -53,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     metrics = json.loads((args.report / "metrics.json").read_text())
     dataset = args.dataset if args.dataset is not None else Path(metrics["dataset"])
-    print("\n".join(table(metrics["per_level"], thickness_by_case(dataset))))
+    print("\n".join(table(metrics["per_level"], thickness_by_case(dataset), limited_cases(args.report))))
     return 0
 
 

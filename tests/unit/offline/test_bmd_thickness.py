@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.offline.evaluation.bmd_thickness import main, table, thickness_by_case
+from service.offline.evaluation.bmd_thickness import limited_cases, main, table, thickness_by_case
 
 
 def _row(case: str, grade: int, called: bool, outcome: str, reason: str | None = None) -> dict[str, object]:
@@ -29,4 +29,11 @@ def test_rows_are_counted_under_their_case_thickness(tmp_path: Path) -> None:
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "metrics.json").write_text(json.dumps({"dataset": str(tmp_path / "set"),
                                                                   "per_level": rows}))
+    for case, notes in (("case_00", []), ("case_01", ["fracture check limited by 5.0 mm slices: ..."])):
+        (tmp_path / "report" / "cases" / case).mkdir(parents=True)
+        (tmp_path / "report" / "cases" / case / "result.json").write_text(json.dumps({"summary": {"notes": notes}}))
+    assert limited_cases(tmp_path / "report") == {"case_01"}
+    limited = table(rows, thickness_by_case(tmp_path / "set"), limited_cases(tmp_path / "report"))
+    assert limited[1].endswith("; summaries saying the check is limited: 1 of 1 cases")
+    assert limited[0].endswith("limited: 0 of 1 cases")
     assert main([str(tmp_path / "report")]) == 0
