@@ -3,7 +3,7 @@
 Left: sagittal reformat through the spine, right of it a coronal one (patient right on screen left), each level
 filled in its colour and named, trabecular ROIs outlined in white. Right column: table level / HU / BMD / status
 (a suspected fracture as "fracture G2 (32 %)", and under the table "Suspected vertebral fracture: L1 fracture G2
-(32 %)"),
+(32 %)" and, on thick slices, "Fracture check limited by 5.0 mm slices (see SR)"),
 the patient category, summary BMD and method, calibration, and a banner "AI result, to be reviewed".
 Reformats are sampled in patient (LPS) coordinates, so any acquisition orientation gives the same picture.
 No patient identifiers are burned in (Burned In Annotation NO); the viewer shows them from the header.
@@ -244,6 +244,11 @@ def category_legend(summary: PatientSummary) -> tuple[str, str]:
             f">{high} normal ({t.versioned_name})")
 
 
+LIMITED_NOTE_PREFIX = "fracture check limited by"
+"""The summary note of ``fracture_check.thick_slice_limitation`` (results do not import measurement): drawn as its
+own line under the table, e.g. "Fracture check limited by 5.0 mm slices (see SR)"."""
+
+
 def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: AlgorithmInfo, x: int, y: int,
                 width: int) -> None:
     draw = ImageDraw.Draw(canvas)
@@ -297,6 +302,11 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
         for wrapped in textwrap.wrap("Suspected vertebral fracture: " + ", ".join(fractures), width=40):
             draw.text((x, y), wrapped, font=text_font(28, bold=True), fill=FRACTURE_COLOR)
             y += 36
+    limited = [n for n in summary.notes if n.startswith(LIMITED_NOTE_PREFIX)]
+    for note in limited:  # in full among the notes of the SR; here one line that always fits
+        draw.text((x, y), note.split(":")[0].capitalize() + " (see SR)", font=text_font(22, bold=True),
+                  fill=FRACTURE_COLOR)
+        y += 34
     trend = trend_of(result.extra)
     if trend is not None:  # the change since the patient's prior study (service/results/trend_plot.py)
         y = draw_trend(canvas, trend, x, y, width, CANVAS_HEIGHT - 76, text_font)
@@ -311,14 +321,14 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     if result.curve_fit is not None:
         lines.append(f"Thoracolumbar curve: k {result.curve_fit.k:.2f} HU/level, R² {result.curve_fit.r2:.2f}")
     lines.append(f"Thresholds: {summary.threshold_set}")
-    lines += [f"Note: {note}" for note in summary.notes]
+    lines += [f"Note: {note}" for note in summary.notes if note not in limited]
     font = text_font(22)
     footer_y = CANVAS_HEIGHT - 40
     draw.text((x, footer_y), f"{algorithm.name} {algorithm.version} · model {algorithm.model_name} "
               f"{algorithm.model_version}", font=font, fill=TEXT)
     for line in lines:
         for wrapped in textwrap.wrap(line, width=52):
-            if y > footer_y - 36:
+            if y > footer_y - 58:  # room for this line and the marker above the footer
                 draw.text((x, y), "… (full details in the SR)", font=font, fill=MUTED)
                 return
             draw.text((x, y), wrapped, font=font, fill=MUTED)

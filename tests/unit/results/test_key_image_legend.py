@@ -12,6 +12,8 @@ from PIL import ImageDraw
 from service.domain.guidelines import THRESHOLD_SETS, Category, Thresholds, thresholds_from_record
 from service.domain.levels import VertebraLevel
 from service.domain.results import PatientSummary
+from service.measurement.fracture import VertebralHeights
+from service.measurement.fracture_check import thick_slice_limitation
 from service.results import keyimage
 from service.results.common import AlgorithmInfo
 from tests.unit.results.synthetic import hand_result, synthetic_case
@@ -112,3 +114,18 @@ def test_a_category_without_a_value_says_the_names_are_uncertain(tmp_path: Path,
     keyimage.render_key_image(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM)
     assert "OSTEOPENIA" in drawn and "BMD: no value" in drawn, drawn
     assert "level names uncertain:" in drawn and "category of every level around L1–L2" in drawn, drawn
+
+
+def test_a_thick_slice_study_shows_the_fracture_check_limitation_under_the_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary note of a 5 mm study (fracture_check.thick_slice_limitation, whose wording the key image keys on:
+    results do not import measurement) is drawn as its own line, not among the notes a long table pushes off."""
+    note = thick_slice_limitation({lv: VertebralHeights(20.0, 19.0, 20.0, resolution_mm=5.0)
+                                   for lv in (VertebraLevel.L1, VertebraLevel.L2)})
+    assert note is not None and note.startswith(keyimage.LIMITED_NOTE_PREFIX)
+    case = synthetic_case(tmp_path)
+    result = dataclasses.replace(case.result, summary=dataclasses.replace(case.result.summary, notes=(note,)))
+    drawn = _record_drawn_text(monkeypatch)
+    keyimage.render_key_image(case.volume, case.segmentation, case.roi_labels, result, ALGORITHM)
+    assert "Fracture check limited by 5.0 mm slices (see SR)" in drawn, drawn
+    assert not any(t.startswith("Note: fracture check limited") for t in drawn), drawn
