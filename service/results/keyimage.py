@@ -249,6 +249,22 @@ LIMITED_NOTE_PREFIX = "fracture check limited by"
 own line under the table, e.g. "Fracture check limited by 5.0 mm slices (see SR)"."""
 
 
+def _draw_fracture_lines(draw: ImageDraw.ImageDraw, result: ScreeningResult, x: int, y: int) -> int:
+    """Under the table: the suspected fractures, and the thick-slice limitation of the fracture check (in full among
+    the notes of the SR; here one line that always fits). Returns the next free row."""
+    fractures = [t for m in result.vertebrae if (t := fracture_text(m)) is not None]
+    if fractures:
+        for wrapped in textwrap.wrap("Suspected vertebral fracture: " + ", ".join(fractures), width=40):
+            draw.text((x, y), wrapped, font=text_font(28, bold=True), fill=FRACTURE_COLOR)
+            y += 36
+    for note in result.summary.notes:
+        if note.startswith(LIMITED_NOTE_PREFIX):
+            draw.text((x, y), note.split(":")[0].capitalize() + " (see SR)", font=text_font(22, bold=True),
+                      fill=FRACTURE_COLOR)
+            y += 34
+    return y
+
+
 def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: AlgorithmInfo, x: int, y: int,
                 width: int) -> None:
     draw = ImageDraw.Draw(canvas)
@@ -297,16 +313,8 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     y += 12
     draw.line((x, y, x + width, y), fill=MUTED, width=1)
     y += 12
-    fractures = [t for m in result.vertebrae if (t := fracture_text(m)) is not None]
-    if fractures:
-        for wrapped in textwrap.wrap("Suspected vertebral fracture: " + ", ".join(fractures), width=40):
-            draw.text((x, y), wrapped, font=text_font(28, bold=True), fill=FRACTURE_COLOR)
-            y += 36
+    y = _draw_fracture_lines(draw, result, x, y)
     limited = [n for n in summary.notes if n.startswith(LIMITED_NOTE_PREFIX)]
-    for note in limited:  # in full among the notes of the SR; here one line that always fits
-        draw.text((x, y), note.split(":")[0].capitalize() + " (see SR)", font=text_font(22, bold=True),
-                  fill=FRACTURE_COLOR)
-        y += 34
     trend = trend_of(result.extra)
     if trend is not None:  # the change since the patient's prior study (service/results/trend_plot.py)
         y = draw_trend(canvas, trend, x, y, width, CANVAS_HEIGHT - 76, text_font)
