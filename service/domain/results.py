@@ -147,6 +147,12 @@ class VertebraMeasurement:
             raise ValueError("voxel_count and roi_volume_mm3 must be >= 0")
 
 
+FRACTURE_CHECK_LIMITED_NOTE = "fracture check limited by"
+"""How a summary note that the fracture check is limited by thick slices begins (written by
+``measurement.fracture_check.thick_slice_limitation``; drawn on its own line by the key image, counted by
+``offline.evaluation.bmd_thickness``)."""
+
+
 @dataclass(frozen=True)
 class PatientSummary:
     bmd_mg_cm3: float | None

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.domain.levels import VertebraLevel
-from service.domain.results import FractureStatus, genant_grade
+from service.domain.results import FRACTURE_CHECK_LIMITED_NOTE, FractureStatus, genant_grade
 from service.domain.volume import CTVolume
 from service.measurement.endplates import IMAGE_RESOLUTION_FACTOR, image_heights
 from service.measurement.fracture import (
@@ -127,7 +127,8 @@ NOT_CHECKED_DETAIL = "the fracture check covers T1-L5"
 NOT_GRADED_DETAIL = "Genant's method grades T4-L4; this level is measured as a reference for its neighbours only"
 THICK_SLICE_LIMIT_MM = 4.0
 """Above this voxel step along the vertebral axis (the median over the measured levels; a voxel's extent along a
-tilted axis: medians 3.06-3.14 mm on five 3 mm cases of s20) the study's summary states that the check is limited
+tilted axis, a little over the slice spacing: no 3 mm case of held-out set s24 carries the note, every 5 mm case
+does, ``bmd_thickness var/bmd_eval_s24``) the study's summary states that the check is limited
 (``thick_slice_limitation``). On tuning set s19 at 1-3 mm slices the image heights are read to a median absolute
 deviation of 0.1-0.9 mm from the phantom's geometry, at 5 mm to 1.0-4.4 mm (``height_bias --by-column``; a grade 1
 loss of a 20 mm body is 4-5 mm); on s19 and s20 at 5 mm the check called 7 of 12 fractures, against 41 of 47 at
@@ -371,7 +372,7 @@ def thick_slice_limitation(heights: Mapping[VertebraLevel, VertebralHeights]) ->
     step = float(np.median(steps))
     if step <= THICK_SLICE_LIMIT_MM:
         return None
-    return (f"fracture check limited by {step:.1f} mm slices: heights read to a few mm, so a grade 1 deformity "
+    return (f"{FRACTURE_CHECK_LIMITED_NOTE} {step:.1f} mm slices: heights read to a few mm, so a grade 1 deformity "
             f"cannot be told from measuring error and a grade 2-3 one may be missed or over-called; review sagittal "
             f"images, thin slices where available")
 

@@ -78,7 +78,7 @@ class ColumnRule:
     mask_tolerance: float
     image_resolution_factor: float
     max_mask_step_allowance: float
-    mask_min_steps: float = 1.0
+    mask_min_steps: float
     """The mask's own loss must also be at least this many of its voxel steps (``fracture_check.MASK_MIN_STEPS``)."""
 
 

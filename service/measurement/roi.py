@@ -51,6 +51,11 @@ def ellipsoid_structure(radii_vox: tuple[int, int, int]) -> npt.NDArray[np.bool_
     return dist <= 1.0 + 1e-9
 
 
+def _slice_axis_radius(spacing_mm: tuple[float, float, float], erosion_mm: float) -> int:
+    """Voxels ``erosion_roi`` removes from each end along the slice axis: the erosion plus the slice profile."""
+    return mm_to_voxels(erosion_mm + SLICE_PROFILE_MARGIN * spacing_mm[2], spacing_mm)[2]
+
+
 def too_few_slices(body: CroppedMask, spacing_mm: tuple[float, float, float], erosion_mm: float) -> str | None:
     """Why ``erosion_roi`` leaves this body (almost) no ROI along the slice axis, for a radiologist: its columns
     along the slices (90th percentile) are at most one slice longer than the erosion takes from their two ends.
@@ -59,7 +64,7 @@ def too_few_slices(body: CroppedMask, spacing_mm: tuple[float, float, float], er
     if not np.any(lengths):
         return None
     n = int(np.percentile(lengths[lengths > 0], 90))
-    keep = mm_to_voxels(erosion_mm + SLICE_PROFILE_MARGIN * spacing_mm[2], spacing_mm)[2]
+    keep = _slice_axis_radius(spacing_mm, erosion_mm)
     if keep == 0 or n > 2 * keep + 1:
         return None
     return (f"the body is {n} slices of {spacing_mm[2]:.1f} mm high and the ROI keeps only voxels "
@@ -77,8 +82,7 @@ def erosion_roi(body: CroppedMask, spacing_mm: tuple[float, float, float], erosi
     """
     radii = mm_to_voxels(erosion_mm, spacing_mm)
     if slice_profile_margin:
-        margin_mm = erosion_mm + SLICE_PROFILE_MARGIN * spacing_mm[2]
-        radii = (radii[0], radii[1], mm_to_voxels(margin_mm, spacing_mm)[2])
+        radii = (radii[0], radii[1], _slice_axis_radius(spacing_mm, erosion_mm))
     if max(radii) == 0:
         return CroppedMask(offset=body.offset, mask=body.mask.copy())
     padded = np.pad(body.mask, [(r + 1, r + 1) for r in radii])

@@ -28,6 +28,7 @@ from scipy import ndimage
 from service.domain.guidelines import Thresholds, thresholds_from_record
 from service.domain.levels import VertebraLevel
 from service.domain.results import (
+    FRACTURE_CHECK_LIMITED_NOTE,
     Category,
     FractureStatus,
     PatientSummary,
@@ -244,11 +245,6 @@ def category_legend(summary: PatientSummary) -> tuple[str, str]:
             f">{high} normal ({t.versioned_name})")
 
 
-LIMITED_NOTE_PREFIX = "fracture check limited by"
-"""The summary note of ``fracture_check.thick_slice_limitation`` (results do not import measurement): drawn as its
-own line under the table, e.g. "Fracture check limited by 5.0 mm slices (see SR)"."""
-
-
 def _draw_fracture_lines(draw: ImageDraw.ImageDraw, result: ScreeningResult, x: int, y: int) -> int:
     """Under the table: the suspected fractures, and the thick-slice limitation of the fracture check (in full among
     the notes of the SR; here one line that always fits). Returns the next free row."""
@@ -258,7 +254,7 @@ def _draw_fracture_lines(draw: ImageDraw.ImageDraw, result: ScreeningResult, x: 
             draw.text((x, y), wrapped, font=text_font(28, bold=True), fill=FRACTURE_COLOR)
             y += 36
     for note in result.summary.notes:
-        if note.startswith(LIMITED_NOTE_PREFIX):
+        if note.startswith(FRACTURE_CHECK_LIMITED_NOTE):  # e.g. "Fracture check limited by 5.0 mm slices (see SR)"
             draw.text((x, y), note.split(":")[0].capitalize() + " (see SR)", font=text_font(22, bold=True),
                       fill=FRACTURE_COLOR)
             y += 34
@@ -314,7 +310,6 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     draw.line((x, y, x + width, y), fill=MUTED, width=1)
     y += 12
     y = _draw_fracture_lines(draw, result, x, y)
-    limited = [n for n in summary.notes if n.startswith(LIMITED_NOTE_PREFIX)]
     trend = trend_of(result.extra)
     if trend is not None:  # the change since the patient's prior study (service/results/trend_plot.py)
         y = draw_trend(canvas, trend, x, y, width, CANVAS_HEIGHT - 76, text_font)
@@ -329,7 +324,7 @@ def _draw_table(canvas: Image.Image, result: ScreeningResult, algorithm: Algorit
     if result.curve_fit is not None:
         lines.append(f"Thoracolumbar curve: k {result.curve_fit.k:.2f} HU/level, R² {result.curve_fit.r2:.2f}")
     lines.append(f"Thresholds: {summary.threshold_set}")
-    lines += [f"Note: {note}" for note in summary.notes if note not in limited]
+    lines += [f"Note: {note}" for note in summary.notes if not note.startswith(FRACTURE_CHECK_LIMITED_NOTE)]
     font = text_font(22)
     footer_y = CANVAS_HEIGHT - 40
     draw.text((x, footer_y), f"{algorithm.name} {algorithm.version} · model {algorithm.model_name} "

@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from service.domain.results import FRACTURE_CHECK_LIMITED_NOTE
+
 
 def thickness_by_case(dataset: Path) -> dict[str, float]:
     """Case folder name -> slice thickness (mm) from each case's truth.json."""
@@ -26,13 +28,10 @@ def thickness_by_case(dataset: Path) -> dict[str, float]:
             for p in sorted(dataset.glob("*/truth.json"))}
 
 
-LIMITED_PREFIX = "fracture check limited"
-
-
 def limited_cases(report: Path) -> set[str]:
     """The cases whose summary notes say the fracture check is limited."""
     return {p.parent.name for p in report.glob("cases/*/result.json")
-            if any(n.startswith(LIMITED_PREFIX) for n in json.loads(p.read_text())["summary"]["notes"])}
+            if any(n.startswith(FRACTURE_CHECK_LIMITED_NOTE) for n in json.loads(p.read_text())["summary"]["notes"])}
 
 
 def table(per_level: list[dict[str, Any]], thickness: dict[str, float], limited: set[str] | None = None

@@ -11,7 +11,7 @@ from PIL import ImageDraw
 
 from service.domain.guidelines import THRESHOLD_SETS, Category, Thresholds, thresholds_from_record
 from service.domain.levels import VertebraLevel
-from service.domain.results import PatientSummary
+from service.domain.results import FRACTURE_CHECK_LIMITED_NOTE, PatientSummary
 from service.measurement.fracture import VertebralHeights
 from service.measurement.fracture_check import thick_slice_limitation
 from service.results import keyimage
@@ -122,7 +122,7 @@ def test_a_thick_slice_study_shows_the_fracture_check_limitation_under_the_table
     results do not import measurement) is drawn as its own line, not among the notes a long table pushes off."""
     note = thick_slice_limitation({lv: VertebralHeights(20.0, 19.0, 20.0, resolution_mm=5.0)
                                    for lv in (VertebraLevel.L1, VertebraLevel.L2)})
-    assert note is not None and note.startswith(keyimage.LIMITED_NOTE_PREFIX)
+    assert note is not None and note.startswith(FRACTURE_CHECK_LIMITED_NOTE)
     case = synthetic_case(tmp_path)
     result = dataclasses.replace(case.result, summary=dataclasses.replace(case.result.summary, notes=(note,)))
     drawn = _record_drawn_text(monkeypatch)
