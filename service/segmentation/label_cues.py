@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.domain.levels import VertebraLevel
+from service.segmentation.label_spacing import rejected_by_spacing, spacing_costs
 
 if TYPE_CHECKING:
     from service.segmentation.labelling import BodyFeatures
@@ -199,10 +200,15 @@ def ribs_stay_thoracic(first_level: int, bodies: list[BodyFeatures], pos: list[i
 
 
 def best_height_fit(bodies: list[BodyFeatures], pos: list[int], votes: list[float]) -> int:
+    """The best guess where no anchor or appearance gives a count: body heights, votes and ribs, among the counts
+    within T1..L5 that the spacing of the body centroids does not reject (``label_spacing``)."""
     heights = [b.height_mm for b in bodies]
     best, best_cost = int(VertebraLevel.T12) - pos[-1], float("inf")
+    spacing = spacing_costs(bodies, pos)
     # the model knows T1-L5 context (phantoms cover C7-S1): guess within T1..L5
     for first in range(int(VertebraLevel.T1), int(VertebraLevel.L5) + 1 - pos[-1]):
+        if rejected_by_spacing(spacing, first):
+            continue
         cost = 0.0
         for i, h in enumerate(heights):
             v = first + pos[i]

@@ -22,6 +22,8 @@ except that the first rib pair and the sacrum agreeing, the last rib one level o
 siding with the pair name confidently (11/13 rib pairs, label_cues.rib_count_variant);
 the spacing between neighbouring bodies must be regular (a gap means a missed body: the count across it is
 uncertain); no anchor at all (short field of view) -> best guess from body heights, reported uncertain.
+A best guess (every uncertain name) never follows a count that the spacing of the body centroids contradicts by
+several levels (label_spacing: thoracic bodies ~21 mm apart are not named lumbar ones ~35 mm apart).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from service.segmentation.label_cues import (
 )
 from service.segmentation.label_gaps import across_every_gap, gap_missing
 from service.segmentation.label_reach import undetected_end
+from service.segmentation.label_spacing import spacing_filter
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +304,11 @@ def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: di
     two_agree = shared is not None and counts.count(anchors[shared]) >= 2
     margin = APPEARANCE_OVERRULES_MARGIN if two_agree else ANCHOR_VOTE_MARGIN
     key = anchor_agreeing_with_votes(anchors, bodies, pos, default=shared, margin=margin)
+    kept, rejected = spacing_filter(anchors, bodies, pos)
+    if kept and key not in kept:  # a count several levels off (a misread anchor): the spacing rejects it
+        key = anchor_agreeing_with_votes(kept, bodies, pos, default=next(iter(kept)), margin=ANCHOR_VOTE_MARGIN)
+    else:
+        rejected = []
     first_level = anchors[key]
     detail = ", ".join(f"{k} -> first body {_name(v)}" for k, v in anchors.items())
     reason = "anchors disagree (" + detail + ")"
@@ -310,7 +318,7 @@ def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: di
                    "or 11/13 rib pairs")
     else:
         reason += ": 11 or 13 rib pairs"
-    reason = "; ".join([*(dropped or []), reason])
+    reason = "; ".join([*(dropped or []), reason, *rejected])
     notes.append(reason)
     cues = (key, *confirming_cues(bodies, pos, first_level))
     return [_decide(first_level + p, True, reason, cues) for p in pos]
@@ -327,6 +335,7 @@ def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str
     if last_thoracic is not None:
         raw = int(VertebraLevel.T12) - pos[last_thoracic]
         candidates[VOTE_CUE] = ribs_stay_thoracic(raw, bodies, pos)
+    candidates, rejected = spacing_filter(candidates, bodies, pos)
     if candidates:
         key = anchor_agreeing_with_votes(candidates, bodies, pos, margin=APPEARANCE_OVERRULES_MARGIN)
         first_level = candidates[key]
@@ -344,7 +353,7 @@ def _without_anchor(bodies: list[BodyFeatures], pos: list[int], unseen: dict[str
         short = next((s for b in bodies if not b.rib_bearing and (s := rib_field_shortfall(b)) is not None), None)
         if short is not None:
             field.append(f"field of view too narrow ({short}) to see the ribs")
-    reason = "; ".join([*field, reason])
+    reason = "; ".join([*field, *rejected, reason])
     notes.append(reason)
     return [_decide(first_level + p, True, reason, cues) for p in pos]
 

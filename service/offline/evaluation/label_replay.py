@@ -167,7 +167,7 @@ def _reference_name(case: RecordedCase, index: int) -> str:
     return VertebraLevel(level).name if d <= 20.0 else "?"
 
 
-def _recorded(cache: Path) -> Iterator[tuple[Path, RecordedCase]]:
+def recorded_cases(cache: Path) -> Iterator[tuple[Path, RecordedCase]]:
     """The recorded cases of the cache (those with a body), in file order."""
     for path in sorted(cache.glob("*.pkl")):
         case = _load(path)
@@ -177,7 +177,7 @@ def _recorded(cache: Path) -> Iterator[tuple[Path, RecordedCase]]:
 
 def _first_pairs_main(cache: Path) -> None:
     by_name: dict[str, list[float]] = defaultdict(list)
-    for path, case in _recorded(cache):
+    for path, case in recorded_cases(cache):
         b = case.bodies
         first = next((i for i, x in enumerate(b) if label_cues.is_complete_pair(x)), None)
         typical = label_cues.typical_pair_mm3(b)
@@ -195,7 +195,7 @@ def _first_pairs_main(cache: Path) -> None:
 
 def _last_ribs_main(cache: Path) -> None:
     by_name: dict[str, list[float]] = defaultdict(list)
-    for path, case in _recorded(cache):
+    for path, case in recorded_cases(cache):
         b = case.bodies
         bearing = [i for i, x in enumerate(b) if x.rib_bearing]
         if not bearing or bearing[-1] + 1 >= len(b) or b[bearing[-1] + 1].cut_by_fov:
@@ -218,7 +218,7 @@ def _transitions_main(cache: Path) -> None:
     labelling's appearance cue uses): the last body voting thoracic, its reference level minus T12, per group; and
     how many of these name a body with a rib pair lumbar (the transition above the last rib pair)."""
     offsets: dict[str, Counter[str]] = defaultdict(Counter)
-    for path, case in _recorded(cache):
+    for path, case in recorded_cases(cache):
         group = path.name.split("__")[0] + "/" + case.group
         last_thoracic = label_cues.vote_transition(case.bodies)
         if last_thoracic is None:

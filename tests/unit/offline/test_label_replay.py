@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service.offline.evaluation import spacing_check
 from service.offline.evaluation.bmd_set import write_set
 from service.offline.evaluation.label_replay import RecordedCase, main, record, score
 from service.segmentation.inference import load_segmenter
@@ -31,3 +32,9 @@ def test_record_then_replay_one_case(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["replay", "--cache", str(cache), "--cases"]) == 0
     out = capsys.readouterr().out
     assert f"set/set | 1 | {scored.complete} | " in out
+    # the centroid spacing on the same record: the reference count is costed and not rejected
+    assert spacing_check.main(["--cache", str(cache)]) == 0
+    spacing_out = capsys.readouterr().out
+    row = next(line for line in spacing_out.splitlines() if line.startswith("set/set | 1 | "))
+    assert row.split(" | ")[3] == "0"
+    assert "T12/L1 | 1 | " in spacing_out
