@@ -7,19 +7,22 @@ kyphotic or lordotic tilt and the coarse grid's blockiness inflate: the real CPT
 against typical heights of 17-21 mm), the distance between two centroids is measured in 3D and averages over
 thousands of voxels, so tilt and blockiness barely change it.
 
-A count ``first_level`` predicts the spacing of every pair of adjacent complete bodies; the patient's size scales
-them all alike (a common log-scale with a prior, ``SCALE_SD``), and what remains is compared with ``SPACING_SD``
-per pair (each pair's share capped at ``PAIR_COST_CAP``: a split or merged body is one outlier, not a count). A
-patient's size and one level's growth are of the same order (4-8 %), so the spacing cannot tell a count from one
-shifted by a level; it does tell counts 3-7 levels apart (thoracic bodies ~21 mm apart named as lumbar ones
-~35 mm apart). It is therefore used only to reject a best guess the spacing contradicts clearly
-(``SPACING_REJECTS``), never to confirm a name.
+A count ``first_level`` predicts the spacing of every pair of adjacent complete bodies as a body part (half of the
+two bodies' typical heights) plus a disc part. The patient's body size scales the first (prior ``SCALE_SD``), the
+state of the discs the second (``DISC_SCALE_SD``: discs narrow with age and degeneration), both fitted per count;
+what remains is compared with ``SPACING_SD`` per pair (each pair's share capped at ``PAIR_COST_CAP``: a split or
+merged body is one outlier, not a count). A patient's size and one level's growth are of the same order (4-8 %), so
+the spacing cannot tell a count from one shifted by a level; it does tell counts 3-7 levels apart (thoracic bodies
+~21 mm apart named as lumbar ones ~35 mm apart). It is therefore used only to reject a best guess the spacing
+contradicts clearly (``SPACING_REJECTS``), never to confirm a name.
 """
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from service.domain.levels import VertebraLevel as V
 
@@ -47,29 +50,49 @@ C7/T1 to L4/L5) shows the measurement, not the table: the real chest is the inde
 SPACING_SD = 0.06
 """The spread of one pair's spacing about its typical value once the patient's size is taken out (log scale)."""
 SCALE_SD = 0.08
-"""The spread of the patient's size (log scale): adult vertebral dimensions vary with stature by ~5-8 %."""
+"""The spread of the patient's vertebral body size (log scale): adult vertebral dimensions vary with stature by
+~5-8 %."""
+DISC_SCALE_SD = 0.5
+"""The spread of the patient's disc heights (log scale), fitted apart from the bodies': discs narrow with age and
+degeneration, often to a third or less of their height over several levels (the osteoporosis population), and the
+phantom draws them 0.4-1.2 times typical. With one scale for both (as first written), a small patient with discs at
+40 % of their height over T10-L5 had the right count rejected (``test_labelling_spacing.py``). Discs narrowed
+further in a still smaller patient come close to the limit: such a spine's spacing reads like a count several
+levels higher, and a right best guess could then be rejected (never a confident name)."""
+BODY_SCALES = np.exp(np.linspace(-0.32, 0.32, 33))
+DISC_SCALES = np.exp(np.linspace(math.log(0.15), math.log(1.3), 25))
+"""The scales tried (body x disc grid). Discs narrow far more often than they exceed their typical height, and a
+disc scale free to grow let the 250 mm lower-half cut of the real chest (four complete pairs) pass as C7-T6."""
+_BODY, _DISC = np.meshgrid(BODY_SCALES, DISC_SCALES, indexing="ij")
 PAIR_COST_CAP = 4.0
 """No pair adds more than this (two SDs squared): a body split in two or two bodies merged is one outlier."""
 SPACING_REJECTS = 8.0
 """A count whose spacing cost, and that of the counts one level either side of it, exceed the best count's by more
 than this is rejected as a best guess (``rejected_by_spacing``). On the recorded phantom features of labelling sets
 9-11 and BMD set s20 (207 cases with a costable reference count) the reference count never exceeded the best by more
-than 6.3, and none was rejected; counts 3 or more levels off were rejected in 58-73 % of the cases, 2 levels off in
-2 %, 1 level off never (``python -m service.offline.evaluation.spacing_check --cache var/label_cache --cache
+than 4.9, and none was rejected; counts 3 or more levels off were rejected in 51-65 % of the cases, 2 levels off in
+0-2 %, 1 level off never (``python -m service.offline.evaluation.spacing_check --cache var/label_cache --cache
 var/label_cache10 --cache var/label_cache10w --cache var/label_cache11w``). On the real CPTAC chest's 40 targeted
 cuts it rejects a count from an unseen 12th rib that named C6-T8 as T7-L4 and a first rib-bearing body of a lower
 half taken for T1 (``tests/unit/segmentation/test_labelling_spacing.py``); see docs/segmentation/README.md."""
 
 
-def typical_spacing_mm(upper: int) -> float | None:
-    """The typical centroid distance between level ``upper`` and the level below it (None outside C6-L5)."""
+def typical_parts_mm(upper: int) -> tuple[float, float] | None:
+    """The typical centroid distance between level ``upper`` and the level below it, as (half of the two bodies'
+    heights, the disc between them) in mm (None outside C6-S1)."""
     try:
         a, b = V(upper), V(upper + 1)
     except ValueError:
         return None
     if a not in TYPICAL_DISC_BELOW_MM or b not in TYPICAL_BODY_HEIGHT_MM:
         return None
-    return (TYPICAL_BODY_HEIGHT_MM[a] + TYPICAL_BODY_HEIGHT_MM[b]) / 2.0 + TYPICAL_DISC_BELOW_MM[a]
+    return (TYPICAL_BODY_HEIGHT_MM[a] + TYPICAL_BODY_HEIGHT_MM[b]) / 2.0, TYPICAL_DISC_BELOW_MM[a]
+
+
+def typical_spacing_mm(upper: int) -> float | None:
+    """The typical centroid distance between level ``upper`` and the level below it (None outside C6-S1)."""
+    parts = typical_parts_mm(upper)
+    return None if parts is None else parts[0] + parts[1]
 
 
 def measured_spacings(bodies: list[BodyFeatures], pos: list[int]) -> list[tuple[int, int, float]]:
@@ -86,19 +109,23 @@ def measured_spacings(bodies: list[BodyFeatures], pos: list[int]) -> list[tuple[
 
 def spacing_cost(spacings: list[tuple[int, int, float]], first_level: int) -> float | None:
     """How badly the count that names position 0 ``first_level`` fits these spacings (None: fewer than two pairs
-    with a typical spacing)."""
-    logs = []
+    with a typical spacing), at the body and disc scales that fit it best (``BODY_SCALES``, ``DISC_SCALES``)."""
+    bodies_mm, discs_mm, measured = [], [], []
     for p, span, d in spacings:
-        typical = [typical_spacing_mm(first_level + p + k) for k in range(span)]
-        if any(t is None for t in typical):
+        parts = [typical_parts_mm(first_level + p + k) for k in range(span)]
+        if any(t is None for t in parts):
             return None
-        logs.append(math.log(d / sum(t for t in typical if t is not None)))
-    if len(logs) < 2:
+        bodies_mm.append(sum(t[0] for t in parts if t is not None))
+        discs_mm.append(sum(t[1] for t in parts if t is not None))
+        measured.append(d)
+    if len(measured) < 2:
         return None
-    n = len(logs)
-    log_scale = sum(logs) / SPACING_SD**2 / (n / SPACING_SD**2 + 1.0 / SCALE_SD**2)
-    return (sum(min((r - log_scale) ** 2 / SPACING_SD**2, PAIR_COST_CAP) for r in logs)
-            + log_scale**2 / SCALE_SD**2)
+    predicted = (_BODY[:, :, None] * np.asarray(bodies_mm)[None, None, :]
+                 + _DISC[:, :, None] * np.asarray(discs_mm)[None, None, :])
+    residual = np.log(np.asarray(measured)[None, None, :] / predicted) ** 2 / SPACING_SD**2
+    cost = (np.minimum(residual, PAIR_COST_CAP).sum(axis=2) + np.log(_BODY) ** 2 / SCALE_SD**2
+            + np.log(_DISC) ** 2 / DISC_SCALE_SD**2)
+    return float(cost.min())
 
 
 def spacing_costs(bodies: list[BodyFeatures], pos: list[int]) -> dict[int, float]:
