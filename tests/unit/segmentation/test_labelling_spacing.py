@@ -1,11 +1,12 @@
-"""The centroid spacing rejects best guesses several levels off (``label_spacing``), and never decides between
-neighbouring counts.
+"""The centroid spacing rejects best guesses several levels off (``label_spacing``), never decides between
+neighbouring counts, and names a window without anchor where the bodies' tilted extents did not.
 
-The body features below were recorded on two targeted fields cut from the real CPTAC chest
-(``real_crops ../shared/data/cptac_lscc_chest``: the 90 mm field over the upper 60 % of the slices, and the 250 mm
-field shifted 25 mm over the lower half). The whole scan names those bodies C6-T8 and T7-L1 with confidence (its first
-rib pair and its last rib agree). Before the spacing check the first was named T7-L4 from a 12th rib the field could
-not show (the cut ribs end at its T4), the second C7-T6 from its first rib-bearing body taken for T1."""
+The body features below were recorded on three targeted fields cut from the real CPTAC chest
+(``real_crops ../shared/data/cptac_lscc_chest``): the 90 mm field over the upper 60 % of the slices, the 250 mm
+field shifted 25 mm over the lower half, and the 105 mm field over the middle. The whole scan names those bodies
+C6-T8, T7-L1 and T4-T10 with confidence (its first rib pair and its last rib agree). Before the spacing they were
+named T7-L4 (from a 12th rib the field could not show: the cut ribs end at its T4), C7-T6 (from its first complete
+rib-bearing body taken for T1) and T7-L1 (from the bodies' extents along the scanner axis)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ LOWER_250MM: list[Row] = [
     (116.7, 111.0, 21.5, 36, 769, 528, 0.25, False, False, False, (131, 118, 123), (127, 23)),
     (119.4, 99.7, 1.5, 9, 35, 4, 0.02, False, True, True, (129, 121, 134), (147, 3)),
 ]
+MIDDLE_105MM: list[Row] = [
+    (49.0, 65.1, 146.6, 30, 2888, 3084, 0.73, True, False, True, (54, 51, 38), (14, 148)),
+    (42.2, 73.0, 124.2, 27, 2087, 1462, 0.90, False, False, False, (61, 44, 30), (36, 126)),
+    (37.4, 71.5, 103.0, 24, 1202, 700, 0.85, False, False, False, (66, 39, 32), (57, 105)),
+    (35.6, 69.6, 80.7, 24, 563, 679, 0.85, False, False, False, (68, 37, 34), (80, 82)),
+    (37.2, 71.6, 58.0, 27, 1157, 799, 0.93, False, False, False, (66, 39, 32), (103, 59)),
+    (40.0, 65.9, 34.1, 36, 1560, 1304, 0.89, False, False, False, (64, 41, 38), (126, 36)),
+    (48.6, 57.9, 9.6, 27, 946, 2048, 0.59, False, True, True, (55, 50, 46), (151, 11)),
+]
+"""The 105 mm field over the middle of the slices (the whole scan's T4-T10): no anchor, every body voting thoracic.
+Its bodies' extents along the scanner axis (24-36 mm, tilted by the kyphosis) named it T7-L1."""
 RIB_THRESHOLD_MM3 = 700.0
 
 
@@ -75,6 +87,12 @@ def test_a_first_rib_bearing_body_in_a_lower_half_is_not_taken_for_t1_against_th
     assert [d.level for d in res.decisions] == _levels(V.T7, V.L1)
     assert all(d.uncertain for d in res.decisions)
     assert any("T1 (first rib-bearing body) count (first body C7) is not used" in n for n in res.notes)
+
+
+def test_a_window_without_anchor_is_named_from_the_spacing_not_the_tilted_heights() -> None:
+    res = label_bodies(_bodies(MIDDLE_105MM), sacrum_below=False)
+    assert [d.level for d in res.decisions] == _levels(V.T4, V.T10)
+    assert all(d.uncertain for d in res.decisions)
 
 
 def _column(spacings_mm: list[float]) -> tuple[list[BodyFeatures], list[int]]:
