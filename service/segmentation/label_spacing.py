@@ -13,8 +13,9 @@ state of the discs the second (``DISC_SCALE_SD``: discs narrow with age and dege
 what remains is compared with ``SPACING_SD`` per pair (each pair's share capped at ``PAIR_COST_CAP``: a split or
 merged body is one outlier, not a count). A patient's size and one level's growth are of the same order (4-8 %), so
 the spacing cannot tell a count from one shifted by a level; it does tell counts 3-7 levels apart (thoracic bodies
-~21 mm apart named as lumbar ones ~35 mm apart). It is therefore used only to reject a best guess the spacing
-contradicts clearly (``SPACING_REJECTS``), never to confirm a name.
+~21 mm apart named as lumbar ones ~35 mm apart). It is therefore used to reject a best guess the spacing contradicts
+clearly (``SPACING_REJECTS``) and as the body-size reading of a best guess without anchor
+(``label_cues.best_height_fit``), never to confirm a name.
 """
 
 from __future__ import annotations

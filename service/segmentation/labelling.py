@@ -21,7 +21,8 @@ Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral v
 except that the first rib pair and the sacrum agreeing, the last rib one level off and the thoracic/lumbar appearance
 siding with the pair name confidently (11/13 rib pairs, label_cues.rib_count_variant);
 the spacing between neighbouring bodies must be regular (a gap means a missed body: the count across it is
-uncertain); no anchor at all (short field of view) -> best guess from body heights, reported uncertain.
+uncertain); no anchor at all (short field of view) -> best guess from body sizes (the spacing of the body centroids,
+label_spacing) and the appearance, reported uncertain.
 A best guess (every uncertain name) never follows a count that the spacing of the body centroids contradicts by
 several levels (label_spacing: thoracic bodies ~21 mm apart are not named lumbar ones ~35 mm apart).
 """

@@ -7,9 +7,11 @@ features and on a real scan.
 ``--cache`` (features recorded by ``label_replay record``): per group, the reference count's spacing cost above the
 best count's (median, 99th percentile, maximum), how many reference counts ``SPACING_REJECTS`` would reject, and the
 share of counts 1, 2 and 3 or more levels off that it rejects; then the measured spacing per reference level pair
-against the typical one. ``--case``: the real scan is segmented, and the spacing of each pair of adjacent complete
-bodies is printed with the node's names (take them as the reference only where they are confident) against the
-typical spacing. Not a held-out evaluation: the labelling figures come from ``evaluate segmentation``.
+against the typical one, and each level's extent along the scanner axis (the size reading the spacing replaced in
+the no-anchor best guess) against the typical body height. ``--case``: the real scan is segmented, and the spacing
+of each pair of adjacent complete bodies is printed with the node's names (take them as the reference only where
+they are confident) against the typical spacing, then each complete body's extent along the scanner axis. Not a
+held-out evaluation: the labelling figures come from ``evaluate segmentation``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from service.offline.evaluation.label_features import recorded_features
 from service.offline.evaluation.label_replay import RecordedCase, recorded_cases
 from service.offline.evaluation.segmentation import load_ct
 from service.segmentation import inference
+from service.segmentation.label_cues import TYPICAL_HEIGHT_MM
 from service.segmentation.label_gaps import gap_missing
 from service.segmentation.label_spacing import (
     SPACING_REJECTS,
@@ -64,6 +67,7 @@ def _cache_main(caches: list[Path]) -> None:
     rejected_ref: Counter[str] = Counter()
     off: dict[str, Counter[str]] = defaultdict(Counter)
     per_pair: dict[int, list[float]] = defaultdict(list)
+    extents: dict[int, list[float]] = defaultdict(list)
     for cache in caches:
         for path, case in recorded_cases(cache):
             pos = positions(case.bodies)
@@ -82,6 +86,9 @@ def _cache_main(caches: list[Path]) -> None:
             for p, span, d in measured_spacings(case.bodies, pos):
                 if span == 1:
                     per_pair[first + p].append(d)
+            for b, p in zip(case.bodies, pos, strict=True):
+                if not b.cut_by_fov:
+                    extents[first + p].append(b.height_mm)
     print(f"group | cases | reference cost above the best: median / 99th pct / max | reference rejected "
           f"(> {SPACING_REJECTS}) | counts 1 / 2 / >=3 levels off rejected")
     for group, a in sorted(above.items()):
@@ -94,6 +101,11 @@ def _cache_main(caches: list[Path]) -> None:
         t = typical_spacing_mm(upper)
         print(f"{VertebraLevel(upper).name}/{VertebraLevel(upper + 1).name} | {len(ds)} | {np.mean(ds):.1f} "
               f"({np.std(ds):.1f}) | {'-' if t is None else f'{t:.1f}'}")
+    print("level | n | extent along the scanner axis, mean (sd) mm | typical body height mm (label_cues)")
+    for level, hs in sorted(extents.items()):
+        h = TYPICAL_HEIGHT_MM.get(level)
+        print(f"{VertebraLevel(level).name} | {len(hs)} | {np.mean(hs):.1f} ({np.std(hs):.1f}) | "
+              f"{'-' if h is None else f'{h:.1f}'}")
 
 
 def _case_main(case: Path) -> None:
@@ -113,6 +125,11 @@ def _case_main(case: Path) -> None:
         d = math.dist(bodies[i].centroid_mm, bodies[i + 1].centroid_mm)
         print(f"{a.level.name}/{b.level.name} | {not (a.uncertain or b.uncertain)} | {d:.1f} | "
               f"{'-' if t is None else f'{t:.1f}'}")
+    print("body (node's name) | extent along the scanner axis mm | typical body height mm")
+    for body, decision in zip(bodies, result.decisions, strict=True):
+        if not body.cut_by_fov and decision.level is not None:
+            h = TYPICAL_HEIGHT_MM.get(int(decision.level))
+            print(f"{decision.level.name} | {body.height_mm:.1f} | {'-' if h is None else f'{h:.1f}'}")
 
 
 def main(argv: list[str] | None = None) -> int:
