@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.domain.levels import VertebraLevel
-from service.segmentation.label_spacing import rejected_by_spacing, spacing_costs
+from service.segmentation.label_spacing import TYPICAL_BODY_HEIGHT_MM, rejected_by_spacing, spacing_costs
 
 if TYPE_CHECKING:
     from service.segmentation.labelling import BodyFeatures
@@ -38,12 +38,10 @@ VOTE_CUE = "thoracic/lumbar appearance"
 BILATERAL_RIB_CUE = "ribs on both sides, field wide enough to show them"
 HEIGHT_CUE = "body size progression"
 
-# Typical vertebral body heights (mm), used for the size cue and for a best guess when no anchor is in the field.
-# Approximate mean anterior heights from morphometric series (e.g. Busscher 2010 / Zhou 2000): T1 ~15 ... L5 ~27.
-TYPICAL_HEIGHT_MM: dict[int, float] = {
-    8: 15.0, 9: 16.0, 10: 16.5, 11: 17.0, 12: 17.5, 13: 18.0, 14: 18.5, 15: 19.0, 16: 20.0, 17: 21.0,
-    18: 22.0, 19: 23.0, 20: 24.5, 21: 25.5, 22: 26.5, 23: 27.0, 24: 27.0,
-}
+TYPICAL_HEIGHT_MM: dict[int, float] = {int(lv): h for lv, h in TYPICAL_BODY_HEIGHT_MM.items()
+                                        if VertebraLevel.T1 <= lv <= VertebraLevel.L5}
+"""Typical vertebral body heights (mm) T1-L5 by level value, for the size cue
+(``label_spacing.TYPICAL_BODY_HEIGHT_MM``)."""
 
 
 SMALL_RIB_FRACTION = 0.5

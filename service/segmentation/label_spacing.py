@@ -35,8 +35,9 @@ TYPICAL_BODY_HEIGHT_MM: dict[V, float] = {
     V.T8: 19.0, V.T9: 20.0, V.T10: 21.0, V.T11: 22.0, V.T12: 23.0, V.L1: 24.5, V.L2: 25.5, V.L3: 26.5, V.L4: 27.0,
     V.L5: 27.0, V.S1: 26.0,
 }
-"""Approximate adult vertebral body heights (mm): the same morphometric values as ``label_cues.TYPICAL_HEIGHT_MM``
-(T1 ~15 ... L5 ~27), with C6, C7 and S1 added."""
+"""Approximate adult vertebral body heights (mm): mean anterior heights from morphometric series (e.g. Busscher 2010 /
+Zhou 2000), T1 ~15 ... L5 ~27, with C6, C7 and S1 added; also the size cue's table
+(``label_cues.TYPICAL_HEIGHT_MM``)."""
 TYPICAL_DISC_BELOW_MM: dict[V, float] = {
     V.C6: 5.0, V.C7: 4.5, V.T1: 4.0, V.T2: 4.0, V.T3: 4.0, V.T4: 4.5, V.T5: 4.5, V.T6: 5.0, V.T7: 5.0, V.T8: 5.5,
     V.T9: 6.0, V.T10: 6.5, V.T11: 7.0, V.T12: 8.0, V.L1: 9.0, V.L2: 10.0, V.L3: 11.0, V.L4: 11.0, V.L5: 10.0,

@@ -112,6 +112,14 @@ ANCHOR_LEVEL = {T12_ANCHOR: VertebraLevel.T12, T1_ANCHOR: VertebraLevel.T1, L5_A
 """The level each anchor names."""
 
 
+def body_positions(missing: list[int]) -> list[int]:
+    """The position of each body counting the bodies presumed missed in the gaps (``label_gaps.gap_missing``)."""
+    pos = [0]
+    for m in missing:
+        pos.append(pos[-1] + 1 + m)
+    return pos
+
+
 def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingResult:
     """Name each body (cranial -> caudal order).
 
@@ -122,10 +130,7 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     if n == 0:
         return LabellingResult([], ["no vertebral body found"])
     missing = gap_missing(bodies)
-    # position index of each body counting missed bodies in gaps
-    pos = [0]
-    for m in missing:
-        pos.append(pos[-1] + 1 + m)
+    pos = body_positions(missing)
     if any(missing):
         notes.append(f"gap in the detected bodies: {sum(missing)} body(ies) presumably missed")
     anchors, unseen = _anchors(bodies, pos, sacrum_below)

@@ -37,16 +37,13 @@ from service.segmentation.label_spacing import (
     spacing_costs,
     typical_spacing_mm,
 )
-from service.segmentation.labelling import BodyFeatures
+from service.segmentation.labelling import BodyFeatures, body_positions
 from service.segmentation.settings import SegmentationSettings
 
 
 def positions(bodies: list[BodyFeatures]) -> list[int]:
-    """Each body's position counting the bodies presumed missed in gaps (as the labelling step counts them)."""
-    pos = [0]
-    for m in gap_missing(bodies):
-        pos.append(pos[-1] + 1 + m)
-    return pos
+    """Each body's position as the labelling step counts them (bodies presumed missed in gaps included)."""
+    return body_positions(gap_missing(bodies))
 
 
 def reference_first(case: RecordedCase, pos: list[int]) -> int | None:
