@@ -158,7 +158,7 @@ def test_a_small_patient_with_narrowed_discs_keeps_the_right_count() -> None:
     """A small elderly patient (bodies ~15 % below typical: T10 18 mm ... L5 23 mm) whose discs have narrowed to
     about 40 % of their height (T10/T11 2.6 mm ... L4/L5 4.4 mm): spacings of half the two bodies plus the disc,
     worked out by hand. Body and disc sizes are fitted apart, so the T10-L5 count is not rejected (with one scale
-    for both, as first written, it was: 12 above the best)."""
+    for both, as first written in 055b1b8, it was rejected)."""
     bodies, pos = _column([21.1, 22.3, 23.7, 25.1, 26.5, 27.4, 27.4])
     costs = spacing_costs(bodies, pos)
     assert not rejected_by_spacing(costs, int(V.T10))
