@@ -133,7 +133,7 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     pos = body_positions(missing)
     if any(missing):
         notes.append(f"gap in the detected bodies: {sum(missing)} body(ies) presumably missed")
-    anchors, unseen = _anchors(bodies, pos, sacrum_below)
+    anchors, unseen = anchor_counts(bodies, pos, sacrum_below)
     dropped = [reason for _, reason in unseen.values()]
     notes.extend(dropped)
     values = set(anchors.values())
@@ -161,8 +161,8 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     return LabellingResult(_without_anchor(bodies, pos, unseen, notes), notes)
 
 
-def _anchors(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
-             ) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
+def anchor_counts(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
+                  ) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
     """(anchor name -> implied level value of position 0, and for anchors the field of view cannot show: name ->
     (the value they would imply, the reason they do not count))."""
     n = len(bodies)
