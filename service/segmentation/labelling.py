@@ -213,14 +213,18 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     cues = (*anchors, *confirming_cues(bodies, pos, first_level))
     # a lone anchor that the network's thoracic/lumbar appearance contradicts is never confident
     contradicted = len(anchors) == 1 and votes_contradict(bodies, pos, first_level)
-    unconfirmed_end = _other_end_in_view(bodies, pos, first_level, cues[0]) if len(cues) == 1 else None
+    # a lone anchor whose count puts the other end in the field, which does not confirm it: 11 or 13 rib pairs
+    # cannot be excluded. Whatever else agrees when that end is the first rib pair: the appearance follows the ribs
+    # (an 11th rib pair makes T12 look lumbar) and cannot tell a rib-count variant (cut_top set, session 22)
+    end = _other_end_in_view(bodies, pos, first_level, cues[0]) if len(anchors) == 1 else None
+    unconfirmed_end = end if len(cues) == 1 or end == FIRST_PAIR_END else None
     if len(cues) == 1 and _bilateral_rib_anchor(bodies, cues[0]) and not contradicted and unconfirmed_end is None:
         cues = (*cues, BILATERAL_RIB_CUE)
     notes.append("anchors: " + ", ".join(anchors) + "; cues agreeing: " + ", ".join(cues))
     # a lone anchor whose count puts the other end of the spine wholly in the scan, where no body was detected:
     # the detected column is not the scan's column, whatever else agrees (label_reach)
     missed = undetected_end(bodies, pos, first_level, ANCHOR_LEVEL[cues[0]]) if len(anchors) == 1 else None
-    if len(cues) >= 2 and not contradicted and missed is None:
+    if len(cues) >= 2 and not contradicted and missed is None and unconfirmed_end is None:
         return [_decide(first_level + p, False, None, cues) for p in pos]
     reasons = []
     if contradicted:
@@ -271,6 +275,7 @@ def _t1_from_weak_pair(bodies: list[BodyFeatures]) -> bool:
 FIRST_PAIR_REACH = VertebraLevel.T2
 """A count from the last rib that names a body this level or higher puts the first rib pair in the field of view
 (with 11 rib pairs it names the real T1 "T2", the real C7 "T1"): the first pair should then confirm it."""
+FIRST_PAIR_END = "the first rib pair"
 SACRUM_REACH = VertebraLevel.L5
 """... and one that names a body this level or lower, not cut at its bottom, puts the sacrum in the field."""
 
@@ -283,7 +288,7 @@ def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: 
     were named one level off from a lone bilateral last rib."""
     names = [first_level + p for p in pos]
     if anchor == T12_ANCHOR and names[0] <= int(FIRST_PAIR_REACH):
-        return "the first rib pair"
+        return FIRST_PAIR_END
     if anchor == T1_ANCHOR and names[-1] > int(VertebraLevel.T12):
         return "the last rib"
     if anchor in (T12_ANCHOR, T1_ANCHOR) and any(v >= int(SACRUM_REACH) and not b.cut_bottom
