@@ -16,7 +16,9 @@ or the sacrum independently gives its count.
 A name is confident only when two independent cues agree: two anchors, or one anchor and the network's
 thoracic/lumbar appearance or the body-size progression (label_cues); a single cue -> uncertain.  A lone rib anchor
 with a rib on both sides stands alone only when its count puts neither the first rib pair nor the lumbosacral
-junction in the field of view (there, that end must confirm it: 11 or 13 rib pairs shift the last rib's count).
+junction in the field of view (there, that end must confirm it: 11 or 13 rib pairs shift the last rib's count); a
+last-rib count that puts the first rib pair in the field needs that pair's confirmation whatever else agrees (the
+appearance follows the ribs).
 Checks: anchors must agree (else 11/13 rib pairs or a transitional lumbosacral vertebra: all levels uncertain),
 except that the first rib pair and the sacrum agreeing, the last rib one level off and the thoracic/lumbar appearance
 siding with the pair name confidently (11/13 rib pairs, label_cues.rib_count_variant);
@@ -287,7 +289,7 @@ def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: 
     last rib by one.  Held-out labelling set 5: two chests with 11 rib pairs, C7 in view and read as rib-bearing,
     were named one level off from a lone bilateral last rib."""
     names = [first_level + p for p in pos]
-    if anchor == T12_ANCHOR and names[0] <= int(FIRST_PAIR_REACH):
+    if anchor == T12_ANCHOR and names[0] <= int(FIRST_PAIR_REACH) + _top_may_hold_two(bodies):
         return FIRST_PAIR_END
     if anchor == T1_ANCHOR and names[-1] > int(VertebraLevel.T12):
         return "the last rib"
@@ -295,6 +297,22 @@ def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: 
                                                 for v, b in zip(names, bodies, strict=True)):
         return "the lumbosacral junction"
     return None
+
+
+TOP_TWO_BODIES_RATIO = 1.4
+"""A body cut by the top of the field whose visible height reaches this multiple of the complete body below it may
+hold two bodies (the segmenter merged a cut body with the next): the top of the field may then lie one level higher
+than the count says."""
+
+
+def _top_may_hold_two(bodies: list[BodyFeatures]) -> int:
+    """1 when the top body is cut by the field and at least TOP_TWO_BODIES_RATIO times as tall as the complete body
+    below it, else 0."""
+    top = bodies[0]
+    below = bodies[1] if len(bodies) > 1 else None
+    tall = (top.cut_top and below is not None and not below.cut_by_fov
+            and top.height_mm >= TOP_TWO_BODIES_RATIO * below.height_mm)
+    return int(tall)
 
 
 def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],

@@ -30,10 +30,10 @@ RECORDED: list[tuple[float, float, float, float, float]] = [
 TRUTH = [V(v) for v in range(V.T1, V.L1 + 1)]
 
 
-def _bodies() -> list[BodyFeatures]:
+def _bodies(recorded: list[tuple[float, float, float, float, float]]) -> list[BodyFeatures]:
     out = []
-    for i, (z, h, left, right, vote) in enumerate(RECORDED):
-        top, bottom = i == 0, i == len(RECORDED) - 1
+    for i, (z, h, left, right, vote) in enumerate(recorded):
+        top, bottom = i == 0, i == len(recorded) - 1
         out.append(BodyFeatures(centroid_mm=(0.0, 0.0, z), height_mm=h, rib_left=left > 700, rib_right=right > 700,
                                 thoracic_vote=vote, cut_by_fov=top or bottom, rib_left_mm3=left, rib_right_mm3=right,
                                 cut_top=top, cut_bottom=bottom, field_left_mm=188.0, field_right_mm=170.0,
@@ -42,9 +42,39 @@ def _bodies() -> list[BodyFeatures]:
 
 
 def test_a_last_rib_count_that_reaches_an_unconfirmed_first_rib_pair_stays_uncertain_despite_the_appearance() -> None:
-    res = label_bodies(_bodies(), sacrum_below=False)
+    res = label_bodies(_bodies(RECORDED), sacrum_below=False)
     names = [d.level for d in res.decisions]
     assert names == [V(int(v) + 1) for v in TRUTH]  # the last rib's count: one level low (11 rib pairs) ...
     assert all(d.uncertain for d in res.decisions)  # ... never confident
     assert T12_ANCHOR in res.decisions[1].cues
+    assert "reaches the first rib pair" in (res.decisions[1].reason or ""), res.notes
+
+
+# cut_top set, first design (``cut_top write ... --seed 16100 --rib-turn parity``), case_05: T1 cut at half its height,
+# 11 rib pairs, 1 mm; the segmenter took the cut T1 and T2 for one 27 mm body at the top of the field
+MERGED_TOP: list[tuple[float, float, float, float, float]] = [
+    (308.2, 27.0, 3779, 3605, 0.81),  # T1 (cut) and T2 as one body
+    (285.0, 15.0, 2956, 2329, 0.93),
+    (264.3, 18.0, 2835, 2380, 0.95),
+    (244.4, 18.0, 2909, 3145, 0.96),
+    (223.4, 21.0, 2800, 2712, 0.96),
+    (199.3, 21.0, 2647, 2618, 0.95),
+    (175.0, 24.0, 3274, 3094, 0.92),
+    (149.8, 21.0, 3244, 2731, 0.91),
+    (122.8, 27.0, 3067, 2685, 0.88),
+    (94.2, 24.0, 2729, 3399, 0.81),  # T11: the last rib
+    (67.5, 30.0, 0, 0, 0.41),  # T12
+    (37.5, 30.0, 0, 0, 0.09),
+    (8.6, 24.0, 0, 0, 0.02),  # L2, cut by the bottom of the field
+]
+
+
+def test_a_cut_top_body_as_tall_as_two_is_not_taken_for_one_below_the_first_rib_pair() -> None:
+    """The last rib's count names the merged top body T3 (really T1 and T2), so the first rib pair seemed out of the
+    field and the lone bilateral last rib stood: eleven names one level low with confidence. A body cut by the top
+    of the field that is 1.8 times as tall as the complete body below it may hold two: the field may reach one level
+    higher, to the first rib pair, which does not confirm the count."""
+    res = label_bodies(_bodies(MERGED_TOP), sacrum_below=False)
+    assert [d.level for d in res.decisions][1:4] == [V.T4, V.T5, V.T6]  # the count, one level low ...
+    assert all(d.uncertain for d in res.decisions)  # ... never confident
     assert "reaches the first rib pair" in (res.decisions[1].reason or ""), res.notes
