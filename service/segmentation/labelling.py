@@ -256,7 +256,9 @@ def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
         body = bodies[rib_idx[-1]]
     elif anchor == T1_ANCHOR:
         first = first_rib_pair(bodies)
-        if first is None or _t1_from_weak_pair(bodies):
+        # "no rib pair" on a body the top of the field cuts rests on a part of it (cut_top sets: a T1 cut at the top
+        # loses its rib heads first and read no pair in 12 of 44), so such an anchor does not stand alone
+        if first is None or _t1_from_weak_pair(bodies) or (first > 0 and bodies[first - 1].cut_by_fov):
             return False
         body = bodies[first]
     else:

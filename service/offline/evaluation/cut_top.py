@@ -11,7 +11,8 @@ removed from a chest phantom whose field began 5 mm above C7), at 1, 2 or 3 mm s
 pairs, 18-23 13 (a rib on L1), the others 12 (each level and cut in each group of six).
 
 ``report`` prints per recorded case the body cut by the top of the field (its reference level, its visible height
-against the first complete body's), its rib pair as a fraction of the pair below and of the scan's typical pair
+against the first complete body's), whether it reads a rib pair (a rib on both sides), its rib pair as a fraction
+of the pair below and of the scan's typical pair
 (the ratios ``label_cues.weak_pair_above`` reads), and the names the current labelling gives (identified, confident,
 confidently wrong, as ``label_replay replay`` scores them).
 """
@@ -77,8 +78,8 @@ def write_set(out: Path, cases: int, seed: int, turn: str = "group") -> None:
 
 
 def report(cache: Path) -> None:
-    print("case | cut body (reference) | visible / first body mm | pair / pair below | pair / typical | "
-          "identified / complete | confident | confidently wrong")
+    print("case | cut body (reference) | visible / first body mm | reads a rib pair | pair / pair below | "
+          "pair / typical | identified / complete | confident | confidently wrong")
     for path, case in recorded_cases(cache):
         b = case.bodies
         top = b[0]
@@ -91,9 +92,10 @@ def report(cache: Path) -> None:
         typical = label_cues.typical_pair_mm3(b)
         pair = label_cues.pair_mm3(top)
         s = score(case, label_bodies(b, case.sacrum_below).decisions)
+        ratios = " | ".join(f"{pair / x:.2f}" if x else "nan" for x in (below, typical))
         print(f"{path.stem} | {V(ref).name if ref else '?'} | {top.height_mm:.0f} / {b[1].height_mm:.0f} | "
-              f"{pair / below if below else float('nan'):.2f} | {pair / typical if typical else float('nan'):.2f} | "
-              f"{s.identified} / {s.complete} | {s.confident} | {','.join(s.wrong_confident) or '-'}")
+              f"{'yes' if top.rib_left and top.rib_right else 'no'} | {ratios} | {s.identified} / {s.complete} | "
+              f"{s.confident} | {','.join(s.wrong_confident) or '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:

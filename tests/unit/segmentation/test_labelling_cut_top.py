@@ -78,3 +78,31 @@ def test_a_cut_top_body_as_tall_as_two_is_not_taken_for_one_below_the_first_rib_
     assert [d.level for d in res.decisions][1:4] == [V.T4, V.T5, V.T6]  # the count, one level low ...
     assert all(d.uncertain for d in res.decisions)  # ... never confident
     assert "reaches the first rib pair" in (res.decisions[1].reason or ""), res.notes
+
+
+# cut_top set seed 16102, case_23: T1 cut at half its height, 13 rib pairs (a rib on L1), 2 mm; the cut T1 reads no
+# rib pair (its rib heads are above the field), and the body below the last rib reads a small rib-like structure
+CUT_T1_THIRTEEN_RIBS: list[tuple[float, float, float, float, float]] = [
+    (308.0, 12.0, 732, 412, 0.82),  # T1, cut: read as a rib-free C7
+    (290.8, 17.9, 2753, 2553, 0.96),
+    (269.7, 17.9, 3183, 3054, 0.99),
+    (248.3, 20.9, 3244, 2434, 0.98),
+    (225.3, 20.9, 3217, 3224, 0.99),
+    (202.6, 20.9, 3546, 3281, 0.99),
+    (178.0, 20.9, 3226, 3114, 0.99),
+    (154.1, 20.9, 3058, 3434, 0.99),
+    (127.5, 23.9, 3786, 3177, 0.99),
+    (100.0, 26.9, 3254, 3352, 0.98),
+    (70.4, 26.9, 3136, 3905, 0.93),
+    (40.8, 29.9, 2736, 3120, 0.79),  # T12
+    (9.5, 23.9, 822, 646, 0.31),  # L1 with its rib, cut by the bottom of the field
+]
+
+
+def test_a_first_rib_pair_under_a_body_cut_by_the_top_of_the_field_does_not_stand_alone() -> None:
+    """The T1 anchor takes the cut T1 for a rib-free C7 and names T2 "T1"; with ribs on both sides it stood alone and
+    named eleven levels one too high with confidence. "No rib pair" read on part of a body is no second
+    observation: the count stays uncertain."""
+    res = label_bodies(_bodies(CUT_T1_THIRTEEN_RIBS), sacrum_below=False)
+    assert [d.level for d in res.decisions][1:3] == [V.T1, V.T2]  # the first rib pair's count, one level high ...
+    assert all(d.uncertain for d in res.decisions)  # ... never confident
