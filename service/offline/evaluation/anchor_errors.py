@@ -21,25 +21,13 @@ import argparse
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from service.domain.levels import VertebraLevel
-from service.offline.evaluation.label_replay import RecordedCase, recorded_cases
+from service.offline.evaluation.label_replay import RecordedCase, recorded_cases, reference_level
 from service.segmentation.label_gaps import gap_missing
 from service.segmentation.labelling import ANCHOR_LEVEL, anchor_counts, body_positions
 
 SHORT = {name: level.name for name, level in ANCHOR_LEVEL.items()}
 MISCOUNTED = "bodies between the anchors miscounted"
-
-
-def reference_level(case: RecordedCase, index: int) -> int | None:
-    """The reference level whose centroid lies nearest the body's (within the VerSe 20 mm), else None."""
-    c = case.centroids_lps[index]
-    if c is None or not case.reference_lps:
-        return None
-    level, d = min(((k, float(np.linalg.norm(np.asarray(v) - np.asarray(c)))) for k, v in case.reference_lps.items()),
-                   key=lambda kv: kv[1])
-    return level if d <= 20.0 else None
 
 
 def anchor_readings(case: RecordedCase) -> tuple[dict[str, int], dict[str, int | None]]:

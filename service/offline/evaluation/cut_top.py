@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from service.domain.levels import VertebraLevel as V
-from service.offline.evaluation.label_replay import recorded_cases, score
+from service.offline.evaluation.label_replay import recorded_cases, reference_level, score
 from service.offline.evaluation.narrow_fov import sub_volume
 from service.offline.phantom.api import Phantom, generate, random_spec, write_phantom
 from service.segmentation import classes as cls
@@ -86,8 +86,7 @@ def report(cache: Path) -> None:
         if not (top.cut_by_fov and top.cut_top) or len(b) < 2:
             print(f"{path.stem} | no body cut by the top of the field")
             continue
-        ref = min(case.reference_lps, key=lambda k: float(np.linalg.norm(
-            np.asarray(case.reference_lps[k]) - np.asarray(case.centroids_lps[0])))) if case.centroids_lps[0] else None
+        ref = reference_level(case, 0, max_mm=float("inf"))
         below = label_cues.pair_mm3(b[1])
         typical = label_cues.typical_pair_mm3(b)
         pair = label_cues.pair_mm3(top)

@@ -157,14 +157,20 @@ def _replay_main(cache: Path, list_cases: bool, features: bool = False) -> None:
         print(f"{group} | {n} | {complete} | {ident / max(complete, 1):.1%} | {conf / max(complete, 1):.1%} | {wrong}")
 
 
-def _reference_name(case: RecordedCase, index: int) -> str:
-    """The reference level nearest the body's centroid (within the VerSe 20 mm), else '?'."""
+def reference_level(case: RecordedCase, index: int, max_mm: float = 20.0) -> int | None:
+    """The reference level whose centroid lies nearest the body's (within ``max_mm``: the VerSe 20 mm), else None."""
     c = case.centroids_lps[index]
     if c is None or not case.reference_lps:
-        return "?"
+        return None
     level, d = min(((k, float(np.linalg.norm(np.asarray(v) - np.asarray(c)))) for k, v in case.reference_lps.items()),
                    key=lambda kv: kv[1])
-    return VertebraLevel(level).name if d <= 20.0 else "?"
+    return level if d <= max_mm else None
+
+
+def _reference_name(case: RecordedCase, index: int) -> str:
+    """The reference level nearest the body's centroid (within the VerSe 20 mm), else '?'."""
+    level = reference_level(case, index)
+    return "?" if level is None else VertebraLevel(level).name
 
 
 def recorded_cases(cache: Path) -> Iterator[tuple[Path, RecordedCase]]:
