@@ -69,7 +69,8 @@ def settle_small_rib(anchors: dict[str, int], dropped: dict[str, tuple[int, str]
     the sacrum) that independently gives the first count confirms it, and the T12 anchor counts; one that gives
     the second makes the T12 anchor consistent with it without counting (its evidence is the small reading); with
     neither it disagrees with the other anchors or, alone, leaves a best guess. ``anchors`` (counted, name -> the
-    level value of the first body) and ``dropped`` (name -> (value, reason)) are those of labelling._anchors."""
+    level value of the first body) and ``dropped`` (name -> (value, reason)) are those of
+    label_anchors.anchor_counts."""
     value, reason = dropped[t12_anchor]
     if value in anchors.values():
         anchors[t12_anchor] = value

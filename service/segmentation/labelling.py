@@ -35,6 +35,17 @@ import logging
 from dataclasses import dataclass, field
 
 from service.domain.levels import VertebraLevel
+from service.segmentation.label_anchors import (
+    ANCHOR_LEVEL,
+    FIRST_PAIR_END,
+    L5_ANCHOR,
+    T1_ANCHOR,
+    T12_ANCHOR,
+    anchor_counts,
+    bilateral_rib_anchor,
+    other_end_in_view,
+    t1_from_weak_pair,
+)
 from service.segmentation.label_cues import (
     ANCHOR_VOTE_MARGIN,
     APPEARANCE_OVERRULES_MARGIN,
@@ -43,14 +54,9 @@ from service.segmentation.label_cues import (
     anchor_agreeing_with_votes,
     best_height_fit,
     confirming_cues,
-    first_rib_pair,
     rib_count_variant,
     rib_field_shortfall,
     ribs_stay_thoracic,
-    settle_small_rib,
-    shows_no_rib_pair,
-    small_rib_reading,
-    typical_pair_mm3,
     vote_transition,
     votes_contradict,
 )
@@ -107,13 +113,6 @@ class LabellingResult:
     notes: list[str] = field(default_factory=list)
 
 
-T12_ANCHOR = "T12 (last rib-bearing body)"
-T1_ANCHOR = "T1 (first rib-bearing body)"
-L5_ANCHOR = "L5 (body on the sacrum)"
-ANCHOR_LEVEL = {T12_ANCHOR: VertebraLevel.T12, T1_ANCHOR: VertebraLevel.T1, L5_ANCHOR: VertebraLevel.L5}
-"""The level each anchor names."""
-
-
 def body_positions(missing: list[int]) -> list[int]:
     """The position of each body counting the bodies presumed missed in the gaps (``label_gaps.gap_missing``)."""
     pos = [0]
@@ -163,51 +162,6 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     return LabellingResult(_without_anchor(bodies, pos, unseen, notes), notes)
 
 
-def anchor_counts(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
-                  ) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
-    """(anchor name -> implied level value of position 0, and for anchors the field of view cannot show: name ->
-    (the value they would imply, the reason they do not count))."""
-    n = len(bodies)
-    ribs = [b.rib_bearing for b in bodies]
-    anchors: dict[str, int] = {}
-    dropped: dict[str, tuple[int, str]] = {}
-    t12_alternative: int | None = None  # a small rib reading below the last rib: the count if that body is T12
-    rib_idx = [i for i, r in enumerate(ribs) if r]
-    if rib_idx:
-        last = rib_idx[-1]
-        # the pair must not be a slab through both (upper cut at the top, lower cut at the bottom): such a slab
-        # cannot show that the lower body has no ribs; nor a field too narrow to show where its rib would be
-        if last < n - 1 and not any(ribs[last + 1:]) and not (bodies[last].cut_top and bodies[last + 1].cut_bottom):
-            short = rib_field_shortfall(bodies[last + 1])
-            small = small_rib_reading(bodies[last + 1])
-            value = int(VertebraLevel.T12) - pos[last]
-            if short is not None:
-                dropped[T12_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether T12 carries a rib")
-            elif small is not None:
-                dropped[T12_ANCHOR] = (value, f"the vertebra below the last rib-bearing one shows a small rib-like "
-                                              f"structure ({small:.0f} mm3): a short 12th rib cannot be told from a "
-                                              f"transverse process, so which vertebra is T12 is uncertain")
-                t12_alternative = int(VertebraLevel.T12) - pos[last + 1]
-            else:
-                anchors[T12_ANCHOR] = value
-        first = first_rib_pair(bodies)
-        above = bodies[first - 1] if first is not None and first > 0 else None
-        typical = typical_pair_mm3(bodies)
-        if first is not None and above is not None and shows_no_rib_pair(above, bodies[first], typical):
-            short = rib_field_shortfall(above)
-            value = int(VertebraLevel.T1) - pos[first]
-            if short is None:
-                anchors[T1_ANCHOR] = value
-            else:
-                dropped[T1_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether C7 carries a rib")
-    if sacrum_below and not bodies[-1].cut_by_fov:
-        anchors[L5_ANCHOR] = int(VertebraLevel.L5) - pos[-1]
-    if t12_alternative is not None:
-        settle_small_rib(anchors, dropped, T12_ANCHOR, t12_alternative)
-    return anchors, dropped
-
-
-
 def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int], dropped: list[str],
                       notes: list[str]) -> list[LevelDecision]:
     """One count from every anchor: confident when a second independent cue agrees, else uncertain."""
@@ -218,9 +172,9 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     # a lone anchor whose count puts the other end in the field, which does not confirm it: 11 or 13 rib pairs
     # cannot be excluded. Whatever else agrees when that end is the first rib pair: the appearance follows the ribs
     # (an 11th rib pair makes T12 look lumbar) and cannot tell a rib-count variant (cut_top set, session 22)
-    end = _other_end_in_view(bodies, pos, first_level, cues[0]) if len(anchors) == 1 else None
+    end = other_end_in_view(bodies, pos, first_level, cues[0]) if len(anchors) == 1 else None
     unconfirmed_end = end if len(cues) == 1 or end == FIRST_PAIR_END else None
-    if len(cues) == 1 and _bilateral_rib_anchor(bodies, cues[0]) and not contradicted and unconfirmed_end is None:
+    if len(cues) == 1 and bilateral_rib_anchor(bodies, cues[0]) and not contradicted and unconfirmed_end is None:
         cues = (*cues, BILATERAL_RIB_CUE)
     notes.append("anchors: " + ", ".join(anchors) + "; cues agreeing: " + ", ".join(cues))
     # a lone anchor whose count puts the other end of the spine wholly in the scan, where no body was detected:
@@ -237,7 +191,7 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     if unconfirmed_end is not None:
         reasons.append(f"the field of view reaches {unconfirmed_end}, which does not confirm the count from "
                        f"{cues[0]}: 11 or 13 rib pairs cannot be excluded")
-    if cues[0] == T1_ANCHOR and _t1_from_weak_pair(bodies):
+    if cues[0] == T1_ANCHOR and t1_from_weak_pair(bodies):
         reasons.append("the body above the first rib pair carries a small rib pair: whether it is C7 reading the "
                        "first rib's head or T1 with a short first rib pair rests on rib volume alone")
     reason = "; ".join(reasons) or (f"a single cue places the count ({cues[0]}); neither the thoracic/lumbar "
@@ -245,76 +199,6 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
     reason = "; ".join([*dropped, reason])
     notes.append(reason)
     return [_decide(first_level + p, True, reason, cues) for p in pos]
-
-
-def _bilateral_rib_anchor(bodies: list[BodyFeatures], anchor: str) -> bool:
-    """A rib anchor whose rib-bearing body carries a rib on both sides (its rib-free neighbour's field was checked
-    by ``_anchors``): a rib on each side is two observations, where a one-sided "rib" may be a transverse process
-    or a stray stub.  Such an anchor stands alone unless the thoracic/lumbar appearance contradicts it."""
-    rib_idx = [i for i, b in enumerate(bodies) if b.rib_bearing]
-    if anchor == T12_ANCHOR:
-        body = bodies[rib_idx[-1]]
-    elif anchor == T1_ANCHOR:
-        first = first_rib_pair(bodies)
-        # "no rib pair" on a body the top of the field cuts rests on a part of it (cut_top sets: a T1 cut at the top
-        # loses its rib heads first and read no pair in 12 of 44), so such an anchor does not stand alone
-        if first is None or _t1_from_weak_pair(bodies) or (first > 0 and bodies[first - 1].cut_by_fov):
-            return False
-        body = bodies[first]
-    else:
-        return False
-    return body.rib_left and body.rib_right
-
-
-def _t1_from_weak_pair(bodies: list[BodyFeatures]) -> bool:
-    """The body above the first rib pair carries a (small) pair itself, so T1 was told from it by rib volume alone:
-    C7's ring catching the first rib's head, or a short first rib pair on T1.  The recorded features of labelling
-    set 7 and BMD set s11 (``label_replay first-pairs``) give C7s 0.34-0.55 of the scan's typical pair, but also two
-    T1s (0.38, 0.47; s11 case_19 named one level off from the second) and a T2 (0.37): a T1 anchor found so does not
-    stand alone."""
-    first = first_rib_pair(bodies)
-    return first is not None and first > 0 and bodies[first - 1].rib_left and bodies[first - 1].rib_right
-
-
-FIRST_PAIR_REACH = VertebraLevel.T2
-"""A count from the last rib that names a body this level or higher puts the first rib pair in the field of view
-(with 11 rib pairs it names the real T1 "T2", the real C7 "T1"): the first pair should then confirm it."""
-FIRST_PAIR_END = "the first rib pair"
-SACRUM_REACH = VertebraLevel.L5
-"""... and one that names a body this level or lower, not cut at its bottom, puts the sacrum in the field."""
-
-
-def _other_end_in_view(bodies: list[BodyFeatures], pos: list[int], first_level: int, anchor: str) -> str | None:
-    """A lone rib anchor's count puts the other end of the rib cage or the sacrum in the field of view, yet that
-    end gave no agreeing anchor: what it reaches (for the reason), else None.  A rib pair misread on C7 (the first
-    rib's head beside it) hides the first pair; a 12th rib missing from an 11-pair patient shifts the count from the
-    last rib by one.  Held-out labelling set 5: two chests with 11 rib pairs, C7 in view and read as rib-bearing,
-    were named one level off from a lone bilateral last rib."""
-    names = [first_level + p for p in pos]
-    if anchor == T12_ANCHOR and names[0] <= int(FIRST_PAIR_REACH) + _top_may_hold_two(bodies):
-        return FIRST_PAIR_END
-    if anchor == T1_ANCHOR and names[-1] > int(VertebraLevel.T12):
-        return "the last rib"
-    if anchor in (T12_ANCHOR, T1_ANCHOR) and any(v >= int(SACRUM_REACH) and not b.cut_bottom
-                                                for v, b in zip(names, bodies, strict=True)):
-        return "the lumbosacral junction"
-    return None
-
-
-TOP_TWO_BODIES_RATIO = 1.4
-"""A body cut by the top of the field whose visible height reaches this multiple of the complete body below it may
-hold two bodies (the segmenter merged a cut body with the next): the top of the field may then lie one level higher
-than the count says."""
-
-
-def _top_may_hold_two(bodies: list[BodyFeatures]) -> int:
-    """1 when the top body is cut by the field and at least TOP_TWO_BODIES_RATIO times as tall as the complete body
-    below it, else 0."""
-    top = bodies[0]
-    below = bodies[1] if len(bodies) > 1 else None
-    tall = (top.cut_top and below is not None and not below.cut_by_fov
-            and top.height_mm >= TOP_TWO_BODIES_RATIO * below.height_mm)
-    return int(tall)
 
 
 def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],

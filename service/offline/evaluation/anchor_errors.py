@@ -3,7 +3,7 @@
     python -m service.offline.evaluation.anchor_errors --cache var/label_cache14 [--cache ...] [--cases]
 
 For each recorded case (``label_replay record``), the anchors the labelling step would count
-(``labelling.anchor_counts``: the first rib pair T1, the last rib T12, the sacrum L5) each name one body: T1, T12 or
+(``label_anchors.anchor_counts``: the first rib pair T1, the last rib T12, the sacrum L5) each name one body: T1, T12 or
 L5. The tool compares that body's reference level (the reference centroid nearest the body's, within the VerSe
 20 mm) with the anchor's level: the anchor's **own error**, in levels (an 11th rib pair read as the last: +1).
 Each anchor's count also names every other body; where the anchors' counts disagree although every anchor read its
@@ -23,8 +23,9 @@ from pathlib import Path
 
 from service.domain.levels import VertebraLevel
 from service.offline.evaluation.label_replay import RecordedCase, recorded_cases, reference_level
+from service.segmentation.label_anchors import ANCHOR_LEVEL, anchor_counts
 from service.segmentation.label_gaps import gap_missing
-from service.segmentation.labelling import ANCHOR_LEVEL, anchor_counts, body_positions
+from service.segmentation.labelling import body_positions
 
 SHORT = {name: level.name for name, level in ANCHOR_LEVEL.items()}
 MISCOUNTED = "bodies between the anchors miscounted"
