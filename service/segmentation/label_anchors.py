@@ -68,7 +68,13 @@ def anchor_counts(bodies: list[BodyFeatures], pos: list[int], sacrum_below: bool
             else:
                 dropped[T1_ANCHOR] = (value, f"field of view too narrow ({short}) to see whether C7 carries a rib")
     if sacrum_below and not bodies[-1].cut_by_fov:
-        anchors[L5_ANCHOR] = int(VertebraLevel.L5) - pos[-1]
+        value = int(VertebraLevel.L5) - pos[-1]
+        short = sacrum_field_shortfall(bodies[-1])
+        if short is None:
+            anchors[L5_ANCHOR] = value
+        else:
+            dropped[L5_ANCHOR] = (value, f"the field of view ends {short:.0f} mm below the centre of the lowest "
+                                         "vertebra: too close to tell the sacrum from an L5 cut by the field")
     if t12_alternative is not None:
         settle_small_rib(anchors, dropped, T12_ANCHOR, t12_alternative)
     return anchors, dropped
@@ -102,6 +108,24 @@ def t1_from_weak_pair(bodies: list[BodyFeatures]) -> bool:
     stand alone."""
     first = first_rib_pair(bodies)
     return first is not None and first > 0 and bodies[first - 1].rib_left and bodies[first - 1].rib_right
+
+
+SACRUM_BELOW_DISC_MM = 45.0
+"""The L5 anchor counts only when the field of view reaches at least this far below the lowest body's lower
+endplate (its centre less half its height), i.e. past the lumbosacral disc (~10 mm) and more than the height of one
+segment (~30 mm) into what the segmenter calls sacrum: a body cut by the bottom of the field reads as sacrum too.
+Labelling set 16 (seed 16031) narrow case_19: a field ending 55 mm below the centre of L4 (33 mm tall), in the upper
+part of L5; the cut L5 was taken for the sacrum and the count was one level off. Every whole field of sets 15 and 16
+with a sacrum reached 72 mm or more below the centre of its L5 (30-48 mm tall)."""
+
+
+def sacrum_field_shortfall(lowest: BodyFeatures) -> float | None:
+    """How far (mm) the field reaches below the lowest body's centre when that is too close to show the sacrum
+    (SACRUM_BELOW_DISC_MM), else None (also when not measured)."""
+    below = lowest.field_below_mm
+    if below is None or below >= 0.5 * lowest.height_mm + SACRUM_BELOW_DISC_MM:
+        return None
+    return float(below)
 
 
 FIRST_PAIR_REACH = VertebraLevel.T2

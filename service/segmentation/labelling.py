@@ -142,7 +142,8 @@ def label_bodies(bodies: list[BodyFeatures], sacrum_below: bool) -> LabellingRes
     # when it differs from it
     stray = {k: v for k, (v, _) in unseen.items() if v not in values}
     if len(values) == 1 and stray:
-        return LabellingResult(_disagreeing_anchors(bodies, pos, {**anchors, **stray}, notes, dropped), notes)
+        return LabellingResult(_disagreeing_anchors(bodies, pos, {**anchors, **stray}, notes, dropped, set(stray)),
+                               notes)
     if len(values) == 1:
         decisions = _agreeing_anchors(bodies, pos, anchors, dropped, notes)
         if any(missing):
@@ -202,7 +203,8 @@ def _agreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[
 
 
 def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: dict[str, int],
-                         notes: list[str], dropped: list[str] | None = None) -> list[LevelDecision]:
+                         notes: list[str], dropped: list[str] | None = None,
+                         unconfirmed: set[str] | None = None) -> list[LevelDecision]:
     """Disagreeing anchors: 11 or 13 rib pairs, a transitional lumbosacral vertebra, or one anchor misread.
     Every level is reported uncertain. The names follow the count two anchors share against a third (the first rib
     pair and the sacrum against the last rib: 11 or 13 rib pairs; held-out labelling set 4 case_20) unless the
@@ -217,13 +219,15 @@ def _disagreeing_anchors(bodies: list[BodyFeatures], pos: list[int], anchors: di
     threshold, an L1 transverse process over it), the sacrum is large and errs only where the segmenter counts a
     transitional lumbosacral vertebra. On the recorded sets 9-14 and s20 the last rib misread its own body in 34 of
     279 counts, the sacrum in 4 of 181 (``anchor_errors``). Until session 23 the names followed the last rib
-    (Pan 2020 counts from T12)."""
+    (Pan 2020 counts from T12). A sacrum count the field of view cannot confirm (``unconfirmed``: the anchors that
+    did not count, ``label_anchors.sacrum_field_shortfall``) has no such precedence."""
     counts = list(anchors.values())
     shared = next((k for k, v in anchors.items() if counts.count(v) >= 2 and len(set(counts)) > 1), None)
     if shared is None and T1_ANCHOR in anchors and T12_ANCHOR in anchors:
         shared = T1_ANCHOR
     # the sacrum against the last rib: the sacrum by default, the appearance overruling it only clearly
-    sacrum_first = shared is None and L5_ANCHOR in anchors and T12_ANCHOR in anchors
+    sacrum_first = (shared is None and L5_ANCHOR in anchors and T12_ANCHOR in anchors
+                    and L5_ANCHOR not in (unconfirmed or set()))
     if sacrum_first:
         shared = L5_ANCHOR
     two_agree = shared is not None and counts.count(anchors[shared]) >= 2
