@@ -3,7 +3,8 @@ lone one stands alone (``labelling`` weighs them).
 
   * T12 anchor: the last rib-bearing body, provided a body without ribs is seen below it (Pan 2020);
   * T1 anchor: the first rib-bearing body, provided a body without ribs is seen above it (C7);
-  * L5 anchor: the lowest body sits directly on the sacrum (and is not cut by the field of view).
+  * L5 anchor: the lowest body sits directly on the sacrum (and is not cut by the field of view), and the field
+    reaches far enough below it to show the sacrum (``sacrum_field_shortfall``).
 """
 
 from __future__ import annotations

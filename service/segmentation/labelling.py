@@ -4,7 +4,8 @@ Input: bodies ordered cranial -> caudal with per-body features measured on a can
 Anchors (each implies the level of every body):
   * T12 anchor: the last rib-bearing body, provided a body without ribs is seen below it (counting up from T12
     and down from L1, as in Pan 2020);
-  * L5 anchor: the lowest body sits directly on the sacrum (and is not cut by the field of view);
+  * L5 anchor: the lowest body sits directly on the sacrum (and is not cut by the field of view), in a field that
+    reaches far enough below it to show the sacrum (label_anchors.SACRUM_BELOW_DISC_MM);
   * T1 anchor: the first rib-bearing body, provided a body without ribs is seen above it (C7);
   * group anchor: the transition between bodies the network calls thoracic and lumbar (weaker, used only when
     no rib/sacrum anchor exists, and then reported as uncertain).
