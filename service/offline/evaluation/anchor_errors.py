@@ -23,7 +23,7 @@ from pathlib import Path
 
 from service.domain.levels import VertebraLevel
 from service.offline.evaluation.label_replay import RecordedCase, recorded_cases, reference_level
-from service.segmentation.label_anchors import ANCHOR_LEVEL, anchor_counts
+from service.segmentation.label_anchors import ANCHOR_LEVEL, anchor_counts, sacrum_field_shortfall
 from service.segmentation.label_gaps import gap_missing
 from service.segmentation.labelling import body_positions
 
@@ -54,11 +54,35 @@ def explanation(counts: dict[str, int], own: dict[str, int | None]) -> str | Non
     return ", ".join(wrong) if wrong else MISCOUNTED
 
 
+def sacrum_field_lines(cache: Path) -> list[str]:
+    """Per recorded case with the sacrum below its lowest body: that body's reference level and height, how far the
+    field reaches below its centre, and whether the L5 anchor counts there (``label_anchors.sacrum_field_shortfall``),
+    in order of that reach."""
+    rows = []
+    for path, case in recorded_cases(cache):
+        lowest = case.bodies[-1]
+        if not case.sacrum_below or lowest.cut_by_fov or lowest.field_below_mm is None:
+            continue
+        ref = reference_level(case, len(case.bodies) - 1)
+        name = VertebraLevel(ref).name if ref is not None else "no reference"
+        counts = "dropped" if sacrum_field_shortfall(lowest) is not None else "counts"
+        rows.append((lowest.field_below_mm, f"{cache.name}/{path.stem}: lowest body {name} "
+                                            f"({lowest.height_mm:.0f} mm), field {lowest.field_below_mm:.0f} mm below "
+                                            f"its centre: sacrum {counts}"))
+    return [line for _, line in sorted(rows)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, action="append", required=True)
     parser.add_argument("--cases", action="store_true", help="list every case whose anchors disagree")
+    parser.add_argument("--sacrum-field", action="store_true",
+                        help="list, per case with the sacrum below its lowest body, how far the field reaches below")
     args = parser.parse_args(argv)
+    if args.sacrum_field:
+        for cache in args.cache:
+            print("\n".join(sacrum_field_lines(cache)))
+        return 0
     per_anchor: dict[str, Counter[str]] = defaultdict(Counter)
     why: dict[int, Counter[str]] = defaultdict(Counter)
     counted: Counter[int] = Counter()

@@ -4,6 +4,7 @@ were miscounted (labelling set 9 case_44: L2 split between a 48 mm and a 45 mm b
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -82,3 +83,17 @@ def test_agreeing_anchors_need_no_explanation_and_the_command_prints_the_tables(
     assert "T12 | 2 | +0: 1, +1: 1" in out
     assert "3 anchors: 2 cases, counts disagree in 1" in out
     assert "  T12 +1: 1" in out
+
+
+def test_the_sacrum_field_listing_says_where_the_field_is_too_short_to_count_the_sacrum(tmp_path: Path) -> None:
+    """Two columns sitting on the sacrum, one field ending 40 mm below the centre of L5 (22 mm tall: 11 + 45 mm
+    needed), one 90 mm: the first drops the sacrum, the second counts it; listed in order of that reach."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for i, below in enumerate((90.0, 40.0)):
+        record = _column(V.T12)
+        record.bodies[-1] = dataclasses.replace(record.bodies[-1], field_below_mm=below)
+        (cache / f"set__whole__case_{i:02d}.pkl").write_bytes(pickle.dumps(record))
+    lines = anchor_errors.sacrum_field_lines(cache)
+    assert lines == ["cache/set__whole__case_01: lowest body L5 (22 mm), field 40 mm below its centre: sacrum dropped",
+                     "cache/set__whole__case_00: lowest body L5 (22 mm), field 90 mm below its centre: sacrum counts"]
