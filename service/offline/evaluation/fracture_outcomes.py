@@ -12,6 +12,8 @@ overrides a constant of ``service.measurement.endplates``, ``fracture_check``, `
 ``roi`` for this run (tuning).
 ``--fractured`` keeps only the cases whose phantom has a fracture (a before/after comparison of the calls on a set
 already evaluated, e.g. ``--fractured --set fracture.QUANTISATION_MARGIN=1.0``).
+``--heights`` prints, per case, every level's mask and image heights as the check receives them (to record a case
+in a test: ``tests/unit/measurement/test_fracture_posterior_slope.py``).
 ``--by-thickness`` adds, per slice thickness, the fractures called and the unfractured levels called fractured or
 not measurable (where the check is limited: ``fracture_check.THICK_SLICE_LIMIT_MM``).
 ``--bmd`` adds, per slice thickness, the measured levels' BMD error against the truth (levels matched by name: the
@@ -27,14 +29,17 @@ import argparse
 import json
 import pickle
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from service.calibration import assess as assess_module
 from service.calibration.assess import assess_bmd
 from service.calibration.settings import BmdSettings
+from service.domain.levels import VertebraLevel
 from service.domain.results import VertebraMeasurement
 from service.domain.segmentation import SpineSegmentation
 from service.domain.volume import CTVolume
@@ -88,14 +93,16 @@ class LevelTally:
 
 
 def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool = False,
-             tally: LevelTally | None = None, by_thickness: Counter[tuple[float, str, str]] | None = None
-             ) -> tuple[list[str], Counter[tuple[str, str]], Counter[tuple[int, str]]]:
+             tally: LevelTally | None = None, by_thickness: Counter[tuple[float, str, str]] | None = None,
+             announce: bool = False) -> tuple[list[str], Counter[tuple[str, str]], Counter[tuple[int, str]]]:
     """(lines for the fractured and called levels, counts of (truth, outcome), counts of (truth grade, outcome));
     ``by_thickness`` also counts (slice thickness, truth, outcome)."""
     lines: list[str] = []
     counts: Counter[tuple[str, str]] = Counter()
     grades: Counter[tuple[int, str]] = Counter()
     for case in cases:
+        if announce:  # before the heights --heights prints for it
+            print(case.name)
         volume = load_ct(case)
         truth = json.loads((case / "truth.json").read_text())
         by_level = {v["level"]: v for v in truth["vertebrae"]}
@@ -119,6 +126,23 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
                 lines.append(f"{case.name} {m.level.name} {truth['acquisition']['slice_thickness_mm']} mm, "
                              f"truth {what} -> {status} | {m.fracture_detail}")
     return lines, counts, grades
+
+
+def print_heights_of_each_scan() -> None:
+    """From now on in this process, print every level's mask and image heights (anterior, middle, posterior and the
+    measurement step, mm) as the fracture check receives them (``--heights``: for recording a case in a test)."""
+    original = assess_module.classify_fractures
+
+    def printing(heights: Mapping[VertebraLevel, fracture_check.LevelHeights], *args: Any, **kwargs: Any
+                 ) -> dict[VertebraLevel, fracture_check.FractureAssessment]:
+        def show(h: fracture.VertebralHeights | None) -> str:
+            return "-" if h is None else f"{h.anterior_mm:.1f} / {h.middle_mm:.1f} / {h.posterior_mm:.1f} " \
+                                         f"(step {h.resolution_mm:.2f})"
+        for level, h in sorted(heights.items()):
+            print(f"  {level.name}: mask {show(h.mask)}, image {show(h.image)} {h.reason}")
+        return original(heights, *args, **kwargs)
+
+    assess_module.classify_fractures = printing  # type: ignore[assignment]
 
 
 TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture,
@@ -169,18 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bmd", action="store_true", help="BMD error and exclusions per slice thickness too")
     parser.add_argument("--by-thickness", action="store_true",
                         help="fractures called and unfractured levels called, per slice thickness")
+    parser.add_argument("--heights", action="store_true",
+                        help="print every level's mask and image heights as the fracture check receives them")
     parser.add_argument("--fractured", action="store_true",
                         help="only the cases whose phantom has a fracture (the spec's fracture_levels)")
     args = parser.parse_args(argv)
     for assignment in args.set:
         override(assignment)
+    if args.heights:
+        print_heights_of_each_scan()
     torch.set_num_threads(2)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
     if args.fractured:
         cases = [c for c in cases if json.loads((c / "truth.json").read_text())["spec"]["fracture_levels"]]
     tally = LevelTally() if args.bmd else None
     per_thickness: Counter[tuple[float, str, str]] | None = Counter() if args.by_thickness else None
-    lines, counts, grades = outcomes(cases, args.cache, args.all, tally, per_thickness)
+    lines, counts, grades = outcomes(cases, args.cache, args.all, tally, per_thickness, announce=args.heights)
     print("\n".join(lines))
     if per_thickness is not None:
         print("\n".join(thickness_lines(per_thickness)))

@@ -2,7 +2,8 @@
 be measured: biconcave fractures whose posterior band read the slope of the depressed endplate.
 
 The heights are those the node measured on tuning set s25 (``bmd_set --seed 2676``, cases 4 and 44; recorded with
-``fracture_outcomes``), the truth the phantom's geometry of those bodies (``truth.json``), which the check never reads.
+``fracture_outcomes --heights``), the truth the phantom's geometry of those bodies (``truth.json``), which the check
+never reads.
 """
 
 from __future__ import annotations
