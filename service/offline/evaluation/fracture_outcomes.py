@@ -29,7 +29,8 @@ import argparse
 import json
 import pickle
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -128,21 +129,28 @@ def outcomes(cases: list[Path], cache: Path | None, every_not_measurable: bool =
     return lines, counts, grades
 
 
-def print_heights_of_each_scan() -> None:
-    """From now on in this process, print every level's mask and image heights (anterior, middle, posterior and the
-    measurement step, mm) as the fracture check receives them (``--heights``: for recording a case in a test)."""
+@contextmanager
+def printed_heights() -> Iterator[None]:
+    """Within the block, print every level's mask and image heights (anterior, middle, posterior and the measurement
+    step, mm) as the fracture check receives them (``--heights``: for recording a case in a test); the check itself
+    is restored afterwards, as ``label_features.recorded_features`` does for the labelling step."""
     original = assess_module.classify_fractures
+
+    def show(h: fracture.VertebralHeights | None) -> str:
+        return "-" if h is None else (f"{h.anterior_mm:.1f} / {h.middle_mm:.1f} / {h.posterior_mm:.1f} "
+                                      f"(step {h.resolution_mm:.2f})")
 
     def printing(heights: Mapping[VertebraLevel, fracture_check.LevelHeights], *args: Any, **kwargs: Any
                  ) -> dict[VertebraLevel, fracture_check.FractureAssessment]:
-        def show(h: fracture.VertebralHeights | None) -> str:
-            return "-" if h is None else f"{h.anterior_mm:.1f} / {h.middle_mm:.1f} / {h.posterior_mm:.1f} " \
-                                         f"(step {h.resolution_mm:.2f})"
         for level, h in sorted(heights.items()):
             print(f"  {level.name}: mask {show(h.mask)}, image {show(h.image)} {h.reason}")
         return original(heights, *args, **kwargs)
 
     assess_module.classify_fractures = printing  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        assess_module.classify_fractures = original  # type: ignore[assignment]
 
 
 TUNABLE = {"endplates": endplates, "fracture_check": fracture_check, "fracture": fracture,
@@ -200,15 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for assignment in args.set:
         override(assignment)
-    if args.heights:
-        print_heights_of_each_scan()
     torch.set_num_threads(2)
     cases = sorted(p for p in args.set_dir.iterdir() if (p / "truth.json").is_file())
     if args.fractured:
         cases = [c for c in cases if json.loads((c / "truth.json").read_text())["spec"]["fracture_levels"]]
     tally = LevelTally() if args.bmd else None
     per_thickness: Counter[tuple[float, str, str]] | None = Counter() if args.by_thickness else None
-    lines, counts, grades = outcomes(cases, args.cache, args.all, tally, per_thickness, announce=args.heights)
+    with printed_heights() if args.heights else nullcontext():
+        lines, counts, grades = outcomes(cases, args.cache, args.all, tally, per_thickness, announce=args.heights)
     print("\n".join(lines))
     if per_thickness is not None:
         print("\n".join(thickness_lines(per_thickness)))
